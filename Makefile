@@ -1,0 +1,40 @@
+# vcounter: `make run` serves the counter with embedded defaults, `make test` runs the suite.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+DATA_DIR ?= var
+PORT ?= 8443
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install run test chromium lint bench clean
+
+$(BIN)/.installed: pyproject.toml
+	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c 'import ensurepip' 2>/dev/null \
+	  || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q python3-venv python3-dev; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip 'setuptools<81' wheel
+	$(BIN)/pip install -q -e '.[test]'
+	# face_recognition declares dlib (a 9-minute compile); dlib-bin provides it prebuilt
+	$(BIN)/pip install -q --no-deps face-recognition
+	touch $@
+
+install: $(BIN)/.installed
+
+run: install
+	$(BIN)/vcounter serve --demo --data-dir $(DATA_DIR) --port $(PORT)
+
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }
+
+test: install chromium
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: install
+	$(BIN)/ruff check server signaling recorder identity certs tests bench
+
+bench: install
+	$(BIN)/python bench/calls.py --calls 10 --duration 20 --media-mode both
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""Development TLS: a self-signed certificate generated on first start (nothing secret in git)."""

@@ -1,0 +1,1 @@
+"""Face verification, liveness and presence monitoring (issue #4)."""

@@ -1,0 +1,1 @@
+"""The vcounter server: composes signaling, recording and identity behind aiohttp."""

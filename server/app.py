@@ -1,0 +1,89 @@
+"""The application factory: ``create_app(config) -> web.Application``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from signaling.broker import Broker, BrokerConfig
+from signaling.media_hub import MediaHub
+
+from .auth import LoginThrottle
+from .config import Config
+from .db import Database
+from .exceptions import ServerError
+from .keys import BROKER, CONFIG, DB, HUB, THROTTLE
+from .routes import setup_routes
+from .session_log import DbSessionLog
+
+logger = logging.getLogger(__name__)
+
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "media-src 'self' blob:; connect-src 'self' wss: ws:; frame-ancestors 'none'; base-uri 'none'"
+)
+
+
+@web.middleware
+async def errors_and_headers(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    try:
+        response = await handler(request)
+    except ServerError as exc:
+        response = web.json_response({"error": exc.code, "message": exc.message}, status=exc.status)
+    except web.HTTPException as exc:
+        if exc.status >= 400 and not request.path.startswith("/ws/"):
+            response = web.json_response({"error": exc.reason.lower().replace(" ", "_"),
+                                          "message": exc.reason}, status=exc.status)
+        else:
+            raise
+    if not isinstance(response, web.WebSocketResponse) and not response.prepared:
+        response.headers.setdefault("Content-Security-Policy", CSP)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        response.headers.setdefault("Permissions-Policy", "camera=(self), microphone=(self)")
+        if request.path.startswith("/api/"):
+            response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+def create_app(config: Config) -> web.Application:
+    app = web.Application(middlewares=[errors_and_headers], client_max_size=1024**2)
+    app[CONFIG] = config
+    app[THROTTLE] = LoginThrottle()
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        db = Database(config.db_url)
+        db.create_all()
+        app[DB] = db
+        broker_ref: list[Broker] = []
+
+        async def on_media_state(call_id: str, role: str, state: str) -> None:
+            if broker_ref:
+                await broker_ref[0].media_state(call_id, role, state)
+
+        hub = MediaHub(ice_servers=list(config.ice_servers), media_mode=config.media_mode,  # type: ignore[arg-type]
+                       on_state=on_media_state)
+        app[HUB] = hub
+        broker = Broker(
+            hub,
+            config=BrokerConfig(rejoin_window_s=config.rejoin_window_s,
+                                offer_timeout_s=config.offer_timeout_s,
+                                node_id=config.node_id, ice_servers=config.ice_servers),
+            log=DbSessionLog(db, config.node_id),
+        )
+        broker_ref.append(broker)
+        app[BROKER] = broker
+        logger.info("node %s ready (media %s, database %s)", config.node_id, config.media_mode,
+                    db.engine.url.render_as_string(hide_password=True))
+        yield
+        await broker.aclose()
+        await hub.aclose()
+        db.close()
+
+    app.cleanup_ctx.append(resources)
+    setup_routes(app)
+    return app

@@ -1,0 +1,157 @@
+"""Passwords (scrypt, memory-hard), login tokens and role checks.
+
+Tokens are random 256-bit strings handed to the client once; the database
+keeps only their SHA-256. Nothing here logs a password or a token.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+from collections import defaultdict, deque
+from datetime import timedelta
+
+from sqlmodel import Session, select  # noqa: F401  (re-exported for tests)
+
+from .db import ROLES, AuthToken, Database, User, get_user, utcnow
+from .exceptions import BadRequest, Conflict, TooManyRequests, Unauthorized
+
+# scrypt with N=2**14, r=8 uses 16 MiB per hash: memory-hard, ~50 ms here
+SCRYPT_N = 2**14
+SCRYPT_R = 8
+SCRYPT_P = 1
+BUSINESS_TYPES = ("account_opening", "loan_signing", "wealth_product")
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P,
+                            maxmem=64 * 1024 * 1024, dklen=32)
+    b64 = base64.b64encode
+    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def verify_password(password: str, encoded: str) -> bool:
+    try:
+        scheme, n, r, p, salt_b64, digest_b64 = encoded.split("$")
+        if scheme != "scrypt":
+            return False
+        salt = base64.b64decode(salt_b64)
+        expected = base64.b64decode(digest_b64)
+        digest = hashlib.scrypt(password.encode(), salt=salt, n=int(n), r=int(r), p=int(p),
+                                maxmem=64 * 1024 * 1024, dklen=len(expected))
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(digest, expected)
+
+
+# a real hash to compare against when the user does not exist (same timing)
+_DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def validate_new_user(role: str, username: str, password: str, skills: list[str]) -> None:
+    if role not in ROLES:
+        raise BadRequest(f"role must be one of {', '.join(ROLES)}")
+    if not (1 <= len(username) <= 64) or not all(c.isalnum() or c in "._-@" for c in username):
+        raise BadRequest("username: 1-64 letters, digits or . _ - @")
+    if len(password) < 8:
+        raise BadRequest("password must have at least 8 characters")
+    unknown = [s for s in skills if s not in BUSINESS_TYPES]
+    if unknown:
+        raise BadRequest(f"unknown skill(s) {', '.join(unknown)}; known: {', '.join(BUSINESS_TYPES)}")
+    if role == "agent" and not skills:
+        raise BadRequest("an agent needs at least one skill")
+
+
+def add_user(s: Session, *, role: str, username: str, password: str,
+             skills: list[str] | None = None, display_name: str | None = None) -> User:
+    skills = skills or []
+    validate_new_user(role, username, password, skills)
+    if get_user(s, username) is not None:
+        raise Conflict(f"user {username!r} already exists")
+    user = User(username=username, display_name=display_name or username, role=role,
+                skills=",".join(skills), password_hash=hash_password(password))
+    s.add(user)
+    s.flush()
+    return user
+
+
+class LoginThrottle:
+    """At most ``limit`` failed logins per username within ``window_s`` seconds."""
+
+    def __init__(self, limit: int = 5, window_s: float = 300.0) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._failures: dict[str, deque[float]] = defaultdict(deque)
+
+    def check(self, username: str) -> None:
+        failures = self._failures.get(username)
+        now = time.monotonic()
+        while failures and now - failures[0] > self.window_s:
+            failures.popleft()
+        if failures is not None and len(failures) >= self.limit:
+            raise TooManyRequests("too many failed logins: try again in a few minutes")
+
+    def failed(self, username: str) -> None:
+        self._failures[username].append(time.monotonic())
+
+    def succeeded(self, username: str) -> None:
+        self._failures.pop(username, None)
+
+
+async def login(db: Database, username: str, password: str, ttl_s: int) -> tuple[str, User]:
+    """Check credentials; return a new token and the user. Raises :class:`Unauthorized`."""
+
+    def work(s: Session) -> tuple[str, User] | None:
+        user = get_user(s, username)
+        if user is None or user.disabled:
+            verify_password(password, _DUMMY_HASH)
+            return None
+        if not verify_password(password, user.password_hash):
+            return None
+        token = secrets.token_urlsafe(32)
+        s.add(AuthToken(token_hash=token_hash(token), user_id=user.id,
+                        expires_at=utcnow() + timedelta(seconds=ttl_s)))
+        return token, user
+
+    result = await db.run(work)
+    if result is None:
+        raise Unauthorized("wrong username or password", code="bad_credentials")
+    return result
+
+
+async def user_for_token(db: Database, token: str | None) -> User | None:
+    if not token or len(token) > 256:
+        return None
+
+    def work(s: Session) -> User | None:
+        row = s.get(AuthToken, token_hash(token))
+        if row is None or row.expires_at < utcnow():
+            return None
+        user = s.get(User, row.user_id)
+        return None if user is None or user.disabled else user
+
+    return await db.run(work)
+
+
+async def logout(db: Database, token: str) -> None:
+    def work(s: Session) -> None:
+        row = s.get(AuthToken, token_hash(token))
+        if row is not None:
+            s.delete(row)
+
+    await db.run(work)
+
+
+def purge_expired_tokens(s: Session) -> int:
+    rows = s.exec(select(AuthToken).where(AuthToken.expires_at < utcnow())).all()
+    for row in rows:
+        s.delete(row)
+    return len(rows)

@@ -1,0 +1,93 @@
+"""Server configuration: one frozen dataclass, filled from CLI flags and ``VCOUNTER_*`` variables."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+from signaling.media_hub import IceServerConfig
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _default_node_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class Config:
+    #: address to listen on
+    host: str = "0.0.0.0"
+    #: port to listen on (HTTPS by default)
+    port: int = 8443
+    #: directory for the database, TLS files and (later) recordings
+    data_dir: Path = Path("var")
+    #: serve HTTPS with ``cert_file``/``key_file`` (generated self-signed when missing)
+    tls: bool = True
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    #: SQLAlchemy URL; default ``sqlite:///<data_dir>/vcounter.db`` (env ``DATABASE_URL``)
+    database_url: str | None = field(default=None, repr=False)
+    #: this server's name in the shared state (several nodes behind a load balancer)
+    node_id: str = field(default_factory=_default_node_id)
+    #: ``passthrough`` (forward encoded packets) or ``transcode`` (benchmark comparison only)
+    media_mode: str = "passthrough"
+    #: ICE servers given to browsers and used by the hub; JSON list of {urls, username, credential}
+    ice_servers: tuple[IceServerConfig, ...] = ()
+    #: seconds a dropped customer may take to come back
+    rejoin_window_s: float = 30.0
+    #: seconds an agent has to accept an offered customer
+    offer_timeout_s: float = 20.0
+    #: lifetime of a login token
+    login_ttl_s: int = 12 * 3600
+    #: directory of the static web client
+    web_root: Path = REPO_ROOT / "web_client"
+    #: seed demo accounts (random passwords, printed at start)
+    demo: bool = False
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{Path(self.data_dir).resolve() / 'vcounter.db'}"
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+
+def _parse_ice(value: str) -> tuple[IceServerConfig, ...]:
+    items = json.loads(value) if value.strip() else []
+    servers = []
+    for item in items:
+        urls = item["urls"] if isinstance(item["urls"], list) else [item["urls"]]
+        servers.append(IceServerConfig(urls=urls, username=item.get("username"),
+                                       credential=item.get("credential")))
+    return tuple(servers)
+
+
+def from_env(base: Config | None = None, environ: dict[str, str] | None = None) -> Config:
+    """Apply ``VCOUNTER_<FIELD>`` environment variables (and ``DATABASE_URL``) to ``base``."""
+    env = os.environ if environ is None else environ
+    config = base or Config()
+    changes: dict[str, object] = {}
+    for f in fields(Config):
+        raw = env.get(f"VCOUNTER_{f.name.upper()}")
+        if raw is None:
+            continue
+        if f.name == "ice_servers":
+            changes[f.name] = _parse_ice(raw)
+        elif f.type in ("bool",):
+            changes[f.name] = raw.lower() in ("1", "true", "yes", "on")
+        elif f.type in ("int",):
+            changes[f.name] = int(raw)
+        elif f.type in ("float",):
+            changes[f.name] = float(raw)
+        elif "Path" in str(f.type):
+            changes[f.name] = Path(raw)
+        else:
+            changes[f.name] = raw
+    if "DATABASE_URL" in env and "database_url" not in changes:
+        changes["database_url"] = env["DATABASE_URL"]
+    return replace(config, **changes)

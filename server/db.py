@@ -1,0 +1,157 @@
+"""Database: sqlmodel tables and a small async facade that runs queries off the event loop.
+
+SQLite by default (WAL, one writer thread); ``DATABASE_URL`` selects another
+engine (PostgreSQL for several nodes). The session event timeline is
+append-only: the application never updates or deletes it, and on SQLite
+triggers refuse any attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import event as sa_event
+from sqlalchemy import text
+from sqlmodel import Field, Session, SQLModel, create_engine, select
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+ROLES = ("agent", "auditor", "admin")
+SESSION_STATES = ("queued", "offered", "active", "ended", "abandoned", "failed")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class User(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    username: str = Field(index=True, unique=True, max_length=64)
+    display_name: str = Field(max_length=128)
+    role: str = Field(max_length=16)
+    #: comma-separated business types (agents only)
+    skills: str = ""
+    password_hash: str = Field(max_length=256)
+    disabled: bool = False
+    created_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def skill_set(self) -> frozenset[str]:
+        return frozenset(s for s in self.skills.split(",") if s)
+
+
+class AuthToken(SQLModel, table=True):
+    #: SHA-256 of the bearer token: the token itself is never stored
+    token_hash: str = Field(primary_key=True, max_length=64)
+    user_id: int = Field(foreign_key="user.id", index=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
+
+
+class CallSession(SQLModel, table=True):
+    id: str = Field(primary_key=True, max_length=64)
+    business: str = Field(index=True, max_length=32)
+    state: str = Field(index=True, max_length=16)
+    end_reason: str | None = Field(default=None, max_length=64)
+    customer_name: str = Field(max_length=128)
+    agent_id: int | None = Field(default=None, foreign_key="user.id", index=True)
+    node_id: str = Field(default="", max_length=128)
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+
+
+class Participant(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    session_id: str = Field(foreign_key="callsession.id", index=True, max_length=64)
+    role: str = Field(max_length=16)  # customer | agent
+    user_id: int | None = Field(default=None, foreign_key="user.id")
+    display_name: str = Field(max_length=128)
+    joined_at: datetime = Field(default_factory=utcnow)
+
+
+class SessionEvent(SQLModel, table=True):
+    """Append-only timeline of a session; ``offset_ms`` counts from the session's creation."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    session_id: str = Field(foreign_key="callsession.id", index=True, max_length=64)
+    at: datetime = Field(default_factory=utcnow)
+    offset_ms: int
+    kind: str = Field(max_length=64)
+    data: str = "{}"
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        return json.loads(self.data)
+
+
+_APPEND_ONLY_TRIGGERS = [
+    """CREATE TRIGGER IF NOT EXISTS sessionevent_no_update BEFORE UPDATE ON sessionevent
+       BEGIN SELECT RAISE(ABORT, 'session events are append-only'); END""",
+    """CREATE TRIGGER IF NOT EXISTS sessionevent_no_delete BEFORE DELETE ON sessionevent
+       BEGIN SELECT RAISE(ABORT, 'session events are append-only'); END""",
+]
+
+
+class Database:
+    """Engine plus a single worker thread: queries never block the event loop."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        is_sqlite = url.startswith("sqlite")
+        self.engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30} if is_sqlite else {}
+        )
+        if is_sqlite:
+
+            @sa_event.listens_for(self.engine, "connect")
+            def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=NORMAL")
+                cur.execute("PRAGMA foreign_keys=ON")
+                cur.close()
+
+        self._is_sqlite = is_sqlite
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db")
+        self._closed = False
+
+    def create_all(self) -> None:
+        SQLModel.metadata.create_all(self.engine)
+        if self._is_sqlite:
+            with self.engine.begin() as conn:
+                for ddl in _APPEND_ONLY_TRIGGERS:
+                    conn.execute(text(ddl))
+
+    def session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    async def run(self, fn: Callable[[Session], T]) -> T:
+        """Run ``fn(session)`` in the database thread and commit."""
+
+        def work() -> T:
+            with self.session() as s:
+                result = fn(s)
+                s.commit()
+                return result
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._executor.shutdown(wait=True)
+        self.engine.dispose()
+
+
+def get_user(s: Session, username: str) -> User | None:
+    return s.exec(select(User).where(User.username == username)).first()

@@ -1,0 +1,18 @@
+"""Typed application state keys (``app[KEY]``), so handlers never use module globals."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from signaling.broker import Broker
+from signaling.media_hub import MediaHub
+
+from .auth import LoginThrottle
+from .config import Config
+from .db import Database
+
+CONFIG = web.AppKey("config", Config)
+DB = web.AppKey("db", Database)
+HUB = web.AppKey("hub", MediaHub)
+BROKER = web.AppKey("broker", Broker)
+THROTTLE = web.AppKey("login_throttle", LoginThrottle)

@@ -1,0 +1,138 @@
+"""HTTP routes: pages, login, configuration, health."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from aiohttp import web
+
+from signaling.messages import Business
+
+from . import auth
+from .exceptions import BadRequest, Unauthorized
+from .keys import BROKER, CONFIG, DB, HUB, THROTTLE
+
+logger = logging.getLogger(__name__)
+
+COOKIE = "vc_session"
+BUSINESS_NAMES = {
+    Business.ACCOUNT_OPENING: ("Account opening", "远程开户"),
+    Business.LOAN_SIGNING: ("Loan signing", "贷款面签"),
+    Business.WEALTH_PRODUCT: ("Wealth product purchase", "理财双录"),
+}
+
+
+def bearer_token(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    if header.startswith("Bearer "):
+        return header[7:].strip()
+    return request.cookies.get(COOKIE)
+
+
+async def current_user(request: web.Request):
+    user = await auth.user_for_token(request.app[DB], bearer_token(request))
+    if user is None:
+        raise Unauthorized("log in first")
+    return user
+
+
+async def _json_body(request: web.Request) -> dict:
+    if request.content_length is not None and request.content_length > 64 * 1024:
+        raise BadRequest("request body too large")
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadRequest("body must be JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object")
+    return body
+
+
+def _page(name: str):
+    async def handler(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(request.app[CONFIG].web_root / name)
+
+    return handler
+
+
+async def login(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    username, password = body.get("username"), body.get("password")
+    if not isinstance(username, str) or not isinstance(password, str) or not username or not password:
+        raise BadRequest("username and password are required")
+    throttle = request.app[THROTTLE]
+    throttle.check(username)
+    config = request.app[CONFIG]
+    try:
+        token, user = await auth.login(request.app[DB], username, password, config.login_ttl_s)
+    except Unauthorized:
+        throttle.failed(username)
+        logger.info("failed login for %r from %s", username[:64], request.remote)
+        raise
+    throttle.succeeded(username)
+    logger.info("user %s logged in (%s)", user.username, user.role)
+    response = web.json_response({
+        "token": token,
+        "username": user.username,
+        "role": user.role,
+        "display_name": user.display_name,
+        "skills": sorted(user.skill_set),
+    })
+    response.set_cookie(COOKIE, token, httponly=True, samesite="Strict", secure=config.tls,
+                        max_age=config.login_ttl_s, path="/")
+    return response
+
+
+async def logout(request: web.Request) -> web.Response:
+    token = bearer_token(request)
+    if token:
+        await auth.logout(request.app[DB], token)
+    response = web.json_response({"ok": True})
+    response.del_cookie(COOKIE, path="/")
+    return response
+
+
+async def me(request: web.Request) -> web.Response:
+    user = await current_user(request)
+    return web.json_response({"username": user.username, "role": user.role,
+                              "display_name": user.display_name, "skills": sorted(user.skill_set)})
+
+
+async def client_config(request: web.Request) -> web.Response:
+    config = request.app[CONFIG]
+    return web.json_response({
+        "ice_servers": [
+            {k: v for k, v in {"urls": s.urls, "username": s.username, "credential": s.credential}.items()
+             if v is not None}
+            for s in config.ice_servers
+        ],
+        "businesses": [{"type": b.value, "name_en": en, "name_zh": zh}
+                       for b, (en, zh) in BUSINESS_NAMES.items()],
+        "rejoin_window_s": int(config.rejoin_window_s),
+    })
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({
+        "status": "ok",
+        "node": request.app[CONFIG].node_id,
+        "calls": request.app[HUB].call_count,
+        "sessions": len(request.app[BROKER].sessions),
+    })
+
+
+def setup_routes(app: web.Application) -> None:
+    from . import ws
+
+    web_root = app[CONFIG].web_root
+    app.router.add_get("/", _page("index.html"))
+    app.router.add_get("/agent", _page("agent.html"))
+    app.router.add_static("/static/", web_root, show_index=False, follow_symlinks=False)
+    app.router.add_post("/api/login", login)
+    app.router.add_post("/api/logout", logout)
+    app.router.add_get("/api/me", me)
+    app.router.add_get("/api/config", client_config)
+    app.router.add_get("/healthz", health)
+    app.router.add_get("/ws/customer", ws.customer_ws)
+    app.router.add_get("/ws/agent", ws.agent_ws)

@@ -1,0 +1,76 @@
+"""The broker's :class:`~signaling.broker.SessionLog` on the database."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from sqlmodel import Session as DbSession
+from sqlmodel import select
+
+from signaling.broker import Session
+
+from .db import CallSession, Database, Participant, SessionEvent, utcnow
+
+
+def _dt(epoch: float | None) -> datetime | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, UTC)
+
+
+class DbSessionLog:
+    def __init__(self, db: Database, node_id: str) -> None:
+        self.db = db
+        self.node_id = node_id
+        self._created: dict[str, datetime] = {}
+
+    async def session_created(self, session: Session) -> None:
+        created = _dt(session.created_at)
+        assert created is not None
+        self._created[session.id] = created
+
+        def work(s: DbSession) -> None:
+            s.add(CallSession(id=session.id, business=session.business, state=session.state,
+                              customer_name=session.display_name, node_id=self.node_id,
+                              created_at=created))
+            s.add(Participant(session_id=session.id, role="customer",
+                              display_name=session.display_name, joined_at=created))
+
+        await self.db.run(work)
+
+    async def session_changed(self, session: Session) -> None:
+        def work(s: DbSession) -> None:
+            row = s.get(CallSession, session.id)
+            if row is None:
+                return
+            row.state = session.state
+            row.end_reason = session.end_reason
+            row.started_at = row.started_at or _dt(session.started_at)
+            row.ended_at = _dt(session.ended_at)
+            if session.agent is not None:
+                row.agent_id = session.agent.id
+                known = s.exec(select(Participant).where(
+                    Participant.session_id == session.id, Participant.user_id == session.agent.id
+                )).first()
+                if known is None:
+                    s.add(Participant(session_id=session.id, role="agent", user_id=session.agent.id,
+                                      display_name=session.agent.display_name))
+            s.add(row)
+
+        await self.db.run(work)
+        if session.state in ("ended", "abandoned", "failed"):
+            self._created.pop(session.id, None)
+
+    async def event(self, session_id: str, kind: str, data: dict[str, object]) -> None:
+        now = utcnow()
+        created = self._created.get(session_id)
+
+        def work(s: DbSession) -> None:
+            start = created
+            if start is None:
+                row = s.get(CallSession, session_id)
+                start = row.created_at if row is not None else now
+            offset = max(0, int((now - start).total_seconds() * 1000))
+            s.add(SessionEvent(session_id=session_id, at=now, offset_ms=offset, kind=kind,
+                               data=json.dumps(data, ensure_ascii=False, default=str)))
+
+        await self.db.run(work)

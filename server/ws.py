@@ -1,0 +1,276 @@
+"""The WebSocket edge: one socket per participant, every frame validated here.
+
+Each connection gets a :class:`WsChannel` (an outgoing queue drained by one
+writer task, so a slow client never blocks the broker) and a
+:class:`RateLimiter`. Frames are parsed with ``signaling.messages``; a bad
+frame is answered with one ``error`` message, and the socket is closed only
+where continuing is unsafe (oversized frames, floods, strangers' sessions,
+missing authentication).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from aiohttp import WSMsgType, web
+from pydantic import BaseModel
+
+from signaling import messages as m
+from signaling.broker import CLOSE_POLICY, AgentConn, AgentUser, Broker, Session
+from signaling.exceptions import InvalidMessage, NotAuthenticated, SignalingError
+
+from . import auth
+from .keys import BROKER, DB
+
+logger = logging.getLogger(__name__)
+
+CLOSE_TOO_BIG = 1009
+CLOSE_UNAUTHENTICATED = 4401
+#: seconds an agent socket without cookie has to send ``auth``
+AUTH_TIMEOUT_S = 10.0
+#: frames the server reads at most (bigger ones are refused with ``too_large``)
+READ_LIMIT = 1024 * 1024
+
+
+class RateLimiter:
+    """Token bucket: ``rate`` messages per second, bursts up to ``burst``.
+
+    Every refused message counts as a strike; ``max_strikes`` strikes close the socket.
+    """
+
+    def __init__(self, rate: float = 20.0, burst: float = 40.0, max_strikes: int = 20) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.max_strikes = max_strikes
+        self.strikes = 0
+        self._last = time.monotonic()
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        self.strikes += 1
+        return False
+
+    @property
+    def exhausted(self) -> bool:
+        return self.strikes >= self.max_strikes
+
+
+class WsChannel:
+    """:class:`signaling.broker.Channel` over an aiohttp WebSocket."""
+
+    def __init__(self, ws: web.WebSocketResponse, label: str) -> None:
+        self.ws = ws
+        self.label = label
+        self._queue: asyncio.Queue[str | tuple[int, str]] = asyncio.Queue(maxsize=1000)
+        self._writer = asyncio.get_running_loop().create_task(self._write(), name=f"ws-writer-{label}")
+        self._closing = False
+
+    def send(self, message: BaseModel) -> None:
+        if self._closing:
+            return
+        try:
+            self._queue.put_nowait(m.dump(message))
+        except asyncio.QueueFull:
+            logger.warning("%s: client is not reading, closing", self.label)
+            self.close(CLOSE_POLICY, "not reading")
+
+    def close(self, code: int, reason: str) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait((code, reason))
+
+    async def _write(self) -> None:
+        try:
+            while True:
+                item = await self._queue.get()
+                if isinstance(item, tuple):
+                    code, reason = item
+                    await self.ws.close(code=code, message=reason.encode()[:120])
+                    return
+                await self.ws.send_str(item)
+        except (ConnectionError, RuntimeError):
+            pass  # the client went away; the reader notices
+
+    async def aclose(self) -> None:
+        """Flush what is queued, then stop the writer."""
+        self.close(1000, "bye")
+        try:
+            await asyncio.wait_for(asyncio.shield(self._writer), timeout=2)
+        except (TimeoutError, asyncio.CancelledError):
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+
+
+def _error(channel: WsChannel, exc: SignalingError) -> None:
+    channel.send(m.Error(code=exc.code, message=exc.message, fatal=exc.fatal))
+    if exc.fatal:
+        code = CLOSE_TOO_BIG if exc.code == "too_large" else (
+            CLOSE_UNAUTHENTICATED if exc.code == "not_authenticated" else CLOSE_POLICY
+        )
+        channel.close(code, exc.code)
+
+
+async def _frames(ws: web.WebSocketResponse, channel: WsChannel, limiter: RateLimiter):
+    """Yield text frames that passed the size and rate checks."""
+    async for msg in ws:
+        if msg.type == WSMsgType.TEXT or msg.type == WSMsgType.BINARY:
+            data = msg.data
+            if len(data) > m.MAX_MESSAGE_BYTES:
+                _error(channel, InvalidMessage(
+                    f"message of {len(data)} bytes exceeds the {m.MAX_MESSAGE_BYTES}-byte limit",
+                    code="too_large", fatal=True))
+                return
+            if not limiter.allow():
+                if limiter.exhausted:
+                    _error(channel, SignalingError("too many messages: connection closed",
+                                                   code="rate_limited", fatal=True))
+                    return
+                channel.send(m.Error(code="rate_limited",
+                                     message="too many messages: slow down (20 per second)"))
+                continue
+            yield data
+        elif msg.type == WSMsgType.ERROR:
+            logger.info("%s: websocket error %s", channel.label, ws.exception().__class__.__name__)
+            return
+
+
+def _websocket() -> web.WebSocketResponse:
+    return web.WebSocketResponse(heartbeat=10.0, max_msg_size=READ_LIMIT)
+
+
+async def customer_ws(request: web.Request) -> web.WebSocketResponse:
+    broker = request.app[BROKER]
+    ws = _websocket()
+    await ws.prepare(request)
+    channel = WsChannel(ws, "customer")
+    limiter = RateLimiter()
+    session: Session | None = None
+    try:
+        async for raw in _frames(ws, channel, limiter):
+            try:
+                msg = m.parse_customer_message(raw)
+                if isinstance(msg, m.Ping):
+                    channel.send(m.Pong())
+                elif isinstance(msg, m.Join):
+                    if session is not None:
+                        raise SignalingError("already in a session on this connection", code="bad_state")
+                    session = await broker.customer_join(channel, msg.business.value, msg.display_name)
+                    channel.label = f"customer {session.id}"
+                elif isinstance(msg, m.Rejoin):
+                    if session is not None:
+                        raise SignalingError("already in a session on this connection", code="bad_state")
+                    session = await broker.customer_rejoin(channel, msg.session_id, msg.rejoin_token)
+                    channel.label = f"customer {session.id}"
+                elif session is None:
+                    raise SignalingError("send join or rejoin first", code="bad_state")
+                elif isinstance(msg, m.Cancel):
+                    await broker.customer_cancel(session)
+                elif isinstance(msg, m.Hangup):
+                    await broker.customer_hangup(session)
+                elif isinstance(msg, m.Offer):
+                    await broker.offer(session, "customer", msg.sdp)
+                elif isinstance(msg, m.RequestKeyframe):
+                    broker.request_keyframe(session, "customer")
+            except SignalingError as exc:
+                _error(channel, exc)
+                if exc.fatal:
+                    break
+    finally:
+        if session is not None:
+            await broker.customer_disconnected(session, channel)
+        await channel.aclose()
+    return ws
+
+
+async def _authenticate_agent(request: web.Request, ws: web.WebSocketResponse, channel: WsChannel,
+                              limiter: RateLimiter) -> AgentUser | None:
+    db = request.app[DB]
+    user = await auth.user_for_token(db, request.cookies.get("vc_session"))
+    if user is None:
+        try:
+            async with asyncio.timeout(AUTH_TIMEOUT_S):
+                async for raw in _frames(ws, channel, limiter):
+                    try:
+                        msg = m.parse_agent_message(raw)
+                    except SignalingError as exc:
+                        _error(channel, exc)
+                        if exc.fatal:
+                            return None
+                        continue
+                    if isinstance(msg, m.Ping):
+                        channel.send(m.Pong())
+                        continue
+                    if not isinstance(msg, m.Auth):
+                        _error(channel, NotAuthenticated("log in first: send auth with your token"))
+                        return None
+                    user = await auth.user_for_token(db, msg.token)
+                    break
+        except TimeoutError:
+            _error(channel, NotAuthenticated("no auth message within 10 s"))
+            return None
+        if user is None:
+            if not ws.closed:
+                _error(channel, NotAuthenticated("invalid or expired token: log in again"))
+            return None
+    if user.role != "agent":
+        _error(channel, SignalingError("only agents can use the agent workbench",
+                                       code="forbidden", fatal=True))
+        return None
+    return AgentUser(id=user.id or 0, username=user.username, display_name=user.display_name,
+                     skills=user.skill_set)
+
+
+async def agent_ws(request: web.Request) -> web.WebSocketResponse:
+    broker: Broker = request.app[BROKER]
+    ws = _websocket()
+    await ws.prepare(request)
+    channel = WsChannel(ws, "agent")
+    limiter = RateLimiter()
+    agent: AgentConn | None = None
+    try:
+        user = await _authenticate_agent(request, ws, channel, limiter)
+        if user is None:
+            return ws
+        channel.label = f"agent {user.username}"
+        agent = await broker.agent_connected(user, channel)
+        async for raw in _frames(ws, channel, limiter):
+            try:
+                msg = m.parse_agent_message(raw)
+                if isinstance(msg, m.Ping):
+                    channel.send(m.Pong())
+                elif isinstance(msg, m.Auth):
+                    raise SignalingError("already authenticated", code="bad_state")
+                elif isinstance(msg, m.SetStatus):
+                    await broker.agent_set_status(agent, msg.status)
+                elif isinstance(msg, m.Accept):
+                    await broker.agent_accept(agent, msg.session_id)
+                elif isinstance(msg, m.Decline):
+                    await broker.agent_decline(agent, msg.session_id)
+                elif isinstance(msg, m.Hangup):
+                    await broker.agent_hangup(agent)
+                elif isinstance(msg, m.Offer):
+                    await broker.offer(broker.session_of_agent(agent), "agent", msg.sdp)
+                elif isinstance(msg, m.RequestKeyframe):
+                    broker.request_keyframe(broker.session_of_agent(agent), "agent")
+            except SignalingError as exc:
+                _error(channel, exc)
+                if exc.fatal:
+                    break
+    finally:
+        if agent is not None:
+            await broker.agent_disconnected(agent)
+        await channel.aclose()
+    return ws
+

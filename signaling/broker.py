@@ -1,0 +1,655 @@
+"""Session brokering: customers queue, agents are offered them, calls start and end.
+
+The :class:`Broker` is transport-agnostic: the server's WebSocket edge
+validates each message (``signaling.messages``) and calls one broker method per
+message; the broker answers through :class:`Channel` objects whose ``send`` never
+blocks. Persistent records (sessions, participants, the event timeline) go to a
+:class:`SessionLog` that the server implements on the database; the queue and
+agent presence go through :class:`~signaling.state.SharedState`.
+
+State machine of a session::
+
+    queued -> offered -> active -> ended
+      ^  <------'          |
+      '--------------------'      (agent dropped: back to the head of the queue)
+    queued / offered -> abandoned  (customer cancelled or did not come back in time)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import math
+import secrets
+import time
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pydantic import BaseModel
+
+from . import messages as m
+from .exceptions import Forbidden, InvalidState, NotFound
+from .media_hub import IceServerConfig, MediaHub
+from .state import AgentPresence, InMemoryState, QueueEntry, SharedState
+
+logger = logging.getLogger(__name__)
+
+#: close codes sent with fatal errors
+CLOSE_POLICY = 1008
+CLOSE_REPLACED = 4409
+
+
+class Channel(Protocol):
+    """One participant's connection; ``send`` queues and never blocks."""
+
+    def send(self, message: BaseModel) -> None: ...
+    def close(self, code: int, reason: str) -> None: ...
+
+
+class SessionLog(Protocol):
+    """Where the broker writes what must outlive the process (the server's database)."""
+
+    async def session_created(self, session: Session) -> None: ...
+    async def session_changed(self, session: Session) -> None: ...
+    async def event(self, session_id: str, kind: str, data: dict[str, object]) -> None: ...
+
+
+class NullLog:
+    """A :class:`SessionLog` that keeps nothing (headless tools, unit use)."""
+
+    async def session_created(self, session: Session) -> None:
+        return None
+
+    async def session_changed(self, session: Session) -> None:
+        return None
+
+    async def event(self, session_id: str, kind: str, data: dict[str, object]) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    #: seconds a dropped customer may take to rejoin
+    rejoin_window_s: float = 30.0
+    #: seconds an agent has to accept an offered customer
+    offer_timeout_s: float = 20.0
+    #: average handling time assumed until calls have been measured
+    default_handle_s: float = 180.0
+    node_id: str = "node-1"
+    ice_servers: tuple[IceServerConfig, ...] = ()
+
+
+@dataclass(frozen=True)
+class AgentUser:
+    """An authenticated agent, as the server's auth layer resolved it."""
+
+    id: int
+    username: str
+    display_name: str
+    skills: frozenset[str]
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(eq=False)
+class Session:
+    id: str
+    business: str
+    display_name: str
+    token_hash: str = field(repr=False)
+    created_at: float  # epoch seconds
+    state: str = "queued"
+    end_reason: str | None = None
+    agent: AgentUser | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    channel: Channel | None = field(default=None, repr=False)
+    drop_task: asyncio.Task[None] | None = field(default=None, repr=False)
+    last_queue_update: tuple[int, int, int] | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self.channel is not None
+
+
+@dataclass(eq=False)
+class AgentConn:
+    user: AgentUser
+    channel: Channel = field(repr=False)
+    status: str = "away"
+    ready_since: float = 0.0
+    #: session offered to or in a call with this agent
+    session_id: str | None = None
+    offer_task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class Broker:
+    def __init__(
+        self,
+        hub: MediaHub,
+        *,
+        config: BrokerConfig | None = None,
+        state: SharedState | None = None,
+        log: SessionLog | None = None,
+    ) -> None:
+        self.hub = hub
+        self.config = config or BrokerConfig()
+        self.state: SharedState = state or InMemoryState()
+        self.log: SessionLog = log or NullLog()
+        self._sessions: dict[str, Session] = {}
+        self._ended: OrderedDict[str, Session] = OrderedDict()
+        self._agents: dict[int, AgentConn] = {}
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._handle_times: deque[float] = deque(maxlen=50)
+        self._closed = False
+        #: callbacks run when a call becomes active / ends (recorder, identity hook in here)
+        self.on_call_started: list[Callable[[Session], Awaitable[None]]] = []
+        self.on_call_ended: list[Callable[[Session], Awaitable[None]]] = []
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    @staticmethod
+    def _cancel(task: asyncio.Task[None] | None) -> None:
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    def _ice_servers(self) -> list[m.IceServer]:
+        return [
+            m.IceServer(urls=s.urls, username=s.username, credential=s.credential)
+            for s in self.config.ice_servers
+        ]
+
+    async def _event(self, session_id: str, kind: str, **data: object) -> None:
+        try:
+            await self.log.event(session_id, kind, data)
+        except Exception:
+            logger.exception("session %s: could not record event %s", session_id, kind)
+
+    async def _changed(self, session: Session) -> None:
+        try:
+            await self.log.session_changed(session)
+        except Exception:
+            logger.exception("session %s: could not record state %s", session.id, session.state)
+
+    def session(self, session_id: str) -> Session | None:
+        return self._sessions.get(session_id)
+
+    def agent(self, agent_id: int) -> AgentConn | None:
+        return self._agents.get(agent_id)
+
+    @property
+    def sessions(self) -> list[Session]:
+        return list(self._sessions.values())
+
+    # -- customers -----------------------------------------------------------------
+
+    async def customer_join(self, channel: Channel, business: str, display_name: str) -> Session:
+        token = secrets.token_urlsafe(32)
+        session = Session(
+            id=secrets.token_urlsafe(12),
+            business=business,
+            display_name=display_name,
+            token_hash=hash_token(token),
+            created_at=time.time(),
+            channel=channel,
+        )
+        async with self._lock:
+            self._sessions[session.id] = session
+            await self.log.session_created(session)
+            await self.state.enqueue(
+                QueueEntry(session.id, business, session.created_at, node_id=self.config.node_id)
+            )
+            await self._event(session.id, "queued", business=business)
+            logger.info("session %s: customer joined the %s queue", session.id, business)
+            channel.send(
+                m.Joined(
+                    session_id=session.id,
+                    rejoin_token=token,
+                    business=m.Business(business),
+                    rejoin_window_s=int(self.config.rejoin_window_s),
+                )
+            )
+            await self._dispatch()
+            await self._broadcast_queue()
+        return session
+
+    async def customer_rejoin(self, channel: Channel, session_id: str, token: str) -> Session:
+        async with self._lock:
+            session = self._sessions.get(session_id) or self._ended.get(session_id)
+            if session is None or not hmac.compare_digest(session.token_hash, hash_token(token)):
+                logger.info("rejoin refused for session id %.8s...: unknown or wrong token", session_id)
+                raise Forbidden("that session does not exist or the rejoin token does not match")
+            if session.state in ("ended", "abandoned", "failed"):
+                channel.send(m.CallEnded(session_id=session.id, reason=session.end_reason or session.state))
+                raise InvalidState("this session has already ended", code="session_ended", fatal=True)
+            self._cancel(session.drop_task)
+            session.drop_task = None
+            old = session.channel
+            session.channel = channel
+            if old is not None and old is not channel:
+                old.send(m.Error(code="replaced", message="this session was resumed elsewhere", fatal=True))
+                old.close(CLOSE_REPLACED, "session resumed elsewhere")
+            session.last_queue_update = None
+            channel.send(m.Rejoined(session_id=session.id, state=session.state))
+            await self._event(session.id, "customer_rejoined", state=session.state)
+            logger.info("session %s: customer rejoined (%s)", session.id, session.state)
+            if session.state in ("queued", "offered"):
+                await self.state.update_entry(session.id, reachable=True)
+                await self._dispatch()
+                await self._broadcast_queue()
+            elif session.state == "active" and session.agent is not None:
+                channel.send(self._call_started(session, for_role="customer"))
+                agent = self._agents.get(session.agent.id)
+                if agent is not None:
+                    agent.channel.send(m.PeerReconnected())
+        return session
+
+    async def customer_cancel(self, session: Session) -> None:
+        async with self._lock:
+            if session.state not in ("queued", "offered"):
+                raise InvalidState(f"cannot cancel a session that is {session.state}")
+            await self._finish(session, "abandoned", "customer_cancelled")
+
+    async def customer_hangup(self, session: Session) -> None:
+        async with self._lock:
+            if session.state in ("queued", "offered"):
+                await self._finish(session, "abandoned", "customer_cancelled")
+            elif session.state == "active":
+                await self._finish(session, "ended", "customer_hangup")
+            else:
+                raise InvalidState(f"no call to hang up (session is {session.state})")
+
+    async def customer_disconnected(self, session: Session, channel: Channel) -> None:
+        async with self._lock:
+            if session.channel is not channel or session.state in ("ended", "abandoned", "failed"):
+                return
+            session.channel = None
+            logger.info("session %s: customer connection lost (%s)", session.id, session.state)
+            await self._event(session.id, "customer_disconnected", state=session.state)
+            if session.state in ("queued", "offered"):
+                entry = await self.state.update_entry(session.id, reachable=False)
+                if entry is not None and entry.offered_to is not None:
+                    await self._withdraw_offer(session, entry.offered_to, "customer_lost", penalise=False)
+                await self._broadcast_queue()
+            elif session.state == "active":
+                await self.hub.disconnect(session.id, "customer")
+                if session.agent is not None and (agent := self._agents.get(session.agent.id)):
+                    agent.channel.send(m.PeerReconnecting(window_s=int(self.config.rejoin_window_s)))
+            session.drop_task = self._spawn(self._drop_after_window(session), f"drop-{session.id}")
+
+    async def _drop_after_window(self, session: Session) -> None:
+        await asyncio.sleep(self.config.rejoin_window_s)
+        async with self._lock:
+            if session.channel is not None or session.state in ("ended", "abandoned", "failed"):
+                return
+            session.drop_task = None
+            if session.state == "active":
+                await self._finish(session, "ended", "customer_lost")
+            else:
+                await self._finish(session, "abandoned", "customer_lost")
+
+    # -- agents --------------------------------------------------------------------
+
+    async def agent_connected(self, user: AgentUser, channel: Channel) -> AgentConn:
+        previous = self._agents.get(user.id)
+        if previous is not None:
+            previous.channel.send(
+                m.Error(code="replaced", message="you logged in from another window", fatal=True)
+            )
+            previous.channel.close(CLOSE_REPLACED, "logged in elsewhere")
+            await self.agent_disconnected(previous)
+        agent = AgentConn(user=user, channel=channel)
+        async with self._lock:
+            self._agents[user.id] = agent
+            await self._put_presence(agent)
+            channel.send(
+                m.Authenticated(
+                    username=user.username,
+                    display_name=user.display_name,
+                    skills=[m.Business(s) for s in sorted(user.skills)],
+                )
+            )
+            channel.send(m.StatusChanged(status=m.AgentStatus.AWAY))
+            channel.send(m.QueueStats(waiting=await self._waiting_counts()))
+            logger.info("agent %s connected", user.username)
+        return agent
+
+    async def _put_presence(self, agent: AgentConn) -> None:
+        await self.state.put_agent(
+            AgentPresence(
+                agent_id=agent.user.id,
+                username=agent.user.username,
+                display_name=agent.user.display_name,
+                skills=agent.user.skills,
+                status=agent.status,
+                node_id=self.config.node_id,
+                ready_since=agent.ready_since,
+            )
+        )
+
+    async def _set_agent_status(self, agent: AgentConn, status: str) -> None:
+        if status == "ready" and agent.status != "ready":
+            agent.ready_since = time.time()
+        agent.status = status
+        await self._put_presence(agent)
+        agent.channel.send(m.StatusChanged(status=m.AgentStatus(status)))
+
+    async def agent_set_status(self, agent: AgentConn, status: str) -> None:
+        async with self._lock:
+            if agent.status in ("offered", "busy"):
+                raise InvalidState(f"you are {agent.status}: finish or decline the current customer first")
+            await self._set_agent_status(agent, status)
+            if status == "ready":
+                await self._dispatch()
+            await self._broadcast_queue()
+
+    async def agent_accept(self, agent: AgentConn, session_id: str) -> None:
+        async with self._lock:
+            if agent.status != "offered" or agent.session_id != session_id:
+                raise InvalidState("that customer is not offered to you (the offer may have expired)")
+            session = self._sessions.get(session_id)
+            if session is None or session.state != "offered":
+                raise InvalidState("that customer is no longer waiting")
+            self._cancel(agent.offer_task)
+            agent.offer_task = None
+            await self.state.dequeue(session_id)
+            await self.state.set_call_node(session_id, self.config.node_id)
+            session.state = "active"
+            session.agent = agent.user
+            session.started_at = time.time()
+            await self._changed(session)
+            await self._set_agent_status(agent, "busy")
+            await self._event(session.id, "call_started", agent=agent.user.username)
+            logger.info("session %s: agent %s accepted", session.id, agent.user.username)
+            if session.channel is not None:
+                session.channel.send(self._call_started(session, for_role="customer"))
+            agent.channel.send(self._call_started(session, for_role="agent"))
+            for hook in self.on_call_started:
+                await hook(session)
+            await self._broadcast_queue()
+
+    async def agent_decline(self, agent: AgentConn, session_id: str) -> None:
+        async with self._lock:
+            if agent.status != "offered" or agent.session_id != session_id:
+                raise InvalidState("that customer is not offered to you")
+            session = self._sessions[session_id]
+            await self._event(session.id, "offer_declined", agent=agent.user.username)
+            await self._withdraw_offer(session, agent.user.id, "declined", penalise=True)
+            await self._set_agent_status(agent, "ready")
+            await self._dispatch()
+            await self._broadcast_queue()
+
+    async def _offer_timeout(self, agent: AgentConn, session_id: str) -> None:
+        await asyncio.sleep(self.config.offer_timeout_s)
+        async with self._lock:
+            if agent.status != "offered" or agent.session_id != session_id:
+                return
+            agent.offer_task = None
+            session = self._sessions.get(session_id)
+            logger.info("session %s: offer to %s timed out", session_id, agent.user.username)
+            if session is not None:
+                await self._event(session_id, "offer_timeout", agent=agent.user.username)
+                await self._withdraw_offer(session, agent.user.id, "timeout", penalise=True)
+            # an agent who does not answer is not at the desk
+            await self._set_agent_status(agent, "away")
+            await self._dispatch()
+            await self._broadcast_queue()
+
+    async def _withdraw_offer(self, session: Session, agent_id: int, reason: str, *, penalise: bool) -> None:
+        """Take an outstanding offer back; the customer keeps their place in the queue."""
+        entry = next((e for e in await self.state.queue() if e.session_id == session.id), None)
+        changes: dict[str, object] = {"offered_to": None}
+        if penalise and entry is not None:
+            changes["passed_by"] = entry.passed_by | {agent_id}
+        await self.state.update_entry(session.id, **changes)
+        if session.state == "offered":
+            session.state = "queued"
+            await self._changed(session)
+        agent = self._agents.get(agent_id)
+        if agent is not None and agent.session_id == session.id:
+            self._cancel(agent.offer_task)
+            agent.offer_task = None
+            agent.session_id = None
+            agent.channel.send(m.OfferWithdrawn(session_id=session.id, reason=reason))
+            if reason in ("customer_lost", "customer_cancelled"):
+                await self._set_agent_status(agent, "ready")
+
+    async def agent_hangup(self, agent: AgentConn) -> None:
+        async with self._lock:
+            session = self._sessions.get(agent.session_id or "")
+            if agent.status != "busy" or session is None:
+                raise InvalidState("you are not in a call")
+            await self._finish(session, "ended", "agent_hangup")
+
+    async def agent_disconnected(self, agent: AgentConn) -> None:
+        async with self._lock:
+            if self._agents.get(agent.user.id) is not agent:
+                return
+            del self._agents[agent.user.id]
+            await self.state.remove_agent(agent.user.id)
+            logger.info("agent %s disconnected (%s)", agent.user.username, agent.status)
+            session = self._sessions.get(agent.session_id or "")
+            if session is not None and agent.status == "offered":
+                await self._withdraw_offer(session, agent.user.id, "agent_lost", penalise=False)
+            elif session is not None and agent.status == "busy" and session.state == "active":
+                await self._requeue_at_head(session)
+            agent.session_id = None
+            await self._dispatch()
+            await self._broadcast_queue()
+
+    async def _requeue_at_head(self, session: Session) -> None:
+        await self._event(session.id, "agent_lost", agent=session.agent.username if session.agent else None)
+        await self.hub.end_call(session.id)
+        await self.state.clear_call(session.id)
+        for hook in self.on_call_ended:
+            await hook(session)
+        session.state = "queued"
+        session.agent = None
+        session.started_at = None
+        session.last_queue_update = None
+        await self._changed(session)
+        await self.state.enqueue(
+            QueueEntry(
+                session.id,
+                session.business,
+                session.created_at,
+                priority=0,
+                node_id=self.config.node_id,
+                reachable=session.channel is not None,
+            )
+        )
+        await self._event(session.id, "requeued", reason="agent_lost")
+        logger.info("session %s: agent lost, customer back at the head of the queue", session.id)
+        if session.channel is not None:
+            session.channel.send(m.Requeued(reason="agent_lost"))
+
+    # -- media ---------------------------------------------------------------------
+
+    async def offer(self, session: Session, role: str, sdp: str) -> None:
+        """A participant's SDP offer: connect it to the hub and send the answer."""
+        if session.state != "active":
+            raise InvalidState("media can only be negotiated during a call")
+        answer = await self.hub.connect(session.id, role, sdp)  # type: ignore[arg-type]
+        if session.state != "active":
+            await self.hub.disconnect(session.id, role)
+            raise InvalidState("the call ended during negotiation")
+        channel = self._channel(session, role)
+        if channel is not None:
+            channel.send(m.Answer(sdp=answer))
+        await self._event(session.id, "media_negotiated", role=role)
+
+    def request_keyframe(self, session: Session, role: str) -> None:
+        """``role`` asks the other party's encoder for a keyframe."""
+        media = self.hub.find(session.id)
+        if media is not None:
+            media.tap("agent" if role == "customer" else "customer", "video").request_keyframe()
+
+    async def media_state(self, session_id: str, role: str, state: str) -> None:
+        """Called by the hub when a participant's peer connection changes state."""
+        if state in ("connected", "failed"):
+            await self._event(session_id, f"media_{state}", role=role)
+
+    def session_of_agent(self, agent: AgentConn) -> Session:
+        session = self._sessions.get(agent.session_id or "")
+        if session is None or session.agent is None or session.agent.id != agent.user.id:
+            raise NotFound("you have no call")
+        return session
+
+    def _channel(self, session: Session, role: str) -> Channel | None:
+        if role == "customer":
+            return session.channel
+        agent = self._agents.get(session.agent.id) if session.agent else None
+        return agent.channel if agent is not None else None
+
+    def _call_started(self, session: Session, *, for_role: str) -> m.CallStarted:
+        if for_role == "customer":
+            assert session.agent is not None
+            peer = m.Peer(display_name=session.agent.display_name, role="agent")
+        else:
+            peer = m.Peer(
+                display_name=session.display_name, role="customer", business=m.Business(session.business)
+            )
+        return m.CallStarted(session_id=session.id, peer=peer, ice_servers=self._ice_servers())
+
+    # -- queue ---------------------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        """Offer the longest-waiting matching customer to each ready agent, longest idle first."""
+        ready = sorted(
+            (a for a in self._agents.values() if a.status == "ready"), key=lambda a: a.ready_since
+        )
+        if not ready:
+            return
+        queue = await self.state.queue()
+        for agent in ready:
+            for entry in queue:
+                if (
+                    entry.offered_to is None
+                    and entry.reachable
+                    and entry.business in agent.user.skills
+                    and agent.user.id not in entry.passed_by
+                    and entry.session_id in self._sessions
+                    and await self.state.claim(entry.session_id, agent.user.id)
+                ):
+                    queue.remove(entry)
+                    await self._offer(agent, self._sessions[entry.session_id])
+                    break
+
+    async def _offer(self, agent: AgentConn, session: Session) -> None:
+        session.state = "offered"
+        await self._changed(session)
+        agent.session_id = session.id
+        await self._set_agent_status(agent, "offered")
+        await self._event(session.id, "offered", agent=agent.user.username)
+        logger.info("session %s: offered to agent %s", session.id, agent.user.username)
+        agent.channel.send(
+            m.CustomerOffer(
+                session_id=session.id,
+                business=m.Business(session.business),
+                display_name=session.display_name,
+                waited_s=int(time.time() - session.created_at),
+                expires_in_s=int(self.config.offer_timeout_s),
+            )
+        )
+        agent.offer_task = self._spawn(self._offer_timeout(agent, session.id), f"offer-{session.id}")
+
+    def average_handle_s(self) -> float:
+        if not self._handle_times:
+            return self.config.default_handle_s
+        return sum(self._handle_times) / len(self._handle_times)
+
+    async def _waiting_counts(self) -> dict[str, int]:
+        counts = {b.value: 0 for b in m.Business}
+        for entry in await self.state.queue():
+            counts[entry.business] = counts.get(entry.business, 0) + 1
+        return counts
+
+    async def _broadcast_queue(self) -> None:
+        """Send each waiting customer its position and estimate if they changed."""
+        queue = await self.state.queue()
+        agents = await self.state.agents()
+        handle = self.average_handle_s()
+        positions: dict[str, int] = {}
+        for entry in queue:
+            positions[entry.business] = positions.get(entry.business, 0) + 1
+            session = self._sessions.get(entry.session_id)
+            if session is None or session.channel is None:
+                continue
+            position = positions[entry.business]
+            staffed = sum(1 for a in agents if entry.business in a.skills and a.status != "away")
+            available = sum(1 for a in agents if entry.business in a.skills and a.status == "ready")
+            estimate = int(math.ceil(position / max(1, staffed)) * handle)
+            update = (position, estimate, available)
+            if update != session.last_queue_update:
+                session.last_queue_update = update
+                session.channel.send(
+                    m.QueueUpdate(position=position, estimated_wait_s=estimate, agents_available=available)
+                )
+        stats = m.QueueStats(waiting=await self._waiting_counts())
+        for agent in self._agents.values():
+            agent.channel.send(stats)
+
+    # -- ending --------------------------------------------------------------------
+
+    async def _finish(self, session: Session, state: str, reason: str) -> None:
+        """End a session for everyone (caller holds the lock)."""
+        was_active = session.state == "active"
+        entry = await self.state.dequeue(session.id)
+        if entry is not None and entry.offered_to is not None:
+            await self._withdraw_offer(session, entry.offered_to, reason, penalise=False)
+        self._cancel(session.drop_task)
+        session.drop_task = None
+        session.state = state
+        session.end_reason = reason
+        session.ended_at = time.time()
+        if was_active and session.started_at is not None:
+            self._handle_times.append(session.ended_at - session.started_at)
+        await self._changed(session)
+        await self._event(session.id, state, reason=reason)
+        logger.info("session %s: %s (%s)", session.id, state, reason)
+        ended = m.CallEnded(session_id=session.id, reason=reason)
+        if session.channel is not None:
+            session.channel.send(ended)
+        if was_active:
+            if session.agent is not None and (agent := self._agents.get(session.agent.id)):
+                agent.channel.send(ended)
+                agent.session_id = None
+                await self._set_agent_status(agent, "away")
+            await self.hub.end_call(session.id)
+            await self.state.clear_call(session.id)
+            for hook in self.on_call_ended:
+                await hook(session)
+        self._sessions.pop(session.id, None)
+        self._ended[session.id] = session
+        while len(self._ended) > 1000:
+            self._ended.popitem(last=False)
+        await self._broadcast_queue()
+
+    async def aclose(self) -> None:
+        """End every session (server shutdown); idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        async with self._lock:
+            for session in list(self._sessions.values()):
+                if session.state == "active":
+                    await self._finish(session, "ended", "server_shutdown")
+                else:
+                    await self._finish(session, "abandoned", "server_shutdown")
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

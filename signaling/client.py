@@ -1,0 +1,291 @@
+"""A headless customer or agent that speaks the vcounter protocol.
+
+Tests and benchmarks use it in place of a browser::
+
+    async with HeadlessParticipant(url, video=clip, audio=tone) as customer:
+        await customer.join("account_opening", "Ms Chen")
+        await customer.wait_for("call_started")    # media negotiates itself
+        await customer.wait_media(frames=30)
+
+It sends pre-encoded media (:mod:`signaling.encoded_source`) so that dozens of
+participants fit on one machine, and counts what it receives through the same
+encoded tap the server uses (decoding only when :meth:`decoded_video` is asked).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import ssl as ssl_module
+import time
+from typing import Any
+
+import aiohttp
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+
+from .encoded_source import EncodedClip, EncodedLoopTrack
+from .passthrough import on_keyframe_request, request_keyframe, tap_receiver
+from .track_tap import TrackTap
+
+logger = logging.getLogger(__name__)
+
+
+class ProtocolError(Exception):
+    """The server sent an ``error`` the caller did not expect, or closed the socket."""
+
+
+class HeadlessParticipant:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        video: EncodedClip | None = None,
+        audio: EncodedClip | None = None,
+        auto_media: bool = True,
+        ssl: ssl_module.SSLContext | bool | None = None,
+        name: str = "participant",
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.video_clip = video
+        self.audio_clip = audio
+        self.auto_media = auto_media
+        self.name = name
+        self._ssl = ssl
+        self._http: aiohttp.ClientSession | None = None
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.role: str | None = None
+        self.messages: list[dict[str, Any]] = []
+        self._new_message = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.pc: RTCPeerConnection | None = None
+        self.taps: dict[str, TrackTap] = {"audio": TrackTap("audio"), "video": TrackTap("video")}
+        self.tracks: dict[str, EncodedLoopTrack] = {}
+        self.session_id: str | None = None
+        self.rejoin_token: str | None = None
+        self.token: str | None = None
+        #: seconds from call_started to the first received video frame, per call
+        self.setup_times: list[float] = []
+        self.closed_code: int | None = None
+        self._offers_seen: set[int] = set()
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def __aenter__(self) -> HeadlessParticipant:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        return self._http
+
+    async def _open(self, path: str) -> None:
+        ws_url = self.base_url.replace("http", "ws", 1) + path
+        self.ws = await self._session().ws_connect(ws_url, ssl=self._ssl, heartbeat=None, max_msg_size=0)
+        self._reader = asyncio.get_running_loop().create_task(self._read(self.ws), name=f"read-{self.name}")
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        async for msg in ws:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                data = json.loads(msg.data)
+                self.messages.append(data)
+                self._new_message.set()
+                await self._handle(data)
+        self.closed_code = ws.close_code
+        self._new_message.set()
+
+    async def _handle(self, data: dict[str, Any]) -> None:
+        kind = data.get("type")
+        if kind == "joined":
+            self.session_id = data["session_id"]
+            self.rejoin_token = data["rejoin_token"]
+        elif kind == "call_started":
+            self.session_id = data["session_id"]
+            if self.auto_media:
+                self._spawn(self.start_media(data.get("ice_servers", [])))
+        elif kind == "answer" and self.pc is not None:
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=data["sdp"], type="answer"))
+        elif kind in ("call_ended", "requeued"):
+            self._spawn(self.stop_media())
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def aclose(self) -> None:
+        await self.stop_media()
+        if self.ws is not None and not self.ws.closed:
+            await self.ws.close()
+        if self._reader is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._reader, 2)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for tap in self.taps.values():
+            await tap.aclose()
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    async def drop(self) -> None:
+        """Simulate a dropped network: the socket and media go away without a hangup."""
+        await self.stop_media()
+        if self.ws is not None:
+            await self.ws.close()
+        if self._reader is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._reader, 2)
+
+    # -- messages ------------------------------------------------------------------
+
+    async def send(self, message: dict[str, Any]) -> None:
+        assert self.ws is not None, "not connected"
+        await self.ws.send_str(json.dumps(message))
+
+    async def send_raw(self, text: str) -> None:
+        assert self.ws is not None, "not connected"
+        await self.ws.send_str(text)
+
+    async def wait_for(self, kind: str, timeout: float = 10.0, *, since: int = 0,
+                       allow_errors: bool = False, where: Any = None, **match: Any) -> dict[str, Any]:
+        """The first message of ``type`` kind (from index ``since``) matching ``match`` and ``where``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for data in self.messages[since:]:
+                if (data.get("type") == kind and all(data.get(k) == v for k, v in match.items())
+                        and (where is None or where(data))):
+                    return data
+                if data.get("type") == "error" and kind != "error" and not allow_errors:
+                    raise ProtocolError(f"{self.name}: server error {data.get('code')}: {data.get('message')}")
+            if self.ws is None or self.ws.closed and self._reader is not None and self._reader.done():
+                raise ProtocolError(f"{self.name}: socket closed ({self.closed_code}) waiting for {kind}")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"{self.name}: no {kind!r} within {timeout}s; got "
+                                   f"{[d.get('type') for d in self.messages[-8:]]}")
+            self._new_message.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._new_message.wait(), remaining)
+
+    def count(self, kind: str) -> int:
+        return sum(1 for d in self.messages if d.get("type") == kind)
+
+    # -- roles ---------------------------------------------------------------------
+
+    async def join(self, business: str, display_name: str = "Headless customer") -> dict[str, Any]:
+        self.role = "customer"
+        await self._open("/ws/customer")
+        await self.send({"type": "join", "business": business, "display_name": display_name})
+        return await self.wait_for("joined")
+
+    async def rejoin(self, session_id: str | None = None, token: str | None = None) -> dict[str, Any]:
+        self.role = "customer"
+        since = len(self.messages)
+        await self._open("/ws/customer")
+        await self.send({"type": "rejoin", "session_id": session_id or self.session_id,
+                         "rejoin_token": token or self.rejoin_token})
+        return await self.wait_for("rejoined", since=since)
+
+    async def login(self, username: str, password: str) -> dict[str, Any]:
+        self.role = "agent"
+        async with self._session().post(f"{self.base_url}/api/login", ssl=self._ssl,
+                                        json={"username": username, "password": password}) as resp:
+            body = await resp.json()
+            if resp.status != 200:
+                raise ProtocolError(f"login failed: {resp.status} {body}")
+        self.token = body["token"]
+        # authenticate by message, not by cookie, to exercise the path headless clients use
+        self._session().cookie_jar.clear()
+        await self._open("/ws/agent")
+        await self.send({"type": "auth", "token": self.token})
+        return await self.wait_for("authenticated")
+
+    async def set_ready(self, ready: bool = True) -> None:
+        since = len(self.messages)
+        await self.send({"type": "set_status", "status": "ready" if ready else "away"})
+        await self.wait_for("status", since=since, status="ready" if ready else "away")
+
+    async def next_offer(self, timeout: float = 10.0) -> dict[str, Any]:
+        """The next ``customer_offer`` not returned before."""
+        offer = await self.wait_for("customer_offer", timeout,
+                                    where=lambda d: id(d) not in self._offers_seen)
+        self._offers_seen.add(id(offer))
+        return offer
+
+    async def accept_next(self, timeout: float = 10.0) -> dict[str, Any]:
+        offer = await self.next_offer(timeout)
+        await self.send({"type": "accept", "session_id": offer["session_id"]})
+        return offer
+
+    async def hangup(self) -> None:
+        await self.send({"type": "hangup"})
+
+    # -- media ---------------------------------------------------------------------
+
+    async def start_media(self, ice_servers: list[dict[str, Any]] | None = None) -> None:
+        """Create a peer connection, send our media, offer it to the server."""
+        await self.stop_media()
+        config = RTCConfiguration(iceServers=[RTCIceServer(**s) for s in ice_servers or []])
+        pc = RTCPeerConnection(config)
+        self.pc = pc
+        started = time.monotonic()
+
+        @pc.on("track")
+        def on_track(track: Any) -> None:
+            receiver = next(t.receiver for t in pc.getTransceivers() if t.receiver.track is track)
+            tap = self.taps[track.kind]
+            tap_receiver(receiver, tap.push)
+            tap.attach(lambda r=receiver: request_keyframe(r))
+            if track.kind == "video":
+                self._spawn(self._measure_setup(started, tap))
+
+        for kind, clip in (("audio", self.audio_clip), ("video", self.video_clip)):
+            if clip is not None:
+                track = EncodedLoopTrack(clip)
+                self.tracks[kind] = track
+                sender = pc.addTrack(track)
+                if kind == "video":
+                    on_keyframe_request(sender, track.request_keyframe)
+            else:
+                pc.addTransceiver(kind, direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        await self.send({"type": "offer", "sdp": pc.localDescription.sdp})
+
+    async def _measure_setup(self, started: float, tap: TrackTap) -> None:
+        before = tap.frames_in
+        while tap.frames_in == before:
+            await asyncio.sleep(0.01)
+        self.setup_times.append(time.monotonic() - started)
+
+    async def stop_media(self) -> None:
+        pc, self.pc = self.pc, None
+        for track in self.tracks.values():
+            track.stop()
+        self.tracks = {}
+        if pc is not None:
+            await pc.close()
+
+    async def wait_media(self, frames: int = 30, timeout: float = 15.0, kinds: tuple[str, ...] = ("audio", "video")) -> None:
+        """Wait until ``frames`` more frames of each kind have arrived."""
+        targets = {k: self.taps[k].frames_in + frames for k in kinds}
+        deadline = time.monotonic() + timeout
+        while any(self.taps[k].frames_in < n for k, n in targets.items()):
+            if time.monotonic() > deadline:
+                got = {k: self.taps[k].frames_in for k in kinds}
+                raise TimeoutError(f"{self.name}: media stalled: {got}, wanted {targets}")
+            await asyncio.sleep(0.05)
+
+    def request_keyframe(self) -> None:
+        """Send an RTCP PLI for the video we receive, as a browser does after loss."""
+        self.taps["video"].request_keyframe()
+
+    def decoded_video(self, backlog: int = 4):
+        """Subscribe to decoded video (decodes only while the subscription is open)."""
+        return self.taps["video"].subscribe_decoded(backlog)

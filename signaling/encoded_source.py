@@ -1,0 +1,171 @@
+"""Pre-encoded media for headless participants.
+
+Encoding 640x480 VP8 in real time costs a core per stream; benchmarks run
+dozens of participants on one machine, so headless participants encode a clip
+once (:func:`encode_video`, :func:`encode_audio`) and :class:`EncodedLoopTrack`
+replays the packets in a loop at their own pace, with continuous timestamps.
+aiortc's sender packetises ``av.Packet`` objects without encoding. A keyframe
+request makes the track jump to the next keyframe of the clip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+
+@dataclass(frozen=True)
+class EncodedClip:
+    kind: str
+    packets: list[bytes]
+    keyframes: list[bool]
+    #: duration of one packet in clock ticks
+    ticks: int
+    clock_rate: int
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.packets) * self.ticks / self.clock_rate
+
+
+def _synthetic_frames(width: int, height: int, count: int):
+    """Moving colour bars with a frame counter: cheap, never blank, easy to tell apart."""
+    x = np.arange(width, dtype=np.int32)
+    for i in range(count):
+        hue = ((x + i * 8) % width) * 255 // width
+        img = np.empty((height, width, 3), dtype=np.uint8)
+        img[:, :, 0] = hue
+        img[:, :, 1] = 255 - hue
+        img[:, :, 2] = (i * 4) % 256
+        block = (i * 16) % max(1, width - 64)
+        img[height // 2 - 32 : height // 2 + 32, block : block + 64] = 255
+        yield av.VideoFrame.from_ndarray(img, format="rgb24")
+
+
+def _file_frames(path: Path, width: int, height: int, count: int):
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        n = 0
+        while n < count:
+            for frame in container.decode(stream):
+                yield frame.reformat(width=width, height=height, format="yuv420p")
+                n += 1
+                if n >= count:
+                    return
+            container.seek(0)
+
+
+def encode_video(
+    source: str | Path | None = None,
+    *,
+    width: int = 640,
+    height: int = 480,
+    fps: int = 30,
+    seconds: float = 4.0,
+    bitrate: int = 600_000,
+    keyframe_interval: int = 30,
+) -> EncodedClip:
+    """Encode ``seconds`` of video (a file, or synthetic bars when ``source`` is None) to VP8."""
+    count = max(1, int(seconds * fps))
+    codec = av.CodecContext.create("libvpx", "w")
+    codec.width = width
+    codec.height = height
+    codec.pix_fmt = "yuv420p"
+    codec.time_base = fractions.Fraction(1, fps)
+    codec.bit_rate = bitrate
+    codec.gop_size = keyframe_interval
+    codec.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
+    frames = _synthetic_frames(width, height, count) if source is None else _file_frames(
+        Path(source), width, height, count
+    )
+    packets: list[bytes] = []
+    keyframes: list[bool] = []
+    for i, frame in enumerate(frames):
+        frame = frame.reformat(format="yuv420p") if frame.format.name != "yuv420p" else frame
+        frame.pts = i
+        frame.time_base = codec.time_base
+        if i % keyframe_interval == 0:
+            frame.pict_type = av.video.frame.PictureType.I
+        for packet in codec.encode(frame):
+            packets.append(bytes(packet))
+            keyframes.append(bool(packet.is_keyframe))
+    for packet in codec.encode(None):
+        packets.append(bytes(packet))
+        keyframes.append(bool(packet.is_keyframe))
+    return EncodedClip("video", packets, keyframes, ticks=90000 // fps, clock_rate=90000)
+
+
+def encode_audio(seconds: float = 4.0, *, frequency: float = 440.0) -> EncodedClip:
+    """Encode a tone (with a 4 Hz amplitude wobble, so it is not silence-suppressed) to Opus."""
+    rate = 48000
+    samples_per_packet = 960  # 20 ms
+    count = max(1, int(seconds * rate / samples_per_packet))
+    codec = av.CodecContext.create("libopus", "w")
+    codec.sample_rate = rate
+    codec.layout = "stereo"
+    codec.format = "s16"
+    codec.bit_rate = 32000
+    packets: list[bytes] = []
+    t = np.arange(samples_per_packet) / rate
+    for i in range(count):
+        tt = t + i * samples_per_packet / rate
+        wave = 0.3 * np.sin(2 * math.pi * frequency * tt) * (0.6 + 0.4 * np.sin(2 * math.pi * 4 * tt))
+        pcm = (wave * 32767).astype(np.int16)
+        stereo = np.repeat(pcm, 2).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(stereo, format="s16", layout="stereo")
+        frame.sample_rate = rate
+        frame.pts = i * samples_per_packet
+        for packet in codec.encode(frame):
+            packets.append(bytes(packet))
+    return EncodedClip("audio", packets, [True] * len(packets), ticks=960, clock_rate=rate)
+
+
+class EncodedLoopTrack(MediaStreamTrack):
+    """Plays an :class:`EncodedClip` in a loop, in real time, without encoding."""
+
+    def __init__(self, clip: EncodedClip) -> None:
+        super().__init__()
+        self.kind = clip.kind
+        self._clip = clip
+        self._index = 0
+        self._pts = 0
+        self._start: float | None = None
+        self._time_base = fractions.Fraction(1, clip.clock_rate)
+        self.frames_sent = 0
+        self.keyframe_requests = 0
+
+    def request_keyframe(self) -> None:
+        """Jump to the next keyframe of the clip (what a live encoder would produce)."""
+        self.keyframe_requests += 1
+        keyframes = self._clip.keyframes
+        n = len(keyframes)
+        for step in range(n):
+            i = (self._index + step) % n
+            if keyframes[i]:
+                self._index = i
+                return
+
+    async def recv(self) -> av.Packet:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.monotonic()
+        due = self._start + self._pts / self._clip.clock_rate
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        packet = av.Packet(self._clip.packets[self._index])
+        packet.pts = self._pts
+        packet.time_base = self._time_base
+        self._index = (self._index + 1) % len(self._clip.packets)
+        self._pts += self._clip.ticks
+        self.frames_sent += 1
+        return packet

@@ -1,0 +1,318 @@
+"""The media hub: one RTCPeerConnection per participant, media forwarded SFU style.
+
+For each call the hub keeps a :class:`CallMedia` with one
+:class:`~signaling.track_tap.TrackTap` per (participant, kind). A
+participant's incoming audio and video feed its taps as encoded frames; the
+other participant's peer connection sends them back out through
+:class:`~signaling.forward_track.ForwardTrack` without decoding or encoding.
+Keyframe requests from a receiving browser reach the sending browser as PLI.
+
+Other consumers (the recorder, identity checks) subscribe to the taps:
+``hub.call(call_id).tap("customer", "video").subscribe_encoded()`` or
+``.subscribe_decoded()``.
+
+``media_mode="transcode"`` relays decoded frames and re-encodes them (what the
+aiortc examples do with ``MediaRelay``). It exists to measure what passthrough
+saves (``bench/calls.py``); taps carry no frames in that mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+from aiortc.contrib.media import MediaRelay
+from aiortc.mediastreams import MediaStreamError
+
+from .exceptions import BadSdp, MediaError
+from .forward_track import ForwardTrack
+from .passthrough import check_compatible, on_keyframe_request, request_keyframe, tap_receiver
+from .track_tap import TrackTap
+
+logger = logging.getLogger(__name__)
+
+Role = Literal["customer", "agent"]
+MediaMode = Literal["passthrough", "transcode"]
+KINDS = ("audio", "video")
+#: codecs the hub answers with: the same on every leg, so packets fit every receiver
+FORWARDED_MIME_TYPES = {"audio": ("audio/opus",), "video": ("video/vp8", "video/rtx")}
+
+StateCallback = Callable[[str, str, str], Awaitable[None] | None]
+
+
+def other(role: str) -> Role:
+    return "agent" if role == "customer" else "customer"
+
+
+@dataclass(frozen=True)
+class IceServerConfig:
+    urls: list[str]
+    username: str | None = None
+    credential: str | None = field(default=None, repr=False)
+
+
+class _TranscodeSource(MediaStreamTrack):
+    """Transcode mode: relays the other participant's decoded track once it exists."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self._source: asyncio.Future[MediaStreamTrack] = asyncio.get_running_loop().create_future()
+
+    def set_source(self, track: MediaStreamTrack) -> None:
+        if self._source.done():
+            self._source = asyncio.get_running_loop().create_future()
+        self._source.set_result(track)
+
+    async def recv(self):  # type: ignore[no-untyped-def]
+        while True:
+            source = await self._source
+            try:
+                return await source.recv()
+            except MediaStreamError:
+                if self.readyState != "live":
+                    raise
+                # the source participant is reconnecting: wait for the next one
+                if self._source.done() and self._source.result() is source:
+                    self._source = asyncio.get_running_loop().create_future()
+
+
+class ParticipantMedia:
+    """One participant's peer connection with the hub."""
+
+    def __init__(self, role: Role, pc: RTCPeerConnection) -> None:
+        self.role = role
+        self.pc = pc
+        self.forward_tracks: list[ForwardTrack] = []
+        self.transcode_sources: dict[str, _TranscodeSource] = {}
+
+    async def aclose(self) -> None:
+        for track in self.forward_tracks:
+            track.stop()
+        await self.pc.close()
+
+
+class CallMedia:
+    """The media of one call: taps and peer connections of both participants."""
+
+    def __init__(self, call_id: str, mode: MediaMode) -> None:
+        self.call_id = call_id
+        self.mode = mode
+        self.taps: dict[tuple[str, str], TrackTap] = {
+            (role, kind): TrackTap(kind, name=f"{call_id[:8]}/{role}/{kind}")
+            for role in ("customer", "agent")
+            for kind in KINDS
+        }
+        self.participants: dict[str, ParticipantMedia] = {}
+        self._relay = MediaRelay() if mode == "transcode" else None
+        self._remote_tracks: dict[tuple[str, str], MediaStreamTrack] = {}
+        self._closed = False
+
+    def tap(self, role: str, kind: str) -> TrackTap:
+        """The tap carrying ``role``'s ``kind`` media, for the recorder and identity checks."""
+        return self.taps[(role, kind)]
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        participants = list(self.participants.values())
+        self.participants.clear()
+        for participant in participants:
+            await participant.aclose()
+        for tap in self.taps.values():
+            await tap.aclose()
+
+
+class MediaHub:
+    """Creates and tears down the peer connections of every call on this node."""
+
+    def __init__(
+        self,
+        *,
+        ice_servers: list[IceServerConfig] | None = None,
+        media_mode: MediaMode = "passthrough",
+        on_state: StateCallback | None = None,
+    ) -> None:
+        if media_mode not in ("passthrough", "transcode"):
+            raise ValueError(f"unknown media mode {media_mode!r}")
+        if media_mode == "passthrough":
+            check_compatible()
+        self.media_mode: MediaMode = media_mode
+        self.ice_servers = list(ice_servers or [])
+        self._on_state = on_state
+        self._calls: dict[str, CallMedia] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    # -- calls ---------------------------------------------------------------------
+
+    def call(self, call_id: str) -> CallMedia:
+        """The call's media, created on first use."""
+        if self._closed:
+            raise MediaError("media hub is shut down")
+        media = self._calls.get(call_id)
+        if media is None:
+            media = self._calls[call_id] = CallMedia(call_id, self.media_mode)
+        return media
+
+    def find(self, call_id: str) -> CallMedia | None:
+        return self._calls.get(call_id)
+
+    @property
+    def call_count(self) -> int:
+        return len(self._calls)
+
+    async def end_call(self, call_id: str) -> None:
+        media = self._calls.pop(call_id, None)
+        if media is not None:
+            await media.aclose()
+
+    async def disconnect(self, call_id: str, role: str) -> None:
+        """Close one participant's peer connection (it dropped); the taps stay."""
+        media = self._calls.get(call_id)
+        if media is None:
+            return
+        participant = media.participants.pop(role, None)
+        if participant is not None:
+            await participant.aclose()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        calls = list(self._calls)
+        for call_id in calls:
+            await self.end_call(call_id)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- negotiation ---------------------------------------------------------------
+
+    def _configuration(self) -> RTCConfiguration:
+        # an explicit empty list: aiortc falls back to a public STUN server on None
+        return RTCConfiguration(
+            iceServers=[
+                RTCIceServer(urls=s.urls, username=s.username, credential=s.credential)
+                for s in self.ice_servers
+            ]
+        )
+
+    async def connect(self, call_id: str, role: Role, offer_sdp: str) -> str:
+        """Answer a participant's offer; replaces the participant's previous connection.
+
+        Returns the answer SDP. Raises :class:`BadSdp` if the offer is unusable.
+        """
+        media = self.call(call_id)
+        previous = media.participants.pop(role, None)
+        if previous is not None:
+            await previous.aclose()
+
+        pc = RTCPeerConnection(self._configuration())
+        participant = ParticipantMedia(role, pc)
+        media.participants[role] = participant
+        log_id = f"{call_id[:8]}/{role}"
+
+        @pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            if track.kind not in KINDS:
+                return
+            receiver = next(
+                (t.receiver for t in pc.getTransceivers() if t.receiver.track is track), None
+            )
+            if receiver is None:
+                return
+            if media.mode == "passthrough":
+                tap = media.tap(role, track.kind)
+                tap_receiver(receiver, tap.push)
+                tap.attach(lambda r=receiver: request_keyframe(r))
+            else:
+                relayed = media._relay.subscribe(track, buffered=False)  # type: ignore[union-attr]
+                media._remote_tracks[(role, track.kind)] = relayed
+                peer = media.participants.get(other(role))
+                if peer is not None and track.kind in peer.transcode_sources:
+                    peer.transcode_sources[track.kind].set_source(relayed)
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            state = pc.connectionState
+            logger.info("call %s: %s media %s", call_id[:8], role, state)
+            if self._on_state is not None and media.participants.get(role) is participant:
+                result = self._on_state(call_id, role, state)
+                if asyncio.iscoroutine(result):
+                    await result
+
+        try:
+            offer = RTCSessionDescription(sdp=offer_sdp, type="offer")
+            await pc.setRemoteDescription(offer)
+        except Exception as exc:  # aiortc raises ValueError, KeyError, IndexError... on garbage
+            media.participants.pop(role, None)
+            await pc.close()
+            logger.info("call %s: unusable offer: %s", log_id, exc.__class__.__name__)
+            raise BadSdp(f"the SDP offer could not be used ({exc.__class__.__name__})") from None
+
+        kinds_offered = set()
+        for transceiver in pc.getTransceivers():
+            kind = transceiver.kind
+            if kind not in KINDS or kind in kinds_offered:
+                continue
+            kinds_offered.add(kind)
+            wanted = FORWARDED_MIME_TYPES[kind]
+            codecs = [
+                c for c in RTCRtpSender.getCapabilities(kind).codecs if c.mimeType.lower() in wanted
+            ]
+            transceiver.setCodecPreferences(codecs)
+            source = media.tap(other(role), kind)
+            if media.mode == "passthrough":
+                track: MediaStreamTrack = ForwardTrack(source)
+                participant.forward_tracks.append(track)  # type: ignore[arg-type]
+                sender = pc.addTrack(track)
+                if kind == "video":
+                    on_keyframe_request(sender, track.request_keyframe)  # type: ignore[attr-defined]
+            else:
+                transcode = _TranscodeSource(kind)
+                participant.transcode_sources[kind] = transcode
+                remote = media._remote_tracks.get((other(role), kind))
+                if remote is not None:
+                    transcode.set_source(remote)
+                pc.addTrack(transcode)
+        if not kinds_offered:
+            media.participants.pop(role, None)
+            await pc.close()
+            raise BadSdp("the offer has neither audio nor video")
+
+        try:
+            answer = await pc.createAnswer()
+            await pc.setLocalDescription(answer)
+        except Exception as exc:
+            media.participants.pop(role, None)
+            await pc.close()
+            raise BadSdp(f"no answer possible for this offer ({exc.__class__.__name__})") from None
+        return pc.localDescription.sdp
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)  # type: ignore[arg-type]
+        task.add_done_callback(self._tasks.discard)  # type: ignore[arg-type]
+
+
+async def close_quietly(pc: RTCPeerConnection) -> None:
+    with contextlib.suppress(Exception):
+        await pc.close()

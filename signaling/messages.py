@@ -1,0 +1,312 @@
+"""Every signaling message, as a typed model.
+
+One WebSocket per participant carries JSON text frames; each frame is one
+object with a ``type`` field. Client messages are validated here, at the edge:
+:func:`parse_customer_message` and :func:`parse_agent_message` return a model or
+raise :class:`~signaling.exceptions.InvalidMessage` with a reason the client can
+show. Server messages are built from the models below and serialised with
+:func:`dump`. ``docs/protocol.md`` documents the same set for client authors.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from .exceptions import InvalidMessage
+
+#: Largest text frame accepted from a client (an SDP offer is ~5-10 KB).
+MAX_MESSAGE_BYTES = 64 * 1024
+#: Largest SDP accepted inside an ``offer``.
+MAX_SDP_CHARS = 60_000
+
+
+class Business(StrEnum):
+    """Business types a customer can choose; agents carry them as skills."""
+
+    ACCOUNT_OPENING = "account_opening"
+    LOAN_SIGNING = "loan_signing"
+    WEALTH_PRODUCT = "wealth_product"
+
+
+class AgentStatus(StrEnum):
+    READY = "ready"
+    AWAY = "away"
+    BUSY = "busy"
+    OFFERED = "offered"
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+DisplayName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f<>]+$")]
+SessionId = Annotated[str, Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+Token = Annotated[str, Field(min_length=16, max_length=256)]
+Sdp = Annotated[str, Field(min_length=10, max_length=MAX_SDP_CHARS)]
+
+
+# --- client -> server, both roles -------------------------------------------------
+
+
+class Ping(_Msg):
+    type: Literal["ping"]
+
+
+class Offer(_Msg):
+    """The participant's SDP offer (ICE gathering complete: no trickle)."""
+
+    type: Literal["offer"]
+    sdp: Sdp
+
+
+class Hangup(_Msg):
+    type: Literal["hangup"]
+
+
+class RequestKeyframe(_Msg):
+    """Ask the other party's encoder for a keyframe (e.g. after a decode error)."""
+
+    type: Literal["request_keyframe"]
+
+
+# --- client -> server, customer ---------------------------------------------------
+
+
+class Join(_Msg):
+    type: Literal["join"]
+    business: Business
+    display_name: DisplayName
+
+
+class Rejoin(_Msg):
+    type: Literal["rejoin"]
+    session_id: SessionId
+    rejoin_token: Token
+
+
+class Cancel(_Msg):
+    """Leave the queue before being connected."""
+
+    type: Literal["cancel"]
+
+
+# --- client -> server, agent ------------------------------------------------------
+
+
+class Auth(_Msg):
+    """First message of an agent connection that carries no session cookie."""
+
+    type: Literal["auth"]
+    token: Token
+
+
+class SetStatus(_Msg):
+    type: Literal["set_status"]
+    status: Literal["ready", "away"]
+
+
+class Accept(_Msg):
+    type: Literal["accept"]
+    session_id: SessionId
+
+
+class Decline(_Msg):
+    type: Literal["decline"]
+    session_id: SessionId
+
+
+CustomerMessage = Annotated[
+    Join | Rejoin | Cancel | Offer | Hangup | Ping | RequestKeyframe,
+    Field(discriminator="type"),
+]
+AgentMessage = Annotated[
+    Auth | SetStatus | Accept | Decline | Offer | Hangup | Ping | RequestKeyframe,
+    Field(discriminator="type"),
+]
+
+_customer_adapter: TypeAdapter[Any] = TypeAdapter(CustomerMessage)
+_agent_adapter: TypeAdapter[Any] = TypeAdapter(AgentMessage)
+
+
+def _parse(adapter: TypeAdapter[Any], raw: str | bytes, role: str) -> Any:
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise InvalidMessage(
+            f"message of {len(raw)} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit",
+            code="too_large",
+            fatal=True,
+        )
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidMessage(f"message is not valid JSON: {exc.__class__.__name__}",
+                             code="bad_json") from None
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+        raise InvalidMessage('message must be a JSON object with a string "type"')
+    try:
+        return adapter.validate_python(data)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        if first.get("type") == "union_tag_invalid":
+            raise InvalidMessage(
+                f"unknown message type {data['type'][:40]!r} for a {role}", code="unknown_type"
+            ) from None
+        where = ".".join(str(p) for p in first.get("loc", ())[1:]) or "message"
+        raise InvalidMessage(f"invalid {data['type'][:40]!r} message: {where}: {first['msg']}") from None
+
+
+def parse_customer_message(raw: str | bytes) -> Any:
+    """Validate one frame from a customer; raise :class:`InvalidMessage` if it is not usable."""
+    return _parse(_customer_adapter, raw, "customer")
+
+
+def parse_agent_message(raw: str | bytes) -> Any:
+    """Validate one frame from an agent; raise :class:`InvalidMessage` if it is not usable."""
+    return _parse(_agent_adapter, raw, "agent")
+
+
+# --- server -> client -------------------------------------------------------------
+
+
+class IceServer(_Msg):
+    urls: list[str]
+    username: str | None = None
+    credential: str | None = None
+
+
+class Joined(_Msg):
+    type: Literal["joined"] = "joined"
+    session_id: str
+    rejoin_token: str
+    business: Business
+    rejoin_window_s: int
+
+
+class Rejoined(_Msg):
+    type: Literal["rejoined"] = "rejoined"
+    session_id: str
+    state: str
+
+
+class QueueUpdate(_Msg):
+    type: Literal["queue_update"] = "queue_update"
+    position: int
+    estimated_wait_s: int
+    agents_available: int
+
+
+class Authenticated(_Msg):
+    type: Literal["authenticated"] = "authenticated"
+    username: str
+    display_name: str
+    skills: list[Business]
+
+
+class StatusChanged(_Msg):
+    type: Literal["status"] = "status"
+    status: AgentStatus
+
+
+class CustomerOffer(_Msg):
+    """An agent is offered a waiting customer; accept or decline before it expires."""
+
+    type: Literal["customer_offer"] = "customer_offer"
+    session_id: str
+    business: Business
+    display_name: str
+    waited_s: int
+    expires_in_s: int
+
+
+class OfferWithdrawn(_Msg):
+    type: Literal["offer_withdrawn"] = "offer_withdrawn"
+    session_id: str
+    reason: str
+
+
+class Peer(_Msg):
+    display_name: str
+    role: Literal["customer", "agent"]
+    business: Business | None = None
+
+
+class CallStarted(_Msg):
+    """Both parties are connected; the client now sends its ``offer``."""
+
+    type: Literal["call_started"] = "call_started"
+    session_id: str
+    peer: Peer
+    ice_servers: list[IceServer]
+
+
+class Answer(_Msg):
+    type: Literal["answer"] = "answer"
+    sdp: str
+
+
+class PeerReconnecting(_Msg):
+    type: Literal["peer_reconnecting"] = "peer_reconnecting"
+    window_s: int
+
+
+class PeerReconnected(_Msg):
+    type: Literal["peer_reconnected"] = "peer_reconnected"
+
+
+class Requeued(_Msg):
+    """The agent dropped: the customer is back at the head of the queue."""
+
+    type: Literal["requeued"] = "requeued"
+    reason: str
+
+
+class CallEnded(_Msg):
+    type: Literal["call_ended"] = "call_ended"
+    session_id: str
+    reason: str
+
+
+class QueueStats(_Msg):
+    """Sent to agents: how many customers wait per business."""
+
+    type: Literal["queue_stats"] = "queue_stats"
+    waiting: dict[str, int]
+
+
+class Pong(_Msg):
+    type: Literal["pong"] = "pong"
+
+
+class Error(_Msg):
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+    fatal: bool = False
+
+
+ServerMessage = (
+    Joined
+    | Rejoined
+    | QueueUpdate
+    | Authenticated
+    | StatusChanged
+    | CustomerOffer
+    | OfferWithdrawn
+    | CallStarted
+    | Answer
+    | PeerReconnecting
+    | PeerReconnected
+    | Requeued
+    | CallEnded
+    | QueueStats
+    | Pong
+    | Error
+)
+
+
+def dump(message: BaseModel) -> str:
+    """Serialise a server message to the JSON text sent on the wire."""
+    return message.model_dump_json(exclude_none=True)

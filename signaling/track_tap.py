@@ -1,0 +1,277 @@
+"""One tap per incoming track: fan encoded frames out, decode only on demand.
+
+A :class:`TrackTap` receives every encoded frame of one participant's audio or
+video (from :func:`signaling.passthrough.tap_receiver`) and hands it to its
+subscribers:
+
+* :meth:`TrackTap.subscribe_encoded` returns an :class:`EncodedSubscription`
+  whose ``recv()`` yields :class:`~signaling.passthrough.EncodedFrame` objects.
+  The forwarding track and the recorder (#3) use it.
+* :meth:`TrackTap.subscribe_decoded` returns a :class:`DecodedSubscription`
+  whose ``recv()`` yields ``av.VideoFrame``/``av.AudioFrame``. A decoder runs
+  (in a worker thread) only while at least one decoded subscription is open;
+  identity checks (#4) use it.
+
+Subscribers that fall behind lose their oldest frames, never block the tap,
+and are told how many frames they dropped. When the participant reconnects,
+the hub :meth:`TrackTap.attach`-es the new receiver to the same tap, so
+subscribers are unaffected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+import av
+from aiortc.codecs import get_decoder
+from aiortc.jitterbuffer import JitterFrame
+from aiortc.mediastreams import MediaStreamError
+
+from .passthrough import EncodedFrame
+
+logger = logging.getLogger(__name__)
+
+#: frames kept for a subscriber that is not reading (about 2 s of video)
+DEFAULT_BACKLOG = 64
+#: at most one keyframe request to the sender per this many seconds
+KEYFRAME_REQUEST_INTERVAL = 0.3
+
+
+class _Subscription:
+    def __init__(self, tap: TrackTap, backlog: int) -> None:
+        self._tap = tap
+        self._frames: deque = deque(maxlen=backlog)
+        self._ready = asyncio.Event()
+        self._closed = False
+        self.dropped = 0
+
+    def _push(self, item: object) -> None:
+        if self._closed:
+            return
+        if len(self._frames) == self._frames.maxlen:
+            self.dropped += 1
+        self._frames.append(item)
+        self._ready.set()
+
+    async def _next(self) -> object:
+        while not self._frames:
+            if self._closed:
+                raise MediaStreamError
+            self._ready.clear()
+            await self._ready.wait()
+        return self._frames.popleft()
+
+    def _end(self) -> None:
+        self._closed = True
+        self._ready.set()
+
+    def close(self) -> None:
+        """Stop receiving; idempotent."""
+        if not self._closed:
+            self._end()
+            self._tap._unsubscribe(self)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+class EncodedSubscription(_Subscription):
+    async def recv(self) -> EncodedFrame:
+        """Next encoded frame; raises ``MediaStreamError`` once closed and drained."""
+        return await self._next()  # type: ignore[return-value]
+
+
+class DecodedSubscription(_Subscription):
+    async def recv(self) -> av.VideoFrame | av.AudioFrame:
+        """Next decoded frame; raises ``MediaStreamError`` once closed and drained."""
+        return await self._next()  # type: ignore[return-value]
+
+
+class TrackTap:
+    """Fan-out point for one participant's audio or video.
+
+    ``request_keyframe`` is called (as a coroutine) when a consumer needs a
+    keyframe from the sender: a new decoded subscriber, a forwarding track that
+    switched source, or a keyframe request from the receiving browser.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        *,
+        name: str = "",
+        request_keyframe: Callable[[], Awaitable[object]] | None = None,
+    ) -> None:
+        self.kind = kind
+        self.name = name or kind
+        self._encoded: list[EncodedSubscription] = []
+        self._decoded: list[DecodedSubscription] = []
+        self._request_keyframe = request_keyframe
+        self._decoder = None
+        self._decoder_codec: str | None = None
+        self._decode_queue: asyncio.Queue[EncodedFrame | None] | None = None
+        self._decode_task: asyncio.Task[None] | None = None
+        #: decoder tasks told to stop, awaited in aclose()
+        self._stopping: set[asyncio.Task[None]] = set()
+        self._keyframe_task: asyncio.Task[object] | None = None
+        self._waiting_keyframe = False
+        self._last_keyframe_request = float("-inf")
+        self._closed = False
+        self.keyframe_requests = 0
+        #: counters for tests, stats and benchmarks
+        self.frames_in = 0
+        self.bytes_in = 0
+        self.keyframes_in = 0
+        self.frames_decoded = 0
+        self.last_frame_at: float | None = None
+        #: the source generation: bumped at every attach() so consumers can spot a new sender
+        self.generation = 0
+
+    # -- wiring ------------------------------------------------------------------
+
+    def attach(self, request_keyframe: Callable[[], Awaitable[object]] | None) -> None:
+        """A (new) receiver feeds this tap: e.g. the participant reconnected."""
+        self._request_keyframe = request_keyframe
+        self._last_keyframe_request = float("-inf")
+        self.generation += 1
+        self._waiting_keyframe = self.kind == "video"
+
+    def push(self, frame: EncodedFrame) -> None:
+        """Called by the receiver's sink on the event loop for each reassembled frame."""
+        if self._closed:
+            return
+        self.frames_in += 1
+        self.bytes_in += len(frame.data)
+        self.last_frame_at = frame.arrival
+        if frame.keyframe and self.kind == "video":
+            self.keyframes_in += 1
+        for sub in self._encoded:
+            sub._push(frame)
+        if self._decode_queue is not None:
+            if self._waiting_keyframe and not frame.keyframe:
+                return
+            self._waiting_keyframe = False
+            if self._decode_queue.qsize() < DEFAULT_BACKLOG:
+                self._decode_queue.put_nowait(frame)
+
+    def request_keyframe(self) -> None:
+        """Ask the sender for a keyframe (coalesced: at most one request in flight)."""
+        if self.kind != "video" or self._request_keyframe is None or self._closed:
+            return
+        if self._keyframe_task is not None and not self._keyframe_task.done():
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._last_keyframe_request < KEYFRAME_REQUEST_INTERVAL:
+            return
+        self._last_keyframe_request = loop.time()
+        self.keyframe_requests += 1
+        self._keyframe_task = loop.create_task(self._send_keyframe_request())
+
+    async def _send_keyframe_request(self) -> None:
+        try:
+            if self._request_keyframe is not None:
+                await self._request_keyframe()
+        except Exception:  # a closing transport: the next request will retry
+            logger.debug("%s: keyframe request failed", self.name, exc_info=True)
+
+    # -- subscriptions -------------------------------------------------------------
+
+    def subscribe_encoded(self, backlog: int = DEFAULT_BACKLOG) -> EncodedSubscription:
+        sub = EncodedSubscription(self, backlog)
+        if self._closed:
+            sub._end()
+        else:
+            self._encoded.append(sub)
+        return sub
+
+    def subscribe_decoded(self, backlog: int = 8) -> DecodedSubscription:
+        """Decoded frames; the decoder starts now and stops with the last subscriber."""
+        sub = DecodedSubscription(self, backlog)
+        if self._closed:
+            sub._end()
+            return sub
+        self._decoded.append(sub)
+        if self._decode_task is None:
+            self._decode_queue = asyncio.Queue()
+            self._waiting_keyframe = self.kind == "video"
+            self._decode_task = asyncio.get_running_loop().create_task(
+                self._run_decoder(), name=f"decode-{self.name}"
+            )
+            self.request_keyframe()
+        return sub
+
+    def _unsubscribe(self, sub: _Subscription) -> None:
+        if isinstance(sub, DecodedSubscription):
+            if sub in self._decoded:
+                self._decoded.remove(sub)
+            if not self._decoded:
+                self._stop_decoder()
+        elif sub in self._encoded:
+            self._encoded.remove(sub)
+
+    @property
+    def decoding(self) -> bool:
+        return self._decode_task is not None
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._encoded) + len(self._decoded)
+
+    # -- decoder -------------------------------------------------------------------
+
+    def _stop_decoder(self) -> None:
+        if self._decode_queue is not None:
+            self._decode_queue.put_nowait(None)
+        if self._decode_task is not None:
+            task = self._decode_task
+            self._stopping.add(task)
+            task.add_done_callback(self._stopping.discard)
+        self._decode_queue = None
+        self._decode_task = None
+
+    async def _run_decoder(self) -> None:
+        queue = self._decode_queue
+        assert queue is not None
+        loop = asyncio.get_running_loop()
+        decoder = None
+        codec_name = None
+        while True:
+            frame = await queue.get()
+            if frame is None:
+                break
+            if frame.codec.name != codec_name:
+                decoder = get_decoder(frame.codec)
+                codec_name = frame.codec.name
+            try:
+                decoded = await loop.run_in_executor(
+                    None, decoder.decode, JitterFrame(frame.data, frame.timestamp)
+                )
+            except av.FFmpegError:
+                logger.info("%s: decode error, asking for a keyframe", self.name)
+                self._waiting_keyframe = True
+                self.request_keyframe()
+                continue
+            for out in decoded:
+                self.frames_decoded += 1
+                for sub in list(self._decoded):
+                    sub._push(out)
+
+    async def aclose(self) -> None:
+        """End every subscription and stop decoding; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for sub in self._encoded + self._decoded:
+            sub._end()
+        self._encoded.clear()
+        self._decoded.clear()
+        self._stop_decoder()
+        if self._stopping:
+            await asyncio.gather(*self._stopping, return_exceptions=True)
+        if self._keyframe_task is not None:
+            self._keyframe_task.cancel()
+            await asyncio.gather(self._keyframe_task, return_exceptions=True)
