@@ -189,7 +189,8 @@ async def customer_ws(request: web.Request) -> web.WebSocketResponse:
                     break
     finally:
         if session is not None:
-            await broker.customer_disconnected(session, channel)
+            await broker.detached(broker.customer_disconnected(session, channel),
+                                  f"customer-gone-{session.id}")
         await channel.aclose()
     return ws
 
@@ -270,7 +271,7 @@ async def agent_ws(request: web.Request) -> web.WebSocketResponse:
                     break
     finally:
         if agent is not None:
-            await broker.agent_disconnected(agent)
+            await broker.detached(broker.agent_disconnected(agent), f"agent-gone-{agent.user.username}")
         await channel.aclose()
     return ws
 

@@ -155,6 +155,14 @@ class Broker:
 
     # -- helpers -------------------------------------------------------------------
 
+    async def detached(self, coro: Awaitable[None], name: str) -> None:
+        """Run ``coro`` to completion even if the caller is cancelled.
+
+        aiohttp cancels a WebSocket handler when its peer disconnects; the
+        cleanup that handler starts (requeueing, ending calls) must still finish.
+        """
+        await asyncio.shield(self._spawn(coro, name))
+
     def _spawn(self, coro: Awaitable[None], name: str) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coro)
         task.set_name(name)

@@ -1,0 +1,211 @@
+"""Queue order, skills, declines and timeouts, rejoin, agent drop, keyframe requests."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from sqlmodel import select
+
+from server.db import CallSession, SessionEvent
+from signaling.client import ProtocolError
+
+
+async def test_positions_update_live_and_cancel(counter):
+    a = await counter.customer("account_opening", "A", media=False)
+    b = await counter.customer("account_opening", "B", media=False)
+    c = await counter.customer("loan_signing", "C", media=False)
+    assert (await a.wait_for("queue_update"))["position"] == 1
+    assert (await b.wait_for("queue_update"))["position"] == 2
+    # positions count per business queue
+    assert (await c.wait_for("queue_update"))["position"] == 1
+    since = len(b.messages)
+    await a.send({"type": "cancel"})
+    assert (await a.wait_for("call_ended"))["reason"] == "customer_cancelled"
+    assert (await b.wait_for("queue_update", since=since))["position"] == 1
+
+    def state(s):
+        return s.get(CallSession, a.session_id).state
+
+    assert await counter.db.run(state) == "abandoned"
+
+
+async def test_estimated_wait_uses_staffing(counter):
+    customers = [await counter.customer("loan_signing", f"L{i}", media=False) for i in range(3)]
+    first = await customers[2].wait_for("queue_update")
+    assert first["agents_available"] == 0 and first["estimated_wait_s"] > 0
+    agent = await counter.agent("carol", ready=False)  # away: staffed counts only ready/busy agents
+    assert agent is not None
+    since = len(customers[2].messages)
+    # an agent of another skill does not change the loan queue's availability
+    await counter.agent("bob")
+    with pytest.raises(TimeoutError):
+        await customers[2].wait_for("queue_update", since=since, timeout=0.5,
+                                    where=lambda d: d["agents_available"] > 0)
+
+
+async def test_longest_waiting_customer_of_matching_skill_is_offered(counter):
+    loan = await counter.customer("loan_signing", "Loan first", media=False)
+    opening1 = await counter.customer("account_opening", "Opening 1", media=False)
+    opening2 = await counter.customer("account_opening", "Opening 2", media=False)
+    bob = await counter.agent("bob")  # account_opening only
+    offer = await bob.next_offer()
+    assert offer["session_id"] == opening1.session_id
+    carol = await counter.agent("carol")  # loan_signing only
+    assert (await carol.next_offer())["session_id"] == loan.session_id
+    assert opening2.session_id not in {offer["session_id"]}
+
+
+async def test_decline_reoffers_to_next_agent_not_the_same(counter):
+    customer = await counter.customer("account_opening", "Declined", media=False)
+    bob = await counter.agent("bob")
+    offer = await bob.next_offer()
+    await bob.send({"type": "decline", "session_id": offer["session_id"]})
+    withdrawn = await bob.wait_for("offer_withdrawn")
+    assert withdrawn["reason"] == "declined"
+    # bob stays ready but is not offered the same customer again
+    alice = await counter.agent("alice")
+    assert (await alice.next_offer())["session_id"] == customer.session_id
+    with pytest.raises(TimeoutError):
+        await bob.next_offer(timeout=0.5)
+
+
+async def test_offer_timeout_sets_agent_away_and_reoffers(make_counter, video_clip, audio_clip):
+    counter = await make_counter(video_clip, audio_clip, offer_timeout_s=0.5)
+    customer = await counter.customer("account_opening", "Waiting", media=False)
+    bob = await counter.agent("bob")
+    await bob.next_offer()
+    assert (await bob.wait_for("offer_withdrawn", timeout=5))["reason"] == "timeout"
+    await bob.wait_for("status", status="away")
+    alice = await counter.agent("alice")
+    assert (await alice.next_offer())["session_id"] == customer.session_id
+    # an expired offer cannot be accepted
+    await bob.send({"type": "accept", "session_id": customer.session_id})
+    err = await bob.wait_for("error")
+    assert err["code"] == "bad_state" and not err["fatal"]
+
+
+async def test_customer_rejoins_call_within_window(counter):
+    customer = await counter.customer("account_opening", "Flaky network")
+    agent = await counter.agent("alice")
+    await agent.accept_next()
+    await agent.wait_media(frames=20)
+    session_id, token = customer.session_id, customer.rejoin_token
+
+    await customer.drop()
+    await agent.wait_for("peer_reconnecting")
+    await asyncio.sleep(0.5)
+    frames_before = agent.taps["video"].frames_in
+    # still the same call on the server while the customer is away
+    assert counter.broker.session(session_id).state == "active"
+
+    back = counter.participant("customer-back")
+    rejoined = await back.rejoin(session_id, token)
+    assert rejoined["state"] == "active"
+    await back.wait_for("call_started")
+    await agent.wait_for("peer_reconnected")
+    # media from the new connection reaches the agent on the same session
+    await agent.wait_media(frames=30, kinds=("video",))
+    assert agent.taps["video"].frames_in > frames_before
+    await back.wait_media(frames=20, kinds=("video",))
+
+    def kinds(s):
+        return [e.kind for e in s.exec(select(SessionEvent).where(SessionEvent.session_id == session_id))]
+
+    events = await counter.db.run(kinds)
+    assert events.index("customer_disconnected") < events.index("customer_rejoined")
+
+
+async def test_rejoin_after_window_is_refused_and_call_ends(make_counter, video_clip, audio_clip):
+    counter = await make_counter(video_clip, audio_clip, rejoin_window_s=0.5)
+    customer = await counter.customer("account_opening", "Gone")
+    agent = await counter.agent("alice")
+    await agent.accept_next()
+    await agent.wait_media(frames=5)
+    await customer.drop()
+    assert (await agent.wait_for("call_ended", timeout=5))["reason"] == "customer_lost"
+    late = counter.participant("late", media=False)
+    with pytest.raises(ProtocolError, match="session_ended"):
+        await late.rejoin(customer.session_id, customer.rejoin_token)
+
+
+async def test_queued_customer_keeps_place_through_a_drop(counter):
+    first = await counter.customer("account_opening", "First", media=False)
+    second = await counter.customer("account_opening", "Second", media=False)
+    await first.drop()
+    await asyncio.sleep(0.2)
+    back = counter.participant("first-back", media=False)
+    await back.rejoin(first.session_id, first.rejoin_token)
+    assert (await back.wait_for("queue_update"))["position"] == 1
+    bob = await counter.agent("bob")
+    assert (await bob.next_offer())["session_id"] == first.session_id
+    assert second.session_id
+
+
+async def test_agent_drop_sends_customer_to_head_of_queue(counter):
+    early = await counter.customer("account_opening", "Early bird", media=False)
+    bob = await counter.agent("bob")
+    offer = await bob.next_offer()
+    assert offer["session_id"] == early.session_id
+    await bob.send({"type": "decline", "session_id": early.session_id})
+    await bob.wait_for("offer_withdrawn")
+    # a later customer gets bob; the early one waits (bob declined them)
+    late = await counter.customer("account_opening", "Late")
+    offer = await bob.next_offer()
+    assert offer["session_id"] == late.session_id
+    await bob.send({"type": "accept", "session_id": late.session_id})
+    await late.wait_media(frames=5)
+
+    since_early, since_late = len(early.messages), len(late.messages)
+    await bob.drop()
+    assert (await late.wait_for("requeued"))["reason"] == "agent_lost"
+    update = await late.wait_for("queue_update", since=since_late)
+    assert update["position"] == 1  # ahead of the customer who joined earlier
+    assert (await early.wait_for("queue_update", since=since_early))["position"] == 2
+    alice = await counter.agent("alice")
+    assert (await alice.next_offer())["session_id"] == late.session_id
+
+    def state(s):
+        return s.get(CallSession, late.session_id).state
+
+    assert await counter.db.run(state) == "offered"
+
+
+async def test_keyframe_request_from_receiver_reaches_sender(counter):
+    customer = await counter.customer("account_opening", "PLI")
+    agent = await counter.agent("alice")
+    await agent.accept_next()
+    await agent.wait_media(frames=10, kinds=("video",))
+    await customer.wait_media(frames=10, kinds=("video",))
+    before = customer.tracks["video"].keyframe_requests
+    keyframes_before = agent.taps["video"].keyframes_in
+    # the agent's side sends an RTCP PLI to the server; the server must pass it upstream
+    agent.request_keyframe()
+    for _ in range(50):
+        if customer.tracks["video"].keyframe_requests > before:
+            break
+        await asyncio.sleep(0.1)
+    assert customer.tracks["video"].keyframe_requests > before
+    # and the resulting keyframe arrives at the agent
+    for _ in range(50):
+        if agent.taps["video"].keyframes_in > keyframes_before:
+            break
+        await asyncio.sleep(0.1)
+    assert agent.taps["video"].keyframes_in > keyframes_before
+
+
+async def test_decoded_subscription_decodes_only_while_subscribed(counter):
+    customer = await counter.customer("account_opening", "Decoded")
+    agent = await counter.agent("alice")
+    await agent.accept_next()
+    await agent.wait_media(frames=10, kinds=("video",))
+    tap = counter.hub.find(customer.session_id).tap("customer", "video")
+    assert not tap.decoding and tap.frames_decoded == 0
+    sub = tap.subscribe_decoded()
+    frame = await asyncio.wait_for(sub.recv(), 10)
+    assert (frame.width, frame.height) == (640, 480)
+    sub.close()
+    assert not tap.decoding
+    decoded = tap.frames_decoded
+    await asyncio.sleep(0.5)
+    assert tap.frames_decoded <= decoded + 2  # nothing decoded after the last subscriber left

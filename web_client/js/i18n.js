@@ -1,0 +1,490 @@
+// Chinese and English strings for both pages.
+//
+// Static text is marked in the HTML with data-i18n (textContent),
+// data-i18n-placeholder, data-i18n-aria-label and data-i18n-title; text built at
+// runtime calls t() and re-renders through onLangChange(). The choice is kept in
+// localStorage; the first visit follows navigator.language.
+
+const STORAGE_KEY = 'vcounter.lang';
+export const LANGS = ['zh', 'en'];
+
+const STRINGS = {
+  en: {
+    'lang.switch': '中文',
+    'lang.switchLabel': 'Switch language to Chinese',
+
+    'brand.name': 'Video Counter',
+    'brand.agent': 'Agent workbench',
+    'page.customerTitle': 'Video Counter',
+    'page.agentTitle': 'Video Counter · Agent workbench',
+
+    'state.idle': 'Not in queue',
+    'state.waiting': 'Waiting in queue',
+    'state.offered': 'Incoming customer',
+    'state.active': 'In call',
+    'state.ended': 'Call ended',
+    'state.agentIdle': 'No call',
+
+    'business.account_opening': 'Account opening',
+    'business.loan_signing': 'Loan signing',
+    'business.wealth_product': 'Wealth product purchase',
+    'business.account_opening.desc': 'Open a new account with an agent who checks your ID',
+    'business.loan_signing.desc': 'Sign your loan contract face to face',
+    'business.wealth_product.desc': 'Buy a wealth product with the required audio and video record',
+
+    'customer.step1': 'What can we help you with?',
+    'customer.step1Hint': 'Choose a service, then join the queue. An agent will see and hear you.',
+    'customer.nameLabel': 'Your name (optional)',
+    'customer.namePlaceholder': 'How should the agent address you?',
+    'customer.defaultName': 'Customer',
+    'customer.chooseBusiness': 'Please choose a service first.',
+    'customer.step2': 'Check your camera and microphone',
+    'customer.step2Hint': 'Make sure your face is well lit and clearly visible.',
+    'customer.micLabel': 'Microphone level',
+    'customer.micHint': 'Say something: the bar should move.',
+    'customer.join': 'Join the queue',
+    'customer.joining': 'Connecting…',
+    'customer.privacy': 'For your protection, calls are recorded as required by banking regulations. Never share your passwords or verification codes with anyone, including our agents.',
+
+    'device.starting': 'Starting camera and microphone…',
+    'device.ok': 'Camera and microphone are working.',
+    'device.denied': 'Camera or microphone access was blocked. Allow access in your browser settings (the icon in the address bar), then try again.',
+    'device.missing': 'No camera or microphone was found. Connect one and try again.',
+    'device.busy': 'The camera or microphone is being used by another application. Close it and try again.',
+    'device.insecure': 'This page cannot use the camera: it must be opened over HTTPS.',
+    'device.failed': 'The camera or microphone could not be started. Try again.',
+    'device.ended': 'The camera or microphone was disconnected. Try again.',
+    'device.retry': 'Try again',
+    'device.noPreview': 'Camera preview',
+
+    'queue.title': 'You are in the queue',
+    'queue.service': 'Service',
+    'queue.position': 'Your position',
+    'queue.wait': 'Estimated wait',
+    'queue.agents': 'Agents available: {n}',
+    'queue.hint': 'Please keep this page open. We will connect you as soon as an agent is free.',
+    'queue.cancel': 'Leave the queue',
+    'queue.offered': 'An agent is about to take your call…',
+
+    'wait.lessThanMinute': 'less than a minute',
+    'wait.minutes': 'about {n} min',
+    'wait.hours': 'about {h} h {m} min',
+
+    'call.agent': 'Agent',
+    'call.you': 'You',
+    'call.mute': 'Mute',
+    'call.unmute': 'Unmute',
+    'call.cameraOff': 'Camera off',
+    'call.cameraOn': 'Camera on',
+    'call.hangup': 'Hang up',
+    'call.tapToPlay': 'Tap to hear and see the agent',
+    'call.tapToPlayCustomer': 'Tap to hear and see the customer',
+    'call.connecting': 'Connecting video…',
+    'call.mediaUnstable': 'The network is unstable. Trying to keep the call going…',
+    'call.mediaRetry': 'Video connection lost. Reconnecting…',
+    'call.mediaFailed': 'The video connection could not be established. Check your network.',
+    'call.duration': 'Duration',
+
+    'notice.peerReconnectingAgent': 'The agent’s connection was lost. Please wait…',
+    'notice.peerReconnectingCustomer': 'The customer’s connection was lost. Waiting up to {n} s for them to come back…',
+    'notice.peerReconnected': 'The connection is back.',
+    'notice.requeued': 'The agent was disconnected. You are back at the head of the queue.',
+    'notice.resuming': 'Resuming your session…',
+
+    'banner.reconnecting': 'Connection lost. Reconnecting…',
+    'banner.offline': 'You are offline.',
+    'banner.reconnect': 'Reconnect',
+
+    'ended.title': 'Your session has ended',
+    'ended.thanks': 'Thank you for using the video counter.',
+    'ended.again': 'Start over',
+
+    'reason.customer_hangup': 'You ended the call.',
+    'reason.agent_hangup': 'The agent ended the call.',
+    'reason.customer_lost': 'The connection was lost for too long.',
+    'reason.customer_cancelled': 'You left the queue.',
+    'reason.server_shutdown': 'The service is restarting. Please try again in a moment.',
+    'reason.media_failed': 'The video connection failed.',
+    'reason.connection_lost': 'The connection to the server was lost.',
+    'reason.session_lost': 'Your previous session could not be resumed.',
+    'reason.replaced': 'This session was resumed in another window.',
+    'reason.abandoned': 'The session was abandoned.',
+    'reason.failed': 'The session failed because of a server error.',
+    'reason.unknown': 'The session ended.',
+
+    'agentReason.customer_hangup': 'The customer ended the call.',
+    'agentReason.agent_hangup': 'You ended the call.',
+    'agentReason.customer_lost': 'The customer did not come back in time.',
+    'agentReason.connection_lost': 'Your connection to the server was lost; the customer went back to the queue.',
+    'agentReason.customer_cancelled': 'The customer left.',
+
+    'withdrawn.timeout': 'The offer expired: you did not answer in time and are now away.',
+    'withdrawn.customer_cancelled': 'The customer left the queue.',
+    'withdrawn.customer_lost': 'The customer’s connection was lost.',
+    'withdrawn.declined': 'You declined the customer.',
+    'withdrawn.agent_lost': 'Your connection was lost.',
+    'withdrawn.server_shutdown': 'The service is restarting.',
+    'withdrawn.unknown': 'The offer was withdrawn.',
+
+    'error.too_large': 'A message was too large and the connection was closed.',
+    'error.rate_limited': 'Too many requests. Please slow down.',
+    'error.bad_json': 'The server could not read a message.',
+    'error.unknown_type': 'The server did not understand a request.',
+    'error.invalid_message': 'A request was not valid.',
+    'error.forbidden': 'You are not allowed to do that.',
+    'error.not_authenticated': 'Your login has expired. Please log in again.',
+    'error.bad_sdp': 'The video connection could not be negotiated.',
+    'error.bad_state': 'That action is not possible right now.',
+    'error.not_found': 'Not found.',
+    'error.session_ended': 'This session has already ended.',
+    'error.replaced': 'This connection was replaced by another window.',
+    'error.media_error': 'A media error occurred on the server.',
+    'error.unreachable': 'Cannot reach the server. Check your network and try again.',
+    'error.generic': 'Something went wrong.',
+    'error.close': 'Dismiss',
+
+    'agent.loginTitle': 'Agent sign-in',
+    'agent.username': 'Username',
+    'agent.password': 'Password',
+    'agent.login': 'Sign in',
+    'agent.loggingIn': 'Signing in…',
+    'agent.badCredentials': 'Wrong username or password.',
+    'agent.tooMany': 'Too many failed attempts. Try again in a few minutes.',
+    'agent.notAgent': 'This account is not an agent account.',
+    'agent.loginFailed': 'Sign-in failed. Try again.',
+    'agent.sessionExpired': 'Your session has expired. Please sign in again.',
+    'agent.replaced': 'You signed in from another window. This window is disconnected.',
+    'agent.logout': 'Sign out',
+    'agent.skills': 'Skills',
+    'agent.statusLabel': 'My status',
+    'agent.toggleHintReady': 'Click to go away',
+    'agent.toggleHintAway': 'Click to become ready',
+    'agent.queueTitle': 'Waiting customers',
+    'agent.queueTotal': 'Total',
+    'agent.cameraTitle': 'My camera',
+    'agent.cameraInCall': 'Your camera is shown in the call.',
+    'agent.idleTitle': 'No customer yet',
+    'agent.idleAway': 'You are away. Set yourself ready to receive customers.',
+    'agent.idleReady': 'You are ready. The next matching customer will be offered to you.',
+    'agent.offerTitle': 'Incoming customer',
+    'agent.offerBusiness': 'Service',
+    'agent.offerWaited': 'Waited',
+    'agent.offerExpires': 'Answer within',
+    'agent.offerExpired': 'Expired',
+    'agent.seconds': '{n} s',
+    'agent.accept': 'Accept',
+    'agent.decline': 'Decline',
+    'agent.customer': 'Customer',
+    'agent.customerName': 'Name',
+    'agent.customerBusiness': 'Service',
+    'agent.customerSession': 'Session ID',
+    'agent.endedTitle': 'Call ended',
+    'agent.backToWork': 'Back to workbench',
+
+    'status.ready': 'Ready',
+    'status.away': 'Away',
+    'status.offered': 'Offered',
+    'status.busy': 'Busy',
+    'status.unknown': 'Connecting…',
+  },
+
+  zh: {
+    'lang.switch': 'English',
+    'lang.switchLabel': '切换为英文',
+
+    'brand.name': '远程视频柜台',
+    'brand.agent': '坐席工作台',
+    'page.customerTitle': '远程视频柜台',
+    'page.agentTitle': '远程视频柜台 · 坐席工作台',
+
+    'state.idle': '未排队',
+    'state.waiting': '排队中',
+    'state.offered': '新客户接入',
+    'state.active': '通话中',
+    'state.ended': '已结束',
+    'state.agentIdle': '空闲',
+
+    'business.account_opening': '远程开户',
+    'business.loan_signing': '贷款面签',
+    'business.wealth_product': '理财双录',
+    'business.account_opening.desc': '由坐席核验身份，在线开立新账户',
+    'business.loan_signing.desc': '与坐席视频面对面签署贷款合同',
+    'business.wealth_product.desc': '购买理财产品，按规定全程录音录像',
+
+    'customer.step1': '请问您要办理什么业务？',
+    'customer.step1Hint': '选择业务后加入排队，坐席将通过视频为您服务。',
+    'customer.nameLabel': '您的称呼（选填）',
+    'customer.namePlaceholder': '坐席应如何称呼您？',
+    'customer.defaultName': '客户',
+    'customer.chooseBusiness': '请先选择要办理的业务。',
+    'customer.step2': '检查摄像头和麦克风',
+    'customer.step2Hint': '请确保光线充足，面部清晰可见。',
+    'customer.micLabel': '麦克风音量',
+    'customer.micHint': '请说话，音量条应随之跳动。',
+    'customer.join': '加入排队',
+    'customer.joining': '正在连接…',
+    'customer.privacy': '为保障您的权益，视频通话将依据金融监管要求全程录音录像。请勿向任何人（包括坐席）透露密码或验证码。',
+
+    'device.starting': '正在打开摄像头和麦克风…',
+    'device.ok': '摄像头和麦克风工作正常。',
+    'device.denied': '摄像头或麦克风权限被拒绝。请在浏览器设置（地址栏图标）中允许访问后重试。',
+    'device.missing': '未找到摄像头或麦克风。请连接设备后重试。',
+    'device.busy': '摄像头或麦克风正被其他应用占用。请关闭该应用后重试。',
+    'device.insecure': '此页面无法使用摄像头：必须通过 HTTPS 打开。',
+    'device.failed': '无法启动摄像头或麦克风，请重试。',
+    'device.ended': '摄像头或麦克风已断开，请重试。',
+    'device.retry': '重试',
+    'device.noPreview': '摄像头预览',
+
+    'queue.title': '您正在排队',
+    'queue.service': '办理业务',
+    'queue.position': '当前排位',
+    'queue.wait': '预计等待',
+    'queue.agents': '空闲坐席：{n} 位',
+    'queue.hint': '请保持本页面打开，坐席空闲后将立即为您接通。',
+    'queue.cancel': '退出排队',
+    'queue.offered': '坐席即将接听…',
+
+    'wait.lessThanMinute': '不到 1 分钟',
+    'wait.minutes': '约 {n} 分钟',
+    'wait.hours': '约 {h} 小时 {m} 分钟',
+
+    'call.agent': '坐席',
+    'call.you': '我',
+    'call.mute': '静音',
+    'call.unmute': '取消静音',
+    'call.cameraOff': '关闭摄像头',
+    'call.cameraOn': '打开摄像头',
+    'call.hangup': '挂断',
+    'call.tapToPlay': '点击此处收听并观看坐席画面',
+    'call.tapToPlayCustomer': '点击此处收听并观看客户画面',
+    'call.connecting': '正在连接视频…',
+    'call.mediaUnstable': '网络不稳定，正在尽力保持通话…',
+    'call.mediaRetry': '视频连接中断，正在重新连接…',
+    'call.mediaFailed': '无法建立视频连接，请检查网络。',
+    'call.duration': '通话时长',
+
+    'notice.peerReconnectingAgent': '坐席网络中断，请稍候…',
+    'notice.peerReconnectingCustomer': '客户网络中断，最多等待 {n} 秒重新连接…',
+    'notice.peerReconnected': '连接已恢复。',
+    'notice.requeued': '坐席连接已断开，您已回到队列最前面。',
+    'notice.resuming': '正在恢复您的会话…',
+
+    'banner.reconnecting': '连接已断开，正在重新连接…',
+    'banner.offline': '您已离线。',
+    'banner.reconnect': '重新连接',
+
+    'ended.title': '本次服务已结束',
+    'ended.thanks': '感谢您使用远程视频柜台。',
+    'ended.again': '重新开始',
+
+    'reason.customer_hangup': '您已挂断通话。',
+    'reason.agent_hangup': '坐席已结束通话。',
+    'reason.customer_lost': '网络中断时间过长，会话已结束。',
+    'reason.customer_cancelled': '您已退出排队。',
+    'reason.server_shutdown': '服务正在重启，请稍后再试。',
+    'reason.media_failed': '视频连接失败。',
+    'reason.connection_lost': '与服务器的连接已断开。',
+    'reason.session_lost': '无法恢复您之前的会话。',
+    'reason.replaced': '此会话已在其他窗口中恢复。',
+    'reason.abandoned': '会话已放弃。',
+    'reason.failed': '服务器出错，会话已终止。',
+    'reason.unknown': '会话已结束。',
+
+    'agentReason.customer_hangup': '客户已挂断通话。',
+    'agentReason.agent_hangup': '您已结束通话。',
+    'agentReason.customer_lost': '客户未能及时重新连接。',
+    'agentReason.connection_lost': '您与服务器的连接已断开，客户已回到队列。',
+    'agentReason.customer_cancelled': '客户已离开。',
+
+    'withdrawn.timeout': '接入超时：您未及时应答，状态已改为离开。',
+    'withdrawn.customer_cancelled': '客户已退出排队。',
+    'withdrawn.customer_lost': '客户网络已断开。',
+    'withdrawn.declined': '您已拒绝该客户。',
+    'withdrawn.agent_lost': '您的连接已断开。',
+    'withdrawn.server_shutdown': '服务正在重启。',
+    'withdrawn.unknown': '该客户已被撤回。',
+
+    'error.too_large': '消息过大，连接已关闭。',
+    'error.rate_limited': '操作过于频繁，请稍候。',
+    'error.bad_json': '服务器无法读取消息。',
+    'error.unknown_type': '服务器无法识别该请求。',
+    'error.invalid_message': '请求无效。',
+    'error.forbidden': '您无权执行此操作。',
+    'error.not_authenticated': '登录已过期，请重新登录。',
+    'error.bad_sdp': '视频连接协商失败。',
+    'error.bad_state': '当前状态下无法执行此操作。',
+    'error.not_found': '未找到。',
+    'error.session_ended': '该会话已结束。',
+    'error.replaced': '此连接已被其他窗口取代。',
+    'error.media_error': '服务器媒体处理出错。',
+    'error.unreachable': '无法连接服务器，请检查网络后重试。',
+    'error.generic': '出现错误。',
+    'error.close': '关闭',
+
+    'agent.loginTitle': '坐席登录',
+    'agent.username': '用户名',
+    'agent.password': '密码',
+    'agent.login': '登录',
+    'agent.loggingIn': '正在登录…',
+    'agent.badCredentials': '用户名或密码错误。',
+    'agent.tooMany': '失败次数过多，请几分钟后再试。',
+    'agent.notAgent': '该账号不是坐席账号。',
+    'agent.loginFailed': '登录失败，请重试。',
+    'agent.sessionExpired': '登录已过期，请重新登录。',
+    'agent.replaced': '您已在其他窗口登录，本窗口已断开。',
+    'agent.logout': '退出登录',
+    'agent.skills': '技能',
+    'agent.statusLabel': '我的状态',
+    'agent.toggleHintReady': '点击切换为离开',
+    'agent.toggleHintAway': '点击切换为就绪',
+    'agent.queueTitle': '排队客户',
+    'agent.queueTotal': '合计',
+    'agent.cameraTitle': '我的摄像头',
+    'agent.cameraInCall': '您的画面正在通话中显示。',
+    'agent.idleTitle': '暂无客户',
+    'agent.idleAway': '您当前为离开状态，切换为就绪后即可接入客户。',
+    'agent.idleReady': '您已就绪，符合技能的下一位客户将分配给您。',
+    'agent.offerTitle': '新客户接入',
+    'agent.offerBusiness': '办理业务',
+    'agent.offerWaited': '已等待',
+    'agent.offerExpires': '剩余应答时间',
+    'agent.offerExpired': '已超时',
+    'agent.seconds': '{n} 秒',
+    'agent.accept': '接听',
+    'agent.decline': '拒绝',
+    'agent.customer': '客户',
+    'agent.customerName': '姓名',
+    'agent.customerBusiness': '业务',
+    'agent.customerSession': '会话编号',
+    'agent.endedTitle': '通话已结束',
+    'agent.backToWork': '返回工作台',
+
+    'status.ready': '就绪',
+    'status.away': '离开',
+    'status.offered': '待接听',
+    'status.busy': '通话中',
+    'status.unknown': '连接中…',
+  },
+};
+
+function detect() {
+  try {
+    const saved = localStorage.getItem(STORAGE_KEY);
+    if (LANGS.includes(saved)) return saved;
+  } catch {
+    // storage disabled: fall through to the browser's language
+  }
+  const preferred = (navigator.languages && navigator.languages[0]) || navigator.language || '';
+  return preferred.toLowerCase().startsWith('zh') ? 'zh' : 'en';
+}
+
+let current = detect();
+const listeners = [];
+/** Business names from GET /api/config, by type: {en, zh}. */
+const businessNames = new Map();
+
+export function lang() {
+  return current;
+}
+
+/** The string for `key` in the current language, with {name} placeholders filled. */
+export function t(key, params = {}) {
+  const table = STRINGS[current];
+  let text = table[key] ?? STRINGS.en[key] ?? key;
+  for (const [name, value] of Object.entries(params)) {
+    text = text.replaceAll(`{${name}}`, String(value));
+  }
+  return text;
+}
+
+/** Whether a key exists (used to fall back for unknown server codes). */
+export function has(key) {
+  return key in STRINGS.en;
+}
+
+export function setLang(next) {
+  if (!LANGS.includes(next) || next === current) return;
+  current = next;
+  try {
+    localStorage.setItem(STORAGE_KEY, next);
+  } catch {
+    // not persisted; still switched for this page
+  }
+  applyI18n();
+  for (const fn of listeners) fn(current);
+}
+
+export function onLangChange(fn) {
+  listeners.push(fn);
+}
+
+/** Fill every marked element under `root` with the current language. */
+export function applyI18n(root = document) {
+  document.documentElement.lang = current === 'zh' ? 'zh-CN' : 'en';
+  for (const el of root.querySelectorAll('[data-i18n]')) el.textContent = t(el.dataset.i18n);
+  for (const el of root.querySelectorAll('[data-i18n-placeholder]')) {
+    el.placeholder = t(el.dataset.i18nPlaceholder);
+  }
+  for (const el of root.querySelectorAll('[data-i18n-aria-label]')) {
+    el.setAttribute('aria-label', t(el.dataset.i18nAriaLabel));
+  }
+  for (const el of root.querySelectorAll('[data-i18n-title]')) el.title = t(el.dataset.i18nTitle);
+}
+
+/** Wire the language toggle button: it shows the language it switches to. */
+export function bindLangToggle(button) {
+  button.dataset.i18n = 'lang.switch';
+  button.dataset.i18nAriaLabel = 'lang.switchLabel';
+  button.addEventListener('click', () => setLang(current === 'zh' ? 'en' : 'zh'));
+}
+
+/** Remember the business names served by GET /api/config (`businesses[]`). */
+export function setBusinessNames(list) {
+  if (!Array.isArray(list)) return;
+  for (const item of list) {
+    if (item && typeof item.type === 'string') {
+      businessNames.set(item.type, { en: item.name_en, zh: item.name_zh });
+    }
+  }
+}
+
+export function businessName(type) {
+  const served = businessNames.get(type)?.[current];
+  if (typeof served === 'string' && served) return served;
+  const key = `business.${type}`;
+  return has(key) ? t(key) : String(type ?? '');
+}
+
+/** A queue estimate in words ("about 3 min"). */
+export function formatWait(seconds) {
+  const s = Math.max(0, Math.round(Number(seconds) || 0));
+  if (s < 60) return t('wait.lessThanMinute');
+  const minutes = Math.round(s / 60);
+  if (minutes < 60) return t('wait.minutes', { n: minutes });
+  return t('wait.hours', { h: Math.floor(minutes / 60), m: minutes % 60 });
+}
+
+/** m:ss (or h:mm:ss) for durations shown as a clock. */
+export function formatClock(seconds) {
+  const s = Math.max(0, Math.floor(Number(seconds) || 0));
+  const h = Math.floor(s / 3600);
+  const m = Math.floor((s % 3600) / 60);
+  const sec = String(s % 60).padStart(2, '0');
+  return h > 0 ? `${h}:${String(m).padStart(2, '0')}:${sec}` : `${m}:${sec}`;
+}
+
+/** Localized text for a server `error` frame: our string for known codes, else the server's. */
+export function errorText(code, message) {
+  const key = `error.${code}`;
+  if (has(key)) return t(key);
+  return message ? String(message) : t('error.generic');
+}
+
+/** Localized reason; `prefix` is "reason", "agentReason" or "withdrawn". */
+export function reasonText(prefix, reason) {
+  const key = `${prefix}.${reason}`;
+  if (has(key)) return t(key);
+  if (prefix === 'agentReason' && has(`reason.${reason}`)) return t(`reason.${reason}`);
+  return t(`${prefix === 'withdrawn' ? 'withdrawn' : 'reason'}.unknown`);
+}
