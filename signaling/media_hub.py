@@ -19,7 +19,6 @@ saves (``bench/calls.py``); taps carry no frames in that mode.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -158,7 +157,6 @@ class MediaHub:
         self.ice_servers = list(ice_servers or [])
         self._on_state = on_state
         self._calls: dict[str, CallMedia] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
     # -- calls ---------------------------------------------------------------------
@@ -200,9 +198,6 @@ class MediaHub:
         calls = list(self._calls)
         for call_id in calls:
             await self.end_call(call_id)
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     # -- negotiation ---------------------------------------------------------------
 
@@ -221,13 +216,8 @@ class MediaHub:
         Returns the answer SDP. Raises :class:`BadSdp` if the offer is unusable.
         """
         media = self.call(call_id)
-        previous = media.participants.pop(role, None)
-        if previous is not None:
-            await previous.aclose()
-
         pc = RTCPeerConnection(self._configuration())
         participant = ParticipantMedia(role, pc)
-        media.participants[role] = participant
         log_id = f"{call_id[:8]}/{role}"
 
         @pc.on("track")
@@ -263,10 +253,21 @@ class MediaHub:
             offer = RTCSessionDescription(sdp=offer_sdp, type="offer")
             await pc.setRemoteDescription(offer)
         except Exception as exc:  # aiortc raises ValueError, KeyError, IndexError... on garbage
-            media.participants.pop(role, None)
             await pc.close()
             logger.info("call %s: unusable offer: %s", log_id, exc.__class__.__name__)
             raise BadSdp(f"the SDP offer could not be used ({exc.__class__.__name__})") from None
+        if not any(t.kind in KINDS for t in pc.getTransceivers()):
+            await pc.close()
+            raise BadSdp("the offer has neither audio nor video")
+
+        # the new offer is usable: it replaces the participant's previous connection
+        previous = media.participants.pop(role, None)
+        if previous is not None:
+            await previous.aclose()
+        if media.closed:
+            await pc.close()
+            raise MediaError("the call ended during negotiation")
+        media.participants[role] = participant
 
         kinds_offered = set()
         for transceiver in pc.getTransceivers():
@@ -293,11 +294,6 @@ class MediaHub:
                 if remote is not None:
                     transcode.set_source(remote)
                 pc.addTrack(transcode)
-        if not kinds_offered:
-            media.participants.pop(role, None)
-            await pc.close()
-            raise BadSdp("the offer has neither audio nor video")
-
         try:
             answer = await pc.createAnswer()
             await pc.setLocalDescription(answer)
@@ -306,13 +302,3 @@ class MediaHub:
             await pc.close()
             raise BadSdp(f"no answer possible for this offer ({exc.__class__.__name__})") from None
         return pc.localDescription.sdp
-
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)  # type: ignore[arg-type]
-        task.add_done_callback(self._tasks.discard)  # type: ignore[arg-type]
-
-
-async def close_quietly(pc: RTCPeerConnection) -> None:
-    with contextlib.suppress(Exception):
-        await pc.close()
