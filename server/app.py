@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -14,7 +15,7 @@ from .auth import LoginThrottle
 from .config import Config
 from .db import Database
 from .exceptions import ServerError
-from .keys import BROKER, CONFIG, DB, HUB, THROTTLE
+from .keys import BROKER, CHANNELS, CONFIG, DB, HUB, THROTTLE
 from .routes import setup_routes
 from .session_log import DbSessionLog
 
@@ -53,6 +54,7 @@ def create_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[errors_and_headers], client_max_size=1024**2)
     app[CONFIG] = config
     app[THROTTLE] = LoginThrottle()
+    app[CHANNELS] = weakref.WeakSet()
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -84,6 +86,13 @@ def create_app(config: Config) -> web.Application:
         await hub.aclose()
         db.close()
 
+    async def on_shutdown(app: web.Application) -> None:
+        # tell every participant the session ends (and record it) before sockets close
+        await app[BROKER].aclose()
+        for channel in list(app[CHANNELS]):
+            channel.close(1001, "server shutting down")
+
     app.cleanup_ctx.append(resources)
+    app.on_shutdown.append(on_shutdown)
     setup_routes(app)
     return app

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import weakref
+from typing import Any
+
 from aiohttp import web
 
 from signaling.broker import Broker
@@ -16,3 +19,5 @@ DB = web.AppKey("db", Database)
 HUB = web.AppKey("hub", MediaHub)
 BROKER = web.AppKey("broker", Broker)
 THROTTLE = web.AppKey("login_throttle", LoginThrottle)
+#: open WebSocket channels, closed at shutdown
+CHANNELS = web.AppKey("channels", weakref.WeakSet[Any])

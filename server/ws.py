@@ -23,7 +23,7 @@ from signaling.broker import CLOSE_POLICY, AgentConn, AgentUser, Broker, Session
 from signaling.exceptions import InvalidMessage, NotAuthenticated, SignalingError
 
 from . import auth
-from .keys import BROKER, DB
+from .keys import BROKER, CHANNELS, DB
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +155,7 @@ async def customer_ws(request: web.Request) -> web.WebSocketResponse:
     ws = _websocket()
     await ws.prepare(request)
     channel = WsChannel(ws, "customer")
+    request.app[CHANNELS].add(channel)
     limiter = RateLimiter()
     session: Session | None = None
     try:
@@ -238,6 +239,7 @@ async def agent_ws(request: web.Request) -> web.WebSocketResponse:
     ws = _websocket()
     await ws.prepare(request)
     channel = WsChannel(ws, "agent")
+    request.app[CHANNELS].add(channel)
     limiter = RateLimiter()
     agent: AgentConn | None = None
     try:

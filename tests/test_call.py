@@ -89,3 +89,27 @@ async def test_agent_hangup_ends_call_for_both(counter):
     assert (await agent.wait_for("call_ended"))["reason"] == "agent_hangup"
     await asyncio.sleep(0.1)
     assert counter.broker.session(customer.session_id) is None
+
+
+async def test_server_shutdown_ends_calls_and_records_why(make_counter, video_clip, audio_clip):
+    counter = await make_counter(video_clip, audio_clip)
+    customer = await counter.customer()
+    waiting = await counter.customer(name="Waiting", media=False)
+    agent = await counter.agent("alice")
+    await agent.accept_next()
+    await agent.wait_media(frames=5)
+    db_url = str(counter.db.engine.url)
+    await counter.server.close()
+    assert (await customer.wait_for("call_ended"))["reason"] == "server_shutdown"
+    assert (await agent.wait_for("call_ended"))["reason"] == "server_shutdown"
+    assert (await waiting.wait_for("call_ended"))["reason"] == "server_shutdown"
+
+    from server.db import Database
+
+    db = Database(db_url)
+    with db.session() as s:
+        active = s.get(CallSession, customer.session_id)
+        queued = s.get(CallSession, waiting.session_id)
+        assert (active.state, active.end_reason) == ("ended", "server_shutdown")
+        assert (queued.state, queued.end_reason) == ("abandoned", "server_shutdown")
+    db.close()
