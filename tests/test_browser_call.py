@@ -1,0 +1,126 @@
+"""Two real Chromium pages, fake cameras playing two different people, through a whole call."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from .browser import (
+    audio_peaks,
+    face_encoding,
+    grab_frame,
+    is_blank,
+    launch,
+    make_tone_wav,
+    make_y4m,
+    require_chromium,
+    source_encoding,
+)
+from .conftest import PASSWORD, shared_data
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CUSTOMER_TONE_HZ = 440.0
+AGENT_TONE_HZ = 1000.0
+
+
+async def _state(page, value: str, timeout: float = 20_000) -> None:
+    await page.wait_for_function(
+        "(v) => document.querySelector('[data-testid=\"call-state\"]').textContent.trim() === v",
+        arg=value, timeout=timeout)
+
+
+async def _wait_remote_playing(page, timeout_s: float = 20.0) -> None:
+    await page.wait_for_function(
+        """() => { const v = document.querySelector('[data-testid="remote-video"]');
+                   return v && v.videoWidth > 0 && v.currentTime > 1.0; }""",
+        timeout=timeout_s * 1000)
+
+
+async def _face_in_remote(page) -> np.ndarray:
+    """A face encoding from the remote video (tries a few frames: the person moves)."""
+    for _ in range(12):
+        frame = await grab_frame(page, "remote-video")
+        assert frame is not None, "remote video has no frame"
+        assert not is_blank(frame), "remote video is blank"
+        encoding = await asyncio.get_running_loop().run_in_executor(None, face_encoding, frame)
+        if encoding is not None:
+            return encoding
+        await asyncio.sleep(0.3)
+    raise AssertionError("no face found in the remote video")
+
+
+def _dominant(peaks: list[dict]) -> float:
+    loud = [p["hz"] for p in peaks if p["db"] > -80]
+    assert loud, f"remote audio is silent: {peaks}"
+    return float(np.median(loud))
+
+
+async def test_customer_and_agent_see_and_hear_each_other(counter):
+    require_chromium()
+    from playwright.async_api import async_playwright
+
+    customer_clip, agent_clip = shared_data("videos/d13.mp4"), shared_data("videos/d18.mp4")
+    customer_cam, agent_cam = make_y4m(customer_clip), make_y4m(agent_clip)
+    customer_face = source_encoding(customer_clip)
+    agent_face = source_encoding(agent_clip)
+    assert np.linalg.norm(customer_face - agent_face) > 0.7, "the two clips must show different people"
+
+    async with async_playwright() as pw:
+        agent_browser = await launch(pw, agent_cam, make_tone_wav(AGENT_TONE_HZ))
+        customer_browser = await launch(pw, customer_cam, make_tone_wav(CUSTOMER_TONE_HZ))
+        try:
+            agent = await agent_browser.new_page()
+            errors: list[str] = []
+            agent.on("pageerror", lambda e: errors.append(f"agent: {e}"))
+            await agent.goto(f"{counter.url}/agent")
+            await agent.get_by_test_id("login-username").fill("alice")
+            await agent.get_by_test_id("login-password").fill(PASSWORD)
+            await agent.get_by_test_id("login-submit").click()
+            await agent.get_by_test_id("ready-toggle").click()
+            await agent.wait_for_selector('[data-testid="ready-toggle"][data-status="ready"]')
+
+            customer = await customer_browser.new_page()
+            customer.on("pageerror", lambda e: errors.append(f"customer: {e}"))
+            await customer.goto(f"{counter.url}/")
+            await customer.get_by_test_id("business-account_opening").click()
+            join = customer.get_by_test_id("join-button")
+            await customer.wait_for_selector('[data-testid="join-button"]:enabled', timeout=15_000)
+            await join.click()
+            await _state(customer, "waiting")
+
+            await agent.get_by_test_id("accept-button").click(timeout=15_000)
+            await _state(agent, "active")
+            await _state(customer, "active")
+            await _wait_remote_playing(agent)
+            await _wait_remote_playing(customer)
+
+            # each side sees the other person, not itself and not a blank frame
+            seen_by_agent = await _face_in_remote(agent)
+            seen_by_customer = await _face_in_remote(customer)
+            assert np.linalg.norm(seen_by_agent - customer_face) < 0.6
+            assert np.linalg.norm(seen_by_agent - agent_face) > 0.6
+            assert np.linalg.norm(seen_by_customer - agent_face) < 0.6
+            assert np.linalg.norm(seen_by_customer - customer_face) > 0.6
+
+            # and hears the other side's tone
+            heard_by_agent = _dominant(await audio_peaks(agent, "remote-video"))
+            heard_by_customer = _dominant(await audio_peaks(customer, "remote-video"))
+            assert abs(heard_by_agent - CUSTOMER_TONE_HZ) < 30, heard_by_agent
+            assert abs(heard_by_customer - AGENT_TONE_HZ) < 30, heard_by_customer
+
+            # the server forwarded, it did not transcode
+            media = counter.hub.find(await customer.evaluate("window.vcounter.sessionId || null")
+                                     or next(iter(s.id for s in counter.broker.sessions)))
+            assert media.tap("customer", "video").keyframes_in >= 1
+            assert media.tap("customer", "video").frames_decoded == 0
+
+            await customer.get_by_test_id("hangup-button").click()
+            await _state(customer, "ended")
+            await _state(agent, "ended")
+            assert not errors, errors
+        finally:
+            await customer_browser.close()
+            await agent_browser.close()
