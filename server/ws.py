@@ -254,7 +254,11 @@ async def agent_ws(request: web.Request) -> web.WebSocketResponse:
                 if isinstance(msg, m.Ping):
                     channel.send(m.Pong())
                 elif isinstance(msg, m.Auth):
-                    raise SignalingError("already authenticated", code="bad_state")
+                    # a browser authenticated by cookie also sends its token: same user, nothing to do
+                    again = await auth.user_for_token(request.app[DB], msg.token)
+                    if again is None or again.id != user.id:
+                        raise SignalingError("this connection is authenticated as another user",
+                                             code="forbidden", fatal=True)
                 elif isinstance(msg, m.SetStatus):
                     await broker.agent_set_status(agent, msg.status)
                 elif isinstance(msg, m.Accept):

@@ -10,7 +10,7 @@ import {
   applyI18n, bindLangToggle, businessName, errorText, formatClock, formatWait, onLangChange,
   reasonText, setBusinessNames, t,
 } from './i18n.js';
-import { Call, MicMeter, openLocalMedia, playVideo, setTrackEnabled, showStream, stopStream } from './media.js';
+import { Call, LocalMedia, playVideo, showStream } from './media.js';
 import { Signaling } from './signaling.js';
 import { ErrorArea, Notice, byId, byTestId, moveInto, setText, showScreen, store } from './ui.js';
 
@@ -75,10 +75,6 @@ const app = {
   state: 'idle',
   business: null,
   displayName: '',
-  stream: null,
-  meter: null,
-  deviceProblem: null,
-  devicesReady: null,
   signaling: null,
   joining: false,
   /** {session_id, rejoin_token, business, display_name} while a session may be resumed */
@@ -138,18 +134,18 @@ function renderControls() {
 }
 
 function renderJoinButton() {
-  el.join.disabled = !app.stream || app.joining || app.resuming;
+  el.join.disabled = !devices.stream || devices.problem !== null || app.joining || app.resuming;
   setText(el.join, t(app.joining || app.resuming ? 'customer.joining' : 'customer.join'));
 }
 
 function renderDeviceStatus() {
-  if (app.deviceProblem) {
+  if (devices.problem) {
     setText(el.deviceStatus, '');
-    setText(el.deviceErrorText, t(`device.${app.deviceProblem}`));
+    setText(el.deviceErrorText, t(`device.${devices.problem}`));
     el.deviceError.hidden = false;
   } else {
     el.deviceError.hidden = true;
-    setText(el.deviceStatus, t(app.stream ? 'device.ok' : 'device.starting'));
+    setText(el.deviceStatus, devices.stream ? t('device.ok') : devices.starting ? t('device.starting') : '');
   }
 }
 
@@ -195,39 +191,16 @@ function goTo(screen) {
 
 // --- devices -------------------------------------------------------------------
 
-function startDevices() {
-  app.devicesReady = (async () => {
-    app.deviceProblem = null;
-    if (app.meter) app.meter.stop();
-    stopStream(app.stream);
-    app.stream = null;
+const devices = new LocalMedia({
+  video: el.localVideo,
+  onLevel: (level) => {
+    el.micLevel.value = level;
+  },
+  onChange: () => {
     renderDeviceStatus();
     renderJoinButton();
-    try {
-      const stream = await openLocalMedia();
-      app.stream = stream;
-      setTrackEnabled(stream, 'audio', !app.muted);
-      setTrackEnabled(stream, 'video', !app.cameraOff);
-      for (const track of stream.getTracks()) {
-        track.addEventListener('ended', () => {
-          if (app.stream !== stream) return;
-          app.deviceProblem = 'ended';
-          renderDeviceStatus();
-        });
-      }
-      await showStream(el.localVideo, stream);
-      app.meter = new MicMeter(stream, (level) => {
-        el.micLevel.value = level;
-      });
-    } catch (err) {
-      app.deviceProblem = err.kind || 'failed';
-      console.warn('camera/microphone unavailable', err);
-    }
-    renderDeviceStatus();
-    renderJoinButton();
-  })();
-  return app.devicesReady;
-}
+  },
+});
 
 // --- session storage -------------------------------------------------------------
 
@@ -404,6 +377,7 @@ function onServerError(msg) {
     abandonResume(null);
   } else if (msg.fatal && (app.state === 'waiting' || app.state === 'active')) {
     app.endReason = code === 'forbidden' ? 'session_lost' : 'connection_lost';
+    if (code === 'forbidden') return; // the end screen explains it
   }
   errors.show(errorText(code, msg.message));
 }
@@ -434,11 +408,11 @@ function onCallStarted(msg) {
 /** A new RTCPeerConnection and offer (first call_started, after a rejoin, or to retry). */
 async function startMedia() {
   closePeer();
-  await app.devicesReady;
-  if (app.state !== 'active') return;
+  await devices.ready;
+  if (app.state !== 'active' || app.call !== null) return;
   const call = new Call({
     iceServers: app.iceServers,
-    localStream: app.stream,
+    localStream: devices.stream,
     onRemoteStream: (stream) => {
       if (app.call !== call) return;
       el.playButton.hidden = true;
@@ -566,7 +540,7 @@ function onJoinClick() {
     el.businessButtons[0].focus();
     return;
   }
-  if (!app.stream || app.joining) return;
+  if (!devices.stream || app.joining) return;
   errors.clear();
   app.displayName = cleanDisplayName(el.displayName.value);
   app.joining = true;
@@ -612,20 +586,20 @@ function onStartOver() {
   renderEnded();
   setState('idle');
   goTo('prepare');
-  if (!app.stream || app.deviceProblem) startDevices();
+  if (!devices.stream || devices.problem) devices.start();
   renderJoinButton();
 }
 
 function toggleMute() {
   app.muted = !app.muted;
-  setTrackEnabled(app.stream, 'audio', !app.muted);
+  devices.setEnabled('audio', !app.muted);
   renderControls();
 }
 
 function toggleCamera() {
   app.cameraOff = !app.cameraOff;
-  setTrackEnabled(app.stream, 'video', !app.cameraOff);
-  el.callSlot.classList.toggle('camera-off', app.cameraOff);
+  devices.setEnabled('video', !app.cameraOff);
+  el.localVideo.classList.toggle('camera-off', app.cameraOff);
   renderControls();
 }
 
@@ -654,7 +628,7 @@ function init() {
     button.addEventListener('click', () => selectBusiness(button.dataset.business));
   }
   el.join.addEventListener('click', onJoinClick);
-  el.retryDevices.addEventListener('click', () => startDevices());
+  el.retryDevices.addEventListener('click', () => devices.start());
   el.cancel.addEventListener('click', onCancelClick);
   el.hangup.addEventListener('click', onHangupClick);
   el.mute.addEventListener('click', toggleMute);
@@ -670,7 +644,7 @@ function init() {
   setState('idle');
   renderAll();
   loadConfig();
-  startDevices();
+  devices.start();
 
   const saved = store.get(SESSION_KEY);
   if (saved && typeof saved.session_id === 'string' && typeof saved.rejoin_token === 'string') {
@@ -682,7 +656,7 @@ function init() {
     app.resuming = true;
     renderJoinButton();
     notice.show(() => t('notice.resuming'));
-    app.devicesReady.then(connect);
+    devices.ready.then(connect);
   }
 }
 

@@ -384,10 +384,6 @@ const listeners = [];
 /** Business names from GET /api/config, by type: {en, zh}. */
 const businessNames = new Map();
 
-export function lang() {
-  return current;
-}
-
 /** The string for `key` in the current language, with {name} placeholders filled. */
 export function t(key, params = {}) {
   const table = STRINGS[current];

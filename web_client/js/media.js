@@ -154,6 +154,79 @@ export class MicMeter {
   }
 }
 
+/**
+ * The local camera + microphone with a preview element and a level meter.
+ * `problem` is null or a MediaAccessError kind ('denied', 'missing', 'busy',
+ * 'insecure', 'failed') or 'ended' (device unplugged); onChange runs after each change.
+ * `ready` is a promise settled when the latest start() has finished (either way).
+ */
+export class LocalMedia {
+  constructor({ video, onLevel, onChange }) {
+    this.video = video;
+    this.onLevel = onLevel;
+    this.onChange = onChange || (() => {});
+    this.stream = null;
+    this.problem = null;
+    this.starting = false;
+    this.meter = null;
+    this.enabled = { audio: true, video: true };
+    this.ready = Promise.resolve();
+  }
+
+  start() {
+    this.ready = this.open();
+    return this.ready;
+  }
+
+  async open() {
+    this.release();
+    this.problem = null;
+    this.starting = true;
+    this.onChange();
+    try {
+      const stream = await openLocalMedia();
+      this.stream = stream;
+      setTrackEnabled(stream, 'audio', this.enabled.audio);
+      setTrackEnabled(stream, 'video', this.enabled.video);
+      for (const track of stream.getTracks()) {
+        track.addEventListener('ended', () => {
+          if (this.stream !== stream) return;
+          this.problem = 'ended';
+          this.onChange();
+        });
+      }
+      this.video.srcObject = stream;
+      playVideo(this.video);
+      if (this.onLevel) this.meter = new MicMeter(stream, this.onLevel);
+    } catch (err) {
+      this.problem = err.kind || 'failed';
+      console.info('camera/microphone unavailable:', this.problem);
+    }
+    this.starting = false;
+    this.onChange();
+  }
+
+  /** Mute the microphone or turn the camera off (track.enabled); kept across restarts. */
+  setEnabled(kind, enabled) {
+    this.enabled[kind] = enabled;
+    setTrackEnabled(this.stream, kind, enabled);
+  }
+
+  release() {
+    if (this.meter) this.meter.stop();
+    this.meter = null;
+    stopStream(this.stream);
+    this.stream = null;
+    this.video.srcObject = null;
+  }
+
+  stop() {
+    this.release();
+    this.problem = null;
+    this.onChange();
+  }
+}
+
 /** A short two-tone chime (incoming customer on the agent page). */
 export function chime() {
   const ctx = audioContext();

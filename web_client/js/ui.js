@@ -17,10 +17,6 @@ export function setText(el, text) {
   el.textContent = text == null ? '' : String(text);
 }
 
-export function setVisible(el, visible) {
-  el.hidden = !visible;
-}
-
 /** Show one of several sections (screens) and hide the others. */
 export function showScreen(screens, name) {
   for (const [key, el] of Object.entries(screens)) el.hidden = key !== name;
