@@ -19,7 +19,19 @@ from signaling.client import HeadlessParticipant
 from signaling.encoded_source import EncodedClip, encode_audio, encode_video
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = Path(os.environ.get("VCOUNTER_TEST_DATA", REPO.parent / "shared" / "data"))
+
+
+def _find_shared_data() -> Path:
+    """``$VCOUNTER_TEST_DATA``, else ``../shared/data`` beside the checkout, else the workplace copy."""
+    if "VCOUNTER_TEST_DATA" in os.environ:
+        return Path(os.environ["VCOUNTER_TEST_DATA"])
+    for candidate in (REPO.parent / "shared" / "data", Path("/work/shared/data")):
+        if candidate.is_dir():
+            return candidate
+    return REPO.parent / "shared" / "data"
+
+
+SHARED_DATA = _find_shared_data()
 
 PASSWORD = "correct horse battery"
 AGENTS = {
