@@ -167,6 +167,10 @@ async def customer_ws(request: web.Request) -> web.WebSocketResponse:
                 elif isinstance(msg, m.Join):
                     if session is not None:
                         raise SignalingError("already in a session on this connection", code="bad_state")
+                    if not msg.recording_consent:
+                        raise SignalingError(
+                            "calls are recorded as banking regulation requires: accept the "
+                            "recording notice (recording_consent: true) to join", code="consent_required")
                     session = await broker.customer_join(channel, msg.business.value, msg.display_name)
                     channel.label = f"customer {session.id}"
                 elif isinstance(msg, m.Rejoin):

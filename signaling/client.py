@@ -182,7 +182,8 @@ class HeadlessParticipant:
     async def join(self, business: str, display_name: str = "Headless customer") -> dict[str, Any]:
         self.role = "customer"
         await self._open("/ws/customer")
-        await self.send({"type": "join", "business": business, "display_name": display_name})
+        await self.send({"type": "join", "business": business, "display_name": display_name,
+                         "recording_consent": True})
         return await self.wait_for("joined")
 
     async def rejoin(self, session_id: str | None = None, token: str | None = None) -> dict[str, Any]:

@@ -80,6 +80,8 @@ class Join(_Msg):
     type: Literal["join"]
     business: Business
     display_name: DisplayName
+    #: the customer accepted the "this call is recorded" notice (双录告知); required
+    recording_consent: bool = False
 
 
 class Rejoin(_Msg):

@@ -54,6 +54,10 @@ async def test_malformed_and_unknown_messages_are_answered_not_fatal(counter, li
         assert err["code"] == "invalid_message" and "business" in err["message"]
         await ws.send_str(json.dumps({"type": "join", "business": "loan_signing", "display_name": "<script>"}))
         assert (await _next_json(ws))["code"] == "invalid_message"
+        # the recording notice must be accepted before joining
+        await ws.send_str(json.dumps({"type": "join", "business": "loan_signing", "display_name": "Ann"}))
+        err = await _next_json(ws)
+        assert err["code"] == "consent_required" and "record" in err["message"]
         await ws.send_str(json.dumps({"type": "offer", "sdp": "v=0 and more"}))
         assert (await _next_json(ws))["code"] == "bad_state"  # no session yet
         # still open and serving

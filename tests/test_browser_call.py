@@ -87,6 +87,9 @@ async def test_customer_and_agent_see_and_hear_each_other(counter):
             await customer.goto(f"{counter.url}/")
             await customer.get_by_test_id("business-account_opening").click()
             join = customer.get_by_test_id("join-button")
+            await customer.wait_for_timeout(300)
+            assert await join.is_disabled(), "joining must wait for the recording consent"
+            await customer.get_by_test_id("recording-consent").check()
             await customer.wait_for_selector('[data-testid="join-button"]:enabled', timeout=15_000)
             await join.click()
             await _state(customer, "waiting")

@@ -41,6 +41,7 @@ const el = {
   deviceErrorText: byId('device-error-text'),
   retryDevices: byTestId('retry-devices'),
   join: byTestId('join-button'),
+  recordingConsent: byTestId('recording-consent'),
   queueBusiness: byTestId('queue-business'),
   queuePosition: byTestId('queue-position'),
   queueWait: byTestId('queue-wait'),
@@ -134,7 +135,8 @@ function renderControls() {
 }
 
 function renderJoinButton() {
-  el.join.disabled = !devices.stream || devices.problem !== null || app.joining || app.resuming;
+  el.join.disabled = !devices.stream || devices.problem !== null || app.joining || app.resuming
+    || !el.recordingConsent.checked;
   setText(el.join, t(app.joining || app.resuming ? 'customer.joining' : 'customer.join'));
 }
 
@@ -226,7 +228,8 @@ function connect() {
     if (app.session) {
       sig.send({ type: 'rejoin', session_id: app.session.session_id, rejoin_token: app.session.rejoin_token });
     } else {
-      sig.send({ type: 'join', business: app.business, display_name: app.displayName });
+      sig.send({ type: 'join', business: app.business, display_name: app.displayName,
+                 recording_consent: el.recordingConsent.checked });
     }
   });
   sig.on('message', onMessage);
@@ -628,6 +631,7 @@ function init() {
     button.addEventListener('click', () => selectBusiness(button.dataset.business));
   }
   el.join.addEventListener('click', onJoinClick);
+  el.recordingConsent.addEventListener('change', renderJoinButton);
   el.retryDevices.addEventListener('click', () => devices.start());
   el.cancel.addEventListener('click', onCancelClick);
   el.hangup.addEventListener('click', onHangupClick);

@@ -43,6 +43,9 @@ const STRINGS = {
     'customer.micLabel': 'Microphone level',
     'customer.micHint': 'Say something: the bar should move.',
     'customer.join': 'Join the queue',
+    'customer.recordingTitle': 'This call is recorded',
+    'customer.recordingText': 'As banking regulation requires, the whole call (your and the agent\'s audio and video) is recorded, kept securely for the legally required period and reviewed only by the bank\'s quality inspectors.',
+    'customer.recordingAccept': 'I understand and agree that this call is recorded',
     'customer.joining': 'Connecting…',
     'customer.privacy': 'For your protection, calls are recorded as required by banking regulations. Never share your passwords or verification codes with anyone, including our agents.',
 
@@ -222,6 +225,9 @@ const STRINGS = {
     'customer.micLabel': '麦克风音量',
     'customer.micHint': '请说话，音量条应随之跳动。',
     'customer.join': '加入排队',
+    'customer.recordingTitle': '本次通话将全程录音录像',
+    'customer.recordingText': '根据银行业监管要求，本次通话（您与柜员双方的音视频）将全程录音录像，按法定期限加密保存，仅供本行质检人员审查。',
+    'customer.recordingAccept': '我已知悉并同意本次通话全程录音录像',
     'customer.joining': '正在连接…',
     'customer.privacy': '为保障您的权益，视频通话将依据金融监管要求全程录音录像。请勿向任何人（包括坐席）透露密码或验证码。',
 
