@@ -17,7 +17,7 @@ from .db import Database
 from .exceptions import ServerError
 from .keys import BROKER, CHANNELS, CONFIG, DB, HUB, THROTTLE
 from .routes import setup_routes
-from .session_log import DbSessionLog
+from .session_log import DbSessionLog, close_orphaned_sessions
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,10 @@ def create_app(config: Config) -> web.Application:
         db = Database(config.db_url)
         db.create_all()
         app[DB] = db
+        orphans = await db.run(lambda s: close_orphaned_sessions(s, config.node_id))
+        if orphans:
+            logger.warning("closed %d session(s) left open by a previous run: %s", len(orphans),
+                           ", ".join(orphans))
         broker_ref: list[Broker] = []
 
         async def on_media_state(call_id: str, role: str, state: str) -> None:

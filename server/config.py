@@ -14,7 +14,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _default_node_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
+    # stable across restarts: a restarted node recognises the sessions it left open
+    return socket.gethostname()
 
 
 @dataclass(frozen=True)

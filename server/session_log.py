@@ -74,3 +74,23 @@ class DbSessionLog:
                                data=json.dumps(data, ensure_ascii=False, default=str)))
 
         await self.db.run(work)
+
+
+def close_orphaned_sessions(s: DbSession, node_id: str) -> list[str]:
+    """Mark sessions this node left open (it was killed) as failed; returns their ids."""
+    rows = s.exec(select(CallSession).where(
+        CallSession.node_id == node_id,
+        CallSession.state.in_(("queued", "offered", "active")),  # type: ignore[attr-defined]
+    )).all()
+    now = utcnow()
+    for row in rows:
+        was = row.state
+        row.state = "failed"
+        row.end_reason = "server_restart"
+        row.ended_at = now
+        s.add(row)
+        created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
+        s.add(SessionEvent(session_id=row.id, at=now, kind="failed",
+                           offset_ms=max(0, int((now - created).total_seconds() * 1000)),
+                           data=json.dumps({"reason": "server_restart", "state": was})))
+    return [r.id for r in rows]
