@@ -15,7 +15,8 @@ from .auth import LoginThrottle
 from .config import Config
 from .db import Database
 from .exceptions import ServerError
-from .keys import BROKER, CHANNELS, CONFIG, DB, HUB, THROTTLE
+from .keys import BROKER, CHANNELS, CONFIG, DB, HUB, RECORDINGS, THROTTLE
+from .recording import RecordingService, load_keys
 from .routes import setup_routes
 from .session_log import DbSessionLog, close_orphaned_sessions
 
@@ -83,10 +84,21 @@ def create_app(config: Config) -> web.Application:
         )
         broker_ref.append(broker)
         app[BROKER] = broker
+        recordings = None
+        if config.recording:
+            master, signing = load_keys(config)
+            recordings = RecordingService(config, db, hub, master, signing)
+            app[RECORDINGS] = recordings
+            await recordings.recover_interrupted()
+            broker.on_call_started.append(recordings.call_started)
+            broker.on_call_ended.append(recordings.call_ended)
+            broker.log.listeners.append(recordings.event)  # type: ignore[attr-defined]
         logger.info("node %s ready (media %s, database %s)", config.node_id, config.media_mode,
                     db.engine.url.render_as_string(hide_password=True))
         yield
         await broker.aclose()
+        if recordings is not None:
+            await recordings.aclose()
         await hub.aclose()
         db.close()
 

@@ -48,6 +48,29 @@ class Config:
     web_root: Path = REPO_ROOT / "web_client"
     #: seed demo accounts (random passwords, printed at start)
     demo: bool = False
+    #: record calls (dual recording); off only for media benchmarks
+    recording: bool = True
+    #: the master key wrapping every recording's data key: keep it OUTSIDE the data directory
+    #: (created on first start for development; provision and back it up in production)
+    master_key_file: Path = Path("keys/master.key")
+    #: the server's Ed25519 key signing recording manifests and receipts
+    signing_key_file: Path = Path("keys/signing.pem")
+    #: seconds of media per sealed segment: what a crash can lose at most
+    segment_seconds: float = 2.0
+    #: retention per business type in days (JSON object in VCOUNTER_RETENTION_DAYS);
+    #: defaults are conservative: adjust to the bank's policy and the product's term
+    retention_days: tuple[tuple[str, int], ...] = (
+        ("account_opening", 5 * 365),
+        ("loan_signing", 10 * 365),
+        ("wealth_product", 20 * 365),
+    )
+
+    @property
+    def recordings_dir(self) -> Path:
+        return Path(self.data_dir) / "recordings"
+
+    def retention_for(self, business: str) -> int:
+        return dict(self.retention_days).get(business, 20 * 365)
 
     @property
     def db_url(self) -> str:
@@ -79,6 +102,9 @@ def from_env(base: Config | None = None, environ: dict[str, str] | None = None) 
             continue
         if f.name == "ice_servers":
             changes[f.name] = _parse_ice(raw)
+        elif f.name == "retention_days":
+            merged = dict(config.retention_days) | {k: int(v) for k, v in json.loads(raw).items()}
+            changes[f.name] = tuple(sorted(merged.items()))
         elif f.type in ("bool",):
             changes[f.name] = raw.lower() in ("1", "true", "yes", "on")
         elif f.type in ("int",):

@@ -69,6 +69,24 @@ class CallSession(SQLModel, table=True):
     ended_at: datetime | None = None
 
 
+class Recording(SQLModel, table=True):
+    """One call leg's dual recording (a session whose agent dropped has several legs)."""
+
+    id: str = Field(primary_key=True, max_length=80)  # "<session id>-<leg>"
+    session_id: str = Field(foreign_key="callsession.id", index=True, max_length=64)
+    leg: int = 1
+    #: recording | finalized | recovered | failed
+    state: str = Field(default="recording", index=True, max_length=16)
+    started_at: datetime = Field(default_factory=utcnow)
+    ended_at: datetime | None = None
+    duration_ms: int | None = None
+    size_bytes: int | None = None
+    manifest_sha256: str | None = Field(default=None, max_length=64)
+    problem: str | None = Field(default=None, max_length=512)
+    retention_until: datetime | None = Field(default=None, index=True)
+    legal_hold: bool = False
+
+
 class Participant(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     session_id: str = Field(foreign_key="callsession.id", index=True, max_length=64)

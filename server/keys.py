@@ -13,11 +13,13 @@ from signaling.media_hub import MediaHub
 from .auth import LoginThrottle
 from .config import Config
 from .db import Database
+from .recording import RecordingService
 
 CONFIG = web.AppKey("config", Config)
 DB = web.AppKey("db", Database)
 HUB = web.AppKey("hub", MediaHub)
 BROKER = web.AppKey("broker", Broker)
+RECORDINGS = web.AppKey("recordings", RecordingService)
 THROTTLE = web.AppKey("login_throttle", LoginThrottle)
 #: open WebSocket channels, closed at shutdown
 CHANNELS = web.AppKey("channels", weakref.WeakSet[Any])

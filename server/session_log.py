@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from sqlmodel import Session as DbSession
@@ -22,6 +23,8 @@ class DbSessionLog:
         self.db = db
         self.node_id = node_id
         self._created: dict[str, datetime] = {}
+        #: called with (session_id, kind, data) for every event: the recording's timeline
+        self.listeners: list[Callable[[str, str, dict[str, object]], None]] = []
 
     async def session_created(self, session: Session) -> None:
         created = _dt(session.created_at)
@@ -61,6 +64,8 @@ class DbSessionLog:
             self._created.pop(session.id, None)
 
     async def event(self, session_id: str, kind: str, data: dict[str, object]) -> None:
+        for listener in self.listeners:
+            listener(session_id, kind, data)
         now = utcnow()
         created = self._created.get(session_id)
 

@@ -7,6 +7,8 @@ subscribers:
 * :meth:`TrackTap.subscribe_encoded` returns an :class:`EncodedSubscription`
   whose ``recv()`` yields :class:`~signaling.passthrough.EncodedFrame` objects.
   The forwarding track and the recorder (#3) use it.
+* :meth:`TrackTap.add_sink` calls a function for every frame, synchronously
+  (cheap consumers such as the recorder's buffer).
 * :meth:`TrackTap.subscribe_decoded` returns a :class:`DecodedSubscription`
   whose ``recv()`` yields ``av.VideoFrame``/``av.AudioFrame``. A decoder runs
   (in a worker thread) only while at least one decoded subscription is open;
@@ -109,6 +111,7 @@ class TrackTap:
         self.kind = kind
         self.name = name or kind
         self._encoded: list[EncodedSubscription] = []
+        self._sinks: list[Callable[[EncodedFrame], None]] = []
         self._decoded: list[DecodedSubscription] = []
         self._request_keyframe = request_keyframe
         self._decoder = None
@@ -151,6 +154,11 @@ class TrackTap:
             self.keyframes_in += 1
         for sub in self._encoded:
             sub._push(frame)
+        for sink in self._sinks:
+            try:
+                sink(frame)
+            except Exception:
+                logger.exception("%s: frame sink failed", self.name)
         if self._decode_queue is not None:
             if self._waiting_keyframe and not frame.keyframe:
                 return
@@ -187,6 +195,21 @@ class TrackTap:
         else:
             self._encoded.append(sub)
         return sub
+
+    def add_sink(self, sink: Callable[[EncodedFrame], None]) -> Callable[[], None]:
+        """Call ``sink(frame)`` synchronously for every encoded frame; returns a remover.
+
+        For cheap, non-blocking consumers (the recorder appends to a buffer): no
+        queue, no task switch per frame.
+        """
+        if not self._closed:
+            self._sinks.append(sink)
+
+        def remove() -> None:
+            if sink in self._sinks:
+                self._sinks.remove(sink)
+
+        return remove
 
     def subscribe_decoded(self, backlog: int = 8) -> DecodedSubscription:
         """Decoded frames; the decoder starts now and stops with the last subscriber."""
@@ -269,6 +292,7 @@ class TrackTap:
             sub._end()
         self._encoded.clear()
         self._decoded.clear()
+        self._sinks.clear()
         self._stop_decoder()
         if self._stopping:
             await asyncio.gather(*self._stopping, return_exceptions=True)

@@ -116,7 +116,9 @@ class Counter:
 def config_factory(tmp_path: Path) -> Callable[..., Config]:
     def make(**changes) -> Config:
         base = Config(data_dir=tmp_path / "data", tls=False, host="127.0.0.1", port=0,
-                      rejoin_window_s=30.0, offer_timeout_s=20.0, node_id="test-node")
+                      rejoin_window_s=30.0, offer_timeout_s=20.0, node_id="test-node",
+                      master_key_file=tmp_path / "keys" / "master.key",
+                      signing_key_file=tmp_path / "keys" / "signing.pem")
         return replace(base, **changes)
 
     return make

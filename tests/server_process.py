@@ -36,6 +36,11 @@ class ServerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir.parent / f"server-{self.port}.log"
 
+    def env_path(self, name: str) -> Path:
+        """A key file configured through the environment (master.key, signing.pem)."""
+        var = {"master.key": "VCOUNTER_MASTER_KEY_FILE", "signing.pem": "VCOUNTER_SIGNING_KEY_FILE"}[name]
+        return Path(self.env[var])
+
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*vcounter_command(), *args, "--data-dir", str(self.data_dir)],
                               capture_output=True, text=True, timeout=60, env=self.env, cwd=REPO)
