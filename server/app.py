@@ -15,7 +15,7 @@ from .auth import LoginThrottle
 from .config import Config
 from .db import Database
 from .exceptions import ServerError
-from .keys import BROKER, CHANNELS, CONFIG, DB, HUB, RECORDINGS, THROTTLE
+from .keys import BROKER, CHANNELS, CONFIG, DB, HUB, RECORDINGS, REPLAYS, THROTTLE
 from .recording import RecordingService, load_keys
 from .routes import setup_routes
 from .session_log import DbSessionLog, close_orphaned_sessions
@@ -56,6 +56,7 @@ def create_app(config: Config) -> web.Application:
     app[CONFIG] = config
     app[THROTTLE] = LoginThrottle()
     app[CHANNELS] = weakref.WeakSet()
+    app[REPLAYS] = {}
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -111,4 +112,8 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(resources)
     app.on_shutdown.append(on_shutdown)
     setup_routes(app)
+    if config.recording:
+        from .audit import setup_audit_routes
+
+        setup_audit_routes(app)
     return app

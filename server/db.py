@@ -87,6 +87,33 @@ class Recording(SQLModel, table=True):
     legal_hold: bool = False
 
 
+class Verdict(SQLModel, table=True):
+    """A quality inspector's verdict on a session; never edited, a later one supersedes."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    session_id: str = Field(foreign_key="callsession.id", index=True, max_length=64)
+    user_id: int = Field(foreign_key="user.id")
+    username: str = Field(max_length=64)
+    result: str = Field(max_length=8)  # pass | fail
+    notes: str = Field(default="", max_length=4000)
+    at: datetime = Field(default_factory=utcnow)
+
+
+class AccessLog(SQLModel, table=True):
+    """Append-only, hash-chained log of every access to recordings (replay, download, export...)."""
+
+    seq: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(default_factory=utcnow)
+    user_id: int | None = None
+    username: str = Field(max_length=64)
+    role: str = Field(max_length=16)
+    action: str = Field(max_length=32)
+    target: str = Field(max_length=128)
+    remote: str = Field(default="", max_length=64)
+    prev_hash: str = Field(max_length=64)
+    hash: str = Field(max_length=64)
+
+
 class Participant(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     session_id: str = Field(foreign_key="callsession.id", index=True, max_length=64)
@@ -112,10 +139,10 @@ class SessionEvent(SQLModel, table=True):
 
 
 _APPEND_ONLY_TRIGGERS = [
-    """CREATE TRIGGER IF NOT EXISTS sessionevent_no_update BEFORE UPDATE ON sessionevent
-       BEGIN SELECT RAISE(ABORT, 'session events are append-only'); END""",
-    """CREATE TRIGGER IF NOT EXISTS sessionevent_no_delete BEFORE DELETE ON sessionevent
-       BEGIN SELECT RAISE(ABORT, 'session events are append-only'); END""",
+    f"""CREATE TRIGGER IF NOT EXISTS {table}_no_{op} BEFORE {op.upper()} ON {table}
+       BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END"""
+    for table in ("sessionevent", "accesslog", "verdict")
+    for op in ("update", "delete")
 ]
 
 

@@ -23,3 +23,5 @@ RECORDINGS = web.AppKey("recordings", RecordingService)
 THROTTLE = web.AppKey("login_throttle", LoginThrottle)
 #: open WebSocket channels, closed at shutdown
 CHANNELS = web.AppKey("channels", weakref.WeakSet[Any])
+#: last time each (user, recording, party) replay was logged: players issue many range requests
+REPLAYS = web.AppKey("replays", dict[tuple[int, str, str], float])

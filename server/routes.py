@@ -128,6 +128,7 @@ def setup_routes(app: web.Application) -> None:
     web_root = app[CONFIG].web_root
     app.router.add_get("/", _page("index.html"))
     app.router.add_get("/agent", _page("agent.html"))
+    app.router.add_get("/audit", _page("audit.html"))
     app.router.add_static("/static/", web_root, show_index=False, follow_symlinks=False)
     app.router.add_post("/api/login", login)
     app.router.add_post("/api/logout", logout)

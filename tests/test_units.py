@@ -102,11 +102,11 @@ def test_event_timeline_is_append_only(tmp_path):
         event = s.exec(auth.select(SessionEvent)).one()
         event.kind = "tampered"
         s.add(event)
-        with pytest.raises(sqlalchemy.exc.DatabaseError, match="append-only"):
+        with pytest.raises(sqlalchemy.exc.DatabaseError, match="is append-only"):
             s.commit()
         s.rollback()
         s.delete(s.exec(auth.select(SessionEvent)).one())
-        with pytest.raises(sqlalchemy.exc.DatabaseError, match="append-only"):
+        with pytest.raises(sqlalchemy.exc.DatabaseError, match="is append-only"):
             s.commit()
     db.close()
 

@@ -1,0 +1,374 @@
+"""The auditor workbench's API (``docs/audit-api.md``): search, replay, verify, verdicts.
+
+Only auditors and admins get here; every replay, verification and verdict is
+written to the hash-chained access log. Recordings stream decrypted with HTTP
+Range support: only the 64 KiB chunks a range touches are decrypted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from aiohttp import web
+from sqlmodel import Session as DbSession
+from sqlmodel import col, func, select
+
+from recorder import LocalStorage, open_encrypted, read_data_key, verify
+
+from . import access_log
+from .db import CallSession, Recording, SessionEvent, User, Verdict, utcnow
+from .exceptions import BadRequest, Forbidden, NotFound, ServerError
+from .keys import DB, RECORDINGS, REPLAYS
+from .routes import _json_body, current_user
+
+logger = logging.getLogger(__name__)
+
+AUDIT_ROLES = ("auditor", "admin")
+PARTIES = ("customer", "agent")
+#: event kinds that make a session worth an inspector's attention
+ANOMALY_EVENTS = {
+    "customer_disconnected": "customer_disconnected",
+    "agent_lost": "agent_lost",
+    "media_failed": "media_failed",
+    "recording_alert": "recording_failed",
+    "face_missing": "face_missing",
+    "multiple_faces": "multiple_faces",
+    "face_mismatch": "face_mismatch",
+}
+RECORDING_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}-\d{1,3}$")
+STREAM_BLOCK = 256 * 1024
+#: one "replay" entry per user, recording and party per this many seconds (players issue many ranges)
+REPLAY_LOG_INTERVAL_S = 300.0
+
+
+class RangeNotSatisfiable(ServerError):
+    status = 416
+    code = "range_not_satisfiable"
+
+
+async def require_auditor(request: web.Request) -> User:
+    user = await current_user(request)
+    if user.role not in AUDIT_ROLES:
+        raise Forbidden("only auditors and admins can reach recordings")
+    return user
+
+
+async def log_access(request: web.Request, user: User, action: str, target: str) -> None:
+    await request.app[DB].run(lambda s: access_log.append(s, user, action, target, request.remote or ""))
+    logger.info("audit: %s %s %s", user.username, action, target)
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+
+
+def _parse_date(value: str | None, name: str) -> date | None:
+    if not value:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise BadRequest(f"{name} must be a date like 2026-11-23") from None
+
+
+def _session_summary(s: DbSession, row: CallSession, events: list[SessionEvent],
+                     recordings: list[Recording], verdict: Verdict | None) -> dict[str, Any]:
+    agent = s.get(User, row.agent_id) if row.agent_id else None
+    anomalies = sorted({ANOMALY_EVENTS[e.kind] for e in events if e.kind in ANOMALY_EVENTS})
+    if row.state == "failed":
+        anomalies.append("session_failed")
+    if any(r.state == "failed" for r in recordings):
+        anomalies.append("recording_failed")
+    if any(r.state == "recovered" for r in recordings):
+        anomalies.append("recording_recovered")
+    if row.started_at is not None and not recordings:
+        anomalies.append("no_recording")
+    latest = recordings[-1] if recordings else None
+    duration = None
+    if row.started_at is not None and row.ended_at is not None:
+        duration = int((row.ended_at - row.started_at).total_seconds())
+    return {
+        "id": row.id,
+        "business": row.business,
+        "state": row.state,
+        "end_reason": row.end_reason,
+        "customer_name": row.customer_name,
+        "agent": {"username": agent.username, "display_name": agent.display_name} if agent else None,
+        "created_at": _iso(row.created_at),
+        "started_at": _iso(row.started_at),
+        "ended_at": _iso(row.ended_at),
+        "duration_s": duration,
+        "recording": {"id": latest.id, "state": latest.state, "duration_ms": latest.duration_ms}
+        if latest else None,
+        "anomalies": sorted(set(anomalies)),
+        "verdict": {"result": verdict.result, "by": verdict.username, "at": _iso(verdict.at)}
+        if verdict else None,
+    }
+
+
+def _search(s: DbSession, params: dict[str, str]) -> dict[str, Any]:
+    query = select(CallSession)
+    day_from = _parse_date(params.get("from"), "from")
+    day_to = _parse_date(params.get("to"), "to")
+    if day_from:
+        query = query.where(CallSession.created_at >= datetime.combine(day_from, datetime.min.time(), UTC))
+    if day_to:
+        end = datetime.combine(day_to, datetime.min.time(), UTC) + timedelta(days=1)
+        query = query.where(CallSession.created_at < end)
+    if params.get("business"):
+        query = query.where(CallSession.business == params["business"])
+    if params.get("outcome"):
+        query = query.where(CallSession.state == params["outcome"])
+    if params.get("agent"):
+        agent = s.exec(select(User).where(User.username == params["agent"])).first()
+        query = query.where(CallSession.agent_id == (agent.id if agent else -1))
+    if params.get("q"):
+        text = params["q"][:64]
+        query = query.where(col(CallSession.customer_name).contains(text) | col(CallSession.id).contains(text))
+    try:
+        limit = max(1, min(200, int(params.get("limit", 50))))
+        offset = max(0, int(params.get("offset", 0)))
+    except ValueError:
+        raise BadRequest("limit and offset must be numbers") from None
+    rows = s.exec(query.order_by(col(CallSession.created_at).desc())).all()
+    ids = [r.id for r in rows]
+    events: dict[str, list[SessionEvent]] = {i: [] for i in ids}
+    recordings: dict[str, list[Recording]] = {i: [] for i in ids}
+    verdicts: dict[str, Verdict] = {}
+    if ids:
+        for e in s.exec(select(SessionEvent).where(col(SessionEvent.session_id).in_(ids),
+                                                   col(SessionEvent.kind).in_(list(ANOMALY_EVENTS)))):
+            events[e.session_id].append(e)
+        for r in s.exec(select(Recording).where(col(Recording.session_id).in_(ids)).order_by(Recording.leg)):
+            recordings[r.session_id].append(r)
+        for v in s.exec(select(Verdict).where(col(Verdict.session_id).in_(ids)).order_by(Verdict.id)):
+            verdicts[v.session_id] = v
+    summaries = [_session_summary(s, r, events[r.id], recordings[r.id], verdicts.get(r.id)) for r in rows]
+    if params.get("anomalies") in ("1", "true", "yes"):
+        summaries = [x for x in summaries if x["anomalies"]]
+    return {"total": len(summaries), "sessions": summaries[offset:offset + limit]}
+
+
+async def search_sessions(request: web.Request) -> web.Response:
+    await require_auditor(request)
+    params = dict(request.query)
+    result = await request.app[DB].run(lambda s: _search(s, params))
+    return web.json_response(result)
+
+
+def _manifest(directory) -> dict[str, Any] | None:  # type: ignore[no-untyped-def]
+    path = directory / "manifest.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+async def session_detail(request: web.Request) -> web.Response:
+    user = await require_auditor(request)
+    session_id = request.match_info["session_id"]
+    recordings_root = request.app[RECORDINGS].root
+
+    def work(s: DbSession) -> dict[str, Any] | None:
+        row = s.get(CallSession, session_id)
+        if row is None:
+            return None
+        events = s.exec(select(SessionEvent).where(SessionEvent.session_id == session_id)
+                        .order_by(SessionEvent.id)).all()
+        recordings = s.exec(select(Recording).where(Recording.session_id == session_id)
+                            .order_by(Recording.leg)).all()
+        verdicts = s.exec(select(Verdict).where(Verdict.session_id == session_id).order_by(Verdict.id)).all()
+        return {
+            "session": _session_summary(s, row, list(events), list(recordings), verdicts[-1] if verdicts else None),
+            "events": [{"kind": e.kind, "offset_ms": e.offset_ms, "at": _iso(e.at), "data": e.payload}
+                       for e in events],
+            "verdicts": [{"result": v.result, "notes": v.notes, "by": v.username, "at": _iso(v.at)}
+                         for v in verdicts],
+            "_recordings": list(recordings),
+        }
+
+    detail = await request.app[DB].run(work)
+    if detail is None:
+        raise NotFound(f"no session {session_id[:64]!r}")
+    out = []
+    for rec in detail.pop("_recordings"):
+        manifest = await asyncio.to_thread(_manifest, recordings_root / rec.id)
+        outputs = []
+        timeline: list[dict[str, Any]] = []
+        if manifest is not None:
+            timeline = manifest.get("timeline", {}).get("events", [])
+            for o in manifest.get("outputs", []):
+                outputs.append({"party": o["party"], "url": f"/api/audit/recordings/{rec.id}/{o['party']}.webm",
+                                "duration_ms": o.get("duration_ms"), "start_ms": o.get("start_ms")})
+        out.append({
+            "id": rec.id, "leg": rec.leg, "state": rec.state, "started_at": _iso(rec.started_at),
+            "duration_ms": rec.duration_ms, "retention_until": _iso(rec.retention_until),
+            "legal_hold": rec.legal_hold, "problem": rec.problem, "outputs": outputs, "timeline": timeline,
+        })
+    detail["recordings"] = out
+    await log_access(request, user, "view_session", session_id)
+    return web.json_response(detail)
+
+
+def _recording_dir(request: web.Request):  # type: ignore[no-untyped-def]
+    recording_id = request.match_info["recording_id"]
+    if not RECORDING_ID.match(recording_id):
+        raise NotFound("no such recording")
+    directory = request.app[RECORDINGS].root / recording_id
+    if not (directory / "manifest.json").exists():
+        raise NotFound(f"recording {recording_id} does not exist or is not finalised yet")
+    return recording_id, directory
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """``(start, end_inclusive)`` for a single ``bytes=`` range; None for the whole file."""
+    if not header:
+        return None
+    match = re.fullmatch(r"\s*bytes=(\d*)-(\d*)\s*", header)
+    if not match or (not match.group(1) and not match.group(2)):
+        raise RangeNotSatisfiable("only a single bytes=START-END range is supported")
+    first, last = match.group(1), match.group(2)
+    if first:
+        start = int(first)
+        end = min(int(last), size - 1) if last else size - 1
+    else:  # suffix range: the last N bytes
+        length = int(last)
+        if length == 0:
+            raise RangeNotSatisfiable("empty suffix range")
+        start, end = max(0, size - length), size - 1
+    if start >= size or end < start:
+        raise RangeNotSatisfiable(f"range {header.strip()} is outside the {size}-byte recording")
+    return start, end
+
+
+async def stream_recording(request: web.Request) -> web.StreamResponse:
+    user = await require_auditor(request)
+    recording_id, directory = _recording_dir(request)
+    party = request.match_info["party"]
+    if party not in PARTIES:
+        raise NotFound("party must be customer or agent")
+    path = directory / f"{party}.webm.enc"
+    if not path.exists():
+        raise NotFound(f"recording {recording_id} has no {party} media")
+    service = request.app[RECORDINGS]
+    loop = asyncio.get_running_loop()
+    data_key = await loop.run_in_executor(None, read_data_key, LocalStorage(directory), service.master)
+    encrypted = await loop.run_in_executor(None, open_encrypted, path, data_key)
+    try:
+        size = encrypted.size
+        try:
+            byte_range = parse_range(request.headers.get("Range"), size)
+        except RangeNotSatisfiable as exc:
+            return web.json_response({"error": exc.code, "message": exc.message}, status=416,
+                                     headers={"Content-Range": f"bytes */{size}"})
+        start, end = byte_range if byte_range else (0, size - 1)
+        if start == 0:
+            await _log_replay(request, user, recording_id, party)
+        response = web.StreamResponse(status=206 if byte_range else 200)
+        response.content_type = "video/webm"
+        response.headers["Accept-Ranges"] = "bytes"
+        response.headers["Cache-Control"] = "no-store"
+        response.content_length = end - start + 1
+        if byte_range:
+            response.headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        await response.prepare(request)
+        position = start
+        while position <= end:
+            length = min(STREAM_BLOCK, end - position + 1)
+            block = await loop.run_in_executor(None, encrypted.read, position, length)
+            await response.write(block)
+            position += length
+        await response.write_eof()
+        return response
+    finally:
+        encrypted.close()
+
+
+async def _log_replay(request: web.Request, user: User, recording_id: str, party: str) -> None:
+    replays = request.app[REPLAYS]
+    key = (user.id or 0, recording_id, party)
+    now = time.monotonic()
+    if now - replays.get(key, -REPLAY_LOG_INTERVAL_S) < REPLAY_LOG_INTERVAL_S:
+        return
+    replays[key] = now
+    await log_access(request, user, "replay", f"{recording_id}/{party}")
+
+
+async def verify_recording(request: web.Request) -> web.Response:
+    user = await require_auditor(request)
+    recording_id, directory = _recording_dir(request)
+    service = request.app[RECORDINGS]
+    trusted = service.signing.public_pem()
+    result = await asyncio.get_running_loop().run_in_executor(
+        None, lambda: verify(directory, service.master, trusted))
+    await log_access(request, user, "verify", recording_id)
+    return web.json_response({"ok": result.ok, "reason": result.reason, "problems": list(result.problems),
+                              "checked_at": utcnow().isoformat()})
+
+
+async def post_verdict(request: web.Request) -> web.Response:
+    user = await require_auditor(request)
+    session_id = request.match_info["session_id"]
+    body = await _json_body(request)
+    result, notes = body.get("result"), body.get("notes", "")
+    if result not in ("pass", "fail"):
+        raise BadRequest('result must be "pass" or "fail"')
+    if not isinstance(notes, str) or len(notes) > 4000:
+        raise BadRequest("notes must be text of at most 4000 characters")
+
+    def work(s: DbSession) -> Verdict | None:
+        if s.get(CallSession, session_id) is None:
+            return None
+        verdict = Verdict(session_id=session_id, user_id=user.id or 0, username=user.username,
+                          result=result, notes=notes)
+        s.add(verdict)
+        access_log.append(s, user, f"verdict_{result}", session_id, request.remote or "")
+        s.flush()
+        return verdict
+
+    verdict = await request.app[DB].run(work)
+    if verdict is None:
+        raise NotFound(f"no session {session_id[:64]!r}")
+    return web.json_response({"result": verdict.result, "notes": verdict.notes, "by": verdict.username,
+                              "at": _iso(verdict.at)}, status=201)
+
+
+async def admin_access_log(request: web.Request) -> web.Response:
+    user = await current_user(request)
+    if user.role != "admin":
+        raise Forbidden("only admins can read the access log")
+    try:
+        limit = max(1, min(1000, int(request.query.get("limit", 100))))
+    except ValueError:
+        raise BadRequest("limit must be a number") from None
+
+    def work(s: DbSession) -> dict[str, Any]:
+        check = access_log.verify(s)
+        rows = s.exec(select(access_log.AccessLog).order_by(col(access_log.AccessLog.seq).desc()).limit(limit))
+        return {"chain_ok": check.ok, "chain": check.reason, "total": s.exec(
+            select(func.count()).select_from(access_log.AccessLog)).one(),
+            "entries": [{"seq": e.seq, "at": _iso(e.at), "username": e.username, "role": e.role,
+                         "action": e.action, "target": e.target, "remote": e.remote, "hash": e.hash}
+                        for e in rows]}
+
+    return web.json_response(await request.app[DB].run(work))
+
+
+def setup_audit_routes(app: web.Application) -> None:
+    app.router.add_get("/api/audit/sessions", search_sessions)
+    app.router.add_get("/api/audit/sessions/{session_id}", session_detail)
+    app.router.add_post("/api/audit/sessions/{session_id}/verdict", post_verdict)
+    app.router.add_get("/api/audit/recordings/{recording_id}/verify", verify_recording)
+    app.router.add_get("/api/audit/recordings/{recording_id}/{party}.webm", stream_recording)
+    app.router.add_get("/api/admin/access-log", admin_access_log)
+
