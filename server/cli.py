@@ -150,6 +150,106 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_db(args: argparse.Namespace) -> tuple[Config, Database]:
+    config = _base_config(args)
+    db = Database(config.db_url)
+    db.create_all()
+    return config, db
+
+
+def _keys(config: Config):  # type: ignore[no-untyped-def]
+    from recorder import MasterKey, SigningKey
+
+    master = MasterKey.load(config.master_key_file) if Path(config.master_key_file).exists() else None
+    signing = SigningKey.load(config.signing_key_file) if Path(config.signing_key_file).exists() else None
+    return master, signing
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Verify a session's recordings (by session or recording id) or a recording directory."""
+    from sqlmodel import select
+
+    from recorder import verify
+
+    from .db import Recording
+
+    config, db = _open_db(args)
+    master, signing = _keys(config)
+    target = args.target
+    directories: list[Path] = []
+    if Path(target).is_dir():
+        directories = [Path(target)]
+    else:
+        with db.session() as s:
+            rows = s.exec(select(Recording).where(
+                (Recording.session_id == target) | (Recording.id == target)).order_by(Recording.leg)).all()
+        directories = [config.recordings_dir / r.id for r in rows]
+    db.close()
+    if not directories:
+        print(f"error: no recording for {target!r} (a session id, recording id or directory)", file=sys.stderr)
+        return 2
+    if master is None:
+        print("warning: no master key: decryptability not checked", file=sys.stderr)
+    trusted = signing.public_pem() if signing else None
+    failed = 0
+    for directory in directories:
+        result = verify(directory, master, trusted)
+        status = "OK" if result.ok else "FAILED"
+        print(f"{directory.name}: {status}: {result.reason}")
+        for problem in result.problems:
+            print(f"  - {problem}")
+        for note in getattr(result, "notes", []) or []:
+            print(f"  note: {note}")
+        failed += not result.ok
+    return 1 if failed else 0
+
+
+def cmd_verify_log(args: argparse.Namespace) -> int:
+    from . import access_log
+
+    _, db = _open_db(args)
+    with db.session() as s:
+        check = access_log.verify(s)
+    db.close()
+    print(("OK: " if check.ok else "FAILED: ") + check.reason)
+    return 0 if check.ok else 1
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    import json
+
+    from sqlmodel import col, select
+
+    from .db import CallSession, Recording, User
+
+    _, db = _open_db(args)
+    out = []
+    with db.session() as s:
+        query = select(CallSession).order_by(col(CallSession.created_at).desc()).limit(args.limit)
+        for row in s.exec(query):
+            agent = s.get(User, row.agent_id) if row.agent_id else None
+            recordings = s.exec(select(Recording).where(Recording.session_id == row.id)
+                                .order_by(Recording.leg)).all()
+            duration = (row.ended_at - row.started_at).total_seconds() if row.started_at and row.ended_at else None
+            out.append({
+                "id": row.id, "state": row.state, "end_reason": row.end_reason, "business": row.business,
+                "agent": agent.username if agent else None,
+                "start": (row.started_at or row.created_at).isoformat(),
+                "duration_s": round(duration, 1) if duration is not None else None,
+                "recording": ",".join(f"{r.id}:{r.state}" for r in recordings) or "none",
+            })
+    db.close()
+    if args.json:
+        print(json.dumps(out, ensure_ascii=False, indent=1))
+        return 0
+    print(f"{'session':18} {'state':9} {'business':16} {'agent':10} {'start':20} {'dur s':>6}  recording")
+    for r in out:
+        dur = "" if r["duration_s"] is None else f"{r['duration_s']:.0f}"
+        print(f"{r['id']:18} {r['state']:9} {r['business']:16} {r['agent'] or '-':10} "
+              f"{r['start'][:19]:20} {dur:>6}  {r['recording']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vcounter", description="Open-source bank video counter")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -178,6 +278,21 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--display-name")
     add.add_argument("--data-dir")
     add.set_defaults(func=cmd_user_add)
+
+    verify = sub.add_parser("verify", help="check a recording's hash chain, signature and decryptability")
+    verify.add_argument("target", help="session id, recording id, or recording directory")
+    verify.add_argument("--data-dir")
+    verify.set_defaults(func=cmd_verify)
+
+    verify_log = sub.add_parser("verify-log", help="check the hash chain of the recordings access log")
+    verify_log.add_argument("--data-dir")
+    verify_log.set_defaults(func=cmd_verify_log)
+
+    sessions = sub.add_parser("sessions", help="list sessions with their recording status")
+    sessions.add_argument("--json", action="store_true", help="one JSON array")
+    sessions.add_argument("--limit", type=int, default=100)
+    sessions.add_argument("--data-dir")
+    sessions.set_defaults(func=cmd_sessions)
     return parser
 
 

@@ -1,0 +1,48 @@
+"""The operator CLI on a real recording: sessions, verify (and a tampered copy), verify-log."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+from server.keys import CONFIG
+
+from .server_process import REPO, vcounter_command
+from .test_audit_api import _recorded_call
+
+
+def _cli(config, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "VCOUNTER_MASTER_KEY_FILE": str(config.master_key_file),
+           "VCOUNTER_SIGNING_KEY_FILE": str(config.signing_key_file)}
+    return subprocess.run([*vcounter_command(), *args, "--data-dir", str(config.data_dir)],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
+
+
+async def test_sessions_verify_and_verify_log(counter):
+    session_id, recording_id = await _recorded_call(counter, seconds=1.0)
+    config = counter.app[CONFIG]
+
+    listed = _cli(config, "sessions", "--json")
+    assert listed.returncode == 0, listed.stderr
+    [row] = [r for r in json.loads(listed.stdout) if r["id"] == session_id]
+    assert row["state"] == "ended" and row["business"] == "loan_signing" and row["agent"] == "carol"
+    assert row["recording"] == f"{recording_id}:finalized" and row["duration_s"] > 0
+    table = _cli(config, "sessions")
+    assert session_id in table.stdout and "finalized" in table.stdout
+
+    ok = _cli(config, "verify", session_id)
+    assert ok.returncode == 0 and f"{recording_id}: OK" in ok.stdout, ok.stdout + ok.stderr
+
+    manifest = config.recordings_dir / recording_id / "manifest.json"
+    original = manifest.read_bytes()
+    manifest.write_bytes(original.replace(b'"loan_signing"', b'"wealth_product"'))
+    bad = _cli(config, "verify", recording_id)
+    assert bad.returncode == 1 and "FAILED" in bad.stdout and "signature" in bad.stdout.lower()
+    manifest.write_bytes(original)
+
+    missing = _cli(config, "verify", "no-such-session")
+    assert missing.returncode == 2 and "no recording" in missing.stderr
+
+    log = _cli(config, "verify-log")
+    assert log.returncode == 0 and log.stdout.startswith("OK")
