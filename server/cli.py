@@ -87,6 +87,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         changes["media_mode"] = args.media_mode
     if args.demo:
         changes["demo"] = True
+    if args.no_recording:
+        changes["recording"] = False
     if args.cert:
         changes["cert_file"] = Path(args.cert)
     if args.key:
@@ -264,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--media-mode", choices=["passthrough", "transcode"],
                        help="forward encoded media (default) or decode and re-encode (benchmark)")
     serve.add_argument("--demo", action="store_true", help="create demo accounts and print them")
+    serve.add_argument("--no-recording", action="store_true",
+                       help="do not record calls (media benchmarks only: regulated counters record)")
     serve.add_argument("-v", "--verbose", action="store_true")
     serve.set_defaults(func=cmd_serve)
 
