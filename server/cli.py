@@ -252,6 +252,44 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_purge(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from . import retention
+
+    config, db = _open_db(args)
+    now = datetime.fromisoformat(args.now) if args.now else None
+    if now is not None and now.tzinfo is None:
+        from datetime import UTC
+
+        now = now.replace(tzinfo=UTC)
+    with db.session() as s:
+        purged = retention.purge(s, config.recordings_dir, now=now, dry_run=args.dry_run)
+        s.commit()
+    db.close()
+    verb = "would delete" if args.dry_run else "deleted"
+    for p in purged:
+        print(f"{verb} {p.recording_id} (session {p.session_id}, retention ended {p.retention_until.date()})")
+    print(f"{len(purged)} recording(s) {verb}; held and unexpired recordings kept")
+    return 0
+
+
+def cmd_hold(args: argparse.Namespace) -> int:
+    from . import retention
+
+    _, db = _open_db(args)
+    actor = retention.SYSTEM_USER.model_copy(update={"username": f"cli:{os.environ.get('USER', 'operator')}"})
+    with db.session() as s:
+        ids = retention.set_hold(s, args.target, not args.release, actor)
+        s.commit()
+    db.close()
+    if not ids:
+        print(f"error: no recording for {args.target!r}", file=sys.stderr)
+        return 2
+    print(("released " if args.release else "legal hold on ") + ", ".join(ids))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vcounter", description="Open-source bank video counter")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -297,6 +335,18 @@ def build_parser() -> argparse.ArgumentParser:
     sessions.add_argument("--limit", type=int, default=100)
     sessions.add_argument("--data-dir")
     sessions.set_defaults(func=cmd_sessions)
+
+    purge = sub.add_parser("purge", help="delete recordings past their retention date (never held ones)")
+    purge.add_argument("--dry-run", action="store_true", help="list what would be deleted")
+    purge.add_argument("--now", help="ISO date-time to judge expiry against (default: now)")
+    purge.add_argument("--data-dir")
+    purge.set_defaults(func=cmd_purge)
+
+    hold = sub.add_parser("hold", help="put a legal hold on a session's or recording's recordings")
+    hold.add_argument("target", help="session id or recording id")
+    hold.add_argument("--release", action="store_true", help="lift the hold")
+    hold.add_argument("--data-dir")
+    hold.set_defaults(func=cmd_hold)
     return parser
 
 

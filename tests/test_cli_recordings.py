@@ -46,3 +46,45 @@ async def test_sessions_verify_and_verify_log(counter):
 
     log = _cli(config, "verify-log")
     assert log.returncode == 0 and log.stdout.startswith("OK")
+
+
+async def test_purge_respects_retention_and_legal_holds(counter):
+    from datetime import timedelta
+
+    from sqlmodel import select
+
+    from server.db import AccessLog, Recording, utcnow
+
+    config = counter.app[CONFIG]
+    ids = [await _recorded_call(counter, seconds=0.5) for _ in range(3)]
+    (_, expired), (held_session, held), (_, current) = ids
+
+    def age(s):
+        for rid in (expired, held):
+            row = s.get(Recording, rid)
+            row.retention_until = utcnow() - timedelta(days=1)
+            s.add(row)
+
+    await counter.db.run(age)
+    assert _cli(config, "hold", held_session).returncode == 0
+    dry = _cli(config, "purge", "--dry-run")
+    assert f"would delete {expired}" in dry.stdout and held not in dry.stdout
+    assert (config.recordings_dir / expired).is_dir()
+
+    done = _cli(config, "purge")
+    assert done.returncode == 0 and f"deleted {expired}" in done.stdout
+    assert held not in done.stdout and current not in done.stdout
+    assert not (config.recordings_dir / expired).exists()
+    assert (config.recordings_dir / held).is_dir() and (config.recordings_dir / current).is_dir()
+
+    def states(s):
+        log = [(e.action, e.target) for e in s.exec(select(AccessLog).order_by(AccessLog.seq))]
+        return {r.id: r.state for r in s.exec(select(Recording))}, log
+
+    by_id, log = await counter.db.run(states)
+    assert by_id[expired] == "purged" and by_id[held] == "finalized"
+    assert ("purge", expired) in log and ("legal_hold", held) in log
+    # far in the future, everything unheld goes; the held one stays
+    later = _cli(config, "purge", "--now", "2099-01-01T00:00:00")
+    assert f"deleted {current}" in later.stdout and held not in later.stdout
+    assert _cli(config, "verify-log").returncode == 0
