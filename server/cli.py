@@ -179,6 +179,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
     master, signing = _keys(config)
     target = args.target
     directories: list[Path] = []
+    if target.endswith(".zip") and Path(target).is_file():
+        from recorder.export import verify_package
+
+        db.close()
+        trusted = signing.public_pem() if signing else None
+        result = verify_package(Path(target), trusted, master)
+        print(f"{Path(target).name}: {'OK' if result.ok else 'FAILED'}: {result.reason}")
+        for line in [*result.problems, *(f"note: {n}" for n in result.notes)]:
+            print(f"  - {line}")
+        return 0 if result.ok else 1
     if Path(target).is_dir():
         directories = [Path(target)]
     else:
@@ -252,6 +262,97 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress(label: str):  # type: ignore[no-untyped-def]
+    def show(done: int, total: int) -> None:
+        width = 30
+        filled = int(width * done / total) if total else width
+        sys.stderr.write(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] "
+                         f"{done / 1e6:7.1f}/{total / 1e6:.1f} MB")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    return show
+
+
+def _read_passphrase(path: str | None) -> str | None:
+    if path is None:
+        return None
+    text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    return text.strip() or None
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from sqlmodel import select
+
+    from recorder.exceptions import RecorderError
+    from recorder.export import export_package
+
+    from . import access_log, retention
+    from .db import Recording
+
+    config, db = _open_db(args)
+    master, _ = _keys(config)
+    if master is None:
+        print(f"error: master key {config.master_key_file} not found", file=sys.stderr)
+        return 2
+    with db.session() as s:
+        rows = s.exec(select(Recording).where(
+            (Recording.session_id == args.target) | (Recording.id == args.target)).order_by(Recording.leg)).all()
+    rows = [r for r in rows if r.state in ("finalized", "recovered")]
+    if not rows:
+        db.close()
+        print(f"error: no finished recording for {args.target!r}", file=sys.stderr)
+        return 2
+    passphrase = _read_passphrase(args.passphrase_file)
+    generated = passphrase is None
+    if generated:
+        passphrase = secrets.token_urlsafe(18)
+    out = Path(args.out)
+    actor = retention.SYSTEM_USER.model_copy(update={"username": f"cli:{os.environ.get('USER', 'operator')}",
+                                                     "role": "admin"})
+    written = []
+    for row in rows:
+        target = out if len(rows) == 1 else out.with_name(f"{out.stem}-{row.leg}{out.suffix}")
+        try:
+            summary = export_package(config.recordings_dir / row.id, target, master, passphrase,
+                                     exported_by=actor.username, progress=_progress(f"export {row.id}"))
+        except RecorderError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            db.close()
+            return 1
+        with db.session() as s:
+            access_log.append(s, actor, "export", row.id)
+            s.commit()
+        written.append(target)
+        print(f"wrote {target} ({summary['files']} files, {int(summary['bytes']) / 1e6:.1f} MB)")
+    db.close()
+    if generated:
+        print(f"passphrase for the recipient (give it separately, it is not stored): {passphrase}",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_decrypt_export(args: argparse.Namespace) -> int:
+    from recorder.exceptions import WrongKey
+    from recorder.export import decrypt_package
+
+    passphrase = _read_passphrase(args.passphrase_file)
+    if not passphrase:
+        print("error: --passphrase-file is required", file=sys.stderr)
+        return 2
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        files = decrypt_package(Path(args.package), out, passphrase)
+    except WrongKey as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for f in files:
+        print(f"wrote {f}")
+    return 0
+
+
 def cmd_purge(args: argparse.Namespace) -> int:
     from datetime import datetime
 
@@ -322,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     add.set_defaults(func=cmd_user_add)
 
     verify = sub.add_parser("verify", help="check a recording's hash chain, signature and decryptability")
-    verify.add_argument("target", help="session id, recording id, or recording directory")
+    verify.add_argument("target", help="session id, recording id, recording directory or evidence .zip")
     verify.add_argument("--data-dir")
     verify.set_defaults(func=cmd_verify)
 
@@ -335,6 +436,20 @@ def build_parser() -> argparse.ArgumentParser:
     sessions.add_argument("--limit", type=int, default=100)
     sessions.add_argument("--data-dir")
     sessions.set_defaults(func=cmd_sessions)
+
+    export = sub.add_parser("export", help="write an evidence package (ZIP) of a session's recording")
+    export.add_argument("target", help="session id or recording id")
+    export.add_argument("out", help="output .zip")
+    export.add_argument("--passphrase-file", help="passphrase wrapping the media key for the recipient "
+                        "(- for stdin); default: a random one, printed once")
+    export.add_argument("--data-dir")
+    export.set_defaults(func=cmd_export)
+
+    decrypt = sub.add_parser("decrypt-export", help="decrypt an evidence package's media for playback")
+    decrypt.add_argument("package")
+    decrypt.add_argument("out_dir")
+    decrypt.add_argument("--passphrase-file", required=True)
+    decrypt.set_defaults(func=cmd_decrypt_export)
 
     purge = sub.add_parser("purge", help="delete recordings past their retention date (never held ones)")
     purge.add_argument("--dry-run", action="store_true", help="list what would be deleted")

@@ -88,3 +88,76 @@ async def test_purge_respects_retention_and_legal_holds(counter):
     later = _cli(config, "purge", "--now", "2099-01-01T00:00:00")
     assert f"deleted {current}" in later.stdout and held not in later.stdout
     assert _cli(config, "verify-log").returncode == 0
+
+
+async def test_export_package_verifies_with_standard_tools(counter, tmp_path):
+    import hashlib
+    import zipfile
+
+    session_id, recording_id = await _recorded_call(counter, seconds=1.5)
+    config = counter.app[CONFIG]
+    package = tmp_path / "evidence.zip"
+    secret = tmp_path / "pass.txt"
+    secret.write_text("correct horse battery staple\n")
+    done = _cli(config, "export", session_id, str(package), "--passphrase-file", str(secret))
+    assert done.returncode == 0, done.stderr
+    assert "correct horse" not in done.stdout + done.stderr
+    with zipfile.ZipFile(package) as z:
+        names = set(z.namelist())
+        assert {"README.txt", "manifest.json", "manifest.sig", "public_key.pem", "export_key.json"} <= names
+        assert not any(n.endswith(".webm") for n in names), "no plaintext media in the package"
+        z.extractall(tmp_path / "x")
+    x = tmp_path / "x"
+    manifest = json.loads((x / "manifest.json").read_text())
+    for seg in manifest["segments"]:
+        assert hashlib.sha256((x / "recording" / "segments" / seg["name"].split("/")[-1]).read_bytes()
+                              ).hexdigest() == seg["sha256"]
+    _openssl_verifies(x)
+    assert _cli(config, "verify", str(package)).returncode == 0
+
+    # a byte changed inside the package's media fails verification
+    tampered = tmp_path / "tampered.zip"
+    with zipfile.ZipFile(package) as src, zipfile.ZipFile(tampered, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename.endswith("agent.webm.enc"):
+                data = data[:1000] + bytes([data[1000] ^ 1]) + data[1001:]
+            dst.writestr(item, data)
+    bad = _cli(config, "verify", str(tampered))
+    assert bad.returncode == 1 and "agent.webm.enc" in bad.stdout
+
+    _decrypt_for_playback(package, tmp_path, secret)
+
+
+def _decrypt_for_playback(package, tmp_path, secret) -> None:
+    from .recordings import demux, stream_info
+
+    wrong = tmp_path / "wrong.txt"
+    wrong.write_text("not it")
+    out = tmp_path / "media"
+    refused = subprocess.run([*vcounter_command(), "decrypt-export", str(package), str(out),
+                              "--passphrase-file", str(wrong)], capture_output=True, text=True, cwd=REPO)
+    assert refused.returncode == 1 and "wrong passphrase" in refused.stderr
+    played = subprocess.run([*vcounter_command(), "decrypt-export", str(package), str(out),
+                             "--passphrase-file", str(secret)], capture_output=True, text=True, cwd=REPO)
+    assert played.returncode == 0, played.stderr
+    webm = (out / "customer.webm").read_bytes()
+    assert stream_info(webm) == {"video": "vp8", "audio": "opus"} and demux(webm)["video"]
+
+
+def _openssl_verifies(x) -> None:
+    """The README's first step, with the real openssl."""
+    import shutil
+
+    if not shutil.which("openssl"):
+        return
+    check = subprocess.run(["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", str(x / "public_key.pem"),
+                            "-rawin", "-in", str(x / "manifest.json"), "-sigfile", str(x / "manifest.sig")],
+                           capture_output=True, text=True)
+    assert "Signature Verified Successfully" in check.stdout, check.stdout + check.stderr
+    fingerprint = json.loads((x / "manifest.json").read_text())["signing_key"]["fingerprint"]
+    der = subprocess.run(["openssl", "pkey", "-pubin", "-in", str(x / "public_key.pem"), "-outform", "DER"],
+                         capture_output=True, check=True).stdout
+    import hashlib
+
+    assert hashlib.sha256(der[-32:]).hexdigest() == fingerprint

@@ -1,0 +1,178 @@
+"""Evidence packages: a recording as a ZIP a third party can verify with standard tools.
+
+The package holds the recording exactly as stored (encrypted segments,
+chain.log, encrypted per-party WebMs), the signed manifest, the public key,
+the timeline, and ``README.txt`` with the verification steps (sha256sum and
+openssl). Nothing in it is plaintext media: the recipient decrypts with the
+session's data key, which the package carries wrapped under a passphrase
+(scrypt + AES-256-GCM, ``export_key.json``) handed over separately.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable
+from hashlib import scrypt
+from pathlib import Path
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from .exceptions import RecorderError, WrongKey
+from .keys import MasterKey
+from .layout import MANIFEST, read_data_key
+from .storage import LocalStorage
+from .verify import VerifyResult, verify
+
+EXPORT_KEY = "export_key.json"
+RECORDING_DIR = "recording/"
+SCRYPT = {"n": 2**15, "r": 8, "p": 1}
+
+README = """vcounter evidence package — recording {recording_id} (session {session_id})
+Exported {exported_at} by {exported_by}.
+
+This package holds a bank video-counter call recording (双录) exactly as it was
+stored, with a manifest signed by the bank's server. Nothing here is plaintext:
+the media is AES-256-GCM encrypted; the key is in export_key.json, wrapped
+under a passphrase the bank gives you separately.
+
+HOW TO VERIFY WITH STANDARD TOOLS (Linux/macOS: sha256sum or shasum -a 256, OpenSSL 3)
+
+1. The manifest is authentic (signed by the bank's key):
+     openssl pkeyutl -verify -pubin -inkey public_key.pem -rawin \\
+         -in manifest.json -sigfile manifest.sig
+   prints "Signature Verified Successfully". Then make sure public_key.pem is
+   the bank's key: its fingerprint
+     openssl pkey -pubin -in public_key.pem -outform DER | tail -c 32 | sha256sum
+   must equal the one the bank publishes: {fingerprint}
+
+2. Every file is the one the manifest names: for each entry of "segments"
+   (recording/segments/NNNNNN.seg) and "outputs" (recording/<party>.webm.enc)
+   in manifest.json, `sha256sum <file>` must equal its "sha256".
+
+3. Nothing was removed or reordered: the hash chain
+     chain_0 = SHA256("vcounter-recording" || 0x00 || session_id)
+     chain_i = SHA256(chain_(i-1) || SHA256(segment_i))      (raw 32-byte digests)
+   must end at manifest.json "chain"."final" ({chain_final}).
+
+Or run `vcounter verify {package_name}` on a machine with vcounter installed.
+
+TO PLAY: `vcounter decrypt-export {package_name} OUTDIR --passphrase-file F`
+writes customer.webm and agent.webm (VP8 + Opus; any browser, VLC or ffmpeg
+plays them; both start at the recording's time origin, so play them side by
+side in sync). The timeline (timeline.json) gives every event's offset in ms.
+"""
+
+
+def _wrap_for_passphrase(data_key: bytes, passphrase: str, recording_id: str) -> dict[str, object]:
+    salt, nonce = secrets.token_bytes(16), secrets.token_bytes(12)
+    kek = scrypt(passphrase.encode(), salt=salt, maxmem=128 * 1024 * 1024, dklen=32, **SCRYPT)
+    wrapped = AESGCM(kek).encrypt(nonce, data_key, b"vcounter export\0" + recording_id.encode())
+    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+    return {"kdf": "scrypt", **SCRYPT, "salt": b64(salt), "cipher": "AES-256-GCM", "nonce": b64(nonce),
+            "wrapped_key": b64(wrapped), "aad": f"vcounter export\\0{recording_id}"}
+
+
+def unwrap_export_key(spec: dict[str, object], passphrase: str, recording_id: str) -> bytes:
+    try:
+        kek = scrypt(passphrase.encode(), salt=base64.b64decode(str(spec["salt"])),
+                     n=int(spec["n"]), r=int(spec["r"]), p=int(spec["p"]),  # type: ignore[call-overload]
+                     maxmem=128 * 1024 * 1024, dklen=32)
+        return AESGCM(kek).decrypt(base64.b64decode(str(spec["nonce"])),
+                                   base64.b64decode(str(spec["wrapped_key"])),
+                                   b"vcounter export\0" + recording_id.encode())
+    except Exception:
+        raise WrongKey("wrong passphrase for this package") from None
+
+
+def export_package(
+    directory: Path,
+    out: Path,
+    master_key: MasterKey,
+    passphrase: str,
+    *,
+    exported_by: str,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, object]:
+    """Write ``out`` (a ZIP); returns a summary. The recording must be finalised."""
+    manifest_path = directory / MANIFEST
+    if not manifest_path.exists():
+        raise RecorderError(f"{directory.name} is not finalised: nothing to export")
+    manifest = json.loads(manifest_path.read_text())
+    data_key = read_data_key(LocalStorage(directory), master_key)
+    recording_id = directory.name
+    top = {"manifest.json", "manifest.sig", "public_key.pem", "timeline.json"}
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and not p.name.endswith(".tmp"))
+    total = sum(p.stat().st_size for p in files)
+    exported_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    info = {"recording_id": recording_id, "session_id": manifest.get("session_id"),
+            "exported_at": exported_at, "exported_by": exported_by}
+    tmp = out.with_name(out.name + ".part")
+    done = 0
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:
+        z.writestr("README.txt", README.format(
+            **info, fingerprint=manifest.get("signing_key", {}).get("fingerprint", "?"),
+            chain_final=manifest.get("chain", {}).get("final", "?"), package_name=out.name))
+        z.writestr("export.json", json.dumps(info, indent=1))
+        z.writestr(EXPORT_KEY, json.dumps(_wrap_for_passphrase(data_key, passphrase, recording_id), indent=1))
+        for path in files:
+            rel = path.relative_to(directory).as_posix()
+            z.write(path, rel if rel in top else RECORDING_DIR + rel)
+            done += path.stat().st_size
+            if progress is not None:
+                progress(done, total)
+    os.replace(tmp, out)
+    return {**info, "bytes": total, "files": len(files)}
+
+
+def _extract(package: Path, into: Path) -> Path:
+    with zipfile.ZipFile(package) as z:
+        for name in z.namelist():
+            target = (into / name).resolve()
+            if into.resolve() not in target.parents:
+                raise RecorderError(f"package entry {name!r} escapes the package")
+        z.extractall(into)
+    recording = into / RECORDING_DIR
+    for name in ("manifest.json", "manifest.sig", "public_key.pem", "timeline.json"):
+        if (into / name).exists():
+            os.replace(into / name, recording / name)
+    return recording
+
+
+def verify_package(package: Path, public_key_pem: bytes | None = None,
+                   master_key: MasterKey | None = None) -> VerifyResult:
+    """Verify an evidence package as :func:`recorder.verify` does a recording directory."""
+    try:
+        with tempfile.TemporaryDirectory(prefix="vcounter-verify-") as tmp:
+            return verify(_extract(package, Path(tmp)), master_key, public_key_pem)
+    except (zipfile.BadZipFile, OSError) as exc:
+        return VerifyResult(False, f"not a readable evidence package: {exc}", [str(exc)])
+
+
+def decrypt_package(package: Path, out_dir: Path, passphrase: str) -> list[Path]:
+    """Write the package's per-party WebMs (plaintext) into ``out_dir`` for playback."""
+    from .encrypted_file import open_encrypted
+
+    written = []
+    with zipfile.ZipFile(package) as z:
+        info = json.loads(z.read("export.json"))
+        data_key = unwrap_export_key(json.loads(z.read(EXPORT_KEY)), passphrase, info["recording_id"])
+        with tempfile.TemporaryDirectory(prefix="vcounter-decrypt-") as tmp:
+            for name in z.namelist():
+                if name.startswith(RECORDING_DIR) and name.endswith(".webm.enc"):
+                    source = Path(z.extract(name, tmp))
+                    target = out_dir / Path(name).name.removesuffix(".enc")
+                    encrypted = open_encrypted(source, data_key)
+                    try:
+                        with open(target, "wb") as f:
+                            for block in encrypted.iter_plaintext():
+                                f.write(block)
+                    finally:
+                        encrypted.close()
+                    written.append(target)
+    return written
