@@ -58,3 +58,30 @@ async def wait_recordings(db, session_id: str, states=("finalized", "recovered")
         if asyncio.get_running_loop().time() > deadline:
             raise TimeoutError(f"recordings of {session_id} not finished: {[(r.id, r.state) for r in rows]}")
         await asyncio.sleep(0.2)
+
+
+def recorded_frames(webm: bytes, count: int = 10):
+    """``count`` RGB frames spread over the recording's video."""
+    import numpy as np
+
+    with av.open(io.BytesIO(webm)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    if not frames:
+        return []
+    picks = np.linspace(0, len(frames) - 1, num=min(count, len(frames))).astype(int)
+    return [frames[i] for i in picks]
+
+
+def dominant_tone(webm: bytes) -> float:
+    """The strongest frequency (Hz) of the recording's audio, decoded with PyAV."""
+    import numpy as np
+
+    with av.open(io.BytesIO(webm)) as container:
+        chunks = [f.to_ndarray().astype(np.float64).reshape(-1, f.layout.nb_channels if f.format.is_packed else 1)
+                  .mean(axis=1) if f.format.is_packed else f.to_ndarray()[0].astype(np.float64)
+                  for f in container.decode(audio=0)]
+        rate = container.streams.audio[0].codec_context.sample_rate
+    samples = np.concatenate(chunks)
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
+    spectrum[:20] = 0  # ignore DC and rumble
+    return float(np.argmax(spectrum) * rate / len(samples))

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
+
+from server.db import CallSession
+from server.keys import CONFIG
 
 from .browser import (
     audio_peaks,
@@ -19,6 +23,14 @@ from .browser import (
     source_encoding,
 )
 from .conftest import PASSWORD, shared_data
+from .recordings import (
+    decrypt_output,
+    demux,
+    dominant_tone,
+    recorded_frames,
+    stream_info,
+    wait_recordings,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -120,10 +132,42 @@ async def test_customer_and_agent_see_and_hear_each_other(counter):
             assert media.tap("customer", "video").keyframes_in >= 1
             assert media.tap("customer", "video").frames_decoded == 0
 
+            session_id = next(iter(s.id for s in counter.broker.sessions))
+            call_started = time.monotonic()
+            await asyncio.sleep(3.0)
             await customer.get_by_test_id("hangup-button").click()
+            call_s = time.monotonic() - call_started
             await _state(customer, "ended")
             await _state(agent, "ended")
             assert not errors, errors
         finally:
             await customer_browser.close()
             await agent_browser.close()
+
+    # the call's dual recording holds both real people, audio and video, for the whole call
+    [row] = await wait_recordings(counter.db, session_id)
+    config = counter.app[CONFIG]
+    directory = config.recordings_dir / row.id
+    call = await counter.db.run(lambda s: s.get(CallSession, session_id))
+    call_duration = (call.ended_at - call.started_at).total_seconds()
+    spans = {}
+    for party, face, tone in (("customer", customer_face, CUSTOMER_TONE_HZ), ("agent", agent_face, AGENT_TONE_HZ)):
+        webm = decrypt_output(directory, config.master_key_file, party)
+        assert stream_info(webm) == {"video": "vp8", "audio": "opus"}
+        packets = demux(webm)
+        video_span = packets["video"][-1][0] - packets["video"][0][0]
+        audio_span = packets["audio"][-1][0] - packets["audio"][0][0]
+        spans[party] = (packets["video"][0][0], packets["audio"][0][0])
+        # the recording's timeline starts with the call: its end is the call's duration (±0.5 s)
+        end = max(packets["video"][-1][0], packets["audio"][-1][0])
+        assert abs(end - call_duration) < 0.5, (party, end, call_duration)
+        assert video_span >= call_s - 0.5 and abs(audio_span - video_span) < 0.5, (party, video_span, audio_span)
+        frames = recorded_frames(webm, count=12)
+        encodings = [e for e in (face_encoding(f) for f in frames) if e is not None]
+        assert encodings, f"no face in the {party} recording"
+        assert min(np.linalg.norm(e - face) for e in encodings) < 0.6, party
+        assert abs(dominant_tone(webm) - tone) < 30, party
+    # audio and video of each party start together, and both parties on one timeline
+    for party, (video_start, audio_start) in spans.items():
+        assert abs(video_start - audio_start) < 0.3, (party, spans)
+    assert abs(spans["customer"][0] - spans["agent"][0]) < 0.5, spans
