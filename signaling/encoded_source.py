@@ -103,8 +103,10 @@ def encode_video(
     return EncodedClip("video", packets, keyframes, ticks=90000 // fps, clock_rate=90000)
 
 
-def encode_audio(seconds: float = 4.0, *, frequency: float = 440.0) -> EncodedClip:
-    """Encode a tone (with a 4 Hz amplitude wobble, so it is not silence-suppressed) to Opus."""
+def encode_audio(seconds: float = 4.0, *, frequency: float = 440.0,
+                 pulses: tuple[float, ...] = (), pulse_s: float = 0.08) -> EncodedClip:
+    """Encode a tone to Opus: continuous (with a 4 Hz wobble), or only in ``pulse_s`` bursts
+    starting at each of ``pulses`` (seconds into the clip), for synchronisation tests."""
     rate = 48000
     samples_per_packet = 960  # 20 ms
     count = max(1, int(seconds * rate / samples_per_packet))
@@ -117,7 +119,13 @@ def encode_audio(seconds: float = 4.0, *, frequency: float = 440.0) -> EncodedCl
     t = np.arange(samples_per_packet) / rate
     for i in range(count):
         tt = t + i * samples_per_packet / rate
-        wave = 0.3 * np.sin(2 * math.pi * frequency * tt) * (0.6 + 0.4 * np.sin(2 * math.pi * 4 * tt))
+        if pulses:
+            gate = np.zeros_like(tt)
+            for start in pulses:
+                gate[(tt >= start) & (tt < start + pulse_s)] = 1.0
+            wave = 0.6 * np.sin(2 * math.pi * frequency * tt) * gate
+        else:
+            wave = 0.3 * np.sin(2 * math.pi * frequency * tt) * (0.6 + 0.4 * np.sin(2 * math.pi * 4 * tt))
         pcm = (wave * 32767).astype(np.int16)
         stereo = np.repeat(pcm, 2).reshape(1, -1)
         frame = av.AudioFrame.from_ndarray(stereo, format="s16", layout="stereo")

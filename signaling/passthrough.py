@@ -42,6 +42,10 @@ from .exceptions import MediaError
 SUPPORTED_AIORTC = "1.16.0"
 
 _QUEUE_ATTR = "_RTCRtpReceiver__decoder_queue"
+#: aiortc's audio jitter buffer holds ``prefetch=4`` packets (20 ms each) before it
+#: releases the first: audio frames complete ~60 ms after they arrived. Arrival
+#: times are corrected by this so audio and video stay in sync on a timeline.
+RECEIVE_DELAY_S = {"audio": 0.06, "video": 0.0}
 _THREAD_ATTR = "_RTCRtpReceiver__decoder_thread"
 
 
@@ -57,7 +61,8 @@ class EncodedFrame:
     timestamp: int
     codec: RTCRtpCodecParameters
     keyframe: bool
-    #: event-loop time (seconds) at which the frame was completed
+    #: event-loop time (seconds) at which the frame arrived (corrected for aiortc's
+    #: jitter-buffer hold, see RECEIVE_DELAY_S)
     arrival: float
 
     @property
@@ -107,8 +112,9 @@ class _EncodedSink:
     then returns ``None``, which ends that thread (and the receiver's track).
     """
 
-    def __init__(self, callback: Callable[[EncodedFrame], None]) -> None:
+    def __init__(self, callback: Callable[[EncodedFrame], None], kind: str) -> None:
         self._callback = callback
+        self._delay = RECEIVE_DELAY_S.get(kind, 0.0)
         self._stopped = threading.Event()
         self._loop = asyncio.get_running_loop()
 
@@ -124,7 +130,7 @@ class _EncodedSink:
                 timestamp=jitter_frame.timestamp,
                 codec=codec,
                 keyframe=is_keyframe(codec.mimeType, data),
-                arrival=self._loop.time(),
+                arrival=self._loop.time() - self._delay,
             )
         )
 
@@ -147,7 +153,8 @@ def tap_receiver(receiver: RTCRtpReceiver, callback: Callable[[EncodedFrame], No
     current = getattr(receiver, _QUEUE_ATTR, None)
     if not isinstance(current, queue.Queue | _EncodedSink):
         raise MediaError("aiortc receiver internals changed: no decoder queue to tap")
-    setattr(receiver, _QUEUE_ATTR, _EncodedSink(callback))
+    kind = receiver.track.kind if receiver.track is not None else "video"
+    setattr(receiver, _QUEUE_ATTR, _EncodedSink(callback, kind))
 
 
 def is_tapped(receiver: RTCRtpReceiver) -> bool:

@@ -49,3 +49,14 @@ def test_encoded_vp8_clip_keyframes_match_detection(video_clip):
     detected = [passthrough.is_keyframe("video/VP8", p) for p in video_clip.packets]
     assert detected == video_clip.keyframes
     assert detected[0] and sum(detected) >= 2
+
+
+def test_audio_jitter_buffer_prefetch_matches_the_receive_delay_correction():
+    """RECEIVE_DELAY_S assumes aiortc's audio jitter buffer prefetches 4 packets of 20 ms."""
+    import inspect
+
+    from aiortc import rtcrtpreceiver
+
+    source = inspect.getsource(rtcrtpreceiver.RTCRtpReceiver.__init__)
+    assert "JitterBuffer(capacity=16, prefetch=4)" in source
+    assert passthrough.RECEIVE_DELAY_S["audio"] == pytest.approx(3 * 0.020)
