@@ -117,6 +117,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"vcounter serving on {base} (data: {config.data_dir.resolve()})")
     print(f"  customer page: {base}/")
     print(f"  agent page:    {base}/agent")
+    if config.recording:
+        print(f"  auditor page:  {base}/audit")
     if accounts:
         print("  demo accounts (passwords stored in data-dir/demo-accounts.txt):")
         for username, role, password in accounts:
