@@ -325,6 +325,8 @@ async def post_verdict(request: web.Request) -> web.Response:
         raise BadRequest('result must be "pass" or "fail"')
     if not isinstance(notes, str) or len(notes) > 4000:
         raise BadRequest("notes must be text of at most 4000 characters")
+    if result == "fail" and not notes.strip():
+        raise BadRequest("a fail verdict needs notes saying what was wrong", code="notes_required")
 
     def work(s: DbSession) -> Verdict | None:
         if s.get(CallSession, session_id) is None:

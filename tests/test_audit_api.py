@@ -140,6 +140,9 @@ async def test_verdicts_and_access_log_chain(counter, recorded):
                              json={"result": "maybe"}) as r:
             assert r.status == 400
         async with http.post(f"{counter.url}/api/audit/sessions/{session_id}/verdict",
+                             json={"result": "fail", "notes": "  "}) as r:
+            assert r.status == 400 and (await r.json())["error"] == "notes_required"
+        async with http.post(f"{counter.url}/api/audit/sessions/{session_id}/verdict",
                              json={"result": "fail", "notes": "风险揭示未读完"}) as r:
             assert r.status == 201 and (await r.json())["by"] == "auditor"
         async with http.post(f"{counter.url}/api/audit/sessions/{session_id}/verdict",
