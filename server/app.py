@@ -88,7 +88,7 @@ def create_app(config: Config) -> web.Application:
         recordings = None
         if config.recording:
             master, signing = load_keys(config)
-            recordings = RecordingService(config, db, hub, master, signing)
+            recordings = RecordingService(config, db, hub, master, signing, log_event=broker.log.event)
             app[RECORDINGS] = recordings
             await recordings.recover_interrupted()
             broker.on_call_started.append(recordings.call_started)

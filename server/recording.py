@@ -16,6 +16,7 @@ import asyncio
 import hashlib
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -75,7 +76,8 @@ class _Active:
 
 class RecordingService:
     def __init__(self, config: Config, db: Database, hub: MediaHub, master: MasterKey,
-                 signing: SigningKey) -> None:
+                 signing: SigningKey,
+                 log_event: Callable[[str, str, dict[str, object]], Awaitable[None]] | None = None) -> None:
         self.config = config
         self.db = db
         self.hub = hub
@@ -86,6 +88,8 @@ class RecordingService:
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="recording")
         self._active: dict[str, _Active] = {}
         self._finishing: set[asyncio.Task[None]] = set()
+        #: writes a session event (the broker's log): recording alerts become anomalies auditors see
+        self._log_event = log_event
         self._closed = False
 
     # -- live recording ------------------------------------------------------------
@@ -141,7 +145,13 @@ class RecordingService:
             active.recorder.event(kind, dict(data))
 
     def _alert(self, session_id: str, text: str) -> None:
+        """The recorder cannot store segments (disk full...): it keeps them and retries; we tell people."""
         logger.error("session %s: recording alert: %s", session_id, text)
+        if self._log_event is not None:
+            task = asyncio.get_running_loop().create_task(
+                self._log_event(session_id, "recording_alert", {"message": text}))
+            self._finishing.add(task)
+            task.add_done_callback(self._finishing.discard)
 
     async def call_ended(self, session: Session) -> None:
         """Broker hook: stop feeding the recording; seal and finalise it in the background."""

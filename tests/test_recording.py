@@ -82,3 +82,51 @@ async def test_recording_timeline_carries_session_events(counter):
     assert offsets == sorted(offsets)
     assert manifest["metadata"]["agent"]["username"] == "bob"
     assert manifest["metadata"]["business"] == "account_opening"
+
+
+async def test_disk_full_during_recording_alerts_and_loses_nothing(counter, monkeypatch):
+    """Storage refuses writes for a while: the call goes on, the alert is an anomaly, nothing is lost."""
+    import errno
+
+    from recorder.storage import LocalStorage
+
+    from .recordings import decrypt_output, demux, wait_recordings
+
+    config = counter.app[CONFIG]
+    customer = await counter.customer("loan_signing", "Disk full")
+    agent = await counter.agent("carol")
+    await agent.accept_next()
+    await agent.wait_media(frames=10)
+    original = LocalStorage.put_bytes
+    full = {"on": True}
+
+    def put_bytes(self, name, data):
+        if full["on"] and name.startswith("segments/"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, name, data)
+
+    monkeypatch.setattr(LocalStorage, "put_bytes", put_bytes)
+    t0 = time.monotonic()
+    await asyncio.sleep(4.5)  # two or three segments cannot be stored
+    full["on"] = False
+    await asyncio.sleep(2.5)
+    await agent.wait_media(frames=10)  # media never stopped
+    await agent.hangup()
+    call_s = time.monotonic() - t0
+    [row] = await wait_recordings(counter.db, customer.session_id)
+    assert row.state == "finalized"
+    video = demux(decrypt_output(config.recordings_dir / row.id, config.master_key_file, "customer"))["video"]
+    # the seconds recorded while the disk was full are in the recording
+    assert video[-1][0] - video[0][0] >= call_s - 0.5
+    import aiohttp
+
+    from .conftest import PASSWORD
+
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{counter.url}/api/login", json={"username": "auditor", "password": PASSWORD}) as r:
+            token = (await r.json())["token"]
+        async with http.get(f"{counter.url}/api/audit/sessions/{customer.session_id}",
+                             headers={"Authorization": f"Bearer {token}"}) as r:
+            detail = await r.json()
+    assert "recording_alert" in detail["session"]["anomalies"]
+    assert any(e["kind"] == "recording_alert" and "disk full" in e["data"]["message"] for e in detail["events"])
