@@ -34,7 +34,7 @@ lint: install
 	$(BIN)/ruff check server signaling recorder identity certs tests bench
 
 bench: install
-	$(BIN)/python bench/calls.py --calls 10 --duration 20 --media-mode both
+	$(BIN)/python bench/calls.py --calls 2 --duration 20 --media-mode both
 
 clean:
 	rm -rf $(VENV) build *.egg-info
