@@ -18,13 +18,18 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from .track_tap import TrackTap
 
+#: frames a forwarding track may fall behind before it drops (about 300 ms): a live
+#: call is better served by a short gap and a keyframe than by seconds of delay
+FORWARD_BACKLOG = {"video": 10, "audio": 16}
+
 
 class ForwardTrack(MediaStreamTrack):
     def __init__(self, tap: TrackTap) -> None:
         super().__init__()
         self.kind = tap.kind
         self._tap = tap
-        self._sub = tap.subscribe_encoded()
+        self._sub = tap.subscribe_encoded(FORWARD_BACKLOG.get(tap.kind, 16))
+        self._dropped_seen = 0
         self._generation = -1
         self._offset = 0
         self._last_out: int | None = None
@@ -44,6 +49,11 @@ class ForwardTrack(MediaStreamTrack):
             raise MediaStreamError
         while True:
             frame = await self._sub.recv()
+            if self._sub.dropped != self._dropped_seen:
+                # we fell behind and lost frames: deltas after the gap would not decode
+                self._dropped_seen = self._sub.dropped
+                if self.kind == "video":
+                    self._need_keyframe = True
             new_source = self._tap.generation != self._generation
             if new_source and self.kind == "video":
                 self._need_keyframe = True

@@ -209,3 +209,29 @@ async def test_decoded_subscription_decodes_only_while_subscribed(counter):
     decoded = tap.frames_decoded
     await asyncio.sleep(0.5)
     assert tap.frames_decoded <= decoded + 2  # nothing decoded after the last subscriber left
+
+
+async def test_forwarding_that_falls_behind_skips_to_a_keyframe(counter):
+    """A receiver that stalls gets a short gap and a fresh keyframe, not seconds of backlog."""
+    from signaling.forward_track import FORWARD_BACKLOG, ForwardTrack
+
+    customer = await counter.customer("account_opening", "Backlog")
+    agent = await counter.agent("alice")
+    await agent.accept_next()
+    await agent.wait_media(frames=10, kinds=("video",))
+    tap = counter.hub.find(customer.session_id).tap("customer", "video")
+    track = ForwardTrack(tap)
+    try:
+        from signaling.passthrough import is_keyframe
+
+        first = await asyncio.wait_for(track.recv(), 5)
+        assert is_keyframe("video/VP8", bytes(first)), "a new receiver starts with a keyframe"
+        await asyncio.sleep(1.5)  # stall: ~45 frames arrive, only FORWARD_BACKLOG are kept
+        assert track._sub.dropped > 0
+        requests_before = tap.keyframe_requests
+        packet = await asyncio.wait_for(track.recv(), 5)
+        assert is_keyframe("video/VP8", bytes(packet)), "after a gap only a keyframe may follow"
+        assert track.frames_skipped > 0 and tap.keyframe_requests >= requests_before
+        assert FORWARD_BACKLOG["video"] <= 15
+    finally:
+        track.stop()
