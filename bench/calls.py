@@ -552,7 +552,7 @@ def _server_for(mode: str, url: str | None, template: Path | None, root: Path,
         yield url.rstrip("/"), None, None
         return
     assert template is not None
-    data_dir = root / f"data-{mode}"
+    data_dir = root / f"data-{mode}{'-recording' if recording else ''}"
     shutil.copytree(template, data_dir)  # the agents created once with the CLI, fresh copy per server
     server = _Server(mode, data_dir, recording=recording)
     try:
@@ -916,6 +916,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="let the server record the calls (default: --no-recording, as transcode "
                         "mode has nothing to record and the comparison is about media)")
     parser.add_argument("--details", action="store_true", help="JSON: add per-participant frame rates")
+    parser.add_argument("--compare-recording", action="store_true",
+                        help="passthrough without, then with recording, in one run: prints the overhead")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     if args.calls < 1 or args.duration <= 0 or args.batch < 1:
@@ -944,10 +946,29 @@ def main(argv: list[str] | None = None) -> int:
             template = root / "users"
             _create_users(template, [f"bench{i:03d}" for i in range(args.calls)])
         reports = []
-        for mode in modes:
-            reports.append(run_mode(mode, args, clips, template, root))
+        if args.compare_recording:
+            for recording in (False, True):
+                reports.append(run_mode("passthrough", argparse.Namespace(**{**vars(args), "recording": recording}),
+                                        clips, template, root))
+        else:
+            for mode in modes:
+                reports.append(run_mode(mode, args, clips, template, root))
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+    if args.compare_recording:
+        off, on = reports
+        overhead = None
+        if off["server_cpu_s_per_call_min"]:
+            overhead = round(100 * (on["server_cpu_s_per_call_min"] / off["server_cpu_s_per_call_min"] - 1), 1)
+        if args.json:
+            print(json.dumps({"without_recording": off, "with_recording": on,
+                              "recording_overhead_percent": overhead}, indent=2))
+        else:
+            print("without recording:\n" + render([off], None, None))
+            print("with recording:\n" + render([on], None, None))
+            print(f"recording overhead: {overhead}% server CPU per call-minute")
+        return 0
 
     ratio = frame_ratio = None
     if len(reports) == 2 and reports[0]["server_cpu_s_per_call_min"]:
