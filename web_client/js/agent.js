@@ -6,34 +6,27 @@
 //   active   call_started received: media negotiated with the hub
 //   ended    call_ended received; back to idle with "back" or when going ready
 
+import { CallController, publishState } from './call.js';
 import {
-  applyI18n, bindLangToggle, businessName, errorText, formatClock, onLangChange, reasonText,
-  setBusinessNames, t,
+  BUSINESSES, applyI18n, bindLangToggle, businessName, errorText, formatClock, loadBusinessNames,
+  onLangChange, reasonText, t,
 } from './i18n.js';
-import { Call, LocalMedia, chime, playVideo, showStream } from './media.js';
+import { Login } from './login.js';
+import { LocalMedia, chime } from './media.js';
 import { Signaling } from './signaling.js';
-import { ErrorArea, Notice, byId, byTestId, moveInto, setText, showScreen, store } from './ui.js';
+import { ErrorArea, Notice, byId, byTestId, moveInto, setText, showScreen } from './ui.js';
 
 const TOKEN_KEY = 'vcounter.agent.token';
-const BUSINESSES = ['account_opening', 'loan_signing', 'wealth_product'];
 const END_FALLBACK_MS = 3000;
-const MAX_RENEGOTIATIONS = 2;
 
 const el = {
-  callState: byTestId('call-state'),
   statusText: byId('status-text'),
-  statusPill: byId('status-pill'),
   langToggle: byTestId('lang-toggle'),
   logout: byTestId('logout-button'),
   reconnectingBanner: byTestId('reconnecting-banner'),
   offlineBanner: byTestId('offline-banner'),
   offlineText: byId('offline-text'),
   reconnect: byTestId('reconnect-button'),
-  loginForm: byId('login-form'),
-  loginUsername: byTestId('login-username'),
-  loginPassword: byTestId('login-password'),
-  loginError: byTestId('login-error'),
-  loginSubmit: byTestId('login-submit'),
   agentName: byTestId('agent-name'),
   agentUsername: byId('agent-username'),
   agentSkills: byTestId('agent-skills'),
@@ -59,17 +52,10 @@ const el = {
   accept: byTestId('accept-button'),
   decline: byTestId('decline-button'),
   callPanel: byId('call-panel'),
-  remoteVideo: byTestId('remote-video'),
   stageCustomerName: byId('stage-customer-name'),
   callTimer: byId('call-timer'),
   callDuration: byId('call-duration'),
-  mediaStatus: byId('media-status'),
-  playButton: byTestId('play-button'),
   callSlot: byId('call-video-slot'),
-  mute: byTestId('mute-button'),
-  muteLabel: byId('mute-label'),
-  camera: byTestId('camera-button'),
-  cameraLabel: byId('camera-label'),
   hangup: byTestId('hangup-button'),
   customerName: byTestId('customer-name'),
   customerBusiness: byTestId('customer-business'),
@@ -82,12 +68,10 @@ const el = {
 const screens = { login: byId('screen-login'), workbench: byId('screen-workbench') };
 const errors = new ErrorArea(byId('error-area'), byTestId('error-message'), byId('error-close'));
 const peerNotice = new Notice(byTestId('peer-notice'));
-const mediaStatus = new Notice(el.mediaStatus);
 
 const app = {
   state: 'idle',
   loggedIn: false,
-  token: null,
   user: null,
   signaling: null,
   authenticated: false,
@@ -100,23 +84,12 @@ const app = {
   offerTimer: null,
   peer: null,
   sessionId: null,
-  iceServers: [],
-  call: null,
-  renegotiations: 0,
-  keyframeTimer: null,
-  callStartedAt: null,
-  callTimer: null,
   endTimer: null,
   endReason: null,
   peerLostAt: null,
   peerWindowS: 0,
   peerTimer: null,
-  muted: false,
-  cameraOff: false,
-  loginErrorKey: null,
 };
-
-window.vcounter = { pc: null, state: 'idle' };
 
 const devices = new LocalMedia({
   video: el.localVideo,
@@ -126,14 +99,27 @@ const devices = new LocalMedia({
   onChange: renderDevices,
 });
 
+const login = new Login({
+  tokenKey: TOKEN_KEY,
+  roles: ['agent'],
+  wrongRoleKey: 'agent.notAgent',
+  onSignedIn: enterWorkbench,
+});
+
+const call = new CallController({
+  devices,
+  errors,
+  send,
+  isActive: () => app.state === 'active',
+  isConnected: () => app.signaling !== null && app.signaling.isOpen,
+  onTick: renderCall,
+});
+
 // --- rendering -----------------------------------------------------------------
 
 function setState(state) {
   app.state = state;
-  window.vcounter.state = state;
-  el.callState.textContent = state;
-  el.statusPill.dataset.state = state;
-  document.body.dataset.state = state;
+  publishState(state);
   renderStatus();
   renderDesk();
 }
@@ -237,16 +223,9 @@ function renderCall() {
   setText(el.customerName, peer.display_name || '');
   setText(el.customerBusiness, peer.business ? businessName(peer.business) : '');
   setText(el.customerSession, app.sessionId || '');
-  const duration = app.callStartedAt ? formatClock((Date.now() - app.callStartedAt) / 1000) : '';
+  const duration = call.clockText();
   setText(el.callTimer, duration);
   setText(el.callDuration, duration);
-}
-
-function renderControls() {
-  el.mute.setAttribute('aria-pressed', String(app.muted));
-  setText(el.muteLabel, t(app.muted ? 'call.unmute' : 'call.mute'));
-  el.camera.setAttribute('aria-pressed', String(app.cameraOff));
-  setText(el.cameraLabel, t(app.cameraOff ? 'call.cameraOn' : 'call.cameraOff'));
 }
 
 function renderDevices() {
@@ -256,11 +235,6 @@ function renderDevices() {
   } else {
     el.deviceError.hidden = true;
   }
-}
-
-function renderLoginError() {
-  el.loginError.hidden = !app.loginErrorKey;
-  setText(el.loginError, app.loginErrorKey ? t(app.loginErrorKey) : '');
 }
 
 function renderOffline() {
@@ -276,100 +250,15 @@ function renderAll() {
   renderStats();
   renderOffer();
   renderCall();
-  renderControls();
   renderDevices();
-  renderLoginError();
+  login.renderError();
   renderOffline();
   setText(el.endReason, app.endReason ? reasonText('agentReason', app.endReason) : '');
   peerNotice.refresh();
-  mediaStatus.refresh();
+  call.refresh();
 }
 
 // --- login ---------------------------------------------------------------------
-
-function authHeaders() {
-  const headers = { Accept: 'application/json' };
-  if (app.token) headers.Authorization = `Bearer ${app.token}`;
-  return headers;
-}
-
-async function onLoginSubmit(event) {
-  event.preventDefault();
-  const username = el.loginUsername.value.trim();
-  const password = el.loginPassword.value;
-  if (!username) {
-    el.loginUsername.focus();
-    return;
-  }
-  if (!password) {
-    el.loginPassword.focus();
-    return;
-  }
-  app.loginErrorKey = null;
-  renderLoginError();
-  el.loginSubmit.disabled = true;
-  setText(el.loginSubmit, t('agent.loggingIn'));
-  try {
-    const response = await fetch('/api/login', {
-      method: 'POST',
-      headers: { 'Content-Type': 'application/json', Accept: 'application/json' },
-      body: JSON.stringify({ username, password }),
-      credentials: 'same-origin',
-    });
-    const body = await response.json().catch(() => ({}));
-    if (response.status === 401) {
-      app.loginErrorKey = 'agent.badCredentials';
-    } else if (response.status === 429) {
-      app.loginErrorKey = 'agent.tooMany';
-    } else if (!response.ok || typeof body.token !== 'string') {
-      app.loginErrorKey = 'agent.loginFailed';
-    } else if (body.role !== 'agent') {
-      app.token = body.token;
-      await revokeToken();
-      app.loginErrorKey = 'agent.notAgent';
-    } else {
-      app.token = body.token;
-      store.set(TOKEN_KEY, body.token);
-      el.loginPassword.value = '';
-      enterWorkbench(body);
-    }
-  } catch (err) {
-    console.warn('login request failed', err);
-    app.loginErrorKey = 'error.unreachable';
-  } finally {
-    el.loginSubmit.disabled = false;
-    setText(el.loginSubmit, t('agent.login'));
-    renderLoginError();
-  }
-}
-
-async function revokeToken() {
-  try {
-    await fetch('/api/logout', { method: 'POST', headers: authHeaders(), credentials: 'same-origin' });
-  } catch {
-    // the token expires on its own
-  }
-  app.token = null;
-  store.remove(TOKEN_KEY);
-}
-
-/** A token left in sessionStorage (reload): still valid? */
-async function resume() {
-  const token = store.get(TOKEN_KEY);
-  if (typeof token !== 'string' || !token) return;
-  app.token = token;
-  try {
-    const response = await fetch('/api/me', { headers: authHeaders(), credentials: 'same-origin' });
-    if (!response.ok) throw new Error(`status ${response.status}`);
-    const user = await response.json();
-    if (user.role !== 'agent') throw new Error('not an agent');
-    enterWorkbench(user);
-  } catch (err) {
-    console.info('stored login not usable:', err.message);
-    app.token = null;
-    store.remove(TOKEN_KEY);
-  }
-}
 
 function enterWorkbench(user) {
   app.user = user;
@@ -389,7 +278,7 @@ function enterWorkbench(user) {
 async function logout() {
   if (app.state === 'active') send({ type: 'hangup' });
   leaveWorkbench(null);
-  await revokeToken();
+  await login.revoke();
 }
 
 /** Back to the login form, with an optional error to show there. */
@@ -409,8 +298,7 @@ function leaveWorkbench(loginErrorKey) {
   el.offlineBanner.hidden = true;
   el.logout.hidden = true;
   app.endReason = null;
-  app.loginErrorKey = loginErrorKey;
-  renderLoginError();
+  login.setError(loginErrorKey);
   setState('idle');
   showScreen(screens, 'login');
 }
@@ -424,8 +312,8 @@ function connect() {
   sig.on('open', () => {
     app.authenticated = false;
     el.offlineBanner.hidden = true;
-    if (app.token) {
-      sig.send({ type: 'auth', token: app.token });
+    if (login.token) {
+      sig.send({ type: 'auth', token: login.token });
     }
   });
   sig.on('message', onMessage);
@@ -497,7 +385,7 @@ function onMessage(msg) {
       onCallStarted(msg);
       break;
     case 'answer':
-      onAnswer(msg);
+      call.onAnswer(msg);
       break;
     case 'peer_reconnecting':
       onPeerReconnecting(msg);
@@ -539,11 +427,7 @@ function onServerError(msg) {
     app.offlineReason = 'forbidden';
     return;
   }
-  if (code === 'bad_sdp' && app.call && app.renegotiations < MAX_RENEGOTIATIONS) {
-    app.renegotiations += 1;
-    startMedia();
-    return;
-  }
+  if (code === 'bad_sdp' && call.retryAfterBadSdp()) return;
   if (code === 'bad_state') {
     app.statusPending = false;
     renderToggle();
@@ -615,79 +499,13 @@ function onCallStarted(msg) {
   clearInterval(app.peerTimer);
   clearTimeout(app.endTimer);
   app.endTimer = null;
-  if (app.sessionId !== msg.session_id) app.callStartedAt = Date.now();
+  const restartClock = app.sessionId !== msg.session_id;
   app.sessionId = msg.session_id;
   app.peer = msg.peer || null;
-  app.iceServers = Array.isArray(msg.ice_servers) ? msg.ice_servers : [];
-  app.renegotiations = 0;
   app.endReason = null;
-  clearInterval(app.callTimer);
-  app.callTimer = setInterval(renderCall, 1000);
-  renderCall();
+  call.begin(msg, { restartClock });
   setState('active');
-  startMedia();
-}
-
-/** A new RTCPeerConnection and offer (each call_started, or to retry). */
-async function startMedia() {
-  closePeer();
-  await devices.ready;
-  if (app.state !== 'active' || app.call !== null) return;
-  const call = new Call({
-    iceServers: app.iceServers,
-    localStream: devices.stream,
-    onRemoteStream: (stream) => {
-      if (app.call !== call) return;
-      el.playButton.hidden = true;
-      showStream(el.remoteVideo, stream, () => {
-        el.playButton.hidden = false;
-      });
-    },
-    onConnectionState: (state) => onMediaState(call, state),
-  });
-  app.call = call;
-  window.vcounter.pc = call.pc;
-  mediaStatus.show(() => t('call.connecting'));
-  try {
-    const sdp = await call.createOffer();
-    if (sdp === null || app.call !== call) return;
-    send({ type: 'offer', sdp });
-  } catch (err) {
-    console.error('could not create the offer', err);
-    if (app.call === call) mediaStatus.show(() => t('call.mediaFailed'), { tone: 'error' });
-  }
-}
-
-async function onAnswer(msg) {
-  const call = app.call;
-  if (!call) return;
-  try {
-    await call.applyAnswer(msg.sdp);
-  } catch (err) {
-    console.error('could not apply the answer', err);
-    if (app.call === call) errors.show(t('error.bad_sdp'));
-  }
-}
-
-function onMediaState(call, state) {
-  if (app.call !== call) return;
-  if (state === 'connected') {
-    mediaStatus.hide();
-    clearTimeout(app.keyframeTimer);
-    app.keyframeTimer = setTimeout(() => {
-      if (app.call === call && el.remoteVideo.videoWidth === 0) send({ type: 'request_keyframe' });
-    }, 3000);
-  } else if (state === 'disconnected') {
-    mediaStatus.show(() => t('call.mediaUnstable'), { tone: 'warn' });
-  } else if (state === 'failed') {
-    if (app.renegotiations < MAX_RENEGOTIATIONS && app.signaling && app.signaling.isOpen) {
-      app.renegotiations += 1;
-      mediaStatus.show(() => t('call.mediaRetry'), { tone: 'warn' });
-      startMedia();
-    } else {
-      mediaStatus.show(() => t('call.mediaFailed'), { tone: 'error' });
-    }
-  }
+  call.startMedia();
 }
 
 function onPeerReconnecting(msg) {
@@ -702,25 +520,12 @@ function onPeerReconnecting(msg) {
   app.peerTimer = setInterval(() => peerNotice.refresh(), 1000);
 }
 
-function closePeer() {
-  clearTimeout(app.keyframeTimer);
-  if (app.call) app.call.close();
-  app.call = null;
-  window.vcounter.pc = null;
-}
-
 function closeCall() {
-  closePeer();
-  mediaStatus.hide();
-  clearInterval(app.callTimer);
+  call.close();
   clearInterval(app.peerTimer);
   clearTimeout(app.endTimer);
-  app.callTimer = null;
   app.endTimer = null;
-  app.callStartedAt = null;
   app.sessionId = null;
-  el.remoteVideo.srcObject = null;
-  el.playButton.hidden = true;
 }
 
 function endCall(reason) {
@@ -734,7 +539,7 @@ function endCall(reason) {
 
 function onHangup() {
   if (app.state !== 'active') return;
-  closePeer();
+  call.closePeer();
   if (!send({ type: 'hangup' })) {
     endCall('agent_hangup');
     return;
@@ -756,29 +561,8 @@ function onToggleStatus() {
   }, 3000);
 }
 
-function toggleMute() {
-  app.muted = !app.muted;
-  devices.setEnabled('audio', !app.muted);
-  renderControls();
-}
-
-function toggleCamera() {
-  app.cameraOff = !app.cameraOff;
-  devices.setEnabled('video', !app.cameraOff);
-  el.localVideo.classList.toggle('camera-off', app.cameraOff);
-  renderControls();
-}
-
 async function loadConfig() {
-  try {
-    const response = await fetch('/api/config', { headers: { Accept: 'application/json' } });
-    if (!response.ok) return;
-    const config = await response.json();
-    setBusinessNames(config.businesses);
-    renderAll();
-  } catch (err) {
-    console.info('using built-in business names', err);
-  }
+  if (await loadBusinessNames()) renderAll();
 }
 
 // --- start ---------------------------------------------------------------------
@@ -787,7 +571,6 @@ function init() {
   bindLangToggle(el.langToggle);
   applyI18n();
   onLangChange(renderAll);
-  el.loginForm.addEventListener('submit', onLoginSubmit);
   el.logout.addEventListener('click', logout);
   el.reconnect.addEventListener('click', () => {
     el.offlineBanner.hidden = true;
@@ -799,20 +582,15 @@ function init() {
   el.accept.addEventListener('click', onAccept);
   el.decline.addEventListener('click', onDecline);
   el.hangup.addEventListener('click', onHangup);
-  el.mute.addEventListener('click', toggleMute);
-  el.camera.addEventListener('click', toggleCamera);
   el.retryDevices.addEventListener('click', () => devices.start());
   el.back.addEventListener('click', () => {
     if (app.state === 'ended') setState('idle');
-  });
-  el.playButton.addEventListener('click', async () => {
-    if (await playVideo(el.remoteVideo)) el.playButton.hidden = true;
   });
 
   setState('idle');
   renderAll();
   loadConfig();
-  resume();
+  login.resume();
 }
 
 init();

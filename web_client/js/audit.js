@@ -8,10 +8,10 @@
 // textContent.
 
 import { applyI18n, bindLangToggle, businessName, formatClock, has, onLangChange, t } from './i18n.js';
-import { ErrorArea, byId, byTestId, setText, showScreen, store } from './ui.js';
+import { Login } from './login.js';
+import { ErrorArea, byId, byTestId, setText, showScreen } from './ui.js';
 
 const TOKEN_KEY = 'vcounter.audit.token';
-const ROLES = ['auditor', 'admin'];
 const PAGE_SIZE = 50;
 /** The follower video is corrected when it drifts further than this from the leader. */
 const MAX_DRIFT_S = 0.15;
@@ -27,11 +27,6 @@ const el = {
   user: byTestId('audit-user'),
   langToggle: byTestId('lang-toggle'),
   logout: byTestId('logout-button'),
-  loginForm: byId('login-form'),
-  loginUsername: byTestId('login-username'),
-  loginPassword: byTestId('login-password'),
-  loginError: byTestId('login-error'),
-  loginSubmit: byTestId('login-submit'),
   searchForm: byId('search-form'),
   searchButton: byTestId('search-button'),
   filterFrom: byTestId('filter-from'),
@@ -95,12 +90,17 @@ const el = {
 
 const screens = { login: byId('screen-login'), search: byId('screen-search'), detail: byId('screen-detail') };
 const errors = new ErrorArea(byId('error-area'), byTestId('error-message'), byId('error-close'));
+const login = new Login({
+  tokenKey: TOKEN_KEY,
+  roles: ['auditor', 'admin'],
+  wrongRoleKey: 'audit.notAuditor',
+  onSignedIn: enterWorkbench,
+  fetchMe: () => api('/api/me'),
+});
 
 const app = {
   view: 'login',
-  token: null,
   user: null,
-  loginErrorKey: null,
   /** the last search: filters, offset and answer */
   filters: {},
   offset: 0,
@@ -134,19 +134,13 @@ class ApiError extends Error {
   }
 }
 
-function authHeaders(extra = {}) {
-  const headers = { Accept: 'application/json', ...extra };
-  if (app.token) headers.Authorization = `Bearer ${app.token}`;
-  return headers;
-}
-
 /** JSON from the API; throws ApiError (status 0 when the server cannot be reached). */
 async function api(path, { method = 'GET', body } = {}) {
   let response;
   try {
     response = await fetch(path, {
       method,
-      headers: authHeaders(body === undefined ? {} : { 'Content-Type': 'application/json' }),
+      headers: login.authHeaders(body === undefined ? {} : { 'Content-Type': 'application/json' }),
       body: body === undefined ? undefined : JSON.stringify(body),
       credentials: 'same-origin',
       cache: 'no-store',
@@ -364,92 +358,9 @@ function backToResults() {
 
 // --- login ------------------------------------------------------------------------
 
-function renderLoginError() {
-  el.loginError.hidden = !app.loginErrorKey;
-  setText(el.loginError, app.loginErrorKey ? t(app.loginErrorKey) : '');
-}
-
-async function onLoginSubmit(event) {
-  event.preventDefault();
-  const username = el.loginUsername.value.trim();
-  const password = el.loginPassword.value;
-  if (!username) {
-    el.loginUsername.focus();
-    return;
-  }
-  if (!password) {
-    el.loginPassword.focus();
-    return;
-  }
-  app.loginErrorKey = null;
-  renderLoginError();
-  el.loginSubmit.disabled = true;
-  setText(el.loginSubmit, t('agent.loggingIn'));
-  try {
-    const response = await fetch('/api/login', {
-      method: 'POST',
-      headers: { 'Content-Type': 'application/json', Accept: 'application/json' },
-      body: JSON.stringify({ username, password }),
-      credentials: 'same-origin',
-    });
-    const body = await response.json().catch(() => ({}));
-    if (response.status === 401) {
-      app.loginErrorKey = 'agent.badCredentials';
-    } else if (response.status === 429) {
-      app.loginErrorKey = 'agent.tooMany';
-    } else if (!response.ok || typeof body.token !== 'string') {
-      app.loginErrorKey = 'agent.loginFailed';
-    } else if (!ROLES.includes(body.role)) {
-      app.token = body.token;
-      await revokeToken();
-      app.loginErrorKey = 'audit.notAuditor';
-    } else {
-      app.token = body.token;
-      store.set(TOKEN_KEY, body.token);
-      el.loginPassword.value = '';
-      enterWorkbench(body);
-    }
-  } catch (err) {
-    console.warn('login request failed', err);
-    app.loginErrorKey = 'error.unreachable';
-  } finally {
-    el.loginSubmit.disabled = false;
-    setText(el.loginSubmit, t('agent.login'));
-    renderLoginError();
-  }
-}
-
-async function revokeToken() {
-  const headers = authHeaders();
-  app.token = null;
-  store.remove(TOKEN_KEY);
-  try {
-    await fetch('/api/logout', { method: 'POST', headers, credentials: 'same-origin' });
-  } catch {
-    // the token expires on its own
-  }
-}
-
-/** A token left in sessionStorage (reload): still valid, and still an auditor's? */
-async function resume() {
-  const token = store.get(TOKEN_KEY);
-  if (typeof token !== 'string' || !token) return;
-  app.token = token;
-  try {
-    const user = await api('/api/me');
-    if (!ROLES.includes(user.role)) throw new Error('not an auditor');
-    enterWorkbench(user);
-  } catch (err) {
-    console.info('stored login not usable:', err.message);
-    app.token = null;
-    store.remove(TOKEN_KEY);
-  }
-}
-
 function enterWorkbench(user) {
   app.user = user;
-  app.loginErrorKey = null;
-  renderLoginError();
+  login.setError(null);
   renderUser();
   el.logout.hidden = false;
   el.user.hidden = false;
@@ -464,7 +375,7 @@ function renderUser() {
 }
 
 async function logout() {
-  const revoked = revokeToken();
+  const revoked = login.revoke();
   leaveWorkbench(null);
   await revoked;
 }
@@ -472,10 +383,7 @@ async function logout() {
 /** Back to the sign-in form, with an optional message there. */
 function leaveWorkbench(loginErrorKey) {
   app.user = null;
-  if (loginErrorKey) {
-    app.token = null;
-    store.remove(TOKEN_KEY);
-  }
+  if (loginErrorKey) login.forget();
   app.sessions = null;
   app.detail = null;
   app.sessionId = null;
@@ -485,8 +393,7 @@ function leaveWorkbench(loginErrorKey) {
   el.resultsBody.replaceChildren();
   el.logout.hidden = true;
   el.user.hidden = true;
-  app.loginErrorKey = loginErrorKey;
-  renderLoginError();
+  login.setError(loginErrorKey);
   showView('login');
 }
 
@@ -1322,7 +1229,7 @@ async function onVerdictSubmit(event) {
 // --- language ---------------------------------------------------------------------------
 
 function renderAll() {
-  renderLoginError();
+  login.renderError();
   renderUser();
   renderResults();
   if (app.view === 'detail') renderDetail();
@@ -1339,7 +1246,6 @@ function init() {
   bindLangToggle(el.langToggle);
   applyI18n();
   onLangChange(renderAll);
-  el.loginForm.addEventListener('submit', onLoginSubmit);
   el.logout.addEventListener('click', logout);
   el.searchForm.addEventListener('submit', (event) => {
     event.preventDefault();
@@ -1379,7 +1285,7 @@ function init() {
   window.vcounterAudit = { app, replay };
   showView('login');
   renderPosition();
-  resume();
+  login.resume();
 }
 
 init();

@@ -6,25 +6,21 @@
 //   active   call_started received: media negotiated with the hub
 //   ended    call_ended received (or the session could not be kept)
 
+import { CallController, publishState } from './call.js';
 import {
-  applyI18n, bindLangToggle, businessName, errorText, formatClock, formatWait, onLangChange,
-  reasonText, setBusinessNames, t,
+  BUSINESSES, applyI18n, bindLangToggle, businessName, errorText, formatWait, loadBusinessNames,
+  onLangChange, reasonText, t,
 } from './i18n.js';
-import { Call, LocalMedia, playVideo, showStream } from './media.js';
+import { LocalMedia } from './media.js';
 import { Signaling } from './signaling.js';
 import { ErrorArea, Notice, byId, byTestId, moveInto, setText, showScreen, store } from './ui.js';
 
 const SESSION_KEY = 'vcounter.customer.session';
-const BUSINESSES = ['account_opening', 'loan_signing', 'wealth_product'];
 /** How long to wait for the server to confirm a cancel or hangup before ending locally. */
 const END_FALLBACK_MS = 3000;
-/** New offers sent for one call after bad_sdp or a failed connection. */
-const MAX_RENEGOTIATIONS = 2;
 
 const el = {
-  callState: byTestId('call-state'),
   statusText: byId('status-text'),
-  statusPill: byId('status-pill'),
   langToggle: byTestId('lang-toggle'),
   banner: byTestId('reconnecting-banner'),
   bannerText: byId('banner-text'),
@@ -47,15 +43,8 @@ const el = {
   queueWait: byTestId('queue-wait'),
   queueAgents: byTestId('queue-agents'),
   cancel: byTestId('cancel-button'),
-  remoteVideo: byTestId('remote-video'),
   agentName: byTestId('agent-name'),
   callTimer: byId('call-timer'),
-  mediaStatus: byId('media-status'),
-  playButton: byTestId('play-button'),
-  mute: byTestId('mute-button'),
-  muteLabel: byId('mute-label'),
-  camera: byTestId('camera-button'),
-  cameraLabel: byId('camera-label'),
   hangup: byTestId('hangup-button'),
   endReason: byTestId('end-reason'),
   startOver: byTestId('start-over-button'),
@@ -70,7 +59,6 @@ const screens = {
 
 const errors = new ErrorArea(byId('error-area'), byTestId('error-message'), byId('error-close'));
 const notice = new Notice(byTestId('notice'));
-const mediaStatus = new Notice(el.mediaStatus);
 
 const app = {
   state: 'idle',
@@ -84,28 +72,15 @@ const app = {
   rejoinWindowS: 30,
   lastQueue: null,
   agentName: '',
-  iceServers: [],
-  call: null,
-  renegotiations: 0,
-  keyframeTimer: null,
-  callStartedAt: null,
-  callTimer: null,
   endTimer: null,
   endReason: null,
-  muted: false,
-  cameraOff: false,
 };
-
-window.vcounter = { pc: null, state: 'idle' };
 
 // --- state and rendering -------------------------------------------------------
 
 function setState(state) {
   app.state = state;
-  window.vcounter.state = state;
-  el.callState.textContent = state;
-  el.statusPill.dataset.state = state;
-  document.body.dataset.state = state;
+  publishState(state);
   renderStatus();
 }
 
@@ -125,13 +100,6 @@ function renderQueue() {
   setText(el.queuePosition, q ? String(q.position) : '');
   setText(el.queueWait, q ? formatWait(q.estimated_wait_s) : '');
   setText(el.queueAgents, q ? t('queue.agents', { n: q.agents_available }) : '');
-}
-
-function renderControls() {
-  el.mute.setAttribute('aria-pressed', String(app.muted));
-  setText(el.muteLabel, t(app.muted ? 'call.unmute' : 'call.mute'));
-  el.camera.setAttribute('aria-pressed', String(app.cameraOff));
-  setText(el.cameraLabel, t(app.cameraOff ? 'call.cameraOn' : 'call.cameraOff'));
 }
 
 function renderJoinButton() {
@@ -156,19 +124,18 @@ function renderEnded() {
 }
 
 function renderCallTimer() {
-  setText(el.callTimer, app.callStartedAt ? formatClock((Date.now() - app.callStartedAt) / 1000) : '');
+  setText(el.callTimer, call.clockText());
 }
 
 function renderAll() {
   renderStatus();
   renderBusinessNames();
   renderQueue();
-  renderControls();
   renderJoinButton();
   renderDeviceStatus();
   renderEnded();
   notice.refresh();
-  mediaStatus.refresh();
+  call.refresh();
 }
 
 function showBanner(textKey) {
@@ -202,6 +169,17 @@ const devices = new LocalMedia({
     renderDeviceStatus();
     renderJoinButton();
   },
+});
+
+const call = new CallController({
+  devices,
+  errors,
+  send,
+  isActive: () => app.state === 'active',
+  isConnected: () => app.signaling !== null && app.signaling.isOpen,
+  onTick: renderCallTimer,
+  // after the rejoin, call_started comes again and a new offer is sent then
+  onOfferNotSent: () => console.info('offer not sent: signaling is reconnecting'),
 });
 
 // --- session storage -------------------------------------------------------------
@@ -279,7 +257,7 @@ function onMessage(msg) {
       onCallStarted(msg);
       break;
     case 'answer':
-      onAnswer(msg);
+      call.onAnswer(msg);
       break;
     case 'peer_reconnecting':
       notice.show(() => t('notice.peerReconnectingAgent'), { tone: 'warn' });
@@ -356,11 +334,7 @@ function abandonResume(errorKey) {
 
 function onServerError(msg) {
   const code = msg.code;
-  if (code === 'bad_sdp' && app.call && app.renegotiations < MAX_RENEGOTIATIONS) {
-    app.renegotiations += 1;
-    startMedia();
-    return;
-  }
+  if (code === 'bad_sdp' && call.retryAfterBadSdp()) return;
   if (code === 'forbidden' && app.resuming) {
     // the server no longer knows this session (or the token): start fresh
     abandonResume(null);
@@ -396,100 +370,16 @@ function onCallStarted(msg) {
   notice.hide();
   app.agentName = msg.peer && typeof msg.peer.display_name === 'string' ? msg.peer.display_name : '';
   setText(el.agentName, app.agentName);
-  app.iceServers = Array.isArray(msg.ice_servers) ? msg.ice_servers : [];
-  app.renegotiations = 0;
-  if (!app.callStartedAt) app.callStartedAt = Date.now();
-  clearInterval(app.callTimer);
-  app.callTimer = setInterval(renderCallTimer, 1000);
-  renderCallTimer();
+  call.begin(msg);
   setState('active');
   renderJoinButton();
   goTo('call');
-  startMedia();
-}
-
-/** A new RTCPeerConnection and offer (first call_started, after a rejoin, or to retry). */
-async function startMedia() {
-  closePeer();
-  await devices.ready;
-  if (app.state !== 'active' || app.call !== null) return;
-  const call = new Call({
-    iceServers: app.iceServers,
-    localStream: devices.stream,
-    onRemoteStream: (stream) => {
-      if (app.call !== call) return;
-      el.playButton.hidden = true;
-      showStream(el.remoteVideo, stream, () => {
-        el.playButton.hidden = false;
-      });
-    },
-    onConnectionState: (state) => onMediaState(call, state),
-  });
-  app.call = call;
-  window.vcounter.pc = call.pc;
-  mediaStatus.show(() => t('call.connecting'));
-  try {
-    const sdp = await call.createOffer();
-    if (sdp === null || app.call !== call) return;
-    if (!send({ type: 'offer', sdp })) {
-      // the socket dropped meanwhile: after the rejoin, call_started comes again
-      console.info('offer not sent: signaling is reconnecting');
-    }
-  } catch (err) {
-    console.error('could not create the offer', err);
-    if (app.call === call) mediaStatus.show(() => t('call.mediaFailed'), { tone: 'error' });
-  }
-}
-
-async function onAnswer(msg) {
-  const call = app.call;
-  if (!call) return;
-  try {
-    await call.applyAnswer(msg.sdp);
-  } catch (err) {
-    console.error('could not apply the answer', err);
-    if (app.call === call) errors.show(t('error.bad_sdp'));
-  }
-}
-
-function onMediaState(call, state) {
-  if (app.call !== call) return;
-  if (state === 'connected') {
-    mediaStatus.hide();
-    clearTimeout(app.keyframeTimer);
-    app.keyframeTimer = setTimeout(() => {
-      // connected but no picture yet: ask the agent's encoder for a keyframe
-      if (app.call === call && el.remoteVideo.videoWidth === 0) send({ type: 'request_keyframe' });
-    }, 3000);
-  } else if (state === 'disconnected') {
-    mediaStatus.show(() => t('call.mediaUnstable'), { tone: 'warn' });
-  } else if (state === 'failed') {
-    if (app.renegotiations < MAX_RENEGOTIATIONS && app.signaling && app.signaling.isOpen) {
-      app.renegotiations += 1;
-      mediaStatus.show(() => t('call.mediaRetry'), { tone: 'warn' });
-      startMedia();
-    } else {
-      mediaStatus.show(() => t('call.mediaFailed'), { tone: 'error' });
-    }
-  }
-}
-
-function closePeer() {
-  clearTimeout(app.keyframeTimer);
-  if (app.call) app.call.close();
-  app.call = null;
-  window.vcounter.pc = null;
+  call.startMedia();
 }
 
 function closeCall() {
-  closePeer();
-  mediaStatus.hide();
-  clearInterval(app.callTimer);
-  app.callTimer = null;
-  app.callStartedAt = null;
+  call.close();
   renderCallTimer();
-  el.remoteVideo.srcObject = null;
-  el.playButton.hidden = true;
 }
 
 function onRequeued() {
@@ -568,7 +458,7 @@ function onCancelClick() {
 
 function onHangupClick() {
   if (app.state !== 'active') return;
-  closePeer();
+  call.closePeer();
   if (!send({ type: 'hangup' })) {
     finish('customer_hangup');
     return;
@@ -593,32 +483,13 @@ function onStartOver() {
   renderJoinButton();
 }
 
-function toggleMute() {
-  app.muted = !app.muted;
-  devices.setEnabled('audio', !app.muted);
-  renderControls();
-}
-
-function toggleCamera() {
-  app.cameraOff = !app.cameraOff;
-  devices.setEnabled('video', !app.cameraOff);
-  el.localVideo.classList.toggle('camera-off', app.cameraOff);
-  renderControls();
-}
-
 async function loadConfig() {
-  try {
-    const response = await fetch('/api/config', { headers: { Accept: 'application/json' } });
-    if (!response.ok) return;
-    const config = await response.json();
-    setBusinessNames(config.businesses);
-    if (Number.isFinite(config.rejoin_window_s) && config.rejoin_window_s > 0) {
-      app.rejoinWindowS = config.rejoin_window_s;
-    }
-    renderBusinessNames();
-  } catch (err) {
-    console.info('using built-in business names', err);
+  const config = await loadBusinessNames();
+  if (!config) return;
+  if (Number.isFinite(config.rejoin_window_s) && config.rejoin_window_s > 0) {
+    app.rejoinWindowS = config.rejoin_window_s;
   }
+  renderBusinessNames();
 }
 
 // --- start ---------------------------------------------------------------------
@@ -635,12 +506,7 @@ function init() {
   el.retryDevices.addEventListener('click', () => devices.start());
   el.cancel.addEventListener('click', onCancelClick);
   el.hangup.addEventListener('click', onHangupClick);
-  el.mute.addEventListener('click', toggleMute);
-  el.camera.addEventListener('click', toggleCamera);
   el.startOver.addEventListener('click', onStartOver);
-  el.playButton.addEventListener('click', async () => {
-    if (await playVideo(el.remoteVideo)) el.playButton.hidden = true;
-  });
   el.displayName.addEventListener('keydown', (event) => {
     if (event.key === 'Enter') onJoinClick();
   });

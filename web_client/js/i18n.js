@@ -715,6 +715,8 @@ function detect() {
 
 let current = detect();
 const listeners = [];
+/** The business types the counter serves (each has built-in names under "business."). */
+export const BUSINESSES = ['account_opening', 'loan_signing', 'wealth_product'];
 /** Business names from GET /api/config, by type: {en, zh}. */
 const businessNames = new Map();
 
@@ -767,6 +769,23 @@ export function bindLangToggle(button) {
   button.dataset.i18n = 'lang.switch';
   button.dataset.i18nAriaLabel = 'lang.switchLabel';
   button.addEventListener('click', () => setLang(current === 'zh' ? 'en' : 'zh'));
+}
+
+/**
+ * GET /api/config and remember its business names; resolves to the config, or
+ * to null when it cannot be had (the built-in names stay).
+ */
+export async function loadBusinessNames() {
+  try {
+    const response = await fetch('/api/config', { headers: { Accept: 'application/json' } });
+    if (!response.ok) return null;
+    const config = await response.json();
+    setBusinessNames(config.businesses);
+    return config;
+  } catch (err) {
+    console.info('using built-in business names', err);
+    return null;
+  }
 }
 
 /** Remember the business names served by GET /api/config (`businesses[]`). */
