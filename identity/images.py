@@ -19,7 +19,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .exceptions import ImageError, ImageTooLarge, ImageTooSmall
 
@@ -67,6 +67,9 @@ def load_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
                 raise ImageTooSmall(
                     f"image too small ({width}x{height}, min {limits.min_side}x{limits.min_side})"
                 )
+            # face_recognition's import sets Pillow's process-wide LOAD_TRUNCATED_IMAGES,
+            # which would let a damaged upload decode as a half-grey image: refuse it here
+            ImageFile.LOAD_TRUNCATED_IMAGES = False
             im.load()
             im = ImageOps.exif_transpose(im) or im
             return _to_rgb(im)
