@@ -108,6 +108,9 @@ class RecordingService:
             segment_seconds=self.config.segment_seconds, executor=self._executor,
             on_alert=lambda text, sid=session.id: self._alert(sid, text), clock=loop.time)
         await recorder.start()
+        # first on the timeline: nothing else can reach this recorder before it is in ``_active``
+        recorder.event("recording_started", {"recording_id": recording_id, "business": session.business,
+                                             "agent": session.agent.username if session.agent else None})
         started = utcnow()
         active = _Active(recording_id, session.id, recorder, started)
         for party in PARTIES:
@@ -120,8 +123,6 @@ class RecordingService:
         await self.db.run(lambda s: s.add(Recording(
             id=recording_id, session_id=session.id, leg=leg, started_at=started,
             retention_until=retention)))
-        recorder.event("recording_started", {"recording_id": recording_id, "business": session.business,
-                                             "agent": session.agent.username if session.agent else None})
         logger.info("session %s: recording %s started", session.id, recording_id)
 
     def _sink(self, active: _Active, party: str, kind: str, tap: Any):  # type: ignore[no-untyped-def]
