@@ -41,7 +41,8 @@ class FaceTracker:
             or t < self._last_full
         )
         if self._last is not None and not due:
-            found = self._search_window(rgb, self._last)
+            self.window_scans += 1
+            found = search_window(rgb, self._last, self.window, self.face_px)
             if found:
                 self._last = found[0]
                 return found
@@ -51,19 +52,22 @@ class FaceTracker:
         self._last = boxes[0] if boxes else None
         return boxes
 
-    def _search_window(self, rgb: np.ndarray, last: FaceBox) -> list[FaceBox]:
-        self.window_scans += 1
-        h, w = rgb.shape[:2]
-        cx, cy = last.center
-        half = max(last.width, last.height) * self.window / 2
-        left, top = max(0, int(cx - half)), max(0, int(cy - half))
-        right, bottom = min(w, int(cx + half)), min(h, int(cy + half))
-        crop = rgb[top:bottom, left:right]
-        if crop.size == 0:
-            return []
-        scale = min(1.0, self.face_px / max(1, last.width))
-        if scale < 1.0:
-            size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
-            crop = cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
-        boxes = detect_faces(crop, 0)
-        return [b.scaled(1 / scale).shifted(left, top).clipped(h, w) for b in boxes]
+
+def search_window(
+    rgb: np.ndarray, last: FaceBox, window: float = 2.0, face_px: int = 110
+) -> list[FaceBox]:
+    """Faces in a window of ``window`` face widths around ``last``, scaled so the face is ~``face_px``."""
+    h, w = rgb.shape[:2]
+    cx, cy = last.center
+    half = max(last.width, last.height) * window / 2
+    left, top = max(0, int(cx - half)), max(0, int(cy - half))
+    right, bottom = min(w, int(cx + half)), min(h, int(cy + half))
+    crop = rgb[top:bottom, left:right]
+    if crop.size == 0:
+        return []
+    scale = min(1.0, face_px / max(1, last.width))
+    if scale < 1.0:
+        size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
+        crop = cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
+    boxes = detect_faces(crop, 0)
+    return [b.scaled(1 / scale).shifted(left, top).clipped(h, w) for b in boxes]

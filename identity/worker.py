@@ -38,8 +38,9 @@ import numpy as np
 
 from .analysis import Embed, FrameAnalysis, analyze_frame
 from .exceptions import WorkerBusy, WorkerClosed
-from .face_detect import Detector
+from .face_detect import Detector, FaceBox
 from .face_match import DEFAULT_THRESHOLD, REFERENCE_JITTERS, Reference, reference_from_image
+from .live import analyze_tracked, reference_from_live_frame
 from .liveness import (
     DEFAULT_LIVENESS,
     AnalysisRequest,
@@ -131,6 +132,33 @@ class FaceWorker:
             return await self._run(analyze_frame, rgb, t, index, **kwargs)
         finally:
             self._pending -= 1
+
+    async def analyze_live(
+        self,
+        rgb: np.ndarray,
+        t: float,
+        index: int,
+        *,
+        last: FaceBox | None,
+        full_scan: bool,
+        request: AnalysisRequest | None = None,
+        embed: Embed = False,
+    ) -> FrameAnalysis:
+        """:func:`identity.live.analyze_tracked` in a worker (a live call's frames, one by one)."""
+        if self._pending >= self.max_pending:
+            raise WorkerBusy(f"{self._pending} frames already wait for the face workers")
+        kwargs: dict[str, Any] = request.kwargs() if request is not None else {"embed": embed}
+        self._pending += 1
+        try:
+            return await self._run(
+                analyze_tracked, rgb, t, index, last=last, full_scan=full_scan, **kwargs
+            )
+        finally:
+            self._pending -= 1
+
+    async def reference_from_live(self, rgb: np.ndarray) -> Reference:
+        """:func:`identity.live.reference_from_live_frame` in a worker."""
+        return await self._run(reference_from_live_frame, rgb)
 
     async def verify(
         self,
