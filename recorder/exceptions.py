@@ -36,3 +36,15 @@ class StorageFull(RecorderError):
     """Sealed segments could not be stored (disk full or failing); they are still in memory."""
 
     code = "storage_full"
+
+
+class EvidenceNotFound(RecorderError):
+    """The identity evidence store holds no such session or item."""
+
+    code = "evidence_not_found"
+
+
+class EvidenceError(RecorderError):
+    """Identity evidence cannot be read: tampered, moved to another session or kind, or another key."""
+
+    code = "evidence_error"

@@ -6,13 +6,20 @@ the timeline, and ``README.txt`` with the verification steps (sha256sum and
 openssl). Nothing in it is plaintext media: the recipient decrypts with the
 session's data key, which the package carries wrapped under a passphrase
 (scrypt + AES-256-GCM, ``export_key.json``) handed over separately.
+
+The session's identity evidence images (reference photo, snapshots; never
+face embeddings) go in ``evidence/``, re-encrypted like the media (chunked
+AES-256-GCM under the same data key) and listed with kind, SHA-256 of the
+plaintext and creation time in ``evidence/index.json`` and the README.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
+import re
 import secrets
 import tempfile
 import time
@@ -23,7 +30,9 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .exceptions import RecorderError, WrongKey
+from .encrypted_file import EncryptedWriter, open_encrypted
+from .evidence import EvidenceItem, EvidenceStore
+from .exceptions import IntegrityError, RecorderError, WrongKey
 from .keys import MasterKey
 from .layout import MANIFEST, read_data_key
 from .storage import LocalStorage
@@ -31,6 +40,12 @@ from .verify import VerifyResult, verify
 
 EXPORT_KEY = "export_key.json"
 RECORDING_DIR = "recording/"
+EVIDENCE_DIR = "evidence/"
+EVIDENCE_INDEX = EVIDENCE_DIR + "index.json"
+#: evidence kinds a package carries: images a person can check (embeddings stay behind)
+EXPORTED_KINDS = ("reference_image", "snapshot")
+_EXTENSIONS = {"image/jpeg": ".jpg", "image/png": ".png", "image/webp": ".webp"}
+_EVIDENCE_FILE = re.compile(r"evidence/[a-z_]+-[A-Za-z0-9_-]+\.[a-z]+\.enc")
 SCRYPT = {"n": 2**15, "r": 8, "p": 1}
 
 README = """vcounter evidence package — recording {recording_id} (session {session_id})
@@ -66,7 +81,69 @@ TO PLAY: `vcounter decrypt-export {package_name} OUTDIR --passphrase-file F`
 writes customer.webm and agent.webm (VP8 + Opus; any browser, VLC or ffmpeg
 plays them; both start at the recording's time origin, so play them side by
 side in sync). The timeline (timeline.json) gives every event's offset in ms.
+{evidence}"""
+
+EVIDENCE_README = """
+IDENTITY EVIDENCE (evidence/, also listed in evidence/index.json)
+
+The customer's reference photo and the snapshots kept during the session,
+encrypted like the media (same key and format). `vcounter decrypt-export`
+writes them to OUTDIR/evidence/ (file name without .enc) and checks each one;
+`sha256sum OUTDIR/evidence/*` must print the SHA-256 below. Items kept while
+the call was recorded also appear, with the same SHA-256, in timeline.json
+(reference_added, snapshot_captured...), which the signed manifest covers.
+
+{rows}
 """
+
+
+class _Buffer:
+    """An in-memory BlobWriter: evidence items are small, the ZIP entry is written at once."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def commit(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        self.data.clear()
+
+
+def _evidence_name(item: EvidenceItem) -> str:
+    ext = _EXTENSIONS.get(item.content_type.split(";")[0].strip().lower(), ".bin")
+    return f"{EVIDENCE_DIR}{item.kind}-{item.id}{ext}.enc"
+
+
+def _write_evidence(z: zipfile.ZipFile, evidence: EvidenceStore, session_id: str,
+                    data_key: bytes) -> list[dict[str, object]]:
+    """The session's evidence images into ``evidence/``, encrypted under ``data_key``; the index."""
+    index = []
+    for item in evidence.list(session_id):
+        if item.kind not in EXPORTED_KINDS:
+            continue
+        _, data = evidence.get(session_id, item.id)
+        out = _Buffer()
+        writer = EncryptedWriter(out, data_key, len(data))
+        writer.write(data)
+        writer.close()
+        name = _evidence_name(item)
+        z.writestr(name, bytes(out.data))
+        index.append({"file": name, "id": item.id, "kind": item.kind, "content_type": item.content_type,
+                      "size": item.size, "sha256": item.sha256, "created_at": item.created_at,
+                      "stored_sha256": writer.sha256})
+    return index
+
+
+def _evidence_readme(index: list[dict[str, object]]) -> str:
+    if not index:
+        return ""
+    rows = [f"  {e['kind']:<16} {e['created_at']}  {str(e['file']).removesuffix('.enc')}\n"
+            f"    sha256 {e['sha256']}" for e in index]
+    return EVIDENCE_README.format(rows="\n".join(rows))
 
 
 def _wrap_for_passphrase(data_key: bytes, passphrase: str, recording_id: str) -> dict[str, object]:
@@ -98,8 +175,12 @@ def export_package(
     *,
     exported_by: str,
     progress: Callable[[int, int], None] | None = None,
+    evidence: EvidenceStore | None = None,
 ) -> dict[str, object]:
-    """Write ``out`` (a ZIP); returns a summary. The recording must be finalised."""
+    """Write ``out`` (a ZIP); returns a summary. The recording must be finalised.
+
+    With ``evidence``, the session's reference photo and snapshots go in too.
+    """
     manifest_path = directory / MANIFEST
     if not manifest_path.exists():
         raise RecorderError(f"{directory.name} is not finalised: nothing to export")
@@ -114,10 +195,8 @@ def export_package(
             "exported_at": exported_at, "exported_by": exported_by}
     tmp = out.with_name(out.name + ".part")
     done = 0
+    index: list[dict[str, object]] = []
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:
-        z.writestr("README.txt", README.format(
-            **info, fingerprint=manifest.get("signing_key", {}).get("fingerprint", "?"),
-            chain_final=manifest.get("chain", {}).get("final", "?"), package_name=out.name))
         z.writestr("export.json", json.dumps(info, indent=1))
         z.writestr(EXPORT_KEY, json.dumps(_wrap_for_passphrase(data_key, passphrase, recording_id), indent=1))
         for path in files:
@@ -126,8 +205,18 @@ def export_package(
             done += path.stat().st_size
             if progress is not None:
                 progress(done, total)
+        # the call's session (the manifest's own "session_id" names the recording)
+        session_id = (manifest.get("metadata") or {}).get("session_id")
+        if evidence is not None and isinstance(session_id, str):
+            index = _write_evidence(z, evidence, session_id, data_key)
+            if index:
+                z.writestr(EVIDENCE_INDEX, json.dumps(index, indent=1))
+        z.writestr("README.txt", README.format(
+            **info, fingerprint=manifest.get("signing_key", {}).get("fingerprint", "?"),
+            chain_final=manifest.get("chain", {}).get("final", "?"), package_name=out.name,
+            evidence=_evidence_readme(index)))
     os.replace(tmp, out)
-    return {**info, "bytes": total, "files": len(files)}
+    return {**info, "bytes": total, "files": len(files), "evidence": len(index)}
 
 
 def _extract(package: Path, into: Path) -> Path:
@@ -155,24 +244,35 @@ def verify_package(package: Path, public_key_pem: bytes | None = None,
 
 
 def decrypt_package(package: Path, out_dir: Path, passphrase: str) -> list[Path]:
-    """Write the package's per-party WebMs (plaintext) into ``out_dir`` for playback."""
-    from .encrypted_file import open_encrypted
-
+    """Write the package's per-party WebMs (plaintext) into ``out_dir`` for playback, and its
+    identity evidence into ``out_dir/evidence/``, each checked against the index's SHA-256."""
     written = []
     with zipfile.ZipFile(package) as z:
         info = json.loads(z.read("export.json"))
         data_key = unwrap_export_key(json.loads(z.read(EXPORT_KEY)), passphrase, info["recording_id"])
+        names = z.namelist()
+        index = json.loads(z.read(EVIDENCE_INDEX)) if EVIDENCE_INDEX in names else []
+        expected = {e["file"]: e["sha256"] for e in index}
         with tempfile.TemporaryDirectory(prefix="vcounter-decrypt-") as tmp:
-            for name in z.namelist():
+            for name in names:
                 if name.startswith(RECORDING_DIR) and name.endswith(".webm.enc"):
-                    source = Path(z.extract(name, tmp))
                     target = out_dir / Path(name).name.removesuffix(".enc")
-                    encrypted = open_encrypted(source, data_key)
-                    try:
-                        with open(target, "wb") as f:
-                            for block in encrypted.iter_plaintext():
-                                f.write(block)
-                    finally:
-                        encrypted.close()
-                    written.append(target)
+                elif name in expected and _EVIDENCE_FILE.fullmatch(name):
+                    target = out_dir / "evidence" / Path(name).name.removesuffix(".enc")
+                    target.parent.mkdir(exist_ok=True)
+                else:
+                    continue
+                digest = hashlib.sha256()
+                encrypted = open_encrypted(Path(z.extract(name, tmp)), data_key)
+                try:
+                    with open(target, "wb") as f:
+                        for block in encrypted.iter_plaintext():
+                            f.write(block)
+                            digest.update(block)
+                finally:
+                    encrypted.close()
+                if name in expected and digest.hexdigest() != expected[name]:
+                    target.unlink()
+                    raise IntegrityError(f"{name}: decrypted data does not match its SHA-256 in {EVIDENCE_INDEX}")
+                written.append(target)
     return written

@@ -64,10 +64,34 @@ class Config:
         ("loan_signing", 10 * 365),
         ("wealth_product", 20 * 365),
     )
+    #: face verification, liveness and presence checks (issue #4)
+    identity: bool = True
+    #: face worker processes; 0 = one per core but one (at least 1)
+    identity_workers: int = 0
+    #: largest distance between two face embeddings still taken as the same person
+    #: (chosen from bench/identity_eval.py: see docs/identity.md)
+    identity_threshold: float = 0.40
+    #: actions a liveness challenge draws from, asked in a random order (comma list)
+    liveness_steps: str = "blink,turn_left,turn_right"
+    #: seconds the customer has for each liveness action
+    liveness_step_seconds: float = 8.0
+    #: seconds between presence checks of each party's video during a call
+    presence_interval_s: float = 0.5
+    #: seconds without a face before "face missing" is raised
+    presence_missing_s: float = 3.0
+    #: days after a session ended before the identity evidence of a session that never got a
+    #: recording (say, an ID photo uploaded and the queue abandoned) is deleted; evidence of a
+    #: recorded session is deleted with its last recording
+    identity_orphan_days: int = 1
 
     @property
     def recordings_dir(self) -> Path:
         return Path(self.data_dir) / "recordings"
+
+    @property
+    def identity_dir(self) -> Path:
+        """The encrypted identity evidence (reference photos, embeddings, snapshots) per session."""
+        return Path(self.data_dir) / "identity"
 
     def retention_for(self, business: str) -> int:
         return dict(self.retention_days).get(business, 20 * 365)
