@@ -15,7 +15,7 @@ from .auth import LoginThrottle
 from .config import Config
 from .db import Database
 from .exceptions import ServerError
-from .keys import BROKER, CHANNELS, CONFIG, DB, HUB, RECORDINGS, REPLAYS, THROTTLE
+from .keys import BROKER, CHANNELS, CONFIG, DB, HUB, IDENTITY, RECORDINGS, REPLAYS, THROTTLE
 from .recording import RecordingService, load_keys
 from .routes import setup_routes
 from .session_log import DbSessionLog, close_orphaned_sessions
@@ -49,6 +49,17 @@ async def errors_and_headers(request: web.Request, handler):  # type: ignore[no-
         if request.path.startswith("/api/"):
             response.headers.setdefault("Cache-Control", "no-store")
     return response
+
+
+def _identity_service(config: Config, broker: Broker, hub: MediaHub, master):  # type: ignore[no-untyped-def]
+    from identity import FaceWorker
+    from recorder.evidence import EvidenceStore
+
+    from .identity_service import IdentityService
+
+    worker = FaceWorker(config.identity_workers or None)
+    evidence = EvidenceStore.local(config.identity_dir, master)
+    return IdentityService(config, broker, hub, evidence, worker)
 
 
 def create_app(config: Config) -> web.Application:
@@ -86,18 +97,32 @@ def create_app(config: Config) -> web.Application:
         broker_ref.append(broker)
         app[BROKER] = broker
         recordings = None
-        if config.recording:
+        identity = None
+        master = signing = None
+        if config.recording or config.identity:
             master, signing = load_keys(config)
+        if config.recording:
             recordings = RecordingService(config, db, hub, master, signing, log_event=broker.log.event)
             app[RECORDINGS] = recordings
             await recordings.recover_interrupted()
             broker.on_call_started.append(recordings.call_started)
             broker.on_call_ended.append(recordings.call_ended)
             broker.log.listeners.append(recordings.event)  # type: ignore[attr-defined]
+        if config.identity:
+            assert master is not None
+            identity = _identity_service(config, broker, hub, master)
+            app[IDENTITY] = identity
+            identity.start()
+            broker.on_call_started.append(identity.call_started)
+            broker.on_call_ended.append(identity.call_ended)
+            broker.on_session_closed.append(identity.session_closed)
         logger.info("node %s ready (media %s, database %s)", config.node_id, config.media_mode,
                     db.engine.url.render_as_string(hide_password=True))
         yield
         await broker.aclose()
+        if identity is not None:
+            await identity.aclose()
+            await identity.worker.aclose()
         if recordings is not None:
             await recordings.aclose()
         await hub.aclose()
@@ -112,6 +137,10 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(resources)
     app.on_shutdown.append(on_shutdown)
     setup_routes(app)
+    if config.identity:
+        from .identity_routes import setup_identity_routes
+
+        setup_identity_routes(app)
     if config.recording:
         from .audit import setup_audit_routes
 

@@ -1,4 +1,4 @@
-"""The ``vcounter`` command line: serve, manage users."""
+"""The ``vcounter`` command line: serve, manage users, recordings, identity checks."""
 
 from __future__ import annotations
 
@@ -89,6 +89,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         changes["demo"] = True
     if args.no_recording:
         changes["recording"] = False
+    if args.no_identity:
+        changes["identity"] = False
     if args.cert:
         changes["cert_file"] = Path(args.cert)
     if args.key:
@@ -287,6 +289,7 @@ def _read_passphrase(path: str | None) -> str | None:
 def cmd_export(args: argparse.Namespace) -> int:
     from sqlmodel import select
 
+    from recorder.evidence import EvidenceStore
     from recorder.exceptions import RecorderError
     from recorder.export import export_package
 
@@ -318,7 +321,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         target = out if len(rows) == 1 else out.with_name(f"{out.stem}-{row.leg}{out.suffix}")
         try:
             summary = export_package(config.recordings_dir / row.id, target, master, passphrase,
-                                     exported_by=actor.username, progress=_progress(f"export {row.id}"))
+                                     exported_by=actor.username, progress=_progress(f"export {row.id}"),
+                                     evidence=EvidenceStore.local(config.identity_dir, master))
         except RecorderError as exc:
             print(f"error: {exc}", file=sys.stderr)
             db.close()
@@ -336,7 +340,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_decrypt_export(args: argparse.Namespace) -> int:
-    from recorder.exceptions import WrongKey
+    from recorder.exceptions import RecorderError
     from recorder.export import decrypt_package
 
     passphrase = _read_passphrase(args.passphrase_file)
@@ -347,7 +351,7 @@ def cmd_decrypt_export(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     try:
         files = decrypt_package(Path(args.package), out, passphrase)
-    except WrongKey as exc:
+    except RecorderError as exc:  # wrong passphrase, or a damaged / altered package
         print(f"error: {exc}", file=sys.stderr)
         return 1
     for f in files:
@@ -358,6 +362,8 @@ def cmd_decrypt_export(args: argparse.Namespace) -> int:
 def cmd_purge(args: argparse.Namespace) -> int:
     from datetime import datetime
 
+    from recorder.evidence import EvidenceStore
+
     from . import retention
 
     config, db = _open_db(args)
@@ -366,14 +372,19 @@ def cmd_purge(args: argparse.Namespace) -> int:
         from datetime import UTC
 
         now = now.replace(tzinfo=UTC)
+    evidence = EvidenceStore.local(config.identity_dir, None)  # deleting needs no key
     with db.session() as s:
-        purged = retention.purge(s, config.recordings_dir, now=now, dry_run=args.dry_run)
+        report = retention.purge(s, config.recordings_dir, evidence=evidence, now=now, dry_run=args.dry_run,
+                                 orphan_days=config.identity_orphan_days)
         s.commit()
     db.close()
     verb = "would delete" if args.dry_run else "deleted"
-    for p in purged:
+    for p in report.recordings:
         print(f"{verb} {p.recording_id} (session {p.session_id}, retention ended {p.retention_until.date()})")
-    print(f"{len(purged)} recording(s) {verb}; held and unexpired recordings kept")
+    for e in report.evidence:
+        print(f"{verb} identity evidence of session {e.session_id} ({e.items} item(s); {e.reason})")
+    print(f"{len(report.recordings)} recording(s) and the identity evidence of {len(report.evidence)} "
+          f"session(s) {verb}; held and unexpired recordings kept")
     return 0
 
 
@@ -393,6 +404,106 @@ def cmd_hold(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
+    return value
+
+
+def _print_json(obj: object) -> None:
+    import json
+
+    print(json.dumps(obj, ensure_ascii=False), flush=True)
+
+
+def _internal_error(what: str) -> int:
+    """An unexpected exception in an identity check: exit 2 (an error), never 1 (a verdict)."""
+    import traceback
+
+    traceback.print_exc()
+    print(f"error: {what} failed unexpectedly (traceback above)", file=sys.stderr)
+    return 2
+
+
+def cmd_identity_compare(args: argparse.Namespace) -> int:
+    """Same person or not: two images (exit 0 match, 1 no match, 2 error), or a CSV of pairs."""
+    if args.pairs is not None and args.images:
+        args.usage_error("give two images or --pairs FILE.csv, not both")
+    if args.pairs is None and len(args.images) != 2:
+        args.usage_error("expected two images IMG_A IMG_B (or --pairs FILE.csv)")
+    if args.root is not None and args.pairs is None:
+        args.usage_error("--root goes with --pairs")
+    kwargs = {} if args.threshold is None else {"threshold": args.threshold}
+    if args.pairs is not None:
+        return _compare_pairs(Path(args.pairs), Path(args.root) if args.root else None, kwargs)
+
+    from identity.cli import compare_images
+
+    try:
+        result = compare_images(*args.images, **kwargs)
+    except Exception:
+        return _internal_error("compare")
+    if args.json:
+        _print_json(result)
+    if "error" in result:
+        which = result["image"]
+        path = args.images[0 if which == "a" else 1]
+        print(f"error: image {which.upper()} ({path}): {result['message']}", file=sys.stderr)
+        return 2
+    if not args.json:
+        threshold = result["threshold"]
+        shown = f"{threshold:.2f}" if round(threshold, 2) == threshold else f"{threshold:g}"
+        print(f"{'match' if result['match'] else 'no match'} distance={result['distance']:.4f} "
+              f"threshold={shown}")
+    return 0 if result["match"] else 1
+
+
+def _compare_pairs(csv_path: Path, root: Path | None, kwargs: dict[str, float]) -> int:
+    """One JSON line per pair, each printed as soon as it is judged; 2 when the CSV cannot be read."""
+    import csv
+
+    from identity.cli import compare_pairs
+
+    root = csv_path.parent if root is None else root
+    if not root.is_dir():
+        print(f"error: --root {root} is not a folder", file=sys.stderr)
+        return 2
+    try:
+        for row in compare_pairs(csv_path, root, **kwargs):
+            _print_json(row)
+    except BrokenPipeError:
+        # the reader went away (``| head``): stop quietly, without a second error at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        print(f"error: cannot read pairs file {csv_path}: {exc}", file=sys.stderr)
+        return 2
+    except Exception:
+        return _internal_error("compare --pairs")
+    return 0
+
+
+def cmd_identity_liveness(args: argparse.Namespace) -> int:
+    """Judge a video against a challenge: one JSON object; exit 0 passed, 1 failed, 2 error."""
+    from identity.cli import liveness_video
+
+    kwargs = {} if args.step_time_limit is None else {"step_time_limit_s": args.step_time_limit}
+    try:
+        result = liveness_video(args.video, args.challenge, **kwargs)
+    except Exception:
+        return _internal_error("liveness")
+    _print_json(result)
+    if "error" in result:
+        about = "challenge" if result["error"] == "bad_challenge" else args.video
+        print(f"error: {about}: {result['message']}", file=sys.stderr)
+        return 2
+    return 0 if result["passed"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vcounter", description="Open-source bank video counter")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -407,6 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--media-mode", choices=["passthrough", "transcode"],
                        help="forward encoded media (default) or decode and re-encode (benchmark)")
     serve.add_argument("--demo", action="store_true", help="create demo accounts and print them")
+    serve.add_argument("--no-identity", action="store_true",
+                       help="no face verification, liveness or presence checks (no face worker processes)")
     serve.add_argument("--no-recording", action="store_true",
                        help="do not record calls (media benchmarks only: regulated counters record)")
     serve.add_argument("-v", "--verbose", action="store_true")
@@ -464,6 +577,35 @@ def build_parser() -> argparse.ArgumentParser:
     hold.add_argument("--release", action="store_true", help="lift the hold")
     hold.add_argument("--data-dir")
     hold.set_defaults(func=cmd_hold)
+
+    identity = sub.add_parser("identity", help="check faces and liveness on files (same code as the server)")
+    identity_sub = identity.add_subparsers(dest="identity_command", required=True)
+    compare = identity_sub.add_parser(
+        "compare", help="same person or not: exit 0 match, 1 no match, 2 error",
+        description="Compare the faces of two images (one face each), or of every row img_a,img_b "
+                    "of a CSV (--pairs: one JSON line per row).")
+    compare.add_argument("images", nargs="*", metavar="IMG", help="IMG_A IMG_B")
+    compare.add_argument("--threshold", type=_positive_float, metavar="T",
+                         help="largest face distance that still matches (default 0.40)")
+    compare.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    compare.add_argument("--pairs", metavar="FILE.csv",
+                         help="rows img_a,img_b (a first row img_a,img_b is a header); exit 0 "
+                         "unless the file cannot be read")
+    compare.add_argument("--root", metavar="DIR",
+                         help="with --pairs: the folder the CSV's paths are relative to and may not "
+                         "leave (default: the CSV's folder)")
+    compare.set_defaults(func=cmd_identity_compare, usage_error=compare.error)
+
+    liveness = identity_sub.add_parser(
+        "liveness", help="judge a video against a challenge: exit 0 passed, 1 failed, 2 error",
+        description="Judge a face video against a liveness challenge and print one JSON object: "
+                    "passed, reason and the evidence (frame numbers and times per step).")
+    liveness.add_argument("video")
+    liveness.add_argument("--challenge", required=True,
+                          help="blink, turn_left or turn_right, or several in order: turn_left,blink")
+    liveness.add_argument("--step-time-limit", type=float, metavar="S",
+                          help="seconds of video allowed for each step (default 8)")
+    liveness.set_defaults(func=cmd_identity_liveness)
     return parser
 
 

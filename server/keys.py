@@ -13,6 +13,7 @@ from signaling.media_hub import MediaHub
 from .auth import LoginThrottle
 from .config import Config
 from .db import Database
+from .identity_service import IdentityService
 from .recording import RecordingService
 
 CONFIG = web.AppKey("config", Config)
@@ -20,6 +21,8 @@ DB = web.AppKey("db", Database)
 HUB = web.AppKey("hub", MediaHub)
 BROKER = web.AppKey("broker", Broker)
 RECORDINGS = web.AppKey("recordings", RecordingService)
+#: face checks (absent when switched off)
+IDENTITY = web.AppKey("identity", IdentityService)
 THROTTLE = web.AppKey("login_throttle", LoginThrottle)
 #: open WebSocket channels, closed at shutdown
 CHANNELS = web.AppKey("channels", weakref.WeakSet[Any])

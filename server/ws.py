@@ -23,7 +23,7 @@ from signaling.broker import CLOSE_POLICY, AgentConn, AgentUser, Broker, Session
 from signaling.exceptions import InvalidMessage, NotAuthenticated, SignalingError
 
 from . import auth
-from .keys import BROKER, CHANNELS, DB
+from .keys import BROKER, CHANNELS, DB, IDENTITY
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +146,34 @@ async def _frames(ws: web.WebSocketResponse, channel: WsChannel, limiter: RateLi
             return
 
 
+IDENTITY_MESSAGES = (m.IdentityVerify, m.LivenessStart, m.CaptureSnapshot, m.CaptureReference,
+                     m.ManualVerification)
+
+
+async def _identity_request(request: web.Request, session: Session, user: AgentUser, msg: object) -> None:
+    """An agent's identity action on their current call (the work runs in the background)."""
+    identity = request.app.get(IDENTITY)
+    if isinstance(msg, m.ManualVerification):
+        if identity is None:
+            await request.app[BROKER].log_event(session.id, "identity_manual", verified=msg.verified,
+                                                reason=msg.reason, by=user.username)
+        else:
+            await identity.manual_verification(session, msg.verified, msg.reason, user.username)
+        return
+    if identity is None:
+        raise SignalingError("face checks are switched off on this server", code="identity_unavailable")
+    if session.state != "active":
+        raise SignalingError("identity checks need an active call", code="bad_state")
+    if isinstance(msg, m.IdentityVerify):
+        await identity.verify(session)
+    elif isinstance(msg, m.LivenessStart):
+        await identity.start_liveness(session)
+    elif isinstance(msg, m.CaptureSnapshot):
+        await identity.snapshot(session, user.username)
+    elif isinstance(msg, m.CaptureReference):
+        await identity.capture_reference(session, user.username)
+
+
 def _websocket() -> web.WebSocketResponse:
     return web.WebSocketResponse(heartbeat=10.0, max_msg_size=READ_LIMIT)
 
@@ -171,7 +199,8 @@ async def customer_ws(request: web.Request) -> web.WebSocketResponse:
                         raise SignalingError(
                             "calls are recorded as banking regulation requires: accept the "
                             "recording notice (recording_consent: true) to join", code="consent_required")
-                    session = await broker.customer_join(channel, msg.business.value, msg.display_name)
+                    session = await broker.customer_join(channel, msg.business.value, msg.display_name,
+                                                         face_consent=msg.face_consent)
                     channel.label = f"customer {session.id}"
                 elif isinstance(msg, m.Rejoin):
                     if session is not None:
@@ -188,6 +217,12 @@ async def customer_ws(request: web.Request) -> web.WebSocketResponse:
                     await broker.offer(session, "customer", msg.sdp)
                 elif isinstance(msg, m.RequestKeyframe):
                     broker.request_keyframe(session, "customer")
+                elif isinstance(msg, m.FaceConsent):
+                    identity = request.app.get(IDENTITY)
+                    if identity is None:
+                        await broker.set_face_consent(session, msg.accepted)
+                    else:
+                        await identity.set_consent(session, msg.accepted)
             except SignalingError as exc:
                 _error(channel, exc)
                 if exc.fatal:
@@ -275,6 +310,8 @@ async def agent_ws(request: web.Request) -> web.WebSocketResponse:
                     await broker.offer(broker.session_of_agent(agent), "agent", msg.sdp)
                 elif isinstance(msg, m.RequestKeyframe):
                     broker.request_keyframe(broker.session_of_agent(agent), "agent")
+                elif isinstance(msg, IDENTITY_MESSAGES):
+                    await _identity_request(request, broker.session_of_agent(agent), user, msg)
             except SignalingError as exc:
                 _error(channel, exc)
                 if exc.fatal:

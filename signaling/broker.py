@@ -112,6 +112,8 @@ class Session:
     channel: Channel | None = field(default=None, repr=False)
     drop_task: asyncio.Task[None] | None = field(default=None, repr=False)
     last_queue_update: tuple[int, int, int] | None = None
+    #: the customer consents to face verification (separate from the recording notice)
+    face_consent: bool = False
 
     @property
     def connected(self) -> bool:
@@ -152,6 +154,8 @@ class Broker:
         #: callbacks run when a call becomes active / ends (recorder, identity hook in here)
         self.on_call_started: list[Callable[[Session], Awaitable[None]]] = []
         self.on_call_ended: list[Callable[[Session], Awaitable[None]]] = []
+        #: the session is over (ended, abandoned or failed), whether or not a call took place
+        self.on_session_closed: list[Callable[[Session], Awaitable[None]]] = []
 
     # -- helpers -------------------------------------------------------------------
 
@@ -196,6 +200,34 @@ class Broker:
     def session(self, session_id: str) -> Session | None:
         return self._sessions.get(session_id)
 
+    def customer_session(self, session_id: str, token: str) -> Session:
+        """The live session that ``token`` (the customer's rejoin token) opens, else Forbidden.
+
+        How HTTP requests made by the customer's page (an ID photo upload)
+        prove they come from that session's customer.
+        """
+        session = self._sessions.get(session_id)
+        if session is None or not hmac.compare_digest(session.token_hash, hash_token(token)):
+            raise Forbidden("that session does not exist or the token does not match")
+        return session
+
+    async def set_face_consent(self, session: Session, accepted: bool) -> None:
+        if session.face_consent != accepted:
+            session.face_consent = accepted
+            await self._event(session.id, "face_consent", accepted=accepted)
+
+    async def log_event(self, session_id: str, kind: str, **data: object) -> None:
+        """Put an event on the session's timeline (and the recording's, during a call)."""
+        await self._event(session_id, kind, **data)
+
+    def send(self, session: Session, role: str, message: BaseModel) -> bool:
+        """Send a message to one party of ``session`` if connected."""
+        channel = self._channel(session, role)
+        if channel is None:
+            return False
+        channel.send(message)
+        return True
+
     def agent(self, agent_id: int) -> AgentConn | None:
         return self._agents.get(agent_id)
 
@@ -205,7 +237,9 @@ class Broker:
 
     # -- customers -----------------------------------------------------------------
 
-    async def customer_join(self, channel: Channel, business: str, display_name: str) -> Session:
+    async def customer_join(
+        self, channel: Channel, business: str, display_name: str, *, face_consent: bool = False
+    ) -> Session:
         token = secrets.token_urlsafe(32)
         session = Session(
             id=secrets.token_urlsafe(12),
@@ -214,6 +248,7 @@ class Broker:
             token_hash=hash_token(token),
             created_at=time.time(),
             channel=channel,
+            face_consent=face_consent,
         )
         async with self._lock:
             self._sessions[session.id] = session
@@ -222,6 +257,7 @@ class Broker:
                 QueueEntry(session.id, business, session.created_at, node_id=self.config.node_id)
             )
             await self._event(session.id, "queued", business=business)
+            await self._event(session.id, "face_consent", accepted=face_consent)
             logger.info("session %s: customer joined the %s queue", session.id, business)
             channel.send(
                 m.Joined(
@@ -645,6 +681,8 @@ class Broker:
         self._ended[session.id] = session
         while len(self._ended) > 1000:
             self._ended.popitem(last=False)
+        for hook in self.on_session_closed:
+            await hook(session)
         await self._broadcast_queue()
 
     async def aclose(self) -> None:

@@ -179,11 +179,13 @@ class HeadlessParticipant:
 
     # -- roles ---------------------------------------------------------------------
 
-    async def join(self, business: str, display_name: str = "Headless customer") -> dict[str, Any]:
+    async def join(
+        self, business: str, display_name: str = "Headless customer", *, face_consent: bool = False
+    ) -> dict[str, Any]:
         self.role = "customer"
         await self._open("/ws/customer")
         await self.send({"type": "join", "business": business, "display_name": display_name,
-                         "recording_consent": True})
+                         "recording_consent": True, "face_consent": face_consent})
         return await self.wait_for("joined")
 
     async def rejoin(self, session_id: str | None = None, token: str | None = None) -> dict[str, Any]:

@@ -82,6 +82,9 @@ class Join(_Msg):
     display_name: DisplayName
     #: the customer accepted the "this call is recorded" notice (双录告知); required
     recording_consent: bool = False
+    #: separate, optional consent to face verification (人脸识别授权); without it the agent
+    #: verifies the customer manually
+    face_consent: bool = False
 
 
 class Rejoin(_Msg):
@@ -121,12 +124,55 @@ class Decline(_Msg):
     session_id: SessionId
 
 
+# --- identity (issue #4) -----------------------------------------------------------
+
+
+class FaceConsent(_Msg):
+    """Customer: give or withdraw consent to face verification (any time in the session)."""
+
+    type: Literal["face_consent"]
+    accepted: bool
+
+
+class IdentityVerify(_Msg):
+    """Agent: compare the customer's live face with the reference photo now."""
+
+    type: Literal["identity_verify"]
+
+
+class LivenessStart(_Msg):
+    """Agent: issue a liveness challenge to the customer."""
+
+    type: Literal["liveness_start"]
+
+
+class CaptureSnapshot(_Msg):
+    """Agent: keep the customer's current frame as evidence."""
+
+    type: Literal["capture_snapshot"]
+
+
+class CaptureReference(_Msg):
+    """Agent: take the reference face from the ID card the customer holds up to the camera."""
+
+    type: Literal["capture_reference"]
+
+
+class ManualVerification(_Msg):
+    """Agent: the outcome of verifying the customer by eye (no face consent, or a failed check)."""
+
+    type: Literal["manual_verification"]
+    verified: bool
+    reason: Annotated[str, Field(min_length=3, max_length=500, pattern=r"^[^\x00-\x08\x0b-\x1f]+$")]
+
+
 CustomerMessage = Annotated[
-    Join | Rejoin | Cancel | Offer | Hangup | Ping | RequestKeyframe,
+    Join | Rejoin | Cancel | Offer | Hangup | Ping | RequestKeyframe | FaceConsent,
     Field(discriminator="type"),
 ]
 AgentMessage = Annotated[
-    Auth | SetStatus | Accept | Decline | Offer | Hangup | Ping | RequestKeyframe,
+    Auth | SetStatus | Accept | Decline | Offer | Hangup | Ping | RequestKeyframe
+    | IdentityVerify | LivenessStart | CaptureSnapshot | CaptureReference | ManualVerification,
     Field(discriminator="type"),
 ]
 
@@ -289,6 +335,53 @@ class Error(_Msg):
     fatal: bool = False
 
 
+class Instruction(_Msg):
+    step: str
+    en: str
+    zh: str
+
+
+class LivenessChallenge(_Msg):
+    """To the customer (and the agent): do these actions in this order."""
+
+    type: Literal["liveness_challenge"] = "liveness_challenge"
+    steps: list[str]
+    instructions: list[Instruction]
+    step_time_limit_s: float
+
+
+class LivenessProgress(_Msg):
+    type: Literal["liveness_progress"] = "liveness_progress"
+    current: str | None
+    completed: list[str]
+
+
+class LivenessOutcome(_Msg):
+    type: Literal["liveness_result"] = "liveness_result"
+    passed: bool
+    reason: str | None
+    message: str
+    message_zh: str
+
+
+class VerificationOutcome(_Msg):
+    """To the customer: whether their face was verified, or what to fix (no scores)."""
+
+    type: Literal["verification_result"] = "verification_result"
+    verified: bool
+    reason: str
+    message: str
+    message_zh: str
+
+
+class IdentityPanel(_Msg):
+    """To the agent: everything the identity panel shows (sent whenever it changes)."""
+
+    type: Literal["identity"] = "identity"
+    session_id: str
+    state: dict[str, Any]
+
+
 ServerMessage = (
     Joined
     | Rejoined
@@ -304,6 +397,11 @@ ServerMessage = (
     | Requeued
     | CallEnded
     | QueueStats
+    | LivenessChallenge
+    | LivenessProgress
+    | LivenessOutcome
+    | VerificationOutcome
+    | IdentityPanel
     | Pong
     | Error
 )

@@ -90,8 +90,9 @@ class Counter:
         return self.app[DB]
 
     def participant(self, name: str = "p", *, media: bool = True, **kwargs) -> HeadlessParticipant:
-        p = HeadlessParticipant(self.url, video=self.video if media else None,
-                                audio=self.audio if media else None, name=name, **kwargs)
+        kwargs.setdefault("video", self.video if media else None)
+        kwargs.setdefault("audio", self.audio if media else None)
+        p = HeadlessParticipant(self.url, name=name, **kwargs)
         self._participants.append(p)
         return p
 
@@ -118,7 +119,9 @@ def config_factory(tmp_path: Path) -> Callable[..., Config]:
         base = Config(data_dir=tmp_path / "data", tls=False, host="127.0.0.1", port=0,
                       rejoin_window_s=30.0, offer_timeout_s=20.0, node_id="test-node",
                       master_key_file=tmp_path / "keys" / "master.key",
-                      signing_key_file=tmp_path / "keys" / "signing.pem")
+                      signing_key_file=tmp_path / "keys" / "signing.pem",
+                      # face checks decode video and start worker processes: only where tested
+                      identity=False)
         return replace(base, **changes)
 
     return make

@@ -32,7 +32,8 @@ class ServerProcess:
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "VCOUNTER_NODE_ID": "crash-test-node", **(env or {})}
+        self.env = {**os.environ, "VCOUNTER_NODE_ID": "crash-test-node", "VCOUNTER_IDENTITY": "0",
+                    **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir.parent / f"server-{self.port}.log"
 

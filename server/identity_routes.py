@@ -1,0 +1,140 @@
+"""HTTP side of identity: ID photo upload and the evidence images (see docs/identity.md).
+
+``POST /api/identity/{session_id}/reference``
+    The customer's page uploads the ID photo as the raw request body
+    (``Content-Type: image/jpeg``, ``image/png``...), proving it is that
+    session's customer with ``X-Session-Token: <rejoin token>``. An admin may
+    upload for a session too (the bank's system, with an admin's bearer token).
+``GET /api/identity/{session_id}/evidence``
+    Auditors and admins: the session's evidence items (no data). Logged.
+``GET /api/identity/{session_id}/evidence/{item_id}``
+    The image (reference photo or snapshot), decrypted: the agent serving
+    that session during the call, or auditors and admins (every view logged).
+    Embeddings are never served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+
+from identity import IdentityError, ImageError, ImageLimits
+from recorder.evidence import EvidenceNotFound
+from signaling.exceptions import SignalingError
+
+from .audit import AUDIT_ROLES, log_access
+from .exceptions import BadRequest, Forbidden, NotFound, ServerError, Unauthorized
+from .keys import BROKER, IDENTITY
+from .routes import bearer_token, current_user
+
+logger = logging.getLogger(__name__)
+
+MAX_UPLOAD = ImageLimits().max_bytes
+IMAGE_KINDS = ("reference_image", "snapshot")
+
+
+class PayloadTooLarge(ServerError):
+    status = 413
+    code = "image_too_large"
+
+
+def _service(request: web.Request):  # type: ignore[no-untyped-def]
+    service = request.app.get(IDENTITY)
+    if service is None:
+        raise NotFound("face checks are switched off on this server")
+    return service
+
+
+async def _read_body(request: web.Request) -> bytes:
+    if request.content_length is not None and request.content_length > MAX_UPLOAD:
+        raise PayloadTooLarge(f"image too large (max {MAX_UPLOAD // (1024 * 1024)} MB)")
+    chunks, size = [], 0
+    async for chunk in request.content.iter_chunked(256 * 1024):
+        size += len(chunk)
+        if size > MAX_UPLOAD:
+            raise PayloadTooLarge(f"image too large (max {MAX_UPLOAD // (1024 * 1024)} MB)")
+        chunks.append(chunk)
+    if not size:
+        raise BadRequest("the request body is empty: send the image bytes")
+    return b"".join(chunks)
+
+
+async def upload_reference(request: web.Request) -> web.Response:
+    service = _service(request)
+    session_id = request.match_info["session_id"]
+    token = request.headers.get("X-Session-Token")
+    broker = request.app[BROKER]
+    if token:
+        try:
+            session = broker.customer_session(session_id, token)
+        except SignalingError:
+            raise Forbidden("that session does not exist or the token does not match") from None
+    else:
+        if bearer_token(request) is None:
+            raise Unauthorized("send X-Session-Token (customer) or log in (admin)")
+        user = await current_user(request)
+        if user.role != "admin":
+            raise Forbidden("only the session's customer or an admin can set the reference photo")
+        session = broker.session(session_id)
+        if session is None:
+            raise NotFound("no such live session")
+    data = await _read_body(request)
+    try:
+        reference = await service.upload_reference(session, data, request.content_type)
+    except IdentityError as exc:
+        status = 413 if exc.code == "image_too_large" else 400 if isinstance(exc, ImageError) else 422
+        return web.json_response({"error": exc.code, "message": exc.message}, status=status)
+    except SignalingError as exc:
+        return web.json_response({"error": exc.code, "message": exc.message}, status=409)
+    return web.json_response({"reference": reference})
+
+
+async def _evidence_reader(request: web.Request, session_id: str):  # type: ignore[no-untyped-def]
+    """The user, if they may see this session's evidence: its agent during the call, or an auditor."""
+    user = await current_user(request)
+    if user.role in AUDIT_ROLES:
+        return user, True
+    session = request.app[BROKER].session(session_id)
+    if user.role == "agent" and session is not None and session.agent is not None \
+            and session.agent.id == user.id and session.state == "active":
+        return user, False
+    raise Forbidden("only the agent serving this call and auditors can see its evidence")
+
+
+async def list_evidence(request: web.Request) -> web.Response:
+    service = _service(request)
+    session_id = request.match_info["session_id"]
+    user, audited = await _evidence_reader(request, session_id)
+    try:
+        items = await asyncio.to_thread(service.evidence.list, session_id)
+    except ValueError:
+        raise NotFound("no such session") from None
+    if audited:
+        await log_access(request, user, "evidence_list", session_id)
+    return web.json_response({"items": [
+        {**i.as_dict(), "url": f"/api/identity/{session_id}/evidence/{i.id}"
+         if i.kind in IMAGE_KINDS else None} for i in items]})
+
+
+async def get_evidence(request: web.Request) -> web.Response:
+    service = _service(request)
+    session_id, item_id = request.match_info["session_id"], request.match_info["item_id"]
+    user, audited = await _evidence_reader(request, session_id)
+    try:
+        item, data = await asyncio.to_thread(service.evidence.get, session_id, item_id)
+    except (EvidenceNotFound, ValueError):
+        raise NotFound("no such evidence item") from None
+    if item.kind not in IMAGE_KINDS:
+        raise NotFound("no such evidence item")
+    if audited:
+        await log_access(request, user, f"evidence_view_{item.kind}", f"{session_id}/{item_id}")
+    return web.Response(body=data, content_type=item.content_type,
+                        headers={"Cache-Control": "no-store", "Content-Disposition": "inline"})
+
+
+def setup_identity_routes(app: web.Application) -> None:
+    app.router.add_post("/api/identity/{session_id}/reference", upload_reference)
+    app.router.add_get("/api/identity/{session_id}/evidence", list_evidence)
+    app.router.add_get("/api/identity/{session_id}/evidence/{item_id}", get_evidence)

@@ -1,0 +1,639 @@
+"""Identity during a call: the server side of issue #4.
+
+Composes :mod:`identity` (face work, in a process pool), the media hub's
+decoded-frame taps, the broker (who is in which session, timeline events) and
+the encrypted evidence store:
+
+* **reference** -- the customer uploads an ID photo (HTTP, with the session's
+  rejoin token), or the agent captures the ID card the customer holds up to
+  the camera. Kept encrypted, with its embedding.
+* **verification** -- the agent presses "verify" (and it runs on its own when
+  a call starts with a reference): frames of the customer's video are checked
+  until one passes the quality gates, then compared with the reference.
+* **liveness** -- a challenge of random actions, shown on the customer's
+  screen, judged on the live frames as they arrive.
+* **presence** -- twice a second, both parties' video is checked: face
+  missing, several faces, a face that no longer matches the verified one.
+* **snapshots** -- the agent keeps the customer's current frame as evidence.
+
+Every outcome is a session event (on the recording's signed timeline, with
+the SHA-256 of any image kept) and updates the agent's panel. Face data needs
+the customer's separate consent; without it only manual verification, face
+detection (presence) and snapshots happen. Nothing about faces is logged.
+
+Video is decoded only while a check needs it (:class:`FrameFeed`), and all
+face work runs in :class:`identity.FaceWorker`'s processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Any
+
+import av
+import cv2
+import numpy as np
+from aiortc.mediastreams import MediaStreamError
+
+from identity import (
+    Challenge,
+    FaceBox,
+    FaceWorker,
+    IdentityError,
+    LivenessJudge,
+    PresenceMonitor,
+    Reference,
+    WorkerBusy,
+    WorkerClosed,
+    embedding_from_bytes,
+    embedding_to_bytes,
+)
+from identity.messages import text
+from recorder.evidence import EvidenceItem, EvidenceStore
+from signaling import messages as m
+from signaling.broker import Broker, Session
+from signaling.exceptions import InvalidState, SignalingError
+from signaling.media_hub import MediaHub
+
+from .config import Config
+
+logger = logging.getLogger(__name__)
+
+#: analysed frames are scaled to this longer side
+ANALYSIS_SIDE = 640
+#: seconds a verification keeps trying frames that fail a quality gate
+VERIFY_TIMEOUT_S = 6.0
+#: seconds to wait for the customer's first video frame when a call starts
+MEDIA_START_TIMEOUT_S = 30.0
+#: usable frames compared per verification (the closest one counts)
+VERIFY_FRAMES = 3
+#: seconds between full-frame face searches during liveness (a tracked window otherwise)
+FULL_SCAN_EVERY_S = 0.5
+PARTIES = ("customer", "agent")
+
+
+class IdentityUnavailable(SignalingError):
+    code = "identity_unavailable"
+
+
+@dataclass
+class Frame:
+    rgb: np.ndarray
+    #: the loop's clock when it arrived (seconds)
+    t: float
+    index: int
+
+
+class FrameFeed:
+    """The latest decoded frame of one party's video; the tap decodes only while a feed is open."""
+
+    def __init__(self, tap: Any, label: str) -> None:
+        self._tap = tap
+        self.label = label
+        self._latest: av.VideoFrame | None = None
+        self._latest_t = 0.0
+        self.count = 0
+        self._cached: Frame | None = None
+        self._arrived = asyncio.Event()
+        self._sub = tap.subscribe_decoded(backlog=2)
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"feed-{label}")
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                frame = await self._sub.recv()
+                self._latest, self._latest_t = frame, loop.time()
+                self.count += 1
+                self._arrived.set()
+        except MediaStreamError:
+            pass
+
+    def latest(self, full: bool = False) -> Frame | None:
+        """The newest frame as RGB (scaled to :data:`ANALYSIS_SIDE` unless ``full``)."""
+        frame = self._latest
+        if frame is None:
+            return None
+        if not full and self._cached is not None and self._cached.index == self.count:
+            return self._cached
+        w, h = frame.width, frame.height
+        scale = 1.0 if full else min(1.0, ANALYSIS_SIDE / max(w, h))
+        rgb = frame.to_ndarray(format="rgb24", width=max(2, round(w * scale) // 2 * 2),
+                               height=max(2, round(h * scale) // 2 * 2))
+        out = Frame(rgb, self._latest_t, self.count)
+        if not full:
+            self._cached = out
+        return out
+
+    async def next(self, after: int, timeout: float) -> Frame | None:
+        """The first frame newer than frame number ``after`` (None after ``timeout`` seconds)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.count <= after:
+            self._arrived.clear()
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0 or self._task.done():
+                return None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+        return self.latest()
+
+    async def aclose(self) -> None:
+        self._sub.close()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+@dataclass
+class SessionIdentity:
+    """What the server knows about one customer's identity during their session."""
+
+    session_id: str
+    reference: np.ndarray | None = field(default=None, repr=False)
+    reference_info: dict[str, Any] | None = None
+    #: embedding of the customer's live face once verified: presence compares with it
+    live_embedding: np.ndarray | None = field(default=None, repr=False)
+    verification: dict[str, Any] | None = None
+    liveness: dict[str, Any] | None = None
+    manual: dict[str, Any] | None = None
+    snapshots: list[dict[str, Any]] = field(default_factory=list)
+    presence: dict[str, PresenceMonitor] = field(default_factory=dict)
+    feeds: dict[str, FrameFeed] = field(default_factory=dict)
+    busy: str | None = None
+    error: dict[str, str] | None = None
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    last_panel: dict[str, Any] | None = None
+
+
+class IdentityService:
+    def __init__(
+        self,
+        config: Config,
+        broker: Broker,
+        hub: MediaHub,
+        evidence: EvidenceStore,
+        worker: FaceWorker,
+    ) -> None:
+        self.config = config
+        self.broker = broker
+        self.hub = hub
+        self.evidence = evidence
+        self.worker = worker
+        self.threshold = config.identity_threshold
+        self._states: dict[str, SessionIdentity] = {}
+        self._closed = False
+        self._warmup: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the face workers in the background (models load in ~2 s; calls need not wait)."""
+        self._warmup = asyncio.get_running_loop().create_task(self._start_workers(), name="face-warmup")
+
+    async def _start_workers(self) -> None:
+        try:
+            await self.worker.start()
+            logger.info("face workers ready (%d)", self.worker.max_workers)
+        except Exception:
+            logger.exception("face workers did not start: identity checks will fail")
+
+    # -- state ---------------------------------------------------------------------
+
+    def state(self, session_id: str) -> SessionIdentity:
+        st = self._states.get(session_id)
+        if st is None:
+            st = self._states[session_id] = SessionIdentity(session_id)
+        return st
+
+    def _spawn(self, st: SessionIdentity, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        task.set_name(f"{name}-{st.session_id}")
+        st.tasks.add(task)
+        task.add_done_callback(st.tasks.discard)
+        task.add_done_callback(_log_failure)
+        return task
+
+    async def _event(self, session_id: str, kind: str, **data: object) -> None:
+        await self.broker.log_event(session_id, kind, **data)
+
+    async def _put(self, session_id: str, kind: str, data: bytes, content_type: str,
+                   meta: dict[str, Any]) -> EvidenceItem:
+        return await asyncio.to_thread(self.evidence.put, session_id, kind, data,
+                                       content_type=content_type, meta=meta)
+
+    # -- broker hooks ----------------------------------------------------------------
+
+    async def call_started(self, session: Session) -> None:
+        """Open the frame feeds, start presence checks; verify at once if a reference is ready."""
+        if self._closed:
+            return
+        st = self.state(session.id)
+        media = self.hub.call(session.id)
+        for party in PARTIES:
+            if party not in st.feeds:
+                st.feeds[party] = FrameFeed(media.tap(party, "video"), f"{session.id}-{party}")
+            st.presence[party] = PresenceMonitor(
+                subject=party, missing_after_s=self.config.presence_missing_s,
+                threshold=self.threshold)
+        self._update_presence_reference(st, session)
+        if st.reference_info is not None:
+            # uploaded while queued: put its hash on this recording's signed timeline too
+            await self._event(session.id, "reference_in_use", item=st.reference_info["item"],
+                              sha256=st.reference_info["sha256"], source=st.reference_info["source"])
+        self._spawn(st, self._presence_loop(session, st), "presence")
+        if st.reference is not None and session.face_consent:
+            self._spawn(st, self._verify(session, st, automatic=True), "verify")
+        self._panel(session)
+
+    async def call_ended(self, session: Session) -> None:
+        st = self._states.get(session.id)
+        if st is None:
+            return
+        await self._stop(st)
+        st.presence.clear()
+
+    async def session_closed(self, session: Session) -> None:
+        st = self._states.pop(session.id, None)
+        if st is not None:
+            await self._stop(st)
+
+    async def _stop(self, st: SessionIdentity) -> None:
+        tasks = list(st.tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        feeds, st.feeds = st.feeds, {}
+        for feed in feeds.values():
+            await feed.aclose()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._warmup is not None:
+            self._warmup.cancel()
+            await asyncio.gather(self._warmup, return_exceptions=True)
+        for st in list(self._states.values()):
+            await self._stop(st)
+        self._states.clear()
+
+    # -- consent ---------------------------------------------------------------------
+
+    async def set_consent(self, session: Session, accepted: bool) -> None:
+        await self.broker.set_face_consent(session, accepted)
+        st = self.state(session.id)
+        if not accepted:
+            # withdrawn: stop using face data for this session (what is kept stays evidence)
+            st.reference = None
+            st.live_embedding = None
+        self._update_presence_reference(st, session)
+        self._panel(session)
+
+    def _require_consent(self, session: Session) -> None:
+        if not session.face_consent:
+            raise InvalidState("the customer has not consented to face verification: verify "
+                               "them manually and record why", code="face_consent_required")
+
+    # -- reference ---------------------------------------------------------------------
+
+    async def upload_reference(self, session: Session, data: bytes, content_type: str) -> dict[str, Any]:
+        """The customer's ID photo (raises :class:`identity.IdentityError` for a bad image)."""
+        self._require_consent(session)
+        if session.state not in ("queued", "offered", "active"):
+            raise InvalidState("this session has ended")
+        reference = await self.worker.embed_document(data)
+        return await self._set_reference(session, reference, data, content_type or "image/jpeg",
+                                          "upload")
+
+    async def capture_reference(self, session: Session, by: str) -> None:
+        """Agent: the reference is the ID card the customer holds up to the camera now."""
+        self._require_consent(session)
+        st = self.state(session.id)
+        frame = self._frame(st, "customer", full=True)
+        await self._busy(session, st, "capturing_reference", self._capture_reference(session, st, frame, by))
+
+    async def _capture_reference(self, session: Session, st: SessionIdentity, frame: Frame,
+                                 by: str) -> None:
+        reference = await self.worker.reference_from_live(frame.rgb)
+        jpeg = await asyncio.to_thread(_jpeg, frame.rgb)
+        await self._set_reference(session, reference, jpeg, "image/jpeg", "agent_capture", by=by)
+
+    async def _set_reference(self, session: Session, reference: Reference, image: bytes,
+                             content_type: str, source: str, by: str | None = None) -> dict[str, Any]:
+        st = self.state(session.id)
+        meta = {"source": source, "strategy": reference.strategy, "box": reference.box.as_dict()}
+        image_item = await self._put(session.id, "reference_image", image, content_type, meta)
+        await self._put(session.id, "reference_embedding", reference.embedding_bytes(),
+                        "application/octet-stream", {"model": reference.model, "image": image_item.id})
+        st.reference = reference.embedding
+        st.live_embedding = None
+        st.verification = None
+        st.reference_info = {"source": source, "item": image_item.id, "at": image_item.created_at,
+                             "strategy": reference.strategy, "sha256": image_item.sha256}
+        await self._event(session.id, "reference_added", source=source, item=image_item.id,
+                          sha256=image_item.sha256, strategy=reference.strategy, by=by)
+        self._update_presence_reference(st, session)
+        self._panel(session)
+        if session.state == "active" and "customer" in st.feeds and source == "upload":
+            self._spawn(st, self._verify(session, st, automatic=True), "verify")
+        return {"source": source, "strategy": reference.strategy, "created_at": image_item.created_at}
+
+    # -- verification --------------------------------------------------------------------
+
+    async def verify(self, session: Session) -> None:
+        """Agent: compare the customer's live face with the reference."""
+        self._require_consent(session)
+        st = self.state(session.id)
+        if st.reference is None:
+            raise InvalidState("no reference photo yet: ask the customer to upload their ID photo "
+                               "or capture the ID card from the video", code="no_reference")
+        self._frame(st, "customer")
+        await self._busy(session, st, "verifying", self._verify(session, st, automatic=False))
+
+    async def _verify(self, session: Session, st: SessionIdentity, *, automatic: bool) -> None:
+        feed = st.feeds.get("customer")
+        reference = st.reference
+        if feed is None or reference is None:
+            return
+        loop = asyncio.get_running_loop()
+        if feed.count == 0:
+            # the call has just started: media takes a moment to connect
+            await feed.next(0, timeout=MEDIA_START_TIMEOUT_S)
+        deadline = loop.time() + VERIFY_TIMEOUT_S
+        usable: list[tuple[Any, Frame]] = []
+        last_problem = None
+        seen = feed.count - 1
+        while loop.time() < deadline and len(usable) < VERIFY_FRAMES:
+            frame = await feed.next(seen, timeout=max(0.0, deadline - loop.time()))
+            if frame is None:
+                break
+            seen = frame.index
+            result = await self.worker.verify(reference, frame.rgb, frame.t, threshold=self.threshold)
+            if result.match is None:
+                if last_problem is None or last_problem.reason != result.reason:
+                    self.broker.send(session, "customer", m.VerificationOutcome(
+                        verified=False, reason=result.reason, message=result.message,
+                        message_zh=result.message_zh))
+                last_problem = result
+                continue
+            usable.append((result, frame))
+            if result.verified:
+                break  # a match at the threshold is the verdict; more frames only for a mismatch
+        if st.reference is not reference:
+            return  # a new reference arrived meanwhile: its own verification follows
+        if not usable:
+            reason = last_problem.reason if last_problem is not None else "no_video"
+            st.verification = {"verified": False, "reason": reason, "message": text(reason).en,
+                               "message_zh": text(reason).zh, "at": time.time(), "automatic": automatic}
+            await self._event(session.id, "identity_unusable", reason=reason, automatic=automatic)
+            self._panel(session)
+            return
+        best, frame = min(usable, key=lambda rf: rf[0].match.distance)
+        jpeg = await asyncio.to_thread(_jpeg, frame.rgb)
+        snap = await self._put(session.id, "snapshot", jpeg, "image/jpeg",
+                               {"purpose": "verification", "distance": best.match.distance})
+        if best.verified and best.analysis.embedding is not None:
+            st.live_embedding = best.analysis.embedding
+            await self._put(session.id, "live_embedding", embedding_to_bytes(best.analysis.embedding),
+                            "application/octet-stream", {"snapshot": snap.id})
+        match = best.match.as_dict()
+        st.verification = {"verified": best.verified, "reason": best.reason, "message": best.message,
+                           "message_zh": best.message_zh, "at": time.time(), "automatic": automatic,
+                           "distance": match["distance"], "threshold": match["threshold"],
+                           "score": match["score"], "snapshot": snap.id, "frames": len(usable)}
+        st.snapshots.append({"item": snap.id, "at": snap.created_at, "purpose": "verification"})
+        await self._event(session.id, "identity_verified" if best.verified else "identity_rejected",
+                          distance=match["distance"], threshold=match["threshold"], score=match["score"],
+                          snapshot=snap.id, snapshot_sha256=snap.sha256,
+                          reference=(st.reference_info or {}).get("item"), automatic=automatic)
+        self.broker.send(session, "customer", m.VerificationOutcome(
+            verified=best.verified, reason=best.reason, message=best.message, message_zh=best.message_zh))
+        self._update_presence_reference(st, session)
+        self._panel(session)
+
+    async def manual_verification(self, session: Session, verified: bool, reason: str, by: str) -> None:
+        st = self.state(session.id)
+        st.manual = {"verified": verified, "reason": reason, "by": by, "at": time.time()}
+        await self._event(session.id, "identity_manual", verified=verified, reason=reason, by=by,
+                          face_consent=session.face_consent)
+        self._panel(session)
+
+    # -- liveness ----------------------------------------------------------------------
+
+    async def start_liveness(self, session: Session) -> None:
+        self._require_consent(session)
+        st = self.state(session.id)
+        self._frame(st, "customer")
+        steps = [s.strip() for s in self.config.liveness_steps.split(",") if s.strip()]
+        challenge = Challenge.issue(steps, step_time_limit_s=self.config.liveness_step_seconds)
+        await self._busy(session, st, "liveness", self._liveness(session, st, challenge))
+
+    async def _liveness(self, session: Session, st: SessionIdentity, challenge: Challenge) -> None:
+        feed = st.feeds["customer"]
+        reference = st.live_embedding if st.live_embedding is not None else st.reference
+        judge = LivenessJudge(challenge, reference=reference)
+        info = challenge.as_dict()
+        msg = m.LivenessChallenge(steps=info["steps"], instructions=info["instructions"],
+                                  step_time_limit_s=challenge.step_time_limit_s)
+        self.broker.send(session, "customer", msg)
+        st.liveness = {"state": "running", "steps": info["steps"], "current": info["steps"][0],
+                       "completed": [], "started_at": time.time()}
+        await self._event(session.id, "liveness_started", steps=info["steps"])
+        self._panel(session)
+        loop = asyncio.get_running_loop()
+        limit = loop.time() + len(challenge.steps) * challenge.step_time_limit_s + 3.0
+        last_box: FaceBox | None = None
+        last_full: float | None = None
+        seen = feed.count
+        progress = None
+        while loop.time() < limit:
+            frame = await feed.next(seen, timeout=1.0)
+            if frame is None:
+                if feed.count == seen and loop.time() >= limit - 1.0:
+                    break
+                continue
+            seen = frame.index
+            full = last_full is None or frame.t - last_full >= FULL_SCAN_EVERY_S or last_box is None
+            try:
+                a = await self.worker.analyze_live(frame.rgb, frame.t, frame.index, last=last_box,
+                                                   full_scan=full, request=judge.request())
+            except WorkerBusy:
+                continue
+            if full:
+                last_full = frame.t
+            last_box = a.faces[0] if a.faces else None
+            new = judge.feed(a)
+            if progress is None or (new.step, new.completed) != (progress.step, progress.completed):
+                current = None if new.step is None else str(new.step)
+                completed = [str(s) for s in new.completed]
+                self.broker.send(session, "customer", m.LivenessProgress(current=current, completed=completed))
+                st.liveness.update(current=current, completed=completed)
+                self._panel(session)
+            progress = new
+            if new.done:
+                break
+        result = judge.result()
+        evidence = result.as_dict()["evidence"]
+        st.liveness = {"state": "passed" if result.passed else "failed", "steps": info["steps"],
+                       "reason": result.reason, "message": result.message, "message_zh": result.message_zh,
+                       "completed": [str(e.step) for e in result.steps if e.passed], "at": time.time()}
+        await self._event(session.id, "liveness_passed" if result.passed else "liveness_failed",
+                          steps=info["steps"], reason=result.reason, frames=result.frames,
+                          duration_s=round(result.duration_s, 2), evidence=_relative(evidence))
+        self.broker.send(session, "customer", m.LivenessOutcome(
+            passed=result.passed, reason=result.reason, message=result.message,
+            message_zh=result.message_zh))
+        self._panel(session)
+
+    # -- snapshots --------------------------------------------------------------------------
+
+    async def snapshot(self, session: Session, by: str) -> None:
+        st = self.state(session.id)
+        frame = self._frame(st, "customer", full=True)
+        jpeg = await asyncio.to_thread(_jpeg, frame.rgb)
+        item = await self._put(session.id, "snapshot", jpeg, "image/jpeg", {"purpose": "agent", "by": by})
+        st.snapshots.append({"item": item.id, "at": item.created_at, "purpose": "agent"})
+        await self._event(session.id, "snapshot_captured", item=item.id, sha256=item.sha256, by=by)
+        self._panel(session)
+
+    # -- presence -----------------------------------------------------------------------------
+
+    def _update_presence_reference(self, st: SessionIdentity, session: Session) -> None:
+        monitor = st.presence.get("customer")
+        if monitor is None:
+            return
+        if not session.face_consent:
+            monitor.reference = None
+        else:
+            monitor.reference = st.live_embedding if st.live_embedding is not None else st.reference
+
+    async def _presence_loop(self, session: Session, st: SessionIdentity) -> None:
+        interval = self.config.presence_interval_s
+        seen = {party: -1 for party in PARTIES}
+        while True:
+            await asyncio.sleep(interval)
+            results = await asyncio.gather(
+                *(self._presence_check(session, st, party, seen) for party in PARTIES))
+            if any(results):
+                self._panel(session)
+
+    async def _presence_check(self, session: Session, st: SessionIdentity, party: str,
+                              seen: dict[str, int]) -> bool:
+        feed, monitor = st.feeds.get(party), st.presence.get(party)
+        if feed is None or monitor is None:
+            return False
+        frame = feed.latest()
+        if frame is None or frame.index == seen[party]:
+            return False  # no video yet, or frozen: the media watchdog's business, not ours
+        seen[party] = frame.index
+        try:
+            a = await self.worker.analyze_live(frame.rgb, frame.t, frame.index, last=None,
+                                               full_scan=True, embed=monitor.wants_embedding(frame.t))
+        except WorkerBusy:
+            return False
+        before = monitor.status()
+        for event in monitor.update(a):
+            await self._event(session.id, event.kind, **_presence_detail(event.as_dict()))
+        return monitor.status() != before
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _frame(self, st: SessionIdentity, party: str, full: bool = False) -> Frame:
+        feed = st.feeds.get(party)
+        frame = feed.latest(full=full) if feed is not None else None
+        if frame is None:
+            raise InvalidState(f"no video from the {party} yet", code="no_video")
+        return frame
+
+    async def _busy(self, session: Session, st: SessionIdentity, what: str, coro: Awaitable[None]) -> None:
+        """Run one identity operation at a time per session, in the background."""
+        if st.busy is not None:
+            if hasattr(coro, "close"):
+                coro.close()  # type: ignore[attr-defined]
+            raise InvalidState(f"busy: {st.busy.replace('_', ' ')}", code="identity_busy")
+        st.busy = what
+        st.error = None
+        self._panel(session)
+
+        async def run() -> None:
+            try:
+                await coro
+            except IdentityError as exc:
+                st.error = {"code": exc.code, "message": exc.message}
+                await self._event(session.id, "identity_error", operation=what, code=exc.code)
+            except WorkerClosed:
+                st.error = {"code": "identity_unavailable", "message": "face checks are not available"}
+            finally:
+                st.busy = None
+                self._panel(session)
+
+        self._spawn(st, run(), what)
+
+    def panel(self, session: Session) -> dict[str, Any]:
+        st = self.state(session.id)
+        return {
+            "face_consent": session.face_consent,
+            "reference": st.reference_info,
+            "verification": st.verification,
+            "liveness": st.liveness,
+            "manual": st.manual,
+            "presence": {party: mon.status() for party, mon in st.presence.items()},
+            "snapshots": st.snapshots[-12:],
+            "busy": st.busy,
+            "error": st.error,
+            "threshold": self.threshold,
+        }
+
+    def _panel(self, session: Session) -> None:
+        """Send the agent's panel if it changed."""
+        if session.agent is None:
+            return
+        st = self.state(session.id)
+        data = self.panel(session)
+        if data == st.last_panel:
+            return
+        st.last_panel = data
+        self.broker.send(session, "agent", m.IdentityPanel(session_id=session.id, state=data))
+
+    def embedding_of(self, raw: bytes) -> np.ndarray:
+        return embedding_from_bytes(raw)
+
+
+def _jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
+                           [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def _presence_detail(event: dict[str, Any]) -> dict[str, Any]:
+    """A presence event for the timeline: the loop clock's absolute times become durations."""
+    detail = dict(event["detail"])
+    last_seen = detail.pop("last_seen_t", None)
+    if event["kind"] == "face_missing" and last_seen is not None:
+        detail["missing_s"] = round(event["t"] - last_seen, 2)
+    return {"subject": event["subject"], **detail}
+
+
+def _relative(evidence: dict[str, Any]) -> dict[str, Any]:
+    """Liveness evidence with times in seconds since the challenge started (not the loop's clock)."""
+    steps = evidence.get("steps") or []
+    base = steps[0]["started_t"] if steps and steps[0].get("started_t") is not None else 0.0
+
+    def rel(v: float | None) -> float | None:
+        return None if v is None else round(v - base, 3)
+
+    out = dict(evidence)
+    out["steps"] = [
+        {**step, "started_t": rel(step.get("started_t")), "deadline_t": rel(step.get("deadline_t")),
+         "completed_t": rel(step.get("completed_t")), "times": [rel(t) for t in step.get("times", [])]}
+        for step in steps
+    ]
+    return out
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("identity task %s failed", task.get_name(), exc_info=task.exception())
