@@ -32,7 +32,8 @@ from .routes import bearer_token, current_user
 logger = logging.getLogger(__name__)
 
 MAX_UPLOAD = ImageLimits().max_bytes
-IMAGE_KINDS = ("reference_image", "snapshot")
+#: what may be downloaded (embeddings never are)
+IMAGE_KINDS = ("reference_image", "snapshot", "receipt")
 
 
 class PayloadTooLarge(ServerError):
@@ -85,7 +86,8 @@ async def upload_reference(request: web.Request) -> web.Response:
         reference = await service.upload_reference(session, data, request.content_type)
     except IdentityError as exc:
         status = 413 if exc.code == "image_too_large" else 400 if isinstance(exc, ImageError) else 422
-        return web.json_response({"error": exc.code, "message": exc.message}, status=status)
+        return web.json_response({"error": exc.code, "message": exc.message, "message_zh": exc.message_zh},
+                                 status=status)
     except SignalingError as exc:
         return web.json_response({"error": exc.code, "message": exc.message}, status=409)
     return web.json_response({"reference": reference})

@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -188,6 +188,8 @@ class IdentityService:
         self._states: dict[str, SessionIdentity] = {}
         self._closed = False
         self._warmup: asyncio.Task[None] | None = None
+        #: called with the session whenever its identity state changes (the business flow listens)
+        self.listeners: list[Callable[[Session], None]] = []
 
     def start(self) -> None:
         """Start the face workers in the background (models load in ~2 s; calls need not wait)."""
@@ -216,7 +218,7 @@ class IdentityService:
         task.add_done_callback(_log_failure)
         return task
 
-    async def _event(self, session_id: str, kind: str, **data: object) -> None:
+    async def _event(self, session_id: str, kind: str, /, **data: object) -> None:
         await self.broker.log_event(session_id, kind, **data)
 
     async def _put(self, session_id: str, kind: str, data: bytes, content_type: str,
@@ -245,7 +247,7 @@ class IdentityService:
                               sha256=st.reference_info["sha256"], source=st.reference_info["source"])
         self._spawn(st, self._presence_loop(session, st), "presence")
         if st.reference is not None and session.face_consent:
-            self._spawn(st, self._verify(session, st, automatic=True), "verify")
+            self._auto_verify(session, st)
         self._panel(session)
 
     async def call_ended(self, session: Session) -> None:
@@ -336,7 +338,7 @@ class IdentityService:
         self._update_presence_reference(st, session)
         self._panel(session)
         if session.state == "active" and "customer" in st.feeds and source == "upload":
-            self._spawn(st, self._verify(session, st, automatic=True), "verify")
+            self._auto_verify(session, st)
         return {"source": source, "strategy": reference.strategy, "created_at": image_item.created_at}
 
     # -- verification --------------------------------------------------------------------
@@ -411,6 +413,15 @@ class IdentityService:
             verified=best.verified, reason=best.reason, message=best.message, message_zh=best.message_zh))
         self._update_presence_reference(st, session)
         self._panel(session)
+
+    def _auto_verify(self, session: Session, st: SessionIdentity) -> None:
+        """Verify on our own (call start, new upload): as one busy operation, skipped if one runs."""
+        async def start() -> None:
+            with contextlib.suppress(InvalidState):  # the agent started something meanwhile
+                await self._busy(session, st, "verifying", self._verify(session, st, automatic=True))
+
+        if st.busy is None:
+            self._spawn(st, start(), "auto-verify")
 
     async def manual_verification(self, session: Session, verified: bool, reason: str, by: str) -> None:
         st = self.state(session.id)
@@ -497,16 +508,29 @@ class IdentityService:
         await self._event(session.id, "snapshot_captured", item=item.id, sha256=item.sha256, by=by)
         self._panel(session)
 
+    async def capture_jpeg(self, session: Session) -> bytes | None:
+        """The customer's current frame as JPEG (for a sealed signature), or None without video."""
+        st = self._states.get(session.id)
+        feed = st.feeds.get("customer") if st is not None else None
+        frame = feed.latest(full=True) if feed is not None else None
+        if frame is None:
+            return None
+        return await asyncio.to_thread(_jpeg, frame.rgb)
+
+    async def keep(self, session: Session, kind: str, data: bytes, content_type: str,
+                   meta: dict[str, Any]) -> EvidenceItem:
+        """Store other evidence of the session (a signature receipt) encrypted beside the face data."""
+        return await self._put(session.id, kind, data, content_type, meta)
+
     # -- presence -----------------------------------------------------------------------------
 
     def _update_presence_reference(self, st: SessionIdentity, session: Session) -> None:
         monitor = st.presence.get("customer")
         if monitor is None:
             return
-        if not session.face_consent:
-            monitor.reference = None
-        else:
-            monitor.reference = st.live_embedding if st.live_embedding is not None else st.reference
+        # only a face verified live is "the customer": a rejected ID photo must not make the
+        # customer's own face an alarm
+        monitor.reference = st.live_embedding if session.face_consent else None
 
     async def _presence_loop(self, session: Session, st: SessionIdentity) -> None:
         interval = self.config.presence_interval_s
@@ -526,6 +550,10 @@ class IdentityService:
         frame = feed.latest()
         if frame is None or frame.index == seen[party]:
             return False  # no video yet, or frozen: the media watchdog's business, not ours
+        if st.busy == "liveness":
+            # the challenge needs every frame the worker can take (it watches for a second face
+            # and a changed face itself): presence waits
+            return False
         seen[party] = frame.index
         try:
             a = await self.worker.analyze_live(frame.rgb, frame.t, frame.index, last=None,
@@ -560,10 +588,11 @@ class IdentityService:
             try:
                 await coro
             except IdentityError as exc:
-                st.error = {"code": exc.code, "message": exc.message}
+                st.error = {"code": exc.code, "message": exc.message, "message_zh": exc.message_zh}
                 await self._event(session.id, "identity_error", operation=what, code=exc.code)
             except WorkerClosed:
-                st.error = {"code": "identity_unavailable", "message": "face checks are not available"}
+                st.error = {"code": "identity_unavailable", "message": "face checks are not available",
+                            "message_zh": "人脸核验暂不可用"}
             finally:
                 st.busy = None
                 self._panel(session)
@@ -595,6 +624,8 @@ class IdentityService:
             return
         st.last_panel = data
         self.broker.send(session, "agent", m.IdentityPanel(session_id=session.id, state=data))
+        for listener in self.listeners:
+            listener(session)
 
     def embedding_of(self, raw: bytes) -> np.ndarray:
         return embedding_from_bytes(raw)

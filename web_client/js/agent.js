@@ -5,11 +5,15 @@
 //   offered  a customer_offer card is showing
 //   active   call_started received: media negotiated with the hub
 //   ended    call_ended received; back to idle with "back" or when going ready
+//
+// The identity panel (issue #4) shows the server's `identity` state of the call
+// (consent, ID photo and live snapshot, face comparison, liveness, presence) and
+// sends the agent's identity actions; their errors are shown in the panel.
 
 import { CallController, publishState } from './call.js';
 import {
-  BUSINESSES, applyI18n, bindLangToggle, businessName, errorText, formatClock, loadBusinessNames,
-  onLangChange, reasonText, t,
+  BUSINESSES, applyI18n, bindLangToggle, businessName, errorText, formatClock, has, loadBusinessNames,
+  onLangChange, reasonText, serverText, t,
 } from './i18n.js';
 import { Login } from './login.js';
 import { LocalMedia, chime } from './media.js';
@@ -18,6 +22,16 @@ import { ErrorArea, Notice, byId, byTestId, moveInto, setText, showScreen } from
 
 const TOKEN_KEY = 'vcounter.agent.token';
 const END_FALLBACK_MS = 3000;
+/** Errors of identity actions: shown in the identity panel, never as a fatal error. */
+const IDENTITY_ERRORS = new Set([
+  'face_consent_required', 'no_reference', 'no_video', 'identity_busy', 'identity_unavailable',
+]);
+/** An error this soon after an identity action (bad_state, invalid_message) is that action's. */
+const IDENTITY_REPLY_MS = 5000;
+/** How long an identity error stays in the panel. */
+const IDENTITY_ERROR_MS = 15000;
+const MANUAL_REASON_MIN = 3;
+const MANUAL_REASON_MAX = 500;
 
 const el = {
   statusText: byId('status-text'),
@@ -60,6 +74,35 @@ const el = {
   customerName: byTestId('customer-name'),
   customerBusiness: byTestId('customer-business'),
   customerSession: byTestId('customer-session'),
+  stageAlarm: byId('stage-alarm'),
+  identityPanel: byTestId('identity-panel'),
+  identityConsent: byTestId('identity-consent'),
+  presence: byTestId('presence-status'),
+  presenceAgent: byTestId('presence-agent'),
+  identityUnavailable: byId('identity-unavailable'),
+  reference: byTestId('identity-reference'),
+  referenceEmpty: byId('identity-reference-empty'),
+  referenceMeta: byId('identity-reference-meta'),
+  snapshot: byTestId('identity-snapshot'),
+  snapshotEmpty: byId('identity-snapshot-empty'),
+  snapshotMeta: byId('identity-snapshot-meta'),
+  snapshotThumbs: byTestId('identity-snapshots'),
+  verdict: byTestId('identity-verdict'),
+  verdictDetail: byId('identity-verdict-detail'),
+  liveness: byTestId('liveness-status'),
+  livenessDetail: byId('liveness-detail'),
+  identityBusy: byId('identity-busy'),
+  identityBusyText: byId('identity-busy-text'),
+  identityError: byTestId('identity-error'),
+  identityVerify: byTestId('identity-verify'),
+  livenessStart: byTestId('liveness-start'),
+  captureSnapshot: byTestId('capture-snapshot'),
+  captureReference: byTestId('capture-reference'),
+  identityHint: byId('identity-hint'),
+  manualReason: byTestId('manual-verify-reason'),
+  manualPass: byTestId('manual-verify-pass'),
+  manualFail: byTestId('manual-verify-fail'),
+  manualResult: byTestId('manual-verify-result'),
   endedPanel: byId('ended-panel'),
   endReason: byTestId('end-reason'),
   back: byTestId('back-button'),
@@ -89,6 +132,28 @@ const app = {
   peerLostAt: null,
   peerWindowS: 0,
   peerTimer: null,
+};
+
+/** The identity panel of the current call. */
+const idPanel = {
+  /** the server's latest `identity` state for app.sessionId, or null (none yet, or face checks off) */
+  state: null,
+  /** an `identity` message that came before its call_started */
+  early: null,
+  /** the last identity action sent: {type, at}; its error reply is shown in the panel */
+  pending: null,
+  pendingTimer: null,
+  /** an error reply to an identity action: {code, message} */
+  error: null,
+  errorTimer: null,
+  /** the server said face checks are off */
+  unavailable: false,
+  /** the manual verdict sent and not yet in the state: {verified, reason} */
+  manualSent: null,
+  /** the snapshot picked in the thumbnails (null: the newest) */
+  pickedSnapshot: null,
+  /** the snapshot items the thumbnails show, to rebuild them only on change */
+  thumbKey: '',
 };
 
 const devices = new LocalMedia({
@@ -122,6 +187,7 @@ function setState(state) {
   publishState(state);
   renderStatus();
   renderDesk();
+  renderIdentity();
 }
 
 function renderStatus() {
@@ -253,6 +319,7 @@ function renderAll() {
   renderDevices();
   login.renderError();
   renderOffline();
+  renderIdentity();
   setText(el.endReason, app.endReason ? reasonText('agentReason', app.endReason) : '');
   peerNotice.refresh();
   call.refresh();
@@ -397,6 +464,9 @@ function onMessage(msg) {
     case 'call_ended':
       endCall(msg.reason);
       break;
+    case 'identity':
+      onIdentity(msg);
+      break;
     case 'error':
       onServerError(msg);
       break;
@@ -428,6 +498,10 @@ function onServerError(msg) {
     return;
   }
   if (code === 'bad_sdp' && call.retryAfterBadSdp()) return;
+  if (isIdentityReply(code)) {
+    showIdentityError(code, msg.message);
+    return;
+  }
   if (code === 'bad_state') {
     app.statusPending = false;
     renderToggle();
@@ -500,7 +574,10 @@ function onCallStarted(msg) {
   clearTimeout(app.endTimer);
   app.endTimer = null;
   const restartClock = app.sessionId !== msg.session_id;
+  if (restartClock) resetIdentity();
   app.sessionId = msg.session_id;
+  if (idPanel.early && idPanel.early.session_id === msg.session_id) onIdentity(idPanel.early);
+  idPanel.early = null;
   app.peer = msg.peer || null;
   app.endReason = null;
   call.begin(msg, { restartClock });
@@ -526,6 +603,7 @@ function closeCall() {
   clearTimeout(app.endTimer);
   app.endTimer = null;
   app.sessionId = null;
+  resetIdentity();
 }
 
 function endCall(reason) {
@@ -561,6 +639,315 @@ function onToggleStatus() {
   }, 3000);
 }
 
+// --- identity panel ----------------------------------------------------------
+
+function onIdentity(msg) {
+  if (!msg.state || typeof msg.state !== 'object') return;
+  if (msg.session_id !== app.sessionId) {
+    if (app.state !== 'active') idPanel.early = msg;
+    return;
+  }
+  idPanel.state = msg.state;
+  idPanel.unavailable = false;
+  if (msg.state.manual) idPanel.manualSent = null;
+  // the server has taken the last action up (busy, a new snapshot, the manual verdict): the
+  // buttons follow the state again; a second click meanwhile gets identity_busy at worst
+  clearPending();
+  renderIdentity();
+}
+
+function isIdentityReply(code) {
+  if (IDENTITY_ERRORS.has(code)) return true;
+  return (code === 'bad_state' || code === 'invalid_message') && app.state === 'active'
+    && idPanel.pending !== null && Date.now() - idPanel.pending.at < IDENTITY_REPLY_MS;
+}
+
+function showIdentityError(code, message) {
+  if (code === 'identity_unavailable') idPanel.unavailable = true;
+  if (idPanel.pending && idPanel.pending.type === 'manual_verification') idPanel.manualSent = null;
+  clearPending();
+  idPanel.error = { code, message };
+  clearTimeout(idPanel.errorTimer);
+  idPanel.errorTimer = setTimeout(() => {
+    idPanel.error = null;
+    renderIdentity();
+  }, IDENTITY_ERROR_MS);
+  renderIdentity();
+}
+
+function clearPending() {
+  clearTimeout(idPanel.pendingTimer);
+  idPanel.pending = null;
+}
+
+/** Send one identity action of the current call; the panel waits for its answer. */
+function sendIdentity(message) {
+  if (app.state !== 'active') return false;
+  if (!send(message)) {
+    showIdentityError('unreachable');
+    return false;
+  }
+  clearTimeout(idPanel.errorTimer);
+  idPanel.error = null;
+  clearPending();
+  idPanel.pending = { type: message.type, at: Date.now() };
+  idPanel.pendingTimer = setTimeout(() => {
+    idPanel.pending = null;
+    renderIdentity();
+  }, IDENTITY_REPLY_MS);
+  renderIdentity();
+  return true;
+}
+
+function sendManual(verified) {
+  const reason = el.manualReason.value.trim();
+  if (reason.length < MANUAL_REASON_MIN || reason.length > MANUAL_REASON_MAX) return;
+  if (sendIdentity({ type: 'manual_verification', verified, reason })) {
+    idPanel.manualSent = { verified, reason };
+    el.manualReason.value = '';
+    renderIdentity();
+  }
+}
+
+/** The call is over (or another one starts): nothing of this customer stays on screen. */
+function resetIdentity() {
+  clearPending();
+  clearTimeout(idPanel.errorTimer);
+  Object.assign(idPanel, {
+    state: null, error: null, unavailable: false, manualSent: null, pickedSnapshot: null, thumbKey: '',
+  });
+  el.manualReason.value = '';
+  el.snapshotThumbs.replaceChildren();
+  renderIdentity();
+}
+
+function evidenceUrl(item) {
+  return `/api/identity/${encodeURIComponent(app.sessionId || '')}/evidence/${encodeURIComponent(item)}`;
+}
+
+/** A time from the panel (ISO text, or seconds since the epoch) as the local hh:mm:ss. */
+function clockOf(at) {
+  if (at === null || at === undefined || at === '') return '';
+  const date = typeof at === 'number' ? new Date(at * 1000) : new Date(at);
+  return Number.isNaN(date.getTime()) ? '' : date.toLocaleTimeString([], { hour12: false });
+}
+
+function stepLabel(step) {
+  return has(`identity.step.${step}`) ? t(`identity.step.${step}`) : String(step ?? '');
+}
+
+/** Point an evidence <img> at an item (loaded once per item); the placeholder shows otherwise. */
+function showEvidence(img, empty, item, emptyKey) {
+  const wanted = item ? String(item) : '';
+  if ((img.dataset.item || '') !== wanted) {
+    img.dataset.item = wanted;
+    img.dataset.loaded = '';
+    if (wanted) img.src = evidenceUrl(wanted);
+    else img.removeAttribute('src');
+  }
+  const failed = img.dataset.loaded === 'failed';
+  img.hidden = !wanted || failed;
+  empty.hidden = Boolean(wanted) && !failed;
+  setText(empty, t(wanted ? 'identity.imageUnavailable' : emptyKey));
+}
+
+function watchEvidence(img) {
+  img.addEventListener('load', () => {
+    img.dataset.loaded = 'ok';
+  });
+  img.addEventListener('error', () => {
+    if (!img.dataset.item) return;
+    img.dataset.loaded = 'failed';
+    renderIdentity();
+  });
+}
+
+function presenceState(p) {
+  if (!p) return '';
+  if (p.multiple) return 'multiple';
+  if (p.missing) return 'missing';
+  if (p.mismatch) return 'mismatch';
+  return 'ok';
+}
+
+function renderPresence(st) {
+  const presence = (st && st.presence) || {};
+  const customer = presence.customer;
+  const state = presenceState(customer);
+  el.presence.dataset.state = state;
+  el.presence.hidden = !st;
+  el.presence.className = `badge presence-badge badge-${state === 'ok' ? 'ok' : state ? 'danger' : 'info'}`;
+  const text = state === 'multiple' ? t('identity.presence.multiple', { n: customer.faces })
+    : t(`identity.presence.${state || 'unknown'}`);
+  setText(el.presence, text);
+  const alarm = state !== '' && state !== 'ok';
+  el.stageAlarm.hidden = !alarm;
+  el.stageAlarm.dataset.state = state;
+  setText(el.stageAlarm, alarm ? text : '');
+  // the agent's own picture is watched too (recorded as an anomaly): tell them
+  const agent = presence.agent;
+  const agentState = agent && agent.multiple ? 'multiple' : agent && agent.missing ? 'missing' : '';
+  el.presenceAgent.hidden = !agentState;
+  el.presenceAgent.dataset.state = agentState;
+  el.presenceAgent.className = 'badge presence-badge badge-warn';
+  setText(el.presenceAgent, agentState === 'multiple' ? t('identity.presence.agentMultiple')
+    : agentState === 'missing' ? t('identity.presence.agentMissing') : '');
+}
+
+function renderPhotos(st) {
+  const ref = st && st.reference;
+  showEvidence(el.reference, el.referenceEmpty, ref && ref.item, 'identity.noReference');
+  const refMeta = ref ? [has(`identity.source.${ref.source}`) ? t(`identity.source.${ref.source}`) : ref.source,
+    clockOf(ref.at)] : [];
+  setText(el.referenceMeta, refMeta.filter(Boolean).join(' · '));
+
+  const snapshots = (st && Array.isArray(st.snapshots)) ? st.snapshots.filter((s) => s && s.item) : [];
+  let shown = snapshots.find((s) => s.item === idPanel.pickedSnapshot) || snapshots[snapshots.length - 1] || null;
+  if (!shown && st && st.verification && st.verification.snapshot) shown = { item: st.verification.snapshot };
+  showEvidence(el.snapshot, el.snapshotEmpty, shown && shown.item, 'identity.noSnapshot');
+  const snapMeta = shown ? [shown.purpose && has(`identity.purpose.${shown.purpose}`)
+    ? t(`identity.purpose.${shown.purpose}`) : '', clockOf(shown.at)] : [];
+  setText(el.snapshotMeta, snapMeta.filter(Boolean).join(' · '));
+
+  const key = snapshots.map((s) => s.item).join(',');
+  if (key !== idPanel.thumbKey) {
+    idPanel.thumbKey = key;
+    el.snapshotThumbs.replaceChildren(...(snapshots.length > 1 ? snapshots : []).map((s) => {
+      const li = document.createElement('li');
+      const button = document.createElement('button');
+      button.type = 'button';
+      button.className = 'identity-thumb';
+      button.dataset.item = s.item;
+      const img = document.createElement('img');
+      img.alt = '';
+      img.loading = 'lazy';
+      img.src = evidenceUrl(s.item);
+      button.append(img);
+      li.append(button);
+      return li;
+    }));
+  }
+  for (const button of el.snapshotThumbs.querySelectorAll('button')) {
+    button.setAttribute('aria-pressed', String(Boolean(shown) && button.dataset.item === shown.item));
+    const purpose = snapshots.find((s) => s.item === button.dataset.item)?.purpose;
+    button.title = [purpose && has(`identity.purpose.${purpose}`) ? t(`identity.purpose.${purpose}`) : '',
+      clockOf(snapshots.find((s) => s.item === button.dataset.item)?.at)].filter(Boolean).join(' · ');
+  }
+}
+
+function renderVerdict(st) {
+  const v = st && st.verification;
+  el.verdict.dataset.verified = v ? String(v.verified === true) : '';
+  el.verdict.dataset.reason = v && v.reason ? v.reason : '';
+  el.verdict.dataset.automatic = v ? String(Boolean(v.automatic)) : '';
+  el.verdict.dataset.score = v && v.score != null ? String(v.score) : '';
+  const compared = Boolean(v) && typeof v.distance === 'number';
+  let key = 'identity.verdict.none';
+  if (v && v.verified) key = 'identity.verdict.match';
+  else if (compared) key = 'identity.verdict.mismatch';
+  else if (v) key = 'identity.verdict.unusable';
+  el.verdict.dataset.tone = !v ? '' : v.verified ? 'ok' : compared ? 'error' : 'warn';
+  setText(el.verdict, t(key));
+  const parts = [];
+  if (compared) {
+    parts.push(t('identity.score', {
+      score: v.score ?? '?',
+      distance: v.distance.toFixed(2),
+      threshold: Number(v.threshold ?? (st && st.threshold) ?? 0).toFixed(2),
+    }));
+  } else if (v) {
+    parts.push(serverText(v.message, v.message_zh));
+  }
+  if (v) parts.push(`${t(v.automatic ? 'identity.automatic' : 'identity.onRequest')} ${clockOf(v.at)}`.trim());
+  setText(el.verdictDetail, parts.filter(Boolean).join(' · '));
+}
+
+function renderLiveness(st) {
+  const l = st && st.liveness;
+  const state = l && typeof l.state === 'string' ? l.state : '';
+  el.liveness.dataset.state = state;
+  el.liveness.dataset.tone = state === 'passed' ? 'ok' : state === 'failed' ? 'error' : '';
+  let text = t('identity.liveness.none');
+  if (state === 'running') text = t('identity.liveness.running', { step: stepLabel(l.current) });
+  else if (state === 'passed' || state === 'failed') text = t(`identity.liveness.${state}`);
+  setText(el.liveness, text);
+  let detail = '';
+  if (l && Array.isArray(l.steps)) {
+    const done = new Set(Array.isArray(l.completed) ? l.completed : []);
+    detail = l.steps.map((step) => `${done.has(step) ? '✓' : '·'} ${stepLabel(step)}`).join('  ');
+  }
+  if (state === 'failed') detail = [serverText(l.message, l.message_zh), detail].filter(Boolean).join(' · ');
+  setText(el.livenessDetail, detail);
+}
+
+function renderManual(st) {
+  const active = app.state === 'active';
+  const reason = el.manualReason.value.trim();
+  const usable = active && reason.length >= MANUAL_REASON_MIN && reason.length <= MANUAL_REASON_MAX
+    && !(idPanel.pending && idPanel.pending.type === 'manual_verification');
+  el.manualReason.disabled = !active;
+  el.manualPass.disabled = !usable;
+  el.manualFail.disabled = !usable;
+  // with face checks off the server keeps the verdict but sends no panel: show what was sent
+  const manual = (st && st.manual) || (!st && idPanel.manualSent
+    ? { ...idPanel.manualSent, by: app.user && app.user.username } : null);
+  el.manualResult.hidden = !manual && !idPanel.manualSent;
+  if (manual) {
+    el.manualResult.dataset.verified = String(manual.verified === true);
+    setText(el.manualResult, t('identity.manualBy', {
+      result: t(`identity.manual.${manual.verified === true}`), by: manual.by || '', reason: manual.reason || '',
+    }));
+  } else if (idPanel.manualSent) {
+    el.manualResult.dataset.verified = '';
+    setText(el.manualResult, t('identity.manualSent'));
+  } else {
+    el.manualResult.dataset.verified = '';
+    setText(el.manualResult, '');
+  }
+}
+
+function renderIdentity() {
+  const st = app.state === 'active' ? idPanel.state : null;
+  const consent = Boolean(st && st.face_consent);
+  el.identityConsent.hidden = !st;
+  el.identityConsent.dataset.consent = st ? String(consent) : '';
+  el.identityConsent.className = `badge badge-${consent ? 'ok' : 'warn'}`;
+  setText(el.identityConsent, st ? t(`identity.consent.${consent}`) : '');
+  el.identityUnavailable.hidden = Boolean(st) && !idPanel.unavailable;
+  renderPresence(st);
+  renderPhotos(st);
+  renderVerdict(st);
+  renderLiveness(st);
+
+  const busy = st && st.busy ? String(st.busy) : '';
+  el.identityPanel.dataset.busy = busy;
+  el.identityBusy.hidden = !busy;
+  setText(el.identityBusyText, busy && has(`identity.busy.${busy}`) ? t(`identity.busy.${busy}`) : busy);
+
+  const error = idPanel.error || (st && st.error) || null;
+  el.identityError.hidden = !error;
+  el.identityError.dataset.code = error ? error.code || '' : '';
+  setText(el.identityError, error ? errorText(error.code, error.message) : '');
+
+  const free = Boolean(st) && !idPanel.unavailable && !busy && idPanel.pending === null;
+  el.identityVerify.disabled = !free || !consent || !st.reference;
+  el.livenessStart.disabled = !free || !consent;
+  el.captureReference.disabled = !free || !consent;
+  el.captureSnapshot.disabled = !free;
+  let hint = '';
+  if (st && !consent) hint = t('identity.hint.consent');
+  else if (st && !st.reference) hint = t('identity.hint.reference');
+  setText(el.identityHint, hint);
+  renderManual(st);
+}
+
+function onSnapshotPicked(event) {
+  const button = event.target.closest('button[data-item]');
+  if (!button) return;
+  idPanel.pickedSnapshot = button.dataset.item;
+  renderIdentity();
+}
+
 async function loadConfig() {
   if (await loadBusinessNames()) renderAll();
 }
@@ -586,6 +973,16 @@ function init() {
   el.back.addEventListener('click', () => {
     if (app.state === 'ended') setState('idle');
   });
+  watchEvidence(el.reference);
+  watchEvidence(el.snapshot);
+  el.identityVerify.addEventListener('click', () => sendIdentity({ type: 'identity_verify' }));
+  el.livenessStart.addEventListener('click', () => sendIdentity({ type: 'liveness_start' }));
+  el.captureSnapshot.addEventListener('click', () => sendIdentity({ type: 'capture_snapshot' }));
+  el.captureReference.addEventListener('click', () => sendIdentity({ type: 'capture_reference' }));
+  el.manualReason.addEventListener('input', () => renderManual(app.state === 'active' ? idPanel.state : null));
+  el.manualPass.addEventListener('click', () => sendManual(true));
+  el.manualFail.addEventListener('click', () => sendManual(false));
+  el.snapshotThumbs.addEventListener('click', onSnapshotPicked);
 
   setState('idle');
   renderAll();

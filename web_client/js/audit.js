@@ -1,6 +1,7 @@
 // The auditor workbench (质检工作台): sign in, search past sessions, replay a
 // session's dual recording (customer and agent side by side, in sync) with its
-// event timeline, check the recording's integrity, record a pass/fail verdict.
+// event timeline, check the recording's integrity, record a pass/fail verdict,
+// and see the session's identity evidence (ID photo, snapshots: issue #4).
 //
 // Views (document.body.dataset.view): login, search, detail. The open session is
 // in the URL hash (#session/<id>), so the browser's back button returns to the
@@ -310,7 +311,10 @@ function showView(view) {
   app.view = view;
   document.body.dataset.view = view;
   showScreen(screens, view);
-  if (view !== 'detail') replay.unload();
+  if (view !== 'detail') {
+    replay.unload();
+    clearEvidence();
+  }
 }
 
 function route() {
@@ -513,6 +517,7 @@ async function openSession(id) {
   replay.unload();
   showView('detail');
   renderDetail();
+  loadEvidence(id);
   try {
     const data = await api(`/api/audit/sessions/${encodeURIComponent(id)}`);
     if (seq !== app.detailSeq) return;
@@ -564,6 +569,7 @@ function renderDetail() {
   renderIntegrity();
   renderVerdicts();
   renderSessionEvents();
+  renderEvidence();
   renderReplayNotice();
   if (!detail) el.replay.hidden = true;
 }
@@ -843,6 +849,131 @@ function renderSessionEvents() {
     return li;
   }));
   if (app.detail && !events.length) el.sessionEvents.append(node('li', { className: 'muted small', text: t('audit.noEvents') }));
+}
+
+// --- identity evidence ------------------------------------------------------------------
+
+/**
+ * The session's identity evidence (GET /api/identity/{id}/evidence): what was kept
+ * and its SHA-256, images as thumbnails. The images are fetched with the bearer
+ * token and shown from blob: URLs (each view is in the access log).
+ */
+const evidence = {
+  seq: 0,
+  /** the items, or null: not loaded, or face checks switched off (404) */
+  items: null,
+  /** item id -> object URL of its image, or 'failed' */
+  images: new Map(),
+  card: null,
+  list: null,
+  empty: null,
+};
+
+/** The evidence card, built once beside the session log. */
+function evidenceCard() {
+  if (evidence.card) return evidence.card;
+  const card = node('div', { className: 'card evidence-card' });
+  card.hidden = true;
+  const heading = node('h2');
+  heading.dataset.i18n = 'audit.evidenceTitle';
+  heading.textContent = t('audit.evidenceTitle');
+  evidence.list = node('ul', { className: 'evidence-list', testid: 'evidence-list' });
+  evidence.empty = node('p', { className: 'muted small' });
+  card.append(heading, evidence.list, evidence.empty);
+  const logCard = el.sessionEvents.closest('.card');
+  logCard.parentElement.insertBefore(card, logCard);
+  evidence.card = card;
+  return card;
+}
+
+function clearEvidence() {
+  evidence.seq += 1;
+  evidence.items = null;
+  for (const url of evidence.images.values()) if (url !== 'failed') URL.revokeObjectURL(url);
+  evidence.images.clear();
+  renderEvidence();
+}
+
+async function loadEvidence(id) {
+  clearEvidence();
+  const seq = evidence.seq;
+  let items;
+  try {
+    const data = await api(`/api/identity/${encodeURIComponent(id)}/evidence`);
+    items = Array.isArray(data.items) ? data.items.filter((i) => i && typeof i.id === 'string') : [];
+  } catch (err) {
+    if (seq !== evidence.seq) return;
+    // 404: face checks are switched off on this server (or nothing is known of the session)
+    if (!(err instanceof ApiError && err.status === 404)) reportError(err, 'evidence failed to load');
+    return;
+  }
+  if (seq !== evidence.seq) return;
+  evidence.items = items;
+  renderEvidence();
+  await Promise.all(items.filter((i) => i.url).map((item) => loadEvidenceImage(item, seq)));
+}
+
+async function loadEvidenceImage(item, seq) {
+  let url = 'failed';
+  try {
+    const response = await fetch(item.url, {
+      headers: login.authHeaders(), credentials: 'same-origin', cache: 'no-store',
+    });
+    if (response.ok) url = URL.createObjectURL(await response.blob());
+  } catch (err) {
+    console.warn('evidence image failed', item.id, err);
+  }
+  if (seq !== evidence.seq) {
+    if (url !== 'failed') URL.revokeObjectURL(url);
+    return;
+  }
+  evidence.images.set(item.id, url);
+  renderEvidence();
+}
+
+function renderEvidence() {
+  const card = evidenceCard();
+  const items = evidence.items;
+  card.hidden = items === null;
+  if (items === null) {
+    evidence.list.replaceChildren();
+    return;
+  }
+  evidence.empty.hidden = items.length > 0;
+  setText(evidence.empty, t('audit.evidenceEmpty'));
+  evidence.list.replaceChildren(...items.map(evidenceRow));
+}
+
+function evidenceRow(item) {
+  const kind = label('audit.evidence', item.kind);
+  const li = node('li', { className: 'evidence-item', testid: 'evidence-item', dataset: { kind: item.kind, id: item.id } });
+  const image = evidence.images.get(item.id);
+  let thumb;
+  if (item.url && image && image !== 'failed') {
+    thumb = node('a', { className: 'evidence-thumb', title: t('audit.evidenceOpen') });
+    thumb.href = image;
+    thumb.target = '_blank';
+    thumb.rel = 'noopener';
+    const img = node('img');
+    img.src = image;
+    img.alt = kind;
+    thumb.append(img);
+  } else {
+    // data without a picture (a face template), an image still loading, or one that failed
+    thumb = node('span', {
+      className: 'evidence-thumb evidence-thumb-none',
+      title: item.url && image === 'failed' ? t('audit.evidenceUnavailable') : undefined,
+    });
+    thumb.setAttribute('aria-hidden', 'true');
+  }
+  const text = node('div', { className: 'evidence-text' });
+  text.append(
+    node('span', { className: 'evidence-kind', text: kind }),
+    node('span', { className: 'muted small', text: formatDateTime(item.created_at) }),
+    node('code', { className: 'mono evidence-sha', text: item.sha256 || '', title: 'SHA-256' }),
+  );
+  li.append(thumb, text);
+  return li;
 }
 
 // --- replay -----------------------------------------------------------------------------

@@ -5,11 +5,18 @@
 //   waiting  joined: queued or being offered to an agent
 //   active   call_started received: media negotiated with the hub
 //   ended    call_ended received (or the session could not be kept)
+//
+// Identity (issue #4): a separate, optional face-verification consent (join
+// face_consent, later face_consent {accepted}), the ID photo upload
+// (POST /api/identity/{session}/reference with the rejoin token) in the
+// waiting screen and the call view, and what the server's face checks tell the
+// customer during the call: the liveness instruction, its result, and the
+// verification result (what to fix when the picture is not good enough).
 
 import { CallController, publishState } from './call.js';
 import {
-  BUSINESSES, applyI18n, bindLangToggle, businessName, errorText, formatWait, loadBusinessNames,
-  onLangChange, reasonText, t,
+  BUSINESSES, applyI18n, bindLangToggle, businessName, errorText, formatWait, has, loadBusinessNames,
+  onLangChange, reasonText, serverText, t,
 } from './i18n.js';
 import { LocalMedia } from './media.js';
 import { Signaling } from './signaling.js';
@@ -18,6 +25,13 @@ import { ErrorArea, Notice, byId, byTestId, moveInto, setText, showScreen, store
 const SESSION_KEY = 'vcounter.customer.session';
 /** How long to wait for the server to confirm a cancel or hangup before ending locally. */
 const END_FALLBACK_MS = 3000;
+/** The server refuses ID photos above 15 MB (docs/identity.md): don't send one over a phone's network. */
+const ID_PHOTO_MAX_BYTES = 15 * 1024 * 1024;
+/** How long the liveness outcome and a verification notice stay over the video. */
+const LIVENESS_RESULT_MS = 6000;
+const VERIFICATION_NOTICE_MS = 8000;
+/** At least this wide, the call view opens its identity area by itself (phones keep it folded). */
+const WIDE_SCREEN = '(min-width: 601px)';
 
 const el = {
   statusText: byId('status-text'),
@@ -38,6 +52,25 @@ const el = {
   retryDevices: byTestId('retry-devices'),
   join: byTestId('join-button'),
   recordingConsent: byTestId('recording-consent'),
+  faceConsent: byTestId('face-consent'),
+  idBox: byId('id-box'),
+  queueIdSlot: byId('queue-id-slot'),
+  callIdSlot: byId('call-id-slot'),
+  callIdDetails: byId('call-id-details'),
+  faceConsentToggle: byTestId('face-consent-toggle'),
+  faceOffHint: byId('face-off-hint'),
+  idUpload: byId('id-upload'),
+  idPhotoInput: byTestId('id-photo-input'),
+  idPhotoLabel: byId('id-photo-label'),
+  idPhotoPreview: byId('id-photo-preview'),
+  idPhotoStatus: byTestId('id-photo-status'),
+  callScreen: byId('screen-call'),
+  livenessInstruction: byTestId('liveness-instruction'),
+  livenessStepText: byId('liveness-step-text'),
+  livenessMeta: byId('liveness-meta'),
+  livenessBarFill: byId('liveness-bar-fill'),
+  livenessResult: byTestId('liveness-result'),
+  verificationResult: byTestId('verification-result'),
   queueBusiness: byTestId('queue-business'),
   queuePosition: byTestId('queue-position'),
   queueWait: byTestId('queue-wait'),
@@ -74,6 +107,24 @@ const app = {
   agentName: '',
   endTimer: null,
   endReason: null,
+};
+
+/** The customer's side of the face checks during one session. */
+const identity = {
+  /** the face-verification consent the server has (join, or face_consent later) */
+  consent: false,
+  /** the ID photo: state '' | 'uploading' | 'ok' | 'error', and why it failed */
+  photo: { state: '', code: null, message: '', status: 0 },
+  uploadSeq: 0,
+  previewUrl: null,
+  /** the running challenge: {steps, instructions: {step: {en, zh}}, limitS, current, completed, stepStartedAt} */
+  liveness: null,
+  livenessTimer: null,
+  /** the latest liveness_result and verification_result, while shown */
+  livenessResult: null,
+  livenessResultTimer: null,
+  verification: null,
+  verificationTimer: null,
 };
 
 // --- state and rendering -------------------------------------------------------
@@ -134,6 +185,7 @@ function renderAll() {
   renderJoinButton();
   renderDeviceStatus();
   renderEnded();
+  renderIdentity();
   notice.refresh();
   call.refresh();
 }
@@ -155,6 +207,7 @@ function placeLocalVideo(screen) {
 
 function goTo(screen) {
   placeLocalVideo(screen);
+  placeIdBox(screen);
   showScreen(screens, screen);
 }
 
@@ -185,7 +238,10 @@ const call = new CallController({
 // --- session storage -------------------------------------------------------------
 
 function saveSession() {
-  if (app.session) store.set(SESSION_KEY, app.session);
+  if (!app.session) return;
+  app.session.face_consent = identity.consent;
+  app.session.id_photo = identity.photo.state === 'ok';
+  store.set(SESSION_KEY, app.session);
 }
 
 function forgetSession() {
@@ -207,7 +263,7 @@ function connect() {
       sig.send({ type: 'rejoin', session_id: app.session.session_id, rejoin_token: app.session.rejoin_token });
     } else {
       sig.send({ type: 'join', business: app.business, display_name: app.displayName,
-                 recording_consent: el.recordingConsent.checked });
+                 recording_consent: el.recordingConsent.checked, face_consent: identity.consent });
     }
   });
   sig.on('message', onMessage);
@@ -270,6 +326,18 @@ function onMessage(msg) {
       break;
     case 'call_ended':
       finish(msg.reason);
+      break;
+    case 'liveness_challenge':
+      onLivenessChallenge(msg);
+      break;
+    case 'liveness_progress':
+      onLivenessProgress(msg);
+      break;
+    case 'liveness_result':
+      onLivenessResult(msg);
+      break;
+    case 'verification_result':
+      onVerificationResult(msg);
       break;
     case 'error':
       onServerError(msg);
@@ -362,6 +430,7 @@ function onServerError(msg) {
 // --- the call ------------------------------------------------------------------
 
 function onCallStarted(msg) {
+  const newCall = app.state !== 'active';
   clearTimeout(app.endTimer);
   app.endTimer = null;
   el.cancel.disabled = false;
@@ -374,11 +443,14 @@ function onCallStarted(msg) {
   setState('active');
   renderJoinButton();
   goTo('call');
+  // room to upload the ID photo on a desk; folded under the video on a phone
+  if (newCall) el.callIdDetails.open = window.matchMedia(WIDE_SCREEN).matches;
   call.startMedia();
 }
 
 function closeCall() {
   call.close();
+  stopLiveness();
   renderCallTimer();
 }
 
@@ -395,6 +467,7 @@ function finish(reason) {
   clearTimeout(app.endTimer);
   app.endTimer = null;
   closeCall();
+  resetIdentity();
   forgetSession();
   app.resuming = false;
   app.joining = false;
@@ -408,6 +481,264 @@ function finish(reason) {
   renderJoinButton();
   setState('ended');
   goTo('ended');
+}
+
+// --- identity: face consent, ID photo, liveness, verification ------------------------
+
+/** The consent toggle and the ID photo live in the waiting screen and in the call view. */
+function placeIdBox(screen) {
+  const slot = { queue: el.queueIdSlot, call: el.callIdSlot }[screen];
+  el.idBox.hidden = !slot;
+  el.callIdDetails.hidden = screen !== 'call';
+  if (slot) moveInto(slot, el.idBox);
+  renderIdBox();
+}
+
+function renderIdentity() {
+  renderIdBox();
+  renderLiveness();
+  renderStageResults();
+}
+
+function renderIdBox() {
+  el.faceConsentToggle.checked = identity.consent;
+  el.faceOffHint.hidden = identity.consent;
+  el.idUpload.hidden = !identity.consent;
+  const { state } = identity.photo;
+  el.idPhotoStatus.dataset.state = state;
+  el.idPhotoInput.disabled = state === 'uploading' || !app.session;
+  setText(el.idPhotoLabel, t(state === 'ok' ? 'idPhoto.replace' : 'idPhoto.choose'));
+  setText(el.idPhotoStatus, photoStatusText());
+  el.idPhotoPreview.hidden = !identity.previewUrl;
+}
+
+function photoStatusText() {
+  const { state, code, message, status } = identity.photo;
+  if (state === 'uploading') return t('idPhoto.uploading');
+  if (state === 'ok') return t('idPhoto.ok');
+  if (state !== 'error') return '';
+  if (code && has(`idPhoto.error.${code}`)) return t(`idPhoto.error.${code}`);
+  // a code we have no words for: the server's own sentence
+  return message || t('idPhoto.error.generic', { status: status || '?' });
+}
+
+function setPhoto(state, { code = null, message = '', status = 0 } = {}) {
+  identity.photo = { state, code, message, status };
+  saveSession();
+  renderIdBox();
+}
+
+function setPreview(file) {
+  if (identity.previewUrl) URL.revokeObjectURL(identity.previewUrl);
+  identity.previewUrl = file ? URL.createObjectURL(file) : null;
+  if (identity.previewUrl) el.idPhotoPreview.src = identity.previewUrl;
+  else el.idPhotoPreview.removeAttribute('src');
+}
+
+function onFaceConsentToggle() {
+  const accepted = el.faceConsentToggle.checked;
+  if (!app.session || !send({ type: 'face_consent', accepted })) {
+    el.faceConsentToggle.checked = identity.consent;
+    errors.show(t('error.unreachable'));
+    return;
+  }
+  identity.consent = accepted;
+  if (!accepted) {
+    // withdrawn: the server stops using the photo; a new one is needed after agreeing again
+    identity.uploadSeq += 1;
+    identity.photo = { state: '', code: null, message: '', status: 0 };
+    setPreview(null);
+  }
+  saveSession();
+  renderIdBox();
+}
+
+function onIdPhotoSelected() {
+  const file = el.idPhotoInput.files && el.idPhotoInput.files[0];
+  el.idPhotoInput.value = ''; // choosing the same file again uploads it again
+  if (file) uploadIdPhoto(file);
+}
+
+/** POST the photo as the raw body, proving the session with its rejoin token. */
+async function uploadIdPhoto(file) {
+  const session = app.session;
+  if (!session || !identity.consent) return;
+  const seq = ++identity.uploadSeq;
+  setPreview(file);
+  if (file.size === 0) {
+    setPhoto('error', { code: 'bad_image' });
+    return;
+  }
+  if (file.size > ID_PHOTO_MAX_BYTES) {
+    setPhoto('error', { code: 'image_too_large' });
+    return;
+  }
+  setPhoto('uploading');
+  let response;
+  let body = null;
+  try {
+    response = await fetch(`/api/identity/${encodeURIComponent(session.session_id)}/reference`, {
+      method: 'POST',
+      body: file,
+      headers: {
+        'Content-Type': file.type || 'application/octet-stream',
+        'X-Session-Token': session.rejoin_token,
+        Accept: 'application/json',
+      },
+      credentials: 'same-origin',
+      cache: 'no-store',
+    });
+    body = await response.json().catch(() => null);
+  } catch (err) {
+    console.info('ID photo upload failed', err);
+    if (seq === identity.uploadSeq) setPhoto('error', { code: 'unreachable' });
+    return;
+  }
+  if (seq !== identity.uploadSeq || app.session !== session) return;
+  if (response.ok) {
+    setPhoto('ok');
+    return;
+  }
+  let code = body && typeof body.error === 'string' ? body.error : null;
+  if (response.status === 403) code = 'forbidden';
+  else if (response.status === 404) code = 'not_found';
+  else if (response.status === 413) code = 'image_too_large';
+  setPhoto('error', { code, message: body && typeof body.message === 'string' ? body.message : '',
+                      status: response.status });
+}
+
+function onLivenessChallenge(msg) {
+  const steps = Array.isArray(msg.steps) ? msg.steps.map(String) : [];
+  if (!steps.length) return;
+  const instructions = {};
+  for (const item of Array.isArray(msg.instructions) ? msg.instructions : []) {
+    if (item && typeof item.step === 'string') instructions[item.step] = { en: item.en, zh: item.zh };
+  }
+  hideLivenessResult();
+  el.livenessResult.dataset.passed = ''; // the outcome of this challenge is yet to come
+  identity.liveness = {
+    steps,
+    instructions,
+    limitS: Number(msg.step_time_limit_s) > 0 ? Number(msg.step_time_limit_s) : 8,
+    current: steps[0],
+    completed: [],
+    stepStartedAt: Date.now(),
+  };
+  clearInterval(identity.livenessTimer);
+  identity.livenessTimer = setInterval(renderLivenessClock, 250);
+  renderLiveness();
+}
+
+function onLivenessProgress(msg) {
+  const live = identity.liveness;
+  if (!live) return;
+  const current = typeof msg.current === 'string' ? msg.current : null;
+  if (current !== live.current) live.stepStartedAt = Date.now();
+  live.current = current;
+  live.completed = Array.isArray(msg.completed) ? msg.completed.map(String) : live.completed;
+  renderLiveness();
+}
+
+function onLivenessResult(msg) {
+  stopLiveness();
+  clearTimeout(identity.livenessResultTimer);
+  identity.livenessResult = { passed: msg.passed === true, message: msg.message, message_zh: msg.message_zh };
+  identity.livenessResultTimer = setTimeout(hideLivenessResult, LIVENESS_RESULT_MS);
+  renderStageResults();
+}
+
+function onVerificationResult(msg) {
+  clearTimeout(identity.verificationTimer);
+  identity.verification = {
+    verified: msg.verified === true,
+    reason: typeof msg.reason === 'string' ? msg.reason : '',
+    message: msg.message,
+    message_zh: msg.message_zh,
+  };
+  identity.verificationTimer = setTimeout(() => {
+    identity.verification = null;
+    renderStageResults();
+  }, VERIFICATION_NOTICE_MS);
+  renderStageResults();
+}
+
+function stopLiveness() {
+  clearInterval(identity.livenessTimer);
+  identity.livenessTimer = null;
+  identity.liveness = null;
+  renderLiveness();
+}
+
+function hideLivenessResult() {
+  clearTimeout(identity.livenessResultTimer);
+  identity.livenessResult = null;
+  renderStageResults();
+}
+
+function stepText(step) {
+  const given = identity.liveness && identity.liveness.instructions[step];
+  const text = given ? serverText(given.en, given.zh) : '';
+  return text || (has(`liveness.step.${step}`) ? t(`liveness.step.${step}`) : step);
+}
+
+function renderLiveness() {
+  const live = identity.liveness;
+  const step = live ? live.current : null;
+  el.livenessInstruction.hidden = !step;
+  el.livenessInstruction.dataset.step = step || '';
+  el.callScreen.dataset.liveness = step ? 'running' : '';
+  renderStageResults();
+  if (!step) return;
+  setText(el.livenessStepText, stepText(step));
+  renderLivenessClock();
+}
+
+function renderLivenessClock() {
+  const live = identity.liveness;
+  if (!live || !live.current) return;
+  const elapsedS = (Date.now() - live.stepStartedAt) / 1000;
+  const left = Math.max(0, Math.ceil(live.limitS - elapsedS));
+  const n = Math.min(live.steps.length, live.completed.length + 1);
+  setText(el.livenessMeta, `${t('liveness.progress', { n, total: live.steps.length })} · ${t('liveness.seconds', { n: left })}`);
+  el.livenessBarFill.style.width = `${Math.max(0, Math.min(100, (1 - elapsedS / live.limitS) * 100))}%`;
+}
+
+function renderStageResults() {
+  const liveness = identity.livenessResult;
+  el.livenessResult.hidden = !liveness;
+  if (liveness) {
+    el.livenessResult.dataset.passed = String(liveness.passed);
+    el.livenessResult.dataset.tone = liveness.passed ? 'ok' : 'error';
+    setText(el.livenessResult, serverText(liveness.message, liveness.message_zh)
+      || t(liveness.passed ? 'liveness.passed' : 'liveness.failed'));
+  }
+  const verification = identity.verification;
+  // the liveness outcome has the stage to itself while it shows
+  el.verificationResult.hidden = !verification || Boolean(liveness) || Boolean(identity.liveness);
+  if (verification) {
+    el.verificationResult.dataset.verified = String(verification.verified);
+    el.verificationResult.dataset.reason = verification.reason;
+    el.verificationResult.dataset.tone = verification.verified ? 'ok'
+      : verification.reason === 'mismatch' ? 'error' : 'warn';
+    setText(el.verificationResult, serverText(verification.message, verification.message_zh));
+  }
+}
+
+/** A new session (or none): no consent, photo or check on screen any more. */
+function resetIdentity() {
+  identity.uploadSeq += 1;
+  identity.consent = false;
+  identity.photo = { state: '', code: null, message: '', status: 0 };
+  setPreview(null);
+  stopLiveness();
+  clearTimeout(identity.livenessResultTimer);
+  clearTimeout(identity.verificationTimer);
+  identity.livenessResult = null;
+  identity.verification = null;
+  el.livenessResult.dataset.passed = '';
+  el.verificationResult.dataset.verified = '';
+  el.verificationResult.dataset.reason = '';
+  renderIdentity();
 }
 
 // --- user actions --------------------------------------------------------------
@@ -436,6 +767,8 @@ function onJoinClick() {
   if (!devices.stream || app.joining) return;
   errors.clear();
   app.displayName = cleanDisplayName(el.displayName.value);
+  resetIdentity();
+  identity.consent = el.faceConsent.checked;
   app.joining = true;
   app.endReason = null;
   renderJoinButton();
@@ -503,6 +836,8 @@ function init() {
   }
   el.join.addEventListener('click', onJoinClick);
   el.recordingConsent.addEventListener('change', renderJoinButton);
+  el.faceConsentToggle.addEventListener('change', onFaceConsentToggle);
+  el.idPhotoInput.addEventListener('change', onIdPhotoSelected);
   el.retryDevices.addEventListener('click', () => devices.start());
   el.cancel.addEventListener('click', onCancelClick);
   el.hangup.addEventListener('click', onHangupClick);
@@ -522,6 +857,9 @@ function init() {
     app.session = saved;
     app.business = BUSINESSES.includes(saved.business) ? saved.business : null;
     app.displayName = typeof saved.display_name === 'string' ? saved.display_name : '';
+    identity.consent = saved.face_consent === true;
+    if (identity.consent && saved.id_photo === true) identity.photo.state = 'ok';
+    renderIdentity();
     if (app.business) selectBusiness(app.business);
     app.resuming = true;
     renderJoinButton();
