@@ -53,7 +53,7 @@ __all__ = ["KINDS", "EvidenceError", "EvidenceItem", "EvidenceNotFound", "Eviden
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("reference_image", "reference_embedding", "snapshot", "live_embedding")
+KINDS = ("reference_image", "reference_embedding", "snapshot", "live_embedding", "receipt")
 KEY_FILE = "key.wrapped"
 FORMAT = "vcounter-evidence/1"
 MAGIC = b"VCEVI001"

@@ -15,7 +15,8 @@ from .auth import LoginThrottle
 from .config import Config
 from .db import Database
 from .exceptions import ServerError
-from .keys import BROKER, CHANNELS, CONFIG, DB, HUB, IDENTITY, RECORDINGS, REPLAYS, THROTTLE
+from .health import LOOP_LAG, LoopLagMonitor
+from .keys import BROKER, CHANNELS, CONFIG, DB, FLOWS, HUB, IDENTITY, RECORDINGS, REPLAYS, THROTTLE
 from .recording import RecordingService, load_keys
 from .routes import setup_routes
 from .session_log import DbSessionLog, close_orphaned_sessions
@@ -60,6 +61,25 @@ def _identity_service(config: Config, broker: Broker, hub: MediaHub, master):  #
     worker = FaceWorker(config.identity_workers or None)
     evidence = EvidenceStore.local(config.identity_dir, master)
     return IdentityService(config, broker, hub, evidence, worker)
+
+
+def _flow_service(config: Config, db: Database, broker: Broker, identity, signing):  # type: ignore[no-untyped-def]
+    """The business flows from ``config.flows_dir`` (a broken flow file stops the start, naming the line)."""
+    from recorder.keys import SigningKey
+
+    from .core_banking import LocalCoreBanking
+    from .flow_engine import FlowService
+    from .flows import load_flows
+
+    if not config.flows_dir.is_dir():
+        logger.warning("no flows directory %s: calls run without a business script", config.flows_dir)
+        return None
+    flows = load_flows(config.flows_dir, account_class=config.account_class)
+    logger.info("business flows: %s", ", ".join(f"{b} v{f.version} ({len(f.steps)} steps)"
+                                                 for b, f in sorted(flows.items())))
+    if signing is None:
+        signing = SigningKey.generate()  # recording off (benchmarks): receipts still need a key
+    return FlowService(config, broker, flows, signing, LocalCoreBanking(db), identity=identity)
 
 
 def create_app(config: Config) -> web.Application:
@@ -116,9 +136,17 @@ def create_app(config: Config) -> web.Application:
             broker.on_call_started.append(identity.call_started)
             broker.on_call_ended.append(identity.call_ended)
             broker.on_session_closed.append(identity.session_closed)
+        flows = _flow_service(config, db, broker, identity, signing)
+        if flows is not None:
+            app[FLOWS] = flows
+            broker.on_call_started.append(flows.call_started)
+            broker.on_session_closed.insert(0, flows.session_closed)
         logger.info("node %s ready (media %s, database %s)", config.node_id, config.media_mode,
                     db.engine.url.render_as_string(hide_password=True))
+        loop_lag = app[LOOP_LAG] = LoopLagMonitor()  # event-loop lag for /healthz
+        loop_lag.start()
         yield
+        await loop_lag.aclose()
         await broker.aclose()
         if identity is not None:
             await identity.aclose()

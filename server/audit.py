@@ -40,6 +40,11 @@ ANOMALY_EVENTS = {
     "face_missing": "face_missing",
     "multiple_faces": "multiple_faces",
     "face_mismatch": "face_mismatch",
+    "identity_rejected": "identity_rejected",
+    "liveness_failed": "liveness_failed",
+    "flow_stopped": "flow_stopped",
+    "flow_incomplete": "flow_incomplete",
+    "step_refused": "step_refused",
 }
 RECORDING_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}-\d{1,3}$")
 STREAM_BLOCK = 256 * 1024
@@ -174,6 +179,35 @@ def _manifest(directory) -> dict[str, Any] | None:  # type: ignore[no-untyped-de
         return None
 
 
+def flow_checklist(events: list[SessionEvent]) -> dict[str, Any] | None:
+    """The business flow's checklist with step times, rebuilt from the timeline (None: no flow)."""
+    started = next((e for e in events if e.kind == "flow_started"), None)
+    if started is None:
+        return None
+    data = started.payload
+    steps = {sid: {"id": sid, "kind": None, "status": "pending", "started_at": None, "ended_at": None,
+                   "started_offset_ms": None, "ended_offset_ms": None} for sid in data.get("steps", [])}
+    status, reason = "incomplete", None
+    for e in events:
+        d = e.payload
+        step = steps.get(d.get("step")) if isinstance(d.get("step"), str) else None
+        if e.kind == "step_started" and step is not None:
+            step.update(kind=d.get("kind"), status="active", started_at=_iso(e.at), started_offset_ms=e.offset_ms)
+        elif e.kind == "step_completed" and step is not None:
+            step.update(status="done", ended_at=_iso(e.at), ended_offset_ms=e.offset_ms)
+        elif e.kind == "flow_stopped":
+            status, reason = "stopped", d.get("reason")
+            if step is not None:
+                step.update(status="failed", ended_at=_iso(e.at), ended_offset_ms=e.offset_ms)
+        elif e.kind == "flow_completed":
+            status = "completed"
+        elif e.kind == "flow_incomplete":
+            reason = d.get("reason")
+    running = status == "incomplete" and not any(e.kind == "flow_incomplete" for e in events)
+    return {"business": data.get("business"), "version": data.get("version"),
+            "status": "running" if running else status, "reason": reason, "steps": list(steps.values())}
+
+
 async def session_detail(request: web.Request) -> web.Response:
     user = await require_auditor(request)
     session_id = request.match_info["session_id"]
@@ -192,6 +226,7 @@ async def session_detail(request: web.Request) -> web.Response:
             "session": _session_summary(s, row, list(events), list(recordings), verdicts[-1] if verdicts else None),
             "events": [{"kind": e.kind, "offset_ms": e.offset_ms, "at": _iso(e.at), "data": e.payload}
                        for e in events],
+            "flow": flow_checklist(list(events)),
             "verdicts": [{"result": v.result, "notes": v.notes, "by": v.username, "at": _iso(v.at)}
                          for v in verdicts],
             "_recordings": list(recordings),

@@ -231,6 +231,84 @@ def cmd_verify_log(args: argparse.Namespace) -> int:
     return 0 if check.ok else 1
 
 
+def cmd_verify_receipt(args: argparse.Namespace) -> int:
+    """Check a sealed signature receipt: exit 0 valid, 1 invalid (reason on stderr), 2 unreadable."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+
+    from recorder.exceptions import RecorderError
+    from recorder.keys import SigningKey, fingerprint
+    from recorder.receipt import redacted, verify_receipt
+
+    path = Path(args.file)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        print(f"error: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    trusted: list[bytes] = []
+    sources: dict[str, str] = {}  # fingerprint -> where the trust comes from
+    for key_path in args.public_key or []:
+        try:
+            pem = Path(key_path).read_bytes()
+            sources.setdefault(fingerprint(pem), f"--public-key {key_path}")
+        except OSError as exc:
+            print(f"error: cannot read --public-key {key_path}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+        except (RecorderError, ValueError, UnsupportedAlgorithm):
+            print(f"error: --public-key {key_path} is not an Ed25519 public key (PEM)", file=sys.stderr)
+            return 2
+        trusted.append(pem)
+    key_file = Path(_base_config(args).signing_key_file)
+    if key_file.is_file():  # the server's own key, read only (never created here)
+        try:
+            server_pem = SigningKey.load(key_file).public_pem()
+        except (OSError, RecorderError) as exc:
+            print(f"warning: cannot read the server signing key {key_file}: {exc}", file=sys.stderr)
+        else:
+            trusted.append(server_pem)
+            sources.setdefault(fingerprint(server_pem), f"the server signing key {key_file}")
+    check = verify_receipt(data, trusted_public_keys=trusted or None)
+    if args.json:
+        _print_json({"ok": check.ok, "trusted": check.trusted, "code": check.code, "reason": check.reason,
+                     "fingerprint": check.fingerprint, "trusted_keys": sorted(sources),
+                     "payload": redacted(check.payload) if check.payload else None})
+    if check.code == "not_a_receipt":
+        print(f"error: {path}: {check.reason}", file=sys.stderr)
+        return 2
+    if not check.ok:
+        print(f"FAILED: {path}: {check.reason}", file=sys.stderr)
+        return 1
+    assert check.payload is not None and check.fingerprint is not None
+    if not args.json:
+        def show(value: object) -> str:  # no terminal control characters from a (forged) file
+            return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(value))
+
+        p = check.payload
+        ident = p["identity"]
+        details = [f"{k} {ident[k]:g}" for k in ("score", "distance", "threshold")
+                   if isinstance(ident.get(k), int | float)]
+        if ident.get("liveness") is not None:
+            details.append("liveness " + ("passed" if ident["liveness"] else "failed"))
+        details += [f"{k} {show(ident[k])}" for k in ("by", "reason") if ident.get(k)]
+        face = p["face_snapshot"]
+        print(f"OK: receipt {p['receipt_id']} is intact and "
+              + ("signed by a trusted key" if check.trusted else "self-consistent (signer NOT checked)"))
+        print(f"  session:   {show(p['session_id'])} (flow {show(p['flow']['business'])} "
+              f"v{show(p['flow']['version'])}, step {show(p['step_id'])})")
+        print(f"  document:  {show(p['document']['id'])} \"{show(p['document']['title'])}\" "
+              f"sha256 {p['document']['sha256']}")
+        print(f"  signed at: {p['signed_at']} (sealed {p['sealed_at']})")
+        print(f"  identity:  {ident['method']}: {'verified' if ident['verified'] else 'NOT verified'}"
+              + (f" ({', '.join(details)})" if details else ""))
+        print(f"  face:      {'snapshot sha256 ' + face['sha256'] if face else 'no snapshot (no video)'}")
+        print(f"  signature: image sha256 {p['signature_image']['sha256']}")
+        print(f"  signer:    {check.fingerprint} "
+              + (f"(trusted: {sources[check.fingerprint]})" if check.trusted else "(untrusted)"))
+    if not check.trusted:
+        print(check.reason, file=sys.stderr)
+    return 0
+
+
 def cmd_sessions(args: argparse.Namespace) -> int:
     import json
 
@@ -545,6 +623,20 @@ def build_parser() -> argparse.ArgumentParser:
     verify_log = sub.add_parser("verify-log", help="check the hash chain of the recordings access log")
     verify_log.add_argument("--data-dir")
     verify_log.set_defaults(func=cmd_verify_log)
+
+    receipt = sub.add_parser(
+        "verify-receipt", help="check a sealed signature receipt: exit 0 valid, 1 invalid, 2 unreadable",
+        description="Check that a signature receipt is exactly as the server sealed it and signed by a "
+                    "trusted key: the server's signing key (VCOUNTER_SIGNING_KEY_FILE, when present) "
+                    "and every --public-key. Without any trusted key only self-consistency is "
+                    "checked, with a warning: anyone can re-sign a receipt with a key of their own.")
+    receipt.add_argument("file", help="the receipt (.json)")
+    receipt.add_argument("--public-key", action="append", metavar="PEM",
+                         help="trust this Ed25519 public key (PEM); repeatable")
+    receipt.add_argument("--json", action="store_true",
+                         help="print the check as one JSON object (images by size and sha256 only)")
+    receipt.add_argument("--data-dir")
+    receipt.set_defaults(func=cmd_verify_receipt)
 
     sessions = sub.add_parser("sessions", help="list sessions with their recording status")
     sessions.add_argument("--json", action="store_true", help="one JSON array")

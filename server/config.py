@@ -84,6 +84,11 @@ class Config:
     #: recorded session is deleted with its last recording
     identity_orphan_days: int = 1
 
+    #: directory of the business flow files (one YAML per business, see docs/flows.md)
+    flows_dir: Path = REPO_ROOT / "flows"
+    #: class of the accounts opened remotely (银发〔2015〕392号: II or III without on-site checks)
+    account_class: str = "II"
+
     @property
     def recordings_dir(self) -> Path:
         return Path(self.data_dir) / "recordings"

@@ -138,6 +138,23 @@ class SessionEvent(SQLModel, table=True):
         return json.loads(self.data)
 
 
+class BusinessOutcome(SQLModel, table=True):
+    """What a completed flow produced: an account opened, a loan contract signed, a product order."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    session_id: str = Field(foreign_key="callsession.id", index=True, max_length=64)
+    #: account | loan | order
+    type: str = Field(max_length=16)
+    #: the account number, contract number or order number
+    reference: str = Field(index=True, unique=True, max_length=40)
+    created_at: datetime = Field(default_factory=utcnow)
+    data: str = "{}"
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        return json.loads(self.data)
+
+
 _APPEND_ONLY_TRIGGERS = [
     f"""CREATE TRIGGER IF NOT EXISTS {table}_no_{op} BEFORE {op.upper()} ON {table}
        BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END"""

@@ -13,6 +13,7 @@ from signaling.media_hub import MediaHub
 from .auth import LoginThrottle
 from .config import Config
 from .db import Database
+from .flow_engine import FlowService
 from .identity_service import IdentityService
 from .recording import RecordingService
 
@@ -23,6 +24,8 @@ BROKER = web.AppKey("broker", Broker)
 RECORDINGS = web.AppKey("recordings", RecordingService)
 #: face checks (absent when switched off)
 IDENTITY = web.AppKey("identity", IdentityService)
+#: business flows (absent when the flows directory is missing)
+FLOWS = web.AppKey("flows", FlowService)
 THROTTLE = web.AppKey("login_throttle", LoginThrottle)
 #: open WebSocket channels, closed at shutdown
 CHANNELS = web.AppKey("channels", weakref.WeakSet[Any])

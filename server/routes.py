@@ -11,7 +11,8 @@ from signaling.messages import Business
 
 from . import auth
 from .exceptions import BadRequest, Unauthorized
-from .keys import BROKER, CONFIG, DB, HUB, THROTTLE
+from .health import LOOP_LAG
+from .keys import BROKER, CONFIG, DB, HUB, IDENTITY, THROTTLE
 
 logger = logging.getLogger(__name__)
 
@@ -114,12 +115,31 @@ async def client_config(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    return web.json_response({
+    """For load balancers and benchmarks (unauthenticated: counts and timings only, nothing per session).
+
+    ``?lag_window_s=S`` summarises the loop lag over the last S seconds only
+    (at most the monitor's window, 60 s).
+    """
+    body: dict[str, object] = {
         "status": "ok",
         "node": request.app[CONFIG].node_id,
         "calls": request.app[HUB].call_count,
         "sessions": len(request.app[BROKER].sessions),
-    })
+    }
+    monitor = request.app.get(LOOP_LAG)
+    if monitor is not None:
+        raw = request.query.get("lag_window_s")
+        try:
+            last_s = float(raw) if raw is not None else None
+        except ValueError:
+            raise BadRequest("lag_window_s must be a number of seconds") from None
+        if last_s is not None and not 0 < last_s < float("inf"):
+            raise BadRequest("lag_window_s must be a positive number of seconds")
+        body["loop_lag_ms"] = monitor.summary(last_s)
+    identity = request.app.get(IDENTITY)
+    if identity is not None:
+        body["face_workers"] = {"workers": identity.worker.max_workers, "pending": identity.worker.pending}
+    return web.json_response(body)
 
 
 def setup_routes(app: web.Application) -> None:

@@ -23,7 +23,8 @@ from signaling.broker import CLOSE_POLICY, AgentConn, AgentUser, Broker, Session
 from signaling.exceptions import InvalidMessage, NotAuthenticated, SignalingError
 
 from . import auth
-from .keys import BROKER, CHANNELS, DB, IDENTITY
+from .flow_engine import FlowService
+from .keys import BROKER, CHANNELS, DB, FLOWS, IDENTITY
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +147,17 @@ async def _frames(ws: web.WebSocketResponse, channel: WsChannel, limiter: RateLi
             return
 
 
+FLOW_CUSTOMER_MESSAGES = (m.ConsentAccept, m.ConsentDecline, m.DisclosureConfirm, m.QuestionnaireSubmit,
+                          m.DocumentRead, m.SignatureSubmit)
+
+
+def _flows(request: web.Request) -> FlowService:
+    flows = request.app.get(FLOWS)
+    if flows is None:
+        raise SignalingError("business flows are not loaded on this server", code="flows_unavailable")
+    return flows
+
+
 IDENTITY_MESSAGES = (m.IdentityVerify, m.LivenessStart, m.CaptureSnapshot, m.CaptureReference,
                      m.ManualVerification)
 
@@ -157,6 +169,9 @@ async def _identity_request(request: web.Request, session: Session, user: AgentU
         if identity is None:
             await request.app[BROKER].log_event(session.id, "identity_manual", verified=msg.verified,
                                                 reason=msg.reason, by=user.username)
+            flows = request.app.get(FLOWS)
+            if flows is not None:
+                flows.record_manual(session, msg.verified, msg.reason, user.username)
         else:
             await identity.manual_verification(session, msg.verified, msg.reason, user.username)
         return
@@ -217,6 +232,8 @@ async def customer_ws(request: web.Request) -> web.WebSocketResponse:
                     await broker.offer(session, "customer", msg.sdp)
                 elif isinstance(msg, m.RequestKeyframe):
                     broker.request_keyframe(session, "customer")
+                elif isinstance(msg, FLOW_CUSTOMER_MESSAGES):
+                    await _flows(request).customer_message(session, msg)
                 elif isinstance(msg, m.FaceConsent):
                     identity = request.app.get(IDENTITY)
                     if identity is None:
@@ -312,6 +329,14 @@ async def agent_ws(request: web.Request) -> web.WebSocketResponse:
                     broker.request_keyframe(broker.session_of_agent(agent), "agent")
                 elif isinstance(msg, IDENTITY_MESSAGES):
                     await _identity_request(request, broker.session_of_agent(agent), user, msg)
+                elif isinstance(msg, m.StepNext):
+                    await _flows(request).agent_next(broker.session_of_agent(agent), msg.step_id, user.username)
+                elif isinstance(msg, m.MarkConfirmed):
+                    await _flows(request).agent_mark_confirmed(broker.session_of_agent(agent), msg.step_id,
+                                                               user.username)
+                elif isinstance(msg, m.PushDocument):
+                    await _flows(request).push_document(broker.session_of_agent(agent), msg.document_id,
+                                                        user.username)
             except SignalingError as exc:
                 _error(channel, exc)
                 if exc.fatal:

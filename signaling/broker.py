@@ -185,7 +185,7 @@ class Broker:
             for s in self.config.ice_servers
         ]
 
-    async def _event(self, session_id: str, kind: str, **data: object) -> None:
+    async def _event(self, session_id: str, kind: str, /, **data: object) -> None:
         try:
             await self.log.event(session_id, kind, data)
         except Exception:
@@ -216,7 +216,7 @@ class Broker:
             session.face_consent = accepted
             await self._event(session.id, "face_consent", accepted=accepted)
 
-    async def log_event(self, session_id: str, kind: str, **data: object) -> None:
+    async def log_event(self, session_id: str, kind: str, /, **data: object) -> None:
         """Put an event on the session's timeline (and the recording's, during a call)."""
         await self._event(session_id, kind, **data)
 

@@ -166,13 +166,84 @@ class ManualVerification(_Msg):
     reason: Annotated[str, Field(min_length=3, max_length=500, pattern=r"^[^\x00-\x08\x0b-\x1f]+$")]
 
 
+# --- business flows (issue #5) ---------------------------------------------------------
+
+StepId = Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[a-z][a-z0-9_]*$")]
+Sha256 = Annotated[str, Field(min_length=64, max_length=64, pattern=r"^[0-9a-f]{64}$")]
+#: a handwritten signature as a base64 PNG (a 600x200 canvas is ~10-30 kB)
+SignatureImage = Annotated[str, Field(min_length=16, max_length=60_000, pattern=r"^[A-Za-z0-9+/=]+$")]
+
+
+class StepNext(_Msg):
+    """Agent: the current step is done, go to the next (refused unless its conditions are met)."""
+
+    type: Literal["step_next"]
+    step_id: StepId
+
+
+class MarkConfirmed(_Msg):
+    """Agent: the customer confirmed the disclosure aloud (heard on the call)."""
+
+    type: Literal["mark_confirmed"]
+    step_id: StepId
+
+
+class PushDocument(_Msg):
+    """Agent: show a document of this flow on the customer's screen now."""
+
+    type: Literal["push_document"]
+    document_id: StepId
+
+
+class ConsentAccept(_Msg):
+    type: Literal["consent_accept"]
+    step_id: StepId
+    #: the separate face-verification consent, when the step asks for it
+    face: bool = False
+
+
+class ConsentDecline(_Msg):
+    type: Literal["consent_decline"]
+    step_id: StepId
+
+
+class DisclosureConfirm(_Msg):
+    type: Literal["disclosure_confirm"]
+    step_id: StepId
+
+
+class QuestionnaireSubmit(_Msg):
+    type: Literal["questionnaire_submit"]
+    step_id: StepId
+    #: question id -> option id
+    answers: dict[StepId, StepId] = Field(max_length=100)
+
+
+class DocumentRead(_Msg):
+    """Customer: reached the end of the document (its SHA-256 is the one they were shown)."""
+
+    type: Literal["document_read"]
+    step_id: StepId
+    sha256: Sha256
+
+
+class SignatureSubmit(_Msg):
+    type: Literal["signature_submit"]
+    step_id: StepId
+    document_sha256: Sha256
+    image_png: SignatureImage
+
+
 CustomerMessage = Annotated[
-    Join | Rejoin | Cancel | Offer | Hangup | Ping | RequestKeyframe | FaceConsent,
+    Join | Rejoin | Cancel | Offer | Hangup | Ping | RequestKeyframe | FaceConsent
+    | ConsentAccept | ConsentDecline | DisclosureConfirm | QuestionnaireSubmit | DocumentRead
+    | SignatureSubmit,
     Field(discriminator="type"),
 ]
 AgentMessage = Annotated[
     Auth | SetStatus | Accept | Decline | Offer | Hangup | Ping | RequestKeyframe
-    | IdentityVerify | LivenessStart | CaptureSnapshot | CaptureReference | ManualVerification,
+    | IdentityVerify | LivenessStart | CaptureSnapshot | CaptureReference | ManualVerification
+    | StepNext | MarkConfirmed | PushDocument,
     Field(discriminator="type"),
 ]
 
@@ -382,6 +453,32 @@ class IdentityPanel(_Msg):
     state: dict[str, Any]
 
 
+class FlowState(_Msg):
+    """To both parties: the business flow's checklist and the current step (sent on every change)."""
+
+    type: Literal["flow_state"] = "flow_state"
+    session_id: str
+    state: dict[str, Any]
+
+
+class DocumentShown(_Msg):
+    """To the customer (and echoed to the agent): a document to read on screen."""
+
+    type: Literal["document"] = "document"
+    document: dict[str, Any]
+    #: pushed by the agent outside the script (True), or the current document step (False)
+    pushed: bool
+
+
+class Receipt(_Msg):
+    """To the customer: the sealed signature receipt to keep (a JSON file)."""
+
+    type: Literal["receipt"] = "receipt"
+    receipt_id: str
+    filename: str
+    content: str
+
+
 ServerMessage = (
     Joined
     | Rejoined
@@ -402,6 +499,9 @@ ServerMessage = (
     | LivenessOutcome
     | VerificationOutcome
     | IdentityPanel
+    | FlowState
+    | DocumentShown
+    | Receipt
     | Pong
     | Error
 )
