@@ -64,8 +64,8 @@ def _every_stored_byte(root: Path) -> bytes:
 def test_every_kind_round_trips_and_nothing_is_plaintext_on_disk(store: EvidenceStore, tmp_path: Path):
     photo, snapshot = _photo("biden.jpg"), _photo("obama.jpg")
     data = {"reference_image": photo, "reference_embedding": _embedding(1), "snapshot": snapshot,
-            "live_embedding": _embedding(2)}
-    types = {"reference_image": "image/jpeg", "snapshot": "image/jpeg"}
+            "live_embedding": _embedding(2), "receipt": b'{"payload":{"session_id":"x"}}'}
+    types = {"reference_image": "image/jpeg", "snapshot": "image/jpeg", "receipt": "application/json"}
     put = [store.put(SESSION, kind, data[kind], content_type=types.get(kind, "application/octet-stream"),
                      meta={"distance": 0.3141592, "by": "agent 李"}) for kind in KINDS]
 
