@@ -64,7 +64,8 @@ def _every_stored_byte(root: Path) -> bytes:
 def test_every_kind_round_trips_and_nothing_is_plaintext_on_disk(store: EvidenceStore, tmp_path: Path):
     photo, snapshot = _photo("biden.jpg"), _photo("obama.jpg")
     data = {"reference_image": photo, "reference_embedding": _embedding(1), "snapshot": snapshot,
-            "live_embedding": _embedding(2), "receipt": b'{"payload":{"session_id":"x"}}'}
+            "live_embedding": _embedding(2), "receipt": json.dumps({"payload": {"session_id": SESSION, "document_sha256": "ab" * 32,
+                                                "signature_png": "iVBOR" * 40}}).encode()}
     types = {"reference_image": "image/jpeg", "snapshot": "image/jpeg", "receipt": "application/json"}
     put = [store.put(SESSION, kind, data[kind], content_type=types.get(kind, "application/octet-stream"),
                      meta={"distance": 0.3141592, "by": "agent 李"}) for kind in KINDS]
@@ -77,7 +78,7 @@ def test_every_kind_round_trips_and_nothing_is_plaintext_on_disk(store: Evidence
         assert "data" not in item.as_dict() and item.as_dict()["meta"]["by"] == "agent 李"
         assert "0.3141592" not in repr(item), "meta (scores) stays out of reprs and so of logs"
     assert [i.id for i in store.list(SESSION)] == [i.id for i in put], "oldest first"
-    assert len({i.id for i in put}) == 4 and all(len(i.id) >= 16 for i in put)
+    assert len({i.id for i in put}) == len(KINDS) and all(len(i.id) >= 16 for i in put)
 
     on_disk = _every_stored_byte(tmp_path / "identity")
     for plain in data.values():
