@@ -9,7 +9,12 @@
 // The identity panel (issue #4) shows the server's `identity` state of the call
 // (consent, ID photo and live snapshot, face comparison, liveness, presence) and
 // sends the agent's identity actions; their errors are shown in the panel.
+//
+// The business flow panel (issue #5, js/agent_flow.js) shows the server's
+// flow_state: the checklist, the current step and what it still misses, and
+// sends step_next, mark_confirmed and push_document.
 
+import { AgentFlow } from './agent_flow.js';
 import { CallController, publishState } from './call.js';
 import {
   BUSINESSES, applyI18n, bindLangToggle, businessName, errorText, formatClock, has, loadBusinessNames,
@@ -180,6 +185,8 @@ const call = new CallController({
   onTick: renderCall,
 });
 
+const flow = new AgentFlow({ send });
+
 // --- rendering -----------------------------------------------------------------
 
 function setState(state) {
@@ -320,6 +327,7 @@ function renderAll() {
   login.renderError();
   renderOffline();
   renderIdentity();
+  flow.refresh();
   setText(el.endReason, app.endReason ? reasonText('agentReason', app.endReason) : '');
   peerNotice.refresh();
   call.refresh();
@@ -467,6 +475,9 @@ function onMessage(msg) {
     case 'identity':
       onIdentity(msg);
       break;
+    case 'flow_state':
+      flow.onState(msg);
+      break;
     case 'error':
       onServerError(msg);
       break;
@@ -498,6 +509,10 @@ function onServerError(msg) {
     return;
   }
   if (code === 'bad_sdp' && call.retryAfterBadSdp()) return;
+  if (app.state === 'active' && flow.takesError(code)) {
+    flow.onError(msg.message);
+    return;
+  }
   if (isIdentityReply(code)) {
     showIdentityError(code, msg.message);
     return;
@@ -578,6 +593,7 @@ function onCallStarted(msg) {
   app.sessionId = msg.session_id;
   if (idPanel.early && idPanel.early.session_id === msg.session_id) onIdentity(idPanel.early);
   idPanel.early = null;
+  flow.begin(msg.session_id);
   app.peer = msg.peer || null;
   app.endReason = null;
   call.begin(msg, { restartClock });
@@ -604,6 +620,7 @@ function closeCall() {
   app.endTimer = null;
   app.sessionId = null;
   resetIdentity();
+  flow.reset();
 }
 
 function endCall(reason) {

@@ -87,6 +87,10 @@ const el = {
   verdictHistory: byTestId('verdict-history'),
   verdictHistoryEmpty: byId('verdict-history-empty'),
   sessionEvents: byTestId('session-events'),
+  flowCard: byId('audit-flow-card'),
+  flowFlag: byTestId('flow-flag'),
+  flowMeta: byId('audit-flow-meta'),
+  flowChecklist: byTestId('audit-checklist'),
 };
 
 const screens = { login: byId('screen-login'), search: byId('screen-search'), detail: byId('screen-detail') };
@@ -187,14 +191,15 @@ const LIFECYCLE = new Set([
 ]);
 const WARNING = new Set([
   'customer_disconnected', 'customer_rejoined', 'requeued', 'media_disconnected', 'offer_timeout',
-  'offer_declined', 'recording_recovered',
+  'offer_declined', 'recording_recovered', 'step_refused',
 ]);
 const ANOMALY = new Set([
   'agent_lost', 'media_failed', 'failed', 'abandoned', 'session_failed', 'recording_failed',
-  'no_recording', 'face_missing', 'multiple_faces', 'face_mismatch',
+  'no_recording', 'face_missing', 'multiple_faces', 'face_mismatch', 'flow_stopped', 'flow_incomplete',
+  'consent_declined',
 ]);
 /** identity checks and business steps (issue #4 onwards) share one colour */
-const STEP = /^(identity|id_|face_|liveness|ocr|document|consent|disclosure|sign|step|business|product|risk)/;
+const STEP = /^(identity|id_|face_|liveness|ocr|document|consent|disclosure|sign|step|business|product|risk|flow|questionnaire|suitability|reference)/;
 
 function category(kind) {
   if (ANOMALY.has(kind) || /_failed$|_mismatch$/.test(kind)) return 'anomaly';
@@ -526,6 +531,7 @@ async function openSession(id) {
       recordings: Array.isArray(data.recordings) ? data.recordings : [],
       events: Array.isArray(data.events) ? data.events : [],
       verdicts: Array.isArray(data.verdicts) ? data.verdicts : [],
+      flow: data.flow && typeof data.flow === 'object' ? data.flow : null,
     };
     renderDetail();
     selectRecording(0);
@@ -563,6 +569,7 @@ function renderDetail() {
   if (detail && !(s.anomalies && s.anomalies.length)) {
     el.detailAnomalies.append(node('li', { className: 'muted', text: t('audit.noAnomalies') }));
   }
+  renderFlow();
   renderLegs();
   renderRecordingDetails();
   renderTimeline();
@@ -690,6 +697,69 @@ function renderIntegrity() {
   for (const problem of info.problems || []) lines.push(String(problem));
   if (lines.length) el.integrity.title = lines.join('\n');
   else el.integrity.removeAttribute('title');
+}
+
+// --- business flow checklist (issue #5) ---------------------------------------------------
+
+const FLOW_STEP_TONE = { done: 'ok', failed: 'danger', active: 'warn', pending: 'info' };
+
+/** The flow's steps with their times; a flow that stopped or never finished is flagged. */
+function renderFlow() {
+  const flow = app.detail ? app.detail.flow : null;
+  el.flowCard.hidden = !flow;
+  if (!flow) {
+    el.flowChecklist.replaceChildren();
+    el.flowFlag.hidden = true;
+    el.flowFlag.dataset.status = '';
+    return;
+  }
+  const flagged = flow.status === 'stopped' || flow.status === 'incomplete';
+  el.flowFlag.hidden = !flagged;
+  el.flowFlag.dataset.status = flagged ? flow.status : '';
+  setText(el.flowFlag, flagged ? t(`audit.flowFlag.${flow.status}`) : '');
+  el.flowMeta.dataset.status = flow.status || '';
+  const meta = [businessName(flow.business), flow.version != null ? `v${flow.version}` : '',
+    label('flow.status', flow.status)];
+  if (flow.reason) meta.push(has(`flow.reason.${flow.reason}`) ? t(`flow.reason.${flow.reason}`) : reasonLabel(flow.reason));
+  setText(el.flowMeta, meta.filter(Boolean).join(' · '));
+  const steps = Array.isArray(flow.steps) ? flow.steps : [];
+  el.flowChecklist.replaceChildren(...steps.map((step, i) => {
+    const li = node('li', {
+      className: 'flow-step',
+      testid: 'audit-step',
+      dataset: { step: step.id, status: step.status, kind: step.kind || '' },
+    });
+    const kind = step.kind && has(`flow.kind.${step.kind}`) ? t(`flow.kind.${step.kind}`) : '';
+    const mark = step.status === 'done' ? '✓' : step.status === 'failed' ? '✕' : String(i + 1);
+    li.append(
+      node('span', { className: 'flow-step-mark', text: mark }),
+      node('span', { className: 'flow-step-name', text: kind ? `${step.id} · ${kind}` : step.id }),
+      badge(label('flow.stepStatus', step.status), FLOW_STEP_TONE[step.status] || 'info'),
+    );
+    const times = [];
+    if (step.started_at) times.push(formatDateTime(step.started_at));
+    if (step.ended_at) times.push(formatDateTime(step.ended_at));
+    const time = node('span', { className: 'flow-step-time mono', testid: 'audit-step-time' });
+    if (step.started_offset_ms != null) {
+      // a link into the recording: where the step started
+      const seek = node('button', {
+        className: 'link-button',
+        text: [formatOffset(step.started_offset_ms),
+          step.ended_offset_ms != null ? formatOffset(step.ended_offset_ms) : ''].filter(Boolean).join(' – '),
+        dataset: { offsetMs: step.started_offset_ms },
+        title: times.join(' – '),
+      });
+      seek.type = 'button';
+      seek.addEventListener('click', () => replay.seekTo(Number(step.started_offset_ms) / 1000));
+      time.append(seek);
+    } else {
+      time.textContent = times.join(' – ');
+    }
+    time.dataset.started = step.started_at || '';
+    time.dataset.ended = step.ended_at || '';
+    li.append(time);
+    return li;
+  }));
 }
 
 // --- timeline -------------------------------------------------------------------------

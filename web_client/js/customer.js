@@ -12,8 +12,13 @@
 // waiting screen and the call view, and what the server's face checks tell the
 // customer during the call: the liveness instruction, its result, and the
 // verification result (what to fix when the picture is not good enough).
+//
+// Business flows (issue #5, js/customer_flow.js): the server's flow_state shows
+// as the current step and what it needs from the customer; the sealed receipt
+// (receipt) is kept for download, also on the end screen.
 
 import { CallController, publishState } from './call.js';
+import { CustomerFlow } from './customer_flow.js';
 import {
   BUSINESSES, applyI18n, bindLangToggle, businessName, errorText, formatWait, has, loadBusinessNames,
   onLangChange, reasonText, serverText, t,
@@ -80,6 +85,8 @@ const el = {
   callTimer: byId('call-timer'),
   hangup: byTestId('hangup-button'),
   endReason: byTestId('end-reason'),
+  flowPanel: byId('flow-panel'),
+  endedReceiptSlot: byId('ended-receipt-slot'),
   startOver: byTestId('start-over-button'),
 };
 
@@ -188,6 +195,7 @@ function renderAll() {
   renderIdentity();
   notice.refresh();
   call.refresh();
+  flow.refresh();
 }
 
 function showBanner(textKey) {
@@ -233,6 +241,12 @@ const call = new CallController({
   onTick: renderCallTimer,
   // after the rejoin, call_started comes again and a new offer is sent then
   onOfferNotSent: () => console.info('offer not sent: signaling is reconnecting'),
+});
+
+const flow = new CustomerFlow({
+  send,
+  faceConsent: () => identity.consent,
+  onFaceConsent: setFaceConsent,
 });
 
 // --- session storage -------------------------------------------------------------
@@ -339,6 +353,15 @@ function onMessage(msg) {
     case 'verification_result':
       onVerificationResult(msg);
       break;
+    case 'flow_state':
+      flow.onState(msg);
+      break;
+    case 'document':
+      flow.onDocument(msg);
+      break;
+    case 'receipt':
+      flow.onReceipt(msg);
+      break;
     case 'error':
       onServerError(msg);
       break;
@@ -403,6 +426,10 @@ function abandonResume(errorKey) {
 function onServerError(msg) {
   const code = msg.code;
   if (code === 'bad_sdp' && call.retryAfterBadSdp()) return;
+  if (code === 'step_refused' || code === 'flows_unavailable') {
+    flow.onError(msg.message);
+    return;
+  }
   if (code === 'forbidden' && app.resuming) {
     // the server no longer knows this session (or the token): start fresh
     abandonResume(null);
@@ -445,6 +472,7 @@ function onCallStarted(msg) {
   goTo('call');
   // room to upload the ID photo on a desk; folded under the video on a phone
   if (newCall) el.callIdDetails.open = window.matchMedia(WIDE_SCREEN).matches;
+  flow.placeReceipt(el.flowPanel);
   call.startMedia();
 }
 
@@ -468,6 +496,8 @@ function finish(reason) {
   app.endTimer = null;
   closeCall();
   resetIdentity();
+  flow.reset({ keepReceipt: true });
+  flow.placeReceipt(el.endedReceiptSlot);
   forgetSession();
   app.resuming = false;
   app.joining = false;
@@ -542,8 +572,14 @@ function onFaceConsentToggle() {
     errors.show(t('error.unreachable'));
     return;
   }
+  setFaceConsent(accepted);
+}
+
+/** The consent the server now has (the toggle, or the flow's consent step). */
+function setFaceConsent(accepted) {
+  const withdrawn = identity.consent && !accepted;
   identity.consent = accepted;
-  if (!accepted) {
+  if (withdrawn) {
     // withdrawn: the server stops using the photo; a new one is needed after agreeing again
     identity.uploadSeq += 1;
     identity.photo = { state: '', code: null, message: '', status: 0 };
@@ -768,6 +804,7 @@ function onJoinClick() {
   errors.clear();
   app.displayName = cleanDisplayName(el.displayName.value);
   resetIdentity();
+  flow.reset();
   identity.consent = el.faceConsent.checked;
   app.joining = true;
   app.endReason = null;
