@@ -62,7 +62,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -341,7 +341,9 @@ def _lag_summary(lags: list[float]) -> dict[str, float]:
             "max": round(1000 * ordered[-1], 1)}
 
 
-def _worker_main(conn: Connection, url: str, video: Any, audio: Any, verbose: bool, nice: int) -> None:
+def _worker_main(conn: Connection, url: str, video: Any, audio: Any, verbose: bool, nice: int,
+                 worker_factory: Callable[[str, Any, Any], _Worker] = _Worker) -> None:
+    """A client process; ``worker_factory`` (picklable) lets other benches use a :class:`_Worker` subclass."""
     if nice:
         os.nice(nice)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
@@ -349,7 +351,7 @@ def _worker_main(conn: Connection, url: str, video: Any, audio: Any, verbose: bo
     for name in ("aioice", "aiortc"):
         logging.getLogger(name).setLevel(logging.ERROR)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the orchestrator decides when we stop
-    asyncio.run(_Worker(url, video, audio).serve(conn))
+    asyncio.run(worker_factory(url, video, audio).serve(conn))
 
 
 # -- orchestrator ------------------------------------------------------------------------
@@ -514,9 +516,11 @@ class _Server:
 
 
 class _WorkerHandle:
-    def __init__(self, ctx: Any, url: str, video: Any, audio: Any, verbose: bool, nice: int) -> None:
+    def __init__(self, ctx: Any, url: str, video: Any, audio: Any, verbose: bool, nice: int,
+                 worker_factory: Callable[[str, Any, Any], _Worker] = _Worker) -> None:
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, args=(child, url, video, audio, verbose, nice),
+        self.proc = ctx.Process(target=_worker_main,
+                                args=(child, url, video, audio, verbose, nice, worker_factory),
                                 name="bench-client", daemon=True)
         self.proc.start()
         child.close()
@@ -641,10 +645,12 @@ def run_mode(mode: str, args: argparse.Namespace, clips: tuple[Any, Any], templa
     return report
 
 
-def _drive(mode: str, args: argparse.Namespace, usernames: list[str], workers: list[_WorkerHandle],
-           server_ps: psutil.Process | None, server: _Server | None,
-           rates: dict[str, float]) -> dict[str, Any]:
-    # ramp: one batch at a time, batches dealt round-robin to the workers
+def _ramp(mode: str, args: argparse.Namespace, usernames: list[str], workers: list[_WorkerHandle],
+          server: _Server | None) -> tuple[int, float]:
+    """Set the calls up, one batch at a time, batches dealt round-robin to the workers.
+
+    Returns the calls established and the seconds it took; raises when none could be.
+    """
     ramp_started = time.monotonic()
     established = 0
     for n, first in enumerate(range(0, len(usernames), args.batch)):
@@ -657,6 +663,13 @@ def _drive(mode: str, args: argparse.Namespace, usernames: list[str], workers: l
     ramp_s = time.monotonic() - ramp_started
     if established == 0:
         raise RuntimeError(f"{mode}: no call could be set up" + (f"\n{server.log_tail()}" if server else ""))
+    return established, ramp_s
+
+
+def _drive(mode: str, args: argparse.Namespace, usernames: list[str], workers: list[_WorkerHandle],
+           server_ps: psutil.Process | None, server: _Server | None,
+           rates: dict[str, float]) -> dict[str, Any]:
+    established, ramp_s = _ramp(mode, args, usernames, workers, server)
     health = server.health() if server else {}
     time.sleep(args.settle)
 

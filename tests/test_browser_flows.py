@@ -15,6 +15,7 @@ customer abandoned half way.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import aiohttp
@@ -26,6 +27,7 @@ from server.keys import CONFIG, FLOWS
 
 from .browser import launch, make_tone_wav, make_y4m, require_chromium
 from .conftest import PASSWORD, shared_data
+from .recordings import wait_recordings
 from .test_browser_identity import ID_PHOTO_FRAME, _frame_jpeg, _settled, _state
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -210,6 +212,13 @@ async def _check_flow(counter, business: str, session_id: str, done: list[str], 
     kinds = [e["kind"] for e in events]
     assert "flow_completed" in kinds and "signature_sealed" in kinds
     assert checklist["status"] == "completed" and all(s["status"] == "done" for s in checklist["steps"])
+    # the recording's signed timeline holds every step, in the flow's order
+    [row] = await wait_recordings(counter.db, session_id)
+    manifest = json.loads((counter.app[CONFIG].recordings_dir / row.id / "manifest.json").read_text())
+    recorded = manifest["timeline"]["events"]
+    for kind in ("step_started", "step_completed"):
+        assert [e["data"]["step"] for e in recorded if e["kind"] == kind] == ids, (kind, recorded)
+    assert "signature_sealed" in [e["kind"] for e in recorded]
     # the receipt the customer downloaded is byte-exact and verifies against the server's key
     signing = SigningKey.load(counter.app[CONFIG].signing_key_file)
     check = verify_receipt(receipt, trusted_public_keys=[signing.public_pem()])
