@@ -11,12 +11,25 @@ from aiohttp import web
 from signaling.broker import Broker, BrokerConfig
 from signaling.media_hub import MediaHub
 
+from .appointments import AppointmentService, setup_appointment_routes
 from .auth import LoginThrottle
 from .config import Config
 from .db import Database
 from .exceptions import ServerError
 from .health import LOOP_LAG, LoopLagMonitor
-from .keys import BROKER, CHANNELS, CONFIG, DB, FLOWS, HUB, IDENTITY, RECORDINGS, REPLAYS, THROTTLE
+from .keys import (
+    APPOINTMENTS,
+    BROKER,
+    CHANNELS,
+    CONFIG,
+    DB,
+    FLOWS,
+    HUB,
+    IDENTITY,
+    RECORDINGS,
+    REPLAYS,
+    THROTTLE,
+)
 from .recording import RecordingService, load_keys
 from .routes import setup_routes
 from .session_log import DbSessionLog, close_orphaned_sessions
@@ -111,6 +124,7 @@ def create_app(config: Config) -> web.Application:
             hub,
             config=BrokerConfig(rejoin_window_s=config.rejoin_window_s,
                                 offer_timeout_s=config.offer_timeout_s,
+                                media_timeout_s=config.media_timeout_s,
                                 node_id=config.node_id, ice_servers=config.ice_servers),
             log=DbSessionLog(db, config.node_id),
         )
@@ -136,6 +150,7 @@ def create_app(config: Config) -> web.Application:
             broker.on_call_started.append(identity.call_started)
             broker.on_call_ended.append(identity.call_ended)
             broker.on_session_closed.append(identity.session_closed)
+        app[APPOINTMENTS] = AppointmentService(db, broker, identity)
         flows = _flow_service(config, db, broker, identity, signing)
         if flows is not None:
             app[FLOWS] = flows
@@ -165,6 +180,7 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(resources)
     app.on_shutdown.append(on_shutdown)
     setup_routes(app)
+    setup_appointment_routes(app)
     if config.identity:
         from .identity_routes import setup_identity_routes
 

@@ -36,6 +36,7 @@ ANOMALY_EVENTS = {
     "customer_disconnected": "customer_disconnected",
     "agent_lost": "agent_lost",
     "media_failed": "media_failed",
+    "media_stalled": "media_failed",
     "recording_alert": "recording_alert",
     "face_missing": "face_missing",
     "multiple_faces": "multiple_faces",

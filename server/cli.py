@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import auth
 from .config import Config, from_env
-from .db import Database, get_user
+from .db import ROLES, Database, get_user
 from .exceptions import ServerError
 
 logger = logging.getLogger("vcounter")
@@ -606,7 +606,8 @@ def build_parser() -> argparse.ArgumentParser:
     user = sub.add_parser("user", help="manage users")
     user_sub = user.add_subparsers(dest="user_command", required=True)
     add = user_sub.add_parser("add", help="create a user")
-    add.add_argument("--role", required=True, choices=["agent", "auditor", "admin"])
+    add.add_argument("--role", required=True, choices=list(ROLES),
+                     help="integration: the bank's own systems (the appointments API), no page access")
     add.add_argument("--username", required=True)
     add.add_argument("--password", required=True, help="the password, or - to read it from stdin")
     add.add_argument("--skills", help="agents: comma-separated business types "

@@ -38,8 +38,11 @@ class Config:
     media_mode: str = "passthrough"
     #: ICE servers given to browsers and used by the hub; JSON list of {urls, username, credential}
     ice_servers: tuple[IceServerConfig, ...] = ()
-    #: seconds a dropped customer may take to come back
+    #: seconds a dropped customer may take to come back, and a party's lost media to come back
     rejoin_window_s: float = 30.0
+    #: seconds without a media frame from a connected party before the server asks it to
+    #: reconnect its media and tells the other party (0: only a failed peer connection counts)
+    media_timeout_s: float = 8.0
     #: seconds an agent has to accept an offered customer
     offer_timeout_s: float = 20.0
     #: lifetime of a login token

@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-ROLES = ("agent", "auditor", "admin")
+#: "integration": the bank's own systems (appointments API), no page access
+ROLES = ("agent", "auditor", "admin", "integration")
 SESSION_STATES = ("queued", "offered", "active", "ended", "abandoned", "failed")
 
 
@@ -153,6 +154,30 @@ class BusinessOutcome(SQLModel, table=True):
     @property
     def payload(self) -> dict[str, Any]:
         return json.loads(self.data)
+
+
+class Appointment(SQLModel, table=True):
+    """A call the bank's own system booked for a customer (see server/appointments.py).
+
+    The customer joins with the appointment's token (single use); its ID photo,
+    if the bank supplied one, is identity evidence held under
+    :func:`server.appointments.evidence_owner` until the session adopts it.
+    """
+
+    id: str = Field(primary_key=True, max_length=32)
+    #: SHA-256 of the customer's token: the token itself is never stored
+    token_hash: str = Field(index=True, unique=True, max_length=64)
+    business: str = Field(max_length=32)
+    display_name: str = Field(max_length=128)
+    #: the bank's own reference for the customer or case (opaque to us)
+    external_ref: str = Field(default="", max_length=64)
+    created_by: int = Field(foreign_key="user.id")
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime = Field(index=True)
+    has_reference: bool = False
+    used_at: datetime | None = None
+    session_id: str | None = Field(default=None, max_length=64)
+    cancelled_at: datetime | None = None
 
 
 _APPEND_ONLY_TRIGGERS = [

@@ -190,6 +190,9 @@ class IdentityService:
         self._warmup: asyncio.Task[None] | None = None
         #: called with the session whenever its identity state changes (the business flow listens)
         self.listeners: list[Callable[[Session], None]] = []
+        #: supplies a reference someone else holds for this customer (appointments), called when
+        #: face consent is given and the session has no reference yet
+        self.reference_provider: Callable[[Session], Awaitable[None]] | None = None
 
     def start(self) -> None:
         """Start the face workers in the background (models load in ~2 s; calls need not wait)."""
@@ -289,6 +292,8 @@ class IdentityService:
             # withdrawn: stop using face data for this session (what is kept stays evidence)
             st.reference = None
             st.live_embedding = None
+        elif st.reference is None and self.reference_provider is not None:
+            self._spawn(st, self.reference_provider(session), "reference-provider")
         self._update_presence_reference(st, session)
         self._panel(session)
 
@@ -307,6 +312,18 @@ class IdentityService:
         reference = await self.worker.embed_document(data)
         return await self._set_reference(session, reference, data, content_type or "image/jpeg",
                                           "upload")
+
+    async def adopt_reference(self, session: Session, data: bytes, content_type: str,
+                              source: str = "appointment") -> dict[str, Any]:
+        """An ID photo someone else supplied for this customer (the bank's appointment)."""
+        self._require_consent(session)
+        reference = await self.worker.embed_document(data)
+        return await self._set_reference(session, reference, data, content_type, source)
+
+    async def check_reference(self, data: bytes) -> dict[str, Any]:
+        """Whether ``data`` would make a usable reference (raises :class:`identity.IdentityError`)."""
+        reference = await self.worker.embed_document(data)
+        return {"strategy": reference.strategy, "box": reference.box.as_dict()}
 
     async def capture_reference(self, session: Session, by: str) -> None:
         """Agent: the reference is the ID card the customer holds up to the camera now."""
@@ -337,7 +354,7 @@ class IdentityService:
                           sha256=image_item.sha256, strategy=reference.strategy, by=by)
         self._update_presence_reference(st, session)
         self._panel(session)
-        if session.state == "active" and "customer" in st.feeds and source == "upload":
+        if session.state == "active" and "customer" in st.feeds and source in ("upload", "appointment"):
             self._auto_verify(session, st)
         return {"source": source, "strategy": reference.strategy, "created_at": image_item.created_at}
 
@@ -535,8 +552,13 @@ class IdentityService:
     async def _presence_loop(self, session: Session, st: SessionIdentity) -> None:
         interval = self.config.presence_interval_s
         seen = {party: -1 for party in PARTIES}
+        loop = asyncio.get_running_loop()
+        due = loop.time()
         while True:
-            await asyncio.sleep(interval)
+            # a fixed cadence (start to start), so the checks take nothing off the rate; a round
+            # that overran starts the next one at once rather than queueing up missed ones
+            due = max(due + interval, loop.time())
+            await asyncio.sleep(due - loop.time())
             results = await asyncio.gather(
                 *(self._presence_check(session, st, party, seen) for party in PARTIES))
             if any(results):

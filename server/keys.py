@@ -10,6 +10,7 @@ from aiohttp import web
 from signaling.broker import Broker
 from signaling.media_hub import MediaHub
 
+from .appointments import AppointmentService
 from .auth import LoginThrottle
 from .config import Config
 from .db import Database
@@ -26,6 +27,8 @@ RECORDINGS = web.AppKey("recordings", RecordingService)
 IDENTITY = web.AppKey("identity", IdentityService)
 #: business flows (absent when the flows directory is missing)
 FLOWS = web.AppKey("flows", FlowService)
+#: appointments the bank's systems book (server/appointments.py)
+APPOINTMENTS = web.AppKey("appointments", AppointmentService)
 THROTTLE = web.AppKey("login_throttle", LoginThrottle)
 #: open WebSocket channels, closed at shutdown
 CHANNELS = web.AppKey("channels", weakref.WeakSet[Any])

@@ -8,7 +8,9 @@ A session's identity evidence (reference photos, embeddings, snapshots) goes
 with its recordings: :func:`purge` deletes it once every recording of the
 session is purged and none is held. Evidence of a session that never got a
 recording (an ID photo uploaded, then the queue abandoned) is deleted
-``Config.identity_orphan_days`` after the session ended. Each deletion is
+``Config.identity_orphan_days`` after the session ended. An ID photo the bank
+supplied with an appointment (server/appointments.py) and never used goes once
+the appointment expired or its session ended. Each deletion is
 written to the access log (``purge_evidence``, target the session id).
 """
 
@@ -27,6 +29,8 @@ from sqlmodel import Session, col, select
 from recorder.evidence import EvidenceStore
 
 from . import access_log
+from .appointments import appointment_of_owner
+from .appointments import evidence_due as appointment_evidence_due
 from .db import CallSession, Recording, User, utcnow
 
 logger = logging.getLogger(__name__)
@@ -129,6 +133,12 @@ def _evidence_due(s: Session, session_ids: list[str], now: datetime, orphan_days
             recordings[row.session_id].append(row)
         calls = {c.id: c for c in s.exec(select(CallSession).where(col(CallSession.id).in_(chunk)))}
         for session_id in chunk:
+            appointment = appointment_of_owner(session_id)
+            if appointment is not None:
+                reason = appointment_evidence_due(s, appointment, now, _ENDED)
+                if reason is not None:
+                    yield session_id, reason
+                continue
             rows = recordings.get(session_id)
             if rows:
                 if not any(r.legal_hold for r in rows) and all(

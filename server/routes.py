@@ -124,6 +124,7 @@ async def health(request: web.Request) -> web.Response:
         "status": "ok",
         "node": request.app[CONFIG].node_id,
         "calls": request.app[HUB].call_count,
+        "calls_without_media": request.app[BROKER].calls_without_media,
         "sessions": len(request.app[BROKER].sessions),
     }
     monitor = request.app.get(LOOP_LAG)

@@ -24,7 +24,7 @@ from signaling.exceptions import InvalidMessage, NotAuthenticated, SignalingErro
 
 from . import auth
 from .flow_engine import FlowService
-from .keys import BROKER, CHANNELS, DB, FLOWS, IDENTITY
+from .keys import APPOINTMENTS, BROKER, CHANNELS, DB, FLOWS, IDENTITY
 
 logger = logging.getLogger(__name__)
 
@@ -214,9 +214,17 @@ async def customer_ws(request: web.Request) -> web.WebSocketResponse:
                         raise SignalingError(
                             "calls are recorded as banking regulation requires: accept the "
                             "recording notice (recording_consent: true) to join", code="consent_required")
-                    session = await broker.customer_join(channel, msg.business.value, msg.display_name,
-                                                         face_consent=msg.face_consent)
+                    appointments = request.app[APPOINTMENTS]
+                    appointment = None
+                    if msg.appointment is not None:
+                        appointment = await appointments.claim(msg.appointment, msg.business.value)
+                    session = await broker.customer_join(
+                        channel, msg.business.value,
+                        appointment.display_name if appointment else msg.display_name,
+                        face_consent=msg.face_consent)
                     channel.label = f"customer {session.id}"
+                    if appointment is not None:
+                        await appointments.joined(appointment, session)
                 elif isinstance(msg, m.Rejoin):
                     if session is not None:
                         raise SignalingError("already in a session on this connection", code="bad_state")

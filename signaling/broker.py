@@ -13,6 +13,13 @@ State machine of a session::
       ^  <------'          |
       '--------------------'      (agent dropped: back to the head of the queue)
     queued / offered -> abandoned  (customer cancelled or did not come back in time)
+    active -> failed               (a party's media did not come back in time: media_failed)
+
+The media watchdog checks every active call about once a second: a party
+whose peer connection failed, or which sent no media for ``media_timeout_s``,
+is asked for a new offer (``media_restart``) while the other party is told
+(``media_lost``); media back is ``media_restored``, and media not back within
+``rejoin_window_s`` ends the call.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from pydantic import BaseModel
 
 from . import messages as m
 from .exceptions import Forbidden, InvalidState, NotFound
-from .media_hub import IceServerConfig, MediaHub
+from .media_hub import IceServerConfig, MediaHub, ParticipantMedia, other
 from .state import AgentPresence, InMemoryState, QueueEntry, SharedState
 
 logger = logging.getLogger(__name__)
@@ -41,6 +48,8 @@ logger = logging.getLogger(__name__)
 #: close codes sent with fatal errors
 CLOSE_POLICY = 1008
 CLOSE_REPLACED = 4409
+#: seconds at least between two ``media_restart`` asks that got no new offer
+MEDIA_RESTART_RETRY_S = 5.0
 
 
 class Channel(Protocol):
@@ -77,6 +86,9 @@ class BrokerConfig:
     rejoin_window_s: float = 30.0
     #: seconds an agent has to accept an offered customer
     offer_timeout_s: float = 20.0
+    #: seconds without a media frame from a connected party before its media counts as lost
+    #: (0: only a failed peer connection counts)
+    media_timeout_s: float = 8.0
     #: average handling time assumed until calls have been measured
     default_handle_s: float = 180.0
     node_id: str = "node-1"
@@ -98,6 +110,20 @@ def hash_token(token: str) -> str:
 
 
 @dataclass(eq=False)
+class MediaLoss:
+    """One party's media stopped during a call; the call fails unless it is back in time."""
+
+    #: ``failed`` (peer connection failed) or ``stalled`` (no media for media_timeout_s)
+    reason: str
+    #: loop time the loss was noticed
+    since: float
+    #: loop time of the last ``media_restart`` sent, and the hub connection it asked to replace
+    asked_at: float
+    asked_of: ParticipantMedia | None = None
+    restarts: int = 1
+
+
+@dataclass(eq=False)
 class Session:
     id: str
     business: str
@@ -114,6 +140,10 @@ class Session:
     last_queue_update: tuple[int, int, int] | None = None
     #: the customer consents to face verification (separate from the recording notice)
     face_consent: bool = False
+    #: parties whose media is lost during the call, by role
+    media_lost: dict[str, MediaLoss] = field(default_factory=dict, repr=False)
+    #: the appointment the bank booked for this customer, if they came through one
+    appointment_id: str | None = None
 
     @property
     def connected(self) -> bool:
@@ -150,6 +180,7 @@ class Broker:
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._handle_times: deque[float] = deque(maxlen=50)
+        self._watchdog: asyncio.Task[None] | None = None
         self._closed = False
         #: callbacks run when a call becomes active / ends (recorder, identity hook in here)
         self.on_call_started: list[Callable[[Session], Awaitable[None]]] = []
@@ -330,6 +361,8 @@ class Broker:
                     await self._withdraw_offer(session, entry.offered_to, "customer_lost", penalise=False)
                 await self._broadcast_queue()
             elif session.state == "active":
+                # the rejoin window now runs instead of the media watchdog's
+                session.media_lost.pop("customer", None)
                 await self.hub.disconnect(session.id, "customer")
                 if session.agent is not None and (agent := self._agents.get(session.agent.id)):
                     agent.channel.send(m.PeerReconnecting(window_s=int(self.config.rejoin_window_s)))
@@ -422,6 +455,7 @@ class Broker:
             if session.channel is not None:
                 session.channel.send(self._call_started(session, for_role="customer"))
             agent.channel.send(self._call_started(session, for_role="agent"))
+            self._start_watchdog()
             for hook in self.on_call_started:
                 await hook(session)
             await self._broadcast_queue()
@@ -497,6 +531,7 @@ class Broker:
 
     async def _requeue_at_head(self, session: Session) -> None:
         await self._event(session.id, "agent_lost", agent=session.agent.username if session.agent else None)
+        session.media_lost.clear()
         await self.hub.end_call(session.id)
         await self.state.clear_call(session.id)
         for hook in self.on_call_ended:
@@ -543,9 +578,104 @@ class Broker:
             media.tap("agent" if role == "customer" else "customer", "video").request_keyframe()
 
     async def media_state(self, session_id: str, role: str, state: str) -> None:
-        """Called by the hub when a participant's peer connection changes state."""
+        """Called by the hub when a participant's current peer connection changes state."""
         if state in ("connected", "failed"):
             await self._event(session_id, f"media_{state}", role=role)
+        if state != "failed":
+            return
+        async with self._lock:
+            session = self._sessions.get(session_id)
+            if session is None or session.state != "active" or self._channel(session, role) is None:
+                return
+            loss = session.media_lost.get(role)
+            if loss is None:
+                await self._media_lost(session, role, "failed")
+            elif self._participant(session, role) is not loss.asked_of:
+                self._ask_media_restart(session, role, loss)  # the new connection failed too
+
+    # -- media watchdog ------------------------------------------------------------
+
+    @property
+    def calls_without_media(self) -> int:
+        """Active calls in which a party's media is lost (for /healthz)."""
+        return sum(1 for s in self._sessions.values() if s.state == "active" and s.media_lost)
+
+    def _start_watchdog(self) -> None:
+        if self._watchdog is None or self._watchdog.done():
+            self._watchdog = self._spawn(self._watch_media(), "media-watchdog")
+
+    async def _watch_media(self) -> None:
+        timeout = self.config.media_timeout_s
+        interval = min(1.0, timeout / 4) if timeout > 0 else 1.0
+        while True:
+            await asyncio.sleep(interval)
+            async with self._lock:
+                for session in [s for s in self._sessions.values() if s.state == "active"]:
+                    try:
+                        await self._check_media(session)
+                    except Exception:
+                        logger.exception("session %s: media check failed", session.id)
+
+    def _participant(self, session: Session, role: str) -> ParticipantMedia | None:
+        media = self.hub.find(session.id)
+        return media.participants.get(role) if media is not None else None
+
+    async def _check_media(self, session: Session) -> None:
+        """One watchdog pass over an active call (caller holds the lock)."""
+        media = self.hub.find(session.id)
+        if media is None:
+            return
+        now = asyncio.get_running_loop().time()
+        timeout = self.config.media_timeout_s
+        for role in ("customer", "agent"):
+            if self._channel(session, role) is None:
+                continue  # reconnecting: the rejoin window applies instead
+            silence = media.silence(role, now)
+            stalled = timeout > 0 and silence is not None and silence >= timeout
+            loss = session.media_lost.get(role)
+            participant = media.participants.get(role)
+            if loss is None:
+                if stalled and participant is not None:
+                    await self._media_lost(session, role, "stalled", silent_s=round(silence or 0.0, 1),
+                                           connection=participant.pc.connectionState)
+            elif media.media_back(role, loss.since):
+                await self._media_restored(session, role, loss, now)
+            elif now - loss.since >= self.config.rejoin_window_s:
+                logger.warning("session %s: %s media not back within %.0f s", session.id, role,
+                               self.config.rejoin_window_s)
+                await self._finish(session, "failed", "media_failed")
+                return
+            elif participant is loss.asked_of:
+                if now - loss.asked_at >= max(timeout, MEDIA_RESTART_RETRY_S):
+                    self._ask_media_restart(session, role, loss)  # no new offer yet: ask again
+            elif stalled:
+                self._ask_media_restart(session, role, loss)  # the new connection is silent too
+
+    async def _media_lost(self, session: Session, role: str, reason: str, **data: object) -> None:
+        now = asyncio.get_running_loop().time()
+        loss = MediaLoss(reason=reason, since=now, asked_at=now, asked_of=self._participant(session, role))
+        session.media_lost[role] = loss
+        if reason == "stalled":
+            await self._event(session.id, "media_stalled", role=role, **data)
+        logger.warning("session %s: %s media %s, asking for a new offer", session.id, role, reason)
+        self.send(session, other(role),
+                  m.MediaLost(role=role, reason=reason, window_s=int(self.config.rejoin_window_s)))
+        self.send(session, role, m.MediaRestart(reason=reason))
+
+    def _ask_media_restart(self, session: Session, role: str, loss: MediaLoss) -> None:
+        loss.asked_at = asyncio.get_running_loop().time()
+        loss.asked_of = self._participant(session, role)
+        loss.restarts += 1
+        logger.info("session %s: %s media still lost, asking again (%d)", session.id, role, loss.restarts)
+        self.send(session, role, m.MediaRestart(reason=loss.reason))
+
+    async def _media_restored(self, session: Session, role: str, loss: MediaLoss, now: float) -> None:
+        del session.media_lost[role]
+        await self._event(session.id, "media_restored", role=role, after_s=round(now - loss.since, 1),
+                          restarts=loss.restarts)
+        logger.info("session %s: %s media restored after %.1f s", session.id, role, now - loss.since)
+        for party in ("customer", "agent"):
+            self.send(session, party, m.MediaRestored(role=role))
 
     def session_of_agent(self, agent: AgentConn) -> Session:
         session = self._sessions.get(agent.session_id or "")
@@ -657,6 +787,7 @@ class Broker:
             await self._withdraw_offer(session, entry.offered_to, reason, penalise=False)
         self._cancel(session.drop_task)
         session.drop_task = None
+        session.media_lost.clear()
         session.state = state
         session.end_reason = reason
         session.ended_at = time.time()

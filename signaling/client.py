@@ -31,6 +31,9 @@ from .track_tap import TrackTap
 
 logger = logging.getLogger(__name__)
 
+#: seconds at least between two media restarts (``media_restart`` or our own failed connection)
+RESTART_MIN_INTERVAL_S = 3.0
+
 
 class ProtocolError(Exception):
     """The server sent an ``error`` the caller did not expect, or closed the socket."""
@@ -43,6 +46,7 @@ class HeadlessParticipant:
         *,
         video: EncodedClip | None = None,
         audio: EncodedClip | None = None,
+        #: negotiate media by itself: on call_started, on media_restart, when its connection fails
         auto_media: bool = True,
         ssl: ssl_module.SSLContext | bool | None = None,
         name: str = "participant",
@@ -70,6 +74,11 @@ class HeadlessParticipant:
         self.setup_times: list[float] = []
         self.closed_code: int | None = None
         self._offers_seen: set[int] = set()
+        #: ICE servers of the current call (None: not in a call)
+        self._ice_servers: list[dict[str, Any]] | None = None
+        #: why each media restart of this participant happened: "media_restart" or "failed"
+        self.media_restarts: list[str] = []
+        self._last_restart = float("-inf")
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -106,11 +115,21 @@ class HeadlessParticipant:
             self.rejoin_token = data["rejoin_token"]
         elif kind == "call_started":
             self.session_id = data["session_id"]
+            self._ice_servers = data.get("ice_servers", [])
             if self.auto_media:
-                self._spawn(self.start_media(data.get("ice_servers", [])))
+                self._spawn(self.start_media(self._ice_servers))
         elif kind == "answer" and self.pc is not None:
-            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=data["sdp"], type="answer"))
+            if self.pc.signalingState != "have-local-offer":
+                logger.info("%s: answer ignored (no offer pending)", self.name)
+                return
+            try:
+                await self.pc.setRemoteDescription(RTCSessionDescription(sdp=data["sdp"], type="answer"))
+            except Exception as exc:  # an answer to an offer a restart replaced
+                logger.info("%s: answer not applied: %r", self.name, exc)
+        elif kind == "media_restart":
+            self.restart_media("media_restart")
         elif kind in ("call_ended", "requeued"):
+            self._ice_servers = None
             self._spawn(self.stop_media())
 
     def _spawn(self, coro: Any) -> None:
@@ -180,12 +199,17 @@ class HeadlessParticipant:
     # -- roles ---------------------------------------------------------------------
 
     async def join(
-        self, business: str, display_name: str = "Headless customer", *, face_consent: bool = False
+        self, business: str, display_name: str = "Headless customer", *, face_consent: bool = False,
+        appointment: str | None = None,
     ) -> dict[str, Any]:
+        """Join the queue (with the token of an appointment the bank booked, if any)."""
         self.role = "customer"
         await self._open("/ws/customer")
-        await self.send({"type": "join", "business": business, "display_name": display_name,
-                         "recording_consent": True, "face_consent": face_consent})
+        message = {"type": "join", "business": business, "display_name": display_name,
+                   "recording_consent": True, "face_consent": face_consent}
+        if appointment is not None:
+            message["appointment"] = appointment
+        await self.send(message)
         return await self.wait_for("joined")
 
     async def rejoin(self, session_id: str | None = None, token: str | None = None) -> dict[str, Any]:
@@ -232,7 +256,8 @@ class HeadlessParticipant:
 
     # -- media ---------------------------------------------------------------------
 
-    async def start_media(self, ice_servers: list[dict[str, Any]] | None = None) -> None:
+    async def start_media(self, ice_servers: list[dict[str, Any]] | None = None, *,
+                          measure_setup: bool = True) -> None:
         """Create a peer connection, send our media, offer it to the server."""
         await self.stop_media()
         config = RTCConfiguration(iceServers=[RTCIceServer(**s) for s in ice_servers or []])
@@ -240,13 +265,18 @@ class HeadlessParticipant:
         self.pc = pc
         started = time.monotonic()
 
+        @pc.on("connectionstatechange")
+        def on_state() -> None:
+            if pc.connectionState == "failed" and self.pc is pc:
+                self.restart_media("failed")
+
         @pc.on("track")
         def on_track(track: Any) -> None:
             receiver = next(t.receiver for t in pc.getTransceivers() if t.receiver.track is track)
             tap = self.taps[track.kind]
             tap_receiver(receiver, tap.push)
             tap.attach(lambda r=receiver: request_keyframe(r))
-            if track.kind == "video":
+            if track.kind == "video" and measure_setup:
                 self._spawn(self._measure_setup(started, tap))
 
         for kind, clip in (("audio", self.audio_clip), ("video", self.video_clip)):
@@ -260,6 +290,21 @@ class HeadlessParticipant:
                 pc.addTransceiver(kind, direction="recvonly")
         await pc.setLocalDescription(await pc.createOffer())
         await self.send({"type": "offer", "sdp": pc.localDescription.sdp})
+
+    def restart_media(self, reason: str) -> bool:
+        """A new peer connection and offer during a call (the server asked, or ours failed).
+
+        At most one per ``RESTART_MIN_INTERVAL_S``; returns whether one was started.
+        Each is recorded in :attr:`media_restarts`.
+        """
+        now = time.monotonic()
+        if not self.auto_media or self._ice_servers is None or now - self._last_restart < RESTART_MIN_INTERVAL_S:
+            return False
+        self._last_restart = now
+        self.media_restarts.append(reason)
+        logger.info("%s: restarting media (%s)", self.name, reason)
+        self._spawn(self.start_media(self._ice_servers, measure_setup=False))
+        return True
 
     async def _measure_setup(self, started: float, tap: TrackTap) -> None:
         before = tap.frames_in

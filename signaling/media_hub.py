@@ -96,6 +96,13 @@ class ParticipantMedia:
         self.pc = pc
         self.forward_tracks: list[ForwardTrack] = []
         self.transcode_sources: dict[str, _TranscodeSource] = {}
+        #: loop time the connection last became "connected" (None: not yet)
+        self.connected_at: float | None = None
+        #: loop time the connection closed or failed without the hub closing it (the far side
+        #: closed it, or ICE consent expired: aiortc then reports "closed", not "failed")
+        self.ended_at: float | None = None
+        #: the participant offered to send audio or video (a receive-only one sends nothing)
+        self.sends_media = False
 
     async def aclose(self) -> None:
         for track in self.forward_tracks:
@@ -126,6 +133,42 @@ class CallMedia:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def last_frame_at(self, role: str) -> float | None:
+        """Loop time of the newest audio or video frame from ``role`` (None: none yet)."""
+        times = [tap.last_frame_at for (r, _), tap in self.taps.items()
+                 if r == role and tap.last_frame_at is not None]
+        return max(times, default=None)
+
+    def silence(self, role: str, now: float) -> float | None:
+        """Seconds ``role``'s current connection has carried no media.
+
+        Counted from its newest frame (or from when it connected). Where frames
+        are not counted (a receive-only participant, transcode mode), counted
+        from when the connection ended without the hub closing it. None when
+        there is nothing to count: no connection, or not connected yet.
+        """
+        participant = self.participants.get(role)
+        if participant is None:
+            return None
+        if self.mode == "passthrough" and participant.sends_media and participant.connected_at is not None:
+            return now - max(participant.connected_at, self.last_frame_at(role) or 0.0)
+        if participant.ended_at is not None:
+            return now - participant.ended_at
+        return None
+
+    def media_back(self, role: str, since: float) -> bool:
+        """Media from ``role`` arrived after ``since`` (loop time).
+
+        Where frames are not counted (see :meth:`silence`), a connection that
+        became "connected" after ``since`` counts as media back.
+        """
+        participant = self.participants.get(role)
+        if participant is None:
+            return False
+        if self.mode == "passthrough" and participant.sends_media:
+            return (self.last_frame_at(role) or float("-inf")) > since
+        return participant.connected_at is not None and participant.connected_at > since
 
     async def aclose(self) -> None:
         if self._closed:
@@ -224,6 +267,7 @@ class MediaHub:
         def on_track(track: MediaStreamTrack) -> None:
             if track.kind not in KINDS:
                 return
+            participant.sends_media = True
             receiver = next(
                 (t.receiver for t in pc.getTransceivers() if t.receiver.track is track), None
             )
@@ -244,6 +288,10 @@ class MediaHub:
         async def on_state() -> None:
             state = pc.connectionState
             logger.info("call %s: %s media %s", call_id[:8], role, state)
+            if state == "connected":
+                participant.connected_at = asyncio.get_running_loop().time()
+            elif state in ("closed", "failed") and media.participants.get(role) is participant:
+                participant.ended_at = asyncio.get_running_loop().time()
             if self._on_state is not None and media.participants.get(role) is participant:
                 result = self._on_state(call_id, role, state)
                 if asyncio.iscoroutine(result):

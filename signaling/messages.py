@@ -85,6 +85,8 @@ class Join(_Msg):
     #: separate, optional consent to face verification (人脸识别授权); without it the agent
     #: verifies the customer manually
     face_consent: bool = False
+    #: the token of an appointment the bank booked (single use; its business and name apply)
+    appointment: Token | None = None
 
 
 class Rejoin(_Msg):
@@ -375,6 +377,35 @@ class PeerReconnected(_Msg):
     type: Literal["peer_reconnected"] = "peer_reconnected"
 
 
+class MediaLost(_Msg):
+    """To the other party: ``role``'s audio and video stopped arriving (the call goes on).
+
+    ``reason`` is ``failed`` (its peer connection failed: ICE consent expired or
+    DTLS broke) or ``stalled`` (connected, but no media for ``media_timeout_s``).
+    Unless ``media_restored`` follows within ``window_s``, the call ends
+    ``media_failed``.
+    """
+
+    type: Literal["media_lost"] = "media_lost"
+    role: Literal["customer", "agent"]
+    reason: Literal["failed", "stalled"]
+    window_s: int
+
+
+class MediaRestart(_Msg):
+    """To the party whose media the server lost: make a new peer connection and send a new ``offer``."""
+
+    type: Literal["media_restart"] = "media_restart"
+    reason: Literal["failed", "stalled"]
+
+
+class MediaRestored(_Msg):
+    """To both parties: ``role``'s media arrives again after ``media_lost``."""
+
+    type: Literal["media_restored"] = "media_restored"
+    role: Literal["customer", "agent"]
+
+
 class Requeued(_Msg):
     """The agent dropped: the customer is back at the head of the queue."""
 
@@ -491,6 +522,9 @@ ServerMessage = (
     | Answer
     | PeerReconnecting
     | PeerReconnected
+    | MediaLost
+    | MediaRestart
+    | MediaRestored
     | Requeued
     | CallEnded
     | QueueStats

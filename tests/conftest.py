@@ -141,7 +141,7 @@ async def make_counter(config_factory) -> AsyncIterator[Callable[..., object]]:
                 if not s.exec(auth.select(auth.User).where(auth.User.username == username)).first():
                     auth.add_user(s, role="agent", username=username, password=PASSWORD,
                                   skills=skills, display_name=username.title())
-            for role in ("auditor", "admin"):
+            for role in ("auditor", "admin", "integration"):
                 if not s.exec(auth.select(auth.User).where(auth.User.username == role)).first():
                     auth.add_user(s, role=role, username=role, password=PASSWORD)
             s.commit()

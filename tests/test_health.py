@@ -82,7 +82,8 @@ async def test_healthz_reports_face_workers(make_counter) -> None:
     assert body["face_workers"] == {"workers": 1, "pending": 0}
     assert counter.app[LOOP_LAG].summary()["samples"] >= 0
     # nothing about sessions or people on the unauthenticated endpoint
-    assert set(body) == {"status", "node", "calls", "sessions", "loop_lag_ms", "face_workers"}
+    assert set(body) == {"status", "node", "calls", "calls_without_media", "sessions", "loop_lag_ms",
+                         "face_workers"}
 
 
 @pytest.mark.parametrize("bad", [{"interval_s": 0}, {"interval_s": 1.0, "window_s": 0.5}])

@@ -177,6 +177,7 @@ const login = new Login({
 });
 
 const call = new CallController({
+  role: 'agent',
   devices,
   errors,
   send,
@@ -469,6 +470,11 @@ function onMessage(msg) {
       clearInterval(app.peerTimer);
       peerNotice.show(() => t('notice.peerReconnected'), { timeoutMs: 4000 });
       break;
+    case 'media_lost':
+    case 'media_restored':
+    case 'media_restart':
+      call.onMediaMessage(msg);
+      break;
     case 'call_ended':
       endCall(msg.reason);
       break;
@@ -602,6 +608,7 @@ function onCallStarted(msg) {
 }
 
 function onPeerReconnecting(msg) {
+  call.clearMediaLost('customer'); // the reconnect notice below says more
   app.peerLostAt = Date.now();
   app.peerWindowS = Number(msg.window_s) || 30;
   const render = () => {
@@ -817,6 +824,7 @@ function renderPhotos(st) {
   const refMeta = ref ? [has(`identity.source.${ref.source}`) ? t(`identity.source.${ref.source}`) : ref.source,
     clockOf(ref.at)] : [];
   setText(el.referenceMeta, refMeta.filter(Boolean).join(' · '));
+  el.referenceMeta.dataset.source = ref ? String(ref.source || '') : '';
 
   const snapshots = (st && Array.isArray(st.snapshots)) ? st.snapshots.filter((s) => s && s.item) : [];
   let shown = snapshots.find((s) => s.item === idPanel.pickedSnapshot) || snapshots[snapshots.length - 1] || null;

@@ -191,10 +191,10 @@ const LIFECYCLE = new Set([
 ]);
 const WARNING = new Set([
   'customer_disconnected', 'customer_rejoined', 'requeued', 'media_disconnected', 'offer_timeout',
-  'offer_declined', 'recording_recovered', 'step_refused',
+  'offer_declined', 'recording_recovered', 'step_refused', 'media_restored',
 ]);
 const ANOMALY = new Set([
-  'agent_lost', 'media_failed', 'failed', 'abandoned', 'session_failed', 'recording_failed',
+  'agent_lost', 'media_failed', 'media_stalled', 'failed', 'abandoned', 'session_failed', 'recording_failed',
   'no_recording', 'face_missing', 'multiple_faces', 'face_mismatch', 'flow_stopped', 'flow_incomplete',
   'consent_declined',
 ]);

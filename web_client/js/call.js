@@ -3,27 +3,36 @@
 // A CallController owns the call view both pages share (remote-video,
 // play-button, #media-status, mute-button/#mute-label, camera-button/
 // #camera-label, local-video): one media Call (RTCPeerConnection) at a time and
-// its offer and answer, new offers after bad_sdp or a failed connection, the
+// its offer and answer, new offers after bad_sdp or lost media, the
 // keyframe request when a connection shows no picture, the call clock, and the
 // mute and camera buttons. The page keeps its own state machine and signaling:
 // it calls begin() and startMedia() on call_started, onAnswer() on answer,
-// retryAfterBadSdp() on a bad_sdp error, and closePeer() or close() when the
-// call goes.
+// retryAfterBadSdp() on a bad_sdp error, onMediaMessage() on media_lost,
+// media_restored and media_restart, and closePeer() or close() when the call
+// goes.
+//
+// Lost media: when the server asks (media_restart) or our own connection
+// fails, a new peer connection and offer replace the current one (at most one
+// per RESTART_MIN_INTERVAL_MS; the server asks again while media stays lost).
+// While either party's media is lost, data-testid="media-lost-banner" says so.
 //
 // Both pages also show their state the same machine-readable way (tests read
 // it): data-testid="call-state" and window.vcounter.state, see publishState();
-// window.vcounter.pc is the current RTCPeerConnection.
+// window.vcounter.pc is the current RTCPeerConnection; window.vcounter.mediaRestarts
+// counts the media restarts of the page.
 
 import { formatClock, t } from './i18n.js';
 import { Call, playVideo, showStream } from './media.js';
 import { Notice, byId, byTestId, setText } from './ui.js';
 
-/** New offers sent for one call after bad_sdp or a failed connection. */
+/** New offers sent for one call after bad_sdp (a failed connection: see restartMedia). */
 const MAX_RENEGOTIATIONS = 2;
 /** Connected this long without a picture: ask the other side's encoder for a keyframe. */
 const KEYFRAME_WAIT_MS = 3000;
+/** At most one media restart (media_restart, or our connection failed) per this long. */
+const RESTART_MIN_INTERVAL_MS = 3000;
 
-window.vcounter = { pc: null, state: 'idle' };
+window.vcounter = { pc: null, state: 'idle', mediaRestarts: 0 };
 
 /** Show the page's state: data-testid="call-state", window.vcounter, the status pill and <body>. */
 export function publishState(state) {
@@ -36,6 +45,7 @@ export function publishState(state) {
 export class CallController {
   /**
    * @param {object} options
+   * @param {'customer'|'agent'} options.role  whose page this is
    * @param {LocalMedia} options.devices  the local camera and microphone
    * @param {ErrorArea} options.errors  where an answer that cannot be applied is reported
    * @param {(msg: object) => boolean} options.send  a signaling frame; false if it was not sent
@@ -44,7 +54,8 @@ export class CallController {
    * @param {() => void} options.onTick  once a second while the clock runs (render clockText())
    * @param {() => void} [options.onOfferNotSent]  the offer could not be sent (socket down)
    */
-  constructor({ devices, errors, send, isActive, isConnected, onTick, onOfferNotSent }) {
+  constructor({ role, devices, errors, send, isActive, isConnected, onTick, onOfferNotSent }) {
+    this.role = role;
     this.devices = devices;
     this.errors = errors;
     this.send = send;
@@ -62,6 +73,11 @@ export class CallController {
       cameraLabel: byId('camera-label'),
     };
     this.mediaStatus = new Notice(byId('media-status'));
+    this.mediaBanner = byTestId('media-lost-banner');
+    this.mediaBannerText = byId('media-lost-text');
+    /** role -> {source: 'server'|'local', windowS}: whose media is lost now */
+    this.mediaLost = new Map();
+    this.lastRestartAt = 0;
     /** the current media Call, or null */
     this.call = null;
     this.iceServers = [];
@@ -86,6 +102,7 @@ export class CallController {
   begin(msg, { restartClock = false } = {}) {
     this.iceServers = Array.isArray(msg.ice_servers) ? msg.ice_servers : [];
     this.renegotiations = 0;
+    this.clearMediaLost();
     if (restartClock || !this.startedAt) this.startedAt = Date.now();
     clearInterval(this.clockTimer);
     this.clockTimer = setInterval(this.onTick, 1000);
@@ -146,10 +163,55 @@ export class CallController {
     return true;
   }
 
+  /** media_lost, media_restored or media_restart from the server. */
+  onMediaMessage(msg) {
+    if (msg.type === 'media_lost') {
+      this.mediaLost.set(msg.role, { source: 'server', windowS: Number(msg.window_s) || 0 });
+    } else if (msg.type === 'media_restored') {
+      this.mediaLost.delete(msg.role);
+    } else if (msg.type === 'media_restart') {
+      this.mediaLost.set(this.role, { source: 'server', windowS: 0 });
+      this.restartMedia('media_restart');
+    }
+    this.renderMediaLost();
+  }
+
+  /** Forget a party's lost media (it dropped: the page's reconnect notice takes over), or everyone's. */
+  clearMediaLost(role = null) {
+    if (role === null) this.mediaLost.clear();
+    else this.mediaLost.delete(role);
+    this.renderMediaLost();
+  }
+
+  renderMediaLost() {
+    const own = this.mediaLost.has(this.role);
+    const other = [...this.mediaLost.entries()].find(([role]) => role !== this.role);
+    let text = null;
+    if (own) text = t('banner.mediaReconnecting');
+    else if (other && other[0] === 'agent') text = t('banner.mediaLostAgent');
+    else if (other) text = t('banner.mediaLostCustomer', { n: other[1].windowS });
+    if (text !== null) setText(this.mediaBannerText, text);
+    this.mediaBanner.hidden = text === null;
+  }
+
+  /** A new peer connection and offer during the call; false if not now (see RESTART_MIN_INTERVAL_MS). */
+  restartMedia(reason) {
+    const now = Date.now();
+    if (!this.isActive() || !this.isConnected() || now - this.lastRestartAt < RESTART_MIN_INTERVAL_MS) {
+      return false;
+    }
+    this.lastRestartAt = now;
+    window.vcounter.mediaRestarts += 1;
+    console.info(`restarting media (${reason})`);
+    this.startMedia();
+    return true;
+  }
+
   onMediaState(call, state) {
     if (this.call !== call) return;
     if (state === 'connected') {
       this.mediaStatus.hide();
+      if (this.mediaLost.get(this.role)?.source === 'local') this.clearMediaLost(this.role);
       clearTimeout(this.keyframeTimer);
       this.keyframeTimer = setTimeout(() => {
         // connected but no picture yet: ask the other side's encoder for a keyframe
@@ -160,13 +222,10 @@ export class CallController {
     } else if (state === 'disconnected') {
       this.mediaStatus.show(() => t('call.mediaUnstable'), { tone: 'warn' });
     } else if (state === 'failed') {
-      if (this.renegotiations < MAX_RENEGOTIATIONS && this.isConnected()) {
-        this.renegotiations += 1;
-        this.mediaStatus.show(() => t('call.mediaRetry'), { tone: 'warn' });
-        this.startMedia();
-      } else {
-        this.mediaStatus.show(() => t('call.mediaFailed'), { tone: 'error' });
-      }
+      // our side noticed first; if no restart is allowed now, the server asks again (media_restart)
+      if (!this.mediaLost.has(this.role)) this.mediaLost.set(this.role, { source: 'local', windowS: 0 });
+      this.renderMediaLost();
+      this.restartMedia('failed');
     }
   }
 
@@ -181,6 +240,7 @@ export class CallController {
   /** The call is over: peer connection, media status, clock and remote video. */
   close() {
     this.closePeer();
+    this.clearMediaLost();
     this.mediaStatus.hide();
     clearInterval(this.clockTimer);
     this.clockTimer = null;
@@ -214,5 +274,6 @@ export class CallController {
   refresh() {
     this.renderControls();
     this.mediaStatus.refresh();
+    this.renderMediaLost();
   }
 }

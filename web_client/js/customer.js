@@ -45,6 +45,7 @@ const el = {
   bannerText: byId('banner-text'),
   businessButtons: BUSINESSES.map((b) => byTestId(`business-${b}`)),
   businessHint: byId('business-hint'),
+  appointmentNote: byTestId('appointment-note'),
   displayName: byTestId('display-name'),
   localVideo: byTestId('local-video'),
   prepareSlot: byId('prepare-video-slot'),
@@ -102,6 +103,8 @@ const notice = new Notice(byTestId('notice'));
 
 const app = {
   state: 'idle',
+  /** an appointment the bank booked: {token, business, displayName, reference, used} or {invalid} */
+  appointment: null,
   business: null,
   displayName: '',
   signaling: null,
@@ -193,6 +196,7 @@ function renderAll() {
   renderDeviceStatus();
   renderEnded();
   renderIdentity();
+  renderAppointment();
   notice.refresh();
   call.refresh();
   flow.refresh();
@@ -233,6 +237,7 @@ const devices = new LocalMedia({
 });
 
 const call = new CallController({
+  role: 'customer',
   devices,
   errors,
   send,
@@ -276,8 +281,10 @@ function connect() {
     if (app.session) {
       sig.send({ type: 'rejoin', session_id: app.session.session_id, rejoin_token: app.session.rejoin_token });
     } else {
-      sig.send({ type: 'join', business: app.business, display_name: app.displayName,
-                 recording_consent: el.recordingConsent.checked, face_consent: identity.consent });
+      const join = { type: 'join', business: app.business, display_name: app.displayName,
+                     recording_consent: el.recordingConsent.checked, face_consent: identity.consent };
+      if (app.appointment) join.appointment = app.appointment.token;
+      sig.send(join);
     }
   });
   sig.on('message', onMessage);
@@ -335,6 +342,11 @@ function onMessage(msg) {
     case 'peer_reconnected':
       notice.show(() => t('notice.peerReconnected'), { timeoutMs: 4000 });
       break;
+    case 'media_lost':
+    case 'media_restored':
+    case 'media_restart':
+      call.onMediaMessage(msg);
+      break;
     case 'requeued':
       onRequeued();
       break;
@@ -372,6 +384,14 @@ function onMessage(msg) {
 
 function onJoined(msg) {
   app.joining = false;
+  if (app.appointment) {
+    // the appointment is used now; the bank's ID photo serves once face checks are agreed to
+    const adopted = app.appointment.reference && identity.consent;
+    if (adopted) identity.photo = { state: 'ok', code: 'appointment', message: '', status: 0 };
+    app.appointment = { ...app.appointment, used: true, adopted };
+    renderAppointment();
+    renderIdentity();
+  }
   app.session = {
     session_id: msg.session_id,
     rejoin_token: msg.rejoin_token,
@@ -434,6 +454,17 @@ function onServerError(msg) {
     // the server no longer knows this session (or the token): start fresh
     abandonResume(null);
     errors.show(t('reason.session_lost'));
+    return;
+  }
+  if (code === 'appointment_invalid' && app.joining && !app.session) {
+    // the link was used, cancelled or expired meanwhile: join the queue like anyone else
+    app.joining = false;
+    if (app.signaling) app.signaling.close();
+    app.signaling = null;
+    app.appointment = { invalid: true };
+    renderAppointment();
+    renderJoinButton();
+    errors.show(errorText(code, msg.message));
     return;
   }
   if (code === 'session_ended') {
@@ -545,7 +576,7 @@ function renderIdBox() {
 function photoStatusText() {
   const { state, code, message, status } = identity.photo;
   if (state === 'uploading') return t('idPhoto.uploading');
-  if (state === 'ok') return t('idPhoto.ok');
+  if (state === 'ok') return t(code === 'appointment' ? 'idPhoto.fromBank' : 'idPhoto.ok');
   if (state !== 'error') return '';
   if (code && has(`idPhoto.error.${code}`)) return t(`idPhoto.error.${code}`);
   // a code we have no words for: the server's own sentence
@@ -584,9 +615,19 @@ function setFaceConsent(accepted) {
     identity.uploadSeq += 1;
     identity.photo = { state: '', code: null, message: '', status: 0 };
     setPreview(null);
+  } else if (accepted && bankPhotoWaiting()) {
+    // the server now takes the ID photo the bank supplied with the appointment
+    app.appointment.adopted = true;
+    identity.photo = { state: 'ok', code: 'appointment', message: '', status: 0 };
   }
   saveSession();
   renderIdBox();
+}
+
+/** The bank supplied an ID photo with the appointment this session came from, not yet taken up. */
+function bankPhotoWaiting() {
+  const a = app.appointment;
+  return Boolean(a && a.used && a.reference && !a.adopted);
 }
 
 function onIdPhotoSelected() {
@@ -780,6 +821,9 @@ function resetIdentity() {
 // --- user actions --------------------------------------------------------------
 
 function selectBusiness(business) {
+  if (app.appointment && app.appointment.token && !app.appointment.used && business !== app.appointment.business) {
+    return; // the appointment is for its own business
+  }
   app.business = business;
   for (const button of el.businessButtons) {
     button.setAttribute('aria-pressed', String(button.dataset.business === business));
@@ -838,6 +882,10 @@ function onHangupClick() {
 }
 
 function onStartOver() {
+  if (app.appointment && app.appointment.used) {
+    app.appointment = null;
+    renderAppointment();
+  }
   app.endReason = null;
   app.lastQueue = null;
   app.agentName = '';
@@ -860,6 +908,54 @@ async function loadConfig() {
     app.rejoinWindowS = config.rejoin_window_s;
   }
   renderBusinessNames();
+}
+
+// --- appointments --------------------------------------------------------------
+
+/** The page was opened from the link of an appointment the bank booked (`/?appointment=<token>`). */
+async function loadAppointment(token) {
+  let response;
+  try {
+    response = await fetch('/api/appointment', { headers: { 'X-Appointment-Token': token } });
+  } catch {
+    app.appointment = { invalid: true, unreachable: true };
+    renderAppointment();
+    return;
+  }
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok || !BUSINESSES.includes(body.business)) {
+    app.appointment = { invalid: true };
+    renderAppointment();
+    return;
+  }
+  app.appointment = {
+    token, business: body.business, displayName: String(body.display_name || ''), reference: Boolean(body.reference),
+  };
+  app.business = null;
+  selectBusiness(body.business);
+  el.displayName.value = app.appointment.displayName;
+  renderAppointment();
+}
+
+function renderAppointment() {
+  const a = app.appointment;
+  const note = el.appointmentNote;
+  note.hidden = !a;
+  note.dataset.state = !a ? '' : a.invalid ? 'invalid' : a.used ? 'used' : 'booked';
+  const booked = Boolean(a && a.token && !a.used);
+  el.displayName.readOnly = booked;
+  for (const button of el.businessButtons) {
+    button.disabled = booked && button.dataset.business !== a.business;
+  }
+  if (!a) {
+    setText(note, '');
+  } else if (a.invalid) {
+    setText(note, t(a.unreachable ? 'appointment.unreachable' : 'appointment.invalid'));
+  } else {
+    const parts = [t('appointment.booked', { business: businessName(a.business), name: a.displayName })];
+    if (a.reference) parts.push(t('appointment.photo'));
+    setText(note, parts.join(' '));
+  }
 }
 
 // --- start ---------------------------------------------------------------------
@@ -902,6 +998,9 @@ function init() {
     renderJoinButton();
     notice.show(() => t('notice.resuming'));
     devices.ready.then(connect);
+  } else {
+    const token = new URLSearchParams(window.location.search).get('appointment');
+    if (token) loadAppointment(token);
   }
 }
 
