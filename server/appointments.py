@@ -49,6 +49,7 @@ from sqlmodel import col, select
 from identity import IdentityError
 from signaling.broker import Session, hash_token
 from signaling.exceptions import SignalingError
+from signaling.ids import new_id
 from signaling.messages import Business
 
 from .db import Appointment, Database, User, utcnow
@@ -115,7 +116,7 @@ class AppointmentService:
         token = secrets.token_urlsafe(32)
         now = utcnow()
         appt = Appointment(
-            id=secrets.token_urlsafe(9), token_hash=hash_token(token), business=business,
+            id=new_id(9), token_hash=hash_token(token), business=business,
             display_name=display_name, external_ref=external_ref, created_by=user.id or 0,
             created_at=now, expires_at=now + timedelta(hours=valid_hours),
         )

@@ -40,6 +40,7 @@ from pydantic import BaseModel
 
 from . import messages as m
 from .exceptions import Forbidden, InvalidState, NotFound
+from .ids import new_id
 from .media_hub import IceServerConfig, MediaHub, ParticipantMedia, other
 from .state import AgentPresence, InMemoryState, QueueEntry, SharedState
 
@@ -273,7 +274,7 @@ class Broker:
     ) -> Session:
         token = secrets.token_urlsafe(32)
         session = Session(
-            id=secrets.token_urlsafe(12),
+            id=new_id(12),
             business=business,
             display_name=display_name,
             token_hash=hash_token(token),

@@ -117,3 +117,13 @@ def test_face_recognition_imports_in_a_fresh_interpreter():
                            "face_recognition.face_locations.__name__)"],
                           capture_output=True, text=True, timeout=120, env={**os.environ})
     assert done.returncode == 0 and "imported face_locations" in done.stdout, done.stdout + done.stderr
+
+
+def test_new_ids_never_start_with_a_dash():
+    """A session id like ``-SmTWRmKhd4-SSlD`` made ``vcounter hold <id>`` fail (argparse took it for an option)."""
+    from signaling.ids import new_id
+
+    ids = [new_id(12) for _ in range(4000)]  # token_urlsafe alone starts with '-' or '_' 1 time in 32
+    assert all(i[0].isalnum() for i in ids)
+    assert all(len(i) == 16 for i in ids) and len(set(ids)) == len(ids)
+    assert {i[0] for i in ids} > set("AZaz09")
