@@ -3,8 +3,8 @@
 For each call the hub keeps a :class:`CallMedia` with one
 :class:`~signaling.track_tap.TrackTap` per (participant, kind). A
 participant's incoming audio and video feed its taps as encoded frames; the
-other participant's peer connection sends them back out through
-:class:`~signaling.forward_track.ForwardTrack` without decoding or encoding.
+other participant's peer connection sends them back out packet by packet
+(:mod:`signaling.rtp_forward`), without reassembling, decoding or encoding.
 Keyframe requests from a receiving browser reach the sending browser as PLI.
 
 Other consumers (the recorder, identity checks) subscribe to the taps:
@@ -36,8 +36,8 @@ from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError
 
 from .exceptions import BadSdp, MediaError
-from .forward_track import ForwardTrack
 from .passthrough import check_compatible, on_keyframe_request, request_keyframe, tap_receiver
+from .rtp_forward import HoldingTrack, Ingress, Lane, Outbound
 from .track_tap import TrackTap
 
 logger = logging.getLogger(__name__)
@@ -94,7 +94,9 @@ class ParticipantMedia:
     def __init__(self, role: Role, pc: RTCPeerConnection) -> None:
         self.role = role
         self.pc = pc
-        self.forward_tracks: list[ForwardTrack] = []
+        self.holding_tracks: list[HoldingTrack] = []
+        self.outbounds: list[Outbound] = []
+        self.ingresses: dict[object, Ingress] = {}
         self.transcode_sources: dict[str, _TranscodeSource] = {}
         #: loop time the connection last became "connected" (None: not yet)
         self.connected_at: float | None = None
@@ -105,7 +107,13 @@ class ParticipantMedia:
         self.sends_media = False
 
     async def aclose(self) -> None:
-        for track in self.forward_tracks:
+        for outbound in self.outbounds:
+            outbound.close()
+            if outbound.lane.outbound is outbound:
+                outbound.lane.outbound = None
+        for ingress in self.ingresses.values():
+            ingress.close()
+        for track in self.holding_tracks:
             track.stop()
         await self.pc.close()
 
@@ -121,6 +129,8 @@ class CallMedia:
             for role in ("customer", "agent")
             for kind in KINDS
         }
+        #: passthrough: where each participant's packets go (see signaling/rtp_forward.py)
+        self.lanes: dict[tuple[str, str], Lane] = {key: Lane(tap) for key, tap in self.taps.items()}
         self.participants: dict[str, ParticipantMedia] = {}
         self._relay = MediaRelay() if mode == "transcode" else None
         self._remote_tracks: dict[tuple[str, str], MediaStreamTrack] = {}
@@ -262,6 +272,7 @@ class MediaHub:
         pc = RTCPeerConnection(self._configuration())
         participant = ParticipantMedia(role, pc)
         log_id = f"{call_id[:8]}/{role}"
+        tapped: list = []
 
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
@@ -277,6 +288,7 @@ class MediaHub:
                 tap = media.tap(role, track.kind)
                 tap_receiver(receiver, tap.push)
                 tap.attach(lambda r=receiver: request_keyframe(r))
+                tapped.append((receiver, track.kind))
             else:
                 relayed = media._relay.subscribe(track, buffered=False)  # type: ignore[union-attr]
                 media._remote_tracks[(role, track.kind)] = relayed
@@ -330,11 +342,17 @@ class MediaHub:
             transceiver.setCodecPreferences(codecs)
             source = media.tap(other(role), kind)
             if media.mode == "passthrough":
-                track: MediaStreamTrack = ForwardTrack(source)
-                participant.forward_tracks.append(track)  # type: ignore[arg-type]
-                sender = pc.addTrack(track)
+                holding = HoldingTrack(kind)
+                participant.holding_tracks.append(holding)
+                sender = pc.addTrack(holding)
+                lane = media.lanes[(other(role), kind)]
+                outbound = Outbound(lane, sender)
+                participant.outbounds.append(outbound)
+                if lane.outbound is not None:
+                    lane.outbound.close()
+                lane.outbound = outbound
                 if kind == "video":
-                    on_keyframe_request(sender, track.request_keyframe)  # type: ignore[attr-defined]
+                    on_keyframe_request(sender, source.request_keyframe)
             else:
                 transcode = _TranscodeSource(kind)
                 participant.transcode_sources[kind] = transcode
@@ -347,6 +365,15 @@ class MediaHub:
             await pc.setLocalDescription(answer)
         except Exception as exc:
             media.participants.pop(role, None)
-            await pc.close()
+            await participant.aclose()
             raise BadSdp(f"no answer possible for this offer ({exc.__class__.__name__})") from None
+        # transports are final once the answer is set (BUNDLE merged them): take the packets
+        for receiver, kind in tapped:
+            dtls = receiver.transport
+            ingress = participant.ingresses.get(dtls)
+            if ingress is None:
+                ingress = participant.ingresses[dtls] = Ingress(dtls)
+            lane = media.lanes[(role, kind)]
+            lane.attach_receiver(receiver, dtls)
+            ingress.add(receiver, lane)
         return pc.localDescription.sdp

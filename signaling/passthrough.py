@@ -15,9 +15,21 @@ without decoding and re-encoding it, so this module adapts exactly two things:
   wraps that method on one sender instance so the hub can pass the request
   upstream to the browser that encodes the media.
 
+* **Forwarding RTP packets.** The hub forwards media packet by packet
+  (``signaling/rtp_forward.py``), not frame by frame: the DTLS transport's
+  ``_handle_rtp_data`` is replaced on the instance by :func:`hook_rtp_data`, and
+  the forwarding sender keeps the RTCP bookkeeping aiortc would have kept
+  (:func:`note_sent`, :func:`count_received`, :func:`mark_source_active`), answers
+  NACKs from its own history (:func:`on_retransmit`), and lets the hub see RTCP
+  feedback (:func:`on_sender_rtcp`). Its own ``_run_rtp`` loop idles on a track
+  that never yields. Packets of known streams are even taken straight off the
+  ICE connection's socket callback (:func:`hook_datagrams`), decrypted, rewritten,
+  encrypted and sent (:func:`send_rtp_now`) without waiting for aiortc's receive
+  task: no queue and no task switch per packet.
+
 Sending encoded frames needs no adaptation: a track whose ``recv()`` returns an
 ``av.Packet`` is packetised by the sender's codec without encoding (public
-behaviour of ``RTCRtpSender``).
+behaviour of ``RTCRtpSender``; the headless client uses it).
 
 The aiortc version is pinned in ``pyproject.toml``; :func:`check_compatible`
 verifies the private names at import time of the hub and
@@ -29,12 +41,19 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiortc
-from aiortc import RTCRtpReceiver, RTCRtpSender
-from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+import pylibsrtp
+from aioice.ice import StunProtocol
+from aiortc import RTCRtpReceiver, RTCRtpSender, clock
+from aiortc.codecs import is_rtx
+from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcdtlstransport import State as _DtlsState
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpSendParameters
+from aiortc.rtcrtpreceiver import StreamStatistics
+from aiortc.rtp import AnyRtcpPacket, RtpPacket, is_rtcp
 
 from .exceptions import MediaError
 
@@ -47,6 +66,12 @@ _QUEUE_ATTR = "_RTCRtpReceiver__decoder_queue"
 #: times are corrected by this so audio and video stay in sync on a timeline.
 RECEIVE_DELAY_S = {"audio": 0.06, "video": 0.0}
 _THREAD_ATTR = "_RTCRtpReceiver__decoder_thread"
+_DTLS_CONNECTED = _DtlsState.CONNECTED
+#: private names of aiortc 1.16.0 the RTP forwarding path reads or writes
+_RECEIVER_NAMES = ("_RTCRtpReceiver__remote_streams", "_RTCRtpReceiver__active_ssrc",
+                   "_RTCRtpReceiver__codecs", "_RTCRtpReceiver__rtx_ssrc", "_RTCRtpReceiver__rtcp_ssrc")
+_SENDER_NAMES = ("_RTCRtpSender__ntp_timestamp", "_RTCRtpSender__rtp_timestamp",
+                 "_RTCRtpSender__packet_count", "_RTCRtpSender__octet_count")
 
 
 @dataclass(slots=True)
@@ -99,6 +124,26 @@ def check_compatible() -> None:
 
     if not callable(getattr(rtcrtpreceiver, "decoder_worker", None)):
         problems.append("aiortc.rtcrtpreceiver.decoder_worker is gone")
+    for name in _RECEIVER_NAMES:
+        if name not in probe_receiver:
+            problems.append(f"RTCRtpReceiver no longer has {name}")
+    probe_sender = RTCRtpSender.__init__.__code__.co_names
+    for name in _SENDER_NAMES:
+        if name not in probe_sender:
+            problems.append(f"RTCRtpSender no longer has {name}")
+    for cls, method in ((RTCDtlsTransport, "_handle_rtp_data"), (RTCDtlsTransport, "_send_rtp"),
+                        (RTCRtpSender, "_retransmit"), (RTCRtpSender, "_handle_rtcp_packet"),
+                        (RTCRtpReceiver, "_send_rtcp"), (RTCRtpReceiver, "_handle_rtp_packet")):
+        if not callable(getattr(cls, method, None)):
+            problems.append(f"{cls.__name__}.{method}() is gone")
+    from aioice import Connection
+
+    if not callable(getattr(Connection, "data_received", None)) or "_nominated" not in Connection.__init__.__code__.co_names:
+        problems.append("aioice.Connection no longer has data_received() / _nominated")
+    if "_rx_srtp" not in RTCDtlsTransport.__init__.__code__.co_names:
+        problems.append("RTCDtlsTransport no longer has _rx_srtp/_tx_srtp")
+    if "_handle_rtp_data" not in RTCDtlsTransport._recv_next.__code__.co_names:
+        problems.append("RTCDtlsTransport._recv_next no longer calls _handle_rtp_data")
     if problems:
         raise MediaError("encoded passthrough cannot work: " + "; ".join(problems))
 
@@ -179,4 +224,192 @@ async def request_keyframe(receiver: RTCRtpReceiver) -> bool:
         return False
     for source in sources:
         await receiver._send_rtcp_pli(source.source)
+    return True
+
+
+# -- RTP-level forwarding (signaling/rtp_forward.py) ----------------------------------
+
+RtpHandler = Callable[[bytes, int], Awaitable[None]]
+
+
+def hook_rtp_data(dtls: RTCDtlsTransport, handler: Callable[[bytes, int, RtpHandler], Awaitable[None]]) -> None:
+    """Route every decrypted RTP packet of ``dtls`` through ``handler(data, arrival_ms, original)``.
+
+    ``original`` is aiortc's own handling (parse, route to the receiver); the
+    handler calls it for packets it does not take. Hooking twice is a no-op.
+    """
+    if getattr(dtls, "_vcounter_rtp_hook", False):
+        return
+    original = dtls._handle_rtp_data
+
+    async def _handle_rtp_data(data: bytes, arrival_time_ms: int) -> None:
+        await handler(data, arrival_time_ms, original)
+
+    dtls._handle_rtp_data = _handle_rtp_data  # type: ignore[method-assign]
+    dtls._vcounter_rtp_hook = True  # type: ignore[attr-defined]
+
+
+def route_rtp(dtls: RTCDtlsTransport, data: bytes) -> RTCRtpReceiver | None:
+    """The receiver aiortc would route ``data`` to (None: not yet known, or garbage)."""
+    try:
+        packet = RtpPacket.parse(data, dtls._rtp_header_extensions_map)
+    except ValueError:
+        return None
+    return dtls._rtp_router.route_rtp(packet)  # type: ignore[return-value]
+
+
+async def handle_by_receiver(receiver: RTCRtpReceiver, dtls: RTCDtlsTransport, data: bytes,
+                             arrival_time_ms: int) -> None:
+    """aiortc's full receive path for one packet: jitter buffer, NACK, REMB, frames to the tap."""
+    try:
+        packet = RtpPacket.parse(data, dtls._rtp_header_extensions_map)
+    except ValueError:
+        return
+    await receiver._handle_rtp_packet(packet, arrival_time_ms=arrival_time_ms)
+
+
+def receiver_codecs(receiver: RTCRtpReceiver) -> dict[int, RTCRtpCodecParameters]:
+    return receiver._RTCRtpReceiver__codecs  # type: ignore[attr-defined,no-any-return]
+
+
+def rtx_original_ssrc(receiver: RTCRtpReceiver, rtx_ssrc: int) -> int | None:
+    return receiver._RTCRtpReceiver__rtx_ssrc.get(rtx_ssrc)  # type: ignore[attr-defined,no-any-return]
+
+
+def is_rtx_codec(codec: RTCRtpCodecParameters) -> bool:
+    return bool(is_rtx(codec))
+
+
+class _Seen:
+    """The two fields of an RTP packet that ``StreamStatistics.add`` reads."""
+
+    __slots__ = ("sequence_number", "timestamp")
+
+    def __init__(self) -> None:
+        self.sequence_number = 0
+        self.timestamp = 0
+
+
+_seen = _Seen()
+
+
+def count_received(receiver: RTCRtpReceiver, ssrc: int, clock_rate: int, seq: int, timestamp: int) -> None:
+    """Feed the receiver's RTCP receiver-report statistics, as its own path would."""
+    streams = receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
+    stats = streams.get(ssrc)
+    if stats is None:
+        stats = streams[ssrc] = StreamStatistics(clock_rate)
+    _seen.sequence_number = seq
+    _seen.timestamp = timestamp
+    stats.add(_seen)
+
+
+def mark_source_active(receiver: RTCRtpReceiver, ssrc: int) -> None:
+    """What ``getSynchronizationSources()`` reports (used to address keyframe requests)."""
+    receiver._RTCRtpReceiver__active_ssrc[ssrc] = clock.current_datetime()  # type: ignore[attr-defined]
+
+
+def note_sent(sender: RTCRtpSender, ntp_time: int, rtp_timestamp: int, packets: int, octets: int) -> None:
+    """What the sender's RTCP sender reports announce (its own send loop is idle)."""
+    sender._RTCRtpSender__ntp_timestamp = ntp_time  # type: ignore[attr-defined]
+    sender._RTCRtpSender__rtp_timestamp = rtp_timestamp  # type: ignore[attr-defined]
+    sender._RTCRtpSender__packet_count = packets  # type: ignore[attr-defined]
+    sender._RTCRtpSender__octet_count = octets  # type: ignore[attr-defined]
+
+
+def on_send_parameters(sender: RTCRtpSender, callback: Callable[[RTCRtpSendParameters], None]) -> None:
+    """Call ``callback(parameters)`` when the peer connection starts ``sender``."""
+    original = sender.send
+
+    async def send(parameters: RTCRtpSendParameters) -> None:
+        await original(parameters)
+        callback(parameters)
+
+    sender.send = send  # type: ignore[method-assign]
+
+
+def on_retransmit(sender: RTCRtpSender, callback: Callable[[int], Awaitable[None]]) -> None:
+    """NACKed sequence numbers of ``sender`` go to ``callback`` instead of aiortc's history."""
+    sender._retransmit = callback  # type: ignore[method-assign]
+
+
+def on_sender_rtcp(sender: RTCRtpSender, callback: Callable[[AnyRtcpPacket], Awaitable[None]]) -> None:
+    """Show every RTCP packet routed to ``sender`` to ``callback`` first."""
+    original = sender._handle_rtcp_packet
+
+    async def _handle_rtcp_packet(packet: AnyRtcpPacket) -> None:
+        await callback(packet)
+        await original(packet)
+
+    sender._handle_rtcp_packet = _handle_rtcp_packet  # type: ignore[method-assign]
+
+
+async def send_receiver_rtcp(receiver: RTCRtpReceiver, make: Callable[[int], AnyRtcpPacket]) -> None:
+    """Send ``make(rtcp_ssrc)`` from ``receiver`` to its remote sender (no-op before it has an SSRC)."""
+    rtcp_ssrc = receiver._RTCRtpReceiver__rtcp_ssrc  # type: ignore[attr-defined]
+    if rtcp_ssrc is not None:
+        await receiver._send_rtcp(make(rtcp_ssrc))
+
+
+def hook_datagrams(dtls: RTCDtlsTransport, take: Callable[[bytes], bool]) -> bool:
+    """Offer every SRTP packet arriving on ``dtls``'s ICE connection to ``take(data)`` first.
+
+    Runs in the socket's datagram callback, before aiortc's receive queue;
+    ``take`` returns True if it consumed the packet, False to leave it to
+    aiortc (DTLS, RTCP, STUN and packets it does not know go there anyway).
+    Returns False (nothing hooked) if the transport has no aioice connection.
+    """
+    connection = getattr(dtls.transport, "_connection", None)
+    if connection is None or not callable(getattr(connection, "data_received", None)):
+        return False
+    if getattr(connection, "_vcounter_datagram_hook", False):
+        return True
+    original = connection.data_received
+
+    def data_received(data: bytes, component: int) -> None:
+        if len(data) >= 12 and 127 < data[0] < 192 and not is_rtcp(data) and take(data):
+            return
+        original(data, component)
+
+    connection.data_received = data_received
+    connection._vcounter_datagram_hook = True
+    return True
+
+
+def unprotect_rtp(dtls: RTCDtlsTransport, data: bytes) -> bytes | None:
+    """Decrypt an SRTP packet with ``dtls``'s keys (None: no keys yet, or it failed to authenticate)."""
+    srtp = dtls._rx_srtp
+    if srtp is None:
+        return None
+    try:
+        return srtp.unprotect(data)  # type: ignore[no-any-return]
+    except pylibsrtp.Error:
+        return None
+
+
+def _plain_pair(dtls: RTCDtlsTransport):  # type: ignore[no-untyped-def]
+    if dtls._tx_srtp is None or dtls._state is not _DTLS_CONNECTED:
+        return None
+    connection = getattr(dtls.transport, "_connection", None)
+    pair = connection._nominated.get(1) if connection is not None else None
+    if pair is None or type(pair.protocol) is not StunProtocol or pair.protocol.transport is None:
+        return None
+    return pair
+
+
+def can_send_now(dtls: RTCDtlsTransport) -> bool:
+    """Whether :func:`send_rtp_now` can send on ``dtls`` (connected, plain UDP pair)."""
+    return _plain_pair(dtls) is not None
+
+
+def send_rtp_now(dtls: RTCDtlsTransport, packet: bytes) -> bool:
+    """Encrypt and send ``packet`` synchronously; False if that is not possible right now.
+
+    Possible on a connected transport whose selected ICE pair is a plain UDP
+    socket; through a TURN relay (or before connecting) use ``await dtls._send_rtp()``.
+    """
+    pair = _plain_pair(dtls)
+    if pair is None:
+        return False
+    pair.protocol.transport.sendto(dtls._tx_srtp.protect(packet), pair.remote_addr)
     return True

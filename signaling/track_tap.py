@@ -166,6 +166,20 @@ class TrackTap:
             if self._decode_queue.qsize() < DEFAULT_BACKLOG:
                 self._decode_queue.put_nowait(frame)
 
+    def note_packet(self, now: float, size: int, marker: int, keyframe_start: bool) -> None:
+        """Count a forwarded packet while nobody wants frames (no frame is assembled then)."""
+        self.last_frame_at = now
+        self.bytes_in += size
+        if marker or self.kind == "audio":
+            self.frames_in += 1
+        if keyframe_start:
+            self.keyframes_in += 1
+
+    @property
+    def wants_frames(self) -> bool:
+        """Whether some consumer (recorder, identity check...) needs reassembled frames."""
+        return bool(self._encoded or self._sinks or self._decoded)
+
     def request_keyframe(self) -> None:
         """Ask the sender for a keyframe (coalesced: at most one request in flight)."""
         if self.kind != "video" or self._request_keyframe is None or self._closed:

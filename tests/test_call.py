@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from sqlmodel import select
 
 from server.db import CallSession, Participant, SessionEvent
@@ -21,7 +22,10 @@ async def _events(counter, session_id: str) -> list[str]:
     return [k for k, _ in rows]
 
 
-async def test_call_forwards_media_both_ways_without_codecs(counter, codec_spy):
+@pytest.mark.parametrize("recording", [True, False], ids=["recording", "no-frame-consumer"])
+async def test_call_forwards_media_both_ways_without_codecs(make_counter, video_clip, audio_clip, codec_spy,
+                                                            recording):
+    counter = await make_counter(video_clip, audio_clip, recording=recording)
     customer = await counter.customer("account_opening", "Ms Chen")
     update = await customer.wait_for("queue_update")
     assert update["position"] == 1
@@ -40,6 +44,8 @@ async def test_call_forwards_media_both_ways_without_codecs(counter, codec_spy):
     # the server forwarded real VP8 keyframes + deltas and Opus packets
     assert customer.taps["video"].keyframes_in >= 1 and agent.taps["video"].keyframes_in >= 1
     media = counter.hub.find(customer.session_id)
+    # with the recorder subscribed, aiortc's receiver reassembles frames for it; without, packets only
+    assert media.tap("customer", "video").wants_frames is recording
     assert media.tap("customer", "video").frames_in >= 45
     assert media.tap("agent", "audio").frames_in >= 45
     # passthrough: nothing in this process encoded or decoded a single frame

@@ -21,6 +21,14 @@ def test_internals_are_where_the_adapter_expects():
     passthrough.check_compatible()
 
 
+def test_a_moved_internal_of_the_forwarding_path_is_named(monkeypatch):
+    from aiortc.rtcdtlstransport import RTCDtlsTransport
+
+    monkeypatch.delattr(RTCDtlsTransport, "_handle_rtp_data")
+    with pytest.raises(MediaError, match=r"RTCDtlsTransport._handle_rtp_data\(\) is gone"):
+        passthrough.check_compatible()
+
+
 async def test_tap_refuses_a_started_receiver_and_taps_a_fresh_one():
     pc = RTCPeerConnection()
     try:

@@ -1,0 +1,171 @@
+"""Packet-level forwarding (signaling/rtp_forward.py): header parsing, keyframe starts, loss and
+bandwidth feedback, on real calls between headless aiortc participants."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+import pytest
+from aiortc.codecs import get_encoder
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+from signaling.rtp_forward import parse_rtp, vp8_starts_keyframe
+
+VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
+
+
+def _rtp(payload: bytes, *, seq: int = 7, ts: int = 1234, ssrc: int = 99, pt: int = 96, marker: int = 1,
+         csrcs: int = 0, ext: bytes | None = None, padding: int = 0) -> bytes:
+    first = 0x80 | csrcs | (0x10 if ext is not None else 0) | (0x20 if padding else 0)
+    data = struct.pack("!BBHII", first, (marker << 7) | pt, seq, ts, ssrc) + b"\x00\x00\x00\x01" * csrcs
+    if ext is not None:
+        data += b"\xbe\xde" + (len(ext) // 4).to_bytes(2, "big") + ext
+    data += payload
+    if padding:
+        data += b"\x00" * (padding - 1) + bytes([padding])
+    return data
+
+
+def test_parse_rtp_strips_csrcs_extensions_and_padding():
+    assert parse_rtp(_rtp(b"hello")) == (1, 96, 7, 1234, b"hello")
+    assert parse_rtp(_rtp(b"hello", csrcs=2, ext=b"\x22\x01\x02\x03", padding=3, marker=0)) == (
+        0, 96, 7, 1234, b"hello")
+    # a padding-only packet (a browser probing bandwidth) has an empty payload
+    assert parse_rtp(_rtp(b"", padding=8)) == (1, 96, 7, 1234, b"")
+
+
+@pytest.mark.parametrize("data", [
+    b"", b"\x80" * 11,                                   # shorter than a header
+    b"\x40" + b"\x00" * 20,                              # RTP version 1
+    _rtp(b"x", ext=b"\x00" * 4)[:14],                    # extension header cut off
+    _rtp(b"", ext=b"\x00" * 4)[:12] + b"\xbe\xde\x00\x09\x00\x00\x00\x00",  # extension longer than the packet
+])
+def test_parse_rtp_refuses_malformed_packets(data):
+    assert parse_rtp(data) is None
+
+
+def test_parse_rtp_refuses_padding_longer_than_the_packet():
+    data = bytearray(_rtp(b"abc", padding=2))
+    data[-1] = 200
+    assert parse_rtp(bytes(data)) is None
+
+
+def test_vp8_keyframe_start_matches_a_real_encoder(video_clip):
+    """The first packet of every keyframe, and no other packet, starts a keyframe."""
+    encoder = get_encoder(VP8)
+    import av
+
+    seen = {"key": 0, "delta": 0}
+    for data, keyframe in zip(video_clip.packets[:40], video_clip.keyframes[:40], strict=True):
+        packet = av.Packet(data)
+        packet.pts = 0
+        packet.time_base = __import__("fractions").Fraction(1, 90000)
+        payloads, _ = encoder.pack(packet)
+        assert vp8_starts_keyframe(payloads[0]) is keyframe
+        assert not any(vp8_starts_keyframe(p) for p in payloads[1:])
+        seen["key" if keyframe else "delta"] += 1
+    assert seen["key"] >= 1 and seen["delta"] >= 10
+    assert not vp8_starts_keyframe(b"") and not vp8_starts_keyframe(b"\x90")
+
+
+async def _call(make_counter, video_clip, audio_clip, *, recording: bool):
+    counter = await make_counter(video_clip, audio_clip, recording=recording)
+    customer = await counter.customer("account_opening", "Packets")
+    agent = await counter.agent("alice")
+    await agent.accept_next()
+    await agent.wait_media(frames=20)
+    await customer.wait_media(frames=20)
+    media = counter.hub.find(customer.session_id)
+    return counter, customer, agent, media
+
+
+def _video_receiver(participant):
+    return next(t.receiver for t in participant.pc.getTransceivers() if t.kind == "video")
+
+
+def _video_sender(participant):
+    return next(t.sender for t in participant.pc.getTransceivers() if t.kind == "video")
+
+
+async def _until(predicate, timeout: float = 10.0) -> bool:
+    for _ in range(int(timeout / 0.05)):
+        if predicate():
+            return True
+        await asyncio.sleep(0.05)
+    return predicate()
+
+
+@pytest.mark.parametrize("recording", [False, True], ids=["no-frame-consumer", "recording"])
+async def test_nack_is_answered_from_history_or_asked_upstream(make_counter, video_clip, audio_clip, recording):
+    counter, customer, agent, media = await _call(make_counter, video_clip, audio_clip, recording=recording)
+    lane = media.lanes[("customer", "video")]
+    outbound = lane.outbound
+    assert lane.tap.wants_frames is recording
+    # without frame consumers packets go from the socket callback straight out; with them,
+    # through aiortc's receive task (its receiver reassembles frames for the recorder)
+    ingress = next(iter(media.participants["customer"].ingresses.values()))
+    assert (ingress.taken > 0) is (not recording)
+    asked_upstream: list[int] = []
+    customer_sender = _video_sender(customer)
+    original = customer_sender._retransmit
+
+    async def spy(seq: int) -> None:
+        asked_upstream.append(seq)
+        await original(seq)
+
+    customer_sender._retransmit = spy
+    receiver = _video_receiver(agent)
+    # a packet the agent "lost" that the hub still holds: resent, as RTX (negotiated)
+    recent = outbound._last_seq
+    await receiver._send_rtcp_nack(outbound._ssrc, [recent])
+    assert await _until(lambda: outbound.retransmitted >= 1)
+    # a packet the hub never had: mapped back to the customer's numbering and asked for there,
+    # unless aiortc's own receiver is running (frames wanted), which NACKs by itself
+    missing = (outbound._last_seq + 1000) & 0xFFFF
+    await receiver._send_rtcp_nack(outbound._ssrc, [missing])
+    assert await _until(lambda: outbound.nack_misses >= 1)
+    if recording:
+        await asyncio.sleep(0.5)
+        assert (missing - outbound._seq_offset) & 0xFFFF not in asked_upstream
+    else:
+        assert await _until(lambda: (missing - outbound._seq_offset) & 0xFFFF in asked_upstream)
+    # the call carries on
+    frames = agent.taps["video"].frames_in
+    assert await _until(lambda: agent.taps["video"].frames_in > frames + 10)
+
+
+async def test_receiver_bandwidth_estimate_reaches_the_sender(make_counter, video_clip, audio_clip):
+    counter, customer, agent, media = await _call(make_counter, video_clip, audio_clip, recording=False)
+    from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, unpack_remb_fci
+
+    seen: list[tuple[int, list[int]]] = []
+    sender = _video_sender(customer)
+    original = sender._handle_rtcp_packet
+
+    async def spy(packet) -> None:
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            seen.append(unpack_remb_fci(packet.fci))
+        await original(packet)
+
+    sender._handle_rtcp_packet = spy
+    # the agent's receiver estimates from the abs-send-time the hub writes; the hub relays it
+    assert await _until(lambda: any(sender._ssrc in ssrcs for _, ssrcs in seen), timeout=15)
+    assert all(bitrate > 0 for bitrate, _ in seen)
+
+
+async def test_without_frame_consumers_nothing_is_reassembled(make_counter, video_clip, audio_clip):
+    """No recorder, no identity check: the hub counts packets and never runs aiortc's jitter buffer."""
+    counter, customer, agent, media = await _call(make_counter, video_clip, audio_clip, recording=False)
+    tap = media.tap("customer", "video")
+    assert not tap.wants_frames
+    server_receiver = media.lanes[("customer", "video")].receiver
+    buffer = server_receiver._RTCRtpReceiver__jitter_buffer
+    assert all(packet is None for packet in buffer._packets)
+    assert tap.frames_in >= 20 and tap.keyframes_in >= 1
+    # a consumer arriving later gets frames (aiortc's path takes over for it)
+    sub = tap.subscribe_encoded()
+    frame = await asyncio.wait_for(sub.recv(), 5)
+    assert frame.data and frame.codec.mimeType.lower() == "video/vp8"
+    sub.close()
+    assert not tap.wants_frames
