@@ -258,16 +258,6 @@ def route_rtp(dtls: RTCDtlsTransport, data: bytes) -> RTCRtpReceiver | None:
     return dtls._rtp_router.route_rtp(packet)  # type: ignore[return-value]
 
 
-async def handle_by_receiver(receiver: RTCRtpReceiver, dtls: RTCDtlsTransport, data: bytes,
-                             arrival_time_ms: int) -> None:
-    """aiortc's full receive path for one packet: jitter buffer, NACK, REMB, frames to the tap."""
-    try:
-        packet = RtpPacket.parse(data, dtls._rtp_header_extensions_map)
-    except ValueError:
-        return
-    await receiver._handle_rtp_packet(packet, arrival_time_ms=arrival_time_ms)
-
-
 def receiver_codecs(receiver: RTCRtpReceiver) -> dict[int, RTCRtpCodecParameters]:
     return receiver._RTCRtpReceiver__codecs  # type: ignore[attr-defined,no-any-return]
 

@@ -13,15 +13,14 @@ no task switch happens per packet: this is what makes passthrough cheap
 What aiortc's receive path did besides reassembling frames is kept:
 
 * **Frames for the taps.** While a consumer wants frames (the recorder, an
-  identity check), each packet also goes through aiortc's own receiver (jitter
-  buffer, NACK generation, REMB), whose frames reach the tap as before. With no
-  consumer the lane only counts, feeds the receiver-report statistics and marks
-  the source active.
+  identity check), the lane also reassembles them (:class:`FrameAssembler`) and
+  pushes them to the tap. With no consumer it only counts. Either way it feeds
+  the receiver-report statistics and marks the source active, as aiortc's
+  receiver (which never sees these packets) would have.
 * **Loss.** The outbound keeps the last :data:`HISTORY` packets and answers the
   receiving browser's NACKs from them (as RTX where negotiated). A packet the
   hub never got is asked for upstream, mapped back to the sender's numbering.
-* **Bandwidth.** The receiving browser's REMB is relayed to the sending one
-  (without frame consumers: otherwise aiortc's estimator answers the sender).
+* **Bandwidth.** The receiving browser's REMB is relayed to the sending one.
 * **Keyframes.** PLI/FIR from the receiving browser reach the sender
   (``media_hub``); a new outbound, or a source that reconnected, starts at the
   first packet of a keyframe and rebases sequence numbers and timestamps so
@@ -37,12 +36,13 @@ import logging
 import random
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiortc import MediaStreamTrack, RTCRtpReceiver, RTCRtpSender
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcdtlstransport import RTCDtlsTransport
-from aiortc.rtcrtpparameters import RTCRtpSendParameters
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpSendParameters
 from aiortc.rtp import (
     RTCP_PSFB_APP,
     RTCP_RTPFB_NACK,
@@ -54,6 +54,7 @@ from aiortc.rtp import (
 )
 
 from . import passthrough
+from .passthrough import EncodedFrame, is_keyframe
 from .track_tap import TrackTap
 
 logger = logging.getLogger(__name__)
@@ -96,28 +97,33 @@ def parse_rtp(data: bytes) -> tuple[int, int, int, int, bytes] | None:
             int.from_bytes(data[4:8], "big"), data[pos:end])
 
 
-def vp8_starts_keyframe(payload: bytes) -> bool:
-    """Whether an RTP payload (RFC 7741) is the first packet of a VP8 keyframe."""
+def vp8_descriptor_size(payload: bytes) -> int:
+    """Length of the VP8 payload descriptor (RFC 7741) at the start of ``payload``; -1 if cut off."""
     if not payload:
-        return False
-    first = payload[0]
-    if not first & 0x10 or first & 0x0F:  # S bit, partition 0
-        return False
+        return -1
     pos = 1
-    if first & 0x80:  # X: extension byte
+    if payload[0] & 0x80:  # X: extension byte
         if len(payload) < 2:
-            return False
+            return -1
         ext = payload[1]
         pos = 2
         if ext & 0x80:  # I: picture id, 7 or 15 bits
             if len(payload) <= pos:
-                return False
+                return -1
             pos += 2 if payload[pos] & 0x80 else 1
         if ext & 0x40:  # L: TL0PICIDX
             pos += 1
         if ext & 0x30:  # T or K: TID/KEYIDX
             pos += 1
-    return len(payload) > pos and payload[pos] & 0x01 == 0
+    return pos if pos < len(payload) else -1
+
+
+def vp8_starts_keyframe(payload: bytes) -> bool:
+    """Whether an RTP payload (RFC 7741) is the first packet of a VP8 keyframe."""
+    if not payload or not payload[0] & 0x10 or payload[0] & 0x0F:  # S bit, partition 0
+        return False
+    pos = vp8_descriptor_size(payload)
+    return pos > 0 and payload[pos] & 0x01 == 0
 
 
 def _newer16(a: int, b: int) -> bool:
@@ -141,6 +147,103 @@ class HoldingTrack(MediaStreamTrack):
         super().stop()
 
 
+#: how long (in 90 kHz ticks) an incomplete video frame waits for a retransmission before the
+#: frames after it go to the taps without it (100 ms)
+_HOLD_TICKS = 9000
+_MAX_PENDING_FRAMES = 64
+
+
+class FrameAssembler:
+    """Reassembles one stream's frames from its packets, for the tap's consumers.
+
+    Runs only while a consumer (the recorder, an identity check) wants frames.
+    Frames go out in timestamp order; a video frame missing a packet waits up to
+    100 ms for it (a retransmission the receiving browser asked for) before later
+    frames go on without it and a keyframe is requested. Timestamps start at 0
+    and unwrap, as aiortc's receiver gives them.
+    """
+
+    def __init__(self, codec: RTCRtpCodecParameters, push: Callable[[EncodedFrame], None],
+                 on_loss: Callable[[], None]) -> None:
+        self._codec = codec
+        self._video = codec.mimeType.lower().startswith("video/")
+        self._push = push
+        self._on_loss = on_loss
+        self._frames: dict[int, list] = {}  # timestamp -> [parts by seq, first seq, last seq]
+        self._done: int | None = None
+        #: sequence number the next frame out should start at (None: any)
+        self._expected: int | None = None
+        self._raw: int | None = None
+        self._value = 0
+        self.lost = 0
+
+    def _unwrap(self, timestamp: int) -> int:
+        if self._raw is None:
+            self._raw = timestamp
+            return 0
+        delta = (timestamp - self._raw) & 0xFFFFFFFF
+        if delta >= 0x80000000:
+            return self._value + delta - 0x100000000  # reordered: older than the newest seen
+        self._raw = timestamp
+        self._value += delta
+        return self._value
+
+    def add(self, seq: int, timestamp: int, marker: int, payload: bytes, now: float) -> None:
+        ts = self._unwrap(timestamp)
+        if self._done is not None and ts <= self._done:
+            return  # late or repeated: its turn has passed
+        if not self._video:
+            self._done = ts
+            self._push(EncodedFrame(data=payload, timestamp=ts, codec=self._codec, keyframe=True, arrival=now))
+            return
+        size = vp8_descriptor_size(payload)
+        if size < 0:
+            return
+        frame = self._frames.get(ts)
+        if frame is None:
+            frame = self._frames[ts] = [{}, None, None]
+        frame[0][seq] = payload[size:]
+        if payload[0] & 0x10 and not payload[0] & 0x0F:
+            frame[1] = seq
+        if marker:
+            frame[2] = seq
+        self._flush(now)
+
+    def _flush(self, now: float) -> None:
+        frames = self._frames
+        while frames:
+            head = min(frames)
+            parts, first, last = frames[head]
+            complete = False
+            if first is not None and last is not None:
+                count = ((last - first) & 0xFFFF) + 1
+                complete = len(parts) >= count and all((first + i) & 0xFFFF in parts for i in range(count))
+            # in sequence: nothing (a whole frame, say) is missing between the last frame out and this one
+            in_sequence = self._expected is None or first == self._expected
+            expired = max(frames) - head > _HOLD_TICKS or len(frames) > _MAX_PENDING_FRAMES
+            if complete and (in_sequence or expired):
+                if not in_sequence:
+                    self._lose()
+                data = b"".join(parts[(first + i) & 0xFFFF] for i in range(count))
+                del frames[head]
+                self._done = head
+                self._expected = (last + 1) & 0xFFFF  # type: ignore[operator]
+                self._push(EncodedFrame(data=data, timestamp=head, codec=self._codec,
+                                        keyframe=is_keyframe(self._codec.mimeType, data), arrival=now))
+                continue
+            if expired:
+                del frames[head]
+                self._done = head
+                self._expected = (last + 1) & 0xFFFF if last is not None else None
+                self._lose()
+                continue
+            break
+
+    def _lose(self) -> None:
+        self.lost += 1
+        self._on_loss()
+
+
 @dataclass(slots=True)
 class _Source:
     """One SSRC arriving on a participant's transport."""
@@ -151,6 +254,8 @@ class _Source:
     ssrc: int
     rtx: bool
     clock_rate: int
+    #: the media codec (for an RTX stream: the codec it repairs)
+    codec: RTCRtpCodecParameters
     active_at: float = float("-inf")
 
 
@@ -166,6 +271,7 @@ class Lane:
         #: SSRC of the current source's media (not RTX) stream, once seen
         self.media_ssrc: int | None = None
         self.outbound: Outbound | None = None
+        self._assembler: FrameAssembler | None = None
         self.packets_in = 0
 
     def attach_receiver(self, receiver: RTCRtpReceiver, dtls: RTCDtlsTransport) -> None:
@@ -174,6 +280,7 @@ class Lane:
         self.dtls = dtls
         self.generation = self.tap.generation
         self.media_ssrc = None
+        self._assembler = None
 
     def _process(self, source: _Source, data: bytes) -> bytes | None:
         """Account for one decrypted packet; returns what the outbound should send, if anything."""
@@ -182,13 +289,12 @@ class Lane:
             return None
         marker, _pt, seq, timestamp, payload = parsed
         tap = self.tap
-        wants_frames = tap.wants_frames
         loop_time = asyncio.get_running_loop().time()
-        if not wants_frames:
-            passthrough.count_received(source.receiver, source.ssrc, source.clock_rate, seq, timestamp)
-            if loop_time - source.active_at > _ACTIVE_REFRESH_S:
-                source.active_at = loop_time
-                passthrough.mark_source_active(source.receiver, source.ssrc)
+        # what aiortc's receiver would have noted: receiver reports, sources for keyframe requests
+        passthrough.count_received(source.receiver, source.ssrc, source.clock_rate, seq, timestamp)
+        if loop_time - source.active_at > _ACTIVE_REFRESH_S:
+            source.active_at = loop_time
+            passthrough.mark_source_active(source.receiver, source.ssrc)
         if source.generation != self.generation:
             return None  # an old connection of the source, still draining
         if source.rtx:
@@ -200,7 +306,14 @@ class Lane:
             self.media_ssrc = source.ssrc
             if not payload:
                 return None
-            if not wants_frames:
+        if tap.wants_frames:
+            assembler = self._assembler
+            if assembler is None:
+                assembler = self._assembler = FrameAssembler(source.codec, tap.push, tap.request_keyframe)
+            assembler.add(seq, timestamp, marker, payload, loop_time)
+        else:
+            self._assembler = None
+            if not source.rtx:
                 tap.note_packet(loop_time, len(payload), marker,
                                 self.kind == "video" and vp8_starts_keyframe(payload))
         self.packets_in += 1
@@ -212,7 +325,7 @@ class Lane:
     def take(self, source: _Source, srtp: bytes) -> bool:
         """Forward an encrypted packet synchronously, from the socket callback; False: not here."""
         outbound = self.outbound
-        if self.tap.wants_frames or self.dtls is None or (outbound is not None and not outbound.can_send_now()):
+        if self.dtls is None or (outbound is not None and not outbound.can_send_now()):
             return False
         data = passthrough.unprotect_rtp(self.dtls, srtp)
         if data is None:
@@ -223,16 +336,14 @@ class Lane:
         return True
 
     async def receive(self, source: _Source, data: bytes, arrival_ms: int) -> None:
-        """A decrypted packet from aiortc's receive task."""
+        """A decrypted packet from aiortc's receive task (the outbound could not send at once)."""
         packet = self._process(source, data)
         if packet is not None and self.outbound is not None:
             await self.outbound.send(packet)
-        if self.tap.wants_frames and self.dtls is not None:
-            await passthrough.handle_by_receiver(source.receiver, self.dtls, data, arrival_ms)
 
     async def nack_upstream(self, seq: int) -> None:
-        """Ask the source for a packet the hub never received (aiortc's receiver does it otherwise)."""
-        if self.tap.wants_frames or self.receiver is None or self.media_ssrc is None:
+        """Ask the source for a packet the hub never received."""
+        if self.receiver is None or self.media_ssrc is None:
             return
         ssrc = self.media_ssrc
         await passthrough.send_receiver_rtcp(
@@ -242,7 +353,7 @@ class Lane:
 
     async def relay_remb(self, bitrate: int) -> None:
         """Pass the receiving browser's bandwidth estimate to the source."""
-        if self.tap.wants_frames or self.receiver is None or self.media_ssrc is None:
+        if self.receiver is None or self.media_ssrc is None:
             return
         fci = pack_remb_fci(bitrate, [self.media_ssrc])
         await passthrough.send_receiver_rtcp(
@@ -280,8 +391,13 @@ class Ingress:
         if codec is None:
             return None  # the receiver has not started yet, or an unknown payload type
         rtx = passthrough.is_rtx_codec(codec)
+        media_codec = codec
+        if rtx:
+            media_codec = passthrough.receiver_codecs(receiver).get(codec.parameters.get("apt"))  # type: ignore[arg-type]
+            if media_codec is None:
+                return None
         source = _Source(lane=lane, receiver=receiver, generation=generation,  # type: ignore[arg-type]
-                         ssrc=ssrc, rtx=rtx, clock_rate=codec.clockRate)
+                         ssrc=ssrc, rtx=rtx, clock_rate=codec.clockRate, codec=media_codec)
         self._sources[ssrc] = source
         return source
 

@@ -102,10 +102,9 @@ async def test_nack_is_answered_from_history_or_asked_upstream(make_counter, vid
     lane = media.lanes[("customer", "video")]
     outbound = lane.outbound
     assert lane.tap.wants_frames is recording
-    # without frame consumers packets go from the socket callback straight out; with them,
-    # through aiortc's receive task (its receiver reassembles frames for the recorder)
+    # packets go from the socket callback straight out, recorded or not
     ingress = next(iter(media.participants["customer"].ingresses.values()))
-    assert (ingress.taken > 0) is (not recording)
+    assert ingress.taken > 0 and ingress.unrouted < 10
     asked_upstream: list[int] = []
     customer_sender = _video_sender(customer)
     original = customer_sender._retransmit
@@ -120,16 +119,11 @@ async def test_nack_is_answered_from_history_or_asked_upstream(make_counter, vid
     recent = outbound._last_seq
     await receiver._send_rtcp_nack(outbound._ssrc, [recent])
     assert await _until(lambda: outbound.retransmitted >= 1)
-    # a packet the hub never had: mapped back to the customer's numbering and asked for there,
-    # unless aiortc's own receiver is running (frames wanted), which NACKs by itself
+    # a packet the hub never had: mapped back to the customer's numbering and asked for there
     missing = (outbound._last_seq + 1000) & 0xFFFF
     await receiver._send_rtcp_nack(outbound._ssrc, [missing])
     assert await _until(lambda: outbound.nack_misses >= 1)
-    if recording:
-        await asyncio.sleep(0.5)
-        assert (missing - outbound._seq_offset) & 0xFFFF not in asked_upstream
-    else:
-        assert await _until(lambda: (missing - outbound._seq_offset) & 0xFFFF in asked_upstream)
+    assert await _until(lambda: (missing - outbound._seq_offset) & 0xFFFF in asked_upstream)
     # the call carries on
     frames = agent.taps["video"].frames_in
     assert await _until(lambda: agent.taps["video"].frames_in > frames + 10)
@@ -163,9 +157,71 @@ async def test_without_frame_consumers_nothing_is_reassembled(make_counter, vide
     buffer = server_receiver._RTCRtpReceiver__jitter_buffer
     assert all(packet is None for packet in buffer._packets)
     assert tap.frames_in >= 20 and tap.keyframes_in >= 1
-    # a consumer arriving later gets frames (aiortc's path takes over for it)
+    # a consumer arriving later gets whole frames, reassembled for it
     sub = tap.subscribe_encoded()
     frame = await asyncio.wait_for(sub.recv(), 5)
     assert frame.data and frame.codec.mimeType.lower() == "video/vp8"
     sub.close()
     assert not tap.wants_frames
+
+
+def _vp8_packets(video_clip, count: int):
+    """RTP (seq, ts, marker, payload) of the clip's first ``count`` frames, as a browser sends them."""
+    import fractions
+
+    import av
+
+    encoder = get_encoder(VP8)
+    packets, frames = [], []
+    seq = 65530  # wraps during the clip
+    for index, data in enumerate(video_clip.packets[:count]):
+        packet = av.Packet(data)
+        packet.pts = index * 3000
+        packet.time_base = fractions.Fraction(1, 90000)
+        payloads, _ = encoder.pack(packet)
+        ts = (0xFFFFF000 + index * 3000) & 0xFFFFFFFF  # wraps too
+        for i, payload in enumerate(payloads):
+            packets.append((seq & 0xFFFF, ts, int(i == len(payloads) - 1), payload))
+            seq += 1
+        frames.append(data)
+    return packets, frames
+
+
+def test_frame_assembler_rebuilds_the_encoder_frames_across_reordering_and_late_repairs(video_clip):
+    from signaling.rtp_forward import FrameAssembler
+
+    packets, frames = _vp8_packets(video_clip, 30)
+    assert len(packets) > len(frames), "the clip's frames span several packets"
+    out, losses = [], []
+    assembler = FrameAssembler(VP8, out.append, lambda: losses.append(1))
+    order = list(packets)
+    # swap two packets of one frame, and hold one packet back by two packets (a quick retransmission)
+    multi = next(i for i in range(len(order) - 1) if order[i][1] == order[i + 1][1])
+    order[multi], order[multi + 1] = order[multi + 1], order[multi]
+    late = order.pop(multi + 5)
+    order.insert(multi + 5 + 2, late)
+    for seq, ts, marker, payload in order:
+        assembler.add(seq, ts, marker, payload, now=1.0)
+    assert [f.data for f in out] == frames
+    assert [f.timestamp for f in out] == [i * 3000 for i in range(len(frames))]
+    assert [f.keyframe for f in out] == video_clip.keyframes[:len(frames)]
+    assert losses == [] and assembler.lost == 0
+
+
+def test_frame_assembler_gives_up_on_a_lost_packet_after_100_ms(video_clip):
+    from signaling.rtp_forward import FrameAssembler
+
+    packets, frames = _vp8_packets(video_clip, 30)
+    lost_frame_ts = packets[len(packets) // 2][1]
+    dropped = next(p for p in packets if p[1] == lost_frame_ts)
+    out, losses = [], []
+    assembler = FrameAssembler(VP8, out.append, lambda: losses.append(1))
+    for packet in packets:
+        if packet is not dropped:
+            assembler.add(*packet, now=1.0)
+    assert assembler.lost == 1 and losses == [1]
+    assert len(out) == len(frames) - 1
+    assert all(f.timestamp != (lost_frame_ts - packets[0][1]) & 0xFFFFFFFF for f in out)
+    # the packet turning up after its frame was given up changes nothing
+    assembler.add(*dropped, now=1.0)
+    assert len(out) == len(frames) - 1
