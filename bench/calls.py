@@ -12,7 +12,10 @@ from the outside with psutil, and stopped at the end (SIGTERM, then SIGKILL).
 
 Participants are :class:`~signaling.client.HeadlessParticipant` objects sending
 one pre-encoded 640x480 30 fps VP8 clip and one Opus clip, encoded once per run
-and shared. They run in ``--workers`` client processes (one asyncio loop each)
+and shared. By default they are lean (``--client lean``: ready-made RTP packets
+out, packets taken off the socket in, as the hub itself does it; see
+signaling/client.py); ``--client aiortc`` uses aiortc's sender and receiver,
+which costs the clients about N times more. They run in ``--workers`` client processes (one asyncio loop each)
 so that the client side can use more than one core; this process only
 orchestrates and measures. Calls are set up ``--batch`` at a time, each batch in
 one worker, so every agent accepts a customer of its own worker.
@@ -46,6 +49,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import gc
 import json
 import logging
@@ -99,8 +103,8 @@ class _FrameWatch:
       rise above the smallest value seen is the queueing delay added by the
       sender, the server and the receiver (buffers, overloaded event loops).
 
-    Installed in place of ``tap.push`` before the track arrives: the participant
-    hands ``tap.push`` to its receiver in the ``track`` event.
+    A sink of the participant's tap: frames reassembled by aiortc's receiver, or by
+    the lean participant's lane (which reassembles only while a sink is there).
     """
 
     def __init__(self, tap: Any) -> None:
@@ -112,8 +116,7 @@ class _FrameWatch:
         self._last: int | None = None
         self._media_time = 0.0
         self._base: float | None = None
-        self._push = tap.push
-        tap.push = self
+        tap.add_sink(self)
 
     def __call__(self, frame: Any) -> None:
         ts = frame.timestamp
@@ -123,7 +126,6 @@ class _FrameWatch:
             step = (ts - self._last) % (1 << 32)
             if not 0 < step < (1 << 31):
                 self.stale += 1
-                self._push(frame)
                 return
             self._media_time += step / frame.clock_rate
         self._last = ts
@@ -132,7 +134,6 @@ class _FrameWatch:
             self._base = offset
         self.delay = offset - self._base
         self.max_delay = max(self.max_delay, self.delay)
-        self._push(frame)
 
     def take_max_delay(self) -> float:
         """Largest delay since the previous call."""
@@ -153,8 +154,10 @@ class _Call:
 class _Worker:
     """One client process: sets up calls on command, snapshots counters, hangs up."""
 
-    def __init__(self, url: str, video: Any, audio: Any) -> None:
+    def __init__(self, url: str, video: Any, audio: Any, *, lean: bool = False) -> None:
         self.url = url
+        #: lean participants (packet-level media, see signaling/client.py) or aiortc's own path
+        self.lean = lean
         self.video = video
         self.audio = audio
         self.calls: list[_Call] = []
@@ -177,7 +180,7 @@ class _Worker:
     def _participant(self, name: str) -> Any:
         from signaling.client import HeadlessParticipant
 
-        p = HeadlessParticipant(self.url, video=self.video, audio=self.audio, name=name)
+        p = HeadlessParticipant(self.url, video=self.video, audio=self.audio, name=name, lean=self.lean)
         self.watch[id(p)] = {k: _FrameWatch(p.taps[k]) for k in KINDS}
         return p
 
@@ -626,7 +629,9 @@ def run_mode(mode: str, args: argparse.Namespace, clips: tuple[Any, Any], templa
     ctx = mp.get_context("spawn")
     background = _wait_quiet(args.quiet_below, args.quiet_timeout)
     with _server_for(mode, args.url, template, root, args.recording) as (url, server_ps, server):
-        workers = [_WorkerHandle(ctx, url, *clips, args.verbose, args.client_nice) for _ in range(args.workers)]
+        factory = functools.partial(_Worker, lean=args.client == "lean")
+        workers = [_WorkerHandle(ctx, url, *clips, args.verbose, args.client_nice, factory)
+                   for _ in range(args.workers)]
         try:
             rates = {clip.kind: clip.clock_rate / clip.ticks for clip in clips}  # frames per second
             report = _drive(mode, args, usernames, workers, server_ps, server, rates)
@@ -757,6 +762,7 @@ def _drive(mode: str, args: argparse.Namespace, usernames: list[str], workers: l
         "calls_failed": len(usernames) - established,
         "duration_s": round(window, 2),
         "workers": len(workers),
+        "client": args.client,
         "server_cpu_s": round(cpu_s, 2) if server_ps else None,
         "server_cpu_percent": round(100 * cpu_s / window, 1) if server_ps else None,
         "server_cpu_s_per_call_min": round(cpu_s / (window_calls * window / 60), 3) if server_ps and window_calls else None,
@@ -826,6 +832,7 @@ _ROWS = [
     ("calls (in window)", "calls"),
     ("window (s)", "duration_s"),
     ("client processes", "workers"),
+    ("client media path", "client"),
     ("server CPU (% of one core)", "server_cpu_percent"),
     ("server CPU s per call-minute", "server_cpu_s_per_call_min"),
     ("server CPU ms per frame delivered", "server_cpu_ms_per_frame"),
@@ -916,6 +923,9 @@ def main(argv: list[str] | None = None) -> int:
                         f"bench000, bench001... with password {PASSWORD!r} and skill {BUSINESS}")
     parser.add_argument("--workers", type=int, default=0,
                         help="client processes (default: one per 10 calls, at most the core count)")
+    parser.add_argument("--client", choices=["lean", "aiortc"], default="lean",
+                        help="participants' media path: lean (packet level, like the hub: cheap enough to "
+                        "drive 40 calls from this machine) or aiortc's own sender/receiver (default lean)")
     parser.add_argument("--batch", type=int, default=5, help="calls set up at a time (default 5)")
     parser.add_argument("--settle", type=float, default=3.0, help="seconds between ramp end and window")
     parser.add_argument("--setup-timeout", type=float, default=60.0, help="seconds one batch may take")

@@ -12,14 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import logging
 import math
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from .rtp_forward import Outbound
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -177,3 +184,165 @@ class EncodedLoopTrack(MediaStreamTrack):
         self._pts += self._clip.ticks
         self.frames_sent += 1
         return packet
+
+
+# -- lean sending: ready-made RTP packets straight to the socket ----------------------------
+
+#: largest VP8 payload per RTP packet (descriptor included), as aiortc and browsers use
+_VP8_MAX_PAYLOAD = 1200
+_VP8_DESCRIPTOR = 4  # X, I, 15-bit picture id
+
+
+def packetize(clip: EncodedClip) -> list[list[bytes]]:
+    """The RTP payloads of each frame of ``clip``, VP8 without its 4-byte descriptor.
+
+    Opus frames are one packet each. VP8 frames are split into chunks that,
+    with the descriptor :class:`ClipSender` puts in front (RFC 7741: start bit
+    and a 15-bit picture id that keeps counting across loops), fit in
+    :data:`_VP8_MAX_PAYLOAD`.
+    """
+    if clip.kind == "audio":
+        return [[packet] for packet in clip.packets]
+    size = _VP8_MAX_PAYLOAD - _VP8_DESCRIPTOR
+    return [[frame[i:i + size] for i in range(0, len(frame), size)] or [b""] for frame in clip.packets]
+
+
+#: how often the shared pacer of one event loop sends what is due (seconds)
+PACER_INTERVAL_S = 0.01
+
+
+class _Pacer:
+    """One timer per event loop sends the due frames of every :class:`ClipSender`.
+
+    A timer per sender would wake the loop for each frame (80 times a second
+    per participant); one tick every :data:`PACER_INTERVAL_S` sends a batch,
+    at most that much later than due (as a browser's paced sender does).
+    """
+
+    _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Pacer] = weakref.WeakKeyDictionary()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._senders: dict[ClipSender, None] = {}
+        self._handle: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> _Pacer:
+        pacer = cls._by_loop.get(loop)
+        if pacer is None:
+            pacer = cls._by_loop[loop] = cls(loop)
+        return pacer
+
+    def add(self, sender: ClipSender) -> None:
+        self._senders[sender] = None
+        if self._handle is None:
+            self._handle = self._loop.call_soon(self._tick)
+
+    def remove(self, sender: ClipSender) -> None:
+        self._senders.pop(sender, None)
+        if not self._senders and self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _tick(self) -> None:
+        now = self._loop.time()
+        for sender in list(self._senders):
+            try:
+                sender.send_due(now)
+            except Exception:  # one broken sender must not stop the others
+                logger.exception("clip sender failed")
+                self.remove(sender)
+        self._handle = self._loop.call_at(now + PACER_INTERVAL_S, self._tick) if self._senders else None
+
+
+class ClipSender:
+    """Plays an :class:`EncodedClip` on a peer connection's sender as ready-made RTP packets.
+
+    The lean counterpart of :class:`EncodedLoopTrack` for benchmarks: instead
+    of aiortc's send loop (a task per track, packetising each frame and
+    awaiting each packet), the frames are sent by the loop's shared
+    :class:`_Pacer` through the hub's own
+    :class:`~signaling.rtp_forward.Outbound` (header, extensions, NACK history
+    as RTX, sender-report bookkeeping), encrypted and written to the socket
+    synchronously. The sender's track is a
+    :class:`~signaling.rtp_forward.HoldingTrack` so aiortc's loop stays idle.
+    Paced (from the moment the transport connects) and looped like
+    :class:`EncodedLoopTrack`; a keyframe request jumps to the next keyframe.
+    """
+
+    generation = 0
+
+    def __init__(self, clip: EncodedClip, sender: Any, holding: Any) -> None:
+        self.kind = clip.kind
+        self._clip = clip
+        self._frames = packetize(clip)
+        self._holding = holding
+        self._sender = sender
+        self.outbound = Outbound(self, sender)
+        self._index = 0
+        self._seq = 0
+        self._ts = 0
+        self._picture_id = 0
+        #: loop time at which the clip's timestamp 0 is due (None: not connected yet)
+        self._start: float | None = None
+        self._sent_ticks = 0
+        self._stopped = False
+        self.frames_sent = 0
+        self.keyframe_requests = 0
+        self._pacer = _Pacer.of(asyncio.get_running_loop())
+        self._pacer.add(self)
+
+    # what an Outbound asks of its upstream
+    def request_keyframe(self) -> None:
+        """Jump to the next keyframe of the clip (what a live encoder would produce)."""
+        self.keyframe_requests += 1
+        keyframes = self._clip.keyframes
+        for step in range(len(keyframes)):
+            i = (self._index + step) % len(keyframes)
+            if keyframes[i]:
+                self._index = i
+                return
+
+    async def nack_upstream(self, seq: int) -> None:
+        """Nothing upstream of a clip: a packet out of the NACK history is gone."""
+
+    async def relay_remb(self, bitrate: int) -> None:
+        """A clip cannot change its bitrate."""
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._pacer.remove(self)
+        self.outbound.close()
+        self._holding.stop()
+
+    def send_due(self, now: float) -> None:
+        """Send every frame due by ``now`` (called by the pacer)."""
+        transport = self._sender.transport
+        if transport is None or transport.state != "connected" or not self.outbound.ready:
+            self._start = None  # (re)starts with the connection, continuing the clip
+            return
+        if self._start is None:
+            self._start = now - self._sent_ticks / self._clip.clock_rate
+        rate = self._clip.clock_rate
+        while self._start + self._sent_ticks / rate <= now and not self._stopped:
+            self._send_frame(now)
+
+    def _send_frame(self, now: float) -> None:
+        payloads = self._frames[self._index]
+        # advance first: a keyframe request while building (a new outbound) jumps from here
+        self._index = (self._index + 1) % len(self._frames)
+        video = self.kind == "video"
+        last = len(payloads) - 1
+        outbound = self.outbound
+        pid = self._picture_id
+        for i, payload in enumerate(payloads):
+            if video:
+                payload = bytes((0x90 if i == 0 else 0x80, 0x80, 0x80 | (pid >> 8), pid & 0xFF)) + payload
+            packet = outbound.build(0, self._seq, self._ts, int(i == last), payload, now)
+            self._seq = (self._seq + 1) & 0xFFFF
+            if packet is not None and not outbound.send_now(packet):
+                outbound.send_later(packet)
+        self._picture_id = (pid + 1) & 0x7FFF
+        self._ts = (self._ts + self._clip.ticks) & 0xFFFFFFFF
+        self._sent_ticks += self._clip.ticks
+        self.frames_sent += 1

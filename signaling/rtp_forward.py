@@ -38,6 +38,7 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from aiortc import MediaStreamTrack, RTCRtpReceiver, RTCRtpSender
 from aiortc.mediastreams import MediaStreamError
@@ -259,6 +260,18 @@ class _Source:
     active_at: float = float("-inf")
 
 
+class Upstream(Protocol):
+    """Where an :class:`Outbound`'s packets come from: a :class:`Lane`, or a clip (headless clients)."""
+
+    kind: str
+    #: bumped when the source changes (the outbound then restarts at a keyframe and rebases)
+    generation: int
+
+    def request_keyframe(self) -> None: ...
+    async def nack_upstream(self, seq: int) -> None: ...
+    async def relay_remb(self, bitrate: int) -> None: ...
+
+
 class Lane:
     """One participant's audio or video, from its receiver to the other participant's sender."""
 
@@ -340,6 +353,9 @@ class Lane:
         packet = self._process(source, data)
         if packet is not None and self.outbound is not None:
             await self.outbound.send(packet)
+
+    def request_keyframe(self) -> None:
+        self.tap.request_keyframe()
 
     async def nack_upstream(self, seq: int) -> None:
         """Ask the source for a packet the hub never received."""
@@ -425,7 +441,7 @@ class Ingress:
 class Outbound:
     """The forwarding sender of one lane on the receiving participant's peer connection."""
 
-    def __init__(self, lane: Lane, sender: RTCRtpSender) -> None:
+    def __init__(self, lane: Upstream, sender: RTCRtpSender) -> None:
         self.lane = lane
         self.kind = lane.kind
         self._sender = sender
@@ -510,7 +526,7 @@ class Outbound:
             if self.kind == "video" and not vp8_starts_keyframe(payload):
                 # a decoder joining mid-stream can do nothing with delta frames
                 self.skipped += 1
-                self.lane.tap.request_keyframe()
+                self.lane.request_keyframe()
                 return None
             self._rebase(generation, seq, timestamp, now)
         out_seq = (seq + self._seq_offset) & 0xFFFF
@@ -531,6 +547,11 @@ class Outbound:
         self.octets += len(payload)
         passthrough.note_sent(self._sender, ntp, out_ts, self.packets, self.octets)
         return packet
+
+    @property
+    def ready(self) -> bool:
+        """Negotiated (send parameters known) and not closed."""
+        return self._ready and not self._closed
 
     def can_send_now(self) -> bool:
         return not self._ready or self._dtls is None or passthrough.can_send_now(self._dtls)

@@ -1,0 +1,113 @@
+"""The lean headless participant (``lean=True``): ready-made RTP out, packets counted in.
+
+Benchmarks drive dozens of calls with it, so it must be a faithful peer: the
+hub and aiortc's own receiver must take its packets for real VP8 and Opus, and
+it must take theirs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from signaling.encoded_source import ClipSender, packetize
+from signaling.rtp_forward import vp8_descriptor_size, vp8_starts_keyframe
+
+
+def test_packetize_splits_vp8_frames_and_keeps_opus_whole(video_clip, audio_clip):
+    frames = packetize(video_clip)
+    assert len(frames) == len(video_clip.packets)
+    for payloads, original in zip(frames, video_clip.packets, strict=True):
+        assert b"".join(payloads) == original
+        assert all(0 < len(p) <= 1196 for p in payloads)
+    assert any(len(p) > 1 for p in frames)  # a 640x480 keyframe takes several packets
+    assert packetize(audio_clip) == [[p] for p in audio_clip.packets]
+
+
+async def _call(counter, *, customer_lean: bool, agent_lean: bool):
+    customer = await counter.customer("account_opening", "Ms Lean", lean=customer_lean)
+    agent = await counter.agent("alice", lean=agent_lean)
+    await agent.accept_next()
+    await customer.wait_for("call_started")
+    await customer.wait_media(frames=40, timeout=20)
+    await agent.wait_media(frames=40, timeout=20)
+    return customer, agent
+
+
+async def _decoded_picture(participant) -> np.ndarray:
+    sub = participant.decoded_video()
+    try:
+        frame = await asyncio.wait_for(sub.recv(), 15)
+    finally:
+        sub.close()
+    return frame.to_ndarray(format="rgb24")
+
+
+@pytest.mark.parametrize("recording", [True, False], ids=["recording", "no-recording"])
+async def test_lean_customer_and_aiortc_agent_see_each_other(make_counter, video_clip, audio_clip, recording):
+    """aiortc's receiver (jitter buffer, depayloader, VP8 decoder) takes the lean sender's
+    packets, and the lean receiver reassembles frames aiortc's sender packetised."""
+    counter = await make_counter(video_clip, audio_clip, recording=recording)
+    customer, agent = await _call(counter, customer_lean=True, agent_lean=False)
+    assert isinstance(customer.tracks["video"], ClipSender)
+    assert customer.lanes and not agent.lanes
+
+    for who in (agent, customer):
+        picture = await _decoded_picture(who)
+        assert picture.shape == (480, 640, 3)
+        assert picture.std() > 20, f"{who.name} decoded a blank picture"
+    assert agent.taps["video"].keyframes_in >= 1 and customer.taps["video"].keyframes_in >= 1
+
+    # the lean sender keeps pace: about as many frames arrive as it sent
+    sent = customer.tracks["video"].frames_sent
+    received = agent.taps["video"].frames_in
+    assert sent >= 40 and received >= 0.8 * sent - 5, (sent, received)
+
+    # a keyframe request from the aiortc side reaches the clip through the hub (after the
+    # decoders' own requests above have left the taps' coalescing window)
+    await asyncio.sleep(1.0)
+    before = customer.tracks["video"].keyframe_requests
+    keyframes_before = agent.taps["video"].keyframes_in
+    agent.request_keyframe()
+    for _ in range(100):
+        if customer.tracks["video"].keyframe_requests > before:
+            break
+        await asyncio.sleep(0.05)
+    assert customer.tracks["video"].keyframe_requests > before
+    for _ in range(50):
+        if agent.taps["video"].keyframes_in > keyframes_before:
+            break
+        await asyncio.sleep(0.1)
+    assert agent.taps["video"].keyframes_in > keyframes_before
+
+    await customer.hangup()
+    await agent.wait_for("call_ended")
+    await customer.wait_for("call_ended")
+    assert customer.pc is None or customer.pc.connectionState in ("closed", "new")
+
+
+async def test_two_lean_participants_count_every_frame(counter):
+    customer, agent = await _call(counter, customer_lean=True, agent_lean=True)
+    seen: list[tuple[int, bool]] = []
+    customer.taps["video"].add_sink(lambda f: seen.append((f.timestamp, f.keyframe)))
+    await asyncio.sleep(1.5)
+    # frames reassembled for a consumer are whole VP8 frames, in order, ~30 per second
+    assert 30 <= len(seen) <= 60, len(seen)
+    stamps = [t for t, _ in seen]
+    assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
+    assert all(b - a == 3000 for a, b in zip(stamps, stamps[1:], strict=False)), "a frame went missing on loopback"
+    # without a consumer the lane only counts packets: the marker bit ends a frame
+    assert agent.taps["video"].frames_in >= 40 and agent.taps["audio"].frames_in >= 40
+    assert agent.lanes["video"].packets_in > agent.taps["video"].frames_in  # keyframes span packets
+    await agent.hangup()
+    await customer.wait_for("call_ended")
+
+
+def test_lean_vp8_descriptor_is_what_the_hub_parses(video_clip):
+    """The 4-byte descriptor ClipSender writes: start bit, 15-bit picture id."""
+    first = packetize(video_clip)[0][0]
+    payload = bytes((0x90, 0x80, 0x80 | 0x12, 0x34)) + first
+    assert vp8_descriptor_size(payload) == 4
+    assert vp8_starts_keyframe(payload) is video_clip.keyframes[0]
