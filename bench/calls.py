@@ -103,11 +103,12 @@ class _FrameWatch:
       rise above the smallest value seen is the queueing delay added by the
       sender, the server and the receiver (buffers, overloaded event loops).
 
-    A sink of the participant's tap: frames reassembled by aiortc's receiver, or by
-    the lean participant's lane (which reassembles only while a sink is there).
+    Fed by a tap sink (frames from aiortc's receiver) or, for lean participants,
+    by their lanes' frame observers (RTP timestamp and arrival of each frame's
+    last packet: nothing is reassembled for it).
     """
 
-    def __init__(self, tap: Any) -> None:
+    def __init__(self) -> None:
         self.stale = 0
         #: loop time of the first frame (the participant is new for every call)
         self.first_at: float | None = None
@@ -116,20 +117,23 @@ class _FrameWatch:
         self._last: int | None = None
         self._media_time = 0.0
         self._base: float | None = None
-        tap.add_sink(self)
 
     def __call__(self, frame: Any) -> None:
-        ts = frame.timestamp
+        """A tap sink: a frame reassembled by aiortc's receiver."""
+        self.observe(frame.timestamp, frame.clock_rate, frame.arrival)
+
+    def observe(self, ts: int, clock_rate: int, arrival: float) -> None:
+        """A frame's RTP timestamp and arrival (lean participants count frames from headers)."""
         if self.first_at is None:
-            self.first_at = frame.arrival
+            self.first_at = arrival
         if self._last is not None:
             step = (ts - self._last) % (1 << 32)
             if not 0 < step < (1 << 31):
                 self.stale += 1
                 return
-            self._media_time += step / frame.clock_rate
+            self._media_time += step / clock_rate
         self._last = ts
-        offset = frame.arrival - self._media_time
+        offset = arrival - self._media_time
         if self._base is None or offset < self._base:
             self._base = offset
         self.delay = offset - self._base
@@ -181,8 +185,19 @@ class _Worker:
         from signaling.client import HeadlessParticipant
 
         p = HeadlessParticipant(self.url, video=self.video, audio=self.audio, name=name, lean=self.lean)
-        self.watch[id(p)] = {k: _FrameWatch(p.taps[k]) for k in KINDS}
+        self.watch[id(p)] = self._watch(p)
         return p
+
+    @staticmethod
+    def _watch(p: Any) -> dict[str, _FrameWatch]:
+        """Frame watches for ``p``: fed by its tap (aiortc receiver) or its lanes' headers (lean)."""
+        watches = {k: _FrameWatch() for k in KINDS}
+        for kind, watch in watches.items():
+            if p.lean:
+                p.frame_observers[kind] = watch.observe
+            else:
+                p.taps[kind].add_sink(watch)
+        return watches
 
     async def _setup_one(self, username: str, index: int, timeout: float) -> tuple[Any, Any, dict[str, Any]]:
         """Agent ready + customer joined; the agent accepts whatever it is offered."""

@@ -164,7 +164,7 @@ class _IdentityClient(calls._Worker):
             p.reference = self.reference  # type: ignore[attr-defined]
         else:
             p = HeadlessParticipant(self.url, video=self.video, audio=self.audio, name=name)
-        self.watch[id(p)] = {k: calls._FrameWatch(p.taps[k]) for k in calls.KINDS}
+        self.watch[id(p)] = self._watch(p)
         self.gaps[id(p)] = _GapWatch(p.taps["video"])
         return p
 

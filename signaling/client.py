@@ -14,11 +14,12 @@ encoded tap the server uses (decoding only when :meth:`decoded_video` is asked).
 By default media goes through aiortc's own sender and receiver, as any aiortc
 peer would. ``lean=True`` does at the client what the hub does at the server
 (:mod:`signaling.rtp_forward`): the clips are sent as ready-made RTP packets
-from a timer (:class:`~signaling.encoded_source.ClipSender`), and received
-packets are taken off the socket in its datagram callback, decrypted and
-counted by a :class:`~signaling.rtp_forward.Lane` (frames are reassembled only
-for tap consumers). It costs a fraction of the CPU, so a benchmark can drive
-40 calls from the same 2-core machine as the server.
+from one pacer per event loop (:class:`~signaling.encoded_source.ClipSender`),
+and received packets are taken off the socket in its datagram callback by a
+:class:`CountingLane`: decrypted and reassembled into frames only while a
+consumer wants frames, otherwise counted from their clear-text RTP headers.
+It costs a fraction of the CPU, so that a benchmark can drive 40 calls from
+the same 2-core machine as the server.
 """
 
 from __future__ import annotations
@@ -29,20 +30,63 @@ import json
 import logging
 import ssl as ssl_module
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
 from .encoded_source import ClipSender, EncodedClip, EncodedLoopTrack
-from .passthrough import on_keyframe_request, request_keyframe, tap_receiver
-from .rtp_forward import HoldingTrack, Ingress, Lane
+from .passthrough import (
+    count_received,
+    mark_source_active,
+    on_keyframe_request,
+    request_keyframe,
+    tap_receiver,
+)
+from .rtp_forward import HoldingTrack, Ingress, Lane, Source
 from .track_tap import TrackTap
 
 logger = logging.getLogger(__name__)
 
 #: seconds at least between two media restarts (``media_restart`` or our own failed connection)
 RESTART_MIN_INTERVAL_S = 3.0
+
+
+class CountingLane(Lane):
+    """A lean participant's receiving lane.
+
+    While a consumer wants frames (:meth:`HeadlessParticipant.decoded_video`, a
+    tap sink) it is the hub's lane: packets are decrypted and frames
+    reassembled. Otherwise media packets are only counted from their RTP
+    header, which SRTP leaves in clear text: sequence numbers for the receiver
+    reports, marker bits for frames, timestamps for ``observe(timestamp,
+    clock_rate, arrival)`` (called once per frame; benchmarks measure delay
+    with it). Nothing is authenticated or decrypted on that path, and video
+    keyframes are not told apart: a load generator's shortcut, never the hub's.
+    """
+
+    def __init__(self, tap: TrackTap) -> None:
+        super().__init__(tap)
+        self.observe: Callable[[int, int, float], None] | None = None
+
+    def take(self, source: Source, srtp: bytes) -> bool:
+        tap = self.tap
+        if tap.wants_frames or source.rtx or self.outbound is not None:
+            return super().take(source, srtp)
+        now = asyncio.get_running_loop().time()
+        second = srtp[1]
+        timestamp = int.from_bytes(srtp[4:8], "big")
+        count_received(source.receiver, source.ssrc, source.clock_rate, (srtp[2] << 8) | srtp[3], timestamp)
+        if now - source.active_at > 1.0:
+            source.active_at = now
+            mark_source_active(source.receiver, source.ssrc)
+        marker = second >> 7
+        tap.note_packet(now, len(srtp) - 12, marker, False)
+        self.packets_in += 1
+        if (marker or self.kind == "audio") and self.observe is not None:
+            self.observe(timestamp, source.clock_rate, now)
+        return True
 
 
 class ProtocolError(Exception):
@@ -82,7 +126,10 @@ class HeadlessParticipant:
         self.tracks: dict[str, EncodedLoopTrack | ClipSender] = {}
         #: lean mode: received packets taken off the socket, one lane per kind
         self._ingress: Ingress | None = None
-        self.lanes: dict[str, Lane] = {}
+        self.lanes: dict[str, CountingLane] = {}
+        #: lean mode: ``observe(timestamp, clock_rate, arrival)`` per received frame, by kind
+        #: (only while no consumer wants frames: see :class:`CountingLane`)
+        self.frame_observers: dict[str, Callable[[int, int, float], None]] = {}
         self.session_id: str | None = None
         self.rejoin_token: str | None = None
         self.token: str | None = None
@@ -295,7 +342,8 @@ class HeadlessParticipant:
                 dtls = receiver.transport
                 if self._ingress is None or self._ingress.dtls is not dtls:
                     self._ingress = Ingress(dtls)
-                lane = self.lanes[track.kind] = Lane(tap)
+                lane = self.lanes[track.kind] = CountingLane(tap)
+                lane.observe = self.frame_observers.get(track.kind)
                 lane.attach_receiver(receiver, dtls)
                 self._ingress.add(receiver, lane)
             else:

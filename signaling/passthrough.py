@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+from asyncio.selector_events import _SelectorDatagramTransport
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -53,12 +54,16 @@ from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcdtlstransport import State as _DtlsState
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpSendParameters
 from aiortc.rtcrtpreceiver import StreamStatistics
-from aiortc.rtp import AnyRtcpPacket, RtpPacket, is_rtcp
+from aiortc.rtp import AnyRtcpPacket, RtpPacket
+from pylibsrtp._binding import ffi as _srtp_ffi
+from pylibsrtp._binding import lib as _srtp_lib
 
 from .exceptions import MediaError
 
 #: The aiortc release this module was written against.
 SUPPORTED_AIORTC = "1.16.0"
+#: The pylibsrtp release whose Session internals :class:`_Srtp` uses (pinned in pyproject.toml).
+SUPPORTED_PYLIBSRTP = "1.0.0"
 
 _QUEUE_ATTR = "_RTCRtpReceiver__decoder_queue"
 #: aiortc's audio jitter buffer holds ``prefetch=4`` packets (20 ms each) before it
@@ -110,6 +115,12 @@ def is_keyframe(mime_type: str, data: bytes) -> bool:
     return False
 
 
+def _pylibsrtp_version() -> str:
+    from importlib.metadata import version
+
+    return version("pylibsrtp")
+
+
 def check_compatible() -> None:
     """Raise :class:`MediaError` if aiortc's internals differ from what this module expects."""
     probe_receiver = RTCRtpReceiver.__init__.__code__.co_names
@@ -144,6 +155,19 @@ def check_compatible() -> None:
         problems.append("RTCDtlsTransport no longer has _rx_srtp/_tx_srtp")
     if "_handle_rtp_data" not in RTCDtlsTransport._recv_next.__code__.co_names:
         problems.append("RTCDtlsTransport._recv_next no longer calls _handle_rtp_data")
+    if "_protocols" not in Connection.__init__.__code__.co_names:
+        problems.append("aioice.Connection no longer has _protocols")
+    if not callable(getattr(StunProtocol, "datagram_received", None)):
+        problems.append("aioice.StunProtocol.datagram_received() is gone")
+    if _pylibsrtp_version() != SUPPORTED_PYLIBSRTP:
+        problems.append(f"pylibsrtp {_pylibsrtp_version()} is installed, {SUPPORTED_PYLIBSRTP} is supported")
+    session_names = pylibsrtp.Session.__init__.__code__.co_names
+    for name in ("_srtp", "_cdata", "_buffer"):
+        if name not in session_names:
+            problems.append(f"pylibsrtp.Session no longer has {name}")
+    for name in ("srtp_protect", "srtp_unprotect"):
+        if not hasattr(_srtp_lib, name):
+            problems.append(f"pylibsrtp's binding no longer has {name}()")
     if problems:
         raise MediaError("encoded passthrough cannot work: " + "; ".join(problems))
 
@@ -341,12 +365,20 @@ async def send_receiver_rtcp(receiver: RTCRtpReceiver, make: Callable[[int], Any
         await receiver._send_rtcp(make(rtcp_ssrc))
 
 
+def _is_media_rtp(data: bytes) -> bool:
+    """RTP version 2 and not RTCP (RFC 5761 demultiplexing: RTCP types 192-223)."""
+    return len(data) >= 12 and 127 < data[0] < 192 and not 191 < data[1] < 224
+
+
 def hook_datagrams(dtls: RTCDtlsTransport, take: Callable[[bytes], bool]) -> bool:
     """Offer every SRTP packet arriving on ``dtls``'s ICE connection to ``take(data)`` first.
 
     Runs in the socket's datagram callback, before aiortc's receive queue;
     ``take`` returns True if it consumed the packet, False to leave it to
     aiortc (DTLS, RTCP, STUN and packets it does not know go there anyway).
+    On the connection's plain UDP sockets the packet is offered before aioice
+    tries (and fails) to parse it as STUN; packets arriving any other way (a
+    TURN relay) are offered when aioice hands them to the connection.
     Returns False (nothing hooked) if the transport has no aioice connection.
     """
     connection = getattr(dtls.transport, "_connection", None)
@@ -357,39 +389,168 @@ def hook_datagrams(dtls: RTCDtlsTransport, take: Callable[[bytes], bool]) -> boo
     original = connection.data_received
 
     def data_received(data: bytes, component: int) -> None:
-        if len(data) >= 12 and 127 < data[0] < 192 and not is_rtcp(data) and take(data):
+        if _is_media_rtp(data) and take(data):
             return
         original(data, component)
 
     connection.data_received = data_received
     connection._vcounter_datagram_hook = True
+    for protocol in getattr(connection, "_protocols", ()):
+        if type(protocol) is StunProtocol:
+            _hook_protocol(protocol, take)
     return True
+
+
+def _hook_protocol(protocol: StunProtocol, take: Callable[[bytes], bool]) -> None:
+    original = protocol.datagram_received
+
+    def datagram_received(data: bytes, addr: tuple[object, ...]) -> None:
+        # STUN starts with 0b00: a media packet (0b10) can skip aioice's parse attempt
+        if len(data) >= 12 and 127 < data[0] < 192 and not 191 < data[1] < 224 and take(data):
+            return
+        original(data, addr)
+
+    protocol.datagram_received = datagram_received  # type: ignore[method-assign]
+    _read_in_batches(protocol)
+
+
+#: datagrams read from one socket per readiness callback (asyncio reads one)
+READ_BATCH = 16
+
+
+def _read_in_batches(protocol: StunProtocol) -> bool:
+    """Let the socket's reader drain up to :data:`READ_BATCH` datagrams per wake-up.
+
+    asyncio's datagram transport reads one datagram per callback and goes back
+    to ``epoll_wait`` for the next; media arrives in bursts (a video frame is
+    several packets), so reading on until the socket is empty saves a trip
+    through the event loop per packet. Errors are handled as asyncio does.
+    Only for the selector event loop's own datagram transport (returns False
+    and changes nothing for any other).
+    """
+    transport = protocol.transport
+    if type(transport) is not _SelectorDatagramTransport:
+        return False
+    loop, sock, fd = transport._loop, transport._sock, transport._sock_fd
+    if not (callable(getattr(loop, "_add_reader", None)) and callable(getattr(loop, "_remove_reader", None))):
+        return False
+    max_size = transport.max_size
+
+    def read_ready() -> None:
+        for _ in range(READ_BATCH):
+            if transport._conn_lost:
+                return
+            try:
+                data, addr = sock.recvfrom(max_size)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                transport._protocol.error_received(exc)
+                return
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                transport._fatal_error(exc, "Fatal read error on datagram transport")
+                return
+            transport._protocol.datagram_received(data, addr)
+
+    if transport._conn_lost or not loop._remove_reader(fd):
+        return False
+    loop._add_reader(fd, read_ready)
+    return True
+
+
+class _Srtp:
+    """pylibsrtp's protect/unprotect without its per-call allocation and checks.
+
+    The same C calls on the session's own buffer (``Session.__process``), with
+    the length cell allocated once: this runs for every forwarded packet.
+    """
+
+    __slots__ = ("session", "_srtp", "_cdata", "_buffer", "_length", "_room")
+
+    def __init__(self, session: pylibsrtp.Session) -> None:
+        self.session = session  # keeps the C session alive
+        self._srtp = session._srtp[0]
+        self._cdata = session._cdata
+        self._buffer = session._buffer
+        self._length = _srtp_ffi.new("int *")
+        self._room = len(self._buffer)
+
+    def protect(self, packet: bytes) -> bytes:
+        n = len(packet)
+        if n > self._room - pylibsrtp.SRTP_MAX_TRAILER_LEN:
+            raise ValueError("packet is too long")
+        self._length[0] = n
+        self._buffer[0:n] = packet
+        if _srtp_lib.srtp_protect(self._srtp, self._cdata, self._length):
+            raise pylibsrtp.Error("srtp_protect failed")
+        return self._buffer[0:self._length[0]]  # type: ignore[no-any-return]
+
+    def unprotect(self, packet: bytes) -> bytes | None:
+        n = len(packet)
+        if n > self._room:
+            return None
+        self._length[0] = n
+        self._buffer[0:n] = packet
+        if _srtp_lib.srtp_unprotect(self._srtp, self._cdata, self._length):
+            return None
+        return self._buffer[0:self._length[0]]  # type: ignore[no-any-return]
+
+
+def _srtp(dtls: RTCDtlsTransport, attr: str, session: pylibsrtp.Session) -> _Srtp:
+    fast = getattr(dtls, attr, None)
+    if fast is None or fast.session is not session:
+        fast = _Srtp(session)
+        setattr(dtls, attr, fast)
+    return fast
 
 
 def unprotect_rtp(dtls: RTCDtlsTransport, data: bytes) -> bytes | None:
     """Decrypt an SRTP packet with ``dtls``'s keys (None: no keys yet, or it failed to authenticate)."""
-    srtp = dtls._rx_srtp
-    if srtp is None:
+    session = dtls._rx_srtp
+    if session is None:
         return None
-    try:
-        return srtp.unprotect(data)  # type: ignore[no-any-return]
-    except pylibsrtp.Error:
-        return None
+    return _srtp(dtls, "_vcounter_rx", session).unprotect(data)
 
 
-def _plain_pair(dtls: RTCDtlsTransport):  # type: ignore[no-untyped-def]
+class _SendPath:
+    """Where a connected transport's packets go: its SRTP session and its UDP socket."""
+
+    __slots__ = ("protect", "sendto", "addr")
+
+    def __init__(self, protect: Callable[[bytes], bytes], sendto: Callable[..., None], addr: object) -> None:
+        self.protect = protect
+        self.sendto = sendto
+        self.addr = addr
+
+
+def _send_path(dtls: RTCDtlsTransport) -> _SendPath | None:
+    """The cached send path of ``dtls``, found again after any change of its state."""
+    path = getattr(dtls, "_vcounter_send", None)
+    if path is not None:
+        return path  # type: ignore[no-any-return]
     if dtls._tx_srtp is None or dtls._state is not _DTLS_CONNECTED:
         return None
     connection = getattr(dtls.transport, "_connection", None)
     pair = connection._nominated.get(1) if connection is not None else None
     if pair is None or type(pair.protocol) is not StunProtocol or pair.protocol.transport is None:
         return None
-    return pair
+    path = _SendPath(_srtp(dtls, "_vcounter_tx", dtls._tx_srtp).protect, pair.protocol.transport.sendto,
+                     pair.remote_addr)
+    dtls._vcounter_send = path  # type: ignore[attr-defined]
+    if not getattr(dtls, "_vcounter_send_watch", False):
+        dtls._vcounter_send_watch = True  # type: ignore[attr-defined]
+
+        @dtls.on("statechange")
+        def _forget() -> None:
+            dtls._vcounter_send = None  # type: ignore[attr-defined]
+    return path
 
 
 def can_send_now(dtls: RTCDtlsTransport) -> bool:
     """Whether :func:`send_rtp_now` can send on ``dtls`` (connected, plain UDP pair)."""
-    return _plain_pair(dtls) is not None
+    return _send_path(dtls) is not None
 
 
 def send_rtp_now(dtls: RTCDtlsTransport, packet: bytes) -> bool:
@@ -398,8 +559,8 @@ def send_rtp_now(dtls: RTCDtlsTransport, packet: bytes) -> bool:
     Possible on a connected transport whose selected ICE pair is a plain UDP
     socket; through a TURN relay (or before connecting) use ``await dtls._send_rtp()``.
     """
-    pair = _plain_pair(dtls)
-    if pair is None:
+    path = _send_path(dtls)
+    if path is None:
         return False
-    pair.protocol.transport.sendto(dtls._tx_srtp.protect(packet), pair.remote_addr)
+    path.sendto(path.protect(packet), path.addr)
     return True

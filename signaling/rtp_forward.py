@@ -246,7 +246,7 @@ class FrameAssembler:
 
 
 @dataclass(slots=True)
-class _Source:
+class Source:
     """One SSRC arriving on a participant's transport."""
 
     lane: Lane
@@ -295,7 +295,7 @@ class Lane:
         self.media_ssrc = None
         self._assembler = None
 
-    def _process(self, source: _Source, data: bytes) -> bytes | None:
+    def _process(self, source: Source, data: bytes) -> bytes | None:
         """Account for one decrypted packet; returns what the outbound should send, if anything."""
         parsed = parse_rtp(data)
         if parsed is None:
@@ -335,7 +335,7 @@ class Lane:
             return None
         return outbound.build(self.generation, seq, timestamp, marker, payload, loop_time)
 
-    def take(self, source: _Source, srtp: bytes) -> bool:
+    def take(self, source: Source, srtp: bytes) -> bool:
         """Forward an encrypted packet synchronously, from the socket callback; False: not here."""
         outbound = self.outbound
         if self.dtls is None or (outbound is not None and not outbound.can_send_now()):
@@ -348,7 +348,7 @@ class Lane:
             outbound.send_later(packet)
         return True
 
-    async def receive(self, source: _Source, data: bytes, arrival_ms: int) -> None:
+    async def receive(self, source: Source, data: bytes, arrival_ms: int) -> None:
         """A decrypted packet from aiortc's receive task (the outbound could not send at once)."""
         packet = self._process(source, data)
         if packet is not None and self.outbound is not None:
@@ -384,7 +384,7 @@ class Ingress:
     def __init__(self, dtls: RTCDtlsTransport) -> None:
         self.dtls = dtls
         self._lanes: dict[RTCRtpReceiver, tuple[Lane, int]] = {}
-        self._sources: dict[int, _Source] = {}
+        self._sources: dict[int, Source] = {}
         self.unrouted = 0
         self.taken = 0
         passthrough.hook_rtp_data(dtls, self._handle)
@@ -397,7 +397,7 @@ class Ingress:
         self._lanes.clear()
         self._sources.clear()
 
-    def _resolve(self, data: bytes, ssrc: int) -> _Source | None:
+    def _resolve(self, data: bytes, ssrc: int) -> Source | None:
         receiver = passthrough.route_rtp(self.dtls, data)
         entry = self._lanes.get(receiver) if receiver is not None else None
         if entry is None:
@@ -412,7 +412,7 @@ class Ingress:
             media_codec = passthrough.receiver_codecs(receiver).get(codec.parameters.get("apt"))  # type: ignore[arg-type]
             if media_codec is None:
                 return None
-        source = _Source(lane=lane, receiver=receiver, generation=generation,  # type: ignore[arg-type]
+        source = Source(lane=lane, receiver=receiver, generation=generation,  # type: ignore[arg-type]
                          ssrc=ssrc, rtx=rtx, clock_rate=codec.clockRate, codec=media_codec)
         self._sources[ssrc] = source
         return source

@@ -26,9 +26,11 @@ def test_packetize_splits_vp8_frames_and_keeps_opus_whole(video_clip, audio_clip
     assert packetize(audio_clip) == [[p] for p in audio_clip.packets]
 
 
-async def _call(counter, *, customer_lean: bool, agent_lean: bool):
+async def _call(counter, *, customer_lean: bool, agent_lean: bool, observe=None):
     customer = await counter.customer("account_opening", "Ms Lean", lean=customer_lean)
     agent = await counter.agent("alice", lean=agent_lean)
+    if observe is not None:
+        agent.frame_observers["video"] = observe
     await agent.accept_next()
     await customer.wait_for("call_started")
     await customer.wait_media(frames=40, timeout=20)
@@ -89,7 +91,9 @@ async def test_lean_customer_and_aiortc_agent_see_each_other(make_counter, video
 
 
 async def test_two_lean_participants_count_every_frame(counter):
-    customer, agent = await _call(counter, customer_lean=True, agent_lean=True)
+    headers: list[tuple[int, int]] = []
+    customer, agent = await _call(counter, customer_lean=True, agent_lean=True,
+                                  observe=lambda ts, rate, arrival: headers.append((ts, rate)))
     seen: list[tuple[int, bool]] = []
     customer.taps["video"].add_sink(lambda f: seen.append((f.timestamp, f.keyframe)))
     await asyncio.sleep(1.5)
@@ -98,9 +102,16 @@ async def test_two_lean_participants_count_every_frame(counter):
     stamps = [t for t, _ in seen]
     assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
     assert all(b - a == 3000 for a, b in zip(stamps, stamps[1:], strict=False)), "a frame went missing on loopback"
-    # without a consumer the lane only counts packets: the marker bit ends a frame
+    # without a consumer the lane only counts packets from their headers: the marker bit ends a
+    # frame, whose RTP timestamp goes to the observer (one per frame, 3000 ticks apart)
     assert agent.taps["video"].frames_in >= 40 and agent.taps["audio"].frames_in >= 40
     assert agent.lanes["video"].packets_in > agent.taps["video"].frames_in  # keyframes span packets
+    assert len(headers) >= 40 and {rate for _, rate in headers} == {90000}
+    steps = {(b - a) % (1 << 32) for (a, _), (b, _) in zip(headers, headers[1:], strict=False)}
+    assert steps == {3000}, steps
+    # not decrypted, so keyframes are not told apart (only the first packet, which resolved the
+    # stream through aiortc's receive path, was); the clip has one every 30 frames
+    assert agent.taps["video"].keyframes_in <= 1 < agent.taps["video"].frames_in // 30
     await agent.hangup()
     await customer.wait_for("call_ended")
 
