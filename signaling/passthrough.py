@@ -406,7 +406,7 @@ def _hook_protocol(protocol: StunProtocol, take: Callable[[bytes], bool]) -> Non
 
     def datagram_received(data: bytes, addr: tuple[object, ...]) -> None:
         # STUN starts with 0b00: a media packet (0b10) can skip aioice's parse attempt
-        if len(data) >= 12 and 127 < data[0] < 192 and not 191 < data[1] < 224 and take(data):
+        if _is_media_rtp(data) and take(data):
             return
         original(data, addr)
 

@@ -225,3 +225,40 @@ def test_frame_assembler_gives_up_on_a_lost_packet_after_100_ms(video_clip):
     # the packet turning up after its frame was given up changes nothing
     assembler.add(*dropped, now=1.0)
     assert len(out) == len(frames) - 1
+
+
+async def test_socket_reader_drains_bursts_in_order_and_goes_away_on_close():
+    """passthrough._read_in_batches: every datagram of a burst arrives, in order; closing
+    the transport removes the batched reader like asyncio's own."""
+    import socket
+
+    from signaling import passthrough
+
+    loop = asyncio.get_running_loop()
+    received: list[bytes] = []
+
+    class Protocol(asyncio.DatagramProtocol):
+        transport = None
+
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def datagram_received(self, data, addr):
+            received.append(data)
+
+    transport, protocol = await loop.create_datagram_endpoint(Protocol, local_addr=("127.0.0.1", 0))
+    await asyncio.sleep(0)  # asyncio adds its reader one callback after connection_made
+    assert passthrough._read_in_batches(protocol)
+    port = transport.get_extra_info("sockname")[1]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        for i in range(3 * passthrough.READ_BATCH + 5):  # more than one batch
+            sender.sendto(i.to_bytes(2, "big"), ("127.0.0.1", port))
+        for _ in range(100):
+            if len(received) == 3 * passthrough.READ_BATCH + 5:
+                break
+            await asyncio.sleep(0.01)
+    assert [int.from_bytes(d, "big") for d in received] == list(range(3 * passthrough.READ_BATCH + 5))
+    fd = transport.get_extra_info("socket").fileno()
+    transport.close()
+    await asyncio.sleep(0)
+    assert fd not in loop._selector.get_map()
