@@ -208,6 +208,8 @@ class FrameAssembler:
             frame[1] = seq
         if marker:
             frame[2] = seq
+        elif frame[2] is None and len(self._frames) == 1:
+            return  # the only frame pending and its end not seen yet: nothing can go out
         self._flush(now)
 
     def _flush(self, now: float) -> None:
