@@ -108,9 +108,28 @@ class _LocalBlob:
             self._fd = -1
 
 
+def _private_dirs(directory: Path) -> None:
+    """Create ``directory`` and any missing parent with mode 0700.
+
+    ``Path.mkdir(parents=True, mode=...)`` gives the mode to the last directory
+    only: the ones above it would be 0755 and list every session id to any
+    local user.
+    """
+    missing = []
+    for candidate in (directory, *directory.parents):
+        if candidate.is_dir():
+            break
+        missing.append(candidate)
+    for candidate in reversed(missing):
+        try:
+            os.mkdir(candidate, 0o700)
+        except FileExistsError:
+            pass
+
+
 class _LocalWriter:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _private_dirs(path.parent)
         self._path = path
         self._tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
         self._file = os.fdopen(

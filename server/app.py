@@ -13,7 +13,7 @@ from signaling.media_hub import MediaHub
 
 from .appointments import AppointmentService, setup_appointment_routes
 from .auth import LoginThrottle
-from .config import Config
+from .config import Config, ensure_data_dir
 from .db import Database
 from .exceptions import ServerError
 from .health import LOOP_LAG, LoopLagMonitor
@@ -103,7 +103,7 @@ def create_app(config: Config) -> web.Application:
     app[REPLAYS] = {}
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        config.data_dir.mkdir(parents=True, exist_ok=True)
+        ensure_data_dir(config)
         db = Database(config.db_url)
         db.create_all()
         app[DB] = db

@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import auth
-from .config import Config, from_env
+from .config import Config, ensure_data_dir, from_env
 from .db import ROLES, Database, get_user
 from .exceptions import ServerError
 
@@ -97,7 +97,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         changes["key_file"] = Path(args.key)
     config = replace(config, **changes)
     _configure_logging(args.verbose)
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    ensure_data_dir(config)
 
     db = Database(config.db_url)
     db.create_all()
@@ -135,7 +135,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_user_add(args: argparse.Namespace) -> int:
     config = _base_config(args)
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    ensure_data_dir(config)
     db = Database(config.db_url)
     db.create_all()
     skills = [s.strip() for s in (args.skills or "").split(",") if s.strip()]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 from dataclasses import dataclass, field, fields, replace
@@ -150,3 +151,20 @@ def from_env(base: Config | None = None, environ: dict[str, str] | None = None) 
     if "DATABASE_URL" in env and "database_url" not in changes:
         changes["database_url"] = env["DATABASE_URL"]
     return replace(config, **changes)
+
+
+def ensure_data_dir(config: Config) -> Path:
+    """Create the data directory private (0700); warn if an existing one is open to others.
+
+    It holds the database (customer names and business data), the TLS key and,
+    by default, the recordings: nobody but the service's user should list it.
+    An existing directory's mode is the operator's choice, so it is not changed.
+    """
+    path = config.data_dir
+    if not path.exists():
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    elif path.stat().st_mode & 0o077:
+        logging.getLogger(__name__).warning(
+            "data directory %s is accessible by group or others (chmod 700 it): it holds the "
+            "database and keys", path)
+    return path

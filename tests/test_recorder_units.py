@@ -92,6 +92,10 @@ def test_local_storage_atomic_put_list_and_names(tmp_path: Path):
     assert (
         mode(tmp_path / "s" / "segments") == 0o700 and mode(tmp_path / "s" / "chain.log") == 0o600
     )
+    # every directory it creates is private, not only the last one (session ids are names)
+    storage.put_bytes("2026/11/sess-1/manifest.json", b"{}")
+    for d in ("s", "s/2026", "s/2026/11", "s/2026/11/sess-1"):
+        assert mode(tmp_path / d) == 0o700, d
     (tmp_path / "s" / "segments" / ".000002.seg.abcd.tmp").write_bytes(b"torn")
     assert storage.list("segments/") == ["segments/000001.seg"]
     storage.discard_incomplete()

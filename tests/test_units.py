@@ -88,6 +88,25 @@ def test_cli_user_add(tmp_path):
     db.close()
 
 
+def test_data_dir_is_created_private_and_an_open_one_is_reported(tmp_path, caplog):
+    import logging
+
+    from server.config import Config, ensure_data_dir
+
+    fresh = tmp_path / "new" / "data"
+    done = _vcounter("user", "add", "--role", "auditor", "--username", "qc", "--password", "long-enough",
+                     data_dir=fresh)
+    assert done.returncode == 0, done.stderr
+    assert fresh.stat().st_mode & 0o777 == 0o700  # holds the database: customers' names and business
+    open_dir = tmp_path / "shared"
+    open_dir.mkdir(mode=0o755)
+    open_dir.chmod(0o755)
+    with caplog.at_level(logging.WARNING, logger="server.config"):
+        ensure_data_dir(Config(data_dir=open_dir))
+    assert "accessible by group or others" in caplog.text
+    assert open_dir.stat().st_mode & 0o777 == 0o755  # the operator's choice is not changed
+
+
 def test_event_timeline_is_append_only(tmp_path):
     import sqlalchemy.exc
 
