@@ -292,10 +292,31 @@ class IdentityService:
             # withdrawn: stop using face data for this session (what is kept stays evidence)
             st.reference = None
             st.live_embedding = None
-        elif st.reference is None and self.reference_provider is not None:
+        elif st.reference is None and not await self._restore_reference(session, st) \
+                and self.reference_provider is not None:
             self._spawn(st, self.reference_provider(session), "reference-provider")
         self._update_presence_reference(st, session)
         self._panel(session)
+
+    async def _restore_reference(self, session: Session, st: SessionIdentity) -> bool:
+        """Consent given again after a withdrawal: the reference the session had is used again.
+
+        Its image and embedding stayed in the session's evidence (an adopted
+        appointment photo is no longer with the appointment), so nothing is
+        uploaded or stored twice; ``reference_in_use`` puts it back on the timeline.
+        """
+        info = st.reference_info
+        if info is None:
+            return False
+        items = await asyncio.to_thread(self.evidence.list, session.id, "reference_embedding")
+        items = [i for i in items if i.meta.get("image") == info["item"]] or items
+        if not items:
+            return False
+        _, raw = await asyncio.to_thread(self.evidence.get, session.id, items[-1].id)
+        st.reference = self.embedding_of(raw)
+        await self._event(session.id, "reference_in_use", item=info["item"], sha256=info["sha256"],
+                          source=info["source"], restored=True)
+        return True
 
     def _require_consent(self, session: Session) -> None:
         if not session.face_consent:

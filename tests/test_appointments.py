@@ -154,6 +154,23 @@ async def test_consent_later_cancel_expiry_and_purge(make_counter, face_clip, au
     added = await _wait_event(counter, sid, {"reference_added", "reference_failed"})
     assert added.kind == "reference_added" and added.data["source"] == "appointment"
     assert evidence.list(evidence_owner(later["id"])) == []
+    identity = counter.app[IDENTITY]
+    assert identity.state(sid).reference is not None
+
+    # withdrawn, then given again: the photo adopted before is used again (the appointment's
+    # copy is gone: the session's own evidence carries it), not stored a second time
+    await customer.send({"type": "face_consent", "accepted": False})
+    for _ in range(50):
+        if identity.state(sid).reference is None:
+            break
+        await asyncio.sleep(0.05)
+    assert identity.state(sid).reference is None
+    await customer.send({"type": "face_consent", "accepted": True})
+    again = await _wait_event(counter, sid, {"reference_in_use", "reference_failed"})
+    assert again.kind == "reference_in_use" and again.data["restored"] is True
+    assert again.data["sha256"] == added.data["sha256"] and again.data["source"] == "appointment"
+    assert identity.state(sid).reference is not None
+    assert len(evidence.list(sid, "reference_image")) == 1
 
     # cancelled: its photo goes at once, its link stops working
     cancelled = await bank.book("wealth_product", "钱七")
