@@ -517,35 +517,60 @@ def unprotect_rtp(dtls: RTCDtlsTransport, data: bytes) -> bytes | None:
 class _SendPath:
     """Where a connected transport's packets go: its SRTP session and its UDP socket."""
 
-    __slots__ = ("protect", "sendto", "addr")
+    __slots__ = ("protect", "sendto", "addr", "transport")
 
-    def __init__(self, protect: Callable[[bytes], bytes], sendto: Callable[..., None], addr: object) -> None:
+    def __init__(self, protect: Callable[[bytes], bytes], transport: asyncio.DatagramTransport,
+                 addr: object) -> None:
         self.protect = protect
-        self.sendto = sendto
+        self.transport = transport
+        self.sendto = transport.sendto
         self.addr = addr
 
 
 def _send_path(dtls: RTCDtlsTransport) -> _SendPath | None:
-    """The cached send path of ``dtls``, found again after any change of its state."""
+    """The cached send path of ``dtls``, found again after any change of its state or pair.
+
+    Two checks per packet keep a closing connection from using it (aiortc
+    drops the transport's listeners before its state says closed, and aioice
+    closes the socket without telling anyone).
+    """
     path = getattr(dtls, "_vcounter_send", None)
     if path is not None:
-        return path  # type: ignore[no-any-return]
+        if dtls._state is _DTLS_CONNECTED and not path.transport.is_closing():
+            return path  # type: ignore[no-any-return]
+        dtls._vcounter_send = None  # type: ignore[attr-defined]
     if dtls._tx_srtp is None or dtls._state is not _DTLS_CONNECTED:
         return None
     connection = getattr(dtls.transport, "_connection", None)
     pair = connection._nominated.get(1) if connection is not None else None
     if pair is None or type(pair.protocol) is not StunProtocol or pair.protocol.transport is None:
         return None
-    path = _SendPath(_srtp(dtls, "_vcounter_tx", dtls._tx_srtp).protect, pair.protocol.transport.sendto,
+    path = _SendPath(_srtp(dtls, "_vcounter_tx", dtls._tx_srtp).protect, pair.protocol.transport,
                      pair.remote_addr)
     dtls._vcounter_send = path  # type: ignore[attr-defined]
     if not getattr(dtls, "_vcounter_send_watch", False):
         dtls._vcounter_send_watch = True  # type: ignore[attr-defined]
 
-        @dtls.on("statechange")
-        def _forget() -> None:
+        def forget() -> None:
             dtls._vcounter_send = None  # type: ignore[attr-defined]
+
+        dtls.on("statechange", forget)
+        # aioice may nominate another pair later: the path is looked up again then
+        if type(connection._nominated) is dict:
+            connection._nominated = _NominatedPairs(connection._nominated, forget)
     return path
+
+
+class _NominatedPairs(dict):  # type: ignore[type-arg]
+    """aioice's nominated pairs by component, telling ``changed()`` when one is (re)set."""
+
+    def __init__(self, pairs: dict[int, object], changed: Callable[[], None]) -> None:
+        super().__init__(pairs)
+        self._changed = changed
+
+    def __setitem__(self, component: int, pair: object) -> None:
+        super().__setitem__(component, pair)
+        self._changed()
 
 
 def can_send_now(dtls: RTCDtlsTransport) -> bool:

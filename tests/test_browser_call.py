@@ -167,8 +167,10 @@ async def test_customer_and_agent_see_and_hear_each_other(counter):
         assert encodings, f"no face in the {party} recording"
         assert min(np.linalg.norm(e - face) for e in encodings) < 0.6, party
         assert abs(dominant_tone(webm) - tone) < 30, party
-    # audio and video of each party start together, and both parties on one timeline
+    # audio and video of each party start together, and both parties on one timeline. Video
+    # starts at the browser's first keyframe: 0.01-0.08 s after audio on an idle machine, 0.39 s
+    # once in CI with two Chromiums starting on two loaded cores (precise sync: test_recording_sync)
     for party, (video_start, audio_start) in spans.items():
-        assert abs(video_start - audio_start) < 0.3, (party, spans)
+        assert abs(video_start - audio_start) < 0.5, (party, spans)
     # both parties' media begin within call setup of each other (sync itself: test_recording_sync.py)
     assert abs(spans["customer"][0] - spans["agent"][0]) < 1.5, spans

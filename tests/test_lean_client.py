@@ -12,6 +12,7 @@ import asyncio
 import numpy as np
 import pytest
 
+from signaling import passthrough
 from signaling.encoded_source import ClipSender, packetize
 from signaling.rtp_forward import vp8_descriptor_size, vp8_starts_keyframe
 
@@ -112,8 +113,25 @@ async def test_two_lean_participants_count_every_frame(counter):
     # not decrypted, so keyframes are not told apart (only the first packet, which resolved the
     # stream through aiortc's receive path, was); the clip has one every 30 frames
     assert agent.taps["video"].keyframes_in <= 1 < agent.taps["video"].frames_in // 30
+
+    # the send path is cached per transport, and looked up again when aioice nominates a pair
+    pc = customer.pc
+    dtls = pc.getTransceivers()[0].sender.transport
+    path = passthrough._send_path(dtls)
+    assert path is not None and passthrough._send_path(dtls) is path
+    connection = dtls.transport._connection
+    connection._nominated[1] = connection._nominated[1]
+    assert dtls._vcounter_send is None
+    assert passthrough._send_path(dtls) is not path and passthrough.can_send_now(dtls)
+
     await agent.hangup()
     await customer.wait_for("call_ended")
+    for _ in range(100):  # the participant closes its peer connection on call_ended
+        if pc.connectionState == "closed":
+            break
+        await asyncio.sleep(0.05)
+    assert pc.connectionState == "closed"
+    assert not passthrough.can_send_now(dtls)  # closed: nothing cached survives
 
 
 def test_lean_vp8_descriptor_is_what_the_hub_parses(video_clip):

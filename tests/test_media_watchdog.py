@@ -245,6 +245,13 @@ async def test_web_client_shows_lost_media_and_restarts_its_own(make_counter, vi
             _cut_network(customer)
             await page.wait_for_selector(f"{banner}:not([hidden])", timeout=30_000)
             assert (await page.locator("#media-lost-text").text_content()).strip()
+            # banners do not stack: while the page's own connection to the server is down,
+            # that is what it says (the media-lost banner comes back with the connection)
+            reconnecting = "document.querySelector('[data-testid=\"reconnecting-banner\"]').hidden"
+            await page.evaluate(f"{reconnecting} = false")
+            assert await page.locator(banner).is_hidden()
+            await page.evaluate(f"{reconnecting} = true")
+            assert await page.locator(banner).is_visible()
             customer.auto_media = True
             assert customer.restart_media("test")
             await page.wait_for_selector(banner, state="hidden", timeout=30_000)
