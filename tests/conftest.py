@@ -133,7 +133,7 @@ async def make_counter(config_factory) -> AsyncIterator[Callable[..., object]]:
 
     async def make(video: EncodedClip | None = None, audio: EncodedClip | None = None, **changes) -> Counter:
         config = config_factory(**changes)
-        config.data_dir.mkdir(parents=True, exist_ok=True)
+        config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # as the server makes it
         db = Database(config.db_url)
         db.create_all()
         with db.session() as s:

@@ -234,7 +234,7 @@ def test_a_crash_mid_write_leaves_nothing_that_reads_as_an_item(store: EvidenceS
 @pytest.fixture
 def db(config_factory):
     config = config_factory()
-    config.data_dir.mkdir(parents=True)
+    config.data_dir.mkdir(parents=True, mode=0o700)
     database = Database(config.db_url)
     database.create_all()
     yield database, config
