@@ -11,13 +11,7 @@ from aiohttp import web
 from signaling.broker import Broker, BrokerConfig
 from signaling.media_hub import MediaHub
 
-from .appointments import AppointmentService, setup_appointment_routes
-from .auth import LoginThrottle
-from .config import Config, ensure_data_dir
-from .db import Database
-from .exceptions import ServerError
-from .health import LOOP_LAG, LoopLagMonitor
-from .keys import (
+from .appkeys import (
     APPOINTMENTS,
     BROKER,
     CHANNELS,
@@ -26,10 +20,17 @@ from .keys import (
     FLOWS,
     HUB,
     IDENTITY,
+    LOOP_LAG,
     RECORDINGS,
     REPLAYS,
     THROTTLE,
 )
+from .appointments import AppointmentService, setup_appointment_routes
+from .auth import LoginThrottle
+from .config import Config, ensure_data_dir
+from .db import Database
+from .exceptions import ServerError
+from .health import LoopLagMonitor
 from .recording import RecordingService, load_keys
 from .routes import setup_routes
 from .session_log import DbSessionLog, close_orphaned_sessions

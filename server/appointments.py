@@ -287,7 +287,7 @@ def evidence_due(s: DbSession, appointment_id: str, now: datetime, ended_states:
 
 
 def _service(request: web.Request) -> AppointmentService:
-    from .keys import APPOINTMENTS
+    from .appkeys import APPOINTMENTS
 
     return request.app[APPOINTMENTS]
 

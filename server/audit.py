@@ -22,9 +22,9 @@ from sqlmodel import col, func, select
 from recorder import LocalStorage, open_encrypted, read_data_key, verify
 
 from . import access_log
+from .appkeys import DB, RECORDINGS, REPLAYS
 from .db import CallSession, Recording, SessionEvent, User, Verdict, utcnow
 from .exceptions import BadRequest, Forbidden, NotFound, ServerError
-from .keys import DB, RECORDINGS, REPLAYS
 from .routes import _json_body, current_user
 
 logger = logging.getLogger(__name__)

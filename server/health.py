@@ -20,8 +20,6 @@ import asyncio
 import math
 from collections import deque
 
-from aiohttp import web
-
 #: seconds between wake-ups
 DEFAULT_INTERVAL_S = 0.05
 #: seconds of samples kept for the percentiles
@@ -86,7 +84,7 @@ class LoopLagMonitor:
 
 
 #: the running server's monitor (started and stopped with the app's resources)
-LOOP_LAG = web.AppKey("loop_lag", LoopLagMonitor)
+
 
 
 def _percentile(ordered: list[float], q: float) -> float:

@@ -24,9 +24,9 @@ from identity import IdentityError, ImageError, ImageLimits
 from recorder.evidence import EvidenceNotFound
 from signaling.exceptions import SignalingError
 
+from .appkeys import BROKER, IDENTITY
 from .audit import AUDIT_ROLES, log_access
 from .exceptions import BadRequest, Forbidden, NotFound, ServerError, Unauthorized
-from .keys import BROKER, IDENTITY
 from .routes import bearer_token, current_user
 
 logger = logging.getLogger(__name__)

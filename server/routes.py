@@ -10,9 +10,8 @@ from aiohttp import web
 from signaling.messages import Business
 
 from . import auth
+from .appkeys import BROKER, CONFIG, DB, HUB, IDENTITY, LOOP_LAG, THROTTLE
 from .exceptions import BadRequest, Unauthorized
-from .health import LOOP_LAG
-from .keys import BROKER, CONFIG, DB, HUB, IDENTITY, THROTTLE
 
 logger = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from signaling.broker import CLOSE_POLICY, AgentConn, AgentUser, Broker, Session
 from signaling.exceptions import InvalidMessage, NotAuthenticated, SignalingError
 
 from . import auth
+from .appkeys import APPOINTMENTS, BROKER, CHANNELS, DB, FLOWS, IDENTITY
 from .flow_engine import FlowService
-from .keys import APPOINTMENTS, BROKER, CHANNELS, DB, FLOWS, IDENTITY
 
 logger = logging.getLogger(__name__)
 

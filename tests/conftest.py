@@ -12,9 +12,9 @@ from aiohttp.test_utils import TestServer
 
 from server import auth
 from server.app import create_app
+from server.appkeys import BROKER, DB, HUB
 from server.config import Config
 from server.db import Database
-from server.keys import BROKER, DB, HUB
 from signaling.client import HeadlessParticipant
 from signaling.encoded_source import EncodedClip, encode_audio, encode_video
 

@@ -15,9 +15,9 @@ from datetime import timedelta
 import aiohttp
 import pytest
 
+from server.appkeys import APPOINTMENTS, CONFIG, IDENTITY
 from server.appointments import evidence_owner
 from server.db import Appointment, utcnow
-from server.keys import APPOINTMENTS, CONFIG, IDENTITY
 from server.retention import purge
 from signaling.client import ProtocolError
 

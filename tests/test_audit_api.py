@@ -8,7 +8,7 @@ import sqlite3
 import aiohttp
 import pytest
 
-from server.keys import CONFIG
+from server.appkeys import CONFIG
 
 from .conftest import PASSWORD
 from .recordings import decrypt_output, wait_recordings

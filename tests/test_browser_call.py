@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
+from server.appkeys import CONFIG
 from server.db import CallSession
-from server.keys import CONFIG
 
 from .browser import (
     audio_peaks,

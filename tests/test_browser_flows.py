@@ -23,7 +23,7 @@ import pytest
 
 from recorder.keys import SigningKey
 from recorder.receipt import verify_receipt
-from server.keys import CONFIG, FLOWS
+from server.appkeys import CONFIG, FLOWS
 
 from .browser import launch, make_tone_wav, make_y4m, require_chromium
 from .conftest import PASSWORD, shared_data

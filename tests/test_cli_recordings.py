@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 
-from server.keys import CONFIG
+from server.appkeys import CONFIG
 
 from .server_process import REPO, vcounter_command
 from .test_audit_api import _recorded_call

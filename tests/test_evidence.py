@@ -18,9 +18,9 @@ from sqlmodel import select
 from recorder import MasterKey
 from recorder.evidence import KINDS, EvidenceError, EvidenceNotFound, EvidenceStore
 from server import access_log, retention
+from server.appkeys import CONFIG
 from server.config import from_env
 from server.db import AccessLog, CallSession, Database, Recording, utcnow
-from server.keys import CONFIG
 
 from .conftest import shared_data
 from .server_process import REPO, vcounter_command

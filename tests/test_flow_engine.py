@@ -18,8 +18,8 @@ from sqlmodel import select
 
 from recorder.keys import SigningKey
 from recorder.receipt import verify_receipt
+from server.appkeys import CONFIG, FLOWS
 from server.db import BusinessOutcome, SessionEvent
-from server.keys import CONFIG, FLOWS
 
 from .conftest import PASSWORD
 

@@ -8,7 +8,8 @@ import time
 import aiohttp
 import pytest
 
-from server.health import LOOP_LAG, LoopLagMonitor
+from server.appkeys import LOOP_LAG
+from server.health import LoopLagMonitor
 
 
 async def _block_loop(seconds: float) -> None:

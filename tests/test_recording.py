@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from recorder import MasterKey, SigningKey, verify
-from server.keys import CONFIG
+from server.appkeys import CONFIG
 
 from .recordings import decrypt_output, demux, first_video_frame, stream_info, wait_recordings
 

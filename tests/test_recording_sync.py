@@ -14,7 +14,7 @@ import av
 import numpy as np
 import pytest
 
-from server.keys import CONFIG
+from server.appkeys import CONFIG
 from signaling.encoded_source import encode_audio, encode_video
 
 from .recordings import decrypt_output, wait_recordings
