@@ -52,8 +52,10 @@ from signaling.exceptions import SignalingError
 from signaling.ids import new_id
 from signaling.messages import Business
 
+from .appkeys import APPOINTMENTS
 from .db import Appointment, Database, User, utcnow
-from .exceptions import BadRequest, Conflict, Forbidden, NotFound
+from .exceptions import BadRequest, Conflict, NotFound
+from .request_helpers import json_body, read_image, require_role
 
 logger = logging.getLogger(__name__)
 
@@ -287,25 +289,17 @@ def evidence_due(s: DbSession, appointment_id: str, now: datetime, ended_states:
 
 
 def _service(request: web.Request) -> AppointmentService:
-    from .appkeys import APPOINTMENTS
-
     return request.app[APPOINTMENTS]
 
 
 async def _booker(request: web.Request) -> User:
-    from .routes import current_user
-
-    user = await current_user(request)
-    if user.role not in BOOKING_ROLES:
-        raise Forbidden("only the bank's systems (integration accounts) and admins book appointments")
-    return user
+    return await require_role(request, BOOKING_ROLES,
+                              "only the bank's systems (integration accounts) and admins book appointments")
 
 
 async def create_appointment(request: web.Request) -> web.Response:
-    from .routes import _json_body
-
     user = await _booker(request)
-    body = await _json_body(request)
+    body = await json_body(request)
     business, name = body.get("business"), body.get("display_name")
     external_ref, hours = body.get("external_ref", ""), body.get("valid_hours", DEFAULT_VALID_HOURS)
     if business not in {b.value for b in Business}:
@@ -323,10 +317,8 @@ async def create_appointment(request: web.Request) -> web.Response:
 
 
 async def put_reference(request: web.Request) -> web.Response:
-    from .identity_routes import _read_body
-
     await _booker(request)
-    data = await _read_body(request)
+    data = await read_image(request)
     try:
         reference = await _service(request).set_reference(request.match_info["id"], data,
                                                           request.content_type or "image/jpeg")

@@ -24,8 +24,8 @@ from recorder import LocalStorage, open_encrypted, read_data_key, verify
 from . import access_log
 from .appkeys import DB, RECORDINGS, REPLAYS
 from .db import CallSession, Recording, SessionEvent, User, Verdict, utcnow
-from .exceptions import BadRequest, Forbidden, NotFound, ServerError
-from .routes import _json_body, current_user
+from .exceptions import BadRequest, NotFound, ServerError
+from .request_helpers import json_body, log_access, require_role
 
 logger = logging.getLogger(__name__)
 
@@ -59,15 +59,7 @@ class RangeNotSatisfiable(ServerError):
 
 
 async def require_auditor(request: web.Request) -> User:
-    user = await current_user(request)
-    if user.role not in AUDIT_ROLES:
-        raise Forbidden("only auditors and admins can reach recordings")
-    return user
-
-
-async def log_access(request: web.Request, user: User, action: str, target: str) -> None:
-    await request.app[DB].run(lambda s: access_log.append(s, user, action, target, request.remote or ""))
-    logger.info("audit: %s %s %s", user.username, action, target)
+    return await require_role(request, AUDIT_ROLES, "only auditors and admins can reach recordings")
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -355,7 +347,7 @@ async def verify_recording(request: web.Request) -> web.Response:
 async def post_verdict(request: web.Request) -> web.Response:
     user = await require_auditor(request)
     session_id = request.match_info["session_id"]
-    body = await _json_body(request)
+    body = await json_body(request)
     result, notes = body.get("result"), body.get("notes", "")
     if result not in ("pass", "fail"):
         raise BadRequest('result must be "pass" or "fail"')
@@ -382,9 +374,7 @@ async def post_verdict(request: web.Request) -> web.Response:
 
 
 async def admin_access_log(request: web.Request) -> web.Response:
-    user = await current_user(request)
-    if user.role != "admin":
-        raise Forbidden("only admins can read the access log")
+    await require_role(request, ("admin",), "only admins can read the access log")
     try:
         limit = max(1, min(1000, int(request.query.get("limit", 100))))
     except ValueError:

@@ -42,3 +42,8 @@ class Conflict(ServerError):
 class TooManyRequests(ServerError):
     status = 429
     code = "too_many_requests"
+
+
+class PayloadTooLarge(ServerError):
+    status = 413
+    code = "payload_too_large"

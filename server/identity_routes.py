@@ -20,25 +20,20 @@ import logging
 
 from aiohttp import web
 
-from identity import IdentityError, ImageError, ImageLimits
+from identity import IdentityError, ImageError
 from recorder.evidence import EvidenceNotFound
 from signaling.exceptions import SignalingError
 
 from .appkeys import BROKER, IDENTITY
-from .audit import AUDIT_ROLES, log_access
-from .exceptions import BadRequest, Forbidden, NotFound, ServerError, Unauthorized
-from .routes import bearer_token, current_user
+from .audit import AUDIT_ROLES
+from .exceptions import Forbidden, NotFound, Unauthorized
+from .request_helpers import bearer_token, current_user, log_access, read_image
 
 logger = logging.getLogger(__name__)
 
-MAX_UPLOAD = ImageLimits().max_bytes
+
 #: what may be downloaded (embeddings never are)
 IMAGE_KINDS = ("reference_image", "snapshot", "receipt")
-
-
-class PayloadTooLarge(ServerError):
-    status = 413
-    code = "image_too_large"
 
 
 def _service(request: web.Request):  # type: ignore[no-untyped-def]
@@ -46,20 +41,6 @@ def _service(request: web.Request):  # type: ignore[no-untyped-def]
     if service is None:
         raise NotFound("face checks are switched off on this server")
     return service
-
-
-async def _read_body(request: web.Request) -> bytes:
-    if request.content_length is not None and request.content_length > MAX_UPLOAD:
-        raise PayloadTooLarge(f"image too large (max {MAX_UPLOAD // (1024 * 1024)} MB)")
-    chunks, size = [], 0
-    async for chunk in request.content.iter_chunked(256 * 1024):
-        size += len(chunk)
-        if size > MAX_UPLOAD:
-            raise PayloadTooLarge(f"image too large (max {MAX_UPLOAD // (1024 * 1024)} MB)")
-        chunks.append(chunk)
-    if not size:
-        raise BadRequest("the request body is empty: send the image bytes")
-    return b"".join(chunks)
 
 
 async def upload_reference(request: web.Request) -> web.Response:
@@ -81,7 +62,7 @@ async def upload_reference(request: web.Request) -> web.Response:
         session = broker.session(session_id)
         if session is None:
             raise NotFound("no such live session")
-    data = await _read_body(request)
+    data = await read_image(request)
     try:
         reference = await service.upload_reference(session, data, request.content_type)
     except IdentityError as exc:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
 from aiohttp import web
@@ -12,41 +11,15 @@ from signaling.messages import Business
 from . import auth
 from .appkeys import BROKER, CONFIG, DB, HUB, IDENTITY, LOOP_LAG, THROTTLE
 from .exceptions import BadRequest, Unauthorized
+from .request_helpers import COOKIE, bearer_token, current_user, json_body
 
 logger = logging.getLogger(__name__)
 
-COOKIE = "vc_session"
 BUSINESS_NAMES = {
     Business.ACCOUNT_OPENING: ("Account opening", "远程开户"),
     Business.LOAN_SIGNING: ("Loan signing", "贷款面签"),
     Business.WEALTH_PRODUCT: ("Wealth product purchase", "理财双录"),
 }
-
-
-def bearer_token(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization", "")
-    if header.startswith("Bearer "):
-        return header[7:].strip()
-    return request.cookies.get(COOKIE)
-
-
-async def current_user(request: web.Request):
-    user = await auth.user_for_token(request.app[DB], bearer_token(request))
-    if user is None:
-        raise Unauthorized("log in first")
-    return user
-
-
-async def _json_body(request: web.Request) -> dict:
-    if request.content_length is not None and request.content_length > 64 * 1024:
-        raise BadRequest("request body too large")
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise BadRequest("body must be JSON") from None
-    if not isinstance(body, dict):
-        raise BadRequest("body must be a JSON object")
-    return body
 
 
 def _page(name: str):
@@ -57,7 +30,7 @@ def _page(name: str):
 
 
 async def login(request: web.Request) -> web.Response:
-    body = await _json_body(request)
+    body = await json_body(request)
     username, password = body.get("username"), body.get("password")
     if not isinstance(username, str) or not isinstance(password, str) or not username or not password:
         raise BadRequest("username and password are required")
