@@ -20,6 +20,7 @@ from .appkeys import (
     FLOWS,
     HUB,
     IDENTITY,
+    KEYS,
     LOOP_LAG,
     RECORDINGS,
     REPLAYS,
@@ -66,17 +67,6 @@ async def errors_and_headers(request: web.Request, handler):  # type: ignore[no-
     return response
 
 
-def _identity_service(config: Config, broker: Broker, hub: MediaHub, master):  # type: ignore[no-untyped-def]
-    from identity import FaceWorker
-    from recorder.evidence import EvidenceStore
-
-    from .identity_service import IdentityService
-
-    worker = FaceWorker(config.identity_workers or None)
-    evidence = EvidenceStore.local(config.identity_dir, master)
-    return IdentityService(config, broker, hub, evidence, worker)
-
-
 def _flow_service(config: Config, db: Database, broker: Broker, identity, signing):  # type: ignore[no-untyped-def]
     """The business flows from ``config.flows_dir`` (a broken flow file stops the start, naming the line)."""
     from recorder.keys import SigningKey
@@ -96,31 +86,48 @@ def _flow_service(config: Config, db: Database, broker: Broker, identity, signin
     return FlowService(config, broker, flows, signing, LocalCoreBanking(db), identity=identity)
 
 
-def create_app(config: Config) -> web.Application:
-    app = web.Application(middlewares=[errors_and_headers], client_max_size=1024**2)
-    app[CONFIG] = config
-    app[THROTTLE] = LoginThrottle()
-    app[CHANNELS] = weakref.WeakSet()
-    app[REPLAYS] = {}
+# -- resources: one cleanup context each, torn down in reverse order --------------------------
+# A context that fails at start leaves the ones before it to be torn down by ``app.cleanup()``
+# (``server.cli`` runs the app so that this happens; aiohttp's ``run_app`` does not).
 
-    async def resources(app: web.Application) -> AsyncIterator[None]:
-        ensure_data_dir(config)
-        db = Database(config.db_url)
+
+async def database_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The database; sessions a previous run of this node left open are closed as failed."""
+    config = app[CONFIG]
+    ensure_data_dir(config)
+    db = Database(config.db_url)
+    try:
         db.create_all()
-        app[DB] = db
         orphans = await db.run(lambda s: close_orphaned_sessions(s, config.node_id))
         if orphans:
             logger.warning("closed %d session(s) left open by a previous run: %s", len(orphans),
                            ", ".join(orphans))
-        broker_ref: list[Broker] = []
+        app[DB] = db
+        yield
+    finally:
+        db.close()
 
-        async def on_media_state(call_id: str, role: str, state: str) -> None:
-            if broker_ref:
-                await broker_ref[0].media_state(call_id, role, state)
 
-        hub = MediaHub(ice_servers=list(config.ice_servers), media_mode=config.media_mode,  # type: ignore[arg-type]
-                       on_state=on_media_state)
-        app[HUB] = hub
+async def keys_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The recording master key and the signing key (created for development when missing)."""
+    config = app[CONFIG]
+    if config.recording or config.identity:
+        app[KEYS] = load_keys(config)
+    yield
+
+
+async def media_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The media hub and the broker (queue, offers, calls) that drives it."""
+    config, db = app[CONFIG], app[DB]
+    broker_ref: list[Broker] = []
+
+    async def on_media_state(call_id: str, role: str, state: str) -> None:
+        if broker_ref:
+            await broker_ref[0].media_state(call_id, role, state)
+
+    hub = MediaHub(ice_servers=list(config.ice_servers), media_mode=config.media_mode,  # type: ignore[arg-type]
+                   on_state=on_media_state)
+    try:
         broker = Broker(
             hub,
             config=BrokerConfig(rejoin_window_s=config.rejoin_window_s,
@@ -130,55 +137,110 @@ def create_app(config: Config) -> web.Application:
             log=DbSessionLog(db, config.node_id),
         )
         broker_ref.append(broker)
-        app[BROKER] = broker
-        recordings = None
-        identity = None
-        master = signing = None
-        if config.recording or config.identity:
-            master, signing = load_keys(config)
-        if config.recording:
-            recordings = RecordingService(config, db, hub, master, signing, log_event=broker.log.event)
-            app[RECORDINGS] = recordings
-            await recordings.recover_interrupted()
-            broker.on_call_started.append(recordings.call_started)
-            broker.on_call_ended.append(recordings.call_ended)
-            broker.log.listeners.append(recordings.event)  # type: ignore[attr-defined]
-        if config.identity:
-            assert master is not None
-            identity = _identity_service(config, broker, hub, master)
-            app[IDENTITY] = identity
+        app[HUB], app[BROKER] = hub, broker
+        try:
+            yield
+        finally:
+            await broker.aclose()
+    finally:
+        await hub.aclose()
+
+
+async def recordings_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Dual recording of every call; recordings a crash interrupted are finalised first."""
+    config, broker = app[CONFIG], app[BROKER]
+    master, signing = app[KEYS]
+    recordings = RecordingService(config, app[DB], app[HUB], master, signing, log_event=broker.log.event)
+    try:
+        await recordings.recover_interrupted()
+        app[RECORDINGS] = recordings
+        broker.on_call_started.append(recordings.call_started)
+        broker.on_call_ended.append(recordings.call_ended)
+        broker.log.listeners.append(recordings.event)  # type: ignore[attr-defined]
+        yield
+    finally:
+        await recordings.aclose()
+
+
+async def identity_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Face checks: the worker process pool and the service that feeds it live frames."""
+    from identity import FaceWorker
+    from recorder.evidence import EvidenceStore
+
+    from .identity_service import IdentityService
+
+    config, broker = app[CONFIG], app[BROKER]
+    master, _ = app[KEYS]
+    worker = FaceWorker(config.identity_workers or None)
+    try:
+        identity = IdentityService(config, broker, app[HUB], EvidenceStore.local(config.identity_dir, master),
+                                   worker)
+        try:
             identity.start()
+            app[IDENTITY] = identity
             broker.on_call_started.append(identity.call_started)
             broker.on_call_ended.append(identity.call_ended)
             broker.on_session_closed.append(identity.session_closed)
-        app[APPOINTMENTS] = AppointmentService(db, broker, identity)
-        flows = _flow_service(config, db, broker, identity, signing)
-        if flows is not None:
-            app[FLOWS] = flows
-            broker.on_call_started.append(flows.call_started)
-            broker.on_session_closed.insert(0, flows.session_closed)
+            yield
+        finally:
+            await identity.aclose()
+    finally:
+        await worker.aclose()
+
+
+async def appointments_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Appointments the bank's systems book for customers."""
+    app[APPOINTMENTS] = AppointmentService(app[DB], app[BROKER], app.get(IDENTITY))
+    yield
+
+
+async def flows_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The business flows enforced during calls (absent without a flows directory)."""
+    config, broker = app[CONFIG], app[BROKER]
+    signing = app[KEYS][1] if KEYS in app else None
+    flows = _flow_service(config, app[DB], broker, app.get(IDENTITY), signing)
+    if flows is not None:
+        app[FLOWS] = flows
+        broker.on_call_started.append(flows.call_started)
+        broker.on_session_closed.insert(0, flows.session_closed)
+    yield
+
+
+async def loop_lag_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Event-loop lag, sampled for ``/healthz``."""
+    monitor = LoopLagMonitor()
+    monitor.start()
+    try:
+        app[LOOP_LAG] = monitor
+        config, db = app[CONFIG], app[DB]
         logger.info("node %s ready (media %s, database %s)", config.node_id, config.media_mode,
                     db.engine.url.render_as_string(hide_password=True))
-        loop_lag = app[LOOP_LAG] = LoopLagMonitor()  # event-loop lag for /healthz
-        loop_lag.start()
         yield
-        await loop_lag.aclose()
-        await broker.aclose()
-        if identity is not None:
-            await identity.aclose()
-            await identity.worker.aclose()
-        if recordings is not None:
-            await recordings.aclose()
-        await hub.aclose()
-        db.close()
+    finally:
+        await monitor.aclose()
+
+
+def create_app(config: Config) -> web.Application:
+    app = web.Application(middlewares=[errors_and_headers], client_max_size=1024**2)
+    app[CONFIG] = config
+    app[THROTTLE] = LoginThrottle()
+    app[CHANNELS] = weakref.WeakSet()
+    app[REPLAYS] = {}
+
+    app.cleanup_ctx.extend([database_ctx, keys_ctx, media_ctx])
+    if config.recording:
+        app.cleanup_ctx.append(recordings_ctx)
+    if config.identity:
+        app.cleanup_ctx.append(identity_ctx)
+    app.cleanup_ctx.extend([appointments_ctx, flows_ctx, loop_lag_ctx])
 
     async def on_shutdown(app: web.Application) -> None:
         # tell every participant the session ends (and record it) before sockets close
-        await app[BROKER].aclose()
+        if BROKER in app:
+            await app[BROKER].aclose()
         for channel in list(app[CHANNELS]):
             channel.close(1001, "server shutting down")
 
-    app.cleanup_ctx.append(resources)
     app.on_shutdown.append(on_shutdown)
     setup_routes(app)
     setup_appointment_routes(app)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from recorder.keys import MasterKey, SigningKey
     from signaling.broker import Broker
     from signaling.media_hub import MediaHub
 
@@ -36,6 +37,9 @@ IDENTITY: web.AppKey[IdentityService] = web.AppKey("identity")
 FLOWS: web.AppKey[FlowService] = web.AppKey("flows")
 #: appointments the bank's systems book (server/appointments.py)
 APPOINTMENTS: web.AppKey[AppointmentService] = web.AppKey("appointments")
+#: the recording master key and the manifest/receipt signing key (absent with recording and
+#: face checks both off)
+KEYS: web.AppKey[tuple[MasterKey, SigningKey]] = web.AppKey("keys")
 THROTTLE: web.AppKey[LoginThrottle] = web.AppKey("login_throttle")
 #: event-loop lag for /healthz
 LOOP_LAG: web.AppKey[LoopLagMonitor] = web.AppKey("loop_lag")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import secrets
@@ -10,11 +11,15 @@ import ssl
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import auth
 from .config import Config, ensure_data_dir, from_env
 from .db import ROLES, Database, get_user
 from .exceptions import ServerError
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 logger = logging.getLogger("vcounter")
 
@@ -71,7 +76,6 @@ def _seed_demo(db: Database, data_dir: Path) -> list[tuple[str, str, str]]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
 
     from .app import create_app
 
@@ -128,8 +132,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if config.tls and config.cert_file is None:
         print("  TLS: self-signed development certificate; your browser will ask to accept it.")
     sys.stdout.flush()
-    web.run_app(create_app(config), host=config.host, port=config.port, ssl_context=ssl_context,
-                print=None, access_log=None, shutdown_timeout=5)
+    return _run_app(create_app(config), config.host, config.port, ssl_context)
+
+
+def _run_app(app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None) -> int:
+    """Serve ``app`` until SIGINT or SIGTERM, like ``aiohttp.web.run_app``, except that a start that
+    fails part-way tears down the resources that had started (``run_app`` skips the cleanup when
+    start-up raises) and ends with one clear line and exit status 1 instead of a traceback."""
+    from aiohttp import web
+    from aiohttp.web_runner import GracefulExit
+
+    started = False
+
+    async def serve() -> None:
+        nonlocal started
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=5, handle_signals=True)
+        try:
+            await runner.setup()
+            await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
+            started = True
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
+    try:
+        asyncio.run(serve())
+    except (GracefulExit, KeyboardInterrupt):
+        pass
+    except Exception as exc:
+        if started:
+            raise
+        logging.getLogger(__name__).debug("start-up failed", exc_info=True)
+        print(f"vcounter: the server did not start: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
