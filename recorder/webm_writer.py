@@ -30,7 +30,7 @@ CODECS = ("VP8", "opus")
 class _Track:
     info: TrackInfo
     stream: av.stream.Stream
-    pending: av.Packet | None = None  # type: ignore[type-arg]
+    pending: av.Packet | None = None
     first_pts: int | None = None
     last_pts: int = -1
     last_duration: int = 0

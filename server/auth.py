@@ -14,7 +14,8 @@ import time
 from collections import defaultdict, deque
 from datetime import timedelta
 
-from sqlmodel import Session, select  # noqa: F401  (re-exported for tests)
+from sqlalchemy import delete
+from sqlmodel import Session, col, select  # noqa: F401  (select: tests still use auth.select)
 
 from .db import ROLES, AuthToken, Database, User, get_user, utcnow
 from .exceptions import BadRequest, Conflict, TooManyRequests, Unauthorized
@@ -116,6 +117,7 @@ async def login(db: Database, username: str, password: str, ttl_s: int) -> tuple
             return None
         if not verify_password(password, user.password_hash):
             return None
+        purge_expired_tokens(s)
         token = secrets.token_urlsafe(32)
         s.add(AuthToken(token_hash=token_hash(token), user_id=user.id,
                         expires_at=utcnow() + timedelta(seconds=ttl_s)))
@@ -151,7 +153,6 @@ async def logout(db: Database, token: str) -> None:
 
 
 def purge_expired_tokens(s: Session) -> int:
-    rows = s.exec(select(AuthToken).where(AuthToken.expires_at < utcnow())).all()
-    for row in rows:
-        s.delete(row)
-    return len(rows)
+    """Delete every expired login token (each login does this, so the table holds live ones only)."""
+    result = s.execute(delete(AuthToken).where(col(AuthToken.expires_at) < utcnow()))
+    return int(result.rowcount or 0)

@@ -57,7 +57,7 @@ from identity.messages import text
 from recorder.evidence import EvidenceItem, EvidenceStore
 from signaling import messages as m
 from signaling.broker import Broker, Session
-from signaling.exceptions import InvalidState, SignalingError
+from signaling.exceptions import InvalidState
 from signaling.media_hub import MediaHub
 
 from .config import Config
@@ -75,10 +75,6 @@ VERIFY_FRAMES = 3
 #: seconds between full-frame face searches during liveness (a tracked window otherwise)
 FULL_SCAN_EVERY_S = 0.5
 PARTIES = ("customer", "agent")
-
-
-class IdentityUnavailable(SignalingError):
-    code = "identity_unavailable"
 
 
 @dataclass
