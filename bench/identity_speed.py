@@ -7,7 +7,7 @@
    shared data, cropped), this process pinned to one CPU with OpenCV on one
    thread: HOG detection, 68 landmarks, the 128-d embedding, the quality gates,
    and the whole :func:`identity.analysis.analyze_frame` with and without the
-   embedding. Target (issue #4): <= 150 ms per frame.
+   embedding. Target: <= 150 ms per frame.
 2. **Event-loop lag**: an asyncio loop runs a 5 ms ticker (lag = how late
    each tick fires) while N simulated calls each send a frame to
    :class:`identity.FaceWorker` twice a second (random phase), with the

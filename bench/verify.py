@@ -15,7 +15,7 @@ VP8 header so finalisation keeps them) until segments plus outputs reach
 
 Files are read through the page cache (warm after the first run); the raw
 single-thread SHA-256 speed of this machine is printed for reference.
-Target (issue #3): verify >= 500 MB/s.
+Target: verify >= 500 MB/s.
 """
 
 from __future__ import annotations

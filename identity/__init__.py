@@ -1,4 +1,4 @@
-"""Face verification, liveness and presence monitoring (issue #4).
+"""Face verification, liveness and presence monitoring.
 
 A leaf package: it never imports ``server``, ``signaling`` or ``recorder``,
 touches no database and speaks no HTTP. It takes bytes, RGB frames (numpy

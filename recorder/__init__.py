@@ -1,4 +1,4 @@
-"""Dual recording (双录): segment writing, integrity, encryption, export (issue #3).
+"""Dual recording (双录): segment writing, integrity, encryption, export.
 
 A leaf package: it takes encoded frames, events, paths and keys, and returns
 files and results; it never imports ``server``, ``signaling`` or ``identity``.

@@ -1,4 +1,4 @@
-"""Sealed signature receipts: one file a customer keeps and anyone can check (issue #5).
+"""Sealed signature receipts: one file a customer keeps and anyone can check.
 
 When a customer signs a document on screen, the server seals what happened —
 the document's SHA-256, the handwritten signature image, a face snapshot taken

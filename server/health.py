@@ -11,7 +11,7 @@ started, and summarises them for ``GET /healthz``::
 
 Lags are in milliseconds. A lag under ~1 ms is the timer's own slack; a p99
 of tens of milliseconds means something runs on the loop that should not
-(issue #4: face work must keep the p99 under 20 ms).
+(face work runs in worker processes so that the p99 stays under 20 ms).
 """
 
 from __future__ import annotations

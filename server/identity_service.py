@@ -1,4 +1,4 @@
-"""Identity during a call: the server side of issue #4.
+"""Identity during a call: face verification, liveness and presence on the live video.
 
 Composes :mod:`identity` (face work, in a process pool), the media hub's
 decoded-frame taps, the broker (who is in which session, timeline events) and
