@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from .auth import LoginThrottle
     from .config import Config
     from .db import Database
-    from .flow_engine import FlowService
+    from .flow_service import FlowService
     from .health import LoopLagMonitor
     from .identity_service import IdentityService
     from .recording import RecordingService

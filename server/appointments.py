@@ -46,11 +46,11 @@ from sqlalchemy import update
 from sqlmodel import Session as DbSession
 from sqlmodel import col, select
 
+from business.catalogue import Business
 from identity import IdentityError
 from signaling.broker import Session, hash_token
 from signaling.exceptions import SignalingError
 from signaling.ids import new_id
-from signaling.messages import Business
 
 from .appkeys import APPOINTMENTS
 from .db import Appointment, Database, User, utcnow

@@ -17,6 +17,8 @@ from datetime import timedelta
 from sqlalchemy import delete
 from sqlmodel import Session, col, select  # noqa: F401  (select: tests still use auth.select)
 
+from business.catalogue import BUSINESS_TYPES
+
 from .db import ROLES, AuthToken, Database, User, get_user, utcnow
 from .exceptions import BadRequest, Conflict, TooManyRequests, Unauthorized
 
@@ -24,7 +26,6 @@ from .exceptions import BadRequest, Conflict, TooManyRequests, Unauthorized
 SCRYPT_N = 2**14
 SCRYPT_R = 8
 SCRYPT_P = 1
-BUSINESS_TYPES = ("account_opening", "loan_signing", "wealth_product")
 
 
 def hash_password(password: str) -> str:

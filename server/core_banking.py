@@ -1,9 +1,10 @@
-"""The bank's core system, as far as the video counter needs it.
+"""The core system of this server's own: outcomes kept in our database.
 
 A real deployment talks to the bank's core banking / loan / wealth systems
-(ESB, REST, MQ...). Those cannot exist here, so :class:`LocalCoreBanking`
-keeps the records in our own database: it is the mock the tests and the demo
-use, and the shape an adapter to a real core must have (:class:`CoreBanking`).
+(ESB, REST, MQ...) through an adapter of the shape
+:class:`business.core_banking.CoreBanking`. Those cannot exist here, so
+:class:`LocalCoreBanking` keeps the records in the ``businessoutcome`` table:
+it is the stand-in the tests and the demo use.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import json
 import secrets
 from datetime import date
-from typing import Any, Protocol
+from typing import Any
+
+from business.core_banking import CoreBanking
 
 from .db import BusinessOutcome, Database
 
@@ -19,22 +22,8 @@ from .db import BusinessOutcome, Database
 ACCOUNT_PREFIX = "621999"
 
 
-class CoreBanking(Protocol):
-    async def open_account(self, *, session_id: str, customer_name: str, account_class: str) -> dict[str, Any]:
-        """Open a personal account; returns at least ``{"reference": number, "class": ...}``."""
-        ...
-
-    async def sign_loan(self, *, session_id: str, customer_name: str, terms: dict[str, Any]) -> dict[str, Any]:
-        """Mark the loan contract signed; returns ``{"reference": contract number, "terms": ...}``."""
-        ...
-
-    async def place_order(self, *, session_id: str, customer_name: str, product: dict[str, Any],
-                          amount: Any, customer_risk_level: str) -> dict[str, Any]:
-        """Record a wealth-product order; returns ``{"reference": order number, ...}``."""
-        ...
-
-
 def luhn_digit(digits: str) -> str:
+    """The Luhn check digit to append to ``digits`` (card and account numbers)."""
     total = 0
     for i, ch in enumerate(reversed(digits)):
         n = int(ch)
@@ -46,7 +35,7 @@ def luhn_digit(digits: str) -> str:
     return str((10 - total % 10) % 10)
 
 
-class LocalCoreBanking:
+class LocalCoreBanking(CoreBanking):
     """Outcomes stored in the ``businessoutcome`` table (development, demo and tests)."""
 
     def __init__(self, db: Database) -> None:

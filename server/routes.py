@@ -6,7 +6,7 @@ import logging
 
 from aiohttp import web
 
-from signaling.messages import Business
+from business.catalogue import Business
 
 from . import auth
 from .appkeys import BROKER, CONFIG, DB, HUB, IDENTITY, LOOP_LAG, THROTTLE
@@ -14,13 +14,6 @@ from .exceptions import BadRequest, Unauthorized
 from .request_helpers import COOKIE, bearer_token, current_user, json_body
 
 logger = logging.getLogger(__name__)
-
-BUSINESS_NAMES = {
-    Business.ACCOUNT_OPENING: ("Account opening", "远程开户"),
-    Business.LOAN_SIGNING: ("Loan signing", "贷款面签"),
-    Business.WEALTH_PRODUCT: ("Wealth product purchase", "理财双录"),
-}
-
 
 def _page(name: str):
     async def handler(request: web.Request) -> web.FileResponse:
@@ -73,6 +66,7 @@ async def me(request: web.Request) -> web.Response:
 
 
 async def client_config(request: web.Request) -> web.Response:
+    """What the web pages need before anything else: ICE servers, the businesses and their names."""
     config = request.app[CONFIG]
     return web.json_response({
         "ice_servers": [
@@ -80,8 +74,7 @@ async def client_config(request: web.Request) -> web.Response:
              if v is not None}
             for s in config.ice_servers
         ],
-        "businesses": [{"type": b.value, "name_en": en, "name_zh": zh}
-                       for b, (en, zh) in BUSINESS_NAMES.items()],
+        "businesses": [{"type": b.value, "name_en": b.label.en, "name_zh": b.label.zh} for b in Business],
         "rejoin_window_s": int(config.rejoin_window_s),
     })
 

@@ -24,7 +24,7 @@ from signaling.exceptions import InvalidMessage, NotAuthenticated, SignalingErro
 
 from . import auth
 from .appkeys import APPOINTMENTS, BROKER, CHANNELS, DB, FLOWS, IDENTITY
-from .flow_engine import FlowService
+from .flow_service import FlowService
 
 logger = logging.getLogger(__name__)
 
@@ -210,6 +210,7 @@ async def customer_ws(request: web.Request) -> web.WebSocketResponse:
                 elif isinstance(msg, m.Join):
                     if session is not None:
                         raise SignalingError("already in a session on this connection", code="bad_state")
+                    broker.check_business(msg.business)
                     if not msg.recording_consent:
                         raise SignalingError(
                             "calls are recorded as banking regulation requires: accept the "
@@ -217,9 +218,9 @@ async def customer_ws(request: web.Request) -> web.WebSocketResponse:
                     appointments = request.app[APPOINTMENTS]
                     appointment = None
                     if msg.appointment is not None:
-                        appointment = await appointments.claim(msg.appointment, msg.business.value)
+                        appointment = await appointments.claim(msg.appointment, msg.business)
                     session = await broker.customer_join(
-                        channel, msg.business.value,
+                        channel, msg.business,
                         appointment.display_name if appointment else msg.display_name,
                         face_consent=msg.face_consent)
                     channel.label = f"customer {session.id}"

@@ -39,7 +39,7 @@ from typing import Protocol
 from pydantic import BaseModel
 
 from . import messages as m
-from .exceptions import Forbidden, InvalidState, NotFound
+from .exceptions import Forbidden, InvalidMessage, InvalidState, NotFound
 from .ids import new_id
 from .media_hub import IceServerConfig, MediaHub, ParticipantMedia, other
 from .state import AgentPresence, InMemoryState, QueueEntry, SharedState
@@ -94,6 +94,9 @@ class BrokerConfig:
     default_handle_s: float = 180.0
     node_id: str = "node-1"
     ice_servers: tuple[IceServerConfig, ...] = ()
+    #: the business type ids customers may join (the server fills it from its catalogue);
+    #: None accepts any well-formed id (headless tools, unit use)
+    businesses: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -269,9 +272,18 @@ class Broker:
 
     # -- customers -----------------------------------------------------------------
 
+    def check_business(self, business: str) -> None:
+        """Refuse a business this broker does not serve (``invalid_message``, naming those it does)."""
+        known = self.config.businesses
+        if known is not None and business not in known:
+            raise InvalidMessage(f"invalid 'join' message: business: unknown business {business[:40]!r} "
+                                 f"(one of {', '.join(sorted(known))})")
+
     async def customer_join(
         self, channel: Channel, business: str, display_name: str, *, face_consent: bool = False
     ) -> Session:
+        """Queue a customer for ``business``; refused unless :meth:`check_business` accepts it."""
+        self.check_business(business)
         token = secrets.token_urlsafe(32)
         session = Session(
             id=new_id(12),
@@ -295,7 +307,7 @@ class Broker:
                 m.Joined(
                     session_id=session.id,
                     rejoin_token=token,
-                    business=m.Business(business),
+                    business=business,
                     rejoin_window_s=int(self.config.rejoin_window_s),
                 )
             )
@@ -398,7 +410,7 @@ class Broker:
                 m.Authenticated(
                     username=user.username,
                     display_name=user.display_name,
-                    skills=[m.Business(s) for s in sorted(user.skills)],
+                    skills=sorted(user.skills),
                 )
             )
             channel.send(m.StatusChanged(status=m.AgentStatus.AWAY))
@@ -696,7 +708,7 @@ class Broker:
             peer = m.Peer(display_name=session.agent.display_name, role="agent")
         else:
             peer = m.Peer(
-                display_name=session.display_name, role="customer", business=m.Business(session.business)
+                display_name=session.display_name, role="customer", business=session.business
             )
         return m.CallStarted(session_id=session.id, peer=peer, ice_servers=self._ice_servers())
 
@@ -734,7 +746,7 @@ class Broker:
         agent.channel.send(
             m.CustomerOffer(
                 session_id=session.id,
-                business=m.Business(session.business),
+                business=session.business,
                 display_name=session.display_name,
                 waited_s=int(time.time() - session.created_at),
                 expires_in_s=int(self.config.offer_timeout_s),
@@ -748,7 +760,7 @@ class Broker:
         return sum(self._handle_times) / len(self._handle_times)
 
     async def _waiting_counts(self) -> dict[str, int]:
-        counts = {b.value: 0 for b in m.Business}
+        counts = dict.fromkeys(sorted(self.config.businesses or ()), 0)
         for entry in await self.state.queue():
             counts[entry.business] = counts.get(entry.business, 0) + 1
         return counts

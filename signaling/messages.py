@@ -24,14 +24,6 @@ MAX_MESSAGE_BYTES = 64 * 1024
 MAX_SDP_CHARS = 60_000
 
 
-class Business(StrEnum):
-    """Business types a customer can choose; agents carry them as skills."""
-
-    ACCOUNT_OPENING = "account_opening"
-    LOAN_SIGNING = "loan_signing"
-    WEALTH_PRODUCT = "wealth_product"
-
-
 class AgentStatus(StrEnum):
     READY = "ready"
     AWAY = "away"
@@ -47,6 +39,9 @@ DisplayName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^\x0
 SessionId = Annotated[str, Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 Token = Annotated[str, Field(min_length=16, max_length=256)]
 Sdp = Annotated[str, Field(min_length=10, max_length=MAX_SDP_CHARS)]
+#: a business type id (``account_opening``), also an agent's skill; the broker accepts only the
+#: businesses its configuration lists (``BrokerConfig.businesses``)
+BusinessId = Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[a-z][a-z0-9_]*$")]
 
 
 # --- client -> server, both roles -------------------------------------------------
@@ -78,7 +73,7 @@ class RequestKeyframe(_Msg):
 
 class Join(_Msg):
     type: Literal["join"]
-    business: Business
+    business: BusinessId
     display_name: DisplayName
     #: the customer accepted the "this call is recorded" notice (双录告知); required
     recording_consent: bool = False
@@ -126,7 +121,7 @@ class Decline(_Msg):
     session_id: SessionId
 
 
-# --- identity (issue #4) -----------------------------------------------------------
+# --- identity --------------------------------------------------------------------
 
 
 class FaceConsent(_Msg):
@@ -168,7 +163,7 @@ class ManualVerification(_Msg):
     reason: Annotated[str, Field(min_length=3, max_length=500, pattern=r"^[^\x00-\x08\x0b-\x1f]+$")]
 
 
-# --- business flows (issue #5) ---------------------------------------------------------
+# --- business flows --------------------------------------------------------------------
 
 StepId = Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[a-z][a-z0-9_]*$")]
 Sha256 = Annotated[str, Field(min_length=64, max_length=64, pattern=r"^[0-9a-f]{64}$")]
@@ -302,7 +297,7 @@ class Joined(_Msg):
     type: Literal["joined"] = "joined"
     session_id: str
     rejoin_token: str
-    business: Business
+    business: str
     rejoin_window_s: int
 
 
@@ -323,7 +318,7 @@ class Authenticated(_Msg):
     type: Literal["authenticated"] = "authenticated"
     username: str
     display_name: str
-    skills: list[Business]
+    skills: list[str]
 
 
 class StatusChanged(_Msg):
@@ -336,7 +331,7 @@ class CustomerOffer(_Msg):
 
     type: Literal["customer_offer"] = "customer_offer"
     session_id: str
-    business: Business
+    business: str
     display_name: str
     waited_s: int
     expires_in_s: int
@@ -351,7 +346,7 @@ class OfferWithdrawn(_Msg):
 class Peer(_Msg):
     display_name: str
     role: Literal["customer", "agent"]
-    business: Business | None = None
+    business: str | None = None
 
 
 class CallStarted(_Msg):

@@ -15,10 +15,10 @@ import psutil
 import pytest
 from aiohttp import web
 
+from business.exceptions import FlowError
 from server.app import create_app, flows_ctx
 from server.appkeys import DB, HUB, IDENTITY, LOOP_LAG
 from server.config import Config
-from server.flows import FlowError
 
 REPO = Path(__file__).resolve().parent.parent
 

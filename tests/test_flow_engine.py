@@ -48,6 +48,12 @@ async def start_call(counter, business: str):
     return customer, agent, customer.messages[0]["session_id"] if customer.messages else None, state
 
 
+def status_of(state: dict, step_id: str) -> str:
+    """The status of one step in a flow state's checklist."""
+    [status] = [s["status"] for s in state["steps"] if s["id"] == step_id]
+    return status
+
+
 def current(participant, since: int = 0) -> dict:
     """The latest flow state the participant received."""
     states = [d for d in participant.messages[since:] if d.get("type") == "flow_state"]
@@ -93,7 +99,7 @@ async def do_step(customer, agent, *, answers: str = "high", expect_next: bool =
     if expect_next:
         mark = len(agent.messages)
         await agent.send({"type": "step_next", "step_id": sid})
-        await wait_state(agent, lambda s: s["steps"][step["index"] if "index" in step else 0]["status"] == "done"
+        await wait_state(agent, lambda s: status_of(s, sid) == "done"
                          and (s["current"] is None or s["current"]["id"] != sid), since=mark)
     return step
 

@@ -1,4 +1,8 @@
-"""Flow files (issue #5): the shipped flows load; broken files are refused with the right file and line."""
+"""Flow files: the shipped flows load; broken files are refused with the right file and line.
+
+Then each step kind on its own: what it accepts, what clients are shown of it, and the
+message the agent gets while it is not done.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +12,25 @@ from pathlib import Path
 
 import pytest
 
-from server.flows import (
-    DEFAULT_FLOWS_DIR,
-    MAX_FILE_BYTES,
-    Flow,
-    FlowError,
-    Level,
-    Step,
-    Text,
-    level_for,
-    load_flow,
-    load_flows,
+from business.catalogue import BUSINESS_TYPES, OUTCOME_TYPES, Business
+from business.exceptions import AnswerError, FlowError
+from business.flow import Flow
+from business.loader import DEFAULT_FLOWS_DIR, MAX_FILE_BYTES, load_flow, load_flows
+from business.risk import Level, Option, Product, Question, level_for
+from business.steps import (
+    STEP_KINDS,
+    STEP_TYPES,
+    ConsentStep,
+    DisclosureStep,
+    DocumentStep,
+    IdentityStep,
+    OutcomeStep,
+    QuestionnaireStep,
+    SignatureStep,
+    StepFacts,
+    SuitabilityStep,
 )
+from business.text import Text
 
 # line numbers matter: the tests below name them
 BASE = textwrap.dedent("""\
@@ -193,9 +204,9 @@ def test_shipped_questionnaire_levels():
         assert scores == sorted(scores) and len(set(scores)) == len(scores)
     lowest = sum(q.options[0].score for q in step.questions)
     highest = sum(q.options[-1].score for q in step.questions)
-    assert level_for(step, lowest).code == "C1" and level_for(step, highest).code == "C5"
+    assert step.level(lowest).code == "C1" and step.level(highest).code == "C5"
     c3 = next(lv for lv in step.levels if lv.code == "C3")
-    assert level_for(step, c3.min_score).rank == 3 and level_for(step, c3.min_score - 1).rank == 2
+    assert step.level(c3.min_score).rank == 3 and step.level(c3.min_score - 1).rank == 2
 
 
 def test_document_hashes():
@@ -228,22 +239,24 @@ def test_a_plain_string_is_both_languages(tmp_path):
     assert load(tmp_path, text).step("terms").text == Text("No", "2025")
 
 
+LEVELS = tuple(Level(code, score, rank, Text(code, code))
+               for code, score, rank in [("C1", 0, 1), ("C2", 3, 2), ("C3", 5, 3), ("C4", 8, 4), ("C5", 10, 5)])
+
+
 def test_level_for():
-    levels = tuple(Level(code, score, rank, Text(code, code))
-                   for code, score, rank in [("C1", 0, 1), ("C2", 3, 2), ("C3", 5, 3), ("C4", 8, 4), ("C5", 10, 5)])
-    step = Step(id="risk", kind="questionnaire", title=Text("Risk", "风险"), line=1, levels=levels)
-    assert [level_for(step, s).code for s in (0, 2, 3, 4, 5, 7, 8, 10, 30)] == \
+    step = QuestionnaireStep(id="risk", title=Text("Risk", "风险"), line=1, questions=(), levels=LEVELS)
+    assert [step.level(s).code for s in (0, 2, 3, 4, 5, 7, 8, 10, 30)] == \
         ["C1", "C1", "C2", "C2", "C3", "C3", "C4", "C5", "C5"]
-    assert level_for(step, -1).code == "C1"  # below every level: the lowest
+    assert level_for(LEVELS, -1).code == "C1"  # below every level: the lowest
     with pytest.raises(ValueError):
-        level_for(Step(id="x", kind="questionnaire", title=Text("x", "x"), line=1), 3)
+        QuestionnaireStep(id="x", title=Text("x", "x"), line=1, questions=(), levels=()).level(3)
 
 
 def test_the_wealth_example_loads(tmp_path):
     flow = load(tmp_path, WEALTH)
     assert [s.kind for s in flow.steps] == ["consent", "identity", "questionnaire", "suitability",
                                             "disclosure", "document", "signature", "outcome"]
-    assert level_for(flow.step("risk"), 5).code == "C3"
+    assert flow.step("risk").level(5).code == "C3"
     assert flow.step("order").product == flow.step("fit").product
 
 
@@ -478,3 +491,295 @@ def test_load_flows(tmp_path):
         load_flows(tmp_path)
     assert str(info.value).startswith(f"{tmp_path / 'c.yaml'}:2: business 'account_opening' is already "
                                       "defined by a.yaml")
+
+
+# -- the catalogue ---------------------------------------------------------------------------
+
+
+def test_the_catalogue_is_the_list_of_businesses():
+    assert BUSINESS_TYPES == tuple(b.value for b in Business) == (
+        "account_opening", "loan_signing", "wealth_product")
+    assert OUTCOME_TYPES == ("account", "loan", "order")
+    with pytest.raises(ValueError):
+        Business.of("mortgage")
+    for business in Business:
+        assert Business(business.value) is Business.of(business.value) is business
+        assert str(business) == business.value
+        assert business.label.en and business.label.zh and business.label.en != business.label.zh
+        assert business.flow_title.en and business.flow_title.zh
+    # every business has its shipped flow, and the flow books the catalogue's outcome type
+    flows = load_flows(DEFAULT_FLOWS_DIR)
+    assert set(flows) == set(BUSINESS_TYPES)
+    for business, flow in flows.items():
+        assert isinstance(flow.steps[-1], OutcomeStep)
+        assert flow.steps[-1].outcome["type"] == Business(business).outcome
+
+
+# -- each step kind: what it accepts ---------------------------------------------------------
+
+
+def test_every_kind_has_its_class():
+    assert STEP_KINDS == ("consent", "identity", "disclosure", "questionnaire", "suitability", "document",
+                          "signature", "outcome")
+    for kind, cls in STEP_TYPES.items():
+        assert cls.kind == kind and cls.default_title.en != cls.default_title.zh
+        assert set(cls.required) <= {*cls.keys, "text"}
+    assert [k for k, cls in STEP_TYPES.items() if cls.needs_identity] == ["identity"]
+
+
+@pytest.mark.parametrize(("old", "new", "line", "message"), [
+    ("    kind: identity\n", "    kind: identity\n    consents: [face]\n", 12,
+     "unknown key 'consents' in a identity step (allowed: id, kind, title, requires, text, liveness, "
+     "allow_manual)"),
+    ("    kind: identity\n", "    kind: identity\n    liveness: 'true'\n", 12,
+     "liveness of step 'identity' must be true or false"),
+    ("    kind: identity\n", "    kind: identity\n    allow_manual: 1\n", 12,
+     "allow_manual of step 'identity' must be true or false"),
+    ("consents: [recording, face]", "consents: []", 9,
+     "consents of step 'consent' must not be empty (one or more of recording, face)"),
+    ("consents: [recording, face]", "consents: [recording, recording]", 9,
+     "consents of step 'consent': 'recording' is listed twice"),
+    ("consents: [recording, face]", "consents: recording", 9, "consents of step 'consent' must be a list"),
+    ("    text: Terms of the account.\n", "    text: Terms of the account.\n    confirm_by: [auditor]\n", 15,
+     "confirm_by of step 'terms': unknown 'auditor' (one or more of agent, customer)"),
+    ("    text: Terms of the account.\n", "    text: Terms of the account.\n    document: nope\n", 15,
+     "step 'terms': no document 'nope' under 'documents' (declared: agreement)"),
+    ("    text: Terms of the account.\n", "    text: Terms of the account.\n    outcome: {type: account}\n", 15,
+     "unknown key 'outcome' in a disclosure step"),
+    ("document: agreement", "document: Agreement", 17, "document of step 'read' 'Agreement' is not valid"),
+    ("document: read", "document: [read]", 20, "document of step 'sign' must be a string"),
+    ("{type: account}", "{type: account, terms: x}", 23,
+     "unknown key 'terms' in account outcome (allowed: type, class)"),
+])
+def test_each_kind_checks_its_own_keys(tmp_path, old, new, line, message):
+    refused(tmp_path, edit(BASE, old, new), line, message)
+
+
+def _loan(outcome: str) -> str:
+    return edit(edit(BASE, "business: account_opening", "business: loan_signing"),
+                "outcome: {type: account}", f"outcome: {outcome}")
+
+
+@pytest.mark.parametrize(("outcome", "message"), [
+    ("{type: loan}", "a loan outcome needs 'terms' (amount, currency, term_months, annual_rate)"),
+    ("{type: loan, terms: {amount: 1000, term_months: 12, annual_rate: 4}}", "loan terms need 'currency'"),
+    ("{type: loan, terms: {amount: 1000, currency: yuan, term_months: 12, annual_rate: 4}}",
+     "currency 'yuan' is not valid: three upper-case letters (CNY)"),
+    ("{type: loan, terms: {amount: 1000, currency: CNY, term_months: 361, annual_rate: 4}}",
+     "term_months must be between 1 and 360, not 361"),
+    ("{type: loan, terms: {amount: 0, currency: CNY, term_months: 12, annual_rate: 4}}",
+     "loan amount must be between 1 and 1e+09, not 0"),
+    ("{type: loan, terms: {amount: 1000, currency: CNY, term_months: 12, annual_rate: 4, fee: 1}}",
+     "unknown key 'fee' in loan terms"),
+])
+def test_loan_outcomes(tmp_path, outcome, message):
+    refused(tmp_path, _loan(outcome), 23, message)
+
+
+@pytest.mark.parametrize(("old", "new", "line", "message"), [
+    ("          - {id: some, text: Some, score: 5}\n", "", 13, "question 'q1' needs at least two options"),
+    ("{id: some, text: Some, score: 5}", "{id: some, text: Some}", 14, "an option needs 'score'"),
+    ("{id: long, text: Long, score: 5}", "{id: long, text: Long, score: 1001}", 19,
+     "score of option 'long' must be between 0 and 1000, not 1001"),
+    ("- id: q2", "- id: q1", 15, "duplicate question id 'q1' in step 'risk'"),
+    ("        text: Horizon?\n", "", 15, "a question needs 'text'"),
+    ("{code: C2, min_score: 3}", "{code: C2, min_score: 3, rank: 1}", 22,
+     "levels go from the lowest to the highest: rank of C2 must be above C1's 1"),
+    ("{code: C2, min_score: 3}", "{code: c2, min_score: 3}", 22, "level code 'c2' is not valid"),
+    ("{code: C2, min_score: 3}", "{min_score: 3}", 22, "a level needs 'code'"),
+    ("questionnaire: risk", "questionnaire: identity", 28,
+     "step 'fit' names 'identity', a identity step: it must name a questionnaire step"),
+    ("product: {code: P1, name: Product one, risk_level: R3}", "product: {code: P1, risk_level: R3}", 29,
+     "the product needs 'name'"),
+    ("product: {code: P1, name: Product one, risk_level: R3}",
+     "product: {code: p1, name: Product one, risk_level: R3}", 29, "product code 'p1' is not valid"),
+    ("amount: 1000}", "amount: 0}", 35, "order amount must be between 0.01 and 1e+10, not 0"),
+    ("{type: order, product_code: P1, amount: 1000}", "{type: order, product_code: P1}", 35,
+     "an order outcome needs 'amount'"),
+])
+def test_questionnaire_suitability_and_order_keys(tmp_path, old, new, line, message):
+    refused(tmp_path, edit(WEALTH, old, new), line, message)
+
+
+def test_each_kind_reads_its_values(tmp_path):
+    text = edit(edit(WEALTH, "{id: identity, kind: identity}",
+                     "{id: identity, kind: identity, liveness: true, allow_manual: false}"),
+                "consents: [recording]", "consents: [recording, face]")
+    text = edit(text, "{id: risks, kind: disclosure, text: Not a deposit.}",
+                "{id: risks, kind: disclosure, text: Not a deposit., confirm_by: [customer], document: sheet}")
+    flow = load(tmp_path, text)
+    consent, identity, risk, fit, risks, read, sign, order = flow.steps
+    assert isinstance(consent, ConsentStep) and consent.consents == ("recording", "face")
+    assert consent.asks("face") and consent.asks("recording") and not consent.asks("video")
+    assert isinstance(identity, IdentityStep) and identity.liveness and not identity.allow_manual
+    assert isinstance(risk, QuestionnaireStep) and [q.id for q in risk.questions] == ["q1", "q2"]
+    assert risk.questions[0].options == (Option("none", Text("None", "None"), 0),
+                                         Option("some", Text("Some", "Some"), 5))
+    assert [(lv.code, lv.rank) for lv in risk.levels] == [("C1", 1), ("C2", 2), ("C3", 3), ("C4", 4), ("C5", 5)]
+    assert isinstance(fit, SuitabilityStep) and fit.questionnaire == "risk"
+    assert fit.product == Product("P1", Text("Product one", "Product one"), "R3", 3)
+    assert isinstance(risks, DisclosureStep) and risks.confirm_by == ("customer",) and risks.document == "sheet"
+    assert isinstance(read, DocumentStep) and read.document == "sheet"
+    assert isinstance(sign, SignatureStep) and sign.document == "read"
+    assert isinstance(order, OutcomeStep) and order.product is fit.product
+    sheet = flow.documents["sheet"]
+    assert read.shown_document(flow) is sheet and sign.shown_document(flow) is sheet
+    assert risks.shown_document(flow) is sheet
+    assert [s.shown_document(flow) for s in (consent, identity, risk, fit, order)] == [None] * 5
+
+
+# -- each step kind: what clients are shown ---------------------------------------------------
+
+
+def test_views(tmp_path):
+    text = edit(WEALTH, "{id: risks, kind: disclosure, text: Not a deposit.}",
+                "{id: risks, kind: disclosure, text: Not a deposit., document: sheet}")
+    flow = load(tmp_path, text)
+    sheet = flow.documents["sheet"]
+    doc_view = {"id": "sheet", "title": {"en": "Sheet", "zh": "Sheet"}, "sha256": sheet.sha256}
+    views = {s.id: s.view(flow) for s in flow.steps}
+    assert views["consent"] == {"id": "consent", "kind": "consent",
+                                "title": {"en": "Consent to recording", "zh": "录音录像授权"},
+                                "consents": ["recording"]}
+    assert views["identity"] == {"id": "identity", "kind": "identity",
+                                 "title": {"en": "Identity verification", "zh": "身份核验"}}
+    # the customer is shown the questions and options, never their scores
+    assert views["risk"]["questions"][0] == {
+        "id": "q1", "text": {"en": "Loss?", "zh": "Loss?"},
+        "options": [{"id": "none", "text": {"en": "None", "zh": "None"}},
+                    {"id": "some", "text": {"en": "Some", "zh": "Some"}}]}
+    assert "score" not in str(views["risk"]) and "levels" not in views["risk"]
+    assert views["fit"]["product"] == {"code": "P1", "name": {"en": "Product one", "zh": "Product one"},
+                                       "risk_level": "R3"}
+    assert views["risks"] == {"id": "risks", "kind": "disclosure", "title": {"en": "Disclosure", "zh": "信息披露"},
+                              "text": {"en": "Not a deposit.", "zh": "Not a deposit."}, "document": doc_view}
+    # the signature shows the document of the document step it signs
+    assert views["read"]["document"] == views["sign"]["document"] == doc_view
+    assert set(views["order"]) == {"id", "kind", "title"}
+
+
+# -- each step kind: what is missing -----------------------------------------------------------
+
+
+def _step(cls, **kw):
+    return cls(id="s", title=Text("S", "S"), line=1, **kw)
+
+
+NOTHING = StepFacts()
+CUSTOMER = StepFacts(customer_done=True)
+
+
+@pytest.mark.parametrize(("step", "message"), [
+    (_step(ConsentStep, consents=("recording",)), "the customer has not accepted yet"),
+    (_step(QuestionnaireStep, questions=(), levels=LEVELS), "the customer has not answered the questionnaire"),
+    (_step(SuitabilityStep, questionnaire="q", product=Product("P", Text("P", "P"), "R1", 1)),
+     "the product is not suitable"),
+    (_step(DocumentStep, document="d"), "the customer has not read the document to its end"),
+    (_step(SignatureStep, document="d"), "the customer has not signed"),
+])
+def test_missing_until_the_customer_has_done_their_part(step, message):
+    assert step.missing(NOTHING) == message
+    assert step.missing(StepFacts(agent_marked=True, face_verified=True, manually_verified=True)) == message
+    assert step.missing(CUSTOMER) is None
+
+
+def test_an_outcome_misses_nothing():
+    assert _step(OutcomeStep, outcome={"type": "account"}).missing(NOTHING) is None
+
+
+@pytest.mark.parametrize(("confirm_by", "facts", "message"), [
+    (("agent", "customer"), NOTHING,
+     "mark the customer's spoken confirmation; the customer has not confirmed on screen"),
+    (("agent", "customer"), StepFacts(agent_marked=True), "the customer has not confirmed on screen"),
+    (("agent", "customer"), CUSTOMER, "mark the customer's spoken confirmation"),
+    (("agent", "customer"), StepFacts(agent_marked=True, customer_done=True), None),
+    (("customer",), StepFacts(agent_marked=True), "the customer has not confirmed on screen"),
+    (("customer",), CUSTOMER, None),
+    (("agent",), CUSTOMER, "mark the customer's spoken confirmation"),
+    (("agent",), StepFacts(agent_marked=True), None),
+])
+def test_disclosure_missing(confirm_by, facts, message):
+    step = _step(DisclosureStep, text=Text("T", "T"), confirm_by=confirm_by)
+    assert step.missing(facts) == message
+
+
+FACE = "the customer's face is not verified"
+OR_MANUAL = FACE + " (or verify manually with a reason)"
+LIVENESS = "the liveness check has not passed"
+
+
+@pytest.mark.parametrize(("liveness", "allow_manual", "facts", "message"), [
+    (False, True, NOTHING, OR_MANUAL),
+    (False, False, NOTHING, FACE),
+    (False, True, StepFacts(manually_verified=True), None),
+    (False, False, StepFacts(manually_verified=True), FACE),  # manual verification not allowed
+    (False, True, StepFacts(face_verified=True), None),
+    (True, True, StepFacts(face_verified=True), LIVENESS),
+    (True, True, StepFacts(liveness_passed=True), OR_MANUAL),  # liveness alone is not identity
+    (True, False, StepFacts(face_verified=True, liveness_passed=True), None),
+    (True, True, StepFacts(manually_verified=True), None),  # the agent's verification replaces both
+    (True, False, StepFacts(manually_verified=True, face_verified=True), LIVENESS),
+    (False, True, CUSTOMER, OR_MANUAL),  # nothing the customer taps verifies them
+])
+def test_identity_missing(liveness, allow_manual, facts, message):
+    step = _step(IdentityStep, liveness=liveness, allow_manual=allow_manual)
+    assert step.missing(facts) == message
+
+
+# -- questionnaire answers and outcome booking -------------------------------------------------
+
+
+def test_questionnaire_answers_are_scored_or_refused(tmp_path):
+    step = load(tmp_path, WEALTH).step("risk")
+    assert isinstance(step, QuestionnaireStep)
+    assert step.score({"q1": "none", "q2": "short"}) == 0 and step.score({"q1": "some", "q2": "long"}) == 10
+    assert step.level(step.score({"q1": "some", "q2": "short"})).code == "C3"
+    for answers, message in [
+        ({"q1": "none"}, "answer every question once (missing ['q2'], unknown [])"),
+        ({"q1": "none", "q2": "short", "q3": "x"}, "answer every question once (missing [], unknown ['q3'])"),
+        ({"q1": "none", "q2": "forever"}, "'forever' is not an option of 'q2'"),
+    ]:
+        with pytest.raises(AnswerError) as info:
+            step.score(answers)
+        assert info.value.message == message
+    assert Question("q", Text("q", "q"), ()).option("x") is None
+
+
+class FakeCore:
+    """The bank's core system cannot run here: this one records what it was asked to book."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict]] = []
+
+    async def open_account(self, **kw):
+        self.calls.append(("open_account", kw))
+        return {"reference": "A1", "class": kw["account_class"]}
+
+    async def sign_loan(self, **kw):
+        self.calls.append(("sign_loan", kw))
+        return {"reference": "L1", "terms": kw["terms"]}
+
+    async def place_order(self, **kw):
+        self.calls.append(("place_order", kw))
+        return {"reference": "O1"}
+
+
+async def test_outcomes_are_booked_with_the_core_system(tmp_path):
+    core = FakeCore()
+    who = {"session_id": "sess", "customer_name": "李四", "customer_risk_level": "C3"}
+    account = load(tmp_path, BASE).steps[-1]
+    assert await account.book(core, account_class="III", **who) == {"type": "account", "reference": "A1",
+                                                                     "class": "III"}
+    fixed = load(tmp_path, edit(BASE, "{type: account}", "{type: account, class: II}")).steps[-1]
+    assert (await fixed.book(core, account_class="III", **who))["class"] == "II"  # the flow's class wins
+    terms = "{amount: 1000, currency: CNY, term_months: 12, annual_rate: 4}"
+    loan = load(tmp_path, _loan(f"{{type: loan, terms: {terms}}}")).steps[-1]
+    booked = await loan.book(core, account_class="II", **who)
+    assert booked == {"type": "loan", "reference": "L1",
+                      "terms": {"amount": 1000, "currency": "CNY", "term_months": 12, "annual_rate": 4}}
+    order = load(tmp_path, WEALTH).steps[-1]
+    assert await order.book(core, account_class="II", **who) == {"type": "order", "reference": "O1"}
+    assert [name for name, _ in core.calls] == ["open_account", "open_account", "sign_loan", "place_order"]
+    assert core.calls[-1][1] == {"session_id": "sess", "customer_name": "李四", "amount": 1000,
+                                 "customer_risk_level": "C3",
+                                 "product": {"code": "P1", "name": "Product one", "risk_level": "R3"}}

@@ -17,7 +17,7 @@
 import { AgentFlow } from './agent_flow.js';
 import { CallController, publishState } from './call.js';
 import {
-  BUSINESSES, applyI18n, bindLangToggle, businessName, errorText, formatClock, has, loadBusinessNames,
+  applyI18n, bindLangToggle, businessName, businessTypes, errorText, formatClock, has, loadBusinessNames,
   onLangChange, reasonText, serverText, t,
 } from './i18n.js';
 import { Login } from './login.js';
@@ -246,7 +246,7 @@ function renderToggle() {
 function renderStats() {
   const waiting = app.waiting || {};
   const skills = new Set((app.user && app.user.skills) || []);
-  const types = [...new Set([...BUSINESSES, ...Object.keys(waiting)])];
+  const types = [...new Set([...businessTypes(), ...Object.keys(waiting)])];
   let total = 0;
   const rows = types.map((type) => {
     const count = Number(waiting[type]) || 0;

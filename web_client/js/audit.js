@@ -8,7 +8,9 @@
 // results and a reload reopens it. Server text only ever goes through
 // textContent.
 
-import { applyI18n, bindLangToggle, businessName, formatClock, has, onLangChange, t } from './i18n.js';
+import {
+  applyI18n, bindLangToggle, businessName, businessTypes, formatClock, has, loadBusinessNames, onLangChange, t,
+} from './i18n.js';
 import { Login } from './login.js';
 import { ErrorArea, byId, byTestId, setText, showScreen } from './ui.js';
 
@@ -1429,8 +1431,30 @@ async function onVerdictSubmit(event) {
 
 // --- language ---------------------------------------------------------------------------
 
+/** The business filter's options: "all", then each business the server offers, by name. */
+function renderBusinessFilter() {
+  const chosen = el.filterBusiness.value;
+  const all = el.filterBusiness.querySelector('option[value=""]');
+  const options = businessTypes().map((type) => {
+    const option = document.createElement('option');
+    option.value = type;
+    option.textContent = businessName(type);
+    return option;
+  });
+  el.filterBusiness.replaceChildren(all, ...options);
+  el.filterBusiness.value = businessTypes().includes(chosen) ? chosen : '';
+}
+
+async function loadBusinesses() {
+  await loadBusinessNames();
+  renderBusinessFilter();
+  renderResults();
+  if (app.view === 'detail') renderDetail();
+}
+
 function renderAll() {
   login.renderError();
+  renderBusinessFilter();
   renderUser();
   renderResults();
   if (app.view === 'detail') renderDetail();
@@ -1486,6 +1510,7 @@ function init() {
   window.vcounterAudit = { app, replay };
   showView('login');
   renderPosition();
+  loadBusinesses();
   login.resume();
 }
 

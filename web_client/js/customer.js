@@ -20,8 +20,8 @@
 import { CallController, publishState } from './call.js';
 import { CustomerFlow } from './customer_flow.js';
 import {
-  BUSINESSES, applyI18n, bindLangToggle, businessName, errorText, formatWait, has, loadBusinessNames,
-  onLangChange, reasonText, serverText, t,
+  applyI18n, bindLangToggle, businessDescription, businessName, businessTypes, errorText, formatWait, has,
+  loadBusinessNames, onLangChange, reasonText, serverText, t,
 } from './i18n.js';
 import { LocalMedia } from './media.js';
 import { Signaling } from './signaling.js';
@@ -43,7 +43,11 @@ const el = {
   langToggle: byTestId('lang-toggle'),
   banner: byTestId('reconnecting-banner'),
   bannerText: byId('banner-text'),
-  businessButtons: BUSINESSES.map((b) => byTestId(`business-${b}`)),
+  /** the business cards, built from GET /api/config (businessCards()) */
+  businessGrid: byId('business-grid'),
+  businessCard: byId('business-card'),
+  businessIcons: byId('business-icons'),
+  businessUnavailable: byId('business-unavailable'),
   businessHint: byId('business-hint'),
   appointmentNote: byTestId('appointment-note'),
   displayName: byTestId('display-name'),
@@ -153,7 +157,47 @@ function renderBusinessNames() {
   for (const node of document.querySelectorAll('[data-business-name]')) {
     node.textContent = businessName(node.dataset.businessName);
   }
+  for (const node of document.querySelectorAll('[data-business-desc]')) {
+    node.textContent = businessDescription(node.dataset.businessDesc);
+  }
   if (app.business) setText(el.queueBusiness, businessName(app.business));
+}
+
+/** The business cards shown (one per business the server offers). */
+function businessButtons() {
+  return [...el.businessGrid.querySelectorAll('button[data-business]')];
+}
+
+/** One card per business of GET /api/config, in its order: name from the server, icon and description by type. */
+function buildBusinessCards(types) {
+  const cards = types.map((type) => {
+    const card = el.businessCard.content.firstElementChild.cloneNode(true);
+    card.dataset.business = type;
+    card.dataset.testid = `business-${type}`;
+    const icons = el.businessIcons.content;
+    const icon = icons.querySelector(`[data-business-icon="${CSS.escape(type)}"]`)
+      || icons.querySelector('[data-business-icon=""]');
+    card.querySelector('.business-icon').append(icon.cloneNode(true));
+    card.querySelector('.business-name').dataset.businessName = type;
+    card.querySelector('.business-desc').dataset.businessDesc = type;
+    card.addEventListener('click', () => selectBusiness(type));
+    return card;
+  });
+  el.businessGrid.replaceChildren(...cards);
+  el.businessGrid.removeAttribute('aria-busy');
+  el.businessUnavailable.hidden = types.length > 0;
+  renderBusinessNames();
+  renderBusinessCards();
+}
+
+/** Which card is chosen, and which an appointment leaves open. */
+function renderBusinessCards() {
+  const a = app.appointment;
+  const booked = Boolean(a && a.token && !a.used);
+  for (const button of businessButtons()) {
+    button.setAttribute('aria-pressed', String(button.dataset.business === app.business));
+    button.disabled = booked && button.dataset.business !== a.business;
+  }
 }
 
 function renderQueue() {
@@ -825,9 +869,7 @@ function selectBusiness(business) {
     return; // the appointment is for its own business
   }
   app.business = business;
-  for (const button of el.businessButtons) {
-    button.setAttribute('aria-pressed', String(button.dataset.business === business));
-  }
+  renderBusinessCards();
   el.businessHint.hidden = true;
 }
 
@@ -841,7 +883,7 @@ function cleanDisplayName(raw) {
 function onJoinClick() {
   if (!app.business) {
     el.businessHint.hidden = false;
-    el.businessButtons[0].focus();
+    businessButtons()[0]?.focus();
     return;
   }
   if (!devices.stream || app.joining) return;
@@ -903,11 +945,11 @@ function onStartOver() {
 
 async function loadConfig() {
   const config = await loadBusinessNames();
+  buildBusinessCards(businessTypes());
   if (!config) return;
   if (Number.isFinite(config.rejoin_window_s) && config.rejoin_window_s > 0) {
     app.rejoinWindowS = config.rejoin_window_s;
   }
-  renderBusinessNames();
 }
 
 // --- appointments --------------------------------------------------------------
@@ -923,7 +965,8 @@ async function loadAppointment(token) {
     return;
   }
   const body = await response.json().catch(() => ({}));
-  if (!response.ok || !BUSINESSES.includes(body.business)) {
+  await loadBusinessNames();
+  if (!response.ok || !businessTypes().includes(body.business)) {
     app.appointment = { invalid: true };
     renderAppointment();
     return;
@@ -944,9 +987,7 @@ function renderAppointment() {
   note.dataset.state = !a ? '' : a.invalid ? 'invalid' : a.used ? 'used' : 'booked';
   const booked = Boolean(a && a.token && !a.used);
   el.displayName.readOnly = booked;
-  for (const button of el.businessButtons) {
-    button.disabled = booked && button.dataset.business !== a.business;
-  }
+  renderBusinessCards();
   if (!a) {
     setText(note, '');
   } else if (a.invalid) {
@@ -964,9 +1005,6 @@ function init() {
   bindLangToggle(el.langToggle);
   applyI18n();
   onLangChange(renderAll);
-  for (const button of el.businessButtons) {
-    button.addEventListener('click', () => selectBusiness(button.dataset.business));
-  }
   el.join.addEventListener('click', onJoinClick);
   el.recordingConsent.addEventListener('change', renderJoinButton);
   el.faceConsentToggle.addEventListener('change', onFaceConsentToggle);
@@ -988,7 +1026,8 @@ function init() {
   if (saved && typeof saved.session_id === 'string' && typeof saved.rejoin_token === 'string') {
     // a reload during a session: take the place in the queue (or the call) back
     app.session = saved;
-    app.business = BUSINESSES.includes(saved.business) ? saved.business : null;
+    // the server knows the session's business; the name shows once GET /api/config answered
+    app.business = typeof saved.business === 'string' ? saved.business : null;
     app.displayName = typeof saved.display_name === 'string' ? saved.display_name : '';
     identity.consent = saved.face_consent === true;
     if (identity.consent && saved.id_photo === true) identity.photo.state = 'ok';

@@ -25,9 +25,9 @@ const STRINGS = {
     'state.ended': 'Call ended',
     'state.agentIdle': 'No call',
 
-    'business.account_opening': 'Account opening',
-    'business.loan_signing': 'Loan signing',
-    'business.wealth_product': 'Wealth product purchase',
+    // business names come from the server (GET /api/config); descriptions by type, or the generic one
+    'business.desc': 'Talk to an agent by video',
+    'business.unavailable': 'The services could not be loaded. Check your connection and reload the page.',
     'business.account_opening.desc': 'Open a new account with an agent who checks your ID',
     'business.loan_signing.desc': 'Sign your loan contract face to face',
     'business.wealth_product.desc': 'Buy a wealth product with the required audio and video record',
@@ -603,9 +603,8 @@ const STRINGS = {
     'state.ended': '已结束',
     'state.agentIdle': '空闲',
 
-    'business.account_opening': '远程开户',
-    'business.loan_signing': '贷款面签',
-    'business.wealth_product': '理财双录',
+    'business.desc': '与坐席视频办理业务',
+    'business.unavailable': '无法加载可办理的业务，请检查网络后刷新页面。',
     'business.account_opening.desc': '由坐席核验身份，在线开立新账户',
     'business.loan_signing.desc': '与坐席视频面对面签署贷款合同',
     'business.wealth_product.desc': '购买理财产品，按规定全程录音录像',
@@ -1179,10 +1178,10 @@ function detect() {
 
 let current = detect();
 const listeners = [];
-/** The business types the counter serves (each has built-in names under "business."). */
-export const BUSINESSES = ['account_opening', 'loan_signing', 'wealth_product'];
-/** Business names from GET /api/config, by type: {en, zh}. */
+/** The businesses the server offers (GET /api/config), in its order: type -> {en, zh} names. */
 const businessNames = new Map();
+/** The one GET /api/config of this page (see loadBusinessNames). */
+let configRequest = null;
 
 /** The string for `key` in the current language, with {name} placeholders filled. */
 export function t(key, params = {}) {
@@ -1247,23 +1246,28 @@ export function bindLangToggle(button) {
 }
 
 /**
- * GET /api/config and remember its business names; resolves to the config, or
- * to null when it cannot be had (the built-in names stay).
+ * GET /api/config (once per page) and remember the businesses it lists; resolves
+ * to the config, or to null when it cannot be had (then no business is known and
+ * names show as their type ids).
  */
-export async function loadBusinessNames() {
-  try {
-    const response = await fetch('/api/config', { headers: { Accept: 'application/json' } });
-    if (!response.ok) return null;
-    const config = await response.json();
-    setBusinessNames(config.businesses);
-    return config;
-  } catch (err) {
-    console.info('using built-in business names', err);
-    return null;
-  }
+export function loadBusinessNames() {
+  configRequest ??= (async () => {
+    try {
+      const response = await fetch('/api/config', { headers: { Accept: 'application/json' } });
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      const config = await response.json();
+      setBusinessNames(config.businesses);
+      return config;
+    } catch (err) {
+      console.warn('no business list from the server', err);
+      configRequest = null; // a later call tries again
+      return null;
+    }
+  })();
+  return configRequest;
 }
 
-/** Remember the business names served by GET /api/config (`businesses[]`). */
+/** Remember the businesses served by GET /api/config (`businesses[]`: type, name_en, name_zh). */
 export function setBusinessNames(list) {
   if (!Array.isArray(list)) return;
   for (const item of list) {
@@ -1273,11 +1277,22 @@ export function setBusinessNames(list) {
   }
 }
 
+/** The business types the server offers, in its order (empty until loadBusinessNames resolved). */
+export function businessTypes() {
+  return [...businessNames.keys()];
+}
+
+/** A business's name in the current language (the other one if missing, else its type id). */
 export function businessName(type) {
-  const served = businessNames.get(type)?.[current];
-  if (typeof served === 'string' && served) return served;
-  const key = `business.${type}`;
-  return has(key) ? t(key) : String(type ?? '');
+  const names = businessNames.get(type);
+  const served = names?.[current] || names?.[current === 'zh' ? 'en' : 'zh'];
+  return typeof served === 'string' && served ? served : String(type ?? '');
+}
+
+/** A business's one-line description: its own under "business.<type>.desc", else the generic one. */
+export function businessDescription(type) {
+  const key = `business.${type}.desc`;
+  return has(key) ? t(key) : t('business.desc');
 }
 
 /** A queue estimate in words ("about 3 min"). */

@@ -1,31 +1,24 @@
-"""Runs a session's business flow (issue #5): the script, enforced on the server.
+"""Runs a session's business flow: the script, enforced on the server.
 
-A :class:`FlowRun` per session follows the flow file of its business
-(:mod:`server.flows`). Steps run in the declared order: the first starts when
-the call starts; a step ends when its conditions are met and the agent moves
-on (``step_next``), except that the customer's refusal of consent or an
-unsuitable product stops the flow at once. Every client message names the
-step it is about: a message for another step than the current one (a skip, a
-repeat, a reorder), a second signature or a signature over another document
-hash is refused, answered with ``error`` ``step_refused`` and written to the
-timeline as ``step_refused``.
+A :class:`FlowRun` per session follows the flow of its business
+(:class:`business.flow.Flow`, loaded by :mod:`business.loader`). Steps run in
+the declared order: the first starts when the call starts; a step ends when
+its conditions are met and the agent moves on (``step_next``), except that the
+customer's refusal of consent or an unsuitable product stops the flow at once.
+Every client message names the step it is about: a message for another step
+than the current one (a skip, a repeat, a reorder), a second signature or a
+signature over another document hash is refused, answered with ``error``
+``step_refused`` and written to the timeline as ``step_refused``.
 
-Conditions per kind:
-
-``consent``       the customer accepted on screen (declining stops the flow: the
-                  product cannot be sold without consent)
-``identity``      face verified (and liveness passed when the step asks for it),
-                  or the agent's manual verification (when allowed)
-``disclosure``    the agent marked the spoken confirmation and the customer tapped
-``questionnaire`` every question answered; the score gives the risk level
-``suitability``   checked when the step starts: product risk <= customer level,
-                  else the flow stops with the reason
-``document``      the customer reached the end of the document shown (its hash)
-``signature``     the customer signed that document's hash: the server seals a
-                  receipt (document hash, signature image, a face snapshot taken
-                  then, the identity verdict, times) with its Ed25519 key
-``outcome``       performed when the agent completes it: account opened, loan
-                  contract signed, order placed (:mod:`server.core_banking`)
+Each step kind says when it is done (:meth:`business.steps.Step.missing`) from
+the facts this service gathers: what the customer and the agent did in the
+step, and for identity steps the face, liveness and manual verdicts. The
+service itself adds what needs the session: the consent is passed on to face
+checks, a suitability step is checked when it starts, a signature is sealed
+into a receipt (document hash, signature image, a face snapshot taken then,
+the identity verdict, times) with the server's Ed25519 key, and the outcome
+is booked with the core system (:class:`business.core_banking.CoreBanking`)
+when the agent completes it.
 
 Every step start and end is a session event (``step_started``,
 ``step_completed``; ``flow_stopped``, ``flow_completed``, ``flow_incomplete``
@@ -38,12 +31,27 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
+from business.core_banking import CoreBanking
+from business.exceptions import AnswerError
+from business.flow import Flow
+from business.steps import (
+    ConsentStep,
+    DisclosureStep,
+    DocumentStep,
+    OutcomeStep,
+    QuestionnaireStep,
+    SignatureStep,
+    Step,
+    StepFacts,
+    SuitabilityStep,
+)
 from recorder.keys import SigningKey
 from recorder.receipt import seal_receipt
 from signaling import messages as m
@@ -51,12 +59,14 @@ from signaling.broker import Broker, Session
 from signaling.exceptions import SignalingError
 
 from .config import Config
-from .core_banking import CoreBanking
-from .flows import Flow, Step, level_for
 
 logger = logging.getLogger(__name__)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+#: step kinds whose completion a signature needs, checked again when it is submitted
+SIGNATURE_PREREQUISITES = ("identity", "disclosure", "document")
+
+S = TypeVar("S", bound=Step)
 
 
 class StepRefused(SignalingError):
@@ -65,6 +75,8 @@ class StepRefused(SignalingError):
 
 @dataclass
 class StepState:
+    """One step's progress in a session."""
+
     status: str = "pending"  # pending | active | done | failed
     started_at: float | None = None
     ended_at: float | None = None
@@ -76,6 +88,8 @@ class StepState:
 
 @dataclass
 class FlowRun:
+    """A session's flow: where it is, and what each step recorded."""
+
     flow: Flow
     session_id: str
     steps: list[StepState]
@@ -99,6 +113,8 @@ class FlowRun:
 
 
 class FlowService:
+    """Every session's flow run: hooked to the broker's call start and session end, fed client messages."""
+
     def __init__(self, config: Config, broker: Broker, flows: dict[str, Flow], signing: SigningKey,
                  core: CoreBanking, *, identity: Any = None) -> None:
         self.config = config
@@ -150,7 +166,7 @@ class FlowService:
 
     def _identity_changed(self, session: Session) -> None:
         run = self._runs.get(session.id)
-        if run is not None and run.step is not None and run.step.kind == "identity":
+        if run is not None and run.step is not None and run.step.needs_identity:
             self._publish(session, run)
 
     # -- transitions ---------------------------------------------------------------------
@@ -160,10 +176,10 @@ class FlowService:
         st = run.steps[run.current]
         st.status, st.started_at = "active", time.time()
         await self._event(session.id, "step_started", step=step.id, kind=step.kind, index=run.current)
-        if step.kind == "suitability":
+        if isinstance(step, SuitabilityStep):
             await self._check_suitability(session, run, step, st)
-        elif step.kind == "document":
-            await self._show_document(session, run, step.document or "", pushed=False)
+        elif isinstance(step, DocumentStep):
+            await self._show_document(session, run, step.document, pushed=False)
 
     async def _complete(self, session: Session, run: FlowRun, by: str) -> None:
         step = run.flow.steps[run.current]
@@ -186,7 +202,7 @@ class FlowService:
         run.status, run.reason = "stopped", reason
         await self._event(session.id, "flow_stopped", step=step.id, kind=step.kind, reason=reason, **detail)
 
-    async def _refuse(self, session: Session, by: str, step_id: str, reason: str) -> None:
+    async def _refuse(self, session: Session, by: str, step_id: str, reason: str) -> NoReturn:
         logger.info("session %s: %s refused for step %s: %s", session.id, by, step_id, reason)
         await self._event(session.id, "step_refused", by=by, step=step_id, reason=reason)
         raise StepRefused(reason)
@@ -200,7 +216,7 @@ class FlowService:
         return step
 
     async def _expect(self, session: Session, run: FlowRun | None, by: str, step_id: str,
-                      kinds: tuple[str, ...]) -> tuple[FlowRun, Step, StepState]:
+                      kind: type[S]) -> tuple[FlowRun, S, StepState]:
         """The current step, if the message is about it and of the right kind; else refused and logged."""
         try:
             step = self._current(run)
@@ -212,7 +228,7 @@ class FlowService:
                 "an earlier step" if _index(run.flow, step_id) >= 0 else "an unknown step")
             await self._refuse(session, by, step_id,
                                f"{step_id!r} is {where}: the current step is {step.id!r}; steps go in order")
-        if step.kind not in kinds:
+        if not isinstance(step, kind):
             await self._refuse(session, by, step_id, f"step {step.id!r} is a {step.kind} step")
         return run, step, run.steps[run.current]
 
@@ -221,12 +237,15 @@ class FlowService:
     async def agent_next(self, session: Session, step_id: str, agent: str) -> None:
         async with self._lock(session.id):
             run = self._runs.get(session.id)
-            run, step, st = await self._expect(session, run, "agent", step_id, _ALL_KINDS)
-            missing = self._missing(session, run, step, st)
+            run, step, st = await self._expect(session, run, "agent", step_id, Step)
+            missing = step.missing(self._facts(session, run, step, st))
             if missing:
                 await self._refuse(session, "agent", step_id, f"step {step.id!r} is not done: {missing}")
-            if step.kind == "outcome":
-                run.outcome = await self._perform_outcome(session, run, step)
+            if isinstance(step, OutcomeStep):
+                run.outcome = await step.book(
+                    self.core, session_id=session.id, customer_name=session.display_name,
+                    account_class=self.config.account_class,
+                    customer_risk_level=next(iter(run.levels.values()), ("", 0))[0])
                 st.result = {"outcome": run.outcome}
             await self._complete(session, run, by=agent)
         self._publish(session, run)
@@ -234,7 +253,7 @@ class FlowService:
     async def agent_mark_confirmed(self, session: Session, step_id: str, agent: str) -> None:
         async with self._lock(session.id):
             run, step, st = await self._expect(session, self._runs.get(session.id), "agent", step_id,
-                                               ("disclosure",))
+                                               DisclosureStep)
             if not st.agent_marked:
                 st.agent_marked = True
                 await self._event(session.id, "disclosure_confirmed", step=step.id, by="agent", agent=agent)
@@ -262,72 +281,71 @@ class FlowService:
         async with self._lock(session.id):
             run = self._runs.get(session.id)
             if isinstance(msg, m.ConsentAccept | m.ConsentDecline):
-                run, step, st = await self._expect(session, run, "customer", msg.step_id, ("consent",))
-                if isinstance(msg, m.ConsentDecline):
-                    await self._event(session.id, "consent_declined", step=step.id)
-                    await self._stop(session, run, "consent_refused")
-                else:
-                    if "face" in step.consents and self.identity is not None:
-                        await self.identity.set_consent(session, msg.face)
-                    st.customer_confirmed = True
-                    st.result = {"consents": [c for c in step.consents if c != "face" or msg.face]}
-                    await self._event(session.id, "consent_given", step=step.id, consents=st.result["consents"])
+                run = await self._consent(session, run, msg)
             elif isinstance(msg, m.DisclosureConfirm):
-                run, step, st = await self._expect(session, run, "customer", msg.step_id, ("disclosure",))
+                run, step, st = await self._expect(session, run, "customer", msg.step_id, DisclosureStep)
                 if not st.customer_confirmed:
                     st.customer_confirmed = True
                     await self._event(session.id, "disclosure_confirmed", step=step.id, by="customer")
             elif isinstance(msg, m.QuestionnaireSubmit):
-                run, step, st = await self._expect(session, run, "customer", msg.step_id, ("questionnaire",))
-                await self._answers(session, run, step, st, msg.answers)
+                run, qstep, st = await self._expect(session, run, "customer", msg.step_id, QuestionnaireStep)
+                await self._answers(session, run, qstep, st, msg.answers)
             elif isinstance(msg, m.DocumentRead):
-                run, step, st = await self._expect(session, run, "customer", msg.step_id, ("document",))
-                doc = run.flow.documents[step.document or ""]
-                if msg.sha256 != doc.sha256:
-                    await self._refuse(session, "customer", step.id,
-                                       "the document read is not the document of this step (hash differs)")
-                if not st.customer_confirmed:
-                    st.customer_confirmed = True
-                    st.result = {"document": doc.id, "sha256": doc.sha256}
-                    await self._event(session.id, "document_read", step=step.id, document=doc.id,
-                                      sha256=doc.sha256)
+                run = await self._document_read(session, run, msg)
             elif isinstance(msg, m.SignatureSubmit):
                 await self._sign(session, run, msg)
         if run is not None:
             self._publish(session, run)
 
-    async def _answers(self, session: Session, run: FlowRun, step: Step, st: StepState,
-                       answers: dict[str, str]) -> None:
-        score = 0
-        questions = {q.id: q for q in step.questions}
-        unknown = sorted(set(answers) - set(questions))
-        missing = sorted(set(questions) - set(answers))
-        if unknown or missing:
+    async def _consent(self, session: Session, run: FlowRun | None,
+                       msg: m.ConsentAccept | m.ConsentDecline) -> FlowRun:
+        run, step, st = await self._expect(session, run, "customer", msg.step_id, ConsentStep)
+        if isinstance(msg, m.ConsentDecline):
+            await self._event(session.id, "consent_declined", step=step.id)
+            await self._stop(session, run, "consent_refused")
+            return run
+        if step.asks("face") and self.identity is not None:
+            await self.identity.set_consent(session, msg.face)
+        st.customer_confirmed = True
+        st.result = {"consents": [c for c in step.consents if c != "face" or msg.face]}
+        await self._event(session.id, "consent_given", step=step.id, consents=st.result["consents"])
+        return run
+
+    async def _document_read(self, session: Session, run: FlowRun | None, msg: m.DocumentRead) -> FlowRun:
+        run, step, st = await self._expect(session, run, "customer", msg.step_id, DocumentStep)
+        doc = step.shown_document(run.flow)
+        if msg.sha256 != doc.sha256:
             await self._refuse(session, "customer", step.id,
-                               f"answer every question once (missing {missing}, unknown {unknown})")
-        for qid, oid in answers.items():
-            option = next((o for o in questions[qid].options if o.id == oid), None)
-            if option is None:
-                await self._refuse(session, "customer", step.id, f"{oid!r} is not an option of {qid!r}")
-            assert option is not None
-            score += option.score
-        level = level_for(step, score)
+                               "the document read is not the document of this step (hash differs)")
+        if not st.customer_confirmed:
+            st.customer_confirmed = True
+            st.result = {"document": doc.id, "sha256": doc.sha256}
+            await self._event(session.id, "document_read", step=step.id, document=doc.id, sha256=doc.sha256)
+        return run
+
+    async def _answers(self, session: Session, run: FlowRun, step: QuestionnaireStep, st: StepState,
+                       answers: dict[str, str]) -> None:
+        try:
+            score = step.score(answers)
+        except AnswerError as exc:
+            await self._refuse(session, "customer", step.id, exc.message)
+        level = step.level(score)
         run.levels[step.id] = (level.code, level.rank)
         st.customer_confirmed = True
         st.result = {"score": score, "level": level.code}
         await self._event(session.id, "questionnaire_answered", step=step.id, score=score, level=level.code,
                           answers=dict(sorted(answers.items())))
 
-    async def _check_suitability(self, session: Session, run: FlowRun, step: Step, st: StepState) -> None:
+    async def _check_suitability(self, session: Session, run: FlowRun, step: SuitabilityStep,
+                                 st: StepState) -> None:
         product = step.product
-        assert product is not None and step.questionnaire is not None
         level = run.levels.get(step.questionnaire)
         if level is None:
             await self._stop(session, run, "no_risk_assessment")
             return
         code, rank = level
         st.result = {"product": product.code, "product_risk": product.risk_level, "customer_level": code}
-        if product.risk_rank > rank:
+        if not product.suits(rank):
             await self._stop(session, run, "unsuitable", product=product.code,
                              product_risk=product.risk_level, customer_level=code)
         else:
@@ -336,20 +354,19 @@ class FlowService:
                               product_risk=product.risk_level, customer_level=code)
 
     async def _sign(self, session: Session, run: FlowRun | None, msg: m.SignatureSubmit) -> None:
-        if run is not None and run.signed and (run.step is None or run.step.kind != "signature"
+        if run is not None and run.signed and (not isinstance(run.step, SignatureStep)
                                                or run.steps[run.current].customer_confirmed):
             await self._refuse(session, "customer", msg.step_id, "the document has already been signed")
-        run, step, st = await self._expect(session, run, "customer", msg.step_id, ("signature",))
+        run, step, st = await self._expect(session, run, "customer", msg.step_id, SignatureStep)
         if st.customer_confirmed:
             await self._refuse(session, "customer", step.id, "the document has already been signed")
-        doc_step = run.flow.step(step.document or "")
-        doc = run.flow.documents[doc_step.document or ""]
+        doc = step.shown_document(run.flow)
         if msg.document_sha256 != doc.sha256:
             await self._refuse(session, "customer", step.id,
                                "the signature is for another document than the one shown (hash differs)")
         # prerequisites, checked again here whatever the flow file says
         for prior, pst in zip(run.flow.steps[: run.current], run.steps[: run.current], strict=True):
-            if prior.kind in ("identity", "disclosure", "document") and pst.status != "done":
+            if prior.kind in SIGNATURE_PREREQUISITES and pst.status != "done":
                 await self._refuse(session, "customer", step.id, f"{prior.kind} step {prior.id!r} is not done")
         try:
             png = base64.b64decode(msg.image_png, validate=True)
@@ -398,61 +415,19 @@ class FlowService:
             return {"method": "manual", "verified": True, "reason": manual.get("reason"), "by": manual.get("by")}
         return {"method": "none", "verified": False}
 
-    async def _perform_outcome(self, session: Session, run: FlowRun, step: Step) -> dict[str, Any]:
-        spec = dict(step.outcome or {})
-        kind = spec.get("type")
-        name = session.display_name
-        if kind == "account":
-            return {"type": "account", **await self.core.open_account(
-                session_id=session.id, customer_name=name,
-                account_class=str(spec.get("class") or self.config.account_class))}
-        if kind == "loan":
-            return {"type": "loan", **await self.core.sign_loan(
-                session_id=session.id, customer_name=name, terms=dict(spec.get("terms") or {}))}
-        product = next((s.product for s in run.flow.steps if s.product is not None), None)
-        level = next(iter(run.levels.values()), ("", 0))[0]
-        return {"type": "order", **await self.core.place_order(
-            session_id=session.id, customer_name=name,
-            product={"code": product.code, "name": product.name.en, "risk_level": product.risk_level}
-            if product else {}, amount=spec.get("amount"), customer_risk_level=level)}
-
     # -- conditions ----------------------------------------------------------------------
 
-    def _missing(self, session: Session, run: FlowRun, step: Step, st: StepState) -> str | None:
-        """Why the current step cannot be completed yet (None: it can)."""
-        kind = step.kind
-        if kind == "consent" and not st.customer_confirmed:
-            return "the customer has not accepted yet"
-        if kind == "identity":
-            state = self.identity.state(session.id) if self.identity is not None else None
-            manual = bool(state and state.manual and state.manual.get("verified")) or bool(
-                run.manual and run.manual.get("verified"))
-            face = bool(state and state.verification and state.verification.get("verified"))
-            live = bool(state and state.liveness and state.liveness.get("state") == "passed")
-            if manual and step.allow_manual:
-                return None
-            if not face:
-                return "the customer's face is not verified" + (
-                    " (or verify manually with a reason)" if step.allow_manual else "")
-            if step.liveness and not live:
-                return "the liveness check has not passed"
-            return None
-        if kind == "disclosure":
-            need = []
-            if "agent" in step.confirm_by and not st.agent_marked:
-                need.append("mark the customer's spoken confirmation")
-            if "customer" in step.confirm_by and not st.customer_confirmed:
-                need.append("the customer has not confirmed on screen")
-            return "; ".join(need) or None
-        if kind == "questionnaire" and not st.customer_confirmed:
-            return "the customer has not answered the questionnaire"
-        if kind == "suitability" and not st.customer_confirmed:
-            return "the product is not suitable"
-        if kind == "document" and not st.customer_confirmed:
-            return "the customer has not read the document to its end"
-        if kind == "signature" and not st.customer_confirmed:
-            return "the customer has not signed"
-        return None
+    def _facts(self, session: Session, run: FlowRun, step: Step, st: StepState) -> StepFacts:
+        """What the step's conditions look at: the step's progress, and the identity verdicts if it asks."""
+        if not step.needs_identity:
+            return StepFacts(customer_done=st.customer_confirmed, agent_marked=st.agent_marked)
+        state = self.identity.state(session.id) if self.identity is not None else None
+        return StepFacts(
+            customer_done=st.customer_confirmed, agent_marked=st.agent_marked,
+            face_verified=bool(state and state.verification and state.verification.get("verified")),
+            liveness_passed=bool(state and state.liveness and state.liveness.get("state") == "passed"),
+            manually_verified=bool(state and state.manual and state.manual.get("verified"))
+            or bool(run.manual and run.manual.get("verified")))
 
     # -- views ---------------------------------------------------------------------------
 
@@ -462,48 +437,32 @@ class FlowService:
         run.shown.append({"document": doc.id, "sha256": doc.sha256, "pushed": pushed, "at": time.time()})
         await self._event(session.id, "document_shown", document=doc.id, sha256=doc.sha256, pushed=pushed,
                           by=by)
-        view = {"id": doc.id, "title": {"en": doc.title.en, "zh": doc.title.zh}, "sha256": doc.sha256,
-                "content": doc.content}
-        self.broker.send(session, "customer", m.DocumentShown(document=view, pushed=pushed))
+        self.broker.send(session, "customer", m.DocumentShown(document={**doc.view(), "content": doc.content},
+                                                              pushed=pushed))
 
     def state(self, session: Session, run: FlowRun, role: str) -> dict[str, Any]:
+        """The flow state as ``role`` (``customer`` or ``agent``) is shown it."""
         step = run.step
-        steps = []
-        for i, (s, st) in enumerate(zip(run.flow.steps, run.steps, strict=True)):
-            steps.append({"id": s.id, "kind": s.kind, "title": _text(s.title), "status": st.status,
-                          "started_at": st.started_at, "ended_at": st.ended_at, "index": i})
+        steps = [{"id": s.id, "kind": s.kind, "title": s.title.view(), "status": st.status,
+                  "started_at": st.started_at, "ended_at": st.ended_at, "index": i}
+                 for i, (s, st) in enumerate(zip(run.flow.steps, run.steps, strict=True))]
         out: dict[str, Any] = {
-            "business": run.flow.business, "title": _text(run.flow.title), "version": run.flow.version,
+            "business": run.flow.business, "title": run.flow.title.view(), "version": run.flow.version,
             "status": run.status, "reason": run.reason, "steps": steps,
             "current": None if step is None else self._view(session, run, step, role),
             "receipt": run.receipt, "outcome": run.outcome if role == "agent" else _outcome_view(run.outcome),
         }
         if role == "agent":
-            out["documents"] = [{"id": d.id, "title": _text(d.title)} for d in run.flow.documents.values()]
+            out["documents"] = [{"id": d.id, "title": d.title.view()} for d in run.flow.documents.values()]
         return out
 
     def _view(self, session: Session, run: FlowRun, step: Step, role: str) -> dict[str, Any]:
         st = run.steps[run.current]
-        view: dict[str, Any] = {"id": step.id, "kind": step.kind, "title": _text(step.title)}
-        if step.text is not None:
-            view["text"] = _text(step.text)
-        if step.kind == "consent":
-            view["consents"] = list(step.consents)
-        if step.kind == "questionnaire":
-            view["questions"] = [{"id": q.id, "text": _text(q.text),
-                                  "options": [{"id": o.id, "text": _text(o.text)} for o in q.options]}
-                                 for q in step.questions]
-        if step.kind in ("document", "signature") or (step.kind == "disclosure" and step.document):
-            doc_id = step.document if step.kind != "signature" else run.flow.step(step.document or "").document
-            doc = run.flow.documents[doc_id or ""]
-            view["document"] = {"id": doc.id, "title": _text(doc.title), "sha256": doc.sha256}
-        if step.kind == "suitability" and step.product is not None:
-            view["product"] = {"code": step.product.code, "name": _text(step.product.name),
-                               "risk_level": step.product.risk_level}
+        view = step.view(run.flow)
         view["customer_done"] = st.customer_confirmed
         if role == "agent":
             view["agent_marked"] = st.agent_marked
-            view["missing"] = self._missing(session, run, step, st)
+            view["missing"] = step.missing(self._facts(session, run, step, st))
             view["result"] = _public(st.result)
         return view
 
@@ -513,19 +472,11 @@ class FlowService:
                                                         state=self.state(session, run, role)))
 
 
-_ALL_KINDS = ("consent", "identity", "disclosure", "questionnaire", "suitability", "document", "signature",
-              "outcome")
-
-
 def _index(flow: Flow, step_id: str) -> int:
     try:
         return flow.index(step_id)
     except (KeyError, ValueError):
         return -1
-
-
-def _text(t: Any) -> dict[str, str]:
-    return {"en": t.en, "zh": t.zh}
 
 
 def _public(result: dict[str, Any]) -> dict[str, Any]:
@@ -539,8 +490,6 @@ def _outcome_view(outcome: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _receipt_id(receipt: bytes) -> str:
-    import json
-
     try:
         doc = json.loads(receipt)
         payload = doc.get("payload", doc)
