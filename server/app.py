@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from business.catalogue import BUSINESS_TYPES
 from signaling.broker import Broker, BrokerConfig
 from signaling.media_hub import MediaHub
 
@@ -26,7 +27,7 @@ from .appkeys import (
     REPLAYS,
     THROTTLE,
 )
-from .appointments import AppointmentService, setup_appointment_routes
+from .appointments import AppointmentService
 from .auth import LoginThrottle
 from .config import Config, ensure_data_dir
 from .db import Database
@@ -69,11 +70,11 @@ async def errors_and_headers(request: web.Request, handler):  # type: ignore[no-
 
 def _flow_service(config: Config, db: Database, broker: Broker, identity, signing):  # type: ignore[no-untyped-def]
     """The business flows from ``config.flows_dir`` (a broken flow file stops the start, naming the line)."""
+    from business.loader import load_flows
     from recorder.keys import SigningKey
 
     from .core_banking import LocalCoreBanking
-    from .flow_engine import FlowService
-    from .flows import load_flows
+    from .flow_service import FlowService
 
     if not config.flows_dir.is_dir():
         logger.warning("no flows directory %s: calls run without a business script", config.flows_dir)
@@ -92,12 +93,14 @@ def _flow_service(config: Config, db: Database, broker: Broker, identity, signin
 
 
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The database; sessions a previous run of this node left open are closed as failed."""
+    """The database, its schema at this release's revision (upgraded under the nodes' migration
+    lock, or, ``db_auto_upgrade`` off, refused when older); sessions a previous run of this node
+    left open are closed as failed."""
     config = app[CONFIG]
     ensure_data_dir(config)
     db = Database(config.db_url)
     try:
-        db.create_all()
+        await db.prepare(upgrade=config.db_auto_upgrade)
         orphans = await db.run(lambda s: close_orphaned_sessions(s, config.node_id))
         if orphans:
             logger.warning("closed %d session(s) left open by a previous run: %s", len(orphans),
@@ -133,7 +136,8 @@ async def media_ctx(app: web.Application) -> AsyncIterator[None]:
             config=BrokerConfig(rejoin_window_s=config.rejoin_window_s,
                                 offer_timeout_s=config.offer_timeout_s,
                                 media_timeout_s=config.media_timeout_s,
-                                node_id=config.node_id, ice_servers=config.ice_servers),
+                                node_id=config.node_id, ice_servers=config.ice_servers,
+                                businesses=frozenset(BUSINESS_TYPES)),
             log=DbSessionLog(db, config.node_id),
         )
         broker_ref.append(broker)
@@ -243,13 +247,4 @@ def create_app(config: Config) -> web.Application:
 
     app.on_shutdown.append(on_shutdown)
     setup_routes(app)
-    setup_appointment_routes(app)
-    if config.identity:
-        from .identity_routes import setup_identity_routes
-
-        setup_identity_routes(app)
-    if config.recording:
-        from .audit import setup_audit_routes
-
-        setup_audit_routes(app)
     return app

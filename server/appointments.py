@@ -1,5 +1,7 @@
 """Appointments: the bank's own system books a customer's call and supplies the ID photo.
 
+This module is the service; its HTTP routes are in :mod:`server.routes.appointments`.
+
 A bank usually knows its customer before the call: the branch system or the
 mobile app books the remote counter and already holds the customer's ID
 photo (from the identity card reader, the public-security photo check, an
@@ -41,21 +43,17 @@ import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from aiohttp import web
 from sqlalchemy import update
 from sqlmodel import Session as DbSession
 from sqlmodel import col, select
 
-from business.catalogue import Business
 from identity import IdentityError
 from signaling.broker import Session, hash_token
 from signaling.exceptions import SignalingError
 from signaling.ids import new_id
 
-from .appkeys import APPOINTMENTS
-from .db import Appointment, Database, User, utcnow
-from .exceptions import BadRequest, Conflict, NotFound
-from .request_helpers import json_body, read_image, require_role
+from .db import Appointment, CallSession, Database, User, utcnow
+from .exceptions import Conflict, NotFound
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +74,7 @@ def appointment_of_owner(owner: str) -> str | None:
     return owner[len(_OWNER_PREFIX):] if owner.startswith(_OWNER_PREFIX) else None
 
 
-def _aware(value: datetime) -> datetime:
+def aware(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
@@ -86,7 +84,7 @@ def status(appt: Appointment, now: datetime | None = None) -> str:
         return "cancelled"
     if appt.used_at is not None:
         return "used"
-    if _aware(appt.expires_at) <= now:
+    if aware(appt.expires_at) <= now:
         return "expired"
     return "booked"
 
@@ -96,9 +94,9 @@ def view(appt: Appointment) -> dict[str, Any]:
     return {
         "id": appt.id, "business": appt.business, "display_name": appt.display_name,
         "external_ref": appt.external_ref, "status": status(appt),
-        "created_at": _aware(appt.created_at).isoformat(), "expires_at": _aware(appt.expires_at).isoformat(),
+        "created_at": aware(appt.created_at).isoformat(), "expires_at": aware(appt.expires_at).isoformat(),
         "reference": appt.has_reference, "session_id": appt.session_id,
-        "used_at": _aware(appt.used_at).isoformat() if appt.used_at else None,
+        "used_at": aware(appt.used_at).isoformat() if appt.used_at else None,
     }
 
 
@@ -270,91 +268,14 @@ def _log_failure(task: asyncio.Future[Any]) -> None:
 
 def evidence_due(s: DbSession, appointment_id: str, now: datetime, ended_states: tuple[str, ...]) -> str | None:
     """Why an appointment's waiting photo is to be deleted now, or None to keep it."""
-    from .db import CallSession
-
     appt = s.get(Appointment, appointment_id)
     if appt is None:
         return None
     if appt.cancelled_at is not None:
         return "appointment cancelled"
     if appt.used_at is None:
-        return f"appointment expired {_aware(appt.expires_at).date()}" if _aware(appt.expires_at) <= now else None
+        return f"appointment expired {aware(appt.expires_at).date()}" if aware(appt.expires_at) <= now else None
     call = s.get(CallSession, appt.session_id) if appt.session_id else None
     if call is None or call.state in ended_states:
         return "appointment used; the customer never consented to face verification"
     return None
-
-
-# -- HTTP ----------------------------------------------------------------------------------
-
-
-def _service(request: web.Request) -> AppointmentService:
-    return request.app[APPOINTMENTS]
-
-
-async def _booker(request: web.Request) -> User:
-    return await require_role(request, BOOKING_ROLES,
-                              "only the bank's systems (integration accounts) and admins book appointments")
-
-
-async def create_appointment(request: web.Request) -> web.Response:
-    user = await _booker(request)
-    body = await json_body(request)
-    business, name = body.get("business"), body.get("display_name")
-    external_ref, hours = body.get("external_ref", ""), body.get("valid_hours", DEFAULT_VALID_HOURS)
-    if business not in {b.value for b in Business}:
-        raise BadRequest(f"business must be one of {', '.join(b.value for b in Business)}")
-    if not isinstance(name, str) or not 1 <= len(name.strip()) <= 64 \
-            or any(c in name for c in "<>") or any(ord(c) < 32 for c in name):
-        raise BadRequest("display_name: 1-64 characters, no control characters or < >")
-    if not isinstance(external_ref, str) or len(external_ref) > 64 or any(ord(c) < 32 for c in external_ref):
-        raise BadRequest("external_ref: at most 64 printable characters")
-    if isinstance(hours, bool) or not isinstance(hours, int | float) or not 0 < hours <= MAX_VALID_HOURS:
-        raise BadRequest(f"valid_hours: a number of hours, more than 0 and at most {MAX_VALID_HOURS}")
-    appt, token = await _service(request).create(user, business, name.strip(), external_ref, float(hours))
-    join_url = f"{request.url.origin()}/?appointment={token}"
-    return web.json_response({**view(appt), "token": token, "join_url": join_url}, status=201)
-
-
-async def put_reference(request: web.Request) -> web.Response:
-    await _booker(request)
-    data = await read_image(request)
-    try:
-        reference = await _service(request).set_reference(request.match_info["id"], data,
-                                                          request.content_type or "image/jpeg")
-    except IdentityError as exc:
-        from identity import ImageError
-
-        code = 413 if exc.code == "image_too_large" else 400 if isinstance(exc, ImageError) else 422
-        return web.json_response({"error": exc.code, "message": exc.message, "message_zh": exc.message_zh},
-                                 status=code)
-    return web.json_response({"reference": reference})
-
-
-async def get_appointment(request: web.Request) -> web.Response:
-    await _booker(request)
-    return web.json_response(view(await _service(request).get(request.match_info["id"])))
-
-
-async def cancel_appointment(request: web.Request) -> web.Response:
-    await _booker(request)
-    return web.json_response(view(await _service(request).cancel(request.match_info["id"])))
-
-
-async def customer_appointment(request: web.Request) -> web.Response:
-    token = request.headers.get("X-Appointment-Token", "")
-    if not 16 <= len(token) <= 256:
-        raise NotFound("this appointment link is not valid (used, expired or cancelled)",
-                       code="appointment_invalid")
-    appt = await _service(request).by_token(token)
-    return web.json_response({"business": appt.business, "display_name": appt.display_name,
-                              "expires_at": _aware(appt.expires_at).isoformat(),
-                              "reference": appt.has_reference})
-
-
-def setup_appointment_routes(app: web.Application) -> None:
-    app.router.add_post("/api/appointments", create_appointment)
-    app.router.add_get("/api/appointments/{id}", get_appointment)
-    app.router.add_delete("/api/appointments/{id}", cancel_appointment)
-    app.router.add_put("/api/appointments/{id}/reference", put_reference)
-    app.router.add_get("/api/appointment", customer_appointment)

@@ -24,10 +24,10 @@ from identity import IdentityError, ImageError
 from recorder.evidence import EvidenceNotFound
 from signaling.exceptions import SignalingError
 
-from .appkeys import BROKER, IDENTITY
+from ..appkeys import BROKER, IDENTITY
+from ..exceptions import Forbidden, NotFound, Unauthorized
+from ..request_helpers import bearer_token, current_user, log_access, read_image
 from .audit import AUDIT_ROLES
-from .exceptions import Forbidden, NotFound, Unauthorized
-from .request_helpers import bearer_token, current_user, log_access, read_image
 
 logger = logging.getLogger(__name__)
 

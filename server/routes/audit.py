@@ -21,11 +21,11 @@ from sqlmodel import col, func, select
 
 from recorder import LocalStorage, open_encrypted, read_data_key, verify
 
-from . import access_log
-from .appkeys import DB, RECORDINGS, REPLAYS
-from .db import CallSession, Recording, SessionEvent, User, Verdict, utcnow
-from .exceptions import BadRequest, NotFound, ServerError
-from .request_helpers import json_body, log_access, require_role
+from .. import access_log
+from ..appkeys import DB, RECORDINGS, REPLAYS
+from ..db import CallSession, Recording, SessionEvent, User, Verdict, utcnow
+from ..exceptions import BadRequest, NotFound, ServerError
+from ..request_helpers import json_body, log_access, require_role
 
 logger = logging.getLogger(__name__)
 
