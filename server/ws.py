@@ -19,7 +19,7 @@ from aiohttp import WSMsgType, web
 from pydantic import BaseModel
 
 from signaling import messages as m
-from signaling.broker import CLOSE_POLICY, AgentConn, AgentUser, Broker, Session
+from signaling.broker import CLOSE_POLICY, AgentConn, AgentUser, Broker, Channel, Session
 from signaling.exceptions import InvalidMessage, NotAuthenticated, SignalingError
 
 from . import auth
@@ -114,7 +114,7 @@ class WsChannel:
                 await self._writer
 
 
-def _error(channel: WsChannel, exc: SignalingError) -> None:
+def _error(channel: Channel, exc: SignalingError) -> None:
     channel.send(m.Error(code=exc.code, message=exc.message, fatal=exc.fatal))
     if exc.fatal:
         code = CLOSE_TOO_BIG if exc.code == "too_large" else (
@@ -151,8 +151,8 @@ FLOW_CUSTOMER_MESSAGES = (m.ConsentAccept, m.ConsentDecline, m.DisclosureConfirm
                           m.DocumentRead, m.SignatureSubmit)
 
 
-def _flows(request: web.Request) -> FlowService:
-    flows = request.app.get(FLOWS)
+def _flows(app: web.Application) -> FlowService:
+    flows = app.get(FLOWS)
     if flows is None:
         raise SignalingError("business flows are not loaded on this server", code="flows_unavailable")
     return flows
@@ -162,14 +162,14 @@ IDENTITY_MESSAGES = (m.IdentityVerify, m.LivenessStart, m.CaptureSnapshot, m.Cap
                      m.ManualVerification)
 
 
-async def _identity_request(request: web.Request, session: Session, user: AgentUser, msg: object) -> None:
+async def _identity_request(app: web.Application, session: Session, user: AgentUser, msg: object) -> None:
     """An agent's identity action on their current call (the work runs in the background)."""
-    identity = request.app.get(IDENTITY)
+    identity = app.get(IDENTITY)
     if isinstance(msg, m.ManualVerification):
         if identity is None:
-            await request.app[BROKER].log_event(session.id, "identity_manual", verified=msg.verified,
-                                                reason=msg.reason, by=user.username)
-            flows = request.app.get(FLOWS)
+            await app[BROKER].log_event(session.id, "identity_manual", verified=msg.verified,
+                                        reason=msg.reason, by=user.username)
+            flows = app.get(FLOWS)
             if flows is not None:
                 flows.record_manual(session, msg.verified, msg.reason, user.username)
         else:
@@ -193,70 +193,100 @@ def _websocket() -> web.WebSocketResponse:
     return web.WebSocketResponse(heartbeat=10.0, max_msg_size=READ_LIMIT)
 
 
+class CustomerEndpoint:
+    """What one customer connection's messages do, whichever transport brings the frames.
+
+    :meth:`handle` takes one frame that passed the edge's size and rate checks;
+    :meth:`closed` runs when the connection is gone.
+    """
+
+    def __init__(self, app: web.Application, channel: Channel) -> None:
+        self.app = app
+        self.broker = app[BROKER]
+        self.channel = channel
+        self.session: Session | None = None
+
+    async def handle(self, raw: str | bytes) -> bool:
+        """Act on one frame; False when the connection must close (a fatal error was sent)."""
+        try:
+            await self._message(m.parse_customer_message(raw))
+        except SignalingError as exc:
+            _error(self.channel, exc)
+            return not exc.fatal
+        return True
+
+    async def _message(self, msg: object) -> None:
+        broker, channel, session = self.broker, self.channel, self.session
+        if isinstance(msg, m.Ping):
+            channel.send(m.Pong())
+        elif isinstance(msg, m.Join):
+            if session is not None:
+                raise SignalingError("already in a session on this connection", code="bad_state")
+            broker.check_business(msg.business)
+            if not msg.recording_consent:
+                raise SignalingError(
+                    "calls are recorded as banking regulation requires: accept the "
+                    "recording notice (recording_consent: true) to join", code="consent_required")
+            appointments = self.app[APPOINTMENTS]
+            appointment = None
+            if msg.appointment is not None:
+                appointment = await appointments.claim(msg.appointment, msg.business)
+            self.session = session = await broker.customer_join(
+                channel, msg.business,
+                appointment.display_name if appointment else msg.display_name,
+                face_consent=msg.face_consent)
+            _label(channel, f"customer {session.id}")
+            if appointment is not None:
+                await appointments.joined(appointment, session)
+        elif isinstance(msg, m.Rejoin):
+            if session is not None:
+                raise SignalingError("already in a session on this connection", code="bad_state")
+            self.session = session = await broker.customer_rejoin(channel, msg.session_id, msg.rejoin_token)
+            _label(channel, f"customer {session.id}")
+        elif session is None:
+            raise SignalingError("send join or rejoin first", code="bad_state")
+        elif isinstance(msg, m.Cancel):
+            await broker.customer_cancel(session)
+        elif isinstance(msg, m.Hangup):
+            await broker.customer_hangup(session)
+        elif isinstance(msg, m.Offer):
+            await broker.offer(session, "customer", msg.sdp)
+        elif isinstance(msg, m.RequestKeyframe):
+            broker.request_keyframe(session, "customer")
+        elif isinstance(msg, FLOW_CUSTOMER_MESSAGES):
+            await _flows(self.app).customer_message(session, msg)
+        elif isinstance(msg, m.FaceConsent):
+            identity = self.app.get(IDENTITY)
+            if identity is None:
+                await broker.set_face_consent(session, msg.accepted)
+            else:
+                await identity.set_consent(session, msg.accepted)
+
+    async def closed(self) -> None:
+        """The connection is gone: the broker starts the session's rejoin window."""
+        session = self.session
+        if session is not None:
+            await self.broker.detached(self.broker.customer_disconnected(session, self.channel),
+                                       f"customer-gone-{session.id}")
+
+
+def _label(channel: Channel, label: str) -> None:
+    if isinstance(channel, WsChannel):
+        channel.label = label
+
+
 async def customer_ws(request: web.Request) -> web.WebSocketResponse:
-    broker = request.app[BROKER]
     ws = _websocket()
     await ws.prepare(request)
     channel = WsChannel(ws, "customer")
     request.app[CHANNELS].add(channel)
-    limiter = RateLimiter()
-    session: Session | None = None
+    endpoint = CustomerEndpoint(request.app, channel)
     try:
-        async for raw in _frames(ws, channel, limiter):
-            try:
-                msg = m.parse_customer_message(raw)
-                if isinstance(msg, m.Ping):
-                    channel.send(m.Pong())
-                elif isinstance(msg, m.Join):
-                    if session is not None:
-                        raise SignalingError("already in a session on this connection", code="bad_state")
-                    broker.check_business(msg.business)
-                    if not msg.recording_consent:
-                        raise SignalingError(
-                            "calls are recorded as banking regulation requires: accept the "
-                            "recording notice (recording_consent: true) to join", code="consent_required")
-                    appointments = request.app[APPOINTMENTS]
-                    appointment = None
-                    if msg.appointment is not None:
-                        appointment = await appointments.claim(msg.appointment, msg.business)
-                    session = await broker.customer_join(
-                        channel, msg.business,
-                        appointment.display_name if appointment else msg.display_name,
-                        face_consent=msg.face_consent)
-                    channel.label = f"customer {session.id}"
-                    if appointment is not None:
-                        await appointments.joined(appointment, session)
-                elif isinstance(msg, m.Rejoin):
-                    if session is not None:
-                        raise SignalingError("already in a session on this connection", code="bad_state")
-                    session = await broker.customer_rejoin(channel, msg.session_id, msg.rejoin_token)
-                    channel.label = f"customer {session.id}"
-                elif session is None:
-                    raise SignalingError("send join or rejoin first", code="bad_state")
-                elif isinstance(msg, m.Cancel):
-                    await broker.customer_cancel(session)
-                elif isinstance(msg, m.Hangup):
-                    await broker.customer_hangup(session)
-                elif isinstance(msg, m.Offer):
-                    await broker.offer(session, "customer", msg.sdp)
-                elif isinstance(msg, m.RequestKeyframe):
-                    broker.request_keyframe(session, "customer")
-                elif isinstance(msg, FLOW_CUSTOMER_MESSAGES):
-                    await _flows(request).customer_message(session, msg)
-                elif isinstance(msg, m.FaceConsent):
-                    identity = request.app.get(IDENTITY)
-                    if identity is None:
-                        await broker.set_face_consent(session, msg.accepted)
-                    else:
-                        await identity.set_consent(session, msg.accepted)
-            except SignalingError as exc:
-                _error(channel, exc)
-                if exc.fatal:
-                    break
+        async for raw in _frames(ws, channel, RateLimiter()):
+            if not await endpoint.handle(raw):
+                break
     finally:
-        if session is not None:
-            await broker.detached(broker.customer_disconnected(session, channel),
-                                  f"customer-gone-{session.id}")
+        await endpoint.closed()
         await channel.aclose()
     return ws
 
@@ -299,60 +329,88 @@ async def _authenticate_agent(request: web.Request, ws: web.WebSocketResponse, c
                      skills=user.skill_set)
 
 
+class AgentEndpoint:
+    """What one authenticated agent connection's messages do, whichever transport brings them."""
+
+    def __init__(self, app: web.Application, channel: Channel, user: AgentUser) -> None:
+        self.app = app
+        self.broker: Broker = app[BROKER]
+        self.channel = channel
+        self.user = user
+        self.agent: AgentConn | None = None
+
+    async def opened(self) -> None:
+        self.agent = await self.broker.agent_connected(self.user, self.channel)
+
+    async def handle(self, raw: str | bytes) -> bool:
+        """Act on one frame; False when the connection must close (a fatal error was sent)."""
+        try:
+            await self._message(m.parse_agent_message(raw))
+        except SignalingError as exc:
+            _error(self.channel, exc)
+            return not exc.fatal
+        return True
+
+    async def _message(self, msg: object) -> None:
+        broker, agent, user = self.broker, self.agent, self.user
+        assert agent is not None, "opened() first"
+        if isinstance(msg, m.Ping):
+            self.channel.send(m.Pong())
+        elif isinstance(msg, m.Auth):
+            # a browser authenticated by cookie also sends its token: same user, nothing to do
+            again = await auth.user_for_token(self.app[DB], msg.token)
+            if again is None or again.id != user.id:
+                raise SignalingError("this connection is authenticated as another user",
+                                     code="forbidden", fatal=True)
+        elif isinstance(msg, m.SetStatus):
+            await broker.agent_set_status(agent, msg.status)
+        elif isinstance(msg, m.Accept):
+            await broker.agent_accept(agent, msg.session_id)
+        elif isinstance(msg, m.Decline):
+            await broker.agent_decline(agent, msg.session_id)
+        elif isinstance(msg, m.Hangup):
+            await broker.agent_hangup(agent)
+        elif isinstance(msg, m.Offer):
+            await broker.offer(broker.session_of_agent(agent), "agent", msg.sdp)
+        elif isinstance(msg, m.RequestKeyframe):
+            broker.request_keyframe(broker.session_of_agent(agent), "agent")
+        elif isinstance(msg, IDENTITY_MESSAGES):
+            await _identity_request(self.app, broker.session_of_agent(agent), user, msg)
+        elif isinstance(msg, m.StepNext):
+            await _flows(self.app).agent_next(broker.session_of_agent(agent), msg.step_id, user.username)
+        elif isinstance(msg, m.MarkConfirmed):
+            await _flows(self.app).agent_mark_confirmed(broker.session_of_agent(agent), msg.step_id,
+                                                        user.username)
+        elif isinstance(msg, m.PushDocument):
+            await _flows(self.app).push_document(broker.session_of_agent(agent), msg.document_id,
+                                                 user.username)
+
+    async def closed(self) -> None:
+        agent = self.agent
+        if agent is not None:
+            await self.broker.detached(self.broker.agent_disconnected(agent),
+                                       f"agent-gone-{agent.user.username}")
+
+
 async def agent_ws(request: web.Request) -> web.WebSocketResponse:
-    broker: Broker = request.app[BROKER]
     ws = _websocket()
     await ws.prepare(request)
     channel = WsChannel(ws, "agent")
     request.app[CHANNELS].add(channel)
     limiter = RateLimiter()
-    agent: AgentConn | None = None
+    endpoint: AgentEndpoint | None = None
     try:
         user = await _authenticate_agent(request, ws, channel, limiter)
         if user is None:
             return ws
         channel.label = f"agent {user.username}"
-        agent = await broker.agent_connected(user, channel)
+        endpoint = AgentEndpoint(request.app, channel, user)
+        await endpoint.opened()
         async for raw in _frames(ws, channel, limiter):
-            try:
-                msg = m.parse_agent_message(raw)
-                if isinstance(msg, m.Ping):
-                    channel.send(m.Pong())
-                elif isinstance(msg, m.Auth):
-                    # a browser authenticated by cookie also sends its token: same user, nothing to do
-                    again = await auth.user_for_token(request.app[DB], msg.token)
-                    if again is None or again.id != user.id:
-                        raise SignalingError("this connection is authenticated as another user",
-                                             code="forbidden", fatal=True)
-                elif isinstance(msg, m.SetStatus):
-                    await broker.agent_set_status(agent, msg.status)
-                elif isinstance(msg, m.Accept):
-                    await broker.agent_accept(agent, msg.session_id)
-                elif isinstance(msg, m.Decline):
-                    await broker.agent_decline(agent, msg.session_id)
-                elif isinstance(msg, m.Hangup):
-                    await broker.agent_hangup(agent)
-                elif isinstance(msg, m.Offer):
-                    await broker.offer(broker.session_of_agent(agent), "agent", msg.sdp)
-                elif isinstance(msg, m.RequestKeyframe):
-                    broker.request_keyframe(broker.session_of_agent(agent), "agent")
-                elif isinstance(msg, IDENTITY_MESSAGES):
-                    await _identity_request(request, broker.session_of_agent(agent), user, msg)
-                elif isinstance(msg, m.StepNext):
-                    await _flows(request).agent_next(broker.session_of_agent(agent), msg.step_id, user.username)
-                elif isinstance(msg, m.MarkConfirmed):
-                    await _flows(request).agent_mark_confirmed(broker.session_of_agent(agent), msg.step_id,
-                                                               user.username)
-                elif isinstance(msg, m.PushDocument):
-                    await _flows(request).push_document(broker.session_of_agent(agent), msg.document_id,
-                                                        user.username)
-            except SignalingError as exc:
-                _error(channel, exc)
-                if exc.fatal:
-                    break
+            if not await endpoint.handle(raw):
+                break
     finally:
-        if agent is not None:
-            await broker.detached(broker.agent_disconnected(agent), f"agent-gone-{agent.user.username}")
+        if endpoint is not None:
+            await endpoint.closed()
         await channel.aclose()
     return ws
-
