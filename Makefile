@@ -7,7 +7,7 @@ PORT ?= 8443
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test chromium lint bench clean
+.PHONY: install run test chromium services lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c 'import ensurepip' 2>/dev/null \
@@ -27,7 +27,13 @@ run: install
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }
 
-test: install chromium
+# the services the tests start for themselves, on free loopback ports (tests/services.py): one
+# line per Debian package (a system instance the package may start is not used)
+services:
+	@compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null \
+	  || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q postgresql; }
+
+test: install chromium services
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: install

@@ -12,6 +12,7 @@ from business.catalogue import BUSINESS_TYPES
 from signaling.broker import Broker, BrokerConfig
 from signaling.media_hub import MediaHub
 
+from . import migrations
 from .appkeys import (
     APPOINTMENTS,
     BROKER,
@@ -100,7 +101,7 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     ensure_data_dir(config)
     db = Database(config.db_url)
     try:
-        await db.prepare(upgrade=config.db_auto_upgrade)
+        await migrations.prepare(db, upgrade_it=config.db_auto_upgrade)
         orphans = await db.run(lambda s: close_orphaned_sessions(s, config.node_id))
         if orphans:
             logger.warning("closed %d session(s) left open by a previous run: %s", len(orphans),

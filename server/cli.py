@@ -13,10 +13,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import auth
+from . import auth, migrations
 from .config import Config, ensure_data_dir, from_env
 from .db import ROLES, Database, get_user
 from .exceptions import ServerError
+from .migrations import PREVIOUS_RELEASE_REVISION, SchemaError
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -103,8 +104,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _configure_logging(args.verbose)
     ensure_data_dir(config)
 
-    db = Database(config.db_url)
-    db.create_all()
+    try:
+        db = _ready_db(config)
+    except SchemaError as exc:
+        print(f"vcounter: the server did not start: {exc}", file=sys.stderr)
+        return 1
     accounts = _seed_demo(db, config.data_dir) if config.demo else []
     db.close()
 
@@ -171,8 +175,11 @@ def _run_app(app: web.Application, host: str, port: int, ssl_context: ssl.SSLCon
 def cmd_user_add(args: argparse.Namespace) -> int:
     config = _base_config(args)
     ensure_data_dir(config)
-    db = Database(config.db_url)
-    db.create_all()
+    try:
+        db = _ready_db(config)
+    except SchemaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     skills = [s.strip() for s in (args.skills or "").split(",") if s.strip()]
     password = args.password
     if password == "-":
@@ -191,11 +198,76 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ready_db(config: Config) -> Database:
+    """The database, its schema brought to this release's revision (``db_auto_upgrade``) or
+    checked to be there; :class:`SchemaError` when it is not and cannot be."""
+    db = Database(config.db_url)
+    try:
+        migrations.ensure_schema(db, upgrade_it=config.db_auto_upgrade)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
 def _open_db(args: argparse.Namespace) -> tuple[Config, Database]:
     config = _base_config(args)
+    try:
+        return config, _ready_db(config)
+    except SchemaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    """Bring the schema to this release's head revision (under the lock nodes share)."""
+    config = _base_config(args)
+    ensure_data_dir(config)
     db = Database(config.db_url)
-    db.create_all()
-    return config, db
+    try:
+        change = migrations.upgrade(db.url)
+    except SchemaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        db.close()
+    print(f"database {db.display_url}")
+    if change.adopted:
+        print(f"  made by a release before migrations: recorded at revision {PREVIOUS_RELEASE_REVISION}")
+    if change.changed:
+        print(f"  upgraded from {change.before or 'none'} to {change.after} (head)")
+    else:
+        print(f"  already at {change.after} (head)")
+    return 0
+
+
+def cmd_db_current(args: argparse.Namespace) -> int:
+    """Print the schema's revision and whether it is the head: exit 0 at the head, 1 if not."""
+    config = _base_config(args)
+    db = Database(config.db_url)
+    try:
+        status = migrations.schema_status(db.url)
+    except SchemaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        db.close()
+    if status.is_head:
+        print(f"{status.current} (head)")
+        return 0
+    print(f"{status.current or 'none'} (not the head, {status.head})")
+    print(status.describe(), file=sys.stderr)
+    return 1
+
+
+def cmd_db_revision(args: argparse.Namespace) -> int:
+    """Write a new revision: what the models differ from the head schema (autogenerate)."""
+    from .migrations import new_revision
+
+    path = new_revision(args.message)
+    print(f"wrote {path}: read it, complete it (data, triggers of new append-only tables), "
+          "then test it with `vcounter db upgrade` on a copy of a real database")
+    return 0
 
 
 def _keys(config: Config):  # type: ignore[no-untyped-def]
@@ -705,6 +777,26 @@ def build_parser() -> argparse.ArgumentParser:
     hold.add_argument("--release", action="store_true", help="lift the hold")
     hold.add_argument("--data-dir")
     hold.set_defaults(func=cmd_hold)
+
+    db = sub.add_parser("db", help="the database schema: upgrade it, show its revision",
+                        description="The schema is versioned with Alembic (server/migrations). "
+                        "`vcounter serve` upgrades it at start unless VCOUNTER_DB_AUTO_UPGRADE=0; "
+                        "several nodes upgrading at once wait for each other.")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    db_upgrade = db_sub.add_parser("upgrade", help="bring the schema to this release's revision "
+                                   "(prints from and to)")
+    db_upgrade.add_argument("--data-dir")
+    db_upgrade.set_defaults(func=cmd_db_upgrade)
+    db_current = db_sub.add_parser("current", help="print the schema's revision and whether it is "
+                                   "the head: exit 0 at the head, 1 if not")
+    db_current.add_argument("--data-dir")
+    db_current.set_defaults(func=cmd_db_current)
+    db_revision = db_sub.add_parser(
+        "revision", help="developers: write a new revision from the models (autogenerate)",
+        description="Compare the models (server/db.py) with the head schema, on a throwaway SQLite "
+                    "database, and write the difference as server/migrations/versions/<next>_<msg>.py.")
+    db_revision.add_argument("-m", "--message", required=True, help="what the revision changes")
+    db_revision.set_defaults(func=cmd_db_revision)
 
     identity = sub.add_parser("identity", help="check faces and liveness on files (same code as the server)")
     identity_sub = identity.add_subparsers(dest="identity_command", required=True)

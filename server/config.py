@@ -33,6 +33,9 @@ class Config:
     key_file: Path | None = None
     #: SQLAlchemy URL; default ``sqlite:///<data_dir>/vcounter.db`` (env ``DATABASE_URL``)
     database_url: str | None = field(default=None, repr=False)
+    #: bring the database schema to this release's revision at start (under a lock several
+    #: nodes share); off: a start on an older schema refuses, naming ``vcounter db upgrade``
+    db_auto_upgrade: bool = True
     #: this server's name in the shared state (several nodes behind a load balancer)
     node_id: str = field(default_factory=_default_node_id)
     #: ``passthrough`` (forward encoded packets) or ``transcode`` (benchmark comparison only)

@@ -1,23 +1,30 @@
 """Database: sqlmodel tables and a small async facade that runs queries off the event loop.
 
 SQLite by default (WAL, one writer thread); ``DATABASE_URL`` selects another
-engine (PostgreSQL for several nodes). The session event timeline is
-append-only: the application never updates or deletes it, and on SQLite
-triggers refuse any attempt.
+engine: PostgreSQL (``postgresql://user:pw@host/db``, through psycopg) for
+several nodes. The tables here say what the schema is; ``server/migrations``
+says how a database got there, and :meth:`Database.upgrade` brings one to the
+head revision under a lock that several nodes starting at once can share.
+:meth:`Database.create_all` is for throwaway test databases.
+
+The session event timeline, the access log and the verdicts are append-only:
+the application never updates or deletes them, and triggers refuse any attempt
+on both engines (UPDATE and DELETE, and on PostgreSQL TRUNCATE).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import event as sa_event
-from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
 logger = logging.getLogger(__name__)
@@ -180,22 +187,63 @@ class Appointment(SQLModel, table=True):
     cancelled_at: datetime | None = None
 
 
-_APPEND_ONLY_TRIGGERS = [
-    f"""CREATE TRIGGER IF NOT EXISTS {table}_no_{op} BEFORE {op.upper()} ON {table}
-       BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END"""
-    for table in ("sessionevent", "accesslog", "verdict")
-    for op in ("update", "delete")
-]
+#: tables whose rows are never updated or deleted (triggers refuse it)
+APPEND_ONLY_TABLES = ("sessionevent", "accesslog", "verdict")
+
+
+def append_only_ddl(dialect: str, tables: Iterable[str]) -> list[str]:
+    """Idempotent statements making ``tables`` refuse UPDATE and DELETE (and TRUNCATE on PostgreSQL).
+
+    Migrations call this with the tables of their own revision: changing what it
+    emits changes what old revisions create, so change it only with a revision
+    that brings existing databases along. Both engines raise an integrity error
+    whose message is ``<table> is append-only``.
+    """
+    if dialect == "sqlite":
+        return [
+            f"CREATE TRIGGER IF NOT EXISTS {table}_no_{op} BEFORE {op.upper()} ON {table} "
+            f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END"
+            for table in tables for op in ("update", "delete")
+        ]
+    if dialect == "postgresql":
+        statements = [
+            "CREATE OR REPLACE FUNCTION vcounter_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$ "
+            "BEGIN RAISE EXCEPTION '% is append-only', TG_TABLE_NAME "
+            "USING ERRCODE = 'restrict_violation'; END $$"
+        ]
+        for table in tables:
+            for op, level in (("update", "ROW"), ("delete", "ROW"), ("truncate", "STATEMENT")):
+                statements += [
+                    f"DROP TRIGGER IF EXISTS {table}_no_{op} ON {table}",
+                    f"CREATE TRIGGER {table}_no_{op} BEFORE {op.upper()} ON {table} "
+                    f"FOR EACH {level} EXECUTE FUNCTION vcounter_refuse_change()",
+                ]
+        return statements
+    raise ValueError(f"append-only tables are not implemented for {dialect} (SQLite and PostgreSQL are)")
+
+
+def normalise_url(url: str) -> str:
+    """``postgresql://`` and ``postgres://`` (as hosting providers write them) go through psycopg 3."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+        return parsed.render_as_string(hide_password=False)
+    return url
+
+
+def advisory_lock_key(name: str) -> int:
+    """A fixed signed 64-bit PostgreSQL advisory lock key for ``name`` (the same on every node)."""
+    return int.from_bytes(hashlib.sha256(f"vcounter:{name}".encode()).digest()[:8], "big", signed=True)
 
 
 class Database:
     """Engine plus a single worker thread: queries never block the event loop."""
 
     def __init__(self, url: str) -> None:
-        self.url = url
-        is_sqlite = url.startswith("sqlite")
+        self.url = normalise_url(url)
+        is_sqlite = self.url.startswith("sqlite")
         self.engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 30} if is_sqlite else {}
+            self.url, connect_args={"check_same_thread": False, "timeout": 30} if is_sqlite else {}
         )
         if is_sqlite:
 
@@ -207,16 +255,27 @@ class Database:
                 cur.execute("PRAGMA foreign_keys=ON")
                 cur.close()
 
-        self._is_sqlite = is_sqlite
+        elif self.engine.dialect.name == "postgresql":
+
+            @sa_event.listens_for(self.engine, "connect")
+            def _utc(dbapi_conn: Any, _record: Any) -> None:
+                # timestamps come back in UTC whatever the server's TimeZone (a bank's is local),
+                # also with a sqlmodel whose datetime type passes the driver's values through:
+                # the access log's hashes cover their ISO form, offset included
+                dbapi_conn.execute("SET TIME ZONE 'UTC'")
+                dbapi_conn.commit()
+
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db")
         self._closed = False
 
-    def create_all(self) -> None:
-        SQLModel.metadata.create_all(self.engine)
-        if self._is_sqlite:
-            with self.engine.begin() as conn:
-                for ddl in _APPEND_ONLY_TRIGGERS:
-                    conn.execute(text(ddl))
+    @property
+    def display_url(self) -> str:
+        """The URL without its password, for messages and logs."""
+        return self.engine.url.render_as_string(hide_password=True)
+
+    async def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn()`` in the database thread (work that manages its own connections)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     def session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)

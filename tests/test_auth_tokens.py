@@ -9,11 +9,12 @@ from sqlmodel import select
 
 from server import auth
 from server.db import AuthToken, Database, utcnow
+from server.migrations import create_all
 
 
 async def test_a_login_purges_expired_tokens_and_keeps_live_ones(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    db.create_all()
+    create_all(db)
     try:
         with db.session() as s:
             user = auth.add_user(s, role="agent", username="agent1", password="correct horse battery",
