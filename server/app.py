@@ -24,6 +24,7 @@ from .appkeys import (
     IDENTITY,
     KEYS,
     LOOP_LAG,
+    NODES,
     RECORDINGS,
     REPLAYS,
     THROTTLE,
@@ -34,9 +35,10 @@ from .config import Config, ensure_data_dir
 from .db import Database
 from .exceptions import ServerError
 from .health import LoopLagMonitor
+from .node_registry import NodeRegistry
 from .recording import RecordingService, load_keys
 from .routes import setup_routes
-from .session_log import DbSessionLog, close_orphaned_sessions
+from .session_log import DbSessionLog
 
 logger = logging.getLogger(__name__)
 
@@ -95,21 +97,33 @@ def _flow_service(config: Config, db: Database, broker: Broker, identity, signin
 
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     """The database, its schema at this release's revision (upgraded under the nodes' migration
-    lock, or, ``db_auto_upgrade`` off, refused when older); sessions a previous run of this node
-    left open are closed as failed."""
+    lock, or, ``db_auto_upgrade`` off, refused when older)."""
     config = app[CONFIG]
     ensure_data_dir(config)
     db = Database(config.db_url)
     try:
         await migrations.prepare(db, upgrade_it=config.db_auto_upgrade)
-        orphans = await db.run(lambda s: close_orphaned_sessions(s, config.node_id))
-        if orphans:
-            logger.warning("closed %d session(s) left open by a previous run: %s", len(orphans),
-                           ", ".join(orphans))
         app[DB] = db
         yield
     finally:
         db.close()
+
+
+async def node_ctx(app: web.Application) -> AsyncIterator[None]:
+    """This node's lease on its id in the node registry (refused while a live node holds the id);
+    sessions that dead nodes, or this id's earlier run, left open are closed as failed."""
+    config, db, hub, broker = app[CONFIG], app[DB], app[HUB], app[BROKER]
+    registry = NodeRegistry(db, config.node_id, lease_s=config.node_lease_s,
+                            load=lambda: {"calls": hub.call_count, "sessions": len(broker.sessions)})
+    orphans = await registry.start()
+    if orphans:
+        logger.warning("closed %d session(s) left open by a node that is gone: %s", len(orphans),
+                       ", ".join(orphans))
+    app[NODES] = registry
+    try:
+        yield
+    finally:
+        await registry.aclose()
 
 
 async def keys_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -232,7 +246,7 @@ def create_app(config: Config) -> web.Application:
     app[CHANNELS] = weakref.WeakSet()
     app[REPLAYS] = {}
 
-    app.cleanup_ctx.extend([database_ctx, keys_ctx, media_ctx])
+    app.cleanup_ctx.extend([database_ctx, keys_ctx, media_ctx, node_ctx])
     if config.recording:
         app.cleanup_ctx.append(recordings_ctx)
     if config.identity:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .flow_service import FlowService
     from .health import LoopLagMonitor
     from .identity_service import IdentityService
+    from .node_registry import NodeRegistry
     from .recording import RecordingService
 
 CONFIG: web.AppKey[Config] = web.AppKey("config")
@@ -40,6 +41,8 @@ APPOINTMENTS: web.AppKey[AppointmentService] = web.AppKey("appointments")
 #: the recording master key and the manifest/receipt signing key (absent with recording and
 #: face checks both off)
 KEYS: web.AppKey[tuple[MasterKey, SigningKey]] = web.AppKey("keys")
+#: this node's lease in the node registry
+NODES: web.AppKey[NodeRegistry] = web.AppKey("nodes")
 THROTTLE: web.AppKey[LoginThrottle] = web.AppKey("login_throttle")
 #: event-loop lag for /healthz
 LOOP_LAG: web.AppKey[LoopLagMonitor] = web.AppKey("loop_lag")

@@ -416,6 +416,29 @@ def cmd_verify_receipt(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_nodes(args: argparse.Namespace) -> int:
+    """The counter's nodes from the registry: id, host, liveness, load. Exit 1 when none is alive."""
+    import json
+
+    from .node_registry import list_nodes
+
+    config, db = _open_db(args)
+    try:
+        with db.session() as s:
+            nodes = list_nodes(s, config.node_lease_s)
+    finally:
+        db.close()
+    if args.json:
+        print(json.dumps([n.as_json() for n in nodes], ensure_ascii=False, indent=1))
+    else:
+        print(f"{'node':32} {'host':20} {'pid':>7}  {'state':8} {'seen s':>6}  {'calls':>5} {'sessions':>8}")
+        for n in nodes:
+            state = ("draining" if n.draining else "alive") if n.alive else "dead"
+            print(f"{n.id:32} {n.host:20} {n.pid:>7}  {state:8} {n.silent_s:>6.0f}  "
+                  f"{n.load.get('calls', '-'):>5} {n.load.get('sessions', '-'):>8}")
+    return 0 if any(n.alive for n in nodes) else 1
+
+
 def cmd_sessions(args: argparse.Namespace) -> int:
     import json
 
@@ -745,6 +768,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="print the check as one JSON object (images by size and sha256 only)")
     receipt.add_argument("--data-dir")
     receipt.set_defaults(func=cmd_verify_receipt)
+
+    nodes = sub.add_parser("nodes", help="list the counter's nodes: liveness and load")
+    nodes.add_argument("--json", action="store_true", help="one JSON array")
+    nodes.add_argument("--data-dir")
+    nodes.set_defaults(func=cmd_nodes)
 
     sessions = sub.add_parser("sessions", help="list sessions with their recording status")
     sessions.add_argument("--json", action="store_true", help="one JSON array")

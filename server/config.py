@@ -15,8 +15,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _default_node_id() -> str:
-    # stable across restarts: a restarted node recognises the sessions it left open
-    return socket.gethostname()
+    """``<host>-<pid>-<random>``: unique per process, so two processes on one host never share one
+    (a restarted node's sessions are closed by the node registry, whatever its id)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,12 @@ class Config:
     #: bring the database schema to this release's revision at start (under a lock several
     #: nodes share); off: a start on an older schema refuses, naming ``vcounter db upgrade``
     db_auto_upgrade: bool = True
-    #: this server's name in the shared state (several nodes behind a load balancer)
+    #: this server process's name among the counter's nodes (default: unique per process); a node
+    #: refuses to start while a live node holds its id
     node_id: str = field(default_factory=_default_node_id)
+    #: seconds a node's registration lives without a heartbeat (renewed every third of it); a node
+    #: silent for longer is dead and its open sessions are closed by a live node
+    node_lease_s: float = 15.0
     #: ``passthrough`` (forward encoded packets) or ``transcode`` (benchmark comparison only)
     media_mode: str = "passthrough"
     #: ICE servers given to browsers and used by the hub; JSON list of {urls, username, credential}

@@ -187,6 +187,30 @@ class Appointment(SQLModel, table=True):
     cancelled_at: datetime | None = None
 
 
+class Node(SQLModel, table=True):
+    """A running server process of the counter, and its lease on its id (``server/node_registry.py``).
+
+    ``heartbeat_at`` is the database's own clock at the node's last heartbeat: a node whose
+    heartbeat is older than the lease is dead, and its sessions are closed by a live one.
+    """
+
+    id: str = Field(primary_key=True, max_length=128)
+    host: str = Field(max_length=255)
+    pid: int
+    started_at: datetime
+    heartbeat_at: datetime = Field(index=True)
+    #: the base URL other nodes and operators reach it at (empty when unknown)
+    address: str = Field(default="", max_length=255)
+    #: set while the node shuts down: it takes no new calls, the ones it holds go on
+    draining: bool = False
+    #: JSON: calls, sessions, agents, loop lag... at the last heartbeat
+    load: str = "{}"
+
+    @property
+    def load_info(self) -> dict[str, Any]:
+        return json.loads(self.load)
+
+
 #: tables whose rows are never updated or deleted (triggers refuse it)
 APPEND_ONLY_TABLES = ("sessionevent", "accesslog", "verdict")
 

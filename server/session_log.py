@@ -6,8 +6,9 @@ import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from sqlalchemy import true
 from sqlmodel import Session as DbSession
-from sqlmodel import select
+from sqlmodel import col, select
 
 from signaling.broker import Session
 
@@ -81,13 +82,14 @@ class DbSessionLog:
         await self.db.run(work)
 
 
-def close_orphaned_sessions(s: DbSession, node_id: str) -> list[str]:
-    """Mark sessions this node left open (it was killed) as failed; returns their ids."""
+def close_orphaned_sessions(s: DbSession, live_nodes: set[str], *, now: datetime | None = None) -> list[str]:
+    """Mark the open sessions of every node not in ``live_nodes`` as failed (``server_restart``: the
+    process holding them is gone); returns their ids."""
     rows = s.exec(select(CallSession).where(
-        CallSession.node_id == node_id,
-        CallSession.state.in_(("queued", "offered", "active")),  # type: ignore[attr-defined]
+        col(CallSession.node_id).not_in(live_nodes) if live_nodes else true(),
+        col(CallSession.state).in_(("queued", "offered", "active")),
     )).all()
-    now = utcnow()
+    now = now or utcnow()
     for row in rows:
         was = row.state
         row.state = "failed"
@@ -97,5 +99,5 @@ def close_orphaned_sessions(s: DbSession, node_id: str) -> list[str]:
         created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
         s.add(SessionEvent(session_id=row.id, at=now, kind="failed",
                            offset_ms=max(0, int((now - created).total_seconds() * 1000)),
-                           data=json.dumps({"reason": "server_restart", "state": was})))
+                           data=json.dumps({"reason": "server_restart", "state": was, "node": row.node_id})))
     return [r.id for r in rows]

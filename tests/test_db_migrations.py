@@ -24,10 +24,16 @@ from server.db import (
     Database,
     SessionEvent,
     User,
-    append_only_ddl,
     normalise_url,
 )
-from server.migrations import SchemaError, SchemaOutOfDate, create_all, downgrade, head_revision
+from server.migrations import (
+    PREVIOUS_RELEASE_REVISION,
+    SchemaError,
+    SchemaOutOfDate,
+    create_all,
+    downgrade,
+    head_revision,
+)
 
 from .server_process import REPO, vcounter_command
 
@@ -41,16 +47,17 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 def _previous_release_database(url: str) -> None:
-    """What the release before migrations made: ``create_all`` and, on SQLite only, the triggers.
-
-    Its models are today's while the head is 0001; once a revision changes them, this has to
-    make revision 0001's schema instead (run 0001, then drop ``alembic_version``)."""
+    """What the release before migrations made: revision 0001's tables without ``alembic_version``,
+    with the append-only triggers on SQLite only (that release had none on PostgreSQL)."""
+    migrations.upgrade(url)
+    downgrade(url, PREVIOUS_RELEASE_REVISION)
     engine = create_engine(normalise_url(url))
-    SQLModel.metadata.create_all(engine)
-    if engine.dialect.name == "sqlite":
-        with engine.begin() as conn:
-            for ddl in append_only_ddl("sqlite", APPEND_ONLY_TABLES):
-                conn.execute(text(ddl))
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE alembic_version"))
+        if engine.dialect.name == "postgresql":
+            for table in APPEND_ONLY_TABLES:
+                for op in ("update", "delete", "truncate"):
+                    conn.execute(text(f"DROP TRIGGER {table}_no_{op} ON {table}"))
     engine.dispose()
 
 

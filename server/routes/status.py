@@ -6,8 +6,9 @@ from aiohttp import web
 
 from business.catalogue import Business
 
-from ..appkeys import BROKER, CONFIG, HUB, IDENTITY, LOOP_LAG
+from ..appkeys import BROKER, CONFIG, DB, HUB, IDENTITY, LOOP_LAG, NODES
 from ..exceptions import BadRequest
+from ..node_registry import list_nodes
 
 
 async def client_config(request: web.Request) -> web.Response:
@@ -47,6 +48,12 @@ async def health(request: web.Request) -> web.Response:
         if last_s is not None and not 0 < last_s < float("inf"):
             raise BadRequest("lag_window_s must be a positive number of seconds")
         body["loop_lag_ms"] = monitor.summary(last_s)
+    registry = request.app.get(NODES)
+    if registry is not None:
+        views = await request.app[DB].run(lambda s: list_nodes(s, registry.lease_s))
+        # ids, liveness and load only: hosts, processes and addresses are not for anonymous callers
+        body["nodes"] = [{"id": n.id, "alive": n.alive, "draining": n.draining,
+                          "calls": n.load.get("calls"), "sessions": n.load.get("sessions")} for n in views]
     identity = request.app.get(IDENTITY)
     if identity is not None:
         body["face_workers"] = {"workers": identity.worker.max_workers, "pending": identity.worker.pending}
