@@ -32,6 +32,8 @@ chromium:
 services:
 	@compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null \
 	  || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q postgresql; }
+	@command -v redis-server >/dev/null 2>&1 \
+	  || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q redis-server; }
 
 test: install chromium services
 	$(BIN)/python -m pytest -q -p no:cacheprovider
