@@ -10,13 +10,16 @@ from aiohttp import web
 
 from business.catalogue import BUSINESS_TYPES
 from signaling.broker import Broker, BrokerConfig
+from signaling.bus import Bus
 from signaling.media_hub import MediaHub
+from signaling.state import InMemoryState, SharedState
 
 from . import migrations
 from .appkeys import (
     APPOINTMENTS,
     BROKER,
     CHANNELS,
+    CLUSTER,
     CONFIG,
     DB,
     FLOWS,
@@ -31,6 +34,7 @@ from .appkeys import (
 )
 from .appointments import AppointmentService
 from .auth import LoginThrottle
+from .cluster import Cluster
 from .config import Config, ensure_data_dir
 from .db import Database
 from .exceptions import ServerError
@@ -112,9 +116,13 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
 async def node_ctx(app: web.Application) -> AsyncIterator[None]:
     """This node's lease on its id in the node registry (refused while a live node holds the id);
     sessions that dead nodes, or this id's earlier run, left open are closed as failed."""
-    config, db, hub, broker = app[CONFIG], app[DB], app[HUB], app[BROKER]
-    registry = NodeRegistry(db, config.node_id, lease_s=config.node_lease_s,
-                            load=lambda: {"calls": hub.call_count, "sessions": len(broker.sessions)})
+    config, db = app[CONFIG], app[DB]
+
+    def load() -> dict[str, int]:
+        hub, broker = app.get(HUB), app.get(BROKER)
+        return {"calls": hub.call_count if hub else 0, "sessions": len(broker.sessions) if broker else 0}
+
+    registry = NodeRegistry(db, config.node_id, lease_s=config.node_lease_s, load=load)
     orphans = await registry.start()
     if orphans:
         logger.warning("closed %d session(s) left open by a node that is gone: %s", len(orphans),
@@ -134,8 +142,27 @@ async def keys_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
+async def _shared_state(config: Config, directory: NodeRegistry) -> tuple[SharedState, Bus | None]:
+    """In memory on a single node; on Redis, with the bus to the other nodes, when configured."""
+    if not config.redis_url:
+        return InMemoryState(), None
+    from signaling.redis_bus import RedisBus
+    from signaling.redis_state import RedisState
+
+    state = RedisState.from_url(config.redis_url, prefix=config.redis_prefix)
+    try:
+        await state.now()
+    except Exception as exc:
+        await state.aclose()
+        shown = config.redis_url.split("@")[-1]
+        raise ServerError(f"Redis at {shown} cannot be reached ({exc.__class__.__name__}: {exc})") from None
+    bus = RedisBus.from_url(config.redis_url, config.node_id, prefix=config.redis_prefix, directory=directory)
+    return state, bus
+
+
 async def media_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The media hub and the broker (queue, offers, calls) that drives it."""
+    """The media hub and the broker (queue, offers, calls) that drives it; with Redis, the shared
+    state and the bus that relays to the other nodes."""
     config, db = app[CONFIG], app[DB]
     broker_ref: list[Broker] = []
 
@@ -143,6 +170,7 @@ async def media_ctx(app: web.Application) -> AsyncIterator[None]:
         if broker_ref:
             await broker_ref[0].media_state(call_id, role, state)
 
+    state, bus = await _shared_state(config, app[NODES])
     hub = MediaHub(ice_servers=list(config.ice_servers), media_mode=config.media_mode,  # type: ignore[arg-type]
                    on_state=on_media_state)
     try:
@@ -154,15 +182,23 @@ async def media_ctx(app: web.Application) -> AsyncIterator[None]:
                                 node_id=config.node_id, ice_servers=config.ice_servers,
                                 businesses=frozenset(BUSINESS_TYPES)),
             log=DbSessionLog(db, config.node_id),
+            state=state,
+            bus=bus,
         )
         broker_ref.append(broker)
         app[HUB], app[BROKER] = hub, broker
+        if bus is not None:
+            cluster = app[CLUSTER] = Cluster(app, bus)
+            await cluster.start()
         try:
             yield
         finally:
             await broker.aclose()
     finally:
         await hub.aclose()
+        if bus is not None:
+            await bus.aclose()
+        await state.aclose()
 
 
 async def recordings_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -246,7 +282,7 @@ def create_app(config: Config) -> web.Application:
     app[CHANNELS] = weakref.WeakSet()
     app[REPLAYS] = {}
 
-    app.cleanup_ctx.extend([database_ctx, keys_ctx, media_ctx, node_ctx])
+    app.cleanup_ctx.extend([database_ctx, node_ctx, keys_ctx, media_ctx])
     if config.recording:
         app.cleanup_ctx.append(recordings_ctx)
     if config.identity:

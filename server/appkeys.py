@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     from .appointments import AppointmentService
     from .auth import LoginThrottle
+    from .cluster import Cluster
     from .config import Config
     from .db import Database
     from .flow_service import FlowService
@@ -41,6 +42,8 @@ APPOINTMENTS: web.AppKey[AppointmentService] = web.AppKey("appointments")
 #: the recording master key and the manifest/receipt signing key (absent with recording and
 #: face checks both off)
 KEYS: web.AppKey[tuple[MasterKey, SigningKey]] = web.AppKey("keys")
+#: the bus to the counter's other nodes (absent on a single node: no Redis configured)
+CLUSTER: web.AppKey[Cluster] = web.AppKey("cluster")
 #: this node's lease in the node registry
 NODES: web.AppKey[NodeRegistry] = web.AppKey("nodes")
 THROTTLE: web.AppKey[LoginThrottle] = web.AppKey("login_throttle")

@@ -34,6 +34,11 @@ class Config:
     key_file: Path | None = None
     #: SQLAlchemy URL; default ``sqlite:///<data_dir>/vcounter.db`` (env ``DATABASE_URL``)
     database_url: str | None = field(default=None, repr=False)
+    #: Redis shared by the counter's nodes (``redis://[:password@]host:port/db``): the queue, agent
+    #: presence and the messages between nodes; unset, this node is the whole counter (in memory)
+    redis_url: str | None = field(default=None, repr=False)
+    #: prefix of every Redis key (several counters may share one Redis)
+    redis_prefix: str = "vcounter:"
     #: bring the database schema to this release's revision at start (under a lock several
     #: nodes share); off: a start on an older schema refuses, naming ``vcounter db upgrade``
     db_auto_upgrade: bool = True

@@ -33,6 +33,8 @@ from sqlalchemy import text
 from sqlmodel import Session as DbSession
 from sqlmodel import col, select
 
+from signaling.state import NodeInfo
+
 from .db import Database, Node, advisory_lock_key
 from .session_log import close_orphaned_sessions
 
@@ -192,6 +194,19 @@ class NodeRegistry:
                 continue
             if closed:
                 logger.warning("closed %d session(s) of dead nodes: %s", len(closed), ", ".join(closed))
+
+    async def node(self, node_id: str) -> NodeInfo | None:
+        """A registered node as the message bus asks (:class:`signaling.state.NodeDirectory`)."""
+
+        def find(s: DbSession) -> NodeView | None:
+            return next((v for v in _views(s, self.lease_s) if v.id == node_id), None)
+
+        view = await self.db.run(find)
+        if view is None:
+            return None
+        return NodeInfo(node_id=view.id, info={"address": view.address, "draining": view.draining, **view.load},
+                        registered_at=view.started_at.timestamp(), seen_at=view.heartbeat_at.timestamp(),
+                        expires_at=view.heartbeat_at.timestamp() + self.lease_s, alive=view.alive)
 
     async def aclose(self) -> None:
         """Stop the heartbeat and release the id. Safe to call twice."""

@@ -23,7 +23,7 @@ from signaling.broker import CLOSE_POLICY, AgentConn, AgentUser, Broker, Channel
 from signaling.exceptions import InvalidMessage, NotAuthenticated, SignalingError
 
 from . import auth
-from .appkeys import APPOINTMENTS, BROKER, CHANNELS, DB, FLOWS, IDENTITY
+from .appkeys import APPOINTMENTS, BROKER, CHANNELS, CLUSTER, DB, FLOWS, IDENTITY
 from .flow_service import FlowService
 
 logger = logging.getLogger(__name__)
@@ -205,15 +205,34 @@ class CustomerEndpoint:
         self.broker = app[BROKER]
         self.channel = channel
         self.session: Session | None = None
+        #: (node, relay id) when the session lives on another node and this connection is relayed
+        self.relay: tuple[str, str] | None = None
 
     async def handle(self, raw: str | bytes) -> bool:
         """Act on one frame; False when the connection must close (a fatal error was sent)."""
+        cluster = self.app.get(CLUSTER)
+        if self.relay is not None and cluster is not None:
+            await cluster.customer_frame(*self.relay, _text(raw))
+            return True
         try:
-            await self._message(m.parse_customer_message(raw))
+            msg = m.parse_customer_message(raw)
+            if cluster is not None and isinstance(msg, m.Rejoin) and self.session is None:
+                home = await self._home_elsewhere(msg.session_id)
+                if home is not None:
+                    self.relay = (home, await cluster.open_customer_relay(self, home, _text(raw)))
+                    return True
+            await self._message(msg)
         except SignalingError as exc:
             _error(self.channel, exc)
             return not exc.fatal
         return True
+
+    async def _home_elsewhere(self, session_id: str) -> str | None:
+        """The node holding ``session_id`` when it is another one (its connection is relayed there)."""
+        if self.broker.session(session_id) is not None:
+            return None
+        home = await self.broker.state.call_node(session_id)
+        return home if home and home != self.broker.config.node_id else None
 
     async def _message(self, msg: object) -> None:
         broker, channel, session = self.broker, self.channel, self.session
@@ -263,11 +282,19 @@ class CustomerEndpoint:
                 await identity.set_consent(session, msg.accepted)
 
     async def closed(self) -> None:
-        """The connection is gone: the broker starts the session's rejoin window."""
+        """The connection is gone: the broker (here, or the relay's node) starts the rejoin window."""
+        cluster = self.app.get(CLUSTER)
+        if self.relay is not None and cluster is not None:
+            await cluster.close_customer_relay(*self.relay)
+            return
         session = self.session
         if session is not None:
             await self.broker.detached(self.broker.customer_disconnected(session, self.channel),
                                        f"customer-gone-{session.id}")
+
+
+def _text(raw: str | bytes) -> str:
+    return raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
 
 
 def _label(channel: Channel, label: str) -> None:
@@ -343,9 +370,18 @@ class AgentEndpoint:
         self.agent = await self.broker.agent_connected(self.user, self.channel)
 
     async def handle(self, raw: str | bytes) -> bool:
-        """Act on one frame; False when the connection must close (a fatal error was sent)."""
+        """Act on one frame; False when the connection must close (a fatal error was sent).
+
+        While the agent is offered or serves a customer of another node, its frames (but
+        pings) go to that node, which serves them."""
         try:
-            await self._message(m.parse_agent_message(raw))
+            msg = m.parse_agent_message(raw)
+            agent, cluster = self.agent, self.app.get(CLUSTER)
+            if (agent is not None and agent.remote_node is not None and cluster is not None
+                    and not isinstance(msg, m.Ping | m.Auth)):
+                await cluster.agent_frame(agent.remote_node, agent.user.id, _text(raw))
+                return True
+            await self._message(msg)
         except SignalingError as exc:
             _error(self.channel, exc)
             return not exc.fatal

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import logging
 import math
 import secrets
@@ -39,9 +40,11 @@ from typing import Protocol
 from pydantic import BaseModel
 
 from . import messages as m
+from .bus import Bus
 from .exceptions import Forbidden, InvalidMessage, InvalidState, NotFound
 from .ids import new_id
 from .media_hub import IceServerConfig, MediaHub, ParticipantMedia, other
+from .relay import RemoteChannel
 from .state import AgentPresence, InMemoryState, QueueEntry, SharedState
 
 logger = logging.getLogger(__name__)
@@ -51,6 +54,8 @@ CLOSE_POLICY = 1008
 CLOSE_REPLACED = 4409
 #: seconds at least between two ``media_restart`` asks that got no new offer
 MEDIA_RESTART_RETRY_S = 5.0
+#: seconds past the offer timeout an agent waits for another node to take up its offer
+REMOTE_ANSWER_MARGIN_S = 5.0
 
 
 class Channel(Protocol):
@@ -163,6 +168,10 @@ class AgentConn:
     #: session offered to or in a call with this agent
     session_id: str | None = None
     offer_task: asyncio.Task[None] | None = field(default=None, repr=False)
+    #: on the agent's own node: the node holding that session, when it is another one
+    remote_node: str | None = None
+    #: on the session's node: the node whose connection this stands for (a relayed agent)
+    proxy_of: str | None = None
 
 
 class Broker:
@@ -173,10 +182,13 @@ class Broker:
         config: BrokerConfig | None = None,
         state: SharedState | None = None,
         log: SessionLog | None = None,
+        bus: Bus | None = None,
     ) -> None:
         self.hub = hub
         self.config = config or BrokerConfig()
         self.state: SharedState = state or InMemoryState()
+        #: the other nodes of the counter (None: this node is the whole counter)
+        self.bus = bus
         self.log: SessionLog = log or NullLog()
         self._sessions: dict[str, Session] = {}
         self._ended: OrderedDict[str, Session] = OrderedDict()
@@ -297,9 +309,9 @@ class Broker:
         async with self._lock:
             self._sessions[session.id] = session
             await self.log.session_created(session)
-            await self.state.enqueue(
-                QueueEntry(session.id, business, session.created_at, node_id=self.config.node_id)
-            )
+            # the state's clock orders the queue: nodes' clocks may differ
+            await self.state.enqueue(QueueEntry(session.id, business, node_id=self.config.node_id))
+            await self.state.set_call_node(session.id, self.config.node_id)
             await self._event(session.id, "queued", business=business)
             await self._event(session.id, "face_consent", accepted=face_consent)
             logger.info("session %s: customer joined the %s queue", session.id, business)
@@ -313,6 +325,7 @@ class Broker:
             )
             await self._dispatch()
             await self._broadcast_queue()
+        await self._queue_changed()
         return session
 
     async def customer_rejoin(self, channel: Channel, session_id: str, token: str) -> Session:
@@ -419,6 +432,8 @@ class Broker:
         return agent
 
     async def _put_presence(self, agent: AgentConn) -> None:
+        if agent.proxy_of is not None:
+            return  # the agent's own node publishes its presence
         await self.state.put_agent(
             AgentPresence(
                 agent_id=agent.user.id,
@@ -437,6 +452,17 @@ class Broker:
         agent.status = status
         await self._put_presence(agent)
         agent.channel.send(m.StatusChanged(status=m.AgentStatus(status)))
+        if agent.proxy_of is not None and status in ("ready", "away") and agent.session_id is None:
+            self._release_proxy(agent, status)
+
+    def _release_proxy(self, agent: AgentConn, status: str) -> None:
+        """A relayed agent is done with this node's session: its own node takes it back."""
+        if self._agents.get(agent.user.id) is agent:
+            del self._agents[agent.user.id]
+        if isinstance(agent.channel, RemoteChannel):
+            agent.channel.release(status=status)
+            self._spawn(agent.channel.aclose(), f"release-{agent.user.username}")
+        logger.info("agent %s: back to node %s (%s)", agent.user.username, agent.proxy_of, status)
 
     async def agent_set_status(self, agent: AgentConn, status: str) -> None:
         async with self._lock:
@@ -502,11 +528,7 @@ class Broker:
 
     async def _withdraw_offer(self, session: Session, agent_id: int, reason: str, *, penalise: bool) -> None:
         """Take an outstanding offer back; the customer keeps their place in the queue."""
-        entry = next((e for e in await self.state.queue() if e.session_id == session.id), None)
-        changes: dict[str, object] = {"offered_to": None}
-        if penalise and entry is not None:
-            changes["passed_by"] = entry.passed_by | {agent_id}
-        await self.state.update_entry(session.id, **changes)
+        await self.state.release_offer(session.id, agent_id, penalise=penalise)
         if session.state == "offered":
             session.state = "queued"
             await self._changed(session)
@@ -531,8 +553,15 @@ class Broker:
             if self._agents.get(agent.user.id) is not agent:
                 return
             del self._agents[agent.user.id]
-            await self.state.remove_agent(agent.user.id)
+            if agent.proxy_of is None:
+                await self.state.remove_agent(agent.user.id)
+            elif isinstance(agent.channel, RemoteChannel):
+                self._spawn(agent.channel.aclose(), f"relay-gone-{agent.user.username}")
             logger.info("agent %s disconnected (%s)", agent.user.username, agent.status)
+            if agent.remote_node is not None and agent.session_id is not None and self.bus is not None:
+                # the session's node drops its stand-in (withdraws the offer, or requeues the call)
+                self._cancel(agent.offer_task)
+                await self._bus_send(agent.remote_node, {"t": "agent_gone", "agent_id": agent.user.id})
             session = self._sessions.get(agent.session_id or "")
             if session is not None and agent.status == "offered":
                 await self._withdraw_offer(session, agent.user.id, "agent_lost", penalise=False)
@@ -546,7 +575,6 @@ class Broker:
         await self._event(session.id, "agent_lost", agent=session.agent.username if session.agent else None)
         session.media_lost.clear()
         await self.hub.end_call(session.id)
-        await self.state.clear_call(session.id)
         for hook in self.on_call_ended:
             await hook(session)
         session.state = "queued"
@@ -715,26 +743,168 @@ class Broker:
     # -- queue ---------------------------------------------------------------------
 
     async def _dispatch(self) -> None:
-        """Offer the longest-waiting matching customer to each ready agent, longest idle first."""
+        """Offer each ready agent of this node, longest idle first, the longest-waiting customer of
+        its skills in the counter's queue (on whichever node that customer is)."""
         ready = sorted(
-            (a for a in self._agents.values() if a.status == "ready"), key=lambda a: a.ready_since
+            (a for a in self._agents.values() if a.status == "ready" and a.proxy_of is None),
+            key=lambda a: a.ready_since,
         )
-        if not ready:
-            return
-        queue = await self.state.queue()
         for agent in ready:
-            for entry in queue:
-                if (
-                    entry.offered_to is None
-                    and entry.reachable
-                    and entry.business in agent.user.skills
-                    and agent.user.id not in entry.passed_by
-                    and entry.session_id in self._sessions
-                    and await self.state.claim(entry.session_id, agent.user.id)
-                ):
-                    queue.remove(entry)
-                    await self._offer(agent, self._sessions[entry.session_id])
+            while (entry := await self.state.claim_next(agent.user.id, agent.user.skills)) is not None:
+                session = self._sessions.get(entry.session_id)
+                if session is not None:
+                    await self._offer(agent, session)
                     break
+                if self.bus is not None and entry.node_id not in ("", self.config.node_id):
+                    await self._offer_remote(agent, entry)
+                    break
+                # an entry of this node without its session (it ended meanwhile): not a customer
+                logger.warning("session %s: dropping a stale queue entry", entry.session_id)
+                await self.state.dequeue(entry.session_id)
+
+    async def _offer_remote(self, agent: AgentConn, entry: QueueEntry) -> None:
+        """Offer ``agent`` a customer waiting on another node: that node runs the offer and, if it
+        is accepted, the call; this one relays the agent's messages to it."""
+        assert self.bus is not None
+        agent.session_id = entry.session_id
+        agent.remote_node = entry.node_id
+        await self._set_agent_status(agent, "offered")
+        logger.info("session %s: offering to agent %s through node %s", entry.session_id,
+                    agent.user.username, entry.node_id)
+        await self._bus_send(entry.node_id, {
+            "t": "offer", "session_id": entry.session_id,
+            "agent": {"id": agent.user.id, "username": agent.user.username,
+                      "display_name": agent.user.display_name, "skills": sorted(agent.user.skills)},
+        })
+        agent.offer_task = self._spawn(self._remote_offer_unanswered(agent, entry),
+                                       f"remote-offer-{entry.session_id}")
+
+    async def _remote_offer_unanswered(self, agent: AgentConn, entry: QueueEntry) -> None:
+        """The customer's node never took the offer up (it died, or the bus lost it): the agent is
+        free again and the customer keeps their place."""
+        await asyncio.sleep(self.config.offer_timeout_s + REMOTE_ANSWER_MARGIN_S)
+        async with self._lock:
+            if agent.remote_node != entry.node_id or agent.session_id != entry.session_id \
+                    or agent.status != "offered" or self._agents.get(agent.user.id) is not agent:
+                return
+            agent.offer_task = None
+            logger.warning("session %s: node %s did not answer the offer to %s", entry.session_id,
+                           entry.node_id, agent.user.username)
+            await self.state.release_offer(entry.session_id, agent.user.id, penalise=False)
+            agent.remote_node = agent.session_id = None
+            await self._set_agent_status(agent, "ready")
+            await self._dispatch()
+
+    async def _bus_send(self, node_id: str, body: dict[str, object]) -> None:
+        assert self.bus is not None
+        try:
+            await self.bus.send(node_id, body)
+        except Exception:
+            logger.exception("could not send %s to node %s", body.get("t"), node_id)
+
+    async def _queue_changed(self) -> None:
+        """Tell the other nodes the queue changed: their ready agents may match, their customers'
+        positions may move."""
+        if self.bus is not None:
+            try:
+                await self.bus.broadcast({"t": "queue_changed"})
+            except Exception:
+                logger.exception("could not announce a queue change")
+
+    # -- the other nodes -----------------------------------------------------------------
+
+    async def remote_offer(self, sender: str, session_id: str, user: AgentUser) -> AgentConn | None:
+        """An agent of node ``sender`` claimed a customer of this node: offer it, through a
+        stand-in whose messages go to that node. None (and the claim released) when the
+        customer is no longer waiting here."""
+        assert self.bus is not None
+        async with self._lock:
+            session = self._sessions.get(session_id)
+            entry = await self.state.entry(session_id)
+            if session is None or session.state != "queued" or entry is None or entry.offered_to != user.id:
+                if entry is not None and entry.offered_to == user.id:
+                    await self.state.release_offer(session_id, user.id, penalise=False)
+                await self._bus_send(sender, {"t": "offer_failed", "agent_id": user.id,
+                                              "session_id": session_id})
+                return None
+            previous = self._agents.get(user.id)
+            if previous is not None and previous.proxy_of is None:
+                previous.channel.send(
+                    m.Error(code="replaced", message="you logged in from another window", fatal=True))
+                previous.channel.close(CLOSE_REPLACED, "logged in elsewhere")
+            proxy = AgentConn(user=user, proxy_of=sender, status="ready",
+                              channel=RemoteChannel(self.bus, sender, "agent", str(user.id),
+                                                    label=f"agent {user.username} on {sender}"))
+            self._agents[user.id] = proxy
+            await self._offer(proxy, session)
+            return proxy
+
+    async def remote_offer_failed(self, agent_id: int, session_id: str) -> None:
+        """The customer this node's agent claimed on another node was gone: the agent is ready again."""
+        async with self._lock:
+            agent = self._agents.get(agent_id)
+            if agent is None or agent.remote_node is None or agent.session_id != session_id:
+                return
+            self._cancel(agent.offer_task)
+            agent.offer_task = None
+            agent.remote_node = agent.session_id = None
+            await self._set_agent_status(agent, "ready")
+            await self._dispatch()
+
+    async def remote_released(self, sender: str, agent_id: int, status: str) -> None:
+        """Node ``sender`` is done with this node's agent (offer over, call ended). Usually the
+        agent's new status, delivered just before, released it already (:meth:`deliver`)."""
+        agent = self._agents.get(agent_id)
+        if agent is None or agent.remote_node != sender:
+            return
+        self._take_back(agent, status if status in ("ready", "away") else "away")
+
+    def _take_back(self, agent: AgentConn, status: str) -> None:
+        """This node serves its agent again, with ``status``; offers and positions follow."""
+        self._cancel(agent.offer_task)
+        agent.offer_task = None
+        agent.remote_node = agent.session_id = None
+        if status == "ready" and agent.status != "ready":
+            agent.ready_since = time.time()
+        agent.status = status
+        self._spawn(self._taken_back(agent), f"taken-back-{agent.user.username}")
+
+    async def _taken_back(self, agent: AgentConn) -> None:
+        async with self._lock:
+            if self._agents.get(agent.user.id) is not agent:
+                return
+            await self._put_presence(agent)
+            await self._dispatch()
+            await self._broadcast_queue()
+
+    def deliver(self, sender: str, agent_id: int, text: str) -> bool:
+        """A message node ``sender`` sends to this node's agent; its status is mirrored here, and a
+        status of ``ready`` or ``away`` (the other node only sends those when it is done with the
+        agent) gives the agent back to this node before the agent can act on it."""
+        agent = self._agents.get(agent_id)
+        if agent is None or agent.remote_node != sender:
+            return False
+        if '"type":"status"' in text:
+            status = m.AgentStatus(json.loads(text)["status"]).value
+            if status in ("ready", "away"):
+                self._take_back(agent, status)
+            else:
+                agent.status = status
+                self._spawn(self._put_presence(agent), f"presence-{agent.user.username}")
+        agent.channel.send(m.Relayed(text=text))
+        return True
+
+    async def remote_agent_gone(self, sender: str, agent_id: int) -> None:
+        """The connection of node ``sender``'s agent that this node relays for is gone."""
+        agent = self._agents.get(agent_id)
+        if agent is not None and agent.proxy_of == sender:
+            await self.agent_disconnected(agent)
+
+    async def queue_changed_elsewhere(self) -> None:
+        """Another node changed the queue: offer to this node's ready agents, update positions."""
+        async with self._lock:
+            await self._dispatch()
+            await self._broadcast_queue()
 
     async def _offer(self, agent: AgentConn, session: Session) -> None:
         session.state = "offered"
@@ -788,7 +958,8 @@ class Broker:
                 )
         stats = m.QueueStats(waiting=await self._waiting_counts())
         for agent in self._agents.values():
-            agent.channel.send(stats)
+            if agent.proxy_of is None:
+                agent.channel.send(stats)
 
     # -- ending --------------------------------------------------------------------
 
@@ -821,6 +992,8 @@ class Broker:
             await self.state.clear_call(session.id)
             for hook in self.on_call_ended:
                 await hook(session)
+        if not was_active:
+            await self.state.clear_call(session.id)
         self._sessions.pop(session.id, None)
         self._ended[session.id] = session
         while len(self._ended) > 1000:
@@ -828,6 +1001,7 @@ class Broker:
         for hook in self.on_session_closed:
             await hook(session)
         await self._broadcast_queue()
+        await self._queue_changed()
 
     async def aclose(self) -> None:
         """End every session (server shutdown); idempotent."""

@@ -536,6 +536,14 @@ ServerMessage = (
 )
 
 
+class Relayed(BaseModel):
+    """A server message that another node serialised, passed on as it is."""
+
+    text: str
+
+
 def dump(message: BaseModel) -> str:
     """Serialise a server message to the JSON text sent on the wire."""
+    if isinstance(message, Relayed):
+        return message.text
     return message.model_dump_json(exclude_none=True)

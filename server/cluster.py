@@ -1,0 +1,188 @@
+"""This node's part in a counter of several nodes: the bus messages of the others, routed.
+
+The queue and agent presence are shared (Redis); a session lives on the node
+where the customer joined, and its offer, call, media, recording and flow run
+there. A participant whose WebSocket is on another node is *relayed*:
+
+- an **agent** on node B who claims a customer of node A: B sends ``offer``;
+  A offers the customer to a stand-in of the agent (``Broker.remote_offer``)
+  and serves the agent's relayed frames (``agent_frame``) with the same
+  :class:`~server.ws.AgentEndpoint` code a local socket has; what A sends the
+  agent comes back as ``deliver`` and B writes it to the socket; when the offer
+  or call is over A sends ``released`` and B serves the agent itself again;
+  ``agent_gone`` when B loses the socket;
+- a **customer** whose socket reaches B for a session of A (a rejoin through
+  the load balancer): B relays the whole connection (``customer_open``,
+  ``customer_frame``, ``customer_gone``), A serves it with a
+  :class:`~server.ws.CustomerEndpoint` and answers with ``deliver``/``close``.
+
+``queue_changed`` (broadcast) makes every node offer to its ready agents and
+update its customers' positions. A message from a node that is not alive in the
+registry, or about a connection this node does not hold, is ignored and logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from signaling import messages as m
+from signaling.broker import AgentUser
+from signaling.bus import Bus, BusMessage
+from signaling.ids import new_id
+from signaling.relay import RemoteChannel
+
+from .appkeys import BROKER
+
+if TYPE_CHECKING:
+    from .ws import AgentEndpoint, CustomerEndpoint
+
+logger = logging.getLogger(__name__)
+
+
+class Cluster:
+    """Routes the bus messages addressed to this node."""
+
+    def __init__(self, app: web.Application, bus: Bus) -> None:
+        self.app = app
+        self.bus = bus
+        #: agents of other nodes this node serves a session for, by (node, agent id)
+        self._agents: dict[tuple[str, int], AgentEndpoint] = {}
+        #: customers of other nodes' sessions relayed to this node, by (node, relay id)
+        self._customers: dict[tuple[str, str], CustomerEndpoint] = {}
+        #: this node's customer sockets relayed to another node, by relay id
+        self._edges: dict[str, CustomerEndpoint] = {}
+
+    @property
+    def node_id(self) -> str:
+        return self.bus.node_id
+
+    async def start(self) -> None:
+        await self.bus.subscribe(self._on_message)
+
+    # -- this node's sockets relayed elsewhere --------------------------------------------
+
+    async def open_customer_relay(self, endpoint: CustomerEndpoint, node_id: str, first: str) -> str:
+        """Relay ``endpoint``'s connection to ``node_id``, starting with frame ``first``."""
+        relay = new_id(12)
+        self._edges[relay] = endpoint
+        await self.bus.send(node_id, {"t": "customer_open", "relay": relay, "data": first})
+        return relay
+
+    async def customer_frame(self, node_id: str, relay: str, raw: str) -> None:
+        await self.bus.send(node_id, {"t": "customer_frame", "relay": relay, "data": raw})
+
+    async def close_customer_relay(self, node_id: str, relay: str) -> None:
+        if self._edges.pop(relay, None) is not None:
+            await self.bus.send(node_id, {"t": "customer_gone", "relay": relay})
+
+    async def agent_frame(self, node_id: str, agent_id: int, raw: str) -> None:
+        await self.bus.send(node_id, {"t": "agent_frame", "agent_id": agent_id, "data": raw})
+
+    # -- messages from the others ----------------------------------------------------------
+
+    async def _on_message(self, msg: BusMessage) -> None:
+        body, sender = msg.body, msg.sender
+        kind = body.get("t")
+        if sender == self.node_id and kind == "queue_changed":
+            return
+        if not msg.known_sender:
+            logger.warning("bus: %s from node %s, which is not a live node: ignored", kind, sender)
+            return
+        try:
+            await self._route(sender, kind, body)
+        except Exception:
+            # the message is taken (a redelivery much later would be stale signaling)
+            logger.exception("bus: %s from node %s failed", kind, sender)
+
+    async def _route(self, sender: str, kind: Any, body: dict[str, Any]) -> None:
+        broker = self.app[BROKER]
+        if kind == "queue_changed":
+            await broker.queue_changed_elsewhere()
+        elif kind == "offer":
+            await self._offer(sender, body)
+        elif kind == "offer_failed":
+            await broker.remote_offer_failed(int(body["agent_id"]), str(body["session_id"]))
+        elif kind == "agent_frame":
+            endpoint = self._agents.get((sender, int(body["agent_id"])))
+            if endpoint is None or endpoint.agent is None or endpoint.agent.proxy_of != sender:
+                logger.warning("bus: a frame of agent %s from node %s, which this node serves no "
+                               "session for: ignored", body.get("agent_id"), sender)
+                return
+            await endpoint.handle(str(body["data"]))
+        elif kind == "agent_gone":
+            self._agents.pop((sender, int(body["agent_id"])), None)
+            await broker.remote_agent_gone(sender, int(body["agent_id"]))
+        elif kind == "deliver":
+            self._deliver(sender, body)
+        elif kind == "close":
+            self._close(sender, body)
+        elif kind == "released" and body.get("kind") == "agent":
+            await broker.remote_released(sender, int(body["to"]), str(body.get("status", "away")))
+        elif kind == "customer_open":
+            await self._customer_open(sender, body)
+        elif kind == "customer_frame":
+            endpoint = self._customers.get((sender, str(body["relay"])))
+            if endpoint is None:
+                logger.warning("bus: a frame of an unknown relayed customer from node %s: ignored", sender)
+                return
+            if not await endpoint.handle(str(body["data"])):
+                self._customers.pop((sender, str(body["relay"])), None)
+                await endpoint.closed()
+        elif kind == "customer_gone":
+            endpoint = self._customers.pop((sender, str(body["relay"])), None)
+            if endpoint is not None:
+                await endpoint.closed()
+                if isinstance(endpoint.channel, RemoteChannel):
+                    await endpoint.channel.aclose()
+        else:
+            logger.warning("bus: unknown message %r from node %s: ignored", kind, sender)
+
+    async def _offer(self, sender: str, body: dict[str, Any]) -> None:
+        from .ws import AgentEndpoint
+
+        raw = body["agent"]
+        user = AgentUser(id=int(raw["id"]), username=str(raw["username"]),
+                         display_name=str(raw["display_name"]), skills=frozenset(raw["skills"]))
+        proxy = await self.app[BROKER].remote_offer(sender, str(body["session_id"]), user)
+        if proxy is not None:
+            endpoint = AgentEndpoint(self.app, proxy.channel, user)
+            endpoint.agent = proxy
+            self._agents[(sender, user.id)] = endpoint
+
+    async def _customer_open(self, sender: str, body: dict[str, Any]) -> None:
+        from .ws import CustomerEndpoint
+
+        relay = str(body["relay"])
+        channel = RemoteChannel(self.bus, sender, "customer", relay, label=f"customer relayed from {sender}")
+        endpoint = CustomerEndpoint(self.app, channel)
+        self._customers[(sender, relay)] = endpoint
+        if not await endpoint.handle(str(body["data"])):
+            self._customers.pop((sender, relay), None)
+            await endpoint.closed()
+
+    def _deliver(self, sender: str, body: dict[str, Any]) -> None:
+        text = str(body["data"])
+        if body.get("kind") == "agent":
+            if not self.app[BROKER].deliver(sender, int(body["to"]), text):
+                logger.info("bus: a message from node %s for agent %s, not relayed to it: dropped",
+                            sender, body.get("to"))
+            return
+        edge = self._edges.get(str(body["to"]))
+        if edge is None or edge.relay is None or edge.relay[0] != sender:
+            logger.info("bus: a message from node %s for a customer connection not here: dropped", sender)
+            return
+        edge.channel.send(m.Relayed(text=text))
+
+    def _close(self, sender: str, body: dict[str, Any]) -> None:
+        code, reason = int(body.get("code", 1000)), str(body.get("reason", ""))
+        if body.get("kind") == "agent":
+            agent = self.app[BROKER].agent(int(body["to"]))
+            if agent is not None and agent.remote_node == sender:
+                agent.channel.close(code, reason)
+            return
+        edge = self._edges.get(str(body["to"]))
+        if edge is not None and edge.relay is not None and edge.relay[0] == sender:
+            edge.channel.close(code, reason)

@@ -1,0 +1,124 @@
+"""Two nodes of one counter sharing a real Redis and one database: the queue is global and a
+participant's WebSocket may reach either node."""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+
+from server.db import CallSession
+
+from .helpers import eventually, session_events
+from .redis_server import redis_url  # noqa: F401  (the fixture)
+
+
+@pytest.fixture
+async def nodes(make_counter, video_clip, audio_clip, redis_url):  # noqa: F811
+    """Nodes A and B of one counter (their own Redis key prefix per test)."""
+    shared = {"redis_url": redis_url, "redis_prefix": f"t{secrets.token_hex(4)}:"}
+    a = await make_counter(video_clip, audio_clip, node_id="node-a", **shared)
+    b = await make_counter(video_clip, audio_clip, node_id="node-b", **shared)
+    return a, b
+
+
+async def _row(counter, session_id: str) -> CallSession:
+    return await counter.db.run(lambda s: s.get(CallSession, session_id))
+
+
+async def test_a_customer_on_one_node_is_served_by_an_agent_on_the_other(nodes) -> None:
+    a, b = nodes
+    customer = await a.customer("account_opening", "王女士")
+    assert (await customer.wait_for("queue_update"))["position"] == 1
+
+    agent = await b.agent("alice")
+    offer = await agent.accept_next()
+    assert offer["display_name"] == "王女士" and offer["session_id"] == customer.session_id
+    started_c = await customer.wait_for("call_started")
+    started_a = await agent.wait_for("call_started")
+    assert started_c["peer"]["role"] == "agent" and started_a["peer"]["display_name"] == "王女士"
+
+    # the call's media is on the customer's node; the agent's peer connection goes there
+    await customer.wait_media(frames=45)
+    await agent.wait_media(frames=45)
+    media = a.hub.find(customer.session_id)
+    assert media is not None and b.hub.find(customer.session_id) is None
+    assert media.tap("agent", "video").frames_in >= 45 and media.tap("customer", "audio").frames_in >= 45
+    row = await _row(a, customer.session_id)
+    assert (row.state, row.node_id) == ("active", "node-a")
+
+    await agent.hangup()
+    assert (await customer.wait_for("call_ended"))["reason"] == "agent_hangup"
+    assert (await agent.wait_for("call_ended"))["reason"] == "agent_hangup"
+    await agent.wait_for("status", status="away")
+    assert a.hub.find(customer.session_id) is None
+    kinds = [e.kind for e in await session_events(a, customer.session_id)]
+    assert kinds.index("offered") < kinds.index("call_started") < kinds.index("ended"), kinds
+
+    # back on its own node, the agent is offered the next customer again, wherever it waits
+    await agent.set_ready()
+    second = await b.customer("account_opening", "李先生")
+    assert (await agent.next_offer())["session_id"] == second.session_id
+
+
+async def test_the_queue_is_one_queue_in_join_order_and_skills_across_nodes(nodes) -> None:
+    a, b = nodes
+    loan = await a.customer("loan_signing", "贷款客户")
+    first = await a.customer("account_opening", "先到")
+    second = await b.customer("account_opening", "后到")
+    # positions count the whole counter's queue, per business
+    assert (await second.wait_for("queue_update"))["position"] == 2
+    assert (await first.wait_for("queue_update"))["position"] == 1
+
+    bob = await b.agent("bob")  # account opening only: never offered the loan customer
+    offer = await bob.next_offer()
+    assert offer["session_id"] == first.session_id  # the longest waiting, on the other node
+    await bob.send({"type": "decline", "session_id": first.session_id})
+    offer = await bob.next_offer()
+    assert offer["session_id"] == second.session_id  # not offered the declined one again
+    await bob.send({"type": "decline", "session_id": second.session_id})
+    await bob.wait_for("status", status="ready")
+
+    carol = await a.agent("carol")  # loan signing only
+    assert (await carol.next_offer())["session_id"] == loan.session_id
+    alice = await b.agent("alice")
+    assert (await alice.next_offer())["session_id"] == first.session_id
+    assert bob.count("customer_offer") == 2
+
+
+async def test_a_customer_rejoins_through_the_other_node_and_the_call_carries_media(nodes) -> None:
+    a, b = nodes
+    customer = await a.customer("wealth_product", "赵阿姨")
+    await customer.wait_for("queue_update")
+    session_id, token = customer.session_id, customer.rejoin_token
+    await customer.drop()
+
+    again = b.participant("customer-again")
+    rejoined = await again.rejoin(session_id, token)
+    assert rejoined["state"] == "queued"
+    assert (await again.wait_for("queue_update"))["position"] == 1
+
+    agent = await a.agent("alice")
+    await agent.accept_next()
+    await again.wait_for("call_started")
+    await again.wait_media(frames=30)
+    await agent.wait_media(frames=30)
+    assert a.hub.find(session_id) is not None and b.hub.find(session_id) is None
+
+    await again.hangup()
+    assert (await agent.wait_for("call_ended"))["reason"] == "customer_hangup"
+    await eventually(lambda: _ended(a, session_id))
+
+
+async def test_a_stranger_cannot_rejoin_through_the_other_node(nodes) -> None:
+    a, b = nodes
+    customer = await a.customer("account_opening", "钱女士")
+    await customer.wait_for("queue_update")
+    stranger = b.participant("stranger")
+    with pytest.raises(Exception, match="rejoin token does not match|forbidden"):
+        await stranger.rejoin(customer.session_id, "x" * 43)
+    assert (await _row(a, customer.session_id)).state == "queued"
+
+
+async def _ended(counter, session_id: str) -> bool:
+    return (await _row(counter, session_id)).state == "ended"
