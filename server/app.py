@@ -122,7 +122,9 @@ async def node_ctx(app: web.Application) -> AsyncIterator[None]:
         hub, broker = app.get(HUB), app.get(BROKER)
         return {"calls": hub.call_count if hub else 0, "sessions": len(broker.sessions) if broker else 0}
 
-    registry = NodeRegistry(db, config.node_id, lease_s=config.node_lease_s, load=load)
+    # with other nodes, a dead node's customers have the rejoin window to come back through another
+    grace = config.rejoin_window_s if config.redis_url else 0.0
+    registry = NodeRegistry(db, config.node_id, lease_s=config.node_lease_s, grace_s=grace, load=load)
     orphans = await registry.start()
     if orphans:
         logger.warning("closed %d session(s) left open by a node that is gone: %s", len(orphans),
@@ -184,6 +186,7 @@ async def media_ctx(app: web.Application) -> AsyncIterator[None]:
             log=DbSessionLog(db, config.node_id),
             state=state,
             bus=bus,
+            directory=app[NODES],
         )
         broker_ref.append(broker)
         app[HUB], app[BROKER] = hub, broker

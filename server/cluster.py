@@ -23,18 +23,20 @@ registry, or about a connection this node does not hold, is ignored and logged.
 
 from __future__ import annotations
 
+import hmac
 import logging
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from signaling import messages as m
-from signaling.broker import AgentUser
+from signaling.broker import AgentUser, hash_token
 from signaling.bus import Bus, BusMessage
 from signaling.ids import new_id
 from signaling.relay import RemoteChannel
 
-from .appkeys import BROKER
+from .appkeys import BROKER, DB, NODES
+from .session_log import session_record
 
 if TYPE_CHECKING:
     from .ws import AgentEndpoint, CustomerEndpoint
@@ -61,6 +63,19 @@ class Cluster:
 
     async def start(self) -> None:
         await self.bus.subscribe(self._on_message)
+
+    async def node_alive(self, node_id: str) -> bool:
+        info = await self.app[NODES].node(node_id)
+        return info is not None and info.alive
+
+    async def adopt(self, session_id: str, token: str, from_node: str) -> bool:
+        """Take over ``session_id`` of dead node ``from_node`` for a customer who proved it is theirs
+        (``token``); False when there is nothing to take over (then the rejoin is refused as usual)."""
+        record = await self.app[DB].run(lambda s: session_record(s, session_id))
+        if record is None or not hmac.compare_digest(record.token_hash, hash_token(token)):
+            return False
+        await self.app[BROKER].adopt(record, from_node)
+        return True
 
     # -- this node's sockets relayed elsewhere --------------------------------------------
 

@@ -72,6 +72,9 @@ class CallSession(SQLModel, table=True):
     customer_name: str = Field(max_length=128)
     agent_id: int | None = Field(default=None, foreign_key="user.id", index=True)
     node_id: str = Field(default="", max_length=128)
+    #: SHA-256 of the customer's rejoin token (the token itself is never stored): any node can let
+    #: the customer back in, also after the node holding the session died
+    token_hash: str = Field(default="", max_length=64, sa_column_kwargs={"server_default": ""})
     created_at: datetime = Field(default_factory=utcnow, index=True)
     started_at: datetime | None = None
     ended_at: datetime | None = None

@@ -10,8 +10,10 @@ make a live node look dead. A node
   process on this host that is no longer running holds no id;
 - at start and at every heartbeat, closes as ``failed`` the sessions left open
   by nodes that are not alive (killed, or lost their database connection for
-  longer than the lease), and sessions left open under its own id by an earlier
-  run; sessions of live nodes are never touched;
+  longer than the lease) once ``grace_s`` more has passed (their customers may
+  rejoin through another node meanwhile, which takes the sessions over), and
+  sessions left open under its own id by an earlier run; sessions of live nodes
+  are never touched;
 - releases its id when it stops.
 """
 
@@ -119,11 +121,14 @@ def list_nodes(s: DbSession, lease_s: float) -> list[NodeView]:
 class NodeRegistry:
     """This node's lease in the registry, renewed until :meth:`aclose`."""
 
-    def __init__(self, db: Database, node_id: str, *, lease_s: float = 15.0, address: str = "",
-                 load: Callable[[], dict[str, Any]] | None = None) -> None:
+    def __init__(self, db: Database, node_id: str, *, lease_s: float = 15.0, grace_s: float = 0.0,
+                 address: str = "", load: Callable[[], dict[str, Any]] | None = None) -> None:
         self.db = db
         self.node_id = node_id
         self.lease_s = lease_s
+        #: seconds past a dead node's lease before its sessions are closed: its customers may come
+        #: back through another node meanwhile, which takes their sessions over
+        self.grace_s = grace_s
         self.address = address
         self._load = load or dict
         self._task: asyncio.Task[None] | None = None
@@ -157,18 +162,18 @@ class NodeRegistry:
     def _sweep(self, s: DbSession, now: datetime, *, own_earlier_run: bool = False) -> list[str]:
         """Forget nodes that are not alive and close their sessions (the caller holds the lock);
         with ``own_earlier_run``, also the sessions left open under this node's id."""
-        live = set()
+        keep = set()
         for row in s.exec(select(Node)):
             silent = (now - _aware(row.heartbeat_at)).total_seconds()
-            if row.id == self.node_id or silent <= self.lease_s:
-                live.add(row.id)
+            if row.id == self.node_id or silent <= self.lease_s + self.grace_s:
+                keep.add(row.id)  # alive, or dead so recently that its customers may still come back
             else:
                 logger.warning("node %s (%s, pid %d) missed its heartbeat for %.0f s: it is dead",
                                row.id, row.host, row.pid, silent)
                 s.delete(row)
         if own_earlier_run:
-            live.discard(self.node_id)
-        return close_orphaned_sessions(s, live, now=now)
+            keep.discard(self.node_id)
+        return close_orphaned_sessions(s, keep, now=now)
 
     def _heartbeat(self, s: DbSession) -> list[str]:
         _lock(s)

@@ -10,7 +10,7 @@ from sqlalchemy import true
 from sqlmodel import Session as DbSession
 from sqlmodel import col, select
 
-from signaling.broker import Session
+from signaling.broker import Session, SessionRecord
 
 from .db import CallSession, Database, Participant, SessionEvent, utcnow
 
@@ -35,7 +35,7 @@ class DbSessionLog:
         def work(s: DbSession) -> None:
             s.add(CallSession(id=session.id, business=session.business, state=session.state,
                               customer_name=session.display_name, node_id=self.node_id,
-                              created_at=created))
+                              token_hash=session.token_hash, created_at=created))
             s.add(Participant(session_id=session.id, role="customer",
                               display_name=session.display_name, joined_at=created))
 
@@ -47,6 +47,7 @@ class DbSessionLog:
             if row is None:
                 return
             row.state = session.state
+            row.node_id = self.node_id  # a session changes only on the node holding it
             row.end_reason = session.end_reason
             row.started_at = row.started_at or _dt(session.started_at)
             row.ended_at = _dt(session.ended_at)
@@ -101,3 +102,13 @@ def close_orphaned_sessions(s: DbSession, live_nodes: set[str], *, now: datetime
                            offset_ms=max(0, int((now - created).total_seconds() * 1000)),
                            data=json.dumps({"reason": "server_restart", "state": was, "node": row.node_id})))
     return [r.id for r in rows]
+
+
+def session_record(s: DbSession, session_id: str) -> SessionRecord | None:
+    """What another node needs to take the session over, if it is still open."""
+    row = s.get(CallSession, session_id)
+    if row is None or row.state not in ("queued", "offered", "active") or not row.token_hash:
+        return None
+    created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
+    return SessionRecord(id=row.id, business=row.business, display_name=row.customer_name,
+                         token_hash=row.token_hash, created_at=created.timestamp(), state=row.state)

@@ -218,9 +218,11 @@ class CustomerEndpoint:
             msg = m.parse_customer_message(raw)
             if cluster is not None and isinstance(msg, m.Rejoin) and self.session is None:
                 home = await self._home_elsewhere(msg.session_id)
-                if home is not None:
+                if home is not None and await cluster.node_alive(home):
                     self.relay = (home, await cluster.open_customer_relay(self, home, _text(raw)))
                     return True
+                if home is not None:  # its node died: this node takes the session over
+                    await cluster.adopt(msg.session_id, msg.rejoin_token, home)
             await self._message(msg)
         except SignalingError as exc:
             _error(self.channel, exc)

@@ -40,12 +40,12 @@ from typing import Protocol
 from pydantic import BaseModel
 
 from . import messages as m
-from .bus import Bus
+from .bus import Bus, SenderCheck
 from .exceptions import Forbidden, InvalidMessage, InvalidState, NotFound
 from .ids import new_id
 from .media_hub import IceServerConfig, MediaHub, ParticipantMedia, other
 from .relay import RemoteChannel
-from .state import AgentPresence, InMemoryState, QueueEntry, SharedState
+from .state import AgentPresence, InMemoryState, NodeDirectory, QueueEntry, SharedState
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,10 @@ CLOSE_REPLACED = 4409
 MEDIA_RESTART_RETRY_S = 5.0
 #: seconds past the offer timeout an agent waits for another node to take up its offer
 REMOTE_ANSWER_MARGIN_S = 5.0
+#: with other nodes: an agent's presence lapses this long after its node stops renewing it
+PRESENCE_TTL_S = 15.0
+#: with other nodes: seconds between two checks of presence and of the nodes relayed agents serve
+HOUSEKEEPING_S = 2.0
 
 
 class Channel(Protocol):
@@ -116,6 +120,21 @@ class AgentUser:
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """What the database keeps of a session: enough for another node to take it over."""
+
+    id: str
+    business: str
+    display_name: str
+    token_hash: str
+    #: epoch seconds
+    created_at: float
+    #: ``queued``, ``offered`` or ``active``
+    state: str
+    face_consent: bool = False
 
 
 @dataclass(eq=False)
@@ -183,12 +202,15 @@ class Broker:
         state: SharedState | None = None,
         log: SessionLog | None = None,
         bus: Bus | None = None,
+        directory: NodeDirectory | None = None,
     ) -> None:
         self.hub = hub
         self.config = config or BrokerConfig()
         self.state: SharedState = state or InMemoryState()
         #: the other nodes of the counter (None: this node is the whole counter)
         self.bus = bus
+        self._nodes = SenderCheck(directory)
+        self._housekeeping: asyncio.Task[None] | None = None
         self.log: SessionLog = log or NullLog()
         self._sessions: dict[str, Session] = {}
         self._ended: OrderedDict[str, Session] = OrderedDict()
@@ -328,6 +350,35 @@ class Broker:
         await self._queue_changed()
         return session
 
+    async def adopt(self, record: SessionRecord, from_node: str) -> Session:
+        """Take over a session whose node died (its customer came back through this node): it
+        lives here from now on, waiting in its place in the queue (at the head if its call was
+        cut: the call's media was on the dead node). The caller checked that ``from_node`` is dead
+        and then calls :meth:`customer_rejoin` as for any rejoin."""
+        async with self._lock:
+            existing = self._sessions.get(record.id)
+            if existing is not None:
+                return existing
+            session = Session(id=record.id, business=record.business, display_name=record.display_name,
+                              token_hash=record.token_hash, created_at=record.created_at,
+                              face_consent=record.face_consent)
+            self._sessions[session.id] = session
+            entry = await self.state.entry(session.id)
+            was = record.state
+            if entry is not None and was in ("queued", "offered"):
+                await self.state.update_entry(session.id, node_id=self.config.node_id, offered_to=None,
+                                              reachable=False)
+            else:
+                await self.state.enqueue(QueueEntry(session.id, session.business, session.created_at,
+                                                    priority=0 if was == "active" else 1,
+                                                    node_id=self.config.node_id, reachable=False))
+            await self.state.set_call_node(session.id, self.config.node_id)
+            await self._changed(session)
+            await self._event(session.id, "session_adopted", from_node=from_node, state=was)
+            logger.warning("session %s: taken over from node %s, which is gone (was %s)", session.id,
+                           from_node, was)
+            return session
+
     async def customer_rejoin(self, channel: Channel, session_id: str, token: str) -> Session:
         async with self._lock:
             session = self._sessions.get(session_id) or self._ended.get(session_id)
@@ -434,6 +485,7 @@ class Broker:
     async def _put_presence(self, agent: AgentConn) -> None:
         if agent.proxy_of is not None:
             return  # the agent's own node publishes its presence
+        self._start_housekeeping()
         await self.state.put_agent(
             AgentPresence(
                 agent_id=agent.user.id,
@@ -443,8 +495,49 @@ class Broker:
                 status=agent.status,
                 node_id=self.config.node_id,
                 ready_since=agent.ready_since,
-            )
+            ),
+            ttl_s=PRESENCE_TTL_S if self.bus is not None else None,
         )
+
+    # -- with other nodes: presence renewal, nodes that died ---------------------------
+
+    def _start_housekeeping(self) -> None:
+        if self.bus is not None and not self._closed and (self._housekeeping is None or self._housekeeping.done()):
+            self._housekeeping = self._spawn(self._keep_house(), "broker-housekeeping")
+
+    async def _keep_house(self) -> None:
+        last_presence = 0.0
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_S)
+            try:
+                now = time.monotonic()
+                if now - last_presence >= PRESENCE_TTL_S / 3:
+                    last_presence = now
+                    for agent in [a for a in self._agents.values() if a.proxy_of is None]:
+                        await self._put_presence(agent)
+                for agent in [a for a in self._agents.values() if a.remote_node is not None]:
+                    if not await self._nodes.known(agent.remote_node):
+                        await self._remote_node_lost(agent)
+            except Exception:
+                logger.exception("broker housekeeping failed")
+
+    async def _remote_node_lost(self, agent: AgentConn) -> None:
+        """The node holding the session this node's agent was offered or serving died."""
+        async with self._lock:
+            node, session_id = agent.remote_node, agent.session_id
+            if node is None or session_id is None or self._agents.get(agent.user.id) is not agent:
+                return
+            logger.warning("agent %s: node %s holding session %s is gone", agent.user.username, node,
+                           session_id)
+            if agent.status == "busy":
+                agent.channel.send(m.CallEnded(session_id=session_id, reason="node_lost"))
+            else:
+                agent.channel.send(m.OfferWithdrawn(session_id=session_id, reason="node_lost"))
+            self._cancel(agent.offer_task)
+            agent.offer_task = None
+            agent.remote_node = agent.session_id = None
+            await self._set_agent_status(agent, "away")
+            await self._broadcast_queue()
 
     async def _set_agent_status(self, agent: AgentConn, status: str) -> None:
         if status == "ready" and agent.status != "ready":
@@ -756,8 +849,12 @@ class Broker:
                     await self._offer(agent, session)
                     break
                 if self.bus is not None and entry.node_id not in ("", self.config.node_id):
-                    await self._offer_remote(agent, entry)
-                    break
+                    if await self._nodes.known(entry.node_id):
+                        await self._offer_remote(agent, entry)
+                        break
+                    # its node died: the customer is not connected until they come back (adopt)
+                    await self.state.update_entry(entry.session_id, offered_to=None, reachable=False)
+                    continue
                 # an entry of this node without its session (it ended meanwhile): not a customer
                 logger.warning("session %s: dropping a stale queue entry", entry.session_id)
                 await self.state.dequeue(entry.session_id)

@@ -3,10 +3,12 @@ participant's WebSocket may reach either node."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 
 import pytest
 
+from server.appkeys import NODES
 from server.db import CallSession
 
 from .helpers import eventually, session_events
@@ -122,3 +124,47 @@ async def test_a_stranger_cannot_rejoin_through_the_other_node(nodes) -> None:
 
 async def _ended(counter, session_id: str) -> bool:
     return (await _row(counter, session_id)).state == "ended"
+
+
+async def test_a_dead_nodes_waiting_customer_comes_back_through_the_other_and_keeps_its_place(
+        make_counter, video_clip, audio_clip, redis_url) -> None:  # noqa: F811
+    shared = {"redis_url": redis_url, "redis_prefix": f"t{secrets.token_hex(4)}:", "node_lease_s": 1.0}
+    a = await make_counter(video_clip, audio_clip, node_id="node-a", **shared)
+    b = await make_counter(video_clip, audio_clip, node_id="node-b", **shared)
+    first = await a.customer("account_opening", "先到")
+    await first.wait_for("queue_update")
+    second = await b.customer("account_opening", "后到")
+    assert (await second.wait_for("queue_update"))["position"] == 2
+
+    # node A dies: its heartbeat stops and its customers' sockets drop with it
+    heartbeat = a.app[NODES]._task
+    heartbeat.cancel()
+    await asyncio.gather(heartbeat, return_exceptions=True)
+    await first.drop()
+    await eventually(lambda: _dead(b, "node-a"), timeout=10)
+
+    # an agent who gets ready meanwhile is not offered the unreachable customer of the dead node
+    alice = await b.agent("alice")
+    assert (await alice.next_offer())["session_id"] == second.session_id
+    await alice.send({"type": "decline", "session_id": second.session_id})
+    await alice.wait_for("status", status="ready")
+
+    back = b.participant("customer-back")
+    rejoined = await back.rejoin(first.session_id, first.rejoin_token)
+    assert rejoined["state"] == "queued"
+    assert (await back.wait_for("queue_update"))["position"] == 1  # still ahead of the later customer
+    # the ready agent is offered the customer who came back: their place was kept
+    assert (await alice.next_offer())["session_id"] == first.session_id
+    assert (await _row(b, first.session_id)).node_id == "node-b"
+    kinds = [e.kind for e in await session_events(b, first.session_id)]
+    assert "session_adopted" in kinds and kinds.index("session_adopted") < kinds.index("customer_rejoined")
+
+    await alice.send({"type": "accept", "session_id": first.session_id})
+    await back.wait_for("call_started")
+    await back.wait_media(frames=30)
+    assert b.hub.find(first.session_id) is not None
+
+
+async def _dead(counter, node_id: str) -> bool:
+    info = await counter.app[NODES].node(node_id)
+    return info is not None and not info.alive

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -68,10 +69,13 @@ def _schema_differences(db: Database) -> list[object]:
 
 
 def _seed(db: Database) -> None:
+    """A few rows in the columns revision 0001 has (the models may have more by now)."""
     with db.session() as s:
         user = User(username="qc", display_name="QC", role="auditor", password_hash="x")
         s.add(user)
-        s.add(CallSession(id="sess-old-1", business="loan_signing", state="ended", customer_name="王女士"))
+        s.execute(text("INSERT INTO callsession (id, business, state, customer_name, node_id, created_at) "
+                       "VALUES ('sess-old-1', 'loan_signing', 'ended', '王女士', '', :at)"),
+                  {"at": datetime.now(UTC)})
         s.add(SessionEvent(session_id="sess-old-1", offset_ms=0, kind="queued"))
         s.commit()
         access_log.append(s, user, "replay", "sess-old-1-1/customer")
