@@ -190,6 +190,7 @@ async def media_ctx(app: web.Application) -> AsyncIterator[None]:
         )
         broker_ref.append(broker)
         app[HUB], app[BROKER] = hub, broker
+        app[THROTTLE] = LoginThrottle(state)
         if bus is not None:
             cluster = app[CLUSTER] = Cluster(app, bus)
             await cluster.start()
@@ -281,7 +282,6 @@ async def loop_lag_ctx(app: web.Application) -> AsyncIterator[None]:
 def create_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[errors_and_headers], client_max_size=1024**2)
     app[CONFIG] = config
-    app[THROTTLE] = LoginThrottle()
     app[CHANNELS] = weakref.WeakSet()
     app[REPLAYS] = {}
 

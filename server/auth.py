@@ -10,14 +10,13 @@ import base64
 import hashlib
 import hmac
 import secrets
-import time
-from collections import defaultdict, deque
 from datetime import timedelta
 
 from sqlalchemy import delete
 from sqlmodel import Session, col, select  # noqa: F401  (select: tests still use auth.select)
 
 from business.catalogue import BUSINESS_TYPES
+from signaling.state import SharedState
 
 from .db import ROLES, AuthToken, Database, User, get_user, utcnow
 from .exceptions import BadRequest, Conflict, TooManyRequests, Unauthorized
@@ -86,26 +85,45 @@ def add_user(s: Session, *, role: str, username: str, password: str,
 
 
 class LoginThrottle:
-    """At most ``limit`` failed logins per username within ``window_s`` seconds."""
+    """Limits on password guessing, counted in the counter's shared state (every node sees them).
 
-    def __init__(self, limit: int = 5, window_s: float = 300.0) -> None:
+    - ``limit`` login attempts per username *and address* within ``window_s``: an attempt is
+      counted before the password is checked, so concurrent guesses cannot slip past the limit;
+      a successful login clears that count. The username is locked out from that address only:
+      nobody can lock an agent out from elsewhere.
+    - ``address_limit`` failed logins per address within ``window_s``, whatever the username
+      (a password spray over many usernames from one address).
+    """
+
+    def __init__(self, state: SharedState, *, limit: int = 5, address_limit: int = 30,
+                 window_s: float = 300.0) -> None:
+        self.state = state
         self.limit = limit
+        self.address_limit = address_limit
         self.window_s = window_s
-        self._failures: dict[str, deque[float]] = defaultdict(deque)
 
-    def check(self, username: str) -> None:
-        failures = self._failures.get(username)
-        now = time.monotonic()
-        while failures and now - failures[0] > self.window_s:
-            failures.popleft()
-        if failures is not None and len(failures) >= self.limit:
-            raise TooManyRequests("too many failed logins: try again in a few minutes")
+    @staticmethod
+    def _user_key(username: str, address: str) -> str:
+        digest = hashlib.sha256(f"{username}\n{address}".encode()).hexdigest()[:32]
+        return f"login:user:{digest}"
 
-    def failed(self, username: str) -> None:
-        self._failures[username].append(time.monotonic())
+    @staticmethod
+    def _address_key(address: str) -> str:
+        return f"login:addr:{hashlib.sha256(address.encode()).hexdigest()[:32]}"
 
-    def succeeded(self, username: str) -> None:
-        self._failures.pop(username, None)
+    async def attempt(self, username: str, address: str) -> None:
+        """Count one attempt; :class:`TooManyRequests` past a limit."""
+        refused = TooManyRequests("too many failed logins: try again in a few minutes")
+        if await self.state.count(self._address_key(address)) >= self.address_limit:
+            raise refused
+        if await self.state.hit(self._user_key(username, address), self.window_s) > self.limit:
+            raise refused
+
+    async def failed(self, username: str, address: str) -> None:
+        await self.state.hit(self._address_key(address), self.window_s)
+
+    async def succeeded(self, username: str, address: str) -> None:
+        await self.state.reset(self._user_key(username, address))
 
 
 async def login(db: Database, username: str, password: str, ttl_s: int) -> tuple[str, User]:

@@ -19,16 +19,16 @@ async def login(request: web.Request) -> web.Response:
     username, password = body.get("username"), body.get("password")
     if not isinstance(username, str) or not isinstance(password, str) or not username or not password:
         raise BadRequest("username and password are required")
-    throttle = request.app[THROTTLE]
-    throttle.check(username)
+    throttle, address = request.app[THROTTLE], request.remote or ""
+    await throttle.attempt(username, address)
     config = request.app[CONFIG]
     try:
         token, user = await auth.login(request.app[DB], username, password, config.login_ttl_s)
     except Unauthorized:
-        throttle.failed(username)
-        logger.info("failed login for %r from %s", username[:64], request.remote)
+        await throttle.failed(username, address)
+        logger.info("failed login for %r from %s", username[:64], address)
         raise
-    throttle.succeeded(username)
+    await throttle.succeeded(username, address)
     logger.info("user %s logged in (%s)", user.username, user.role)
     response = web.json_response({
         "token": token,
