@@ -32,7 +32,7 @@ import logging
 import math
 import secrets
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -217,7 +217,6 @@ class Broker:
         self._agents: dict[int, AgentConn] = {}
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._handle_times: deque[float] = deque(maxlen=50)
         self._watchdog: asyncio.Task[None] | None = None
         self._closed = False
         #: callbacks run when a call becomes active / ends (recorder, identity hook in here)
@@ -1021,10 +1020,14 @@ class Broker:
         )
         agent.offer_task = self._spawn(self._offer_timeout(agent, session.id), f"offer-{session.id}")
 
-    def average_handle_s(self) -> float:
-        if not self._handle_times:
-            return self.config.default_handle_s
-        return sum(self._handle_times) / len(self._handle_times)
+    async def average_handle_s(self, business: str | None = None) -> float:
+        """Average handling time of the counter's recent calls of ``business`` (all businesses when
+        it has none yet), or the configured default before any call was measured."""
+        for scope in ((business, None) if business is not None else (None,)):
+            average = await self.state.average_handle_time(scope)
+            if average is not None:
+                return average
+        return self.config.default_handle_s
 
     async def _waiting_counts(self) -> dict[str, int]:
         counts = dict.fromkeys(sorted(self.config.businesses or ()), 0)
@@ -1036,7 +1039,7 @@ class Broker:
         """Send each waiting customer its position and estimate if they changed."""
         queue = await self.state.queue()
         agents = await self.state.agents()
-        handle = self.average_handle_s()
+        handles: dict[str, float] = {}
         positions: dict[str, int] = {}
         for entry in queue:
             positions[entry.business] = positions.get(entry.business, 0) + 1
@@ -1046,7 +1049,9 @@ class Broker:
             position = positions[entry.business]
             staffed = sum(1 for a in agents if entry.business in a.skills and a.status != "away")
             available = sum(1 for a in agents if entry.business in a.skills and a.status == "ready")
-            estimate = int(math.ceil(position / max(1, staffed)) * handle)
+            if entry.business not in handles:
+                handles[entry.business] = await self.average_handle_s(entry.business)
+            estimate = int(math.ceil(position / max(1, staffed)) * handles[entry.business])
             update = (position, estimate, available)
             if update != session.last_queue_update:
                 session.last_queue_update = update
@@ -1073,7 +1078,7 @@ class Broker:
         session.end_reason = reason
         session.ended_at = time.time()
         if was_active and session.started_at is not None:
-            self._handle_times.append(session.ended_at - session.started_at)
+            await self.state.record_handle_time(session.business, session.ended_at - session.started_at)
         await self._changed(session)
         await self._event(session.id, state, reason=reason)
         logger.info("session %s: %s (%s)", session.id, state, reason)

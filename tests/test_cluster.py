@@ -168,3 +168,17 @@ async def test_a_dead_nodes_waiting_customer_comes_back_through_the_other_and_ke
 async def _dead(counter, node_id: str) -> bool:
     info = await counter.app[NODES].node(node_id)
     return info is not None and not info.alive
+
+
+async def test_the_wait_estimate_learns_from_calls_on_every_node(nodes) -> None:
+    a, b = nodes
+    customer = await a.customer("loan_signing", "孙先生", media=False)
+    agent = await a.agent("carol", media=False)
+    await agent.accept_next()
+    await customer.wait_for("call_started")
+    await customer.hangup()
+    await agent.wait_for("call_ended", allow_errors=True)  # its media offer may meet the hang-up
+    # a customer on the other node is told a wait from that short call, not the 180 s default
+    later = await b.customer("loan_signing", "周女士", media=False)
+    estimate = (await later.wait_for("queue_update"))["estimated_wait_s"]
+    assert estimate < 30, estimate
