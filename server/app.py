@@ -27,6 +27,7 @@ from .appkeys import (
     IDENTITY,
     KEYS,
     LOOP_LAG,
+    METRICS,
     NODES,
     RECORDINGS,
     REPLAYS,
@@ -39,6 +40,7 @@ from .config import Config, ensure_data_dir
 from .db import Database
 from .exceptions import ServerError
 from .health import LoopLagMonitor
+from .metrics import Metrics
 from .node_registry import NodeRegistry
 from .recording import RecordingService, load_keys
 from .routes import setup_routes
@@ -189,6 +191,7 @@ async def media_ctx(app: web.Application) -> AsyncIterator[None]:
             directory=app[NODES],
         )
         broker_ref.append(broker)
+        broker.log.listeners.append(app[METRICS].event)  # type: ignore[attr-defined]
         app[HUB], app[BROKER] = hub, broker
         app[THROTTLE] = LoginThrottle(state)
         if bus is not None:
@@ -283,6 +286,7 @@ def create_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[errors_and_headers], client_max_size=1024**2)
     app[CONFIG] = config
     app[CHANNELS] = weakref.WeakSet()
+    app[METRICS] = Metrics(config.node_id)
     app[REPLAYS] = {}
 
     app.cleanup_ctx.extend([database_ctx, node_ctx, keys_ctx, media_ctx])

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .flow_service import FlowService
     from .health import LoopLagMonitor
     from .identity_service import IdentityService
+    from .metrics import Metrics
     from .node_registry import NodeRegistry
     from .recording import RecordingService
 
@@ -44,6 +45,8 @@ APPOINTMENTS: web.AppKey[AppointmentService] = web.AppKey("appointments")
 KEYS: web.AppKey[tuple[MasterKey, SigningKey]] = web.AppKey("keys")
 #: the bus to the counter's other nodes (absent on a single node: no Redis configured)
 CLUSTER: web.AppKey[Cluster] = web.AppKey("cluster")
+#: this node's Prometheus metrics
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 #: this node's lease in the node registry
 NODES: web.AppKey[NodeRegistry] = web.AppKey("nodes")
 THROTTLE: web.AppKey[LoginThrottle] = web.AppKey("login_throttle")

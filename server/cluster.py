@@ -35,7 +35,7 @@ from signaling.bus import Bus, BusMessage
 from signaling.ids import new_id
 from signaling.relay import RemoteChannel
 
-from .appkeys import BROKER, DB, NODES
+from .appkeys import BROKER, DB, METRICS, NODES
 from .session_log import session_record
 
 if TYPE_CHECKING:
@@ -106,10 +106,13 @@ class Cluster:
         if not msg.known_sender:
             logger.warning("bus: %s from node %s, which is not a live node: ignored", kind, sender)
             return
+        metrics = self.app[METRICS]
+        metrics.bus_latency.observe(max(0.0, msg.latency_s))
         try:
             await self._route(sender, kind, body)
         except Exception:
             # the message is taken (a redelivery much later would be stale signaling)
+            metrics.errors.labels("bus").inc()
             logger.exception("bus: %s from node %s failed", kind, sender)
 
     async def _route(self, sender: str, kind: Any, body: dict[str, Any]) -> None:

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import event as sa_event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
 logger = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ class Recording(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=80)  # "<session id>-<leg>"
     session_id: str = Field(foreign_key="callsession.id", index=True, max_length=64)
     leg: int = 1
-    #: recording | finalized | recovered | failed
+    #: recording | finalized | recovered | failed | purged
     state: str = Field(default="recording", index=True, max_length=16)
     started_at: datetime = Field(default_factory=utcnow)
     ended_at: datetime | None = None
@@ -96,6 +97,10 @@ class Recording(SQLModel, table=True):
     problem: str | None = Field(default=None, max_length=512)
     retention_until: datetime | None = Field(default=None, index=True)
     legal_hold: bool = False
+    #: the node recording (or finalising) it, and until when, by the database's clock: renewed
+    #: while it records; a lapsed lease lets another node take the recording over and finalise it
+    lease_node: str | None = Field(default=None, max_length=128)
+    lease_until: datetime | None = Field(default=None, index=True)
 
 
 class Verdict(SQLModel, table=True):
@@ -294,6 +299,8 @@ class Database:
 
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db")
         self._closed = False
+        #: database operations that failed (for the metrics)
+        self.failures = 0
 
     @property
     def display_url(self) -> str:
@@ -311,10 +318,14 @@ class Database:
         """Run ``fn(session)`` in the database thread and commit."""
 
         def work() -> T:
-            with self.session() as s:
-                result = fn(s)
-                s.commit()
-                return result
+            try:
+                with self.session() as s:
+                    result = fn(s)
+                    s.commit()
+                    return result
+            except SQLAlchemyError:
+                self.failures += 1
+                raise
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, work)
 

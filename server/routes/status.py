@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from business.catalogue import Business
 
-from ..appkeys import BROKER, CONFIG, DB, HUB, IDENTITY, LOOP_LAG, NODES
+from ..appkeys import BROKER, CONFIG, DB, HUB, IDENTITY, LOOP_LAG, METRICS, NODES
 from ..exceptions import BadRequest
 from ..node_registry import list_nodes
 
@@ -60,6 +61,13 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics of this node (counts and timings only, like ``/healthz``)."""
+    body = await request.app[METRICS].render(request.app[BROKER], request.app[DB])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 def setup_status_routes(app: web.Application) -> None:
     app.router.add_get("/api/config", client_config)
     app.router.add_get("/healthz", health)
+    app.router.add_get("/metrics", metrics)
