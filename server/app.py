@@ -126,7 +126,8 @@ async def node_ctx(app: web.Application) -> AsyncIterator[None]:
 
     # with other nodes, a dead node's customers have the rejoin window to come back through another
     grace = config.rejoin_window_s if config.redis_url else 0.0
-    registry = NodeRegistry(db, config.node_id, lease_s=config.node_lease_s, grace_s=grace, load=load)
+    registry = NodeRegistry(db, config.node_id, lease_s=config.node_lease_s, grace_s=grace,
+                            address=config.node_url, load=load)
     orphans = await registry.start()
     if orphans:
         logger.warning("closed %d session(s) left open by a node that is gone: %s", len(orphans),
@@ -203,18 +204,22 @@ async def media_ctx(app: web.Application) -> AsyncIterator[None]:
             await broker.aclose()
     finally:
         await hub.aclose()
+        if CLUSTER in app:
+            await app[CLUSTER].aclose()
         if bus is not None:
             await bus.aclose()
         await state.aclose()
 
 
 async def recordings_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Dual recording of every call; recordings a crash interrupted are finalised first."""
+    """Dual recording of every call into the configured store; recordings a crash interrupted are
+    finalised first, and the leases of the recordings being made are renewed until shutdown."""
     config, broker = app[CONFIG], app[BROKER]
     master, signing = app[KEYS]
     recordings = RecordingService(config, app[DB], app[HUB], master, signing, log_event=broker.log.event)
     try:
         await recordings.recover_interrupted()
+        recordings.start()
         app[RECORDINGS] = recordings
         broker.on_call_started.append(recordings.call_started)
         broker.on_call_ended.append(recordings.call_ended)
@@ -226,17 +231,22 @@ async def recordings_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def identity_ctx(app: web.Application) -> AsyncIterator[None]:
     """Face checks: the worker process pool and the service that feeds it live frames."""
+    import asyncio
+
     from identity import FaceWorker
     from recorder.evidence import EvidenceStore
 
     from .identity_service import IdentityService
+    from .recording import object_store
 
     config, broker = app[CONFIG], app[BROKER]
     master, _ = app[KEYS]
+    # the evidence goes where the recordings go (the recording service's store, or one of its own)
+    recordings = app.get(RECORDINGS)
+    store = recordings.store if recordings is not None else object_store(config)
     worker = FaceWorker(config.identity_workers or None)
     try:
-        identity = IdentityService(config, broker, app[HUB], EvidenceStore.local(config.identity_dir, master),
-                                   worker)
+        identity = IdentityService(config, broker, app[HUB], EvidenceStore(store.evidence(), master), worker)
         try:
             identity.start()
             app[IDENTITY] = identity
@@ -248,6 +258,8 @@ async def identity_ctx(app: web.Application) -> AsyncIterator[None]:
             await identity.aclose()
     finally:
         await worker.aclose()
+        if recordings is None:
+            await asyncio.to_thread(store.close)
 
 
 async def appointments_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -23,10 +23,13 @@ registry, or about a connection this node does not hold, is ignored and logged.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 from aiohttp import web
 
 from signaling import messages as m
@@ -35,13 +38,42 @@ from signaling.bus import Bus, BusMessage
 from signaling.ids import new_id
 from signaling.relay import RemoteChannel
 
-from .appkeys import BROKER, DB, METRICS, NODES
+from .appkeys import BROKER, CLUSTER, DB, METRICS, NODES
+from .exceptions import ServerError
 from .session_log import session_record
 
 if TYPE_CHECKING:
     from .ws import AgentEndpoint, CustomerEndpoint
 
 logger = logging.getLogger(__name__)
+
+#: set on a request one node passes to another (which then never passes it on)
+FORWARDED_HEADER = "X-Vcounter-Forwarded-By"
+#: headers that belong to one connection, not to the request
+_HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+                         "trailer", "transfer-encoding", "upgrade", "host", "content-length"})
+
+
+class ServiceUnavailable(ServerError):
+    status = 503
+    code = "temporarily_unavailable"
+
+
+def session_home(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """A handler of ``/...{session_id}...`` that runs on the node holding the session: on another
+    node of the counter the request is forwarded there."""
+
+    @functools.wraps(handler)
+    async def wrapper(request: web.Request) -> web.StreamResponse:
+        cluster = request.app.get(CLUSTER)
+        if cluster is not None and FORWARDED_HEADER not in request.headers:
+            home = await cluster.home_of(request.match_info["session_id"])
+            if home is not None:
+                return await cluster.forward(request, home)
+        return await handler(request)
+
+    return wrapper
 
 
 class Cluster:
@@ -56,6 +88,7 @@ class Cluster:
         self._customers: dict[tuple[str, str], CustomerEndpoint] = {}
         #: this node's customer sockets relayed to another node, by relay id
         self._edges: dict[str, CustomerEndpoint] = {}
+        self._http: aiohttp.ClientSession | None = None
 
     @property
     def node_id(self) -> str:
@@ -63,6 +96,48 @@ class Cluster:
 
     async def start(self) -> None:
         await self.bus.subscribe(self._on_message)
+
+    async def aclose(self) -> None:
+        """Close the HTTP client of :meth:`forward`. Safe to call twice."""
+        http, self._http = self._http, None
+        if http is not None:
+            await http.close()
+
+    # -- HTTP requests about another node's session ---------------------------------------
+
+    async def home_of(self, session_id: str) -> str | None:
+        """The live node holding ``session_id`` when it is not this one."""
+        if self.app[BROKER].session(session_id) is not None:
+            return None
+        home = await self.app[BROKER].state.call_node(session_id)
+        if not home or home == self.node_id or not await self.node_alive(home):
+            return None
+        return home
+
+    async def forward(self, request: web.Request, node_id: str) -> web.StreamResponse:
+        """Pass ``request`` to node ``node_id`` and its answer back (the request's own credentials go
+        along: that node checks them). A forwarded request is never forwarded again."""
+        view = await self.app[NODES].view(node_id)
+        if view is None or not view.alive or not view.address:
+            raise ServiceUnavailable("the node holding this session cannot be reached: try again")
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        headers[FORWARDED_HEADER] = self.node_id
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60),
+                                               auto_decompress=False)
+        body = await request.read()
+        url = view.address.rstrip("/") + request.rel_url.path_qs
+        try:
+            async with self._http.request(request.method, url, headers=headers, data=body,
+                                          allow_redirects=False, ssl=False) as answer:
+                data = await answer.read()
+                out = {k: v for k, v in answer.headers.items() if k.lower() not in _HOP_BY_HOP}
+                return web.Response(status=answer.status, body=data, headers=out)
+        except aiohttp.ClientError as exc:
+            self.app[METRICS].errors.labels("forward").inc()
+            logger.warning("could not forward %s %s to node %s: %s", request.method, request.path,
+                           node_id, exc)
+            raise ServiceUnavailable("the node holding this session cannot be reached: try again") from None
 
     async def node_alive(self, node_id: str) -> bool:
         info = await self.app[NODES].node(node_id)

@@ -39,6 +39,9 @@ class Config:
     redis_url: str | None = field(default=None, repr=False)
     #: prefix of every Redis key (several counters may share one Redis)
     redis_prefix: str = "vcounter:"
+    #: the base URL the other nodes reach this node's HTTP at (requests about its sessions are
+    #: forwarded there); default ``<scheme>://<hostname>:<port>``
+    advertise_url: str | None = None
     #: bring the database schema to this release's revision at start (under a lock several
     #: nodes share); off: a start on an older schema refuses, naming ``vcounter db upgrade``
     db_auto_upgrade: bool = True
@@ -74,6 +77,13 @@ class Config:
     signing_key_file: Path = Path("keys/signing.pem")
     #: seconds of media per sealed segment: what a crash can lose at most
     segment_seconds: float = 2.0
+    #: where recordings and identity evidence live: ``file:`` (the data directory, one node) or
+    #: ``s3://BUCKET/PREFIX`` (an S3-compatible store every node reaches; written through a local
+    #: spool in the data directory, uploaded as segments seal); credentials and region are boto3's
+    #: own ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``
+    storage_url: str = "file:"
+    #: the S3 API endpoint of a store that is not AWS (MinIO, Ceph RGW: ``https://s3.bank.example``)
+    s3_endpoint_url: str | None = None
     #: retention per business type in days (JSON object in VCOUNTER_RETENTION_DAYS);
     #: defaults are conservative: adjust to the bank's policy and the product's term
     retention_days: tuple[tuple[str, int], ...] = (
@@ -125,6 +135,11 @@ class Config:
     @property
     def scheme(self) -> str:
         return "https" if self.tls else "http"
+
+    @property
+    def node_url(self) -> str:
+        """Where the other nodes reach this one (:attr:`advertise_url` or one made from the host name)."""
+        return self.advertise_url or f"{self.scheme}://{socket.gethostname()}:{self.port}"
 
 
 def _parse_ice(value: str) -> tuple[IceServerConfig, ...]:

@@ -200,13 +200,29 @@ class NodeRegistry:
             if closed:
                 logger.warning("closed %d session(s) of dead nodes: %s", len(closed), ", ".join(closed))
 
-    async def node(self, node_id: str) -> NodeInfo | None:
-        """A registered node as the message bus asks (:class:`signaling.state.NodeDirectory`)."""
+    async def view(self, node_id: str) -> NodeView | None:
+        """One registered node with its liveness and address."""
 
         def find(s: DbSession) -> NodeView | None:
             return next((v for v in _views(s, self.lease_s) if v.id == node_id), None)
 
-        view = await self.db.run(find)
+        return await self.db.run(find)
+
+    async def set_address(self, address: str) -> None:
+        """Where other nodes reach this one (once the listening port is known)."""
+        self.address = address
+
+        def write(s: DbSession) -> None:
+            row = s.get(Node, self.node_id)
+            if row is not None:
+                row.address = address
+                s.add(row)
+
+        await self.db.run(write)
+
+    async def node(self, node_id: str) -> NodeInfo | None:
+        """A registered node as the message bus asks (:class:`signaling.state.NodeDirectory`)."""
+        view = await self.view(node_id)
         if view is None:
             return None
         return NodeInfo(node_id=view.id, info={"address": view.address, "draining": view.draining, **view.load},

@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import secrets
 
+import aiohttp
 import pytest
 
-from server.appkeys import NODES
+from server.appkeys import IDENTITY, NODES
 from server.db import CallSession
 
-from .helpers import eventually, session_events
+from .helpers import eventually, login, session_events
 from .redis_server import redis_url  # noqa: F401  (the fixture)
 
 
@@ -182,3 +183,32 @@ async def test_the_wait_estimate_learns_from_calls_on_every_node(nodes) -> None:
     later = await b.customer("loan_signing", "周女士", media=False)
     estimate = (await later.wait_for("queue_update"))["estimated_wait_s"]
     assert estimate < 30, estimate
+
+
+async def test_http_about_a_session_is_served_by_the_node_holding_it(
+        make_counter, face_clip, same_person_photo, audio_clip, redis_url) -> None:  # noqa: F811
+    shared = {"redis_url": redis_url, "redis_prefix": f"t{secrets.token_hex(4)}:", "identity": True,
+              "identity_workers": 1}
+    a = await make_counter(face_clip, audio_clip, node_id="node-a", **shared)
+    b = await make_counter(face_clip, audio_clip, node_id="node-b", **shared)
+    for node in (a, b):
+        await node.app[NODES].set_address(node.url)
+    customer = a.participant("customer")
+    joined = await customer.join("account_opening", "张三", face_consent=True)
+    sid, token = joined["session_id"], joined["rejoin_token"]
+
+    async with aiohttp.ClientSession() as http:
+        # the customer's page uploads the ID photo through the other node
+        async with http.post(f"{b.url}/api/identity/{sid}/reference", data=same_person_photo,
+                             headers={"Content-Type": "image/jpeg", "X-Session-Token": token}) as r:
+            assert r.status == 200, await r.text()
+            assert (await r.json())["reference"]["source"] == "upload"
+        async with http.post(f"{b.url}/api/identity/{sid}/reference", data=same_person_photo,
+                             headers={"Content-Type": "image/jpeg", "X-Session-Token": "x" * 43}) as r:
+            assert r.status == 403  # the holding node checks the token
+        token_a = await login(a, "auditor")
+        async with http.get(f"{b.url}/api/identity/{sid}/evidence",
+                            headers={"Authorization": f"Bearer {token_a}"}) as r:
+            assert r.status == 200
+            assert sorted(i["kind"] for i in (await r.json())["items"]) == ["reference_embedding", "reference_image"]
+    assert a.app[IDENTITY].state(sid).reference is not None

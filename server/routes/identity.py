@@ -25,6 +25,7 @@ from recorder.evidence import EvidenceNotFound
 from signaling.exceptions import SignalingError
 
 from ..appkeys import BROKER, IDENTITY
+from ..cluster import session_home
 from ..exceptions import Forbidden, NotFound, Unauthorized
 from ..request_helpers import bearer_token, current_user, log_access, read_image
 from .audit import AUDIT_ROLES
@@ -43,6 +44,7 @@ def _service(request: web.Request):  # type: ignore[no-untyped-def]
     return service
 
 
+@session_home
 async def upload_reference(request: web.Request) -> web.Response:
     service = _service(request)
     session_id = request.match_info["session_id"]
@@ -86,6 +88,7 @@ async def _evidence_reader(request: web.Request, session_id: str):  # type: igno
     raise Forbidden("only the agent serving this call and auditors can see its evidence")
 
 
+@session_home
 async def list_evidence(request: web.Request) -> web.Response:
     service = _service(request)
     session_id = request.match_info["session_id"]
@@ -101,6 +104,7 @@ async def list_evidence(request: web.Request) -> web.Response:
          if i.kind in IMAGE_KINDS else None} for i in items]})
 
 
+@session_home
 async def get_evidence(request: web.Request) -> web.Response:
     service = _service(request)
     session_id, item_id = request.match_info["session_id"], request.match_info["item_id"]
