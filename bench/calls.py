@@ -10,11 +10,11 @@ keys in the temp dir), started as a subprocess so that its CPU can be read
 from the outside with psutil, and stopped at the end (SIGTERM, then SIGKILL).
 ``--recording`` leaves recording on (transcode mode has nothing to record).
 
-Participants are :class:`~signaling.client.HeadlessParticipant` objects sending
+Participants are :class:`~signaling.contrib.headless.HeadlessParticipant` objects sending
 one pre-encoded 640x480 30 fps VP8 clip and one Opus clip, encoded once per run
 and shared. By default they are lean (``--client lean``: ready-made RTP packets
 out, packets taken off the socket in, as the hub itself does it; see
-signaling/client.py); ``--client aiortc`` uses aiortc's sender and receiver,
+signaling/contrib/headless.py); ``--client aiortc`` uses aiortc's sender and receiver,
 which costs the clients about N times more. They run in ``--workers`` client processes (one asyncio loop each)
 so that the client side can use more than one core; this process only
 orchestrates and measures. Calls are set up ``--batch`` at a time, each batch in
@@ -160,7 +160,7 @@ class _Worker:
 
     def __init__(self, url: str, video: Any, audio: Any, *, lean: bool = False) -> None:
         self.url = url
-        #: lean participants (packet-level media, see signaling/client.py) or aiortc's own path
+        #: lean participants (packet-level media, see signaling/contrib/headless.py) or aiortc's own path
         self.lean = lean
         self.video = video
         self.audio = audio
@@ -182,7 +182,7 @@ class _Worker:
             self.gc_pauses.append(time.perf_counter() - self._gc_started)
 
     def _participant(self, name: str) -> Any:
-        from signaling.client import HeadlessParticipant
+        from signaling.contrib.headless import HeadlessParticipant
 
         p = HeadlessParticipant(self.url, video=self.video, audio=self.audio, name=name, lean=self.lean)
         self.watch[id(p)] = self._watch(p)
@@ -971,7 +971,7 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from signaling.encoded_source import encode_audio, encode_video
+    from signaling.contrib.encoded_source import encode_audio, encode_video
 
     started = time.monotonic()
     clips = (encode_video(width=640, height=480, fps=30, seconds=4), encode_audio(4))

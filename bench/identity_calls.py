@@ -90,8 +90,9 @@ for path in (REPO, REPO / "bench"):
         sys.path.insert(0, str(path))
 
 import calls  # noqa: E402  (bench/calls.py: server, agents, client processes, frame accounting)
+from shared_data import find_data  # noqa: E402  (bench/shared_data.py)
 
-from signaling.client import HeadlessParticipant  # noqa: E402
+from signaling.contrib.headless import HeadlessParticipant  # noqa: E402
 
 logger = logging.getLogger("bench.identity_calls")
 
@@ -192,16 +193,15 @@ class _IdentityClient(calls._Worker):
 
 
 def _face_clip(seconds: float) -> Any:
-    from signaling.encoded_source import encode_video
-    from tests.browser import make_y4m  # centre-crop to 4:3 at 640x480, cached in /tmp
+    from signaling.contrib.encoded_source import encode_video
+    from signaling.contrib.fake_media import make_y4m
 
+    # centre-cropped to 4:3 at 640x480 (cached in /tmp), then encoded once
     return encode_video(make_y4m(_d13(), seconds=seconds), seconds=seconds)
 
 
 def _d13() -> Path:
-    from tests.conftest import SHARED_DATA
-
-    path = SHARED_DATA / "videos" / "d13.mp4"
+    path = find_data() / "videos" / "d13.mp4"
     if not path.exists():
         raise SystemExit(f"{path} not found: set VCOUNTER_TEST_DATA to the shared data folder")
     return path
@@ -597,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from signaling.encoded_source import encode_audio, encode_video
+    from signaling.contrib.encoded_source import encode_audio, encode_video
 
     started = time.monotonic()
     clips = {"face": _face_clip(8.0), "bars": encode_video(width=640, height=480, fps=30, seconds=4),

@@ -47,7 +47,6 @@ import hashlib
 import itertools
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -57,6 +56,7 @@ if str(REPO) not in sys.path:  # `python bench/identity_eval.py` from a checkout
     sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
+from shared_data import find_data  # noqa: E402  (bench/shared_data.py, beside this script)
 
 from identity.exceptions import IdentityError  # noqa: E402
 from identity.face_detect import detect_faces  # noqa: E402
@@ -139,15 +139,6 @@ HARD_GROUPS = {
     "east_asian_clips": lambda who: who in ("clip_d13", "clip_d0", "clip_d12"),
 }
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-
-
-def find_data() -> Path:
-    if "VCOUNTER_TEST_DATA" in os.environ:
-        return Path(os.environ["VCOUNTER_TEST_DATA"])
-    for candidate in (REPO.parent / "shared" / "data", Path("/work/shared/data")):
-        if candidate.is_dir():
-            return candidate
-    raise SystemExit("test data not found: set VCOUNTER_TEST_DATA to the shared data folder")
 
 
 def labelled_images(root: Path) -> list[tuple[str, Path]]:

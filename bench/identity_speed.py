@@ -35,6 +35,7 @@ if str(REPO) not in sys.path:
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
+from shared_data import find_data  # noqa: E402  (bench/shared_data.py, beside this script)
 
 from identity import FaceWorker, PresenceMonitor, WorkerBusy  # noqa: E402
 from identity.analysis import analyze_frame  # noqa: E402
@@ -43,15 +44,6 @@ from identity.face_match import embed_face  # noqa: E402
 from identity.images import load_image_file  # noqa: E402
 from identity.landmarks import landmarks68  # noqa: E402
 from identity.quality import assess  # noqa: E402
-
-
-def find_data() -> Path:
-    if "VCOUNTER_TEST_DATA" in os.environ:
-        return Path(os.environ["VCOUNTER_TEST_DATA"])
-    for candidate in (REPO.parent / "shared" / "data", Path("/work/shared/data")):
-        if candidate.is_dir():
-            return candidate
-    raise SystemExit("test data not found: set VCOUNTER_TEST_DATA to the shared data folder")
 
 
 def test_frame() -> np.ndarray:

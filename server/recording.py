@@ -30,7 +30,7 @@ from recorder import MasterKey, SessionRecorder, SigningKey, finalize, find_inte
 from recorder.exceptions import RecorderError
 from signaling.broker import Session
 from signaling.media_hub import MediaHub
-from signaling.passthrough import EncodedFrame
+from signaling.frames import EncodedFrame
 
 from .config import Config
 from .db import CallSession, Database, Participant, Recording, SessionEvent, User, utcnow

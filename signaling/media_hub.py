@@ -7,9 +7,9 @@ other participant's peer connection sends them back out packet by packet
 (:mod:`signaling.rtp_forward`), without reassembling, decoding or encoding.
 Keyframe requests from a receiving browser reach the sending browser as PLI.
 
-Other consumers (the recorder, identity checks) subscribe to the taps:
-``hub.call(call_id).tap("customer", "video").subscribe_encoded()`` or
-``.subscribe_decoded()``.
+Other consumers use the taps: ``hub.call(call_id).tap("customer", "video")``,
+then ``.add_sink()`` for encoded frames (the recorder) or
+``.subscribe_decoded()`` for decoded ones (identity checks).
 
 ``media_mode="transcode"`` relays decoded frames and re-encodes them (what the
 aiortc examples do with ``MediaRelay``). It exists to measure what passthrough

@@ -18,18 +18,20 @@ without decoding and re-encoding it, so this module adapts exactly two things:
 * **Forwarding RTP packets.** The hub forwards media packet by packet
   (``signaling/rtp_forward.py``), not frame by frame: the DTLS transport's
   ``_handle_rtp_data`` is replaced on the instance by :func:`hook_rtp_data`, and
-  the forwarding sender keeps the RTCP bookkeeping aiortc would have kept
+  the forwarding sender writes packets under its own SSRCs (:func:`sender_ssrcs`),
+  keeps the RTCP bookkeeping aiortc would have kept
   (:func:`note_sent`, :func:`count_received`, :func:`mark_source_active`), answers
   NACKs from its own history (:func:`on_retransmit`), and lets the hub see RTCP
   feedback (:func:`on_sender_rtcp`). Its own ``_run_rtp`` loop idles on a track
   that never yields. Packets of known streams are even taken straight off the
   ICE connection's socket callback (:func:`hook_datagrams`), decrypted, rewritten,
   encrypted and sent (:func:`send_rtp_now`) without waiting for aiortc's receive
-  task: no queue and no task switch per packet.
+  task: no queue and no task switch per packet. Where that is not possible
+  (a TURN relay), :func:`send_rtp` sends as aiortc's own sender does.
 
 Sending encoded frames needs no adaptation: a track whose ``recv()`` returns an
 ``av.Packet`` is packetised by the sender's codec without encoding (public
-behaviour of ``RTCRtpSender``; the headless client uses it).
+behaviour of ``RTCRtpSender``; ``signaling.contrib.encoded_source`` uses it).
 
 The aiortc version is pinned in ``pyproject.toml``; :func:`check_compatible`
 verifies the private names at import time of the hub and
@@ -43,7 +45,6 @@ import queue
 import threading
 from asyncio.selector_events import _SelectorDatagramTransport
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 import aiortc
 import pylibsrtp
@@ -59,6 +60,7 @@ from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
 
 from .exceptions import MediaError
+from .frames import EncodedFrame, is_keyframe
 
 #: The aiortc release this module was written against.
 SUPPORTED_AIORTC = "1.16.0"
@@ -76,43 +78,7 @@ _DTLS_CONNECTED = _DtlsState.CONNECTED
 _RECEIVER_NAMES = ("_RTCRtpReceiver__remote_streams", "_RTCRtpReceiver__active_ssrc",
                    "_RTCRtpReceiver__codecs", "_RTCRtpReceiver__rtx_ssrc", "_RTCRtpReceiver__rtcp_ssrc")
 _SENDER_NAMES = ("_RTCRtpSender__ntp_timestamp", "_RTCRtpSender__rtp_timestamp",
-                 "_RTCRtpSender__packet_count", "_RTCRtpSender__octet_count")
-
-
-@dataclass(slots=True)
-class EncodedFrame:
-    """One reassembled encoded frame, exactly as the sender's encoder produced it.
-
-    ``timestamp`` is in the codec's clock (90 kHz for video, 48 kHz for Opus),
-    starting near 0 for the stream (aiortc maps the RTP timestamp).
-    """
-
-    data: bytes
-    timestamp: int
-    codec: RTCRtpCodecParameters
-    keyframe: bool
-    #: event-loop time (seconds) at which the frame arrived (corrected for aiortc's
-    #: jitter-buffer hold, see RECEIVE_DELAY_S)
-    arrival: float
-
-    @property
-    def clock_rate(self) -> int:
-        return self.codec.clockRate
-
-    @property
-    def mime_type(self) -> str:
-        return self.codec.mimeType
-
-
-def is_keyframe(mime_type: str, data: bytes) -> bool:
-    """Whether an encoded frame can be decoded on its own."""
-    mime = mime_type.lower()
-    if mime == "video/vp8":
-        # VP8 frame tag (RFC 6386 §9.1): bit 0 of the first byte is 0 for key frames
-        return len(data) > 0 and (data[0] & 0x01) == 0
-    if mime.startswith("audio/"):
-        return True
-    return False
+                 "_RTCRtpSender__packet_count", "_RTCRtpSender__octet_count", "_ssrc", "_rtx_ssrc")
 
 
 def _pylibsrtp_version() -> str:
@@ -329,6 +295,11 @@ def note_sent(sender: RTCRtpSender, ntp_time: int, rtp_timestamp: int, packets: 
     sender._RTCRtpSender__rtp_timestamp = rtp_timestamp  # type: ignore[attr-defined]
     sender._RTCRtpSender__packet_count = packets  # type: ignore[attr-defined]
     sender._RTCRtpSender__octet_count = octets  # type: ignore[attr-defined]
+
+
+def sender_ssrcs(sender: RTCRtpSender) -> tuple[int, int]:
+    """The SSRCs ``sender`` announces in its SDP: ``(media, rtx)``."""
+    return sender._ssrc, sender._rtx_ssrc
 
 
 def on_send_parameters(sender: RTCRtpSender, callback: Callable[[RTCRtpSendParameters], None]) -> None:
@@ -573,6 +544,11 @@ class _NominatedPairs(dict):  # type: ignore[type-arg]
         self._changed()
 
 
+async def send_rtp(dtls: RTCDtlsTransport, packet: bytes) -> None:
+    """Encrypt and send ``packet`` the way aiortc's own sender does (any ICE pair, TURN included)."""
+    await dtls._send_rtp(packet)
+
+
 def can_send_now(dtls: RTCDtlsTransport) -> bool:
     """Whether :func:`send_rtp_now` can send on ``dtls`` (connected, plain UDP pair)."""
     return _send_path(dtls) is not None
@@ -582,7 +558,7 @@ def send_rtp_now(dtls: RTCDtlsTransport, packet: bytes) -> bool:
     """Encrypt and send ``packet`` synchronously; False if that is not possible right now.
 
     Possible on a connected transport whose selected ICE pair is a plain UDP
-    socket; through a TURN relay (or before connecting) use ``await dtls._send_rtp()``.
+    socket; through a TURN relay (or before connecting) use :func:`send_rtp`.
     """
     path = _send_path(dtls)
     if path is None:

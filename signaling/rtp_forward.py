@@ -55,7 +55,7 @@ from aiortc.rtp import (
 )
 
 from . import passthrough
-from .passthrough import EncodedFrame, is_keyframe
+from .frames import EncodedFrame, is_keyframe
 from .track_tap import TrackTap
 
 logger = logging.getLogger(__name__)
@@ -263,7 +263,8 @@ class Source:
 
 
 class Upstream(Protocol):
-    """Where an :class:`Outbound`'s packets come from: a :class:`Lane`, or a clip (headless clients)."""
+    """Where an :class:`Outbound`'s packets come from: a :class:`Lane` (or any other packet
+    source, such as the clip players of ``signaling.contrib``)."""
 
     kind: str
     #: bumped when the source changes (the outbound then restarts at a keyframe and rebases)
@@ -449,8 +450,7 @@ class Outbound:
         self._sender = sender
         self._dtls: RTCDtlsTransport | None = None
         self._clock_rate = 90000 if lane.kind == "video" else 48000
-        self._ssrc = sender._ssrc
-        self._rtx_ssrc = sender._rtx_ssrc
+        self._ssrc, self._rtx_ssrc = passthrough.sender_ssrcs(sender)
         self._pt = 0
         self._rtx_pt: int | None = None
         self._rtx_seq = random.randint(0, 0xFFFF)
@@ -572,7 +572,7 @@ class Outbound:
         if passthrough.send_rtp_now(self._dtls, packet):
             return
         try:
-            await self._dtls._send_rtp(packet)
+            await passthrough.send_rtp(self._dtls, packet)
         except ConnectionError:
             pass
 

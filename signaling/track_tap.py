@@ -1,23 +1,26 @@
-"""One tap per incoming track: fan encoded frames out, decode only on demand.
+"""One tap per incoming track: encoded frames to the recorder, decoded frames on demand.
 
-A :class:`TrackTap` receives every encoded frame of one participant's audio or
-video (from :func:`signaling.passthrough.tap_receiver`) and hands it to its
-subscribers:
+A :class:`TrackTap` carries one participant's audio or video. It is fed with
+reassembled :class:`~signaling.frames.EncodedFrame` objects by
+:meth:`TrackTap.push` (from :class:`~signaling.rtp_forward.FrameAssembler`, or
+from aiortc's jitter buffer through :func:`signaling.passthrough.tap_receiver`)
+and hands them to its consumers:
 
-* :meth:`TrackTap.subscribe_encoded` returns an :class:`EncodedSubscription`
-  whose ``recv()`` yields :class:`~signaling.passthrough.EncodedFrame` objects.
-  The forwarding track and the recorder (#3) use it.
-* :meth:`TrackTap.add_sink` calls a function for every frame, synchronously
-  (cheap consumers such as the recorder's buffer).
+* :meth:`TrackTap.add_sink` calls a function for every encoded frame,
+  synchronously on the event loop, until the remover it returned is called.
+  The recorder (``server/recording.py``) records through it.
 * :meth:`TrackTap.subscribe_decoded` returns a :class:`DecodedSubscription`
-  whose ``recv()`` yields ``av.VideoFrame``/``av.AudioFrame``. A decoder runs
-  (in a worker thread) only while at least one decoded subscription is open;
-  identity checks (#4) use it.
+  whose ``recv()`` yields ``av.VideoFrame``/``av.AudioFrame`` and raises
+  ``MediaStreamError`` at the end, like an aiortc ``MediaStreamTrack``. A
+  decoder runs (in a worker thread) only while at least one decoded
+  subscription is open; identity checks use it.
 
-Subscribers that fall behind lose their oldest frames, never block the tap,
-and are told how many frames they dropped. When the participant reconnects,
-the hub :meth:`TrackTap.attach`-es the new receiver to the same tap, so
-subscribers are unaffected.
+Frames are only reassembled while some consumer exists (:attr:`TrackTap.wants_frames`);
+otherwise the forwarding path just counts packets (:meth:`TrackTap.note_packet`).
+A decoded subscriber that falls behind loses its oldest frames, never blocks
+the tap, and is told how many it dropped. When the participant reconnects, the
+hub :meth:`TrackTap.attach`-es the new receiver to the same tap, so consumers
+are unaffected; :attr:`TrackTap.generation` tells them a new stream began.
 """
 
 from __future__ import annotations
@@ -32,33 +35,37 @@ from aiortc.codecs import get_decoder
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError
 
-from .passthrough import EncodedFrame
+from .frames import EncodedFrame
 
 logger = logging.getLogger(__name__)
 
-#: frames kept for a subscriber that is not reading (about 2 s of video)
+#: encoded frames waiting for the decoder at most (about 2 s of video)
 DEFAULT_BACKLOG = 64
 #: at most one keyframe request to the sender per this many seconds
 KEYFRAME_REQUEST_INTERVAL = 0.3
 
 
-class _Subscription:
+class DecodedSubscription:
+    """Decoded frames of one tap for one consumer, read like an aiortc track."""
+
     def __init__(self, tap: TrackTap, backlog: int) -> None:
         self._tap = tap
-        self._frames: deque = deque(maxlen=backlog)
+        self._frames: deque[av.VideoFrame | av.AudioFrame] = deque(maxlen=backlog)
         self._ready = asyncio.Event()
         self._closed = False
+        #: frames lost because this subscriber fell ``backlog`` frames behind
         self.dropped = 0
 
-    def _push(self, item: object) -> None:
+    def _push(self, frame: av.VideoFrame | av.AudioFrame) -> None:
         if self._closed:
             return
         if len(self._frames) == self._frames.maxlen:
             self.dropped += 1
-        self._frames.append(item)
+        self._frames.append(frame)
         self._ready.set()
 
-    async def _next(self) -> object:
+    async def recv(self) -> av.VideoFrame | av.AudioFrame:
+        """Next decoded frame; raises ``MediaStreamError`` once closed and drained."""
         while not self._frames:
             if self._closed:
                 raise MediaStreamError
@@ -81,18 +88,6 @@ class _Subscription:
         return self._closed
 
 
-class EncodedSubscription(_Subscription):
-    async def recv(self) -> EncodedFrame:
-        """Next encoded frame; raises ``MediaStreamError`` once closed and drained."""
-        return await self._next()  # type: ignore[return-value]
-
-
-class DecodedSubscription(_Subscription):
-    async def recv(self) -> av.VideoFrame | av.AudioFrame:
-        """Next decoded frame; raises ``MediaStreamError`` once closed and drained."""
-        return await self._next()  # type: ignore[return-value]
-
-
 class TrackTap:
     """Fan-out point for one participant's audio or video.
 
@@ -110,12 +105,9 @@ class TrackTap:
     ) -> None:
         self.kind = kind
         self.name = name or kind
-        self._encoded: list[EncodedSubscription] = []
         self._sinks: list[Callable[[EncodedFrame], None]] = []
         self._decoded: list[DecodedSubscription] = []
         self._request_keyframe = request_keyframe
-        self._decoder = None
-        self._decoder_codec: str | None = None
         self._decode_queue: asyncio.Queue[EncodedFrame | None] | None = None
         self._decode_task: asyncio.Task[None] | None = None
         #: decoder tasks told to stop, awaited in aclose()
@@ -152,8 +144,6 @@ class TrackTap:
         self.last_frame_at = frame.arrival
         if frame.keyframe and self.kind == "video":
             self.keyframes_in += 1
-        for sub in self._encoded:
-            sub._push(frame)
         for sink in self._sinks:
             try:
                 sink(frame)
@@ -178,7 +168,7 @@ class TrackTap:
     @property
     def wants_frames(self) -> bool:
         """Whether some consumer (recorder, identity check...) needs reassembled frames."""
-        return bool(self._encoded or self._sinks or self._decoded)
+        return bool(self._sinks or self._decoded)
 
     def request_keyframe(self) -> None:
         """Ask the sender for a keyframe (coalesced: at most one request in flight)."""
@@ -202,19 +192,15 @@ class TrackTap:
 
     # -- subscriptions -------------------------------------------------------------
 
-    def subscribe_encoded(self, backlog: int = DEFAULT_BACKLOG) -> EncodedSubscription:
-        sub = EncodedSubscription(self, backlog)
-        if self._closed:
-            sub._end()
-        else:
-            self._encoded.append(sub)
-        return sub
-
     def add_sink(self, sink: Callable[[EncodedFrame], None]) -> Callable[[], None]:
         """Call ``sink(frame)`` synchronously for every encoded frame; returns a remover.
 
-        For cheap, non-blocking consumers (the recorder appends to a buffer): no
-        queue, no task switch per frame.
+        The encoded-frame path (the recorder's): for cheap, non-blocking
+        consumers, with no queue and no task switch per frame. It ends when the
+        remover is called; a closing tap drops its sinks without calling them
+        again (whoever added a sink learns that the call ended from the broker).
+        A change of :attr:`generation` between two frames means a new stream
+        from a new connection of the sender.
         """
         if not self._closed:
             self._sinks.append(sink)
@@ -241,22 +227,15 @@ class TrackTap:
             self.request_keyframe()
         return sub
 
-    def _unsubscribe(self, sub: _Subscription) -> None:
-        if isinstance(sub, DecodedSubscription):
-            if sub in self._decoded:
-                self._decoded.remove(sub)
-            if not self._decoded:
-                self._stop_decoder()
-        elif sub in self._encoded:
-            self._encoded.remove(sub)
+    def _unsubscribe(self, sub: DecodedSubscription) -> None:
+        if sub in self._decoded:
+            self._decoded.remove(sub)
+        if not self._decoded:
+            self._stop_decoder()
 
     @property
     def decoding(self) -> bool:
         return self._decode_task is not None
-
-    @property
-    def subscriber_count(self) -> int:
-        return len(self._encoded) + len(self._decoded)
 
     # -- decoder -------------------------------------------------------------------
 
@@ -302,9 +281,8 @@ class TrackTap:
         if self._closed:
             return
         self._closed = True
-        for sub in self._encoded + self._decoded:
+        for sub in self._decoded:
             sub._end()
-        self._encoded.clear()
         self._decoded.clear()
         self._sinks.clear()
         self._stop_decoder()

@@ -3,27 +3,29 @@
 Chromium plays a ``.y4m`` file as its camera and a ``.wav`` as its microphone
 (``--use-file-for-fake-video-capture``/``--use-file-for-fake-audio-capture``).
 Each participant needs its own browser process, since the fake devices are
-per process. Helpers here convert the shared face clips, launch Chromium with
-Playwright (``executable_path=/usr/bin/chromium``, never a downloaded browser),
-and read back what a page's ``<video>`` shows and what its audio carries.
+per process (the files come from :mod:`signaling.contrib.fake_media`).
+Helpers here launch Chromium with Playwright (``executable_path=/usr/bin/chromium``,
+never a downloaded browser), drive the pages as people do, and read back what a
+page's ``<video>`` shows and what its audio carries.
 """
 
 from __future__ import annotations
 
 import base64
 import io
-import math
 import os
 import shutil
-import wave
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 
+from signaling.contrib.fake_media import make_y4m
+
+from .helpers import PASSWORD, shared_data
+
 CHROMIUM = os.environ.get("VCOUNTER_CHROMIUM", "/usr/bin/chromium")
-CACHE = Path(os.environ.get("VCOUNTER_TEST_CACHE", "/tmp/vcounter-test-media"))
 
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -46,64 +48,6 @@ def require_chromium() -> str:
     return CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")  # type: ignore[return-value]
 
 
-def make_y4m(source: Path, *, seconds: float = 6.0, width: int = 640, height: int = 480, fps: int = 30) -> Path:
-    """Centre-crop ``source`` to 4:3, scale to ``width``x``height``, write ``seconds`` of y4m."""
-    CACHE.mkdir(parents=True, exist_ok=True)
-    out = CACHE / f"{source.stem}-{width}x{height}-{fps}-{seconds:g}.y4m"
-    if out.exists():
-        return out
-    frames = []
-    with av.open(str(source)) as container:
-        stream = container.streams.video[0]
-        src_fps = float(stream.average_rate or fps)
-        for i, frame in enumerate(container.decode(stream)):
-            if len(frames) >= int(seconds * fps):
-                break
-            # resample the clip's frame rate to ``fps`` by picking the nearest frame
-            while len(frames) < int((i + 1) * fps / src_fps) and len(frames) < int(seconds * fps):
-                frames.append(_crop_scale(frame, width, height))
-    tmp = out.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        f.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
-        for planes in frames:
-            f.write(b"FRAME\n")
-            for plane in planes:
-                f.write(plane.tobytes())
-    tmp.rename(out)
-    return out
-
-
-def _crop_scale(frame: av.VideoFrame, width: int, height: int) -> list[np.ndarray]:
-    rgb = frame.to_ndarray(format="rgb24")
-    h, w = rgb.shape[:2]
-    target = width / height
-    if w / h > target:
-        cw = int(h * target)
-        rgb = rgb[:, (w - cw) // 2 : (w - cw) // 2 + cw]
-    else:
-        ch = int(w / target)
-        rgb = rgb[(h - ch) // 2 : (h - ch) // 2 + ch]
-    img = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-    yuv = img.reformat(width=width, height=height, format="yuv420p")
-    return [np.frombuffer(bytes(p), dtype=np.uint8)[: p.line_size * p.height]
-            .reshape(p.height, p.line_size)[:, : p.width] for p in yuv.planes]
-
-
-def make_tone_wav(frequency: float, *, seconds: float = 6.0, rate: int = 48000) -> Path:
-    CACHE.mkdir(parents=True, exist_ok=True)
-    out = CACHE / f"tone-{frequency:g}hz-{seconds:g}s.wav"
-    if out.exists():
-        return out
-    t = np.arange(int(seconds * rate)) / rate
-    pcm = (0.5 * np.sin(2 * math.pi * frequency * t) * 32767).astype(np.int16)
-    with wave.open(str(out), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm.tobytes())
-    return out
-
-
 async def launch(playwright, video: Path, audio: Path):
     """A Chromium whose camera plays ``video`` and microphone plays ``audio``."""
     return await playwright.chromium.launch(
@@ -112,6 +56,64 @@ async def launch(playwright, video: Path, audio: Path):
         args=[*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={video}",
               f"--use-file-for-fake-audio-capture={audio}"],
     )
+
+
+def face_cameras() -> tuple[Path, Path]:
+    """Camera clips of two people: the customer's d13 (8 s), the agent's d18 (small)."""
+    customer_cam = make_y4m(shared_data("videos/d13.mp4"), seconds=8.0)
+    # the agent's picture matters little here: a small one leaves the CPU to the customer's checks
+    agent_cam = make_y4m(shared_data("videos/d18.mp4"), width=320, height=240, fps=15)
+    return customer_cam, agent_cam
+
+
+# -- driving the pages ----------------------------------------------------------------------
+
+
+async def call_state(page, value: str, timeout: float = 20_000) -> None:
+    """Wait until the page's ``call-state`` reads ``value`` (waiting, active, ended...)."""
+    await page.wait_for_function(
+        "(v) => document.querySelector('[data-testid=\"call-state\"]').textContent.trim() === v",
+        arg=value, timeout=timeout)
+
+
+async def settled(page, testid: str, attr: str, timeout: float = 30_000, where: str = "") -> str:
+    """Wait until ``[data-testid=testid]`` has a non-empty ``data-<attr>`` (and matches ``where``)."""
+    selector = f'[data-testid="{testid}"][data-{attr}]:not([data-{attr}=""]){where}'
+    handle = await page.wait_for_selector(selector, state="attached", timeout=timeout)
+    return await handle.get_attribute(f"data-{attr}")
+
+
+async def go_ready(agent) -> None:
+    """On the agent workbench: back from an ended call if need be, then ready for the next one."""
+    if await agent.get_by_test_id("back-button").is_visible():
+        await agent.get_by_test_id("back-button").click()
+    await agent.wait_for_selector('[data-testid="ready-toggle"][data-status="away"], '
+                                  '[data-testid="ready-toggle"][data-status="ready"]', timeout=15_000)
+    if await agent.get_by_test_id("ready-toggle").get_attribute("data-status") != "ready":
+        await agent.get_by_test_id("ready-toggle").click()
+    await agent.wait_for_selector('[data-testid="ready-toggle"][data-status="ready"]', timeout=10_000)
+
+
+async def ready_agent(browser, counter, errors: list[str], username: str = "alice"):
+    """A workbench page, logged in and ready; its page errors go to ``errors``."""
+    agent = await browser.new_page()
+    agent.on("pageerror", lambda e: errors.append(f"agent: {e}"))
+    await agent.goto(f"{counter.url}/agent")
+    await agent.get_by_test_id("login-username").fill(username)
+    await agent.get_by_test_id("login-password").fill(PASSWORD)
+    await agent.get_by_test_id("login-submit").click()
+    await go_ready(agent)
+    return agent
+
+
+async def accept_call(agent, customer) -> None:
+    """The agent accepts the waiting customer; both pages show the call active."""
+    await agent.get_by_test_id("accept-button").click(timeout=15_000)
+    await call_state(agent, "active")
+    await call_state(customer, "active")
+
+
+# -- what the pages show and play -------------------------------------------------------------
 
 
 GRAB_FRAME_JS = """(testid) => {

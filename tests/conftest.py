@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -15,38 +14,21 @@ from server.app import create_app
 from server.appkeys import BROKER, DB, HUB
 from server.config import Config
 from server.db import Database
-from signaling.client import HeadlessParticipant
-from signaling.encoded_source import EncodedClip, encode_audio, encode_video
+from server.migrations import create_all
+from signaling.contrib.encoded_source import EncodedClip, encode_audio, encode_video
+from signaling.contrib.fake_media import make_y4m
+from signaling.contrib.headless import HeadlessParticipant
 
-REPO = Path(__file__).resolve().parent.parent
+from .helpers import ID_PHOTO_FRAME, PASSWORD, frame_jpeg, shared_data
 
+pytest_plugins = ["tests.services"]
 
-def _find_shared_data() -> Path:
-    """``$VCOUNTER_TEST_DATA``, else ``../shared/data`` beside the checkout, else the workplace copy."""
-    if "VCOUNTER_TEST_DATA" in os.environ:
-        return Path(os.environ["VCOUNTER_TEST_DATA"])
-    for candidate in (REPO.parent / "shared" / "data", Path("/work/shared/data")):
-        if candidate.is_dir():
-            return candidate
-    return REPO.parent / "shared" / "data"
-
-
-SHARED_DATA = _find_shared_data()
-
-PASSWORD = "correct horse battery"
 AGENTS = {
     # username: skills
     "alice": ["account_opening", "loan_signing", "wealth_product"],
     "bob": ["account_opening"],
     "carol": ["loan_signing"],
 }
-
-
-def shared_data(relative: str) -> Path:
-    path = SHARED_DATA / relative
-    if not path.exists():
-        pytest.skip(f"test data {path} not found (set VCOUNTER_TEST_DATA to the shared data folder)")
-    return path
 
 
 _clips: dict[str, EncodedClip] = {}
@@ -64,6 +46,18 @@ def audio_clip() -> EncodedClip:
     if "audio" not in _clips:
         _clips["audio"] = encode_audio(seconds=2.0)
     return _clips["audio"]
+
+
+@pytest.fixture(scope="session")
+def face_clip() -> EncodedClip:
+    """8 s of d13 (one man talking, blinking) at 640x480, as a customer's camera sends it."""
+    return encode_video(make_y4m(shared_data("videos/d13.mp4"), seconds=8.0), seconds=8.0)
+
+
+@pytest.fixture(scope="session")
+def same_person_photo() -> bytes:
+    """An ID photo of the man in :func:`face_clip`, from a frame the clip does not play."""
+    return frame_jpeg(shared_data("videos/d13.mp4"), ID_PHOTO_FRAME)
 
 
 class Counter:
@@ -135,7 +129,7 @@ async def make_counter(config_factory) -> AsyncIterator[Callable[..., object]]:
         config = config_factory(**changes)
         config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # as the server makes it
         db = Database(config.db_url)
-        db.create_all()
+        create_all(db)
         with db.session() as s:
             for username, skills in AGENTS.items():
                 if not s.exec(auth.select(auth.User).where(auth.User.username == username)).first():

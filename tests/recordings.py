@@ -1,4 +1,4 @@
-"""Read recordings back the way an auditor's tools would: decrypt, demux with PyAV."""
+"""Recorded calls, and reading recordings back the way an auditor's tools would: decrypt, demux."""
 
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ import av
 
 from recorder import LocalStorage, MasterKey, open_encrypted, read_data_key
 
+from .helpers import eventually
 
-def decrypt_output(directory: Path, master_key_file: Path, party: str) -> bytes:
-    master = MasterKey.load(master_key_file)
+
+def decrypt_output(directory: Path, master_key: MasterKey | Path, party: str) -> bytes:
+    """The plaintext WebM of one party of the recording in ``directory``."""
+    master = master_key if isinstance(master_key, MasterKey) else MasterKey.load(master_key)
     data_key = read_data_key(LocalStorage(directory), master)
     encrypted = open_encrypted(directory / f"{party}.webm.enc", data_key)
     try:
@@ -45,19 +48,36 @@ def first_video_frame(webm: bytes):
 
 
 async def wait_recordings(db, session_id: str, states=("finalized", "recovered"), timeout: float = 30.0):
+    """The session's recordings (by leg) once each is finished (one of ``states``, or failed)."""
     from sqlmodel import select
 
     from server.db import Recording
 
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        rows = await db.run(lambda s: s.exec(select(Recording).where(Recording.session_id == session_id)
+    async def load():
+        return await db.run(lambda s: s.exec(select(Recording).where(Recording.session_id == session_id)
                                              .order_by(Recording.leg)).all())
-        if rows and all(r.state in states or r.state == "failed" for r in rows):
-            return rows
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError(f"recordings of {session_id} not finished: {[(r.id, r.state) for r in rows]}")
-        await asyncio.sleep(0.2)
+
+    async def finished():
+        rows = await load()
+        return rows if rows and all(r.state in states or r.state == "failed" for r in rows) else None
+
+    async def unfinished() -> str:
+        return f"recordings of {session_id} not finished: {[(r.id, r.state) for r in await load()]}"
+
+    return await eventually(finished, timeout=timeout, interval=0.2, message=unfinished)
+
+
+async def recorded_call(counter, seconds: float = 2.5) -> tuple[str, str]:
+    """A finished call of ``seconds`` with media both ways, recorded: ``(session id, recording id)``."""
+    customer = await counter.customer("loan_signing", "张三 Audit")
+    agent = await counter.agent("carol")
+    await agent.accept_next()
+    await agent.wait_media(frames=10)
+    await asyncio.sleep(seconds)  # the call goes on for this long
+    await agent.hangup()
+    [row] = await wait_recordings(counter.db, customer.session_id)
+    assert row.state == "finalized"
+    return customer.session_id, row.id
 
 
 def recorded_frames(webm: bytes, count: int = 10):

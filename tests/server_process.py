@@ -1,24 +1,40 @@
-"""A real ``vcounter serve`` in a child process, for tests that kill it."""
+"""The ``vcounter`` command in child processes: the operator's CLI, and a real ``vcounter serve``
+for tests that kill it."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
-REPO = Path(__file__).resolve().parent.parent
+from .helpers import REPO, eventually
 
 
 def vcounter_command() -> list[str]:
+    """The installed ``vcounter`` console script (``python -m server.cli`` without one)."""
     exe = Path(sys.executable).with_name("vcounter")
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "server.cli"]
+
+
+def run_vcounter(*args: str, data_dir: Path | None = None, env: dict[str, str] | None = None,
+                 stdin: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run ``vcounter *args`` (``--data-dir`` appended if given) as an operator's shell would."""
+    command = [*vcounter_command(), *args, *(["--data-dir", str(data_dir)] if data_dir is not None else [])]
+    return subprocess.run(command, capture_output=True, text=True, input=stdin, timeout=timeout,
+                          env={**os.environ, **(env or {})}, cwd=REPO)
+
+
+def server_cli(config: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    """``vcounter *args`` on a test server's data directory and keys (its ``Config``)."""
+    return run_vcounter(*args, data_dir=config.data_dir,
+                        env={"VCOUNTER_MASTER_KEY_FILE": str(config.master_key_file),
+                             "VCOUNTER_SIGNING_KEY_FILE": str(config.signing_key_file)})
 
 
 def free_port() -> int:
@@ -43,8 +59,7 @@ class ServerProcess:
         return Path(self.env[var])
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*vcounter_command(), *args, "--data-dir", str(self.data_dir)],
-                              capture_output=True, text=True, timeout=60, env=self.env, cwd=REPO)
+        return run_vcounter(*args, data_dir=self.data_dir, env=self.env, timeout=60)
 
     def spawn(self) -> None:
         with open(self.log, "ab") as log:
@@ -54,21 +69,23 @@ class ServerProcess:
                 stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=REPO)
 
     async def start(self) -> None:
+        """Spawn the server and wait until its ``/healthz`` answers."""
         self.spawn()
-        assert self.proc is not None
-        deadline = time.monotonic() + 30
+        proc = self.proc
+        assert proc is not None
         async with aiohttp.ClientSession() as http:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
+
+            async def healthy() -> bool:
+                if proc.poll() is not None:
                     raise RuntimeError(f"server exited: {self.log.read_text()[-2000:]}")
                 try:
                     async with http.get(f"{self.url}/healthz") as r:
-                        if r.status == 200:
-                            return
+                        return r.status == 200
                 except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.2)
-        raise TimeoutError(f"server did not start: {self.log.read_text()[-2000:]}")
+                    return False
+
+            await eventually(healthy, timeout=30, interval=0.2,
+                             message=lambda: f"server did not start: {self.log.read_text()[-2000:]}")
 
     def kill9(self) -> None:
         assert self.proc is not None

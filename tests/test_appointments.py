@@ -19,16 +19,9 @@ from server.appkeys import APPOINTMENTS, CONFIG, IDENTITY
 from server.appointments import evidence_owner
 from server.db import Appointment, utcnow
 from server.retention import purge
-from signaling.client import ProtocolError
+from signaling.contrib.headless import ProtocolError
 
-from .conftest import PASSWORD, shared_data
-from .test_identity_call import _events, _wait_event, face_clip, same_person_photo  # noqa: F401 (fixtures)
-
-
-async def _token(counter, username: str) -> str:
-    async with aiohttp.ClientSession() as http, http.post(
-            f"{counter.url}/api/login", json={"username": username, "password": PASSWORD}) as r:
-        return (await r.json())["token"]
+from .helpers import eventually, login, session_events, shared_data, wait_event
 
 
 class Bank:
@@ -61,16 +54,16 @@ async def _lookup(counter, token: str) -> tuple[int, dict]:
         return r.status, await r.json()
 
 
-async def test_the_banks_photo_verifies_the_customer_on_the_call(make_counter, face_clip, audio_clip,  # noqa: F811
-                                                                 same_person_photo, video_clip):  # noqa: F811
+async def test_the_banks_photo_verifies_the_customer_on_the_call(make_counter, face_clip, audio_clip,
+                                                                 same_person_photo, video_clip):
     counter = await make_counter(face_clip, audio_clip, identity=True)
     # only the bank's systems and admins book
     status, body = await Bank(counter, None).call("POST", "/api/appointments", json={})
     assert status == 401
-    status, body = await Bank(counter, await _token(counter, "alice")).call(
+    status, body = await Bank(counter, await login(counter, "alice")).call(
         "POST", "/api/appointments", json={"business": "account_opening", "display_name": "x"})
     assert status == 403 and body["error"] == "forbidden"
-    bank = Bank(counter, await _token(counter, "integration"))
+    bank = Bank(counter, await login(counter, "integration"))
     for bad in ({"business": "mortgage", "display_name": "王五"}, {"business": "account_opening"},
                 {"business": "account_opening", "display_name": "<script>"},
                 {"business": "account_opening", "display_name": "王五", "valid_hours": 10_000}):
@@ -104,12 +97,12 @@ async def test_the_banks_photo_verifies_the_customer_on_the_call(make_counter, f
     sid = joined["session_id"]
     session = counter.broker.session(sid)
     assert session.display_name == "王五" and session.appointment_id == booked["id"]
-    added = await _wait_event(counter, sid, {"reference_added", "reference_failed"})
+    added = await wait_event(counter, sid, {"reference_added", "reference_failed"})
     assert added.kind == "reference_added" and added.data["source"] == "appointment", added.data
     evidence = counter.app[IDENTITY].evidence
     assert [i.kind for i in evidence.list(sid)] == ["reference_image", "reference_embedding"]
     assert evidence.list(evidence_owner(booked["id"])) == [], "the session's copy is the only one"
-    [appointment_event] = [e for e in await _events(counter, sid) if e.kind == "appointment"]
+    [appointment_event] = [e for e in await session_events(counter, sid) if e.kind == "appointment"]
     assert appointment_event.data == {"id": booked["id"], "external_ref": "CRM-20261123-0042", "reference": True}
 
     status, body = await bank.call("GET", f"/api/appointments/{booked['id']}")
@@ -125,7 +118,7 @@ async def test_the_banks_photo_verifies_the_customer_on_the_call(make_counter, f
     agent = await counter.agent("alice", video=video_clip)
     await agent.accept_next()
     await customer.wait_for("call_started")
-    verified = await _wait_event(counter, sid, {"identity_verified", "identity_rejected", "identity_unusable"},
+    verified = await wait_event(counter, sid, {"identity_verified", "identity_rejected", "identity_unusable"},
                                  timeout=45)
     assert verified.kind == "identity_verified", verified.data
     panel = await agent.wait_for("identity", timeout=10,
@@ -135,10 +128,10 @@ async def test_the_banks_photo_verifies_the_customer_on_the_call(make_counter, f
     await customer.wait_for("call_ended")
 
 
-async def test_consent_later_cancel_expiry_and_purge(make_counter, face_clip, audio_clip,  # noqa: F811
-                                                     same_person_photo):  # noqa: F811
+async def test_consent_later_cancel_expiry_and_purge(make_counter, face_clip, audio_clip,
+                                                     same_person_photo):
     counter = await make_counter(face_clip, audio_clip, identity=True)
-    bank = Bank(counter, await _token(counter, "admin"))  # an admin may book too
+    bank = Bank(counter, await login(counter, "admin"))  # an admin may book too
     evidence = counter.app[IDENTITY].evidence
 
     # no face consent at joining: the photo waits; consent given later brings it in
@@ -147,11 +140,11 @@ async def test_consent_later_cancel_expiry_and_purge(make_counter, face_clip, au
     customer = counter.participant("customer")
     joined = await customer.join("loan_signing", "赵六", face_consent=False, appointment=later["token"])
     sid = joined["session_id"]
-    await asyncio.sleep(0.5)
-    assert not [e for e in await _events(counter, sid) if e.kind.startswith("reference_")]
+    await asyncio.sleep(0.5)  # time for a wrong adoption of the photo to show
+    assert not [e for e in await session_events(counter, sid) if e.kind.startswith("reference_")]
     assert evidence.list(sid) == [] and len(evidence.list(evidence_owner(later["id"]))) == 1
     await customer.send({"type": "face_consent", "accepted": True})
-    added = await _wait_event(counter, sid, {"reference_added", "reference_failed"})
+    added = await wait_event(counter, sid, {"reference_added", "reference_failed"})
     assert added.kind == "reference_added" and added.data["source"] == "appointment"
     assert evidence.list(evidence_owner(later["id"])) == []
     identity = counter.app[IDENTITY]
@@ -160,13 +153,9 @@ async def test_consent_later_cancel_expiry_and_purge(make_counter, face_clip, au
     # withdrawn, then given again: the photo adopted before is used again (the appointment's
     # copy is gone: the session's own evidence carries it), not stored a second time
     await customer.send({"type": "face_consent", "accepted": False})
-    for _ in range(50):
-        if identity.state(sid).reference is None:
-            break
-        await asyncio.sleep(0.05)
-    assert identity.state(sid).reference is None
+    await eventually(lambda: identity.state(sid).reference is None)
     await customer.send({"type": "face_consent", "accepted": True})
-    again = await _wait_event(counter, sid, {"reference_in_use", "reference_failed"})
+    again = await wait_event(counter, sid, {"reference_in_use", "reference_failed"})
     assert again.kind == "reference_in_use" and again.data["restored"] is True
     assert again.data["sha256"] == added.data["sha256"] and again.data["source"] == "appointment"
     assert identity.state(sid).reference is not None
@@ -208,10 +197,10 @@ async def test_consent_later_cancel_expiry_and_purge(make_counter, face_clip, au
     assert len(evidence.list(sid)) == 2, "a live session's evidence is not touched"
 
 
-async def test_without_face_checks_appointments_carry_no_photo(make_counter, same_person_photo):  # noqa: F811
+async def test_without_face_checks_appointments_carry_no_photo(make_counter, same_person_photo):
     counter = await make_counter()  # identity off
     assert counter.app.get(IDENTITY) is None and counter.app[APPOINTMENTS] is not None
-    bank = Bank(counter, await _token(counter, "integration"))
+    bank = Bank(counter, await login(counter, "integration"))
     booked = await bank.book("loan_signing", "吴十")
     status, body = await bank.photo(booked["id"], same_person_photo)
     assert status == 404 and "switched off" in body["message"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 
 import aiohttp
@@ -10,33 +9,14 @@ import pytest
 
 from server.appkeys import CONFIG
 
-from .conftest import PASSWORD
-from .recordings import decrypt_output, wait_recordings
-
-
-async def _recorded_call(counter, seconds: float = 2.5) -> tuple[str, str]:
-    customer = await counter.customer("loan_signing", "张三 Audit")
-    agent = await counter.agent("carol")
-    await agent.accept_next()
-    await agent.wait_media(frames=10)
-    await asyncio.sleep(seconds)
-    await agent.hangup()
-    [row] = await wait_recordings(counter.db, customer.session_id)
-    assert row.state == "finalized"
-    return customer.session_id, row.id
-
-
-async def _token(http: aiohttp.ClientSession, counter, username: str) -> str:
-    async with http.post(f"{counter.url}/api/login", json={"username": username, "password": PASSWORD}) as r:
-        assert r.status == 200
-        return (await r.json())["token"]
+from .helpers import login
+from .recordings import decrypt_output, recorded_call
 
 
 @pytest.fixture
 async def recorded(counter):
-    session_id, recording_id = await _recorded_call(counter)
-    async with aiohttp.ClientSession() as http:
-        tokens = {u: await _token(http, counter, u) for u in ("auditor", "admin", "alice")}
+    session_id, recording_id = await recorded_call(counter)
+    tokens = {u: await login(counter, u) for u in ("auditor", "admin", "alice")}
     return session_id, recording_id, tokens
 
 

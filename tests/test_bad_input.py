@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 
 import aiohttp
 import pytest
 
-from signaling.client import ProtocolError
+from signaling.contrib.headless import ProtocolError
 
-from .conftest import PASSWORD
+from .helpers import PASSWORD, eventually, login
 
 
 async def _raw_ws(counter, path: str, session: aiohttp.ClientSession):
@@ -131,9 +130,7 @@ async def test_agent_actions_without_login_are_refused(counter):
         assert ws.close_code == 4401
 
         # an auditor is authenticated but is not an agent
-        async with http.post(f"{counter.url}/api/login", json={"username": "auditor", "password": PASSWORD}) as r:
-            token = (await r.json())["token"]
-        http.cookie_jar.clear()
+        token = await login(counter, "auditor")
         ws = await _raw_ws(counter, "/ws/agent", http)
         await ws.send_str(json.dumps({"type": "auth", "token": token}))
         assert (await _next_json(ws))["code"] == "forbidden"
@@ -182,7 +179,7 @@ async def test_no_token_or_password_reaches_the_logs(counter, caplog):
     bad = counter.participant("bad", media=False)
     with pytest.raises(ProtocolError):
         await bad.rejoin(customer.session_id, "wrong-token-" + "z" * 30)
-    await asyncio.sleep(0.2)
+    await eventually(lambda: "rejoin refused" in caplog.text)
     text = caplog.text
     assert customer.session_id in text  # the logs do name sessions
     for secret in (customer.rejoin_token, agent.token, PASSWORD, "wrong-token-"):

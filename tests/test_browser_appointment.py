@@ -13,19 +13,25 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from .browser import launch, make_tone_wav, require_chromium
-from .conftest import PASSWORD, shared_data
-from .test_browser_flows import _cameras, _ready_agent
-from .test_browser_identity import ID_PHOTO_FRAME, _frame_jpeg, _settled, _state
+from signaling.contrib.fake_media import make_tone_wav
+
+from .browser import (
+    accept_call,
+    call_state,
+    face_cameras,
+    launch,
+    ready_agent,
+    require_chromium,
+    settled,
+)
+from .helpers import ID_PHOTO_FRAME, frame_jpeg, login, shared_data
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 async def _book(counter, photo: bytes) -> dict:
+    auth = {"Authorization": f"Bearer {await login(counter, 'integration')}"}
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{counter.url}/api/login",
-                             json={"username": "integration", "password": PASSWORD}) as r:
-            auth = {"Authorization": f"Bearer {(await r.json())['token']}"}
         async with http.post(f"{counter.url}/api/appointments", headers=auth,
                              json={"business": "loan_signing", "display_name": "王五"}) as r:
             assert r.status == 201
@@ -37,12 +43,12 @@ async def _book(counter, photo: bytes) -> dict:
 
 
 async def test_the_appointment_link_sets_the_service_and_brings_the_banks_photo(
-        make_counter, video_clip, audio_clip, tmp_path):
+        make_counter, video_clip, audio_clip):
     require_chromium()
     from playwright.async_api import async_playwright
 
-    customer_cam, agent_cam = _cameras()
-    photo = _frame_jpeg(shared_data("videos/d13.mp4"), ID_PHOTO_FRAME, tmp_path / "id-photo.jpg").read_bytes()
+    customer_cam, agent_cam = face_cameras()
+    photo = frame_jpeg(shared_data("videos/d13.mp4"), ID_PHOTO_FRAME)
     counter = await make_counter(video_clip, audio_clip, identity=True)
     booked = await _book(counter, photo)
     link = booked["join_url"]
@@ -52,7 +58,7 @@ async def test_the_appointment_link_sets_the_service_and_brings_the_banks_photo(
         agent_browser = await launch(pw, agent_cam, make_tone_wav(1000.0))
         customer_browser = await launch(pw, customer_cam, make_tone_wav(440.0))
         try:
-            agent = await _ready_agent(agent_browser, counter, errors)
+            agent = await ready_agent(agent_browser, counter, errors)
             customer = await customer_browser.new_page()
             customer.on("pageerror", lambda e: errors.append(f"customer: {e}"))
             await customer.goto(link)
@@ -69,19 +75,17 @@ async def test_the_appointment_link_sets_the_service_and_brings_the_banks_photo(
             await customer.get_by_test_id("face-consent").check()
             await customer.wait_for_selector('[data-testid="join-button"]:enabled', timeout=15_000)
             await customer.get_by_test_id("join-button").click()
-            await _state(customer, "waiting")
+            await call_state(customer, "waiting")
             await customer.wait_for_selector('[data-testid="id-photo-status"][data-state="ok"]', timeout=10_000)
 
-            await agent.get_by_test_id("accept-button").click(timeout=15_000)
-            await _state(agent, "active")
-            await _state(customer, "active")
+            await accept_call(agent, customer)
             # verified against the bank's photo: nobody uploaded anything
-            assert await _settled(agent, "identity-verdict", "verified", timeout=45_000) == "true", \
+            assert await settled(agent, "identity-verdict", "verified", timeout=45_000) == "true", \
                 await agent.get_by_test_id("identity-panel").text_content()
             source = agent.get_by_test_id("identity-reference-source")
             assert await source.get_attribute("data-source") == "appointment"
             await agent.get_by_test_id("hangup-button").click()
-            await _state(customer, "ended")
+            await call_state(customer, "ended")
 
             # the same link again: used; the customer is told and may still queue
             again = await (await customer_browser.new_context()).new_page()

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from .browser import CHROMIUM_ARGS, require_chromium
-from .conftest import PASSWORD
+from .helpers import PASSWORD
 from .recordings import wait_recordings
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -27,13 +27,13 @@ async def test_auditor_finds_replays_seeks_and_judges_a_call(counter):
     agent = await counter.agent("alice")
     await agent.accept_next()
     await agent.wait_media(frames=30)
-    await asyncio.sleep(2.0)
+    await asyncio.sleep(2.0)  # two seconds of call before the reconnect
     await customer.drop()
     back = counter.participant("back")
     await back.rejoin(customer.session_id, customer.rejoin_token)
     await agent.wait_for("peer_reconnected")
     await agent.wait_media(frames=30, kinds=("video",))
-    await asyncio.sleep(2.0)
+    await asyncio.sleep(2.0)  # and two after it
     await agent.hangup()
     [row] = await wait_recordings(counter.db, customer.session_id)
 

@@ -10,19 +10,21 @@ import pytest
 
 from server.appkeys import CONFIG
 from server.db import CallSession
+from signaling.contrib.fake_media import make_tone_wav, make_y4m
 
 from .browser import (
+    accept_call,
     audio_peaks,
+    call_state,
     face_encoding,
     grab_frame,
     is_blank,
     launch,
-    make_tone_wav,
-    make_y4m,
+    ready_agent,
     require_chromium,
     source_encoding,
 )
-from .conftest import PASSWORD, shared_data
+from .helpers import eventually, shared_data
 from .recordings import (
     decrypt_output,
     demux,
@@ -38,12 +40,6 @@ CUSTOMER_TONE_HZ = 440.0
 AGENT_TONE_HZ = 1000.0
 
 
-async def _state(page, value: str, timeout: float = 20_000) -> None:
-    await page.wait_for_function(
-        "(v) => document.querySelector('[data-testid=\"call-state\"]').textContent.trim() === v",
-        arg=value, timeout=timeout)
-
-
 async def _wait_remote_playing(page, timeout_s: float = 20.0) -> None:
     await page.wait_for_function(
         """() => { const v = document.querySelector('[data-testid="remote-video"]');
@@ -52,16 +48,17 @@ async def _wait_remote_playing(page, timeout_s: float = 20.0) -> None:
 
 
 async def _face_in_remote(page) -> np.ndarray:
-    """A face encoding from the remote video (tries a few frames: the person moves)."""
-    for _ in range(12):
+    """A face encoding from the remote video (tries frames for a while: the person moves)."""
+
+    async def face_now() -> tuple[np.ndarray] | None:
         frame = await grab_frame(page, "remote-video")
         assert frame is not None, "remote video has no frame"
         assert not is_blank(frame), "remote video is blank"
         encoding = await asyncio.get_running_loop().run_in_executor(None, face_encoding, frame)
-        if encoding is not None:
-            return encoding
-        await asyncio.sleep(0.3)
-    raise AssertionError("no face found in the remote video")
+        return None if encoding is None else (encoding,)
+
+    (encoding,) = await eventually(face_now, timeout=15, interval=0.3, message="no face found in the remote video")
+    return encoding
 
 
 def _dominant(peaks: list[dict]) -> float:
@@ -84,31 +81,22 @@ async def test_customer_and_agent_see_and_hear_each_other(counter):
         agent_browser = await launch(pw, agent_cam, make_tone_wav(AGENT_TONE_HZ))
         customer_browser = await launch(pw, customer_cam, make_tone_wav(CUSTOMER_TONE_HZ))
         try:
-            agent = await agent_browser.new_page()
             errors: list[str] = []
-            agent.on("pageerror", lambda e: errors.append(f"agent: {e}"))
-            await agent.goto(f"{counter.url}/agent")
-            await agent.get_by_test_id("login-username").fill("alice")
-            await agent.get_by_test_id("login-password").fill(PASSWORD)
-            await agent.get_by_test_id("login-submit").click()
-            await agent.get_by_test_id("ready-toggle").click()
-            await agent.wait_for_selector('[data-testid="ready-toggle"][data-status="ready"]')
+            agent = await ready_agent(agent_browser, counter, errors)
 
             customer = await customer_browser.new_page()
             customer.on("pageerror", lambda e: errors.append(f"customer: {e}"))
             await customer.goto(f"{counter.url}/")
             await customer.get_by_test_id("business-account_opening").click()
             join = customer.get_by_test_id("join-button")
-            await customer.wait_for_timeout(300)
+            await customer.wait_for_timeout(300)  # time for the button to be enabled wrongly
             assert await join.is_disabled(), "joining must wait for the recording consent"
             await customer.get_by_test_id("recording-consent").check()
             await customer.wait_for_selector('[data-testid="join-button"]:enabled', timeout=15_000)
             await join.click()
-            await _state(customer, "waiting")
+            await call_state(customer, "waiting")
 
-            await agent.get_by_test_id("accept-button").click(timeout=15_000)
-            await _state(agent, "active")
-            await _state(customer, "active")
+            await accept_call(agent, customer)
             await _wait_remote_playing(agent)
             await _wait_remote_playing(customer)
 
@@ -134,11 +122,11 @@ async def test_customer_and_agent_see_and_hear_each_other(counter):
 
             session_id = next(iter(s.id for s in counter.broker.sessions))
             call_started = time.monotonic()
-            await asyncio.sleep(3.0)
+            await asyncio.sleep(3.0)  # the call goes on for a while
             await customer.get_by_test_id("hangup-button").click()
             call_s = time.monotonic() - call_started
-            await _state(customer, "ended")
-            await _state(agent, "ended")
+            await call_state(customer, "ended")
+            await call_state(agent, "ended")
             assert not errors, errors
         finally:
             await customer_browser.close()

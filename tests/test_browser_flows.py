@@ -18,48 +18,29 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from recorder.keys import SigningKey
 from recorder.receipt import verify_receipt
 from server.appkeys import CONFIG, FLOWS
+from signaling.contrib.fake_media import make_tone_wav
 
-from .browser import launch, make_tone_wav, make_y4m, require_chromium
-from .conftest import PASSWORD, shared_data
+from .browser import (
+    accept_call,
+    call_state,
+    face_cameras,
+    go_ready,
+    launch,
+    ready_agent,
+    require_chromium,
+    settled,
+)
+from .helpers import ID_PHOTO_FRAME, PASSWORD, audited_session, frame_jpeg, shared_data
 from .recordings import wait_recordings
-from .test_browser_identity import ID_PHOTO_FRAME, _frame_jpeg, _settled, _state
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 MANUAL_REASON = "核对了客户手持的身份证原件，人证一致"
-
-
-def _cameras() -> tuple[Path, Path]:
-    customer_cam = make_y4m(shared_data("videos/d13.mp4"), seconds=8.0)
-    agent_cam = make_y4m(shared_data("videos/d18.mp4"), width=320, height=240, fps=15)
-    return customer_cam, agent_cam
-
-
-async def _ready_agent(browser, counter, errors: list[str]):
-    agent = await browser.new_page()
-    agent.on("pageerror", lambda e: errors.append(f"agent: {e}"))
-    await agent.goto(f"{counter.url}/agent")
-    await agent.get_by_test_id("login-username").fill("alice")
-    await agent.get_by_test_id("login-password").fill(PASSWORD)
-    await agent.get_by_test_id("login-submit").click()
-    await _go_ready(agent)
-    return agent
-
-
-async def _go_ready(agent) -> None:
-    if await agent.get_by_test_id("back-button").is_visible():
-        await agent.get_by_test_id("back-button").click()
-    await agent.wait_for_selector('[data-testid="ready-toggle"][data-status="away"], '
-                                  '[data-testid="ready-toggle"][data-status="ready"]', timeout=15_000)
-    if await agent.get_by_test_id("ready-toggle").get_attribute("data-status") != "ready":
-        await agent.get_by_test_id("ready-toggle").click()
-    await agent.wait_for_selector('[data-testid="ready-toggle"][data-status="ready"]', timeout=10_000)
 
 
 async def _join(customer, counter, business: str, *, face_consent: bool, id_photo: Path | None = None) -> None:
@@ -71,22 +52,21 @@ async def _join(customer, counter, business: str, *, face_consent: bool, id_phot
         await customer.get_by_test_id("face-consent").check()
     await customer.wait_for_selector('[data-testid="join-button"]:enabled', timeout=15_000)
     await customer.get_by_test_id("join-button").click()
-    await _state(customer, "waiting")
+    await call_state(customer, "waiting")
     if id_photo is not None:
         await customer.get_by_test_id("id-photo-input").set_input_files(str(id_photo))
         await customer.wait_for_selector('[data-testid="id-photo-status"][data-state="ok"]', timeout=30_000)
 
 
 async def _accept(agent, customer) -> str:
-    await agent.get_by_test_id("accept-button").click(timeout=15_000)
-    await _state(agent, "active")
-    await _state(customer, "active")
+    """The agent accepts the customer; returns the session id once the flow's checklist shows."""
+    await accept_call(agent, customer)
     await agent.wait_for_selector('[data-testid="flow-step"]', timeout=15_000)
     return (await agent.get_by_test_id("customer-session").text_content() or "").strip()
 
 
 async def _identity_by_face(agent, customer) -> None:
-    assert await _settled(agent, "identity-verdict", "verified", timeout=45_000) == "true", \
+    assert await settled(agent, "identity-verdict", "verified", timeout=45_000) == "true", \
         await agent.get_by_test_id("identity-panel").text_content()
     missing = await agent.get_by_test_id("step-missing").text_content()
     assert "liveness" in missing, missing
@@ -94,11 +74,11 @@ async def _identity_by_face(agent, customer) -> None:
         await agent.get_by_test_id("liveness-start").click(timeout=15_000)
         await customer.wait_for_selector('[data-testid="liveness-instruction"][data-step="blink"]',
                                          state="visible", timeout=10_000)
-        passed = await _settled(customer, "liveness-result", "passed", timeout=40_000)
+        passed = await settled(customer, "liveness-result", "passed", timeout=40_000)
         if passed == "true":
             break
         # a missed blink on a busy machine (see test_browser_identity): the agent asks again
-        await _settled(agent, "liveness-status", "state", where=':not([data-state="running"])')
+        await settled(agent, "liveness-status", "state", where=':not([data-state="running"])')
     assert passed == "true", await customer.get_by_test_id("liveness-result").text_content()
 
 
@@ -182,12 +162,7 @@ async def _run_flow(agent, customer, *, identity: str) -> list[str]:
 
 
 async def _auditor_events(counter, session_id: str) -> tuple[list[dict], dict]:
-    async with aiohttp.ClientSession() as http:
-        async with http.post(f"{counter.url}/api/login", json={"username": "auditor", "password": PASSWORD}) as r:
-            auth = {"Authorization": f"Bearer {(await r.json())['token']}"}
-        async with http.get(f"{counter.url}/api/audit/sessions/{session_id}", headers=auth) as r:
-            assert r.status == 200
-            detail = await r.json()
+    detail = await audited_session(counter, session_id)
     return detail["events"], detail["flow"]
 
 
@@ -241,8 +216,9 @@ async def test_account_opening_with_face_verification(make_counter, video_clip, 
     require_chromium()
     from playwright.async_api import async_playwright
 
-    customer_cam, agent_cam = _cameras()
-    id_photo = _frame_jpeg(shared_data("videos/d13.mp4"), ID_PHOTO_FRAME, tmp_path / "id-photo.jpg")
+    customer_cam, agent_cam = face_cameras()
+    id_photo = tmp_path / "id-photo.jpg"
+    id_photo.write_bytes(frame_jpeg(shared_data("videos/d13.mp4"), ID_PHOTO_FRAME))
     counter = await make_counter(video_clip, audio_clip, identity=True, liveness_steps="blink",
                                  liveness_step_seconds=16.0)
     errors: list[str] = []
@@ -250,7 +226,7 @@ async def test_account_opening_with_face_verification(make_counter, video_clip, 
         agent_browser = await launch(pw, agent_cam, make_tone_wav(1000.0))
         customer_browser = await launch(pw, customer_cam, make_tone_wav(440.0))
         try:
-            agent = await _ready_agent(agent_browser, counter, errors)
+            agent = await ready_agent(agent_browser, counter, errors)
             customer = await customer_browser.new_page()
             customer.on("pageerror", lambda e: errors.append(f"customer: {e}"))
             await _join(customer, counter, "account_opening", face_consent=True, id_photo=id_photo)
@@ -264,8 +240,8 @@ async def test_account_opening_with_face_verification(make_counter, video_clip, 
             await _finish(agent, customer, "account_opening")
             receipt = await _download_receipt(customer, tmp_path)
             await customer.get_by_test_id("hangup-button").click()
-            await _state(agent, "ended")
-            await _state(customer, "ended")
+            await call_state(agent, "ended")
+            await call_state(customer, "ended")
             # the receipt stays downloadable on the end screen
             assert await customer.get_by_test_id("receipt-download").is_visible()
             assert not errors, errors
@@ -283,7 +259,7 @@ async def test_loan_and_wealth_by_manual_verification_and_the_auditor_checklist(
     require_chromium()
     from playwright.async_api import async_playwright
 
-    customer_cam, agent_cam = _cameras()
+    customer_cam, agent_cam = face_cameras()
     counter = await make_counter(video_clip, audio_clip)  # face checks off: the agent verifies by hand
     errors: list[str] = []
     sessions: dict[str, str] = {}
@@ -291,7 +267,7 @@ async def test_loan_and_wealth_by_manual_verification_and_the_auditor_checklist(
         agent_browser = await launch(pw, agent_cam, make_tone_wav(1000.0))
         customer_browser = await launch(pw, customer_cam, make_tone_wav(440.0))
         try:
-            agent = await _ready_agent(agent_browser, counter, errors)
+            agent = await ready_agent(agent_browser, counter, errors)
             customer = await customer_browser.new_page()
             customer.on("pageerror", lambda e: errors.append(f"customer: {e}"))
             for business in ("loan_signing", "wealth_product"):
@@ -313,14 +289,14 @@ async def test_loan_and_wealth_by_manual_verification_and_the_auditor_checklist(
                     assert "C5" in facts, facts
                 receipt = await _download_receipt(customer, tmp_path)
                 await agent.get_by_test_id("hangup-button").click()
-                await _state(customer, "ended")
-                await _state(agent, "ended")
+                await call_state(customer, "ended")
+                await call_state(agent, "ended")
                 await _check_flow(counter, business, session_id, done, receipt)
                 events, _ = await _auditor_events(counter, session_id)
                 assert any(e["kind"] == "document_shown" and e["data"]["pushed"] for e in events) \
                     == (business == "wealth_product")
                 await customer.get_by_test_id("start-over-button").click()
-                await _go_ready(agent)
+                await go_ready(agent)
 
             # an abandoned flow: the customer hangs up after the consent step
             await _join(customer, counter, "account_opening", face_consent=False)
@@ -330,7 +306,7 @@ async def test_loan_and_wealth_by_manual_verification_and_the_auditor_checklist(
             await agent.get_by_test_id("step-next").click()
             await agent.wait_for_selector('[data-testid="flow-step"][data-step="consent"][data-status="done"]')
             await customer.get_by_test_id("hangup-button").click()
-            await _state(agent, "ended")
+            await call_state(agent, "ended")
 
             # the auditor's page: the completed loan with step times, the abandoned flow flagged
             auditor = await (await agent_browser.new_context()).new_page()

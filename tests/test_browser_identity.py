@@ -13,41 +13,23 @@ actions stay off, the agent verifies by hand, and the customer can agree later.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import aiohttp
-import av
 import pytest
 
-from .browser import launch, make_tone_wav, make_y4m, require_chromium
-from .conftest import PASSWORD, shared_data
+from signaling.contrib.fake_media import make_tone_wav
+
+from .browser import (
+    accept_call,
+    call_state,
+    face_cameras,
+    launch,
+    ready_agent,
+    require_chromium,
+    settled,
+)
+from .helpers import ID_PHOTO_FRAME, PASSWORD, audited_session, frame_jpeg, login, shared_data
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-#: the ID photo: a frame of d13 outside the 8 s the fake camera plays
-ID_PHOTO_FRAME = 320
-
-
-def _frame_jpeg(video: Path, index: int, out: Path) -> Path:
-    with av.open(str(video)) as container:
-        for i, frame in enumerate(container.decode(video=0)):
-            if i == index:
-                frame.to_image().save(out, format="JPEG", quality=92)
-                return out
-    raise AssertionError(f"{video} has no frame {index}")
-
-
-async def _state(page, value: str, timeout: float = 20_000) -> None:
-    await page.wait_for_function(
-        "(v) => document.querySelector('[data-testid=\"call-state\"]').textContent.trim() === v",
-        arg=value, timeout=timeout)
-
-
-async def _settled(page, testid: str, attr: str, timeout: float = 30_000, where: str = "") -> str:
-    """Wait until ``[data-testid=testid]`` has a non-empty ``data-<attr>`` (and matches ``where``)."""
-    selector = f'[data-testid="{testid}"][data-{attr}]:not([data-{attr}=""]){where}'
-    handle = await page.wait_for_selector(selector, state="attached", timeout=timeout)
-    return await handle.get_attribute(f"data-{attr}")
 
 
 async def _image_loaded(page, testid: str, timeout: float = 15_000) -> None:
@@ -61,25 +43,6 @@ async def _text(page, testid: str) -> str:
     return (await page.get_by_test_id(testid).text_content() or "").strip()
 
 
-def _cameras() -> tuple[Path, Path]:
-    customer_cam = make_y4m(shared_data("videos/d13.mp4"), seconds=8.0)
-    # the agent's picture matters little here: a small one leaves the CPU to the customer's checks
-    agent_cam = make_y4m(shared_data("videos/d18.mp4"), width=320, height=240, fps=15)
-    return customer_cam, agent_cam
-
-
-async def _ready_agent(browser, counter, errors: list[str]):
-    agent = await browser.new_page()
-    agent.on("pageerror", lambda e: errors.append(f"agent: {e}"))
-    await agent.goto(f"{counter.url}/agent")
-    await agent.get_by_test_id("login-username").fill("alice")
-    await agent.get_by_test_id("login-password").fill(PASSWORD)
-    await agent.get_by_test_id("login-submit").click()
-    await agent.get_by_test_id("ready-toggle").click()
-    await agent.wait_for_selector('[data-testid="ready-toggle"][data-status="ready"]')
-    return agent
-
-
 async def _waiting_customer(browser, counter, errors: list[str], *, face_consent: bool):
     customer = await browser.new_page()
     customer.on("pageerror", lambda e: errors.append(f"customer: {e}"))
@@ -90,28 +53,19 @@ async def _waiting_customer(browser, counter, errors: list[str], *, face_consent
         await customer.get_by_test_id("face-consent").check()
     await customer.wait_for_selector('[data-testid="join-button"]:enabled', timeout=15_000)
     await customer.get_by_test_id("join-button").click()
-    await _state(customer, "waiting")
+    await call_state(customer, "waiting")
     assert await customer.get_by_test_id("face-consent-toggle").is_checked() is face_consent
     return customer
 
 
-async def _accept(agent, customer) -> None:
-    await agent.get_by_test_id("accept-button").click(timeout=15_000)
-    await _state(agent, "active")
-    await _state(customer, "active")
-
-
 async def _auditor_view(counter, session_id: str) -> tuple[list[dict], list[dict]]:
     """The session's timeline and evidence list, as an auditor's API client sees them."""
-    async with aiohttp.ClientSession() as http:
-        async with http.post(f"{counter.url}/api/login", json={"username": "auditor", "password": PASSWORD}) as r:
-            auth = {"Authorization": f"Bearer {(await r.json())['token']}"}
-        async with http.get(f"{counter.url}/api/audit/sessions/{session_id}", headers=auth) as r:
-            assert r.status == 200
-            events = (await r.json())["events"]
-        async with http.get(f"{counter.url}/api/identity/{session_id}/evidence", headers=auth) as r:
-            assert r.status == 200
-            evidence = (await r.json())["items"]
+    events = (await audited_session(counter, session_id))["events"]
+    auth = {"Authorization": f"Bearer {await login(counter, 'auditor')}"}
+    async with aiohttp.ClientSession() as http, http.get(
+            f"{counter.url}/api/identity/{session_id}/evidence", headers=auth) as r:
+        assert r.status == 200
+        evidence = (await r.json())["items"]
     return events, evidence
 
 
@@ -129,9 +83,10 @@ async def test_face_verification_liveness_and_a_wrong_person(make_counter, video
     from playwright.async_api import async_playwright
 
     customer_clip = shared_data("videos/d13.mp4")
-    customer_cam, agent_cam = _cameras()
+    customer_cam, agent_cam = face_cameras()
     other_person = shared_data("faces/face_recognition/tests/test_images/biden.jpg")
-    id_photo = _frame_jpeg(customer_clip, ID_PHOTO_FRAME, tmp_path / "id-photo.jpg")
+    id_photo = tmp_path / "id-photo.jpg"
+    id_photo.write_bytes(frame_jpeg(customer_clip, ID_PHOTO_FRAME))
     not_a_photo = tmp_path / "id-photo.png"
     not_a_photo.write_bytes(b"this is not an image")
 
@@ -146,23 +101,23 @@ async def test_face_verification_liveness_and_a_wrong_person(make_counter, video
         agent_browser = await launch(pw, agent_cam, make_tone_wav(1000.0))
         customer_browser = await launch(pw, customer_cam, make_tone_wav(440.0))
         try:
-            agent = await _ready_agent(agent_browser, counter, errors)
+            agent = await ready_agent(agent_browser, counter, errors)
             customer = await _waiting_customer(customer_browser, counter, errors, face_consent=True)
 
             # while waiting: a file that is no image is refused with words the customer understands
             photo_input = customer.get_by_test_id("id-photo-input")
             await photo_input.set_input_files(str(not_a_photo))
-            assert await _settled(customer, "id-photo-status", "state", where=':not([data-state="uploading"])') \
+            assert await settled(customer, "id-photo-status", "state", where=':not([data-state="uploading"])') \
                 == "error"
             assert "not a usable image" in await _text(customer, "id-photo-status")
             # then the real ID photo
             await photo_input.set_input_files(str(id_photo))
             await customer.wait_for_selector('[data-testid="id-photo-status"][data-state="ok"]', timeout=30_000)
 
-            await _accept(agent, customer)
+            await accept_call(agent, customer)
 
             # verification runs by itself at call start: the agent sees the verdict and both images
-            assert await _settled(agent, "identity-verdict", "verified", timeout=45_000) == "true", \
+            assert await settled(agent, "identity-verdict", "verified", timeout=45_000) == "true", \
                 await _text(agent, "identity-panel")
             verdict = agent.get_by_test_id("identity-verdict")
             assert await verdict.get_attribute("data-automatic") == "true"
@@ -171,9 +126,9 @@ async def test_face_verification_liveness_and_a_wrong_person(make_counter, video
             assert await agent.get_by_test_id("identity-consent").get_attribute("data-consent") == "true"
             await _image_loaded(agent, "identity-reference")
             await _image_loaded(agent, "identity-snapshot")
-            assert await _settled(agent, "presence-status", "state") == "ok"
+            assert await settled(agent, "presence-status", "state") == "ok"
             # the customer is told the result, without scores
-            assert await _settled(customer, "verification-result", "verified") == "true"
+            assert await settled(customer, "verification-result", "verified") == "true"
 
             # liveness: the blink instruction on the customer's screen, then the outcome
             for _attempt in range(2):
@@ -182,16 +137,16 @@ async def test_face_verification_liveness_and_a_wrong_person(make_counter, video
                     '[data-testid="liveness-instruction"][data-step="blink"]', state="visible",
                     timeout=10_000)
                 assert "blink" in (await _text(customer, "liveness-instruction")).lower()
-                passed = await _settled(customer, "liveness-result", "passed", timeout=40_000)
+                passed = await settled(customer, "liveness-result", "passed", timeout=40_000)
                 if passed == "true":
                     break
                 # a missed blink (see above): the agent asks again, as a real agent would
                 failed = await _text(customer, "liveness-result")
-                assert await _settled(agent, "liveness-status", "state",
+                assert await settled(agent, "liveness-status", "state",
                                       where=':not([data-state="running"])') == "failed"
             assert passed == "true", failed
             await customer.wait_for_selector('[data-testid="liveness-instruction"]', state="hidden")
-            assert await _settled(agent, "liveness-status", "state",
+            assert await settled(agent, "liveness-status", "state",
                                   where=':not([data-state="running"])') == "passed"
 
             # the agent keeps the customer's current frame
@@ -208,22 +163,22 @@ async def test_face_verification_liveness_and_a_wrong_person(make_counter, video
                 await photo_input.set_input_files(str(other_person))
             assert (await upload.value).status == 200
             await customer.wait_for_selector('[data-testid="id-photo-status"][data-state="ok"]', timeout=30_000)
-            assert await _settled(customer, "verification-result", "verified",
+            assert await settled(customer, "verification-result", "verified",
                                   where='[data-reason="mismatch"]') == "false"
             await agent.get_by_test_id("identity-verify").click(timeout=30_000)
-            assert await _settled(agent, "identity-verdict", "verified", timeout=30_000,
+            assert await settled(agent, "identity-verdict", "verified", timeout=30_000,
                                   where='[data-automatic="false"]') == "false"
             assert await agent.get_by_test_id("identity-verdict").get_attribute("data-reason") == "mismatch"
 
             # and the agent records why, by hand
             await agent.get_by_test_id("manual-verify-reason").fill("证件照片与客户本人不符")
             await agent.get_by_test_id("manual-verify-fail").click()
-            assert await _settled(agent, "manual-verify-result", "verified") == "false"
+            assert await settled(agent, "manual-verify-result", "verified") == "false"
 
             session_id = await agent.get_by_test_id("customer-session").text_content()
             await agent.get_by_test_id("hangup-button").click()
-            await _state(agent, "ended")
-            await _state(customer, "ended")
+            await call_state(agent, "ended")
+            await call_state(customer, "ended")
             # nothing of this customer stays on the agent's screen
             assert await agent.get_by_test_id("identity-verdict").get_attribute("data-verified") == ""
             assert await agent.get_by_test_id("identity-reference").get_attribute("src") is None
@@ -263,7 +218,7 @@ async def test_without_face_consent_the_agent_verifies_by_hand(make_counter, vid
     require_chromium()
     from playwright.async_api import async_playwright
 
-    customer_cam, agent_cam = _cameras()
+    customer_cam, agent_cam = face_cameras()
     counter = await make_counter(video_clip, audio_clip, identity=True)
     errors: list[str] = []
 
@@ -271,11 +226,11 @@ async def test_without_face_consent_the_agent_verifies_by_hand(make_counter, vid
         agent_browser = await launch(pw, agent_cam, make_tone_wav(1000.0))
         customer_browser = await launch(pw, customer_cam, make_tone_wav(440.0))
         try:
-            agent = await _ready_agent(agent_browser, counter, errors)
+            agent = await ready_agent(agent_browser, counter, errors)
             customer = await _waiting_customer(customer_browser, counter, errors, face_consent=False)
             # no consent, no ID photo upload
             assert not await customer.get_by_test_id("id-photo-input").is_visible()
-            await _accept(agent, customer)
+            await accept_call(agent, customer)
 
             # the face actions stay off; a snapshot and the manual verdict do not need consent
             await agent.wait_for_selector('[data-testid="identity-consent"][data-consent="false"]', timeout=15_000)
@@ -286,7 +241,7 @@ async def test_without_face_consent_the_agent_verifies_by_hand(make_counter, vid
             assert await manual_pass.is_disabled(), "a reason needs at least 3 characters"
             await agent.get_by_test_id("manual-verify-reason").fill("核对了客户手持的身份证，与本人一致")
             await manual_pass.click()
-            assert await _settled(agent, "manual-verify-result", "verified") == "true"
+            assert await settled(agent, "manual-verify-result", "verified") == "true"
             assert "alice" in await _text(agent, "manual-verify-result")
             await agent.get_by_test_id("capture-snapshot").click(timeout=15_000)
             await _image_loaded(agent, "identity-snapshot", timeout=20_000)
@@ -301,7 +256,7 @@ async def test_without_face_consent_the_agent_verifies_by_hand(make_counter, vid
 
             session_id = await agent.get_by_test_id("customer-session").text_content()
             await customer.get_by_test_id("hangup-button").click()
-            await _state(agent, "ended")
+            await call_state(agent, "ended")
             assert not errors, errors
         finally:
             await customer_browser.close()

@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .conftest import shared_data
-from .server_process import REPO, vcounter_command
+from .helpers import REPO, shared_data
+from .server_process import vcounter_command
 
 #: under faces/face_recognition/examples (the --pairs root below)
 EXAMPLES = "faces/face_recognition/examples"

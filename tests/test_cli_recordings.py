@@ -3,48 +3,40 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 
 from server.appkeys import CONFIG
 
-from .server_process import REPO, vcounter_command
-from .test_audit_api import _recorded_call
-
-
-def _cli(config, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "VCOUNTER_MASTER_KEY_FILE": str(config.master_key_file),
-           "VCOUNTER_SIGNING_KEY_FILE": str(config.signing_key_file)}
-    return subprocess.run([*vcounter_command(), *args, "--data-dir", str(config.data_dir)],
-                          capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
+from .recordings import demux, recorded_call, stream_info
+from .server_process import run_vcounter, server_cli
 
 
 async def test_sessions_verify_and_verify_log(counter):
-    session_id, recording_id = await _recorded_call(counter, seconds=1.0)
+    session_id, recording_id = await recorded_call(counter, seconds=1.0)
     config = counter.app[CONFIG]
 
-    listed = _cli(config, "sessions", "--json")
+    listed = server_cli(config, "sessions", "--json")
     assert listed.returncode == 0, listed.stderr
     [row] = [r for r in json.loads(listed.stdout) if r["id"] == session_id]
     assert row["state"] == "ended" and row["business"] == "loan_signing" and row["agent"] == "carol"
     assert row["recording"] == f"{recording_id}:finalized" and row["duration_s"] > 0
-    table = _cli(config, "sessions")
+    table = server_cli(config, "sessions")
     assert session_id in table.stdout and "finalized" in table.stdout
 
-    ok = _cli(config, "verify", session_id)
+    ok = server_cli(config, "verify", session_id)
     assert ok.returncode == 0 and f"{recording_id}: OK" in ok.stdout, ok.stdout + ok.stderr
 
     manifest = config.recordings_dir / recording_id / "manifest.json"
     original = manifest.read_bytes()
     manifest.write_bytes(original.replace(b'"loan_signing"', b'"wealth_product"'))
-    bad = _cli(config, "verify", recording_id)
+    bad = server_cli(config, "verify", recording_id)
     assert bad.returncode == 1 and "FAILED" in bad.stdout and "signature" in bad.stdout.lower()
     manifest.write_bytes(original)
 
-    missing = _cli(config, "verify", "no-such-session")
+    missing = server_cli(config, "verify", "no-such-session")
     assert missing.returncode == 2 and "no recording" in missing.stderr
 
-    log = _cli(config, "verify-log")
+    log = server_cli(config, "verify-log")
     assert log.returncode == 0 and log.stdout.startswith("OK")
 
 
@@ -56,7 +48,7 @@ async def test_purge_respects_retention_and_legal_holds(counter):
     from server.db import AccessLog, Recording, utcnow
 
     config = counter.app[CONFIG]
-    ids = [await _recorded_call(counter, seconds=0.5) for _ in range(3)]
+    ids = [await recorded_call(counter, seconds=0.5) for _ in range(3)]
     (_, expired), (held_session, held), (_, current) = ids
 
     def age(s):
@@ -66,12 +58,12 @@ async def test_purge_respects_retention_and_legal_holds(counter):
             s.add(row)
 
     await counter.db.run(age)
-    assert _cli(config, "hold", held_session).returncode == 0
-    dry = _cli(config, "purge", "--dry-run")
+    assert server_cli(config, "hold", held_session).returncode == 0
+    dry = server_cli(config, "purge", "--dry-run")
     assert f"would delete {expired}" in dry.stdout and held not in dry.stdout
     assert (config.recordings_dir / expired).is_dir()
 
-    done = _cli(config, "purge")
+    done = server_cli(config, "purge")
     assert done.returncode == 0 and f"deleted {expired}" in done.stdout
     assert held not in done.stdout and current not in done.stdout
     assert not (config.recordings_dir / expired).exists()
@@ -85,21 +77,21 @@ async def test_purge_respects_retention_and_legal_holds(counter):
     assert by_id[expired] == "purged" and by_id[held] == "finalized"
     assert ("purge", expired) in log and ("legal_hold", held) in log
     # far in the future, everything unheld goes; the held one stays
-    later = _cli(config, "purge", "--now", "2099-01-01T00:00:00")
+    later = server_cli(config, "purge", "--now", "2099-01-01T00:00:00")
     assert f"deleted {current}" in later.stdout and held not in later.stdout
-    assert _cli(config, "verify-log").returncode == 0
+    assert server_cli(config, "verify-log").returncode == 0
 
 
 async def test_export_package_verifies_with_standard_tools(counter, tmp_path):
     import hashlib
     import zipfile
 
-    session_id, recording_id = await _recorded_call(counter, seconds=1.5)
+    session_id, recording_id = await recorded_call(counter, seconds=1.5)
     config = counter.app[CONFIG]
     package = tmp_path / "evidence.zip"
     secret = tmp_path / "pass.txt"
     secret.write_text("correct horse battery staple\n")
-    done = _cli(config, "export", session_id, str(package), "--passphrase-file", str(secret))
+    done = server_cli(config, "export", session_id, str(package), "--passphrase-file", str(secret))
     assert done.returncode == 0, done.stderr
     assert "correct horse" not in done.stdout + done.stderr
     with zipfile.ZipFile(package) as z:
@@ -113,7 +105,7 @@ async def test_export_package_verifies_with_standard_tools(counter, tmp_path):
         assert hashlib.sha256((x / "recording" / "segments" / seg["name"].split("/")[-1]).read_bytes()
                               ).hexdigest() == seg["sha256"]
     _openssl_verifies(x)
-    assert _cli(config, "verify", str(package)).returncode == 0
+    assert server_cli(config, "verify", str(package)).returncode == 0
 
     # a byte changed inside the package's media fails verification
     tampered = tmp_path / "tampered.zip"
@@ -123,23 +115,19 @@ async def test_export_package_verifies_with_standard_tools(counter, tmp_path):
             if item.filename.endswith("agent.webm.enc"):
                 data = data[:1000] + bytes([data[1000] ^ 1]) + data[1001:]
             dst.writestr(item, data)
-    bad = _cli(config, "verify", str(tampered))
+    bad = server_cli(config, "verify", str(tampered))
     assert bad.returncode == 1 and "agent.webm.enc" in bad.stdout
 
     _decrypt_for_playback(package, tmp_path, secret)
 
 
 def _decrypt_for_playback(package, tmp_path, secret) -> None:
-    from .recordings import demux, stream_info
-
     wrong = tmp_path / "wrong.txt"
     wrong.write_text("not it")
     out = tmp_path / "media"
-    refused = subprocess.run([*vcounter_command(), "decrypt-export", str(package), str(out),
-                              "--passphrase-file", str(wrong)], capture_output=True, text=True, cwd=REPO)
+    refused = run_vcounter("decrypt-export", str(package), str(out), "--passphrase-file", str(wrong))
     assert refused.returncode == 1 and "wrong passphrase" in refused.stderr
-    played = subprocess.run([*vcounter_command(), "decrypt-export", str(package), str(out),
-                             "--passphrase-file", str(secret)], capture_output=True, text=True, cwd=REPO)
+    played = run_vcounter("decrypt-export", str(package), str(out), "--passphrase-file", str(secret))
     assert played.returncode == 0, played.stderr
     webm = (out / "customer.webm").read_bytes()
     assert stream_info(webm) == {"video": "vp8", "audio": "opus"} and demux(webm)["video"]

@@ -11,9 +11,9 @@ from sqlmodel import select
 
 from recorder import MasterKey, SigningKey, verify
 from server.db import CallSession, Database, SessionEvent
-from signaling.client import HeadlessParticipant
+from signaling.contrib.headless import HeadlessParticipant
 
-from .conftest import PASSWORD
+from .helpers import PASSWORD, eventually
 from .recordings import decrypt_output, demux
 from .server_process import ServerProcess
 
@@ -45,11 +45,12 @@ async def test_kill9_mid_call_then_restart_recovers_the_recording(server_process
         await agent.accept_next()
         await agent.wait_media(frames=20)
         started = time.monotonic()
-        await asyncio.sleep(5.0)
+        await asyncio.sleep(5.0)  # the call goes on: a few segments are sealed
         media_s = time.monotonic() - started
         session_id = customer.session_id
         server.kill9()
-        await asyncio.sleep(0.5)
+        # both clients see the server go
+        await eventually(lambda: customer.ws.closed and agent.ws.closed, timeout=5)
     finally:
         await customer.aclose()
         await agent.aclose()

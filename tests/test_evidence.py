@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import zipfile
 from datetime import timedelta
 from pathlib import Path
@@ -21,11 +20,11 @@ from server import access_log, retention
 from server.appkeys import CONFIG
 from server.config import from_env
 from server.db import AccessLog, CallSession, Database, Recording, utcnow
+from server.migrations import create_all
 
-from .conftest import shared_data
-from .server_process import REPO, vcounter_command
-from .test_audit_api import _recorded_call
-from .test_cli_recordings import _cli
+from .helpers import shared_data
+from .recordings import recorded_call
+from .server_process import run_vcounter, server_cli
 
 SESSION = "Qx7-kP_2mZ9aLw4R"
 OTHER = "b3Nf-Tq8Yc1_uVx0"
@@ -236,7 +235,7 @@ def db(config_factory):
     config = config_factory()
     config.data_dir.mkdir(parents=True, mode=0o700)
     database = Database(config.db_url)
-    database.create_all()
+    create_all(database)
     yield database, config
     database.close()
 
@@ -328,7 +327,7 @@ def test_orphan_days_setting():
 
 
 async def test_export_carries_the_evidence_and_purge_takes_it(counter, tmp_path: Path):
-    session_id, recording_id = await _recorded_call(counter, seconds=0.5)
+    session_id, recording_id = await recorded_call(counter, seconds=0.5)
     config = counter.app[CONFIG]
     store = EvidenceStore.local(config.identity_dir, MasterKey.load(config.master_key_file))
     photo, snapshot = _photo("biden.jpg"), _photo("obama.jpg")
@@ -338,7 +337,7 @@ async def test_export_carries_the_evidence_and_purge_takes_it(counter, tmp_path:
 
     package, secret = tmp_path / "evidence.zip", tmp_path / "pass.txt"
     secret.write_text("correct horse battery staple\n")
-    done = _cli(config, "export", session_id, str(package), "--passphrase-file", str(secret))
+    done = server_cli(config, "export", session_id, str(package), "--passphrase-file", str(secret))
     assert done.returncode == 0, done.stderr
     with zipfile.ZipFile(package) as z:
         names = set(z.namelist())
@@ -352,10 +351,10 @@ async def test_export_carries_the_evidence_and_purge_takes_it(counter, tmp_path:
     for entry in index:
         assert hashlib.sha256(stored[entry["file"]]).hexdigest() == entry["stored_sha256"]
     assert all(photo[200:232] not in data and snapshot[200:232] not in data for data in stored.values())
-    assert _cli(config, "verify", str(package)).returncode == 0
+    assert server_cli(config, "verify", str(package)).returncode == 0
 
     out = tmp_path / "out"
-    played = _cli_plain("decrypt-export", str(package), str(out), "--passphrase-file", str(secret))
+    played = run_vcounter("decrypt-export", str(package), str(out), "--passphrase-file", str(secret))
     assert played.returncode == 0, played.stderr
     assert (out / "evidence" / f"snapshot-{snap.id}.jpg").read_bytes() == snapshot
     assert (out / "evidence" / f"reference_image-{reference.id}.jpg").read_bytes() == photo
@@ -368,19 +367,14 @@ async def test_export_carries_the_evidence_and_purge_takes_it(counter, tmp_path:
         s.add(row)
 
     await counter.db.run(expire)
-    dry = _cli(config, "purge", "--dry-run")
+    dry = server_cli(config, "purge", "--dry-run")
     assert f"would delete identity evidence of session {session_id} (3 item(s)" in dry.stdout
     assert store.count(session_id) == 3
-    purged = _cli(config, "purge")
+    purged = server_cli(config, "purge")
     assert purged.returncode == 0, purged.stderr
     assert f"deleted {recording_id}" in purged.stdout
     assert f"deleted identity evidence of session {session_id}" in purged.stdout
     assert store.sessions() == [] and not (config.recordings_dir / recording_id).exists()
     log = await counter.db.run(lambda s: [(e.action, e.target) for e in s.exec(select(AccessLog))])
     assert ("purge", recording_id) in log and ("purge_evidence", session_id) in log
-    assert _cli(config, "verify-log").returncode == 0
-
-
-def _cli_plain(*args: str) -> subprocess.CompletedProcess[str]:
-    """``vcounter`` without a data directory (decrypt-export works on the package alone)."""
-    return subprocess.run([*vcounter_command(), *args], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert server_cli(config, "verify-log").returncode == 0

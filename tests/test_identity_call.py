@@ -9,65 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
-from dataclasses import dataclass
 
 import aiohttp
 import av
 import numpy as np
-import pytest
 from PIL import Image
 from sqlmodel import select
 
-from server.db import AccessLog, SessionEvent
-from signaling.encoded_source import encode_video
+from server.db import AccessLog
+from signaling.contrib.encoded_source import encode_video
 
-from .browser import make_y4m
-from .conftest import PASSWORD, shared_data
-
-
-def _jpeg_of_frame(video, index: int) -> bytes:
-    with av.open(str(video)) as container:
-        for i, frame in enumerate(container.decode(video=0)):
-            if i == index:
-                out = io.BytesIO()
-                frame.to_image().save(out, format="JPEG", quality=92)
-                return out.getvalue()
-    raise AssertionError(f"{video} has no frame {index}")
-
-
-@pytest.fixture(scope="module")
-def face_clip():
-    # 8 s of d13 at 640x480: the server analyses the first seconds, the reference is frame 320
-    return encode_video(make_y4m(shared_data("videos/d13.mp4"), seconds=8.0), seconds=8.0)
-
-
-@pytest.fixture(scope="module")
-def same_person_photo() -> bytes:
-    return _jpeg_of_frame(shared_data("videos/d13.mp4"), 320)
-
-
-@dataclass
-class Event:
-    kind: str
-    data: dict
-
-
-async def _events(counter, session_id: str) -> list[Event]:
-    rows = await counter.db.run(lambda s: list(s.exec(
-        select(SessionEvent).where(SessionEvent.session_id == session_id).order_by(SessionEvent.id)).all()))
-    return [Event(r.kind, json.loads(r.data)) for r in rows]
-
-
-async def _wait_event(counter, session_id: str, kinds: set[str], timeout: float = 30.0) -> Event:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        for e in await _events(counter, session_id):
-            if e.kind in kinds:
-                return e
-        await asyncio.sleep(0.2)
-    kinds_seen = [e.kind for e in await _events(counter, session_id)]
-    raise AssertionError(f"no {kinds} event within {timeout}s; timeline: {kinds_seen}")
+from .helpers import eventually, login, session_events, shared_data, wait_event
 
 
 async def _upload(counter, session_id: str, token: str | None, body: bytes, **headers):
@@ -77,12 +29,6 @@ async def _upload(counter, session_id: str, token: str | None, body: bytes, **he
             f"{counter.url}/api/identity/{session_id}/reference", data=body,
             headers={"Content-Type": "image/jpeg", **headers}) as r:
         return r.status, await r.json()
-
-
-async def _login(counter, username: str) -> str:
-    async with aiohttp.ClientSession() as http, http.post(
-            f"{counter.url}/api/login", json={"username": username, "password": PASSWORD}) as r:
-        return (await r.json())["token"]
 
 
 async def _call(counter, bars, face_consent: bool = True):
@@ -122,7 +68,7 @@ async def test_reference_upload_verification_liveness_snapshot_and_presence(
     await asyncio.gather(customer.wait_media(frames=5, timeout=30), agent.wait_media(frames=5, timeout=30))
 
     # verification runs on its own when the call starts with a reference
-    verified = await _wait_event(counter, sid, {"identity_verified", "identity_rejected", "identity_unusable"})
+    verified = await wait_event(counter, sid, {"identity_verified", "identity_rejected", "identity_unusable"})
     assert verified.kind == "identity_verified", verified.data
     assert verified.data["distance"] <= verified.data["threshold"] == 0.40
     assert len(verified.data["snapshot_sha256"]) == 64
@@ -137,15 +83,15 @@ async def test_reference_upload_verification_liveness_snapshot_and_presence(
     assert challenge["steps"] == ["blink"] and challenge["instructions"][0]["zh"]
     result = await customer.wait_for("liveness_result", timeout=30)
     assert result["passed"], result
-    passed = await _wait_event(counter, sid, {"liveness_passed", "liveness_failed"})
+    passed = await wait_event(counter, sid, {"liveness_passed", "liveness_failed"})
     assert passed.kind == "liveness_passed" and passed.data["evidence"]["steps"][0]["frames"]
 
     # snapshot: kept encrypted, viewable by this agent and by auditors (logged), not by others
     await agent.send({"type": "capture_snapshot"})
-    snap = await _wait_event(counter, sid, {"snapshot_captured"})
+    snap = await wait_event(counter, sid, {"snapshot_captured"})
     url = f"{counter.url}/api/identity/{sid}/evidence/{snap.data['item']}"
     for who, expected in (("alice", 200), ("bob", 403), ("auditor", 200)):
-        token_ = await _login(counter, who)
+        token_ = await login(counter, who)
         async with aiohttp.ClientSession() as http, http.get(url, headers={"Authorization": f"Bearer {token_}"}) as r:
             assert r.status == expected, who
             if expected == 200:
@@ -156,10 +102,10 @@ async def test_reference_upload_verification_liveness_snapshot_and_presence(
     logged = await counter.db.run(lambda s: list(s.exec(select(AccessLog)).all()))
     assert any(e.action.startswith("evidence_view") and snap.data["item"] in e.target for e in logged)
     # presence: the agent's video shows no face -> an anomaly for the agent, none for the customer
-    missing = await _wait_event(counter, sid, {"face_missing"}, timeout=20)
+    missing = await wait_event(counter, sid, {"face_missing"}, timeout=20)
     assert missing.data["subject"] == "agent"
-    await asyncio.sleep(1.0)
-    kinds = [(e.kind, e.data.get("subject")) for e in await _events(counter, sid)]
+    await asyncio.sleep(1.0)  # two more presence checks of the customer, who must stay unflagged
+    kinds = [(e.kind, e.data.get("subject")) for e in await session_events(counter, sid)]
     assert ("face_missing", "customer") not in kinds and ("face_mismatch", "customer") not in kinds
     await agent.hangup()
     await customer.wait_for("call_ended")
@@ -172,7 +118,7 @@ async def test_different_person_is_rejected(make_counter, face_clip, audio_clip,
     biden = shared_data("faces/face_recognition/tests/test_images/biden.jpg").read_bytes()
     status, body = await _upload(counter, sid, token, biden)
     assert status == 200, body
-    rejected = await _wait_event(counter, sid, {"identity_verified", "identity_rejected", "identity_unusable"})
+    rejected = await wait_event(counter, sid, {"identity_verified", "identity_rejected", "identity_unusable"})
     assert rejected.kind == "identity_rejected", rejected.data
     assert rejected.data["distance"] > 0.40
     outcome = await customer.wait_for("verification_result", timeout=20, where=lambda d: d["reason"] == "mismatch")
@@ -190,18 +136,24 @@ async def test_without_face_consent_only_manual_verification(
     err = await agent.wait_for("error", timeout=5)
     assert err["code"] == "face_consent_required"
     await agent.send({"type": "manual_verification", "verified": True, "reason": "checked the ID card on camera"})
-    manual = await _wait_event(counter, sid, {"identity_manual"})
+    manual = await wait_event(counter, sid, {"identity_manual"})
     assert manual.data == {"verified": True, "reason": "checked the ID card on camera", "by": "alice",
                            "face_consent": False}
-    consent = [e for e in await _events(counter, sid) if e.kind == "face_consent"]
+    consent = [e for e in await session_events(counter, sid) if e.kind == "face_consent"]
     assert [e.data["accepted"] for e in consent] == [False]
     # the customer changes their mind: consent recorded, the upload now works
     await customer.send({"type": "face_consent", "accepted": True})
-    await asyncio.sleep(0.3)
+
+    async def consents() -> list[bool]:
+        return [e.data["accepted"] for e in await session_events(counter, sid) if e.kind == "face_consent"]
+
+    async def second_consent_recorded() -> bool:
+        return len(await consents()) == 2
+
+    await eventually(second_consent_recorded)
+    assert await consents() == [False, True]
     status, body = await _upload(counter, sid, token, same_person_photo)
     assert status == 200, body
-    consent = [e.data["accepted"] for e in await _events(counter, sid) if e.kind == "face_consent"]
-    assert consent == [False, True]
 
 
 def _still_y4m(image, out, seconds: float = 2.0):
@@ -222,7 +174,7 @@ async def test_two_people_in_the_customer_video_raise_multiple_faces(make_counte
     still = _still_y4m(shared_data("faces/face_recognition/examples/two_people.jpg"), tmp_path / "two.y4m")
     counter = await make_counter(encode_video(still, seconds=2.0), audio_clip, identity=True)
     customer, agent, joined = await _call(counter, video_clip)
-    event = await _wait_event(counter, joined["session_id"], {"multiple_faces"}, timeout=20)
+    event = await wait_event(counter, joined["session_id"], {"multiple_faces"}, timeout=20)
     assert event.data["subject"] == "customer" and event.data["faces"] >= 2
     panel = await agent.wait_for("identity", timeout=10,
                                  where=lambda d: (d["state"]["presence"].get("customer") or {}).get("multiple"))

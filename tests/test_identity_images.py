@@ -22,7 +22,7 @@ from identity import (
 )
 from identity.face_detect import detect_faces
 
-from .conftest import shared_data
+from .helpers import shared_data
 
 OBAMA = "faces/face_recognition/examples/obama.jpg"
 

@@ -26,7 +26,7 @@ from identity.quality import QualityReport
 from identity.tracker import FaceTracker
 from identity.video import read_frames
 
-from .conftest import shared_data
+from .helpers import shared_data
 
 
 def clip(name: str, **kwargs):

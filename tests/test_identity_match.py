@@ -25,7 +25,7 @@ from identity.cli import compare_images, compare_pairs
 from identity.images import load_image_file
 from identity.video import read_frames
 
-from .conftest import shared_data
+from .helpers import shared_data
 
 FR = "faces/face_recognition"
 JOHNS = ["Salley", "Savage", "Schneider", "Shimkus", "Simm"]

@@ -11,7 +11,7 @@ from identity import PresenceMonitor
 from identity.analysis import FrameAnalysis, analyze_frame
 from identity.video import read_frames
 
-from .conftest import shared_data
+from .helpers import shared_data
 
 
 def frame(video: str, index: int) -> np.ndarray:

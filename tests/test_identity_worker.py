@@ -22,7 +22,7 @@ from identity import (
 from identity.video import read_frames
 from identity.worker import default_workers
 
-from .conftest import shared_data
+from .helpers import shared_data
 
 
 async def test_face_worker_verifies_embeds_and_judges_off_the_loop():

@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 from signaling import passthrough
-from signaling.encoded_source import ClipSender, packetize
+from signaling.contrib.encoded_source import ClipSender, packetize
 from signaling.rtp_forward import vp8_descriptor_size, vp8_starts_keyframe
+
+from .helpers import eventually
 
 
 def test_packetize_splits_vp8_frames_and_keeps_opus_whole(video_clip, audio_clip):
@@ -74,16 +76,8 @@ async def test_lean_customer_and_aiortc_agent_see_each_other(make_counter, video
     before = customer.tracks["video"].keyframe_requests
     keyframes_before = agent.taps["video"].keyframes_in
     agent.request_keyframe()
-    for _ in range(100):
-        if customer.tracks["video"].keyframe_requests > before:
-            break
-        await asyncio.sleep(0.05)
-    assert customer.tracks["video"].keyframe_requests > before
-    for _ in range(50):
-        if agent.taps["video"].keyframes_in > keyframes_before:
-            break
-        await asyncio.sleep(0.1)
-    assert agent.taps["video"].keyframes_in > keyframes_before
+    await eventually(lambda: customer.tracks["video"].keyframe_requests > before)
+    await eventually(lambda: agent.taps["video"].keyframes_in > keyframes_before)
 
     await customer.hangup()
     await agent.wait_for("call_ended")
@@ -97,7 +91,7 @@ async def test_two_lean_participants_count_every_frame(counter):
                                   observe=lambda ts, rate, arrival: headers.append((ts, rate)))
     seen: list[tuple[int, bool]] = []
     customer.taps["video"].add_sink(lambda f: seen.append((f.timestamp, f.keyframe)))
-    await asyncio.sleep(1.5)
+    await asyncio.sleep(1.5)  # what arrives in 1.5 s is counted
     # frames reassembled for a consumer are whole VP8 frames, in order, ~30 per second
     assert 30 <= len(seen) <= 60, len(seen)
     stamps = [t for t, _ in seen]
@@ -126,11 +120,8 @@ async def test_two_lean_participants_count_every_frame(counter):
 
     await agent.hangup()
     await customer.wait_for("call_ended")
-    for _ in range(100):  # the participant closes its peer connection on call_ended
-        if pc.connectionState == "closed":
-            break
-        await asyncio.sleep(0.05)
-    assert pc.connectionState == "closed"
+    # the participant closes its peer connection on call_ended
+    await eventually(lambda: pc.connectionState == "closed")
     assert not passthrough.can_send_now(dtls)  # closed: nothing cached survives
 
 

@@ -10,24 +10,15 @@ import re
 
 import aiohttp
 import pytest
-from sqlmodel import select
 
-from server.db import CallSession, SessionEvent
+from server.db import CallSession
+from signaling.contrib.fake_media import make_tone_wav, make_y4m
 
-from .browser import launch, make_tone_wav, make_y4m, require_chromium
-from .conftest import PASSWORD, shared_data
+from .browser import launch, ready_agent, require_chromium
+from .helpers import session_events, shared_data
 
 #: short enough for a quick test, long enough for a loaded 2-core machine to set up media
 MEDIA_TIMEOUT_S = 2.0
-
-
-async def _events(counter, session_id: str) -> list[tuple[str, dict]]:
-    def work(s):
-        rows = s.exec(select(SessionEvent).where(SessionEvent.session_id == session_id)
-                      .order_by(SessionEvent.id)).all()
-        return [(r.kind, r.payload) for r in rows]
-
-    return await counter.db.run(work)
 
 
 async def _healthz(counter) -> dict:
@@ -103,13 +94,13 @@ async def test_silent_media_is_noticed_and_the_participant_reconnects_it(make_co
     assert counter.broker.session(session_id).state == "active"
     assert agent.count("call_ended") == customer.count("call_ended") == 0
 
-    events = await _events(counter, session_id)
-    kinds = [k for k, _ in events]
+    events = await session_events(counter, session_id)
+    kinds = [e.kind for e in events]
     stalled = kinds.index("media_stalled")
     restored = kinds.index("media_restored")
     assert stalled < restored, kinds
-    assert events[stalled][1]["role"] == "customer" and events[stalled][1]["silent_s"] >= MEDIA_TIMEOUT_S
-    assert events[restored][1]["role"] == "customer"
+    assert events[stalled].data["role"] == "customer" and events[stalled].data["silent_s"] >= MEDIA_TIMEOUT_S
+    assert events[restored].data["role"] == "customer"
     assert "media_negotiated" in kinds[stalled:restored], "no new offer between loss and restore"
     assert (await _healthz(counter))["calls_without_media"] == 0
 
@@ -137,10 +128,10 @@ async def test_consent_expiry_on_the_server_leg_is_noticed(make_counter, video_c
     await agent.wait_media(frames=20, timeout=30)
     await customer.wait_media(frames=20, timeout=30)
 
-    events = await _events(counter, customer.session_id)
-    kinds = [k for k, _ in events]
+    events = await session_events(counter, customer.session_id)
+    kinds = [e.kind for e in events]
     assert kinds.index("media_stalled") < kinds.index("media_restored"), kinds
-    assert events[kinds.index("media_stalled")][1]["connection"] == "closed"
+    assert events[kinds.index("media_stalled")].data["connection"] == "closed"
 
 
 def _wrong_fingerprint(sdp: str) -> str:
@@ -178,7 +169,7 @@ async def test_failed_connection_is_restarted(make_counter, video_clip, audio_cl
     await customer.wait_media(frames=20, timeout=30)
     assert offers >= 2 and customer.media_restarts
 
-    kinds = [k for k, _ in await _events(counter, customer.session_id)]
+    kinds = [e.kind for e in await session_events(counter, customer.session_id)]
     assert "media_failed" in kinds and "media_restored" in kinds, kinds
     assert kinds.index("media_failed") < kinds.index("media_restored")
 
@@ -208,7 +199,7 @@ async def test_media_not_back_within_the_window_fails_the_call(make_counter, vid
 
     row = await counter.db.run(lambda s: s.get(CallSession, session_id))
     assert (row.state, row.end_reason) == ("failed", "media_failed")
-    kinds = [k for k, _ in await _events(counter, session_id)]
+    kinds = [e.kind for e in await session_events(counter, session_id)]
     assert kinds.index("media_stalled") < kinds.index("failed"), kinds
     assert "media_restored" not in kinds
 
@@ -226,15 +217,8 @@ async def test_web_client_shows_lost_media_and_restarts_its_own(make_counter, vi
     async with async_playwright() as pw:
         browser = await launch(pw, make_y4m(shared_data("videos/d18.mp4")), make_tone_wav(1000.0))
         try:
-            page = await browser.new_page()
             errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            await page.goto(f"{counter.url}/agent")
-            await page.get_by_test_id("login-username").fill("alice")
-            await page.get_by_test_id("login-password").fill(PASSWORD)
-            await page.get_by_test_id("login-submit").click()
-            await page.get_by_test_id("ready-toggle").click()
-            await page.wait_for_selector('[data-testid="ready-toggle"][data-status="ready"]')
+            page = await ready_agent(browser, counter, errors)
             customer = await counter.customer("account_opening", "Ms Chen")
             await page.get_by_test_id("accept-button").click(timeout=15_000)
             await customer.wait_media(frames=20, timeout=30)

@@ -58,20 +58,6 @@ async def test_tap_refuses_a_started_receiver_and_taps_a_fresh_one():
         await pc.close()
 
 
-def test_vp8_keyframe_detection():
-    # VP8 frame tag: bit 0 clear = key frame (RFC 6386 9.1)
-    assert passthrough.is_keyframe("video/VP8", bytes([0x10, 0x02, 0x00, 0x9D, 0x01, 0x2A]))
-    assert not passthrough.is_keyframe("video/VP8", bytes([0x11, 0x02, 0x00]))
-    assert not passthrough.is_keyframe("video/VP8", b"")
-    assert passthrough.is_keyframe("audio/opus", b"\x00")
-
-
-def test_encoded_vp8_clip_keyframes_match_detection(video_clip):
-    detected = [passthrough.is_keyframe("video/VP8", p) for p in video_clip.packets]
-    assert detected == video_clip.keyframes
-    assert detected[0] and sum(detected) >= 2
-
-
 def test_audio_jitter_buffer_prefetch_matches_the_receive_delay_correction():
     """RECEIVE_DELAY_S assumes aiortc's audio jitter buffer prefetches 4 packets of 20 ms."""
     import inspect

@@ -33,8 +33,8 @@ from recorder.receipt import (
     verify_receipt,
 )
 
-from .conftest import shared_data
-from .server_process import REPO, vcounter_command
+from .helpers import REPO, shared_data
+from .server_process import vcounter_command
 
 DOC_SHA = hashlib.sha256(b"Personal loan contract, 12 pages").hexdigest()
 SIGNED_AT = datetime(2025, 3, 14, 17, 26, 53, 589793, tzinfo=timezone(timedelta(hours=8)))

@@ -1,6 +1,6 @@
 """Dual recording end to end: real VP8/Opus frames in, encrypted WebMs and a signed manifest out.
 
-Frames come from the shared pre-encoded clips (conftest ``video_clip`` /
+Frames come from the shared pre-encoded clips (fixtures ``video_clip`` /
 ``audio_clip``, looped with continuous timestamps) with simulated arrival
 times; the recorder's clock is pinned so the timeline is exact.
 """
@@ -38,7 +38,9 @@ from recorder import (
 )
 from recorder.manifest import canonical_json
 
-REPO = Path(__file__).resolve().parent.parent
+from .helpers import REPO
+from .recordings import decrypt_output, demux
+
 T0 = 1_700_000_000.0
 DELAY = 0.02  # network delay of every frame in the simulated call
 METADATA = {
@@ -126,23 +128,6 @@ def keys(tmp_path: Path) -> tuple[MasterKey, SigningKey]:
     )
 
 
-def decrypted(directory: Path, master_key: MasterKey, party: str) -> bytes:
-    data_key = read_data_key(LocalStorage(directory), master_key)
-    with open_encrypted(directory / f"{party}.webm.enc", data_key) as f:
-        return f.read(0, f.size)
-
-
-def demux(webm: bytes) -> dict[str, list[av.Packet]]:
-    with av.open(io.BytesIO(webm)) as container:
-        packets: dict[str, list] = {"video": [], "audio": []}
-        for packet in container.demux():
-            if packet.size:
-                packets[packet.stream.type].append(
-                    (float(packet.pts * packet.time_base), bytes(packet))
-                )
-        return packets
-
-
 @pytest.fixture
 async def recorded(tmp_path: Path, keys, video_clip, audio_clip):
     """A 4 s call; the customer loses video and audio packets and reconnects at 2.5 s."""
@@ -167,7 +152,7 @@ async def recorded(tmp_path: Path, keys, video_clip, audio_clip):
 async def test_finalized_recordings_play_in_sync_and_match_the_sources(recorded, keys):
     directory, manifest, fed = recorded
     for party in ("customer", "agent"):
-        webm = decrypted(directory, keys[0], party)
+        webm = decrypt_output(directory, keys[0], party)
         with av.open(io.BytesIO(webm)) as container:
             assert [s.codec_context.name for s in container.streams] == ["vp8", "opus"]
             assert abs(container.duration / 1e6 - 4.0) < 0.2
@@ -188,7 +173,7 @@ async def test_finalized_recordings_play_in_sync_and_match_the_sources(recorded,
 
 async def test_packet_loss_keeps_gaps_and_reconnect_resyncs(recorded, keys):
     directory, _, _ = recorded
-    packets = demux(decrypted(directory, keys[0], "customer"))
+    packets = demux(decrypt_output(directory, keys[0], "customer"))
     video = [pts for pts, _ in packets["video"]]
     audio = [pts for pts, _ in packets["audio"]]
     # lost packets leave gaps of their duration; undecodable video waits for the next keyframe
@@ -260,7 +245,7 @@ async def test_nothing_plaintext_on_disk(recorded, video_clip, audio_clip):
 
 async def test_range_reads_across_chunks(recorded, keys):
     directory, _, _ = recorded
-    webm = decrypted(directory, keys[0], "agent")
+    webm = decrypt_output(directory, keys[0], "agent")
     data_key = read_data_key(LocalStorage(directory), keys[0])
     with open_encrypted(directory / "agent.webm.enc", data_key) as f:
         assert f.size == len(webm) > 3 * 65536
@@ -370,7 +355,7 @@ async def test_disk_full_while_recording_loses_nothing(
     finalize(storage, keys[0], keys[1], METADATA)
     assert verify(storage, keys[0], keys[1].public_pem()).ok
     for party in ("customer", "agent"):
-        packets = demux(decrypted(tmp_path / "s2", keys[0], party))
+        packets = demux(decrypt_output(tmp_path / "s2", keys[0], party))
         for kind in ("video", "audio"):
             assert [d for _, d in packets[kind]] == [d for _, d in fed[(party, kind)].frames]
 
@@ -449,7 +434,7 @@ async def test_kill_9_then_recover(tmp_path: Path, keys, video_clip, audio_clip)
     assert find_interrupted(root) == []
     # 4 s were fed; only the unsealed last second is lost
     for party in ("customer", "agent"):
-        with av.open(io.BytesIO(decrypted(directory, master, party))) as container:
+        with av.open(io.BytesIO(decrypt_output(directory, master, party))) as container:
             assert abs(container.duration / 1e6 - 3.0) < 0.2
             assert len(list(container.decode(video=0))) == 90
     assert recover(directory, master, signer, METADATA).raw == manifest.raw  # idempotent
@@ -488,11 +473,11 @@ async def test_crash_between_segment_and_chain_log_keeps_the_segment(
 async def test_chromium_plays_and_seeks_both_recordings(recorded, keys, tmp_path: Path):
     from playwright.async_api import async_playwright
 
-    from tests.browser import CHROMIUM_ARGS, require_chromium
+    from .browser import CHROMIUM_ARGS, require_chromium
 
     directory, _, _ = recorded
     for party in ("customer", "agent"):  # plaintext only in this test's temp dir
-        (tmp_path / f"{party}.webm").write_bytes(decrypted(directory, keys[0], party))
+        (tmp_path / f"{party}.webm").write_bytes(decrypt_output(directory, keys[0], party))
     (tmp_path / "index.html").write_text(
         '<video id="customer" src="customer.webm" muted></video>'
         '<video id="agent" src="agent.webm" muted></video>'

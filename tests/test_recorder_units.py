@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import io
 import os
@@ -30,6 +29,8 @@ from recorder.chain import parse_chain_log
 from recorder.encrypted_file import EncryptedWriter
 from recorder.spool import PAGE, Spool
 from recorder.track_clock import TrackClock
+
+from .helpers import eventually
 
 T0 = 1_700_000_000.0
 
@@ -266,11 +267,7 @@ async def test_recorder_seals_on_its_own_and_rejects_bad_use(tmp_path: Path, aud
             keyframe=True,
             arrival=rec.origin + i * 0.02,
         )
-    for _ in range(100):
-        if rec.segments_stored:
-            break
-        await asyncio.sleep(0.02)
-    assert rec.segments_stored >= 1  # the ticker sealed it without being asked
+    await eventually(lambda: rec.segments_stored >= 1, timeout=2)  # the ticker sealed it without being asked
     with pytest.raises(RecorderError, match="not closed"):
         finalize(tmp_path / "s1", master, signer, {})
     await rec.aclose()

@@ -8,6 +8,7 @@ import time
 from recorder import MasterKey, SigningKey, verify
 from server.appkeys import CONFIG
 
+from .helpers import audited_session
 from .recordings import decrypt_output, demux, first_video_frame, stream_info, wait_recordings
 
 
@@ -19,7 +20,7 @@ async def test_call_produces_a_verifiable_dual_recording(counter, video_clip, au
     await customer.wait_media(frames=10)
     await agent.wait_media(frames=10)
     t0 = time.monotonic()
-    await asyncio.sleep(4.0)
+    await asyncio.sleep(4.0)  # the call goes on for a while
     await customer.hangup()
     call_s = time.monotonic() - t0
     await agent.wait_for("call_ended")
@@ -90,8 +91,6 @@ async def test_disk_full_during_recording_alerts_and_loses_nothing(counter, monk
 
     from recorder.storage import LocalStorage
 
-    from .recordings import decrypt_output, demux, wait_recordings
-
     config = counter.app[CONFIG]
     customer = await counter.customer("loan_signing", "Disk full")
     agent = await counter.agent("carol")
@@ -109,7 +108,7 @@ async def test_disk_full_during_recording_alerts_and_loses_nothing(counter, monk
     t0 = time.monotonic()
     await asyncio.sleep(4.5)  # two or three segments cannot be stored
     full["on"] = False
-    await asyncio.sleep(2.5)
+    await asyncio.sleep(2.5)  # storage works again: the call goes on while the kept segments are stored
     await agent.wait_media(frames=10)  # media never stopped
     await agent.hangup()
     call_s = time.monotonic() - t0
@@ -118,15 +117,6 @@ async def test_disk_full_during_recording_alerts_and_loses_nothing(counter, monk
     video = demux(decrypt_output(config.recordings_dir / row.id, config.master_key_file, "customer"))["video"]
     # the seconds recorded while the disk was full are in the recording
     assert video[-1][0] - video[0][0] >= call_s - 0.5
-    import aiohttp
-
-    from .conftest import PASSWORD
-
-    async with aiohttp.ClientSession() as http:
-        async with http.post(f"{counter.url}/api/login", json={"username": "auditor", "password": PASSWORD}) as r:
-            token = (await r.json())["token"]
-        async with http.get(f"{counter.url}/api/audit/sessions/{customer.session_id}",
-                             headers={"Authorization": f"Bearer {token}"}) as r:
-            detail = await r.json()
+    detail = await audited_session(counter, customer.session_id)
     assert "recording_alert" in detail["session"]["anomalies"]
     assert any(e["kind"] == "recording_alert" and "disk full" in e["data"]["message"] for e in detail["events"])

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from server.appkeys import CONFIG
-from signaling.encoded_source import encode_audio, encode_video
+from signaling.contrib.encoded_source import encode_audio, encode_video
 
 from .recordings import decrypt_output, wait_recordings
 
@@ -93,14 +93,14 @@ async def test_audio_video_sync_in_recording_across_reconnect(make_counter, sync
     agent = await counter.agent("alice")
     await agent.accept_next()
     await agent.wait_media(frames=30)
-    await asyncio.sleep(4.5)
+    await asyncio.sleep(4.5)  # two flashes before the reconnect
     await customer.drop()
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(1.0)  # the customer is away for a second: a gap in the recording
     back = counter.participant("back")
     await back.rejoin(customer.session_id, customer.rejoin_token)
     await agent.wait_for("peer_reconnected")
     await agent.wait_media(frames=30, kinds=("video",))
-    await asyncio.sleep(4.5)
+    await asyncio.sleep(4.5)  # two flashes after it
     await agent.hangup()
     [row] = await wait_recordings(counter.db, customer.session_id)
     webm = decrypt_output(config.recordings_dir / row.id, config.master_key_file, "customer")

@@ -1,4 +1,4 @@
-"""Packet-level forwarding (signaling/rtp_forward.py): header parsing, keyframe starts, loss and
+"""Packet-level forwarding (signaling/rtp_forward.py): header parsing, keyframes, loss and
 bandwidth feedback, on real calls between headless aiortc participants."""
 
 from __future__ import annotations
@@ -10,7 +10,10 @@ import pytest
 from aiortc.codecs import get_encoder
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
+from signaling.frames import is_keyframe
 from signaling.rtp_forward import parse_rtp, vp8_starts_keyframe
+
+from .helpers import eventually
 
 VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
 
@@ -69,6 +72,20 @@ def test_vp8_keyframe_start_matches_a_real_encoder(video_clip):
     assert not vp8_starts_keyframe(b"") and not vp8_starts_keyframe(b"\x90")
 
 
+def test_vp8_keyframe_detection():
+    # VP8 frame tag: bit 0 clear = key frame (RFC 6386 9.1)
+    assert is_keyframe("video/VP8", bytes([0x10, 0x02, 0x00, 0x9D, 0x01, 0x2A]))
+    assert not is_keyframe("video/VP8", bytes([0x11, 0x02, 0x00]))
+    assert not is_keyframe("video/VP8", b"")
+    assert is_keyframe("audio/opus", b"\x00")
+
+
+def test_encoded_vp8_clip_keyframes_match_detection(video_clip):
+    detected = [is_keyframe("video/VP8", p) for p in video_clip.packets]
+    assert detected == video_clip.keyframes
+    assert detected[0] and sum(detected) >= 2
+
+
 async def _call(make_counter, video_clip, audio_clip, *, recording: bool):
     counter = await make_counter(video_clip, audio_clip, recording=recording)
     customer = await counter.customer("account_opening", "Packets")
@@ -86,14 +103,6 @@ def _video_receiver(participant):
 
 def _video_sender(participant):
     return next(t.sender for t in participant.pc.getTransceivers() if t.kind == "video")
-
-
-async def _until(predicate, timeout: float = 10.0) -> bool:
-    for _ in range(int(timeout / 0.05)):
-        if predicate():
-            return True
-        await asyncio.sleep(0.05)
-    return predicate()
 
 
 @pytest.mark.parametrize("recording", [False, True], ids=["no-frame-consumer", "recording"])
@@ -118,15 +127,15 @@ async def test_nack_is_answered_from_history_or_asked_upstream(make_counter, vid
     # a packet the agent "lost" that the hub still holds: resent, as RTX (negotiated)
     recent = outbound._last_seq
     await receiver._send_rtcp_nack(outbound._ssrc, [recent])
-    assert await _until(lambda: outbound.retransmitted >= 1)
+    await eventually(lambda: outbound.retransmitted >= 1)
     # a packet the hub never had: mapped back to the customer's numbering and asked for there
     missing = (outbound._last_seq + 1000) & 0xFFFF
     await receiver._send_rtcp_nack(outbound._ssrc, [missing])
-    assert await _until(lambda: outbound.nack_misses >= 1)
-    assert await _until(lambda: (missing - outbound._seq_offset) & 0xFFFF in asked_upstream)
+    await eventually(lambda: outbound.nack_misses >= 1)
+    await eventually(lambda: (missing - outbound._seq_offset) & 0xFFFF in asked_upstream)
     # the call carries on
     frames = agent.taps["video"].frames_in
-    assert await _until(lambda: agent.taps["video"].frames_in > frames + 10)
+    await eventually(lambda: agent.taps["video"].frames_in > frames + 10)
 
 
 async def test_receiver_bandwidth_estimate_reaches_the_sender(make_counter, video_clip, audio_clip):
@@ -144,7 +153,7 @@ async def test_receiver_bandwidth_estimate_reaches_the_sender(make_counter, vide
 
     sender._handle_rtcp_packet = spy
     # the agent's receiver estimates from the abs-send-time the hub writes; the hub relays it
-    assert await _until(lambda: any(sender._ssrc in ssrcs for _, ssrcs in seen), timeout=15)
+    await eventually(lambda: any(sender._ssrc in ssrcs for _, ssrcs in seen), timeout=15)
     assert all(bitrate > 0 for bitrate, _ in seen)
 
 
@@ -157,11 +166,13 @@ async def test_without_frame_consumers_nothing_is_reassembled(make_counter, vide
     buffer = server_receiver._RTCRtpReceiver__jitter_buffer
     assert all(packet is None for packet in buffer._packets)
     assert tap.frames_in >= 20 and tap.keyframes_in >= 1
-    # a consumer arriving later gets whole frames, reassembled for it
-    sub = tap.subscribe_encoded()
-    frame = await asyncio.wait_for(sub.recv(), 5)
-    assert frame.data and frame.codec.mimeType.lower() == "video/vp8"
-    sub.close()
+    # a consumer arriving later (a recorder's sink) gets whole frames, reassembled for it
+    frames: list = []
+    remove = tap.add_sink(frames.append)
+    assert tap.wants_frames
+    await eventually(lambda: any(f.keyframe for f in frames), timeout=5)
+    assert all(f.data and f.codec.mimeType.lower() == "video/vp8" for f in frames)
+    remove()
     assert not tap.wants_frames
 
 
@@ -253,10 +264,7 @@ async def test_socket_reader_drains_bursts_in_order_and_goes_away_on_close():
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
         for i in range(3 * passthrough.READ_BATCH + 5):  # more than one batch
             sender.sendto(i.to_bytes(2, "big"), ("127.0.0.1", port))
-        for _ in range(100):
-            if len(received) == 3 * passthrough.READ_BATCH + 5:
-                break
-            await asyncio.sleep(0.01)
+        await eventually(lambda: len(received) == 3 * passthrough.READ_BATCH + 5, timeout=1, interval=0.01)
     assert [int.from_bytes(d, "big") for d in received] == list(range(3 * passthrough.READ_BATCH + 5))
     fd = transport.get_extra_info("socket").fileno()
     transport.close()

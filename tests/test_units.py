@@ -6,17 +6,17 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from server import auth
 from server.config import Config, from_env
 from server.db import Database, SessionEvent
+from server.migrations import create_all
 from signaling import messages as m
 from signaling.exceptions import InvalidMessage
 
-REPO = Path(__file__).resolve().parent.parent
+from .server_process import run_vcounter
 
 
 def test_customer_messages_validate_at_the_edge():
@@ -62,23 +62,16 @@ def test_config_from_environment():
     assert config.db_url == "postgresql://db/vcounter"
 
 
-def _vcounter(*args: str, data_dir: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
-    exe = Path(sys.executable).with_name("vcounter")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "server.cli"]
-    return subprocess.run([*cmd, *args, "--data-dir", str(data_dir)], capture_output=True, text=True,
-                          input=stdin, timeout=60, cwd=REPO)
-
-
 def test_cli_user_add(tmp_path):
-    done = _vcounter("user", "add", "--role", "agent", "--username", "li.na", "--password", "-",
-                     "--skills", "account_opening,wealth_product", data_dir=tmp_path, stdin="pw-from-stdin\n")
+    done = run_vcounter("user", "add", "--role", "agent", "--username", "li.na", "--password", "-",
+                        "--skills", "account_opening,wealth_product", data_dir=tmp_path, stdin="pw-from-stdin\n")
     assert done.returncode == 0, done.stderr
     assert "pw-from-stdin" not in done.stdout + done.stderr
-    again = _vcounter("user", "add", "--role", "agent", "--username", "li.na", "--password", "another-pw",
-                      "--skills", "account_opening", data_dir=tmp_path)
+    again = run_vcounter("user", "add", "--role", "agent", "--username", "li.na", "--password", "another-pw",
+                         "--skills", "account_opening", data_dir=tmp_path)
     assert again.returncode == 2 and "already exists" in again.stderr
-    bad = _vcounter("user", "add", "--role", "agent", "--username", "x", "--password", "long-enough",
-                    "--skills", "casino", data_dir=tmp_path)
+    bad = run_vcounter("user", "add", "--role", "agent", "--username", "x", "--password", "long-enough",
+                       "--skills", "casino", data_dir=tmp_path)
     assert bad.returncode == 2 and "unknown skill" in bad.stderr
     db = Database(f"sqlite:///{tmp_path / 'vcounter.db'}")
     with db.session() as s:
@@ -94,8 +87,8 @@ def test_data_dir_is_created_private_and_an_open_one_is_reported(tmp_path, caplo
     from server.config import Config, ensure_data_dir
 
     fresh = tmp_path / "new" / "data"
-    done = _vcounter("user", "add", "--role", "auditor", "--username", "qc", "--password", "long-enough",
-                     data_dir=fresh)
+    done = run_vcounter("user", "add", "--role", "auditor", "--username", "qc", "--password", "long-enough",
+                        data_dir=fresh)
     assert done.returncode == 0, done.stderr
     assert fresh.stat().st_mode & 0o777 == 0o700  # holds the database: customers' names and business
     open_dir = tmp_path / "shared"
@@ -111,7 +104,7 @@ def test_event_timeline_is_append_only(tmp_path):
     import sqlalchemy.exc
 
     db = Database(f"sqlite:///{tmp_path / 'x.db'}")
-    db.create_all()
+    create_all(db)
     from server.db import CallSession
 
     with db.session() as s:

@@ -7,14 +7,14 @@ Tests and benchmarks use it in place of a browser::
         await customer.wait_for("call_started")    # media negotiates itself
         await customer.wait_media(frames=30)
 
-It sends pre-encoded media (:mod:`signaling.encoded_source`) so that dozens of
+It sends pre-encoded media (:mod:`signaling.contrib.encoded_source`) so that dozens of
 participants fit on one machine, and counts what it receives through the same
 encoded tap the server uses (decoding only when :meth:`decoded_video` is asked).
 
 By default media goes through aiortc's own sender and receiver, as any aiortc
 peer would. ``lean=True`` does at the client what the hub does at the server
 (:mod:`signaling.rtp_forward`): the clips are sent as ready-made RTP packets
-from one pacer per event loop (:class:`~signaling.encoded_source.ClipSender`),
+from one pacer per event loop (:class:`~signaling.contrib.encoded_source.ClipSender`),
 and received packets are taken off the socket in its datagram callback by a
 :class:`CountingLane`: decrypted and reassembled into frames only while a
 consumer wants frames, otherwise counted from their clear-text RTP headers.
@@ -36,16 +36,16 @@ from typing import Any
 import aiohttp
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
-from .encoded_source import ClipSender, EncodedClip, EncodedLoopTrack
-from .passthrough import (
+from ..passthrough import (
     count_received,
     mark_source_active,
     on_keyframe_request,
     request_keyframe,
     tap_receiver,
 )
-from .rtp_forward import HoldingTrack, Ingress, Lane, Source
-from .track_tap import TrackTap
+from ..rtp_forward import HoldingTrack, Ingress, Lane, Source
+from ..track_tap import TrackTap
+from .encoded_source import ClipSender, EncodedClip, EncodedLoopTrack
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,8 @@ class HeadlessParticipant:
         self.auto_media = auto_media
         self.lean = lean
         self.name = name
-        self._ssl = ssl
+        #: aiohttp: True verifies certificates, False does not, a context is used as given
+        self._ssl: ssl_module.SSLContext | bool = True if ssl is None else ssl
         self._http: aiohttp.ClientSession | None = None
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.role: str | None = None
@@ -121,6 +122,10 @@ class HeadlessParticipant:
         self._new_message = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: held while a peer connection is made and offered, or closed (see :meth:`stop_media`)
+        self._media_lock = asyncio.Lock()
+        #: aclose() has begun: no new peer connection
+        self._closing = False
         self.pc: RTCPeerConnection | None = None
         self.taps: dict[str, TrackTap] = {"audio": TrackTap("audio"), "video": TrackTap("video")}
         self.tracks: dict[str, EncodedLoopTrack | ClipSender] = {}
@@ -201,6 +206,12 @@ class HeadlessParticipant:
         task.add_done_callback(self._tasks.discard)
 
     async def aclose(self) -> None:
+        """Close the media and the socket; idempotent.
+
+        A negotiation under way finishes before the media is closed (see
+        :meth:`stop_media`), and none starts after.
+        """
+        self._closing = True
         await self.stop_media()
         if self.ws is not None and not self.ws.closed:
             await self.ws.close()
@@ -322,7 +333,13 @@ class HeadlessParticipant:
     async def start_media(self, ice_servers: list[dict[str, Any]] | None = None, *,
                           measure_setup: bool = True) -> None:
         """Create a peer connection, send our media, offer it to the server."""
-        await self.stop_media()
+        async with self._media_lock:
+            if self._closing:
+                return
+            await self._close_media()
+            await self._offer(ice_servers, measure_setup)
+
+    async def _offer(self, ice_servers: list[dict[str, Any]] | None, measure_setup: bool) -> None:
         config = RTCConfiguration(iceServers=[RTCIceServer(**s) for s in ice_servers or []])
         pc = RTCPeerConnection(config)
         self.pc = pc
@@ -391,6 +408,16 @@ class HeadlessParticipant:
         self.setup_times.append(time.monotonic() - started)
 
     async def stop_media(self) -> None:
+        """Close our peer connection and tracks, once a negotiation under way has finished.
+
+        Closing a peer connection while its ICE candidates are gathered leaves
+        the sockets aioice opens afterwards open (and cancelling the gathering
+        leaks those it opened): the negotiation is short, so it is waited for.
+        """
+        async with self._media_lock:
+            await self._close_media()
+
+    async def _close_media(self) -> None:
         pc, self.pc = self.pc, None
         for track in self.tracks.values():
             track.stop()

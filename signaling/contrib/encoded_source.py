@@ -24,7 +24,7 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from .rtp_forward import Outbound
+from ..rtp_forward import Outbound
 
 logger = logging.getLogger(__name__)
 
