@@ -140,23 +140,57 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _run_app(app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None) -> int:
-    """Serve ``app`` until SIGINT or SIGTERM, like ``aiohttp.web.run_app``, except that a start that
-    fails part-way tears down the resources that had started (``run_app`` skips the cleanup when
-    start-up raises) and ends with one clear line and exit status 1 instead of a traceback."""
+    """Serve ``app`` like ``aiohttp.web.run_app``, except that
+
+    - a start that fails part-way tears down the resources that had started (``run_app`` skips
+      the cleanup when start-up raises) and ends with one clear line and exit status 1;
+    - SIGTERM drains: the node takes no new sessions and stops once the ones it holds are over
+      (or after ``drain_timeout_s``); SIGINT, or a second SIGTERM, stops at once.
+    """
+    import signal
+
     from aiohttp import web
     from aiohttp.web_runner import GracefulExit
 
+    from .appkeys import BROKER, CONFIG, NODES
+
     started = False
+
+    async def drain_then(stop: asyncio.Event) -> None:
+        config, broker = app[CONFIG], app[BROKER]
+        await app[NODES].drain()
+        logger.warning("SIGTERM: draining (no new sessions); stopping when the %d open session(s) "
+                       "are over, at most %.0f s", len(broker.sessions), config.drain_timeout_s)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + config.drain_timeout_s
+        while broker.sessions and loop.time() < deadline:
+            await asyncio.sleep(0.5)
+        stop.set()
 
     async def serve() -> None:
         nonlocal started
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=5, handle_signals=True)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=5, handle_signals=False)
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        draining: list[asyncio.Task[None]] = []
+
+        def on_term() -> None:
+            if draining:
+                stop.set()
+            else:
+                draining.append(loop.create_task(drain_then(stop), name="drain"))
+
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGTERM, on_term)
         try:
             await runner.setup()
             await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
             started = True
-            await asyncio.Event().wait()
+            await stop.wait()
         finally:
+            for task in draining:
+                task.cancel()
+            await asyncio.gather(*draining, return_exceptions=True)
             await runner.cleanup()
 
     try:
@@ -413,6 +447,25 @@ def cmd_verify_receipt(args: argparse.Namespace) -> int:
               + (f"(trusted: {sources[check.fingerprint]})" if check.trusted else "(untrusted)"))
     if not check.trusted:
         print(check.reason, file=sys.stderr)
+    return 0
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    """Mark a node draining (no new sessions; the ones it holds go on), or ``--undo`` it."""
+    from .node_registry import set_draining
+
+    _, db = _open_db(args)
+    try:
+        with db.session() as s:
+            found = set_draining(s, args.node, not args.undo)
+            s.commit()
+    finally:
+        db.close()
+    if not found:
+        print(f"error: no node {args.node!r} in the registry (vcounter nodes lists them)", file=sys.stderr)
+        return 2
+    print(f"node {args.node}: {'taking new sessions again' if args.undo else 'draining'} "
+          "(from its next heartbeat)")
     return 0
 
 
@@ -768,6 +821,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="print the check as one JSON object (images by size and sha256 only)")
     receipt.add_argument("--data-dir")
     receipt.set_defaults(func=cmd_verify_receipt)
+
+    drain = sub.add_parser("drain", help="stop placing new sessions on a node (its calls go on)")
+    drain.add_argument("node", help="the node's id (vcounter nodes)")
+    drain.add_argument("--undo", action="store_true", help="let the node take new sessions again")
+    drain.add_argument("--data-dir")
+    drain.set_defaults(func=cmd_drain)
 
     nodes = sub.add_parser("nodes", help="list the counter's nodes: liveness and load")
     nodes.add_argument("--json", action="store_true", help="one JSON array")

@@ -40,6 +40,7 @@ from signaling.relay import RemoteChannel
 
 from .appkeys import BROKER, CLUSTER, DB, METRICS, NODES
 from .exceptions import ServerError
+from .node_registry import NodeView, list_nodes
 from .session_log import session_record
 
 if TYPE_CHECKING:
@@ -52,6 +53,14 @@ FORWARDED_HEADER = "X-Vcounter-Forwarded-By"
 #: headers that belong to one connection, not to the request
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
                          "trailer", "transfer-encoding", "upgrade", "host", "content-length"})
+
+
+#: a node places a new session elsewhere when it holds this many more sessions than another node
+PLACEMENT_MARGIN = 2
+
+
+def _load(view: NodeView) -> int:
+    return int(view.load.get("sessions", 0) or 0)
 
 
 class ServiceUnavailable(ServerError):
@@ -102,6 +111,22 @@ class Cluster:
         http, self._http = self._http, None
         if http is not None:
             await http.close()
+
+    async def placement(self) -> str | None:
+        """The node a new customer's session should live on when it is not this one: another live
+        node that is not draining, when this one drains or carries clearly more (at least
+        :data:`PLACEMENT_MARGIN` more sessions than the least loaded)."""
+        registry = self.app[NODES]
+        views = await self.app[DB].run(lambda s: list_nodes(s, registry.lease_s))
+        candidates = [v for v in views if v.alive and not v.draining and v.address != "-"]
+        others = [v for v in candidates if v.id != self.node_id]
+        if not others:
+            return None
+        best = min(others, key=lambda v: (_load(v), v.id))
+        if registry.draining:
+            return best.id
+        mine = len(self.app[BROKER].sessions)
+        return best.id if mine - _load(best) >= PLACEMENT_MARGIN else None
 
     # -- HTTP requests about another node's session ---------------------------------------
 

@@ -51,6 +51,8 @@ class Config:
     #: seconds a node's registration lives without a heartbeat (renewed every third of it); a node
     #: silent for longer is dead and its open sessions are closed by a live node
     node_lease_s: float = 15.0
+    #: seconds a node draining after SIGTERM waits for its sessions to end before it stops
+    drain_timeout_s: float = 300.0
     #: ``passthrough`` (forward encoded packets) or ``transcode`` (benchmark comparison only)
     media_mode: str = "passthrough"
     #: ICE servers given to browsers and used by the hub; JSON list of {urls, username, credential}

@@ -184,7 +184,14 @@ class NodeRegistry:
                            self.node_id)
             return self._claim(s)
         row.heartbeat_at = now
-        row.draining = self.draining
+        # ``vcounter drain`` sets the flag in the database; a node that drains by itself (SIGTERM)
+        # keeps it set
+        if self.draining and not row.draining:
+            row.draining = True
+        elif row.draining != self.draining:
+            logger.warning("node %s: %s", self.node_id, "draining: no new sessions here" if row.draining
+                           else "draining ended: taking new sessions again")
+            self.draining = row.draining
         row.load = json.dumps(self._load())
         s.add(row)
         return self._sweep(s, now)
@@ -207,6 +214,18 @@ class NodeRegistry:
             return next((v for v in _views(s, self.lease_s) if v.id == node_id), None)
 
         return await self.db.run(find)
+
+    async def drain(self) -> None:
+        """Take no new sessions from now on (the ones held go on), and say so in the registry."""
+        self.draining = True
+
+        def write(s: DbSession) -> None:
+            row = s.get(Node, self.node_id)
+            if row is not None:
+                row.draining = True
+                s.add(row)
+
+        await self.db.run(write)
 
     async def set_address(self, address: str) -> None:
         """Where other nodes reach this one (once the listening port is known)."""
@@ -244,3 +263,14 @@ class NodeRegistry:
 
         with contextlib.suppress(Exception):
             await self.db.run(release)
+
+
+def set_draining(s: DbSession, node_id: str, draining: bool) -> bool:
+    """Mark node ``node_id`` as draining (or not) in the registry; False when there is no such node.
+    The node reads the flag at its next heartbeat."""
+    row = s.get(Node, node_id)
+    if row is None:
+        return False
+    row.draining = draining
+    s.add(row)
+    return True

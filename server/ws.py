@@ -23,7 +23,7 @@ from signaling.broker import CLOSE_POLICY, AgentConn, AgentUser, Broker, Channel
 from signaling.exceptions import InvalidMessage, NotAuthenticated, SignalingError
 
 from . import auth
-from .appkeys import APPOINTMENTS, BROKER, CHANNELS, CLUSTER, DB, FLOWS, IDENTITY
+from .appkeys import APPOINTMENTS, BROKER, CHANNELS, CLUSTER, DB, FLOWS, IDENTITY, NODES
 from .flow_service import FlowService
 
 logger = logging.getLogger(__name__)
@@ -216,6 +216,15 @@ class CustomerEndpoint:
             return True
         try:
             msg = m.parse_customer_message(raw)
+            if isinstance(msg, m.Join) and self.session is None:
+                place = await cluster.placement() if cluster is not None else None
+                if place is not None and cluster is not None:
+                    # the session lives on a less loaded node from the start
+                    self.relay = (place, await cluster.open_customer_relay(self, place, _text(raw)))
+                    return True
+                if self.app[NODES].draining:
+                    raise SignalingError("the service is restarting: please try again in a minute",
+                                         code="temporarily_unavailable")
             if cluster is not None and isinstance(msg, m.Rejoin) and self.session is None:
                 home = await self._home_elsewhere(msg.session_id)
                 if home is not None and await cluster.node_alive(home):

@@ -11,6 +11,7 @@ import pytest
 
 from server.appkeys import IDENTITY, NODES
 from server.db import CallSession
+from server.node_registry import set_draining
 
 from .helpers import eventually, login, session_events
 from .redis_server import redis_url  # noqa: F401  (the fixture)
@@ -212,3 +213,44 @@ async def test_http_about_a_session_is_served_by_the_node_holding_it(
             assert r.status == 200
             assert sorted(i["kind"] for i in (await r.json())["items"]) == ["reference_embedding", "reference_image"]
     assert a.app[IDENTITY].state(sid).reference is not None
+
+
+async def test_new_sessions_go_to_the_less_loaded_node_and_not_to_a_draining_one(
+        make_counter, video_clip, audio_clip, redis_url) -> None:  # noqa: F811
+    shared = {"redis_url": redis_url, "redis_prefix": f"t{secrets.token_hex(4)}:", "node_lease_s": 0.6}
+    a = await make_counter(video_clip, audio_clip, node_id="node-a", **shared)
+    b = await make_counter(video_clip, audio_clip, node_id="node-b", **shared)
+    first = await a.customer("account_opening", "一号", media=False)
+    await first.wait_for("queue_update")
+    second = await a.customer("account_opening", "二号", media=False)
+    await second.wait_for("queue_update")
+    assert {s.id for s in a.broker.sessions} == {first.session_id, second.session_id}
+    await eventually(lambda: _load_seen(b, "node-a", 2))
+
+    # A holds two sessions more than B: the next customer reaching A lives on B
+    third = await a.customer("account_opening", "三号", media=False)
+    assert (await third.wait_for("queue_update"))["position"] == 3
+    assert b.broker.session(third.session_id) is not None and a.broker.session(third.session_id) is None
+    assert (await _row(b, third.session_id)).node_id == "node-b"
+
+    # B drains (vcounter drain): from its next heartbeat it places new sessions on A
+    await b.db.run(lambda s: set_draining(s, "node-b", True))
+    await eventually(lambda: b.app[NODES].draining)
+    fourth = await b.customer("account_opening", "四号", media=False)
+    await fourth.wait_for("queue_update")
+    assert a.broker.session(fourth.session_id) is not None
+    status, _ = await _healthz(b.url)
+    assert status == 503  # the balancer's health check sends new clients elsewhere
+    # a draining node goes on serving: its agents still take customers
+    agent = await b.agent("alice", media=False)
+    assert (await agent.next_offer())["session_id"] == first.session_id
+
+
+async def _load_seen(counter, node_id: str, sessions: int) -> bool:
+    view = await counter.app[NODES].view(node_id)
+    return view is not None and view.load.get("sessions") == sessions
+
+
+async def _healthz(url: str) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/healthz") as r:
+        return r.status, await r.json()

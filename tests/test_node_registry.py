@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
 from pathlib import Path
 
+import aiohttp
 import pytest
 from sqlmodel import select
 
 from server.db import CallSession, Database, Node, SessionEvent
 from server.migrations import create_all
 from server.node_registry import NodeIdInUse, NodeRegistry, list_nodes
-from signaling.contrib.headless import HeadlessParticipant
+from signaling.contrib.headless import HeadlessParticipant, ProtocolError
 
-from .helpers import eventually
+from .helpers import PASSWORD, eventually
 from .server_process import ServerProcess
 
 
@@ -134,3 +136,48 @@ async def test_a_second_node_with_the_default_id_leaves_the_first_nodes_customer
         await customer.aclose()
         second.stop()
         first.stop()
+
+
+async def test_sigterm_drains_then_stops_when_the_last_call_is_over(tmp_path: Path, video_clip,
+                                                                    audio_clip) -> None:
+    node = ServerProcess(tmp_path / "data")
+    customer = HeadlessParticipant(node.url, video=video_clip, audio=audio_clip, name="customer")
+    agent = HeadlessParticipant(node.url, video=video_clip, audio=audio_clip, name="agent")
+    late = HeadlessParticipant(node.url, name="late")
+    try:
+        await node.start()
+        assert node.cli("user", "add", "--role", "agent", "--username", "alice", "--password", PASSWORD,
+                        "--skills", "account_opening").returncode == 0
+        await customer.join("account_opening", "王先生")
+        await agent.login("alice", PASSWORD)
+        await agent.set_ready()
+        await agent.accept_next()
+        await customer.wait_media(frames=20)
+
+        assert node.proc is not None
+        node.proc.send_signal(signal.SIGTERM)
+        async def draining() -> bool:  # still serving, but a balancer sends new clients elsewhere
+            return await _healthz_status(node.url) == 503
+
+        await eventually(draining)
+        with pytest.raises(ProtocolError, match="temporarily_unavailable"):
+            await late.join("account_opening", "迟到")
+        await customer.wait_media(frames=40)  # the call goes on
+        assert node.proc.poll() is None
+
+        await customer.hangup()
+        assert await asyncio.to_thread(node.proc.wait, 20) == 0
+        sessions = json.loads(node.cli("sessions", "--json").stdout)
+        assert [(s["state"], s["end_reason"]) for s in sessions] == [("ended", "customer_hangup")]
+    finally:
+        for participant in (late, agent, customer):
+            await participant.aclose()
+        node.stop()
+
+
+async def _healthz_status(url: str) -> int | None:
+    try:
+        async with aiohttp.ClientSession() as http, http.get(f"{url}/healthz") as r:
+            return r.status
+    except aiohttp.ClientError:
+        return None

@@ -50,6 +50,8 @@ async def health(request: web.Request) -> web.Response:
             raise BadRequest("lag_window_s must be a positive number of seconds")
         body["loop_lag_ms"] = monitor.summary(last_s)
     registry = request.app.get(NODES)
+    if registry is not None and registry.draining:
+        body["status"] = "draining"  # 503: a balancer's health check sends new clients elsewhere
     if registry is not None:
         views = await request.app[DB].run(lambda s: list_nodes(s, registry.lease_s))
         # ids, liveness and load only: hosts, processes and addresses are not for anonymous callers
@@ -58,7 +60,7 @@ async def health(request: web.Request) -> web.Response:
     identity = request.app.get(IDENTITY)
     if identity is not None:
         body["face_workers"] = {"workers": identity.worker.max_workers, "pending": identity.worker.pending}
-    return web.json_response(body)
+    return web.json_response(body, status=503 if body["status"] == "draining" else 200)
 
 
 async def metrics(request: web.Request) -> web.Response:
