@@ -6,11 +6,11 @@
 //   active   call_started received: media negotiated with the hub
 //   ended    call_ended received; back to idle with "back" or when going ready
 //
-// The identity panel (issue #4) shows the server's `identity` state of the call
+// The identity panel shows the server's `identity` state of the call
 // (consent, ID photo and live snapshot, face comparison, liveness, presence) and
 // sends the agent's identity actions; their errors are shown in the panel.
 //
-// The business flow panel (issue #5, js/agent_flow.js) shows the server's
+// The business flow panel (js/agent_flow.js) shows the server's
 // flow_state: the checklist, the current step and what it still misses, and
 // sends step_next, mark_confirmed and push_document.
 

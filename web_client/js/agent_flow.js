@@ -1,4 +1,4 @@
-// The agent's side of a business flow (issue #5), in the call panel: the
+// The agent's side of a business flow, in the call panel: the
 // checklist of steps with their status and times, the current step with the
 // script to read aloud, what is still missing before it can be completed (the
 // server's own words), the actions (complete the step, mark the spoken

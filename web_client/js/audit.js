@@ -1,7 +1,7 @@
 // The auditor workbench (质检工作台): sign in, search past sessions, replay a
 // session's dual recording (customer and agent side by side, in sync) with its
 // event timeline, check the recording's integrity, record a pass/fail verdict,
-// and see the session's identity evidence (ID photo, snapshots: issue #4).
+// and see the session's identity evidence (ID photo, snapshots).
 //
 // Views (document.body.dataset.view): login, search, detail. The open session is
 // in the URL hash (#session/<id>), so the browser's back button returns to the
@@ -200,7 +200,7 @@ const ANOMALY = new Set([
   'no_recording', 'face_missing', 'multiple_faces', 'face_mismatch', 'flow_stopped', 'flow_incomplete',
   'consent_declined',
 ]);
-/** identity checks and business steps (issue #4 onwards) share one colour */
+/** identity checks and business steps share one colour */
 const STEP = /^(identity|id_|face_|liveness|ocr|document|consent|disclosure|sign|step|business|product|risk|flow|questionnaire|suitability|reference)/;
 
 function category(kind) {
@@ -701,7 +701,7 @@ function renderIntegrity() {
   else el.integrity.removeAttribute('title');
 }
 
-// --- business flow checklist (issue #5) ---------------------------------------------------
+// --- business flow checklist ---------------------------------------------------------
 
 const FLOW_STEP_TONE = { done: 'ok', failed: 'danger', active: 'warn', pending: 'info' };
 

@@ -6,14 +6,14 @@
 //   active   call_started received: media negotiated with the hub
 //   ended    call_ended received (or the session could not be kept)
 //
-// Identity (issue #4): a separate, optional face-verification consent (join
+// Identity: a separate, optional face-verification consent (join
 // face_consent, later face_consent {accepted}), the ID photo upload
 // (POST /api/identity/{session}/reference with the rejoin token) in the
 // waiting screen and the call view, and what the server's face checks tell the
 // customer during the call: the liveness instruction, its result, and the
 // verification result (what to fix when the picture is not good enough).
 //
-// Business flows (issue #5, js/customer_flow.js): the server's flow_state shows
+// Business flows (js/customer_flow.js): the server's flow_state shows
 // as the current step and what it needs from the customer; the sealed receipt
 // (receipt) is kept for download, also on the end screen.
 

@@ -1,4 +1,4 @@
-// The customer's side of a business flow (issue #5), in the call view: the
+// The customer's side of a business flow, in the call view: the
 // current step's title and text and what it needs from the customer (accept
 // the consents, confirm a disclosure, answer the questionnaire, read the
 // document to its end, sign), the sealed receipt to keep, and how the flow

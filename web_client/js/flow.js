@@ -1,4 +1,4 @@
-// Business flows (issue #5): what the customer page and the agent workbench share.
+// Business flows: what the customer page and the agent workbench share.
 //
 // The server runs the script (server/flow_engine.py) and sends both parties a
 // `flow_state` on every change; the pages only show it and send what a step
