@@ -13,6 +13,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sqlalchemy.exc import OperationalError
+
 from . import auth, migrations
 from .config import Config, ensure_data_dir, from_env
 from .db import ROLES, Database, get_user
@@ -234,10 +236,15 @@ def cmd_user_add(args: argparse.Namespace) -> int:
 
 def _ready_db(config: Config) -> Database:
     """The database, its schema brought to this release's revision (``db_auto_upgrade``) or
-    checked to be there; :class:`SchemaError` when it is not and cannot be."""
+    checked to be there; :class:`SchemaError` when it is not and cannot be, or when the database
+    cannot be reached."""
     db = Database(config.db_url)
     try:
         migrations.ensure_schema(db, upgrade_it=config.db_auto_upgrade)
+    except OperationalError as exc:
+        db.close()
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else exc.__class__.__name__
+        raise SchemaError(f"the database {db.display_url} cannot be reached: {reason}") from None
     except BaseException:
         db.close()
         raise
