@@ -7,7 +7,7 @@ PORT ?= 8443
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test chromium services lint bench clean
+.PHONY: install run test cluster chromium services lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c 'import ensurepip' 2>/dev/null \
@@ -34,9 +34,15 @@ services:
 	  || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q postgresql; }
 	@command -v redis-server >/dev/null 2>&1 \
 	  || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q redis-server; }
+	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] \
+	  || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q nginx; }
 
 test: install chromium services
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# two nodes behind nginx (https://localhost:$(PORT)) on a throwaway PostgreSQL and Redis, until Ctrl-C
+cluster: install services
+	$(BIN)/python -m tests.cluster_fixture --port $(PORT)
 
 lint: install
 	$(BIN)/ruff check server signaling recorder identity certs tests bench
