@@ -42,6 +42,7 @@ from .exceptions import ServerError
 from .health import LoopLagMonitor
 from .metrics import Metrics
 from .node_registry import NodeRegistry
+from .proxies import parse_networks, trusted_proxies_middleware
 from .recording import RecordingService, load_keys
 from .routes import setup_routes
 from .session_log import DbSessionLog
@@ -295,7 +296,10 @@ async def loop_lag_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(config: Config) -> web.Application:
-    app = web.Application(middlewares=[errors_and_headers], client_max_size=1024**2)
+    middlewares = [errors_and_headers]
+    if config.trusted_proxies:
+        middlewares.insert(0, trusted_proxies_middleware(parse_networks(config.trusted_proxies)))
+    app = web.Application(middlewares=middlewares, client_max_size=1024**2)
     app[CONFIG] = config
     app[CHANNELS] = weakref.WeakSet()
     app[METRICS] = Metrics(config.node_id)

@@ -39,6 +39,9 @@ class Config:
     redis_url: str | None = field(default=None, repr=False)
     #: prefix of every Redis key (several counters may share one Redis)
     redis_prefix: str = "vcounter:"
+    #: the balancer's addresses or networks (comma-separated), whose ``X-Forwarded-For`` and
+    #: ``X-Forwarded-Proto`` are believed: the client's address and scheme (``server/proxies.py``)
+    trusted_proxies: tuple[str, ...] = ()
     #: the base URL the other nodes reach this node's HTTP at (requests about its sessions are
     #: forwarded there); default ``<scheme>://<hostname>:<port>``
     advertise_url: str | None = None
@@ -93,7 +96,7 @@ class Config:
         ("loan_signing", 10 * 365),
         ("wealth_product", 20 * 365),
     )
-    #: face verification, liveness and presence checks (issue #4)
+    #: face verification, liveness and presence checks
     identity: bool = True
     #: face worker processes; 0 = one per core but one (at least 1)
     identity_workers: int = 0
@@ -165,6 +168,8 @@ def from_env(base: Config | None = None, environ: dict[str, str] | None = None) 
             continue
         if f.name == "ice_servers":
             changes[f.name] = _parse_ice(raw)
+        elif f.name == "trusted_proxies":
+            changes[f.name] = tuple(v.strip() for v in raw.split(",") if v.strip())
         elif f.name == "retention_days":
             merged = dict(config.retention_days) | {k: int(v) for k, v in json.loads(raw).items()}
             changes[f.name] = tuple(sorted(merged.items()))

@@ -257,6 +257,7 @@ class Cluster:
             "VCOUNTER_NODE_LEASE_S": f"{lease_s:g}",
             "VCOUNTER_IDENTITY": "1" if identity else "0",
             "VCOUNTER_ICE_SERVERS": "[]",
+            "VCOUNTER_TRUSTED_PROXIES": "127.0.0.1",  # nginx, on this host
             **(env or {}),
         }
         self.nodes = [Node(root, node_id, self.env) for node_id in node_ids]
