@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +22,7 @@ from signaling.contrib.headless import HeadlessParticipant
 
 from .helpers import ID_PHOTO_FRAME, PASSWORD, frame_jpeg, shared_data
 
-pytest_plugins = ["tests.services"]
+pytest_plugins = ["tests.services", "tests.redis_server"]
 
 AGENTS = {
     # username: skills
@@ -122,11 +123,25 @@ def config_factory(tmp_path: Path) -> Callable[..., Config]:
 
 
 @pytest.fixture
-async def make_counter(config_factory) -> AsyncIterator[Callable[..., object]]:
+def backend(request: pytest.FixtureRequest) -> dict[str, object]:
+    """What the counters of a test share: nothing but a SQLite file (``local``, the default), or a
+    throwaway PostgreSQL database and Redis (``shared``, as several nodes do). A test runs on both
+    with ``@pytest.mark.parametrize("backend", ["local", "shared"], indirect=True)``."""
+    kind = getattr(request, "param", "local")
+    if kind == "local":
+        return {}
+    assert kind == "shared", kind
+    return {"database_url": request.getfixturevalue("postgres_url"),
+            "redis_url": request.getfixturevalue("redis_url"),
+            "redis_prefix": f"t{secrets.token_hex(4)}:"}
+
+
+@pytest.fixture
+async def make_counter(config_factory, backend) -> AsyncIterator[Callable[..., object]]:
     counters: list[Counter] = []
 
     async def make(video: EncodedClip | None = None, audio: EncodedClip | None = None, **changes) -> Counter:
-        config = config_factory(**changes)
+        config = config_factory(**{**backend, **changes})
         config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # as the server makes it
         db = Database(config.db_url)
         create_all(db)

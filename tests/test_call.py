@@ -18,6 +18,7 @@ async def _kinds(counter, session_id: str) -> list[str]:
     return [e.kind for e in events]
 
 
+@pytest.mark.parametrize("backend", ["local", "shared"], indirect=True)
 @pytest.mark.parametrize("recording", [True, False], ids=["recording", "no-frame-consumer"])
 async def test_call_forwards_media_both_ways_without_codecs(make_counter, video_clip, audio_clip, codec_spy,
                                                             recording):

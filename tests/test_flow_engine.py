@@ -111,6 +111,7 @@ async def run_flow(customer, agent, **kw) -> list[dict]:
     return done
 
 
+@pytest.mark.parametrize("backend", ["local", "shared"], indirect=True)
 @pytest.mark.parametrize("business", ["account_opening", "loan_signing", "wealth_product"])
 async def test_each_flow_completes_in_order_with_a_verifiable_receipt(counter, business):
     customer = await counter.customer(business, "李四", media=False)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from recorder import MasterKey, SigningKey, verify
 from server.appkeys import CONFIG
 
@@ -12,6 +14,7 @@ from .helpers import audited_session
 from .recordings import decrypt_output, demux, first_video_frame, stream_info, wait_recordings
 
 
+@pytest.mark.parametrize("backend", ["local", "shared"], indirect=True)
 async def test_call_produces_a_verifiable_dual_recording(counter, video_clip, audio_clip):
     config = counter.app[CONFIG]
     customer = await counter.customer("wealth_product", "Recorded customer")
