@@ -139,7 +139,7 @@ class NodeReader:
         value = self.scalar(node, what, ("int", "float"), "a number")
         if not (lo <= value <= hi):  # also refuses .nan
             self.fail(node, f"{what} must be between {lo:g} and {hi:g}, not {value}")
-        return value  # type: ignore[no-any-return]
+        return value
 
     def boolean(self, node: Node, what: str) -> bool:
         """``true`` or ``false``."""

@@ -43,7 +43,7 @@ def ensure_dev_certificate(directory: Path) -> tuple[Path, Path]:
         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "vcounter development"),
         x509.NameAttribute(NameOID.COMMON_NAME, "localhost"),
     ])
-    alt = [x509.DNSName(n) for n in names]
+    alt: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
     for ip in ips:
         try:
             alt.append(x509.IPAddress(ipaddress.ip_address(ip)))

@@ -7,6 +7,8 @@ sentence in Chinese (``message_zh``). Messages never contain biometric data.
 
 from __future__ import annotations
 
+from typing import Any
+
 from .messages import text
 
 
@@ -22,7 +24,7 @@ class IdentityError(Exception):
     def message(self) -> str:
         return str(self)
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self) -> tuple[Any, ...]:
         # errors cross the worker-process boundary: keep message and attributes
         return (self.__class__, (str(self),), self.__dict__)
 
@@ -72,7 +74,7 @@ class PoorQuality(IdentityError):
         self.code = code
         super().__init__(message)
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self) -> tuple[Any, ...]:
         return (PoorQuality, (self.code, str(self)), self.__dict__)
 
 

@@ -15,6 +15,8 @@ the customer's and the smaller one printed on the card.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .analysis import FrameAnalysis, analyze_frame
@@ -33,7 +35,7 @@ def analyze_tracked(
     *,
     last: FaceBox | None,
     full_scan: bool,
-    **kwargs: object,
+    **kwargs: Any,
 ) -> FrameAnalysis:
     """:func:`~identity.analysis.analyze_frame` with a cheap window search around ``last``.
 
@@ -45,7 +47,7 @@ def analyze_tracked(
     boxes = None
     if last is not None and not full_scan:
         boxes = search_window(frame, last) or None
-    return analyze_frame(frame, t, index, boxes=boxes, **kwargs)  # type: ignore[arg-type]
+    return analyze_frame(frame, t, index, boxes=boxes, **kwargs)
 
 
 def reference_from_live_frame(rgb: np.ndarray, *, num_jitters: int = REFERENCE_JITTERS) -> Reference:

@@ -52,7 +52,7 @@ def planar_fit(baseline: np.ndarray, current: np.ndarray) -> float | None:
     """Fraction (0-1) of feature matches one homography explains; None if too few matches."""
     global _orb
     if _orb is None:
-        _orb = cv2.ORB_create(nfeatures=600, fastThreshold=10)  # type: ignore[attr-defined]
+        _orb = cv2.ORB.create(nfeatures=600, fastThreshold=10)
     ka, da = _orb.detectAndCompute(baseline, None)
     kb, db = _orb.detectAndCompute(current, None)
     if da is None or db is None or len(ka) < MIN_MATCHES or len(kb) < MIN_MATCHES:

@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 from dataclasses import dataclass
 from datetime import UTC
+from typing import cast
 
 from sqlalchemy import text
 from sqlmodel import Session, col, select
@@ -59,9 +61,12 @@ def _lock_chain(s: Session) -> None:
     conn = s.connection()
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": APPEND_LOCK_KEY})
-    elif conn.dialect.name == "sqlite" and not conn.connection.driver_connection.in_transaction:  # type: ignore[union-attr]
-        # the driver opens its own transaction at the first write: open a writing one now
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    elif conn.dialect.name == "sqlite":
+        # SQLAlchemy types the DBAPI connection as Any | None: a live sqlite one is sqlite3's
+        driver = cast(sqlite3.Connection, conn.connection.driver_connection)
+        if not driver.in_transaction:
+            # the driver opens its own transaction at the first write: open a writing one now
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def append(s: Session, user: User, action: str, target: str, remote: str = "") -> AccessLog:

@@ -206,7 +206,7 @@ class AppointmentService:
 
         def take(s: DbSession) -> int:
             # one statement, so that two nodes cannot both take it
-            result = s.exec(update(Appointment)  # type: ignore[call-overload]
+            result = s.exec(update(Appointment)
                             .where(col(Appointment.id) == appt.id, col(Appointment.used_at).is_(None),
                                    col(Appointment.cancelled_at).is_(None),
                                    col(Appointment.expires_at) > now)

@@ -137,6 +137,7 @@ async def login(db: Database, username: str, password: str, ttl_s: int) -> tuple
         if not verify_password(password, user.password_hash):
             return None
         purge_expired_tokens(s)
+        assert user.id is not None  # a row read from the database has its primary key
         token = secrets.token_urlsafe(32)
         s.add(AuthToken(token_hash=token_hash(token), user_id=user.id,
                         expires_at=utcnow() + timedelta(seconds=ttl_s)))
@@ -173,5 +174,5 @@ async def logout(db: Database, token: str) -> None:
 
 def purge_expired_tokens(s: Session) -> int:
     """Delete every expired login token (each login does this, so the table holds live ones only)."""
-    result = s.execute(delete(AuthToken).where(col(AuthToken.expires_at) < utcnow()))
+    result = s.exec(delete(AuthToken).where(col(AuthToken.expires_at) < utcnow()))
     return int(result.rowcount or 0)

@@ -242,19 +242,19 @@ class Cluster:
         elif kind == "customer_open":
             await self._customer_open(sender, body)
         elif kind == "customer_frame":
-            endpoint = self._customers.get((sender, str(body["relay"])))
-            if endpoint is None:
+            customer = self._customers.get((sender, str(body["relay"])))
+            if customer is None:
                 logger.warning("bus: a frame of an unknown relayed customer from node %s: ignored", sender)
                 return
-            if not await endpoint.handle(str(body["data"])):
+            if not await customer.handle(str(body["data"])):
                 self._customers.pop((sender, str(body["relay"])), None)
-                await endpoint.closed()
+                await customer.closed()
         elif kind == "customer_gone":
-            endpoint = self._customers.pop((sender, str(body["relay"])), None)
-            if endpoint is not None:
-                await endpoint.closed()
-                if isinstance(endpoint.channel, RemoteChannel):
-                    await endpoint.channel.aclose()
+            customer = self._customers.pop((sender, str(body["relay"])), None)
+            if customer is not None:
+                await customer.closed()
+                if isinstance(customer.channel, RemoteChannel):
+                    await customer.channel.aclose()
         else:
             logger.warning("bus: unknown message %r from node %s: ignored", kind, sender)
 

@@ -617,7 +617,7 @@ class IdentityService:
         """Run one identity operation at a time per session, in the background."""
         if st.busy is not None:
             if hasattr(coro, "close"):
-                coro.close()  # type: ignore[attr-defined]
+                coro.close()
             raise InvalidState(f"busy: {st.busy.replace('_', ' ')}", code="identity_busy")
         st.busy = what
         st.error = None

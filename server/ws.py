@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 
 from aiohttp import WSMsgType, web
 from pydantic import BaseModel
@@ -123,7 +124,7 @@ def _error(channel: Channel, exc: SignalingError) -> None:
         channel.close(code, exc.code)
 
 
-async def _frames(ws: web.WebSocketResponse, channel: WsChannel, limiter: RateLimiter):
+async def _frames(ws: web.WebSocketResponse, channel: WsChannel, limiter: RateLimiter) -> AsyncIterator[str | bytes]:
     """Yield text frames that passed the size and rate checks."""
     async for msg in ws:
         if msg.type == WSMsgType.TEXT or msg.type == WSMsgType.BINARY:

@@ -35,7 +35,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 from pydantic import BaseModel
 
@@ -43,7 +43,7 @@ from . import messages as m
 from .bus import Bus, SenderCheck
 from .exceptions import Forbidden, InvalidMessage, InvalidState, NotFound
 from .ids import new_id
-from .media_hub import IceServerConfig, MediaHub, ParticipantMedia, other
+from .media_hub import IceServerConfig, MediaHub, ParticipantMedia, Role, is_role, other
 from .relay import RemoteChannel
 from .state import AgentPresence, InMemoryState, NodeDirectory, QueueEntry, SharedState
 
@@ -137,12 +137,15 @@ class SessionRecord:
     face_consent: bool = False
 
 
+MediaLossReason = Literal["failed", "stalled"]
+
+
 @dataclass(eq=False)
 class MediaLoss:
     """One party's media stopped during a call; the call fails unless it is back in time."""
 
     #: ``failed`` (peer connection failed) or ``stalled`` (no media for media_timeout_s)
-    reason: str
+    reason: MediaLossReason
     #: loop time the loss was noticed
     since: float
     #: loop time of the last ``media_restart`` sent, and the hub connection it asked to replace
@@ -515,7 +518,8 @@ class Broker:
                     for agent in [a for a in self._agents.values() if a.proxy_of is None]:
                         await self._put_presence(agent)
                 for agent in [a for a in self._agents.values() if a.remote_node is not None]:
-                    if not await self._nodes.known(agent.remote_node):
+                    node = agent.remote_node
+                    if node is not None and not await self._nodes.known(node):
                         await self._remote_node_lost(agent)
             except Exception:
                 logger.exception("broker housekeeping failed")
@@ -691,11 +695,11 @@ class Broker:
 
     # -- media ---------------------------------------------------------------------
 
-    async def offer(self, session: Session, role: str, sdp: str) -> None:
+    async def offer(self, session: Session, role: Role, sdp: str) -> None:
         """A participant's SDP offer: connect it to the hub and send the answer."""
         if session.state != "active":
             raise InvalidState("media can only be negotiated during a call")
-        answer = await self.hub.connect(session.id, role, sdp)  # type: ignore[arg-type]
+        answer = await self.hub.connect(session.id, role, sdp)
         if session.state != "active":
             await self.hub.disconnect(session.id, role)
             raise InvalidState("the call ended during negotiation")
@@ -714,7 +718,7 @@ class Broker:
         """Called by the hub when a participant's current peer connection changes state."""
         if state in ("connected", "failed"):
             await self._event(session_id, f"media_{state}", role=role)
-        if state != "failed":
+        if state != "failed" or not is_role(role):
             return
         async with self._lock:
             session = self._sessions.get(session_id)
@@ -760,7 +764,8 @@ class Broker:
             return
         now = asyncio.get_running_loop().time()
         timeout = self.config.media_timeout_s
-        for role in ("customer", "agent"):
+        roles: tuple[Role, ...] = ("customer", "agent")
+        for role in roles:
             if self._channel(session, role) is None:
                 continue  # reconnecting: the rejoin window applies instead
             silence = media.silence(role, now)
@@ -784,7 +789,7 @@ class Broker:
             elif stalled:
                 self._ask_media_restart(session, role, loss)  # the new connection is silent too
 
-    async def _media_lost(self, session: Session, role: str, reason: str, **data: object) -> None:
+    async def _media_lost(self, session: Session, role: Role, reason: MediaLossReason, **data: object) -> None:
         now = asyncio.get_running_loop().time()
         loss = MediaLoss(reason=reason, since=now, asked_at=now, asked_of=self._participant(session, role))
         session.media_lost[role] = loss
@@ -795,14 +800,14 @@ class Broker:
                   m.MediaLost(role=role, reason=reason, window_s=int(self.config.rejoin_window_s)))
         self.send(session, role, m.MediaRestart(reason=reason))
 
-    def _ask_media_restart(self, session: Session, role: str, loss: MediaLoss) -> None:
+    def _ask_media_restart(self, session: Session, role: Role, loss: MediaLoss) -> None:
         loss.asked_at = asyncio.get_running_loop().time()
         loss.asked_of = self._participant(session, role)
         loss.restarts += 1
         logger.info("session %s: %s media still lost, asking again (%d)", session.id, role, loss.restarts)
         self.send(session, role, m.MediaRestart(reason=loss.reason))
 
-    async def _media_restored(self, session: Session, role: str, loss: MediaLoss, now: float) -> None:
+    async def _media_restored(self, session: Session, role: Role, loss: MediaLoss, now: float) -> None:
         del session.media_lost[role]
         await self._event(session.id, "media_restored", role=role, after_s=round(now - loss.since, 1),
                           restarts=loss.restarts)

@@ -19,21 +19,25 @@ saves (``bench/calls.py``); taps carry no frames in that mode.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeGuard
 
 from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
     RTCIceServer,
     RTCPeerConnection,
+    RTCRtpReceiver,
     RTCRtpSender,
     RTCSessionDescription,
 )
 from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError
+from av.frame import Frame
+from av.packet import Packet
 
 from .exceptions import BadSdp, MediaError
 from .passthrough import check_compatible, on_keyframe_request, request_keyframe, tap_receiver
@@ -53,6 +57,10 @@ StateCallback = Callable[[str, str, str], Awaitable[None] | None]
 
 def other(role: str) -> Role:
     return "agent" if role == "customer" else "customer"
+
+
+def is_role(role: str) -> TypeGuard[Role]:
+    return role in ("customer", "agent")
 
 
 @dataclass(frozen=True)
@@ -75,7 +83,7 @@ class _TranscodeSource(MediaStreamTrack):
             self._source = asyncio.get_running_loop().create_future()
         self._source.set_result(track)
 
-    async def recv(self):  # type: ignore[no-untyped-def]
+    async def recv(self) -> Frame | Packet:
         while True:
             source = await self._source
             try:
@@ -109,8 +117,9 @@ class ParticipantMedia:
     async def aclose(self) -> None:
         for outbound in self.outbounds:
             outbound.close()
-            if outbound.lane.outbound is outbound:
-                outbound.lane.outbound = None
+            lane = outbound.lane
+            if isinstance(lane, Lane) and lane.outbound is outbound:
+                lane.outbound = None
         for ingress in self.ingresses.values():
             ingress.close()
         for track in self.holding_tracks:
@@ -272,7 +281,7 @@ class MediaHub:
         pc = RTCPeerConnection(self._configuration())
         participant = ParticipantMedia(role, pc)
         log_id = f"{call_id[:8]}/{role}"
-        tapped: list = []
+        tapped: list[tuple[RTCRtpReceiver, str]] = []
 
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
@@ -287,10 +296,11 @@ class MediaHub:
             if media.mode == "passthrough":
                 tap = media.tap(role, track.kind)
                 tap_receiver(receiver, tap.push)
-                tap.attach(lambda r=receiver: request_keyframe(r))
+                tap.attach(functools.partial(request_keyframe, receiver))
                 tapped.append((receiver, track.kind))
             else:
-                relayed = media._relay.subscribe(track, buffered=False)  # type: ignore[union-attr]
+                assert media._relay is not None  # transcode mode always has one
+                relayed = media._relay.subscribe(track, buffered=False)
                 media._remote_tracks[(role, track.kind)] = relayed
                 peer = media.participants.get(other(role))
                 if peer is not None and track.kind in peer.transcode_sources:

@@ -42,15 +42,18 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import socket
 import threading
-from asyncio.selector_events import _SelectorDatagramTransport
+from asyncio.selector_events import _SelectorDatagramTransport  # type: ignore[attr-defined]  # private: not in typeshed
 from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, cast
 
 import aiortc
 import pylibsrtp
 from aioice.ice import StunProtocol
 from aiortc import RTCRtpReceiver, RTCRtpSender, clock
 from aiortc.codecs import is_rtx
+from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcdtlstransport import State as _DtlsState
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpSendParameters
@@ -153,11 +156,11 @@ class _EncodedSink:
         self._stopped = threading.Event()
         self._loop = asyncio.get_running_loop()
 
-    def put(self, item: object) -> None:
+    def put(self, item: tuple[RTCRtpCodecParameters, JitterFrame] | None) -> None:
         if item is None:
             self._stopped.set()
             return
-        codec, jitter_frame = item  # type: ignore[misc]
+        codec, jitter_frame = item
         data = jitter_frame.data
         self._callback(
             EncodedFrame(
@@ -173,7 +176,7 @@ class _EncodedSink:
         self._stopped.wait()
         return None
 
-    def put_nowait(self, item: object) -> None:  # queue.Queue compatibility
+    def put_nowait(self, item: tuple[RTCRtpCodecParameters, JitterFrame] | None) -> None:  # queue.Queue compatibility
         self.put(item)
 
 
@@ -204,7 +207,7 @@ def on_keyframe_request(sender: RTCRtpSender, callback: Callable[[], None]) -> N
         original()
         callback()
 
-    sender._send_keyframe = _send_keyframe  # type: ignore[method-assign]
+    sender._send_keyframe = _send_keyframe  # type: ignore[method-assign]  # hooks aiortc on this instance
 
 
 async def request_keyframe(receiver: RTCRtpReceiver) -> bool:
@@ -235,8 +238,8 @@ def hook_rtp_data(dtls: RTCDtlsTransport, handler: Callable[[bytes, int, RtpHand
     async def _handle_rtp_data(data: bytes, arrival_time_ms: int) -> None:
         await handler(data, arrival_time_ms, original)
 
-    dtls._handle_rtp_data = _handle_rtp_data  # type: ignore[method-assign]
-    dtls._vcounter_rtp_hook = True  # type: ignore[attr-defined]
+    dtls._handle_rtp_data = _handle_rtp_data  # type: ignore[method-assign]  # hooks aiortc on this instance
+    dtls._vcounter_rtp_hook = True  # type: ignore[attr-defined]  # our attribute on aiortc's object
 
 
 def route_rtp(dtls: RTCDtlsTransport, data: bytes) -> RTCRtpReceiver | None:
@@ -245,15 +248,16 @@ def route_rtp(dtls: RTCDtlsTransport, data: bytes) -> RTCRtpReceiver | None:
         packet = RtpPacket.parse(data, dtls._rtp_header_extensions_map)
     except ValueError:
         return None
-    return dtls._rtp_router.route_rtp(packet)  # type: ignore[return-value]
+    # aiortc types its routes as an RtpReceiver protocol: every one is an RTCRtpReceiver
+    return cast("RTCRtpReceiver | None", dtls._rtp_router.route_rtp(packet))
 
 
 def receiver_codecs(receiver: RTCRtpReceiver) -> dict[int, RTCRtpCodecParameters]:
-    return receiver._RTCRtpReceiver__codecs  # type: ignore[attr-defined,no-any-return]
+    return receiver._RTCRtpReceiver__codecs  # type: ignore[attr-defined]  # aiortc private
 
 
 def rtx_original_ssrc(receiver: RTCRtpReceiver, rtx_ssrc: int) -> int | None:
-    return receiver._RTCRtpReceiver__rtx_ssrc.get(rtx_ssrc)  # type: ignore[attr-defined,no-any-return]
+    return receiver._RTCRtpReceiver__rtx_ssrc.get(rtx_ssrc)  # type: ignore[attr-defined]  # aiortc private
 
 
 def is_rtx_codec(codec: RTCRtpCodecParameters) -> bool:
@@ -275,7 +279,7 @@ _seen = _Seen()
 
 def count_received(receiver: RTCRtpReceiver, ssrc: int, clock_rate: int, seq: int, timestamp: int) -> None:
     """Feed the receiver's RTCP receiver-report statistics, as its own path would."""
-    streams = receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
+    streams = receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]  # aiortc private
     stats = streams.get(ssrc)
     if stats is None:
         stats = streams[ssrc] = StreamStatistics(clock_rate)
@@ -286,15 +290,15 @@ def count_received(receiver: RTCRtpReceiver, ssrc: int, clock_rate: int, seq: in
 
 def mark_source_active(receiver: RTCRtpReceiver, ssrc: int) -> None:
     """What ``getSynchronizationSources()`` reports (used to address keyframe requests)."""
-    receiver._RTCRtpReceiver__active_ssrc[ssrc] = clock.current_datetime()  # type: ignore[attr-defined]
+    receiver._RTCRtpReceiver__active_ssrc[ssrc] = clock.current_datetime()  # type: ignore[attr-defined]  # aiortc private
 
 
 def note_sent(sender: RTCRtpSender, ntp_time: int, rtp_timestamp: int, packets: int, octets: int) -> None:
     """What the sender's RTCP sender reports announce (its own send loop is idle)."""
-    sender._RTCRtpSender__ntp_timestamp = ntp_time  # type: ignore[attr-defined]
-    sender._RTCRtpSender__rtp_timestamp = rtp_timestamp  # type: ignore[attr-defined]
-    sender._RTCRtpSender__packet_count = packets  # type: ignore[attr-defined]
-    sender._RTCRtpSender__octet_count = octets  # type: ignore[attr-defined]
+    sender._RTCRtpSender__ntp_timestamp = ntp_time  # type: ignore[attr-defined]  # aiortc private
+    sender._RTCRtpSender__rtp_timestamp = rtp_timestamp  # type: ignore[attr-defined]  # aiortc private
+    sender._RTCRtpSender__packet_count = packets  # type: ignore[attr-defined]  # aiortc private
+    sender._RTCRtpSender__octet_count = octets  # type: ignore[attr-defined]  # aiortc private
 
 
 def sender_ssrcs(sender: RTCRtpSender) -> tuple[int, int]:
@@ -310,12 +314,16 @@ def on_send_parameters(sender: RTCRtpSender, callback: Callable[[RTCRtpSendParam
         await original(parameters)
         callback(parameters)
 
-    sender.send = send  # type: ignore[method-assign]
+    sender.send = send  # type: ignore[method-assign]  # hooks aiortc on this instance
 
 
 def on_retransmit(sender: RTCRtpSender, callback: Callable[[int], Awaitable[None]]) -> None:
     """NACKed sequence numbers of ``sender`` go to ``callback`` instead of aiortc's history."""
-    sender._retransmit = callback  # type: ignore[method-assign]
+
+    async def _retransmit(sequence_number: int) -> None:
+        await callback(sequence_number)
+
+    sender._retransmit = _retransmit  # type: ignore[method-assign]  # hooks aiortc on this instance
 
 
 def on_sender_rtcp(sender: RTCRtpSender, callback: Callable[[AnyRtcpPacket], Awaitable[None]]) -> None:
@@ -326,12 +334,12 @@ def on_sender_rtcp(sender: RTCRtpSender, callback: Callable[[AnyRtcpPacket], Awa
         await callback(packet)
         await original(packet)
 
-    sender._handle_rtcp_packet = _handle_rtcp_packet  # type: ignore[method-assign]
+    sender._handle_rtcp_packet = _handle_rtcp_packet  # type: ignore[method-assign]  # hooks aiortc on this instance
 
 
 async def send_receiver_rtcp(receiver: RTCRtpReceiver, make: Callable[[int], AnyRtcpPacket]) -> None:
     """Send ``make(rtcp_ssrc)`` from ``receiver`` to its remote sender (no-op before it has an SSRC)."""
-    rtcp_ssrc = receiver._RTCRtpReceiver__rtcp_ssrc  # type: ignore[attr-defined]
+    rtcp_ssrc = receiver._RTCRtpReceiver__rtcp_ssrc  # type: ignore[attr-defined]  # aiortc private
     if rtcp_ssrc is not None:
         await receiver._send_rtcp(make(rtcp_ssrc))
 
@@ -375,18 +383,39 @@ def hook_datagrams(dtls: RTCDtlsTransport, take: Callable[[bytes], bool]) -> boo
 def _hook_protocol(protocol: StunProtocol, take: Callable[[bytes], bool]) -> None:
     original = protocol.datagram_received
 
-    def datagram_received(data: bytes, addr: tuple[object, ...]) -> None:
+    def datagram_received(data: bytes | str, addr: tuple[Any, ...]) -> None:
         # STUN starts with 0b00: a media packet (0b10) can skip aioice's parse attempt
-        if _is_media_rtp(data) and take(data):
+        packet = cast(bytes, data)  # aioice's type is too wide: a UDP socket delivers bytes
+        if _is_media_rtp(packet) and take(packet):
             return
         original(data, addr)
 
-    protocol.datagram_received = datagram_received  # type: ignore[method-assign]
+    protocol.datagram_received = datagram_received  # type: ignore[method-assign]  # hooks aioice on this instance
     _read_in_batches(protocol)
 
 
 #: datagrams read from one socket per readiness callback (asyncio reads one)
 READ_BATCH = 16
+
+
+class _SelectorLoop(Protocol):
+    """The private reader registry of asyncio's selector event loop."""
+
+    def _add_reader(self, fd: int, callback: Callable[[], None]) -> None: ...
+    def _remove_reader(self, fd: int) -> bool: ...
+
+
+class _SelectorDatagram(Protocol):
+    """What :func:`_read_in_batches` uses of asyncio's private ``_SelectorDatagramTransport``."""
+
+    _loop: _SelectorLoop
+    _sock: socket.socket
+    _sock_fd: int
+    _conn_lost: int
+    _protocol: asyncio.DatagramProtocol
+    max_size: int
+
+    def _fatal_error(self, exc: BaseException, message: str) -> None: ...
 
 
 def _read_in_batches(protocol: StunProtocol) -> bool:
@@ -399,9 +428,10 @@ def _read_in_batches(protocol: StunProtocol) -> bool:
     Only for the selector event loop's own datagram transport (returns False
     and changes nothing for any other).
     """
-    transport = protocol.transport
-    if type(transport) is not _SelectorDatagramTransport:
+    if type(protocol.transport) is not _SelectorDatagramTransport:
         return False
+    # typeshed knows it only as a DatagramTransport: these are its private parts
+    transport = cast(_SelectorDatagram, protocol.transport)
     loop, sock, fd = transport._loop, transport._sock, transport._sock_fd
     if not (callable(getattr(loop, "_add_reader", None)) and callable(getattr(loop, "_remove_reader", None))):
         return False
@@ -456,7 +486,7 @@ class _Srtp:
         self._buffer[0:n] = packet
         if _srtp_lib.srtp_protect(self._srtp, self._cdata, self._length):
             raise pylibsrtp.Error("srtp_protect failed")
-        return self._buffer[0:self._length[0]]  # type: ignore[no-any-return]
+        return self._buffer[0:self._length[0]]
 
     def unprotect(self, packet: bytes) -> bytes | None:
         n = len(packet)
@@ -466,7 +496,7 @@ class _Srtp:
         self._buffer[0:n] = packet
         if _srtp_lib.srtp_unprotect(self._srtp, self._cdata, self._length):
             return None
-        return self._buffer[0:self._length[0]]  # type: ignore[no-any-return]
+        return self._buffer[0:self._length[0]]
 
 
 def _srtp(dtls: RTCDtlsTransport, attr: str, session: pylibsrtp.Session) -> _Srtp:
@@ -491,7 +521,7 @@ class _SendPath:
     __slots__ = ("protect", "sendto", "addr", "transport")
 
     def __init__(self, protect: Callable[[bytes], bytes], transport: asyncio.DatagramTransport,
-                 addr: object) -> None:
+                 addr: tuple[str, int]) -> None:
         self.protect = protect
         self.transport = transport
         self.sendto = transport.sendto
@@ -508,22 +538,24 @@ def _send_path(dtls: RTCDtlsTransport) -> _SendPath | None:
     path = getattr(dtls, "_vcounter_send", None)
     if path is not None:
         if dtls._state is _DTLS_CONNECTED and not path.transport.is_closing():
-            return path  # type: ignore[no-any-return]
-        dtls._vcounter_send = None  # type: ignore[attr-defined]
+            return path
+        dtls._vcounter_send = None  # type: ignore[attr-defined]  # our attribute on aiortc's object
     if dtls._tx_srtp is None or dtls._state is not _DTLS_CONNECTED:
         return None
     connection = getattr(dtls.transport, "_connection", None)
-    pair = connection._nominated.get(1) if connection is not None else None
+    if connection is None:
+        return None
+    pair = connection._nominated.get(1)
     if pair is None or type(pair.protocol) is not StunProtocol or pair.protocol.transport is None:
         return None
     path = _SendPath(_srtp(dtls, "_vcounter_tx", dtls._tx_srtp).protect, pair.protocol.transport,
                      pair.remote_addr)
-    dtls._vcounter_send = path  # type: ignore[attr-defined]
+    dtls._vcounter_send = path  # type: ignore[attr-defined]  # our attribute on aiortc's object
     if not getattr(dtls, "_vcounter_send_watch", False):
-        dtls._vcounter_send_watch = True  # type: ignore[attr-defined]
+        dtls._vcounter_send_watch = True  # type: ignore[attr-defined]  # our attribute on aiortc's object
 
         def forget() -> None:
-            dtls._vcounter_send = None  # type: ignore[attr-defined]
+            dtls._vcounter_send = None  # type: ignore[attr-defined]  # our attribute on aiortc's object
 
         dtls.on("statechange", forget)
         # aioice may nominate another pair later: the path is looked up again then
@@ -532,7 +564,7 @@ def _send_path(dtls: RTCDtlsTransport) -> _SendPath | None:
     return path
 
 
-class _NominatedPairs(dict):  # type: ignore[type-arg]
+class _NominatedPairs(dict[int, object]):
     """aioice's nominated pairs by component, telling ``changed()`` when one is (re)set."""
 
     def __init__(self, pairs: dict[int, object], changed: Callable[[], None]) -> None:

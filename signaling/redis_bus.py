@@ -30,6 +30,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError, ResponseError
+from redis.typing import EncodableT, FieldT
 
 from .bus import (
     INBOX_MAXLEN,
@@ -106,8 +107,10 @@ class RedisBus:
     async def send(self, node_id: str, message: Mapping[str, Any]) -> str:
         envelope = Envelope.new(self._node_id, node_id, message)
         key = self.inbox_key(node_id)
+        # a copy of the type xadd() asks for (dict is invariant: a dict[str, str] does not fit)
+        fields: dict[FieldT, EncodableT] = {k: v for k, v in envelope.fields().items()}
         async with self._r.pipeline(transaction=True) as pipe:
-            pipe.xadd(key, envelope.fields(), maxlen=self._maxlen, approximate=True)  # type: ignore[arg-type]
+            pipe.xadd(key, fields, maxlen=self._maxlen, approximate=True)
             pipe.pexpire(key, self._inbox_ttl_ms)
             await pipe.execute()
         return envelope.id

@@ -38,7 +38,7 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 from aiortc import MediaStreamTrack, RTCRtpReceiver, RTCRtpSender
 from aiortc.mediastreams import MediaStreamError
@@ -139,7 +139,7 @@ class HoldingTrack(MediaStreamTrack):
         self.kind = kind
         self._stopped = asyncio.Event()
 
-    async def recv(self) -> None:  # type: ignore[override]
+    async def recv(self) -> NoReturn:
         await self._stopped.wait()
         raise MediaStreamError
 
@@ -230,7 +230,7 @@ class FrameAssembler:
                 data = b"".join(parts[(first + i) & 0xFFFF] for i in range(count))
                 del frames[head]
                 self._done = head
-                self._expected = (last + 1) & 0xFFFF  # type: ignore[operator]
+                self._expected = (last + 1) & 0xFFFF
                 self._push(EncodedFrame(data=data, timestamp=head, codec=self._codec,
                                         keyframe=is_keyframe(self._codec.mimeType, data), arrival=now))
                 continue
@@ -403,19 +403,21 @@ class Ingress:
     def _resolve(self, data: bytes, ssrc: int) -> Source | None:
         receiver = passthrough.route_rtp(self.dtls, data)
         entry = self._lanes.get(receiver) if receiver is not None else None
-        if entry is None:
+        if receiver is None or entry is None:
             return None
         lane, generation = entry
-        codec = passthrough.receiver_codecs(receiver).get(data[1] & 0x7F)  # type: ignore[arg-type]
+        codec = passthrough.receiver_codecs(receiver).get(data[1] & 0x7F)
         if codec is None:
             return None  # the receiver has not started yet, or an unknown payload type
         rtx = passthrough.is_rtx_codec(codec)
         media_codec = codec
         if rtx:
-            media_codec = passthrough.receiver_codecs(receiver).get(codec.parameters.get("apt"))  # type: ignore[arg-type]
-            if media_codec is None:
+            apt = codec.parameters.get("apt")
+            repaired = passthrough.receiver_codecs(receiver).get(apt) if isinstance(apt, int) else None
+            if repaired is None:
                 return None
-        source = Source(lane=lane, receiver=receiver, generation=generation,  # type: ignore[arg-type]
+            media_codec = repaired
+        source = Source(lane=lane, receiver=receiver, generation=generation,
                          ssrc=ssrc, rtx=rtx, clock_rate=codec.clockRate, codec=media_codec)
         self._sources[ssrc] = source
         return source
@@ -481,6 +483,7 @@ class Outbound:
 
     def _configure(self, parameters: RTCRtpSendParameters) -> None:
         codec = parameters.codecs[0]
+        assert codec.payloadType is not None  # negotiated codecs always have one
         self._pt = codec.payloadType
         for candidate in parameters.codecs:
             if passthrough.is_rtx_codec(candidate) and candidate.parameters.get("apt") == codec.payloadType:

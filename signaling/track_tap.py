@@ -29,9 +29,11 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 import av
 from aiortc.codecs import get_decoder
+from aiortc.codecs.base import Decoder
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError
 
@@ -253,13 +255,13 @@ class TrackTap:
         queue = self._decode_queue
         assert queue is not None
         loop = asyncio.get_running_loop()
-        decoder = None
+        decoder: Decoder | None = None
         codec_name = None
         while True:
             frame = await queue.get()
             if frame is None:
                 break
-            if frame.codec.name != codec_name:
+            if decoder is None or frame.codec.name != codec_name:
                 decoder = get_decoder(frame.codec)
                 codec_name = frame.codec.name
             try:
@@ -271,7 +273,8 @@ class TrackTap:
                 self._waiting_keyframe = True
                 self.request_keyframe()
                 continue
-            for out in decoded:
+            # aiortc types decode() as returning av.Frame: its decoders make video or audio frames
+            for out in cast("list[av.VideoFrame | av.AudioFrame]", decoded):
                 self.frames_decoded += 1
                 for sub in list(self._decoded):
                     sub._push(out)

@@ -22,11 +22,14 @@ from aiohttp import web
 
 from identity import IdentityError, ImageError
 from recorder.evidence import EvidenceNotFound
+from signaling.broker import Session
 from signaling.exceptions import SignalingError
 
 from ..appkeys import BROKER, IDENTITY
 from ..cluster import session_home
+from ..db import User
 from ..exceptions import Forbidden, NotFound, Unauthorized
+from ..identity_service import IdentityService
 from ..request_helpers import bearer_token, current_user, log_access, read_image
 from .audit import AUDIT_ROLES
 
@@ -37,7 +40,7 @@ logger = logging.getLogger(__name__)
 IMAGE_KINDS = ("reference_image", "snapshot", "receipt")
 
 
-def _service(request: web.Request):  # type: ignore[no-untyped-def]
+def _service(request: web.Request) -> IdentityService:
     service = request.app.get(IDENTITY)
     if service is None:
         raise NotFound("face checks are switched off on this server")
@@ -50,6 +53,7 @@ async def upload_reference(request: web.Request) -> web.Response:
     session_id = request.match_info["session_id"]
     token = request.headers.get("X-Session-Token")
     broker = request.app[BROKER]
+    session: Session | None
     if token:
         try:
             session = broker.customer_session(session_id, token)
@@ -76,7 +80,7 @@ async def upload_reference(request: web.Request) -> web.Response:
     return web.json_response({"reference": reference})
 
 
-async def _evidence_reader(request: web.Request, session_id: str):  # type: ignore[no-untyped-def]
+async def _evidence_reader(request: web.Request, session_id: str) -> tuple[User, bool]:
     """The user, if they may see this session's evidence: its agent during the call, or an auditor."""
     user = await current_user(request)
     if user.role in AUDIT_ROLES:

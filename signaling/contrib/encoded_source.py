@@ -16,6 +16,7 @@ import logging
 import math
 import time
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ class EncodedClip:
         return len(self.packets) * self.ticks / self.clock_rate
 
 
-def _synthetic_frames(width: int, height: int, count: int):
+def _synthetic_frames(width: int, height: int, count: int) -> Iterator[av.VideoFrame]:
     """Moving colour bars with a frame counter: cheap, never blank, easy to tell apart."""
     x = np.arange(width, dtype=np.int32)
     for i in range(count):
@@ -57,7 +58,7 @@ def _synthetic_frames(width: int, height: int, count: int):
         yield av.VideoFrame.from_ndarray(img, format="rgb24")
 
 
-def _file_frames(path: Path, width: int, height: int, count: int):
+def _file_frames(path: Path, width: int, height: int, count: int) -> Iterator[av.VideoFrame]:
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         n = 0
@@ -224,7 +225,7 @@ class _Pacer:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._senders: dict[ClipSender, None] = {}
-        self._handle: asyncio.TimerHandle | None = None
+        self._handle: asyncio.Handle | None = None
 
     @classmethod
     def of(cls, loop: asyncio.AbstractEventLoop) -> _Pacer:

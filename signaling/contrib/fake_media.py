@@ -26,7 +26,7 @@ def make_y4m(source: Path, *, seconds: float = 6.0, width: int = 640, height: in
     out = CACHE / f"{source.stem}-{width}x{height}-{fps}-{seconds:g}.y4m"
     if out.exists():
         return out
-    frames = []
+    frames: list[list[np.ndarray]] = []
     with av.open(str(source)) as container:
         stream = container.streams.video[0]
         src_fps = float(stream.average_rate or fps)
@@ -57,7 +57,7 @@ def _crop_scale(frame: av.VideoFrame, width: int, height: int) -> list[np.ndarra
     else:
         ch = int(w / target)
         rgb = rgb[(h - ch) // 2 : (h - ch) // 2 + ch]
-    img = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+    img = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb, dtype=np.uint8), format="rgb24")
     yuv = img.reformat(width=width, height=height, format="yuv420p")
     return [np.frombuffer(bytes(p), dtype=np.uint8)[: p.line_size * p.height]
             .reshape(p.height, p.line_size)[:, : p.width] for p in yuv.planes]

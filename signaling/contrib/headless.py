@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import ssl as ssl_module
@@ -44,7 +45,7 @@ from ..passthrough import (
     tap_receiver,
 )
 from ..rtp_forward import HoldingTrack, Ingress, Lane, Source
-from ..track_tap import TrackTap
+from ..track_tap import DecodedSubscription, TrackTap
 from .encoded_source import ClipSender, EncodedClip, EncodedLoopTrack
 
 logger = logging.getLogger(__name__)
@@ -354,7 +355,7 @@ class HeadlessParticipant:
         def on_track(track: Any) -> None:
             receiver = next(t.receiver for t in pc.getTransceivers() if t.receiver.track is track)
             tap = self.taps[track.kind]
-            tap.attach(lambda r=receiver: request_keyframe(r))
+            tap.attach(functools.partial(request_keyframe, receiver))
             if self.lean:
                 dtls = receiver.transport
                 if self._ingress is None or self._ingress.dtls is not dtls:
@@ -443,6 +444,6 @@ class HeadlessParticipant:
         """Send an RTCP PLI for the video we receive, as a browser does after loss."""
         self.taps["video"].request_keyframe()
 
-    def decoded_video(self, backlog: int = 4):
+    def decoded_video(self, backlog: int = 4) -> DecodedSubscription:
         """Subscribe to decoded video (decodes only while the subscription is open)."""
         return self.taps["video"].subscribe_decoded(backlog)
