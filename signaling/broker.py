@@ -35,7 +35,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 from pydantic import BaseModel
 
@@ -49,6 +49,8 @@ from .state import AgentPresence, InMemoryState, NodeDirectory, QueueEntry, Shar
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 #: close codes sent with fatal errors
 CLOSE_POLICY = 1008
 CLOSE_REPLACED = 4409
@@ -56,6 +58,8 @@ CLOSE_REPLACED = 4409
 MEDIA_RESTART_RETRY_S = 5.0
 #: seconds past the offer timeout an agent waits for another node to take up its offer
 REMOTE_ANSWER_MARGIN_S = 5.0
+#: seconds a shared-state operation may take before the broker goes on without it
+STATE_TIMEOUT_S = 3.0
 #: with other nodes: an agent's presence lapses this long after its node stops renewing it
 PRESENCE_TTL_S = 15.0
 #: with other nodes: seconds between two checks of presence and of the nodes relayed agents serve
@@ -268,6 +272,16 @@ class Broker:
         except Exception:
             logger.exception("session %s: could not record state %s", session.id, session.state)
 
+    async def _shared(self, what: str, operation: Awaitable[T], default: T) -> T:
+        """``operation`` on the shared state, or ``default`` when the state cannot be reached (Redis
+        down or cut off): calls in progress go on without it, and it is logged."""
+        try:
+            async with asyncio.timeout(STATE_TIMEOUT_S):
+                return await operation
+        except Exception as exc:
+            logger.warning("shared state unavailable (%s): %s: %s", what, exc.__class__.__name__, exc)
+            return default
+
     def session(self, session_id: str) -> Session | None:
         return self._sessions.get(session_id)
 
@@ -334,8 +348,17 @@ class Broker:
             self._sessions[session.id] = session
             await self.log.session_created(session)
             # the state's clock orders the queue: nodes' clocks may differ
-            await self.state.enqueue(QueueEntry(session.id, business, node_id=self.config.node_id))
-            await self.state.set_call_node(session.id, self.config.node_id)
+            try:
+                async with asyncio.timeout(STATE_TIMEOUT_S):
+                    await self.state.enqueue(QueueEntry(session.id, business, node_id=self.config.node_id))
+                    await self.state.set_call_node(session.id, self.config.node_id)
+            except Exception as exc:
+                logger.warning("session %s: the queue cannot be reached (%s): join refused", session.id, exc)
+                del self._sessions[session.id]
+                session.state, session.end_reason, session.ended_at = "abandoned", "service_unavailable", time.time()
+                await self._changed(session)
+                raise InvalidState("the service is temporarily unavailable: please try again in a moment",
+                                   code="temporarily_unavailable") from None
             await self._event(session.id, "queued", business=business)
             await self._event(session.id, "face_consent", accepted=face_consent)
             logger.info("session %s: customer joined the %s queue", session.id, business)
@@ -402,7 +425,7 @@ class Broker:
             await self._event(session.id, "customer_rejoined", state=session.state)
             logger.info("session %s: customer rejoined (%s)", session.id, session.state)
             if session.state in ("queued", "offered"):
-                await self.state.update_entry(session.id, reachable=True)
+                await self._shared("rejoin", self.state.update_entry(session.id, reachable=True), None)
                 await self._dispatch()
                 await self._broadcast_queue()
             elif session.state == "active" and session.agent is not None:
@@ -435,7 +458,8 @@ class Broker:
             logger.info("session %s: customer connection lost (%s)", session.id, session.state)
             await self._event(session.id, "customer_disconnected", state=session.state)
             if session.state in ("queued", "offered"):
-                entry = await self.state.update_entry(session.id, reachable=False)
+                entry = await self._shared("customer lost",
+                                           self.state.update_entry(session.id, reachable=False), None)
                 if entry is not None and entry.offered_to is not None:
                     await self._withdraw_offer(session, entry.offered_to, "customer_lost", penalise=False)
                 await self._broadcast_queue()
@@ -488,7 +512,7 @@ class Broker:
         if agent.proxy_of is not None:
             return  # the agent's own node publishes its presence
         self._start_housekeeping()
-        await self.state.put_agent(
+        await self._shared("agent presence", self.state.put_agent(
             AgentPresence(
                 agent_id=agent.user.id,
                 username=agent.user.username,
@@ -499,7 +523,7 @@ class Broker:
                 ready_since=agent.ready_since,
             ),
             ttl_s=PRESENCE_TTL_S if self.bus is not None else None,
-        )
+        ), None)
 
     # -- with other nodes: presence renewal, nodes that died ---------------------------
 
@@ -578,8 +602,8 @@ class Broker:
                 raise InvalidState("that customer is no longer waiting")
             self._cancel(agent.offer_task)
             agent.offer_task = None
-            await self.state.dequeue(session_id)
-            await self.state.set_call_node(session_id, self.config.node_id)
+            await self._shared("accept", self.state.dequeue(session_id), None)
+            await self._shared("accept", self.state.set_call_node(session_id, self.config.node_id), None)
             session.state = "active"
             session.agent = agent.user
             session.started_at = time.time()
@@ -624,7 +648,8 @@ class Broker:
 
     async def _withdraw_offer(self, session: Session, agent_id: int, reason: str, *, penalise: bool) -> None:
         """Take an outstanding offer back; the customer keeps their place in the queue."""
-        await self.state.release_offer(session.id, agent_id, penalise=penalise)
+        await self._shared("withdraw offer", self.state.release_offer(session.id, agent_id, penalise=penalise),
+                           None)
         if session.state == "offered":
             session.state = "queued"
             await self._changed(session)
@@ -650,7 +675,7 @@ class Broker:
                 return
             del self._agents[agent.user.id]
             if agent.proxy_of is None:
-                await self.state.remove_agent(agent.user.id)
+                await self._shared("agent gone", self.state.remove_agent(agent.user.id), None)
             elif isinstance(agent.channel, RemoteChannel):
                 self._spawn(agent.channel.aclose(), f"relay-gone-{agent.user.username}")
             logger.info("agent %s disconnected (%s)", agent.user.username, agent.status)
@@ -678,7 +703,7 @@ class Broker:
         session.started_at = None
         session.last_queue_update = None
         await self._changed(session)
-        await self.state.enqueue(
+        await self._shared("requeue", self.state.enqueue(
             QueueEntry(
                 session.id,
                 session.business,
@@ -687,7 +712,7 @@ class Broker:
                 node_id=self.config.node_id,
                 reachable=session.channel is not None,
             )
-        )
+        ), None)
         await self._event(session.id, "requeued", reason="agent_lost")
         logger.info("session %s: agent lost, customer back at the head of the queue", session.id)
         if session.channel is not None:
@@ -841,7 +866,15 @@ class Broker:
 
     async def _dispatch(self) -> None:
         """Offer each ready agent of this node, longest idle first, the longest-waiting customer of
-        its skills in the counter's queue (on whichever node that customer is)."""
+        its skills in the counter's queue (on whichever node that customer is); nothing while the
+        queue cannot be reached."""
+        try:
+            async with asyncio.timeout(STATE_TIMEOUT_S * 4):
+                await self._dispatch_ready()
+        except Exception as exc:
+            logger.warning("no offers: the queue cannot be reached (%s: %s)", exc.__class__.__name__, exc)
+
+    async def _dispatch_ready(self) -> None:
         ready = sorted(
             (a for a in self._agents.values() if a.status == "ready" and a.proxy_of is None),
             key=lambda a: a.ready_since,
@@ -849,9 +882,14 @@ class Broker:
         for agent in ready:
             while (entry := await self.state.claim_next(agent.user.id, agent.user.skills)) is not None:
                 session = self._sessions.get(entry.session_id)
-                if session is not None:
+                if session is not None and session.state == "queued":
                     await self._offer(agent, session)
                     break
+                if session is not None:  # an entry the state kept while it was unreachable
+                    logger.warning("session %s: dropping a queue entry of a %s session", session.id,
+                                   session.state)
+                    await self.state.dequeue(entry.session_id)
+                    continue
                 if self.bus is not None and entry.node_id not in ("", self.config.node_id):
                     if await self._nodes.known(entry.node_id):
                         await self._offer_remote(agent, entry)
@@ -1029,21 +1067,30 @@ class Broker:
         """Average handling time of the counter's recent calls of ``business`` (all businesses when
         it has none yet), or the configured default before any call was measured."""
         for scope in ((business, None) if business is not None else (None,)):
-            average = await self.state.average_handle_time(scope)
+            average = await self._shared("wait estimate", self.state.average_handle_time(scope), None)
             if average is not None:
                 return average
         return self.config.default_handle_s
 
-    async def _waiting_counts(self) -> dict[str, int]:
+    async def _waiting_counts(self, queue: list[QueueEntry] | None = None) -> dict[str, int]:
         counts = dict.fromkeys(sorted(self.config.businesses or ()), 0)
-        for entry in await self.state.queue():
+        if queue is None:
+            queue = await self._shared("queue stats", self.state.queue(), [])
+        for entry in queue:
             counts[entry.business] = counts.get(entry.business, 0) + 1
         return counts
 
     async def _broadcast_queue(self) -> None:
-        """Send each waiting customer its position and estimate if they changed."""
-        queue = await self.state.queue()
-        agents = await self.state.agents()
+        """Send each waiting customer its position and estimate if they changed (nothing while the
+        queue cannot be reached)."""
+        try:
+            async with asyncio.timeout(STATE_TIMEOUT_S * 2):
+                queue = await self.state.queue()
+                agents = await self.state.agents()
+                waiting = await self._waiting_counts(queue)
+        except Exception as exc:
+            logger.warning("no queue updates: the queue cannot be reached (%s: %s)", exc.__class__.__name__, exc)
+            return
         handles: dict[str, float] = {}
         positions: dict[str, int] = {}
         for entry in queue:
@@ -1063,7 +1110,7 @@ class Broker:
                 session.channel.send(
                     m.QueueUpdate(position=position, estimated_wait_s=estimate, agents_available=available)
                 )
-        stats = m.QueueStats(waiting=await self._waiting_counts())
+        stats = m.QueueStats(waiting=waiting)
         for agent in self._agents.values():
             if agent.proxy_of is None:
                 agent.channel.send(stats)
@@ -1073,7 +1120,7 @@ class Broker:
     async def _finish(self, session: Session, state: str, reason: str) -> None:
         """End a session for everyone (caller holds the lock)."""
         was_active = session.state == "active"
-        entry = await self.state.dequeue(session.id)
+        entry = await self._shared("end", self.state.dequeue(session.id), None)
         if entry is not None and entry.offered_to is not None:
             await self._withdraw_offer(session, entry.offered_to, reason, penalise=False)
         self._cancel(session.drop_task)
@@ -1083,7 +1130,8 @@ class Broker:
         session.end_reason = reason
         session.ended_at = time.time()
         if was_active and session.started_at is not None:
-            await self.state.record_handle_time(session.business, session.ended_at - session.started_at)
+            await self._shared("handling time", self.state.record_handle_time(
+                session.business, session.ended_at - session.started_at), None)
         await self._changed(session)
         await self._event(session.id, state, reason=reason)
         logger.info("session %s: %s (%s)", session.id, state, reason)
@@ -1096,11 +1144,11 @@ class Broker:
                 agent.session_id = None
                 await self._set_agent_status(agent, "away")
             await self.hub.end_call(session.id)
-            await self.state.clear_call(session.id)
+            await self._shared("end", self.state.clear_call(session.id), None)
             for hook in self.on_call_ended:
                 await hook(session)
         if not was_active:
-            await self.state.clear_call(session.id)
+            await self._shared("end", self.state.clear_call(session.id), None)
         self._sessions.pop(session.id, None)
         self._ended[session.id] = session
         while len(self._ended) > 1000:

@@ -37,20 +37,21 @@ def _pong(port: int) -> bool:
         return False
 
 
-def _start(binary: str, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """Start a server; another process may take the port first, so try a few."""
+def _start(binary: str, workdir: Path, port: int | None = None) -> tuple[subprocess.Popen[bytes], int]:
+    """Start a server on ``port``, or on a free one (another process may take it first, so a few
+    are tried)."""
     log = workdir / "redis.log"
-    for _ in range(5):
-        port = _free_port()
+    for _ in range(5 if port is None else 1):
+        chosen = port or _free_port()
         proc = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            [binary, "--port", str(chosen), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", str(workdir), "--logfile", str(log), "--daemonize", "no"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline and proc.poll() is None:
-            if _pong(port):
-                return proc, port
+            if _pong(chosen):
+                return proc, chosen
             time.sleep(0.05)
         _stop(proc)
     text = log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
@@ -82,3 +83,25 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         _stop(proc)
+
+
+class RedisServer:
+    """A redis-server of one test's own, which the test may stop and start again on the same port."""
+
+    def __init__(self, workdir: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed: `make test` installs it", pytrace=False)
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.binary, self.workdir = binary, workdir
+        self.proc, self.port = _start(binary, workdir)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+    def start(self) -> None:
+        self.proc, _ = _start(self.binary, self.workdir, self.port)
