@@ -10,16 +10,20 @@ files and results; it never imports ``server``, ``signaling`` or ``identity``.
 * :func:`verify` proves a recording unchanged; :func:`open_encrypted` serves
   byte ranges of an encrypted output.
 
-The on-disk layout is described in :mod:`recorder.layout`.
+The on-disk layout is described in :mod:`recorder.layout`; where it lives (the
+data directory, or an S3-compatible store behind a local spool) in
+:mod:`recorder.object_store`.
 """
 
 from .encrypted_file import EncryptedFile, open_encrypted
-from .exceptions import IntegrityError, RecorderError, StorageFull, WrongKey
+from .exceptions import IntegrityError, RecorderError, StorageFull, StorageUnavailable, WrongKey
 from .finalize import finalize
 from .keys import MasterKey, SigningKey
 from .layout import read_data_key
 from .manifest import Manifest
+from .object_store import LocalObjectStore, ObjectStore, S3ObjectStore, open_object_store
 from .recovery import find_interrupted, recover
+from .s3_storage import S3Storage
 from .segment_writer import SessionRecorder
 from .storage import LocalStorage, Storage
 from .verify import VerifyResult, verify
@@ -27,19 +31,25 @@ from .verify import VerifyResult, verify
 __all__ = [
     "EncryptedFile",
     "IntegrityError",
+    "LocalObjectStore",
     "LocalStorage",
     "Manifest",
     "MasterKey",
+    "ObjectStore",
     "RecorderError",
+    "S3ObjectStore",
+    "S3Storage",
     "SessionRecorder",
     "SigningKey",
     "Storage",
     "StorageFull",
+    "StorageUnavailable",
     "VerifyResult",
     "WrongKey",
     "find_interrupted",
     "finalize",
     "open_encrypted",
+    "open_object_store",
     "read_data_key",
     "recover",
     "verify",

@@ -20,9 +20,11 @@ under its own key). The description is read on its own, so listing a session
 never reads images.
 
 Every object is written with :meth:`Storage.put_bytes` (temporary object and
-rename): a crash leaves no half item, only a hidden temporary file that
-listings skip and :meth:`Storage.discard_incomplete` removes. Data and meta
-are never logged.
+rename on disk, one PutObject on an S3-compatible store): a crash leaves no half
+item, only a hidden temporary file that listings skip and
+:meth:`Storage.discard_incomplete` removes. The store is a local directory
+(:meth:`EvidenceStore.local`) or any other :class:`Storage`, such as the
+spooled S3 store of :mod:`recorder.object_store`. Data and meta are never logged.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from .exceptions import EvidenceError, EvidenceNotFound, IntegrityError, WrongKe
 from .keys import MasterKey, new_data_key
 from .storage import LocalStorage, Storage, read_all
 
-__all__ = ["KINDS", "EvidenceError", "EvidenceItem", "EvidenceNotFound", "EvidenceStore"]
+__all__ = ["KINDS", "EvidenceError", "EvidenceItem", "EvidenceNotFound", "EvidenceStore", "LocalTree"]
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +154,7 @@ def _item_parts(name: str) -> tuple[str, str] | None:
     return None
 
 
-class _LocalTree(LocalStorage):
+class LocalTree(LocalStorage):
     """A :class:`LocalStorage` that lists only the folder a prefix names and prunes empty folders.
 
     ``LocalStorage.list`` walks the whole root, fine for one recording but not
@@ -192,7 +194,7 @@ class EvidenceStore:
     @classmethod
     def local(cls, root: str | Path, master: MasterKey | None) -> EvidenceStore:
         """A store in a local directory (created with mode 0700 on first write)."""
-        return cls(_LocalTree(root), master)
+        return cls(LocalTree(root), master)
 
     def __repr__(self) -> str:
         return f"EvidenceStore({self.storage!r}, {self._master!r})"

@@ -38,6 +38,16 @@ class StorageFull(RecorderError):
     code = "storage_full"
 
 
+class StorageUnavailable(RecorderError, OSError):
+    """The object store cannot be reached or refused the request (network, credentials, bucket).
+
+    An ``OSError`` too, so code that already treats a failing disk as "retry later"
+    treats an unreachable store the same way.
+    """
+
+    code = "storage_unavailable"
+
+
 class EvidenceNotFound(RecorderError):
     """The identity evidence store holds no such session or item."""
 

@@ -1,7 +1,8 @@
 """Evidence packages: a recording as a ZIP a third party can verify with standard tools.
 
 The package holds the recording exactly as stored (encrypted segments,
-chain.log, encrypted per-party WebMs), the signed manifest, the public key,
+chain.log, encrypted per-party WebMs; read from a local directory or any
+:class:`~recorder.storage.Storage`, such as S3), the signed manifest, the public key,
 the timeline, and ``README.txt`` with the verification steps (sha256sum and
 openssl). Nothing in it is plaintext media: the recipient decrypts with the
 session's data key, which the package carries wrapped under a passphrase
@@ -35,7 +36,7 @@ from .evidence import EvidenceItem, EvidenceStore
 from .exceptions import IntegrityError, RecorderError, WrongKey
 from .keys import MasterKey
 from .layout import MANIFEST, read_data_key
-from .storage import LocalStorage
+from .storage import Storage, as_storage, read_all
 from .verify import VerifyResult, verify
 
 EXPORT_KEY = "export_key.json"
@@ -47,6 +48,8 @@ EXPORTED_KINDS = ("reference_image", "snapshot")
 _EXTENSIONS = {"image/jpeg": ".jpg", "image/png": ".png", "image/webp": ".webp"}
 _EVIDENCE_FILE = re.compile(r"evidence/[a-z_]+-[A-Za-z0-9_-]+\.[a-z]+\.enc")
 SCRYPT = {"n": 2**15, "r": 8, "p": 1}
+#: bytes read from storage per step while copying an object into the package
+_COPY_BLOCK = 1 << 20
 
 README = """vcounter evidence package — recording {recording_id} (session {session_id})
 Exported {exported_at} by {exported_by}.
@@ -168,7 +171,7 @@ def unwrap_export_key(spec: dict[str, object], passphrase: str, recording_id: st
 
 
 def export_package(
-    directory: Path,
+    directory: str | Path | Storage,
     out: Path,
     master_key: MasterKey,
     passphrase: str,
@@ -176,47 +179,67 @@ def export_package(
     exported_by: str,
     progress: Callable[[int, int], None] | None = None,
     evidence: EvidenceStore | None = None,
+    recording_id: str | None = None,
 ) -> dict[str, object]:
     """Write ``out`` (a ZIP); returns a summary. The recording must be finalised.
 
-    With ``evidence``, the session's reference photo and snapshots go in too.
+    ``directory`` is a recording directory or any :class:`Storage` holding one
+    (then ``recording_id`` names it); objects are streamed into the ZIP in
+    1 MiB blocks. With ``evidence``, the session's reference photo and
+    snapshots go in too.
     """
-    manifest_path = directory / MANIFEST
-    if not manifest_path.exists():
-        raise RecorderError(f"{directory.name} is not finalised: nothing to export")
-    manifest = json.loads(manifest_path.read_text())
-    data_key = read_data_key(LocalStorage(directory), master_key)
-    recording_id = directory.name
+    storage = as_storage(directory)
+    if recording_id is None:
+        if not isinstance(directory, str | Path):
+            raise ValueError("recording_id is required with a Storage")
+        recording_id = Path(directory).name
+    if not storage.exists(MANIFEST):
+        raise RecorderError(f"{recording_id} is not finalised: nothing to export")
+    manifest = json.loads(read_all(storage, MANIFEST))
+    data_key = read_data_key(storage, master_key)
     top = {"manifest.json", "manifest.sig", "public_key.pem", "timeline.json"}
-    files = sorted(p for p in directory.rglob("*") if p.is_file() and not p.name.endswith(".tmp"))
-    total = sum(p.stat().st_size for p in files)
-    exported_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    info = {"recording_id": recording_id, "session_id": manifest.get("session_id"),
-            "exported_at": exported_at, "exported_by": exported_by}
-    tmp = out.with_name(out.name + ".part")
-    done = 0
-    index: list[dict[str, object]] = []
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:
-        z.writestr("export.json", json.dumps(info, indent=1))
-        z.writestr(EXPORT_KEY, json.dumps(_wrap_for_passphrase(data_key, passphrase, recording_id), indent=1))
-        for path in files:
-            rel = path.relative_to(directory).as_posix()
-            z.write(path, rel if rel in top else RECORDING_DIR + rel)
-            done += path.stat().st_size
-            if progress is not None:
-                progress(done, total)
-        # the call's session (the manifest's own "session_id" names the recording)
-        session_id = (manifest.get("metadata") or {}).get("session_id")
-        if evidence is not None and isinstance(session_id, str):
-            index = _write_evidence(z, evidence, session_id, data_key)
-            if index:
-                z.writestr(EVIDENCE_INDEX, json.dumps(index, indent=1))
-        z.writestr("README.txt", README.format(
-            **info, fingerprint=manifest.get("signing_key", {}).get("fingerprint", "?"),
-            chain_final=manifest.get("chain", {}).get("final", "?"), package_name=out.name,
-            evidence=_evidence_readme(index)))
+    blobs = [(name, storage.open(name)) for name in storage.list()]
+    try:
+        total = sum(blob.size for _, blob in blobs)
+        exported_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        info = {"recording_id": recording_id, "session_id": manifest.get("session_id"),
+                "exported_at": exported_at, "exported_by": exported_by}
+        tmp = out.with_name(out.name + ".part")
+        done = 0
+        index: list[dict[str, object]] = []
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:
+            z.writestr("export.json", json.dumps(info, indent=1))
+            z.writestr(EXPORT_KEY, json.dumps(_wrap_for_passphrase(data_key, passphrase, recording_id), indent=1))
+            for name, blob in blobs:
+                entry = zipfile.ZipInfo(name if name in top else RECORDING_DIR + name,
+                                        date_time=time.localtime()[:6])
+                entry.external_attr = 0o600 << 16
+                with z.open(entry, "w", force_zip64=blob.size >= 1 << 31) as f:
+                    offset = 0
+                    while offset < blob.size:
+                        block = blob.read(offset, _COPY_BLOCK)
+                        if not block:
+                            raise RecorderError(f"{name}: ended after {offset} of {blob.size} bytes")
+                        f.write(block)
+                        offset += len(block)
+                done += blob.size
+                if progress is not None:
+                    progress(done, total)
+            # the call's session (the manifest's own "session_id" names the recording)
+            session_id = (manifest.get("metadata") or {}).get("session_id")
+            if evidence is not None and isinstance(session_id, str):
+                index = _write_evidence(z, evidence, session_id, data_key)
+                if index:
+                    z.writestr(EVIDENCE_INDEX, json.dumps(index, indent=1))
+            z.writestr("README.txt", README.format(
+                **info, fingerprint=manifest.get("signing_key", {}).get("fingerprint", "?"),
+                chain_final=manifest.get("chain", {}).get("final", "?"), package_name=out.name,
+                evidence=_evidence_readme(index)))
+    finally:
+        for _, blob in blobs:
+            blob.close()
     os.replace(tmp, out)
-    return {**info, "bytes": total, "files": len(files), "evidence": len(index)}
+    return {**info, "bytes": total, "files": len(blobs), "evidence": len(index)}
 
 
 def _extract(package: Path, into: Path) -> Path:

@@ -3,10 +3,12 @@
 Names are relative, ``/``-separated paths inside one session's store
 (``segments/000001.seg``, ``chain.log``, ``customer.webm.enc``). Every write is
 atomic: a reader sees the old object or the new one, never a torn one.
-:class:`LocalStorage` does ``tmp`` + fsync + rename + directory fsync; an
-S3-compatible store would map :meth:`Storage.put_bytes` to ``PutObject``,
-:meth:`Storage.create` to a multipart upload (completed on ``commit``), and
-``Blob.read`` to a ranged ``GetObject``.
+:class:`LocalStorage` does ``tmp`` + fsync + rename + directory fsync;
+:class:`~recorder.s3_storage.S3Storage` maps :meth:`Storage.put_bytes` to
+``PutObject``, :meth:`Storage.create` to a multipart upload (completed on
+``commit``), and ``Blob.read`` to a ranged ``GetObject``;
+:class:`~recorder.spooled_storage.SpooledStorage` puts a local spool in front of
+a remote store. :mod:`recorder.object_store` chooses among them.
 
 Not expressed through this interface (local filesystem only):
 ``recovery.find_interrupted`` walks directories, and finalisation muxes into an

@@ -320,17 +320,19 @@ def _keys(config: Config):  # type: ignore[no-untyped-def]
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    """Verify a session's recordings (by session or recording id) or a recording directory."""
+    """Verify a session's recordings (by session or recording id, from the configured store) or a
+    recording directory."""
     from sqlmodel import select
 
-    from recorder import verify
+    from recorder import Storage, verify
+    from recorder.exceptions import RecorderError
 
     from .db import Recording
+    from .recording import object_store
 
     config, db = _open_db(args)
     master, signing = _keys(config)
     target = args.target
-    directories: list[Path] = []
     if target.endswith(".zip") and Path(target).is_file():
         from recorder.export import verify_package
 
@@ -341,30 +343,42 @@ def cmd_verify(args: argparse.Namespace) -> int:
         for line in [*result.problems, *(f"note: {n}" for n in result.notes)]:
             print(f"  - {line}")
         return 0 if result.ok else 1
+    store = None
+    recordings: list[tuple[str, Storage | Path]] = []
     if Path(target).is_dir():
-        directories = [Path(target)]
+        recordings = [(Path(target).name, Path(target))]
     else:
         with db.session() as s:
             rows = s.exec(select(Recording).where(
                 (Recording.session_id == target) | (Recording.id == target)).order_by(Recording.leg)).all()
-        directories = [config.recordings_dir / r.id for r in rows]
+        if rows:
+            # wherever the recordings are (the data directory, or S3 from any host)
+            store = object_store(config, uploads=False)
+            recordings = [(r.id, store.recording(r.id)) for r in rows]
     db.close()
-    if not directories:
+    if not recordings:
         print(f"error: no recording for {target!r} (a session id, recording id or directory)", file=sys.stderr)
         return 2
     if master is None:
         print("warning: no master key: decryptability not checked", file=sys.stderr)
     trusted = signing.public_pem() if signing else None
     failed = 0
-    for directory in directories:
-        result = verify(directory, master, trusted)
+    for name, source in recordings:
+        try:
+            result = verify(source, master, trusted)
+        except (RecorderError, OSError) as exc:  # the store cannot be reached
+            print(f"{name}: not checked: {exc}")
+            failed += 1
+            continue
         status = "OK" if result.ok else "FAILED"
-        print(f"{directory.name}: {status}: {result.reason}")
+        print(f"{name}: {status}: {result.reason}")
         for problem in result.problems:
             print(f"  - {problem}")
         for note in getattr(result, "notes", []) or []:
             print(f"  note: {note}")
         failed += not result.ok
+    if store is not None:
+        store.close()
     return 1 if failed else 0
 
 
@@ -563,6 +577,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from . import access_log, retention
     from .db import Recording
+    from .recording import object_store
 
     config, db = _open_db(args)
     master, _ = _keys(config)
@@ -585,13 +600,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     actor = retention.SYSTEM_USER.model_copy(update={"username": f"cli:{os.environ.get('USER', 'operator')}",
                                                      "role": "admin"})
     written = []
+    # wherever the recordings are (the data directory, or S3 from any host)
+    store = object_store(config, uploads=False)
+    evidence = EvidenceStore(store.evidence(), master)
     for row in rows:
         target = out if len(rows) == 1 else out.with_name(f"{out.stem}-{row.leg}{out.suffix}")
         try:
-            summary = export_package(config.recordings_dir / row.id, target, master, passphrase,
+            summary = export_package(store.recording(row.id), target, master, passphrase,
                                      exported_by=actor.username, progress=_progress(f"export {row.id}"),
-                                     evidence=EvidenceStore.local(config.identity_dir, master))
-        except RecorderError as exc:
+                                     evidence=evidence, recording_id=row.id)
+        except (RecorderError, OSError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             db.close()
             return 1
@@ -631,8 +649,10 @@ def cmd_purge(args: argparse.Namespace) -> int:
     from datetime import datetime
 
     from recorder.evidence import EvidenceStore
+    from recorder.exceptions import RecorderError
 
     from . import retention
+    from .recording import object_store
 
     config, db = _open_db(args)
     now = datetime.fromisoformat(args.now) if args.now else None
@@ -640,12 +660,19 @@ def cmd_purge(args: argparse.Namespace) -> int:
         from datetime import UTC
 
         now = now.replace(tzinfo=UTC)
-    evidence = EvidenceStore.local(config.identity_dir, None)  # deleting needs no key
-    with db.session() as s:
-        report = retention.purge(s, config.recordings_dir, evidence=evidence, now=now, dry_run=args.dry_run,
-                                 orphan_days=config.identity_orphan_days)
-        s.commit()
-    db.close()
+    # wherever the recordings are (the data directory, or S3 from any host)
+    store = object_store(config, uploads=False)
+    evidence = EvidenceStore(store.evidence(), None)  # deleting needs no key
+    try:
+        with db.session() as s:
+            report = retention.purge(s, store, evidence=evidence, now=now, dry_run=args.dry_run,
+                                     orphan_days=config.identity_orphan_days)
+            s.commit()
+    except (RecorderError, OSError) as exc:  # the store cannot be reached: what was deleted is logged
+        print(f"error: purge stopped: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        db.close()
     verb = "would delete" if args.dry_run else "deleted"
     for p in report.recordings:
         print(f"{verb} {p.recording_id} (session {p.session_id}, retention ended {p.retention_until.date()})")

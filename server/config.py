@@ -26,7 +26,7 @@ class Config:
     host: str = "0.0.0.0"
     #: port to listen on (HTTPS by default)
     port: int = 8443
-    #: directory for the database, TLS files and (later) recordings
+    #: directory for the SQLite database, the TLS files and, with local storage, the recordings
     data_dir: Path = Path("var")
     #: serve HTTPS with ``cert_file``/``key_file`` (generated self-signed when missing)
     tls: bool = True

@@ -6,13 +6,32 @@ the four taps (customer and agent, audio and video): the sink appends every
 encoded frame to the open segment, synchronously, without decoding. Session
 events (from the broker's log) go onto the recording's timeline too. When the
 call ends the recording is sealed and finalised (per-party WebM, signed
-manifest) in a worker thread, and its row in the database says so. At start-up
-recordings that a killed process left behind are recovered and finalised.
+manifest) in a worker thread, and its row in the database says so.
+
+Where recordings live is the configured object store (``Config.storage_url``,
+:mod:`recorder.object_store`): the data directory, or an S3-compatible store
+that every node reaches, written through a local spool and uploaded as segments
+seal.
+
+Each recording row carries a **lease** (``lease_node``, ``lease_until``, by the
+database's clock), taken when recording starts and renewed every third of
+``Config.node_lease_s`` until the recording is finalised. A recording whose
+lease lapsed was left unfinished by a node that died (or lost the database):
+
+- at start-up a node recovers the recordings that a killed process left in its
+  data directory (with a shared store: its spool) and those of its own id's
+  earlier run;
+- at every renewal it takes over the recordings whose lease lapsed and that it
+  can reach -- with a shared store (S3) any node's, with the local one those on
+  its own disk -- one atomic ``UPDATE ... WHERE lease_until < now`` per
+  recording, so exactly one node wins, and finalises them from the store
+  (``recovered: true`` in the manifest).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -20,20 +39,33 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import update
 from sqlmodel import Session as DbSession
-from sqlmodel import select
+from sqlmodel import col, or_, select
 
-from recorder import MasterKey, SessionRecorder, SigningKey, finalize, find_interrupted, recover
-from recorder.exceptions import RecorderError
+from recorder import (
+    MasterKey,
+    ObjectStore,
+    SessionRecorder,
+    SigningKey,
+    finalize,
+    find_interrupted,
+    open_object_store,
+    recover,
+)
+from recorder.exceptions import RecorderError, StorageUnavailable
+from recorder.storage import Storage
 from signaling.broker import Session
-from signaling.media_hub import MediaHub
 from signaling.frames import EncodedFrame
+from signaling.media_hub import MediaHub
 
 from .config import Config
 from .db import CallSession, Database, Participant, Recording, SessionEvent, User, utcnow
+from .node_registry import database_now
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +96,34 @@ def load_keys(config: Config) -> tuple[MasterKey, SigningKey]:
     return master, signing
 
 
+def s3_client(config: Config) -> Any:
+    """A boto3 S3 client for ``config.s3_endpoint_url`` (None: AWS itself); credentials and region
+    come from boto3's own sources (``AWS_*`` variables, config files, instance roles).
+
+    Path-style addressing with an endpoint (MinIO, Ceph RGW), short timeouts and few retries (the
+    uploader retries on its own schedule), checksums only where the API requires them (S3-compatible
+    stores differ on the newer ones; every object is covered by the recording's own SHA-256 chain,
+    and uploads carry Content-MD5).
+    """
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    endpoint = config.s3_endpoint_url or None
+    boto_config = BotoConfig(
+        connect_timeout=3, read_timeout=20, retries={"total_max_attempts": 2, "mode": "standard"},
+        s3={"addressing_style": "path" if endpoint else "auto"}, max_pool_connections=16,
+        request_checksum_calculation="when_required", response_checksum_validation="when_required")
+    return boto3.session.Session().client("s3", endpoint_url=endpoint, config=boto_config)
+
+
+def object_store(config: Config, *, uploads: bool = True) -> ObjectStore:
+    """The store ``config.storage_url`` names; ``uploads=False`` for a command that only reads and
+    deletes (no background uploader). With S3 the spool is ``<data_dir>/spool``."""
+    return open_object_store(config.storage_url, recordings_dir=config.recordings_dir,
+                             identity_dir=config.identity_dir, spool_dir=Path(config.data_dir) / "spool",
+                             s3_client=lambda: s3_client(config), uploads=uploads)
+
+
 @dataclass
 class _Active:
     recording_id: str
@@ -75,22 +135,49 @@ class _Active:
 
 
 class RecordingService:
+    """Records every call into ``store`` (default: the one ``config.storage_url`` names, owned and
+    closed by the service); call :meth:`recover_interrupted`, then :meth:`start`."""
+
     def __init__(self, config: Config, db: Database, hub: MediaHub, master: MasterKey,
                  signing: SigningKey,
-                 log_event: Callable[[str, str, dict[str, object]], Awaitable[None]] | None = None) -> None:
+                 log_event: Callable[[str, str, dict[str, object]], Awaitable[None]] | None = None,
+                 *, store: ObjectStore | None = None) -> None:
         self.config = config
         self.db = db
         self.hub = hub
         self.master = master
         self.signing = signing
+        self.store = store if store is not None else object_store(config)
+        self._owns_store = store is None
+        #: the recordings directory of the local store (with S3: where nothing is written)
         self.root = config.recordings_dir
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if self.store.kind == "file":
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.node_id = config.node_id
+        self.lease_s = config.node_lease_s
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="recording")
         self._active: dict[str, _Active] = {}
+        #: recordings whose lease this node holds and renews (recording, finalising, recovering)
+        self._leased: set[str] = set()
         self._finishing: set[asyncio.Task[None]] = set()
+        self._lease_task: asyncio.Task[None] | None = None
         #: writes a session event (the broker's log): recording alerts become anomalies auditors see
         self._log_event = log_event
         self._closed = False
+
+    def start(self) -> None:
+        """Start renewing this node's leases (and, with a shared store, taking over lapsed ones)."""
+        if self._lease_task is None and not self._closed:
+            self._lease_task = asyncio.get_running_loop().create_task(
+                self._lease_loop(), name=f"recording-leases-{self.node_id}")
+
+    def storage(self, recording_id: str) -> Storage:
+        """A recording's storage, to read it (blocking to use: call it in a thread)."""
+        return self.store.recording(recording_id)
+
+    def health(self) -> dict[str, Any]:
+        """``{"kind", "pending_uploads", "ok"}``: where recordings go and whether they get there."""
+        return self.store.health()
 
     # -- live recording ------------------------------------------------------------
 
@@ -99,19 +186,35 @@ class RecordingService:
         if self._closed or session.id in self._active:
             return
         media = self.hub.call(session.id)
-        leg = await self.db.run(lambda s: len(s.exec(
-            select(Recording).where(Recording.session_id == session.id)).all()) + 1)
-        recording_id = f"{session.id}-{leg}"
+        started = utcnow()
+        retention = started + timedelta(days=self.config.retention_for(session.business))
+
+        def insert(s: DbSession) -> str:
+            # the row (and its lease) first: a recording in the store always has a row to recover by
+            leg = len(s.exec(select(Recording).where(Recording.session_id == session.id)).all()) + 1
+            recording_id = f"{session.id}-{leg}"
+            s.add(Recording(id=recording_id, session_id=session.id, leg=leg, started_at=started,
+                            retention_until=retention, lease_node=self.node_id,
+                            lease_until=database_now(s) + timedelta(seconds=self.lease_s)))
+            return recording_id
+
+        recording_id = await self.db.run(insert)
+        self._leased.add(recording_id)
         loop = asyncio.get_running_loop()
-        recorder = SessionRecorder(
-            recording_id, self.root / recording_id, self.master,
-            segment_seconds=self.config.segment_seconds, executor=self._executor,
-            on_alert=lambda text, sid=session.id: self._alert(sid, text), clock=loop.time)
-        await recorder.start()
+        try:
+            storage = await loop.run_in_executor(self._executor, self.store.new_recording, recording_id)
+            recorder = SessionRecorder(
+                recording_id, storage, self.master,
+                segment_seconds=self.config.segment_seconds, executor=self._executor,
+                on_alert=partial(self._alert, session.id), clock=loop.time)
+            await recorder.start()
+        except (RecorderError, OSError) as exc:
+            self._leased.discard(recording_id)
+            await self._mark_failed(recording_id, f"recording did not start: {exc}")
+            raise
         # first on the timeline: nothing else can reach this recorder before it is in ``_active``
         recorder.event("recording_started", {"recording_id": recording_id, "business": session.business,
                                              "agent": session.agent.username if session.agent else None})
-        started = utcnow()
         active = _Active(recording_id, session.id, recorder, started)
         for party in PARTIES:
             for kind in KINDS:
@@ -119,11 +222,7 @@ class RecordingService:
                 active.generations[(party, kind)] = tap.generation
                 active.removers.append(tap.add_sink(self._sink(active, party, kind, tap)))
         self._active[session.id] = active
-        retention = started + timedelta(days=self.config.retention_for(session.business))
-        await self.db.run(lambda s: s.add(Recording(
-            id=recording_id, session_id=session.id, leg=leg, started_at=started,
-            retention_until=retention)))
-        logger.info("session %s: recording %s started", session.id, recording_id)
+        logger.info("session %s: recording %s started in %r", session.id, recording_id, storage)
 
     def _sink(self, active: _Active, party: str, kind: str, tap: Any):  # type: ignore[no-untyped-def]
         recorder = active.recorder
@@ -149,7 +248,7 @@ class RecordingService:
         """The recorder cannot store segments (disk full...): it keeps them and retries; we tell people."""
         logger.error("session %s: recording alert: %s", session_id, text)
         if self._log_event is not None:
-            task = asyncio.get_running_loop().create_task(
+            task: asyncio.Task[None] = asyncio.ensure_future(
                 self._log_event(session_id, "recording_alert", {"message": text}))
             self._finishing.add(task)
             task.add_done_callback(self._finishing.discard)
@@ -184,16 +283,19 @@ class RecordingService:
         }
 
     async def _finish(self, active: _Active, metadata: dict[str, Any]) -> None:
-        directory = self.root / active.recording_id
+        storage = active.recorder.storage
         try:
             await active.recorder.aclose()
             loop = asyncio.get_running_loop()
             manifest = await loop.run_in_executor(
-                self._executor, finalize, directory, self.master, self.signing, metadata)
+                self._executor, finalize, storage, self.master, self.signing, metadata)
+            self.store.finished(storage)
             await self._mark(active.recording_id, "finalized", manifest)
         except (RecorderError, OSError) as exc:
             logger.exception("recording %s could not be finalised", active.recording_id)
             await self._mark_failed(active.recording_id, str(exc))
+        finally:
+            self._leased.discard(active.recording_id)
 
     async def _mark(self, recording_id: str, state: str, manifest: Any) -> None:
         outputs = manifest.data.get("outputs", [])
@@ -208,6 +310,7 @@ class RecordingService:
                 return
             row.state = state
             row.ended_at = utcnow()
+            row.lease_until = None
             row.duration_ms = int(duration)
             row.size_bytes = int(size)
             row.manifest_sha256 = digest
@@ -225,36 +328,176 @@ class RecordingService:
                 row.state = "failed"
                 row.problem = problem[:500]
                 row.ended_at = utcnow()
+                row.lease_until = None
                 s.add(row)
 
         await self.db.run(work)
 
-    # -- recovery ------------------------------------------------------------------
+    # -- recovery and leases ---------------------------------------------------------
 
     async def recover_interrupted(self) -> list[str]:
-        """Finalise recordings a killed process left behind; returns their ids."""
-        recovered = []
-        for directory in find_interrupted(self.root):
-            recording_id = directory.name
-            metadata = await self.db.run(lambda s, rid=recording_id: _recovery_metadata(s, rid))
-            try:
-                manifest = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, recover, directory, self.master, self.signing, metadata)
-            except (RecorderError, OSError) as exc:
-                logger.error("recording %s could not be recovered: %s", recording_id, exc)
-                await self._mark_failed(recording_id, f"recovery failed: {exc}")
-                continue
-            await self._mark(recording_id, "recovered", manifest)
-            recovered.append(recording_id)
+        """At start-up: finalise the recordings a killed process left behind; returns their ids.
+
+        Local store: the recording directories without a manifest (each claimed first: one that
+        a live node sharing the directory is recording is left to it). Shared store: this node's
+        spool is uploaded, and the recordings of this node id's earlier run and those whose lease
+        lapsed are taken over and finalised from the store.
+        """
+        recovered: list[str] = []
+        if self.store.shared:
+            await asyncio.to_thread(self.store.probe)  # an unreachable store is logged at once
+            await self._upload_spooled()
+            for recording_id in await self.db.run(lambda s: self._claim_lapsed(s, own_earlier_run=True)):
+                if await self._recover(recording_id):
+                    recovered.append(recording_id)
+        else:
+            for directory in find_interrupted(self.root):
+                recording_id = directory.name
+                if not await self.db.run(partial(self._claim, recording_id=recording_id, own_earlier_run=True)):
+                    logger.info("recording %s is being recorded by a live node: left to it", recording_id)
+                    continue
+                if await self._recover(recording_id):
+                    recovered.append(recording_id)
         if recovered:
             logger.warning("recovered %d interrupted recording(s): %s", len(recovered), ", ".join(recovered))
         return recovered
+
+    async def _upload_spooled(self) -> None:
+        """Queue for upload what an earlier process left in the spool of recordings no live node is
+        writing (the spool of one that is being recorded goes with its recovery)."""
+        spooled = await asyncio.to_thread(self.store.spooled_recordings)
+        if not spooled:
+            return
+        rows = await self.db.run(lambda s: {r.id: r for r in s.exec(
+            select(Recording).where(col(Recording.id).in_(spooled)))})
+        loop = asyncio.get_running_loop()
+        for recording_id in spooled:
+            row = rows.get(recording_id)
+            if row is not None and row.state == "recording":
+                continue
+            storage = await loop.run_in_executor(self._executor, self.store.resume, recording_id)
+            self.store.finished(storage)
+
+    def _claim(self, s: DbSession, recording_id: str, *, own_earlier_run: bool = False) -> bool:
+        """Take the lease of a recording left unfinished: one atomic UPDATE, so that of several
+        nodes exactly one wins. True also for a recording that has no row or is not being recorded."""
+        row = s.get(Recording, recording_id)
+        if row is None or row.state != "recording":
+            return True
+        holder = row.lease_node  # the UPDATE below refreshes ``row``
+        now = database_now(s)
+        lapsed = or_(col(Recording.lease_until).is_(None), col(Recording.lease_until) < now)
+        if own_earlier_run:
+            lapsed = or_(lapsed, col(Recording.lease_node) == self.node_id)
+        done = s.execute(update(Recording).where(
+            col(Recording.id) == recording_id, col(Recording.state) == "recording", lapsed,
+        ).values(lease_node=self.node_id, lease_until=now + timedelta(seconds=self.lease_s)))
+        if done.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+        if holder and holder != self.node_id:
+            logger.warning("recording %s: took it over from node %s (lease lapsed)", recording_id, holder)
+        self._leased.add(recording_id)
+        return True
+
+    def _claim_lapsed(self, s: DbSession, *, own_earlier_run: bool = False) -> list[str]:
+        """Claim every recording being recorded whose lease lapsed (and, at start-up, those of this
+        node id's earlier run) that this node can reach; returns the ids claimed."""
+        now = database_now(s)
+        candidates = s.exec(select(Recording.id, Recording.lease_node, Recording.lease_until).where(
+            Recording.state == "recording")).all()
+        claimed = []
+        for recording_id, node, until in candidates:
+            if recording_id in self._leased:
+                continue
+            lapsed = until is None or (until if until.tzinfo else until.replace(tzinfo=UTC)) < now
+            if ((lapsed or (own_earlier_run and node == self.node_id)) and self._reachable(recording_id)
+                    and self._claim(s, recording_id, own_earlier_run=own_earlier_run)):
+                claimed.append(recording_id)
+        return claimed
+
+    def _reachable(self, recording_id: str) -> bool:
+        """Whether this node can finalise the recording: always with a shared store; with the local
+        one, when its unfinished directory is on this node's disk."""
+        if self.store.shared:
+            return True
+        directory = self.root / recording_id
+        return (directory / "recording.json").is_file() and not (directory / "manifest.json").exists()
+
+    async def _recover(self, recording_id: str) -> bool:
+        """Finalise a claimed recording from what its store holds; False when it cannot be now."""
+        loop = asyncio.get_running_loop()
+        try:
+            metadata = await self.db.run(lambda s: _recovery_metadata(s, recording_id))
+            metadata["recovered_by_node"] = self.node_id
+            storage = await loop.run_in_executor(self._executor, self.store.resume, recording_id)
+            manifest = await loop.run_in_executor(
+                self._executor, recover, storage, self.master, self.signing, metadata)
+        except StorageUnavailable as exc:
+            # the lease lapses again and this or another node retries once the store answers
+            logger.error("recording %s cannot be recovered now (%s): retried later", recording_id, exc)
+            self._leased.discard(recording_id)
+            return False
+        except (RecorderError, OSError) as exc:
+            logger.error("recording %s could not be recovered: %s", recording_id, exc)
+            await self._mark_failed(recording_id, f"recovery failed: {exc}")
+            self._leased.discard(recording_id)
+            return False
+        self.store.finished(storage)
+        await self._mark(recording_id, "recovered", manifest)
+        self._leased.discard(recording_id)
+        return True
+
+    def _renew(self, s: DbSession) -> list[str]:
+        """Extend the leases this node holds; returns those another node took meanwhile."""
+        held = sorted(self._leased)
+        if not held:
+            return []
+        now = database_now(s)
+        s.execute(update(Recording).where(col(Recording.id).in_(held), col(Recording.lease_node) == self.node_id,
+                                          col(Recording.state) == "recording")
+                  .values(lease_until=now + timedelta(seconds=self.lease_s)))
+        rows = s.exec(select(Recording.id, Recording.lease_node).where(col(Recording.id).in_(held))).all()
+        return [rid for rid, node in rows if node != self.node_id]
+
+    async def _lease_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            try:
+                for recording_id in await self.db.run(self._renew):
+                    await self._lost_lease(recording_id)
+                for recording_id in await self.db.run(self._claim_lapsed):
+                    await self._recover(recording_id)
+                if not self.store.health()["pending_uploads"]:
+                    await asyncio.to_thread(self.store.probe)
+            except Exception:
+                logger.exception("node %s: recording leases could not be renewed", self.node_id)
+
+    async def _lost_lease(self, recording_id: str) -> None:
+        """Another node took over a recording this node still holds (this node lost the database
+        for longer than the lease): it goes on recording; its spool is uploaded again, and its own
+        finalisation then supersedes the takeover's."""
+        self._leased.discard(recording_id)
+        active = next((a for a in self._active.values() if a.recording_id == recording_id), None)
+        text = (f"recording {recording_id}: its lease was taken over by another node while this node "
+                "was recording it; the complete recording is uploaded again")
+        logger.error("%s", text)
+        if active is not None:
+            storage = active.recorder.storage
+            resume = getattr(storage, "resume", None)
+            if resume is not None:
+                await asyncio.get_running_loop().run_in_executor(self._executor, resume)
+            self._alert(active.session_id, text)
 
     async def aclose(self) -> None:
         """Finish every recording (calls are ended first by the broker); idempotent."""
         if self._closed:
             return
         self._closed = True
+        task, self._lease_task = self._lease_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self._finishing:
             await asyncio.gather(*self._finishing, return_exceptions=True)
         for active in list(self._active.values()):
@@ -263,6 +506,8 @@ class RecordingService:
             await active.recorder.aclose()
         self._active.clear()
         self._executor.shutdown(wait=True)
+        if self._owns_store:
+            await asyncio.to_thread(self.store.close)
 
 
 def _recovery_metadata(s: DbSession, recording_id: str) -> dict[str, Any]:

@@ -2,7 +2,10 @@
 
 ``retention_until`` is set when recording starts, from the business type's
 policy (``Config.retention_days``). :func:`purge` deletes only recordings that
-are past it and not held, and writes each deletion to the access log.
+are past it and not held -- every object of the recording, in whichever store
+holds it (the data directory, or the S3-compatible store any node or the
+command line reaches, with the local spool) -- and writes each deletion to the
+access log.
 
 A session's identity evidence (reference photos, embeddings, snapshots) goes
 with its recordings: :func:`purge` deletes it once every recording of the
@@ -17,7 +20,6 @@ written to the access log (``purge_evidence``, target the session id).
 from __future__ import annotations
 
 import logging
-import shutil
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ from pathlib import Path
 from sqlmodel import Session, col, select
 
 from recorder.evidence import EvidenceStore
+from recorder.object_store import LocalObjectStore, ObjectStore
 
 from . import access_log
 from .appointments import appointment_of_owner
@@ -83,11 +86,15 @@ def due(s: Session, now: datetime | None = None) -> list[Recording]:
     return [r for r in rows if r.retention_until is not None and _aware(r.retention_until) < now]
 
 
-def purge(s: Session, recordings_dir: Path, *, evidence: EvidenceStore | None = None,
+def purge(s: Session, recordings: Path | ObjectStore, *, evidence: EvidenceStore | None = None,
           orphan_days: int = 1, now: datetime | None = None, dry_run: bool = False,
           actor: User = SYSTEM_USER) -> PurgeReport:
-    """Delete expired, non-held recordings (files and derived data), then the identity evidence
-    that outlived them or never had one (see the module docstring); log each deletion."""
+    """Delete expired, non-held recordings (every stored object), then the identity evidence
+    that outlived them or never had one (see the module docstring); log each deletion.
+
+    ``recordings`` is the recordings directory or the :class:`~recorder.object_store.ObjectStore`
+    holding them (blocking: call this in a thread)."""
+    store = LocalObjectStore(recordings, recordings) if isinstance(recordings, Path) else recordings
     now = now or utcnow()
     done = []
     for row in due(s, now):
@@ -96,9 +103,7 @@ def purge(s: Session, recordings_dir: Path, *, evidence: EvidenceStore | None = 
         done.append(item)
         if dry_run:
             continue
-        directory = recordings_dir / row.id
-        if directory.is_dir():
-            shutil.rmtree(directory)
+        store.delete_recording(row.id)
         row.state = "purged"
         row.problem = None
         s.add(row)

@@ -2,7 +2,9 @@
 
 Only auditors and admins get here; every replay, verification and verdict is
 written to the hash-chained access log. Recordings stream decrypted with HTTP
-Range support: only the 64 KiB chunks a range touches are decrypted.
+Range support: only the 64 KiB chunks a range touches are decrypted (and, from
+an S3-compatible store, fetched, with ranged GETs). Any node serves any
+recording its store reaches, whichever node recorded it.
 """
 
 from __future__ import annotations
@@ -12,14 +14,18 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 from sqlmodel import Session as DbSession
 from sqlmodel import col, func, select
 
-from recorder import LocalStorage, open_encrypted, read_data_key, verify
+from recorder import EncryptedFile, read_data_key, verify
+from recorder.exceptions import RecorderError, StorageUnavailable
+from recorder.layout import MANIFEST, output_name
+from recorder.storage import Storage, read_all
 
 from .. import access_log
 from ..appkeys import DB, RECORDINGS, REPLAYS
@@ -27,7 +33,11 @@ from ..db import CallSession, Recording, SessionEvent, User, Verdict, utcnow
 from ..exceptions import BadRequest, NotFound, ServerError
 from ..request_helpers import json_body, log_access, require_role
 
+if TYPE_CHECKING:
+    from ..recording import RecordingService
+
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 AUDIT_ROLES = ("auditor", "admin")
 PARTIES = ("customer", "agent")
@@ -56,6 +66,13 @@ REPLAY_LOG_INTERVAL_S = 300.0
 class RangeNotSatisfiable(ServerError):
     status = 416
     code = "range_not_satisfiable"
+
+
+class StoreUnavailable(ServerError):
+    """The recordings' object store cannot be reached (the recording itself is safe)."""
+
+    status = 503
+    code = "storage_unavailable"
 
 
 async def require_auditor(request: web.Request) -> User:
@@ -162,14 +179,26 @@ async def search_sessions(request: web.Request) -> web.Response:
     return web.json_response(result)
 
 
-def _manifest(directory) -> dict[str, Any] | None:  # type: ignore[no-untyped-def]
-    path = directory / "manifest.json"
-    if not path.exists():
-        return None
+def _manifest(storage: Storage) -> dict[str, Any] | None:
+    """The recording's manifest as stored (None: not finalised, unreadable or unreachable)."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        manifest = json.loads(read_all(storage, MANIFEST))
+    except (OSError, ValueError, RecorderError):
         return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def _stored_manifest(service: RecordingService, recording_id: str) -> dict[str, Any] | None:
+    return _manifest(service.storage(recording_id))
+
+
+async def _in_thread(fn: Callable[..., _T], *args: Any) -> _T:
+    """Blocking storage work off the loop; an unreachable store answers 503."""
+    try:
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+    except StorageUnavailable as exc:
+        logger.error("recording store unreachable: %s", exc)
+        raise StoreUnavailable("the recording store cannot be reached now; try again later") from None
 
 
 def flow_checklist(events: list[SessionEvent]) -> dict[str, Any] | None:
@@ -204,7 +233,7 @@ def flow_checklist(events: list[SessionEvent]) -> dict[str, Any] | None:
 async def session_detail(request: web.Request) -> web.Response:
     user = await require_auditor(request)
     session_id = request.match_info["session_id"]
-    recordings_root = request.app[RECORDINGS].root
+    service = request.app[RECORDINGS]
 
     def work(s: DbSession) -> dict[str, Any] | None:
         row = s.get(CallSession, session_id)
@@ -230,7 +259,7 @@ async def session_detail(request: web.Request) -> web.Response:
         raise NotFound(f"no session {session_id[:64]!r}")
     out = []
     for rec in detail.pop("_recordings"):
-        manifest = await asyncio.to_thread(_manifest, recordings_root / rec.id)
+        manifest = await asyncio.to_thread(_stored_manifest, service, rec.id)
         outputs = []
         timeline: list[dict[str, Any]] = []
         if manifest is not None:
@@ -248,14 +277,15 @@ async def session_detail(request: web.Request) -> web.Response:
     return web.json_response(detail)
 
 
-def _recording_dir(request: web.Request):  # type: ignore[no-untyped-def]
+async def _recording_storage(request: web.Request) -> tuple[str, Storage]:
+    """The finalised recording the URL names, and its storage (404 when there is none)."""
     recording_id = request.match_info["recording_id"]
     if not RECORDING_ID.match(recording_id):
         raise NotFound("no such recording")
-    directory = request.app[RECORDINGS].root / recording_id
-    if not (directory / "manifest.json").exists():
+    storage = await _in_thread(request.app[RECORDINGS].storage, recording_id)
+    if not await _in_thread(storage.exists, MANIFEST):
         raise NotFound(f"recording {recording_id} does not exist or is not finalised yet")
-    return recording_id, directory
+    return recording_id, storage
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -281,17 +311,17 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
 
 async def stream_recording(request: web.Request) -> web.StreamResponse:
     user = await require_auditor(request)
-    recording_id, directory = _recording_dir(request)
+    recording_id, storage = await _recording_storage(request)
     party = request.match_info["party"]
     if party not in PARTIES:
         raise NotFound("party must be customer or agent")
-    path = directory / f"{party}.webm.enc"
-    if not path.exists():
+    name = output_name(party)
+    if not await _in_thread(storage.exists, name):
         raise NotFound(f"recording {recording_id} has no {party} media")
     service = request.app[RECORDINGS]
     loop = asyncio.get_running_loop()
-    data_key = await loop.run_in_executor(None, read_data_key, LocalStorage(directory), service.master)
-    encrypted = await loop.run_in_executor(None, open_encrypted, path, data_key)
+    data_key = await _in_thread(read_data_key, storage, service.master)
+    encrypted = await _in_thread(lambda: EncryptedFile(storage.open(name), data_key))
     try:
         size = encrypted.size
         try:
@@ -313,7 +343,13 @@ async def stream_recording(request: web.Request) -> web.StreamResponse:
         position = start
         while position <= end:
             length = min(STREAM_BLOCK, end - position + 1)
-            block = await loop.run_in_executor(None, encrypted.read, position, length)
+            try:
+                block = await loop.run_in_executor(None, encrypted.read, position, length)
+            except (RecorderError, OSError) as exc:  # headers are sent: all we can do is stop
+                logger.error("recording %s/%s: replay stopped at byte %d: %s", recording_id, party,
+                             position, exc)
+                raise
+
             await response.write(block)
             position += length
         await response.write_eof()
@@ -334,11 +370,10 @@ async def _log_replay(request: web.Request, user: User, recording_id: str, party
 
 async def verify_recording(request: web.Request) -> web.Response:
     user = await require_auditor(request)
-    recording_id, directory = _recording_dir(request)
+    recording_id, storage = await _recording_storage(request)
     service = request.app[RECORDINGS]
     trusted = service.signing.public_pem()
-    result = await asyncio.get_running_loop().run_in_executor(
-        None, lambda: verify(directory, service.master, trusted))
+    result = await _in_thread(lambda: verify(storage, service.master, trusted))
     await log_access(request, user, "verify", recording_id)
     return web.json_response({"ok": result.ok, "reason": result.reason, "problems": list(result.problems),
                               "checked_at": utcnow().isoformat()})

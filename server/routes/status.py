@@ -7,7 +7,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from business.catalogue import Business
 
-from ..appkeys import BROKER, CONFIG, DB, HUB, IDENTITY, LOOP_LAG, METRICS, NODES
+from ..appkeys import BROKER, CONFIG, DB, HUB, IDENTITY, LOOP_LAG, METRICS, NODES, RECORDINGS
 from ..exceptions import BadRequest
 from ..node_registry import list_nodes
 
@@ -57,6 +57,10 @@ async def health(request: web.Request) -> web.Response:
         # ids, liveness and load only: hosts, processes and addresses are not for anonymous callers
         body["nodes"] = [{"id": n.id, "alive": n.alive, "draining": n.draining,
                           "calls": n.load.get("calls"), "sessions": n.load.get("sessions")} for n in views]
+    recordings = request.app.get(RECORDINGS)
+    if recordings is not None and recordings.store.shared:
+        # recordings on an object store: {"kind": "s3", "pending_uploads": N, "ok": reachable}
+        body["storage"] = recordings.health()
     identity = request.app.get(IDENTITY)
     if identity is not None:
         body["face_workers"] = {"workers": identity.worker.max_workers, "pending": identity.worker.pending}
