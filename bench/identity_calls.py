@@ -135,14 +135,23 @@ class _Customer(HeadlessParticipant):
     reference: bytes | None = None
     upload_s: float | None = None
 
-    async def join(self, business: str, display_name: str = "Headless customer", *,
-                   face_consent: bool = True) -> dict[str, Any]:
+    async def join(
+        self, business: str, display_name: str = "Headless customer", *, face_consent: bool = True
+    ) -> dict[str, Any]:
         joined = await super().join(business, display_name, face_consent=True)
         if self.reference is not None:
             started = time.monotonic()
-            async with aiohttp.ClientSession() as http, http.post(
-                    f"{self.base_url}/api/identity/{self.session_id}/reference", data=self.reference,
-                    headers={"Content-Type": "image/jpeg", "X-Session-Token": self.rejoin_token or ""}) as r:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(
+                    f"{self.base_url}/api/identity/{self.session_id}/reference",
+                    data=self.reference,
+                    headers={
+                        "Content-Type": "image/jpeg",
+                        "X-Session-Token": self.rejoin_token or "",
+                    },
+                ) as r,
+            ):
                 if r.status != 200:
                     raise RuntimeError(f"reference upload: HTTP {r.status} {await r.text()}")
             self.upload_s = time.monotonic() - started
@@ -152,8 +161,9 @@ class _Customer(HeadlessParticipant):
 class _IdentityClient(calls._Worker):
     """bench/calls.py's client worker: customers show a face and consent, video gaps are kept."""
 
-    def __init__(self, url: str, video: Any, audio: Any, *, customer_video: Any,
-                 reference: bytes | None) -> None:
+    def __init__(
+        self, url: str, video: Any, audio: Any, *, customer_video: Any, reference: bytes | None
+    ) -> None:
         super().__init__(url, video, audio)
         self.customer_video = customer_video
         self.reference = reference
@@ -161,7 +171,9 @@ class _IdentityClient(calls._Worker):
 
     def _participant(self, name: str) -> Any:
         if name.startswith("customer-"):
-            p: HeadlessParticipant = _Customer(self.url, video=self.customer_video, audio=self.audio, name=name)
+            p: HeadlessParticipant = _Customer(
+                self.url, video=self.customer_video, audio=self.audio, name=name
+            )
             p.reference = self.reference  # type: ignore[attr-defined]
         else:
             p = HeadlessParticipant(self.url, video=self.video, audio=self.audio, name=name)
@@ -172,19 +184,34 @@ class _IdentityClient(calls._Worker):
     def mark(self) -> dict[str, Any]:
         snap = super().mark()
         # the window's gaps at its end (none at its start), then record until the next mark
-        snap["gaps"] = {c.session_id: {role: self.gaps[id(p)].take()
-                                       for role, p in (("customer", c.customer), ("agent", c.agent))}
-                        for c in self.calls}
+        snap["gaps"] = {
+            c.session_id: {
+                role: self.gaps[id(p)].take()
+                for role, p in (("customer", c.customer), ("agent", c.agent))
+            }
+            for c in self.calls
+        }
         for watch in self.gaps.values():
             watch.recording = self._measure_lag
         return snap
 
     async def finish(self) -> dict[str, Any]:
-        outcomes = [m for c in self.calls for m in c.customer.messages if m.get("type") == "verification_result"]
-        uploads = [c.customer.upload_s for c in self.calls if getattr(c.customer, "upload_s", None) is not None]
+        outcomes = [
+            m
+            for c in self.calls
+            for m in c.customer.messages
+            if m.get("type") == "verification_result"
+        ]
+        uploads = [
+            c.customer.upload_s
+            for c in self.calls
+            if getattr(c.customer, "upload_s", None) is not None
+        ]
         result = await super().finish()
         result["marks"] = []  # the gaps already came with the marks
-        result["verification_results"] = [{"verified": m["verified"], "reason": m["reason"]} for m in outcomes]
+        result["verification_results"] = [
+            {"verified": m["verified"], "reason": m["reason"]} for m in outcomes
+        ]
         result["upload_s"] = uploads
         return result
 
@@ -275,7 +302,10 @@ def _children(server_ps: psutil.Process) -> dict[int, dict[str, float]]:
     for child in server_ps.children(recursive=True):
         with contextlib.suppress(psutil.Error):
             t = child.cpu_times()
-            out[child.pid] = {"cpu": t.user + t.system, "read": float(child.io_counters().read_chars)}
+            out[child.pid] = {
+                "cpu": t.user + t.system,
+                "read": float(child.io_counters().read_chars),
+            }
     return out
 
 
@@ -303,8 +333,13 @@ def _log_problems(server: calls._Server) -> dict[str, Any]:
     """Warnings and errors in the server's log, but the expected ones (keys created in the temp dir)."""
     summary = server.log_summary()
     lines = server.log_path.read_text(errors="replace").splitlines() if server.log_path else []
-    problems = [line for line in lines if (" WARNING " in line or " ERROR " in line or "Traceback" in line)
-                and "created a new" not in line and "no flows directory" not in line]
+    problems = [
+        line
+        for line in lines
+        if (" WARNING " in line or " ERROR " in line or "Traceback" in line)
+        and "created a new" not in line
+        and "no flows directory" not in line
+    ]
     return {**summary, "warnings_errors": len(problems), "first_problems": problems[:5]}
 
 
@@ -320,8 +355,17 @@ def _gap_stats(gaps: list[float]) -> dict[str, Any]:
     }
 
 
-def run_one(n: int, label: str, flag: str, args: argparse.Namespace, clips: dict[str, Any],
-            reference: bytes, template: Path, root: Path, attempt: int = 1) -> dict[str, Any]:
+def run_one(
+    n: int,
+    label: str,
+    flag: str,
+    args: argparse.Namespace,
+    clips: dict[str, Any],
+    reference: bytes,
+    template: Path,
+    root: Path,
+    attempt: int = 1,
+) -> dict[str, Any]:
     name = f"{n}-calls-identity-{label}" + (f"-{attempt}" if attempt > 1 else "")
     background = calls._wait_quiet(args.quiet_below, args.quiet_timeout)
     data_dir = root / name / "data"
@@ -331,8 +375,11 @@ def run_one(n: int, label: str, flag: str, args: argparse.Namespace, clips: dict
     if args.identity_workers:
         env["VCOUNTER_IDENTITY_WORKERS"] = str(args.identity_workers)
     usernames = [f"bench{i:03d}" for i in range(n)]
-    factory = functools.partial(_IdentityClient, customer_video=clips["face"],
-                                reference=reference if flag == "1" and not args.no_reference else None)
+    factory = functools.partial(
+        _IdentityClient,
+        customer_video=clips["face"],
+        reference=reference if flag == "1" and not args.no_reference else None,
+    )
     ctx = mp.get_context("spawn")
     workers: list[calls._WorkerHandle] = []
     try:
@@ -341,8 +388,11 @@ def run_one(n: int, label: str, flag: str, args: argparse.Namespace, clips: dict
         assert server.proc is not None
         server_ps = psutil.Process(server.proc.pid)
         for _ in range(args.workers):
-            workers.append(calls._WorkerHandle(ctx, server.url, clips["bars"], clips["audio"], args.verbose, 0,
-                                               factory))
+            workers.append(
+                calls._WorkerHandle(
+                    ctx, server.url, clips["bars"], clips["audio"], args.verbose, 0, factory
+                )
+            )
         established, ramp_s = calls._ramp(name, args, usernames, workers, server)
         time.sleep(args.settle)
 
@@ -437,22 +487,33 @@ def run_one(n: int, label: str, flag: str, args: argparse.Namespace, clips: dict
         "presence_checks_done": round(checks) if label == "on" else None,
         "presence_checks_nominal": round(nominal) if label == "on" else None,
         "presence_checks_per_party_s": round(checks / (2 * window_calls * window), 2)
-        if label == "on" and window_calls else None,
+        if label == "on" and window_calls
+        else None,
         "face_worker_cpu_ms_per_check": round(1000 * kids_cpu / checks, 1) if checks >= 1 else None,
         "face_pending_mean": round(sum(pending) / len(pending), 2) if pending else None,
         "face_pending_max": max(pending) if pending else None,
         # a check submitted while this many wait is skipped (WorkerBusy): FaceWorker's default limit
         "face_pending_limit": 2 * max_workers if max_workers else None,
-        "verification_results": Counter("verified" if v["verified"] else v["reason"]
-                                        for r in results for v in r["verification_results"]),
+        "verification_results": Counter(
+            "verified" if v["verified"] else v["reason"]
+            for r in results
+            for v in r["verification_results"]
+        ),
         "reference_upload_s_max": round(max(u for r in results for u in r["upload_s"]), 2)
-        if any(r["upload_s"] for r in results) else None,
+        if any(r["upload_s"] for r in results)
+        else None,
         "failures": [f for r in results for f in r["failures"]][:10],
         "server_log": _log_problems(server),
     }
     report["events"] = _events(data_dir, wall0, wall1)
-    logger.info("%s: loop lag p99 %s ms, max %s ms; server CPU %.1f%%; gaps max %s ms", name,
-                lag.get("p99"), lag.get("max"), report["server_cpu_percent"], report["video_gap_ms"]["max"])
+    logger.info(
+        "%s: loop lag p99 %s ms, max %s ms; server CPU %.1f%%; gaps max %s ms",
+        name,
+        lag.get("p99"),
+        lag.get("max"),
+        report["server_cpu_percent"],
+        report["video_gap_ms"]["max"],
+    )
     return report
 
 
@@ -498,8 +559,11 @@ _ROWS: list[tuple[str, Any]] = [
 
 def _get(report: dict[str, Any], key: Any) -> Any:
     if key == "face_pending_max_limit":
-        return None if report.get("face_pending_max") is None else \
-            f"{report['face_pending_max']} ({report['face_pending_limit']})"
+        return (
+            None
+            if report.get("face_pending_max") is None
+            else f"{report['face_pending_max']} ({report['face_pending_limit']})"
+        )
     if isinstance(key, tuple):
         return (report.get(key[0]) or {}).get(key[1])
     return report.get(key)
@@ -517,11 +581,13 @@ def _ratios(reports: list[dict[str, Any]]) -> dict[int, dict[str, float | None]]
             a, b = _get(off, key), _get(on, key)
             return round(b / a, 2) if a and b is not None else None
 
-        out[n] = {"server_cpu_s_per_call_min": ratio("server_cpu_s_per_call_min"),
-                  "main_process_cpu_s_per_call_min": ratio("main_process_cpu_s_per_call_min"),
-                  "loop_lag_p99": ratio(("loop_lag_ms", "p99")),
-                  "video_gap_p99": ratio(("video_gap_ms", "p99")),
-                  "video_gap_max": ratio(("video_gap_ms", "max"))}
+        out[n] = {
+            "server_cpu_s_per_call_min": ratio("server_cpu_s_per_call_min"),
+            "main_process_cpu_s_per_call_min": ratio("main_process_cpu_s_per_call_min"),
+            "loop_lag_p99": ratio(("loop_lag_ms", "p99")),
+            "video_gap_p99": ratio(("video_gap_ms", "p99")),
+            "video_gap_max": ratio(("video_gap_ms", "max")),
+        }
     return out
 
 
@@ -536,30 +602,42 @@ def render(reports: list[dict[str, Any]], ratios: dict[int, dict[str, float | No
     heads = [f"{r['calls_requested']} {r['identity']}" for r in reports]
     lines = [" " * width + "".join(f"{h:>11}" for h in heads)]
     for label, key in _ROWS:
-        lines.append(f"{label:<{width}}" + "".join(f"{calls._fmt(_get(r, key)):>11}" for r in reports))
+        lines.append(
+            f"{label:<{width}}" + "".join(f"{calls._fmt(_get(r, key)):>11}" for r in reports)
+        )
     lines.append("")
     for n, ratio in ratios.items():
-        lines.append(f"{n} call(s), identity on / off: server CPU per call-minute "
-                     f"{calls._fmt(ratio['server_cpu_s_per_call_min'])}x (main process "
-                     f"{calls._fmt(ratio['main_process_cpu_s_per_call_min'])}x), loop lag p99 "
-                     f"{calls._fmt(ratio['loop_lag_p99'])}x, video gap p99 {calls._fmt(ratio['video_gap_p99'])}x, "
-                     f"max {calls._fmt(ratio['video_gap_max'])}x")
+        lines.append(
+            f"{n} call(s), identity on / off: server CPU per call-minute "
+            f"{calls._fmt(ratio['server_cpu_s_per_call_min'])}x (main process "
+            f"{calls._fmt(ratio['main_process_cpu_s_per_call_min'])}x), loop lag p99 "
+            f"{calls._fmt(ratio['loop_lag_p99'])}x, video gap p99 {calls._fmt(ratio['video_gap_p99'])}x, "
+            f"max {calls._fmt(ratio['video_gap_max'])}x"
+        )
     for r in reports:
         tag = f"{r['calls_requested']} {r['identity']}"
         if r["identity"] == "on":
-            lines.append(f"{tag}: verification {dict(r['verification_results']) or '-'}; events "
-                         f"{_face_events(r['events']['run']) or '-'} (in the window: "
-                         f"{_face_events(r['events']['window']) or 'none'})")
+            lines.append(
+                f"{tag}: verification {dict(r['verification_results']) or '-'}; events "
+                f"{_face_events(r['events']['run']) or '-'} (in the window: "
+                f"{_face_events(r['events']['window']) or 'none'})"
+            )
         if (r.get("machine_cpu_percent") or 0) > 85 * r.get("machine_cores", os.cpu_count() or 1):
-            lines.append(f"warning: {tag}: the machine was saturated ({r['machine_cpu_percent']}% of "
-                         f"{100 * r.get('machine_cores', os.cpu_count() or 1)}%): loop lag and media "
-                         "gaps measure waiting for a core as much as the server's own work")
+            lines.append(
+                f"warning: {tag}: the machine was saturated ({r['machine_cpu_percent']}% of "
+                f"{100 * r.get('machine_cores', os.cpu_count() or 1)}%): loop lag and media "
+                "gaps measure waiting for a core as much as the server's own work"
+            )
         if (r["other_cpu_percent"] or 0) > 25:
-            lines.append(f"warning: {tag}: other work used {r['other_cpu_percent']}% of a core during the "
-                         "window: compare with care")
+            lines.append(
+                f"warning: {tag}: other work used {r['other_cpu_percent']}% of a core during the "
+                "window: compare with care"
+            )
         if r["server_log"].get("warnings_errors"):
-            lines.append(f"{tag} server log: {r['server_log']['warnings_errors']} warnings/errors, first: "
-                         f"{r['server_log']['first_problems'][:2]}")
+            lines.append(
+                f"{tag} server log: {r['server_log']['warnings_errors']} warnings/errors, first: "
+                f"{r['server_log']['first_problems'][:2]}"
+            )
         for failure in r["failures"]:
             lines.append(f"{tag} failure: {failure}")
     return "\n".join(lines)
@@ -567,26 +645,57 @@ def render(reports: list[dict[str, Any]], ratios: dict[int, dict[str, float | No
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--calls", type=int, nargs="+", default=[1, 2, 4], help="concurrent calls (default 1 2 4)")
+    parser.add_argument(
+        "--calls", type=int, nargs="+", default=[1, 2, 4], help="concurrent calls (default 1 2 4)"
+    )
     parser.add_argument("--duration", type=float, default=20.0, help="steady-state window, seconds")
-    parser.add_argument("--settle", type=float, default=5.0,
-                        help="seconds between the last call up and the window (automatic verifications finish)")
-    parser.add_argument("--identity-workers", type=int, default=0,
-                        help="face worker processes (default: the server's own sizing, cores - 1)")
-    parser.add_argument("--no-reference", action="store_true",
-                        help="no reference photo: no verification, presence detects but never embeds")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=5.0,
+        help="seconds between the last call up and the window (automatic verifications finish)",
+    )
+    parser.add_argument(
+        "--identity-workers",
+        type=int,
+        default=0,
+        help="face worker processes (default: the server's own sizing, cores - 1)",
+    )
+    parser.add_argument(
+        "--no-reference",
+        action="store_true",
+        help="no reference photo: no verification, presence detects but never embeds",
+    )
     parser.add_argument("--workers", type=int, default=1, help="client processes (default 1)")
-    parser.add_argument("--batch", type=int, default=1,
-                        help="calls set up at a time (default 1: one after the other, so that their presence "
-                        "loops are not in phase, as with real customers; a larger batch starts them together)")
-    parser.add_argument("--setup-timeout", type=float, default=60.0, help="seconds one batch may take")
-    parser.add_argument("--poll", type=float, default=0.2, help="seconds between /healthz polls in the window")
-    parser.add_argument("--quiet-below", type=float, default=0.0,
-                        help="before each server, wait until the machine is less busy than this (%% of one core)")
-    parser.add_argument("--quiet-timeout", type=float, default=300.0, help="longest such wait, seconds")
-    parser.add_argument("--retries", type=int, default=2,
-                        help="with --quiet-below: measure a server again (this many times at most) when other "
-                        "work used more than that during its window")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        help="calls set up at a time (default 1: one after the other, so that their presence "
+        "loops are not in phase, as with real customers; a larger batch starts them together)",
+    )
+    parser.add_argument(
+        "--setup-timeout", type=float, default=60.0, help="seconds one batch may take"
+    )
+    parser.add_argument(
+        "--poll", type=float, default=0.2, help="seconds between /healthz polls in the window"
+    )
+    parser.add_argument(
+        "--quiet-below",
+        type=float,
+        default=0.0,
+        help="before each server, wait until the machine is less busy than this (%% of one core)",
+    )
+    parser.add_argument(
+        "--quiet-timeout", type=float, default=300.0, help="longest such wait, seconds"
+    )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        help="with --quiet-below: measure a server again (this many times at most) when other "
+        "work used more than that during its window",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
@@ -594,14 +703,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--calls, --duration and --workers must be positive")
     if args.duration > 60:
         parser.error("--duration: the server keeps 60 s of loop-lag samples")
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
 
     from signaling.contrib.encoded_source import encode_audio, encode_video
 
     started = time.monotonic()
-    clips = {"face": _face_clip(8.0), "bars": encode_video(width=640, height=480, fps=30, seconds=4),
-             "audio": encode_audio(4)}
+    clips = {
+        "face": _face_clip(8.0),
+        "bars": encode_video(width=640, height=480, fps=30, seconds=4),
+        "audio": encode_audio(4),
+    }
     reference = _reference_jpeg()
     logger.info("encoded clips in %.1fs", time.monotonic() - started)
 
@@ -614,13 +729,20 @@ def main(argv: list[str] | None = None) -> int:
             for label, flag in MODES:
                 attempts = []
                 for attempt in range(1, args.retries + 2):
-                    report = run_one(n, label, flag, args, clips, reference, template, root, attempt)
+                    report = run_one(
+                        n, label, flag, args, clips, reference, template, root, attempt
+                    )
                     attempts.append(report)
                     if not args.quiet_below or report["other_cpu_percent"] <= args.quiet_below:
                         break
-                    logger.warning("%d calls, identity %s: other work used %.0f%% of a core during the "
-                                   "window%s", n, label, report["other_cpu_percent"],
-                                   ": measuring again" if attempt <= args.retries else "")
+                    logger.warning(
+                        "%d calls, identity %s: other work used %.0f%% of a core during the "
+                        "window%s",
+                        n,
+                        label,
+                        report["other_cpu_percent"],
+                        ": measuring again" if attempt <= args.retries else "",
+                    )
                 # the quietest attempt counts
                 report = min(attempts, key=lambda r: r["other_cpu_percent"])
                 report["calls_requested"] = n
@@ -632,9 +754,18 @@ def main(argv: list[str] | None = None) -> int:
 
     ratios = _ratios(reports)
     if args.json:
-        print(json.dumps({"runs": reports, "on_off_ratios": ratios,
-                          "machine_cores": os.cpu_count(), "frame_interval_ms": round(FRAME_INTERVAL_MS, 1)},
-                         indent=2, default=str))
+        print(
+            json.dumps(
+                {
+                    "runs": reports,
+                    "on_off_ratios": ratios,
+                    "machine_cores": os.cpu_count(),
+                    "frame_interval_ms": round(FRAME_INTERVAL_MS, 1),
+                },
+                indent=2,
+                default=str,
+            )
+        )
     else:
         print(render(reports, ratios))
     return 0

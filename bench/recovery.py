@@ -37,7 +37,9 @@ KEYFRAME = b"\x50\x82\x00\x9d\x01\x2a" + (640).to_bytes(2, "little") + (480).to_
 async def record_and_crash(directory: Path, master: MasterKey, minutes: float) -> None:
     rng = os.urandom(VIDEO_BYTES * 64)
     now = [T0]
-    rec = SessionRecorder("bench-call-1", directory, master, clock=lambda: now[0], segment_seconds=3600)
+    rec = SessionRecorder(
+        "bench-call-1", directory, master, clock=lambda: now[0], segment_seconds=3600
+    )
     await rec.start()
     ticks = int(minutes * 60 * 150)
     for tick in range(ticks):
@@ -48,12 +50,26 @@ async def record_and_crash(directory: Path, master: MasterKey, minutes: float) -
                 n = tick // 5
                 start = (n * 997) % (len(rng) - VIDEO_BYTES)
                 key = n % 60 == 0
-                rec.write(party, "video", (KEYFRAME if key else b"\x51") + rng[start:start + VIDEO_BYTES],
-                          timestamp=n * 3000, clock_rate=90000, keyframe=key, arrival=T0 + t)
+                rec.write(
+                    party,
+                    "video",
+                    (KEYFRAME if key else b"\x51") + rng[start : start + VIDEO_BYTES],
+                    timestamp=n * 3000,
+                    clock_rate=90000,
+                    keyframe=key,
+                    arrival=T0 + t,
+                )
             if tick % 3 == 0:
                 n = tick // 3
-                rec.write(party, "audio", rng[n % 1000:n % 1000 + 80], timestamp=n * 960,
-                          clock_rate=48000, keyframe=True, arrival=T0 + t)
+                rec.write(
+                    party,
+                    "audio",
+                    rng[n % 1000 : n % 1000 + 80],
+                    timestamp=n * 960,
+                    clock_rate=48000,
+                    keyframe=True,
+                    arrival=T0 + t,
+                )
         if tick % 300 == 299:
             await rec.seal()
     # no aclose(): the process "dies" here, with its last sealed segment on disk
@@ -80,21 +96,27 @@ def main(argv: list[str] | None = None) -> int:
             result = verify(directory, master, signer.public_pem())
             verify_s = time.perf_counter() - start
             assert result.ok, result.reason
-            rows.append({
-                "call_minutes": minutes,
-                "segments": len(manifest.data["segments"]),
-                "stored_mb": round(size / 1e6, 1),
-                "recover_s": round(recovered_s, 2),
-                "recover_s_per_call_hour": round(recovered_s * 60 / minutes, 1),
-                "verify_s": round(verify_s, 2),
-            })
+            rows.append(
+                {
+                    "call_minutes": minutes,
+                    "segments": len(manifest.data["segments"]),
+                    "stored_mb": round(size / 1e6, 1),
+                    "recover_s": round(recovered_s, 2),
+                    "recover_s_per_call_hour": round(recovered_s * 60 / minutes, 1),
+                    "verify_s": round(verify_s, 2),
+                }
+            )
     if args.json:
         print(json.dumps({"cores": os.cpu_count(), "runs": rows}))
     else:
-        print(f"{'call min':>8} {'segments':>8} {'MB':>7} {'recover s':>10} {'s per call-hour':>16} {'verify s':>9}")
+        print(
+            f"{'call min':>8} {'segments':>8} {'MB':>7} {'recover s':>10} {'s per call-hour':>16} {'verify s':>9}"
+        )
         for r in rows:
-            print(f"{r['call_minutes']:8.0f} {r['segments']:8d} {r['stored_mb']:7.1f} {r['recover_s']:10.2f} "
-                  f"{r['recover_s_per_call_hour']:16.1f} {r['verify_s']:9.2f}")
+            print(
+                f"{r['call_minutes']:8.0f} {r['segments']:8d} {r['stored_mb']:7.1f} {r['recover_s']:10.2f} "
+                f"{r['recover_s_per_call_hour']:16.1f} {r['verify_s']:9.2f}"
+            )
     return 0
 
 

@@ -146,16 +146,22 @@ async def _server(conn: Connection, n_legs: int) -> None:
     counters = _ServerCounters()
     legs: list[_ServerLeg] = []
     for _ in range(n_legs):
-        _, leg = await loop.create_datagram_endpoint(lambda: _ServerLeg(counters), local_addr=(HOST, 0))
+        _, leg = await loop.create_datagram_endpoint(
+            lambda: _ServerLeg(counters), local_addr=(HOST, 0)
+        )
         legs.append(leg)
     for a, b in zip(legs[0::2], legs[1::2], strict=True):
         a.other, b.other = b, a
     conn.send([leg.transport.get_extra_info("sockname")[1] for leg in legs])
 
     def snapshot() -> dict[str, Any]:
-        return {"t": time.monotonic(), "received": counters.received, "sent": counters.sent,
-                "errors": counters.errors,
-                "latched": sum(leg.remote is not None for leg in legs)}
+        return {
+            "t": time.monotonic(),
+            "received": counters.received,
+            "sent": counters.sent,
+            "errors": counters.errors,
+            "latched": sum(leg.remote is not None for leg in legs),
+        }
 
     try:
         await _serve_commands(conn, snapshot)
@@ -195,12 +201,15 @@ class _ClientLeg(asyncio.DatagramProtocol):
         self.errors += 1
 
 
-async def _client(conn: Connection, server_ports: list[int], audio_pps: float, video_pps: float) -> None:
+async def _client(
+    conn: Connection, server_ports: list[int], audio_pps: float, video_pps: float
+) -> None:
     loop = asyncio.get_running_loop()
     legs: list[_ClientLeg] = []
     for port in server_ports:
-        _, leg = await loop.create_datagram_endpoint(_ClientLeg, local_addr=(HOST, 0),
-                                                     remote_addr=(HOST, port))
+        _, leg = await loop.create_datagram_endpoint(
+            _ClientLeg, local_addr=(HOST, 0), remote_addr=(HOST, port)
+        )
         legs.append(leg)
     # the first 4 bytes carry the socket's sequence number (audio and video share it); sendto
     # sends at once or copies, so one buffer per size can be reused
@@ -240,12 +249,17 @@ async def _client(conn: Connection, server_ports: list[int], audio_pps: float, v
         handle = loop.call_at(start + nxt * TICK_S, tick, nxt)
 
     def snapshot() -> dict[str, Any]:
-        out = {"t": time.monotonic(), "sent": sum(leg.sent_audio + leg.sent_video for leg in legs),
-               "received": sum(leg.received for leg in legs),
-               # sequence numbers passed: what was sent up to the newest datagram received
-               "expected": sum(leg.highest + 1 for leg in legs),
-               "errors": sum(leg.errors for leg in legs),
-               "ticks": late["ticks"], "late_sum_s": late["sum"], "late_max_s": late["max"]}
+        out = {
+            "t": time.monotonic(),
+            "sent": sum(leg.sent_audio + leg.sent_video for leg in legs),
+            "received": sum(leg.received for leg in legs),
+            # sequence numbers passed: what was sent up to the newest datagram received
+            "expected": sum(leg.highest + 1 for leg in legs),
+            "errors": sum(leg.errors for leg in legs),
+            "ticks": late["ticks"],
+            "late_sum_s": late["sum"],
+            "late_max_s": late["max"],
+        }
         late["max"] = 0.0  # max over the interval between snapshots
         return out
 
@@ -260,7 +274,9 @@ async def _client(conn: Connection, server_ports: list[int], audio_pps: float, v
             leg.transport.close()
 
 
-def _client_main(conn: Connection, server_ports: list[int], audio_pps: float, video_pps: float) -> None:
+def _client_main(
+    conn: Connection, server_ports: list[int], audio_pps: float, video_pps: float
+) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     asyncio.run(_client(conn, server_ports, audio_pps, video_pps))
 
@@ -277,12 +293,16 @@ class _Child:
 
     def reply(self) -> Any:
         if not self.conn.poll(REPLY_TIMEOUT_S):
-            raise RuntimeError(f"{self.name} did not answer in {REPLY_TIMEOUT_S:.0f}s "
-                               f"(exit code {self.process.exitcode})")
+            raise RuntimeError(
+                f"{self.name} did not answer in {REPLY_TIMEOUT_S:.0f}s "
+                f"(exit code {self.process.exitcode})"
+            )
         return self.conn.recv()
 
 
-def _start(ctx: SpawnContext, name: str, target: Callable[..., None], args: tuple[Any, ...]) -> _Child:
+def _start(
+    ctx: SpawnContext, name: str, target: Callable[..., None], args: tuple[Any, ...]
+) -> _Child:
     parent_end, child_end = ctx.Pipe()
     process = ctx.Process(target=target, args=(child_end, *args), name=name, daemon=True)
     process.start()
@@ -356,7 +376,9 @@ def run_calls(ctx: SpawnContext, n_calls: int, args: argparse.Namespace) -> dict
         n_procs = max(1, min(args.client_procs, n_calls))
         for i in range(n_procs):
             mine = [p for c in range(i, n_calls, n_procs) for p in (ports[2 * c], ports[2 * c + 1])]
-            children.append(_start(ctx, f"client{i}", _client_main, (mine, args.audio_pps, args.video_pps)))
+            children.append(
+                _start(ctx, f"client{i}", _client_main, (mine, args.audio_pps, args.video_pps))
+            )
         clients = children[1:]
         for client in clients:
             if client.reply() != "ready":
@@ -370,8 +392,9 @@ def run_calls(ctx: SpawnContext, n_calls: int, args: argparse.Namespace) -> dict
     return _report(n_calls, args, s0, s1, [c.name for c in clients])
 
 
-def _report(n_calls: int, args: argparse.Namespace, s0: _Snapshot, s1: _Snapshot,
-            client_names: list[str]) -> dict[str, Any]:
+def _report(
+    n_calls: int, args: argparse.Namespace, s0: _Snapshot, s1: _Snapshot, client_names: list[str]
+) -> dict[str, Any]:
     wall = s1.wall - s0.wall
     ncpu = os.cpu_count() or 1
     per_call_pps = 2 * (args.audio_pps + args.video_pps)
@@ -413,8 +436,11 @@ def _report(n_calls: int, args: argparse.Namespace, s0: _Snapshot, s1: _Snapshot
     us_fwd = 1e6 * (srv_user + srv_sys) / srv_in if srv_in else None
     us_cli = 1e6 * (cli_user + cli_sys) / cli_sent if cli_sent else None
     target_pps = args.target_calls * per_call_pps  # datagrams/s the server receives at target_calls
-    rcvbuf = (s1.rcvbuf_errors - s0.rcvbuf_errors
-              if s0.rcvbuf_errors is not None and s1.rcvbuf_errors is not None else None)
+    rcvbuf = (
+        s1.rcvbuf_errors - s0.rcvbuf_errors
+        if s0.rcvbuf_errors is not None and s1.rcvbuf_errors is not None
+        else None
+    )
     return {
         "calls": n_calls,
         "client_procs": len(client_names),
@@ -446,12 +472,16 @@ def _report(n_calls: int, args: argparse.Namespace, s0: _Snapshot, s1: _Snapshot
         "machine_system_percent": machine("system"),
         "machine_irq_softirq_percent": machine("irq", "softirq"),
         "machine_steal_percent": machine("steal"),
-        "others_cpu_percent": round(max(0.0, busy - srv_pct - cli_pct - _pct(orch_user + orch_sys, wall)), 1),
+        "others_cpu_percent": round(
+            max(0.0, busy - srv_pct - cli_pct - _pct(orch_user + orch_sys, wall)), 1
+        ),
         "target_calls": args.target_calls,
-        "server_cpu_percent_at_target_calls":
-            None if us_fwd is None else round(us_fwd * target_pps / 1e4, 1),
-        "server_and_clients_cpu_percent_at_target_calls":
-            None if us_fwd is None or us_cli is None else round((us_fwd + us_cli) * target_pps / 1e4, 1),
+        "server_cpu_percent_at_target_calls": None
+        if us_fwd is None
+        else round(us_fwd * target_pps / 1e4, 1),
+        "server_and_clients_cpu_percent_at_target_calls": None
+        if us_fwd is None or us_cli is None
+        else round((us_fwd + us_cli) * target_pps / 1e4, 1),
     }
 
 
@@ -479,41 +509,77 @@ _ROWS: list[tuple[str, str, str]] = [
     ("machine_steal_percent", "  of which steal", "{}"),
     ("others_cpu_percent", "others (machine - ours), %", "{}"),
     ("server_cpu_percent_at_target_calls", "server CPU % core at {target} calls", "{}"),
-    ("server_and_clients_cpu_percent_at_target_calls", "server+clients % core at {target} calls", "{}"),
+    (
+        "server_and_clients_cpu_percent_at_target_calls",
+        "server+clients % core at {target} calls",
+        "{}",
+    ),
 ]
 
 
 def render(runs: list[dict[str, Any]], args: argparse.Namespace) -> str:
     capacity = runs[0]["machine_capacity_percent"] if runs else 100 * (os.cpu_count() or 1)
-    lines = [f"UDP floor: {args.audio_pps:g} audio ({AUDIO_BYTES} B) + {args.video_pps:g} video "
-             f"({VIDEO_BYTES} B) datagrams/s per participant, 2 participants per call, "
-             f"{args.duration:g}s window, {runs[0]['client_procs'] if runs else '?'} client process(es), "
-             f"machine capacity {capacity}%"]
+    lines = [
+        f"UDP floor: {args.audio_pps:g} audio ({AUDIO_BYTES} B) + {args.video_pps:g} video "
+        f"({VIDEO_BYTES} B) datagrams/s per participant, 2 participants per call, "
+        f"{args.duration:g}s window, {runs[0]['client_procs'] if runs else '?'} client process(es), "
+        f"machine capacity {capacity}%"
+    ]
     width = max(len(label.format(target=args.target_calls)) for _, label, _ in _ROWS)
     for key, label, fmt in _ROWS:
         cells = ["-" if r[key] is None else fmt.format(r[key]) for r in runs]
-        lines.append(f"{label.format(target=args.target_calls):<{width}}  "
-                     + "  ".join(f"{c:>9}" for c in cells))
+        lines.append(
+            f"{label.format(target=args.target_calls):<{width}}  "
+            + "  ".join(f"{c:>9}" for c in cells)
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--calls", type=int, nargs="+", default=[10, 20, 40],
-                        help="concurrent calls, one measurement each (default 10 20 40)")
-    parser.add_argument("--duration", type=float, default=10.0, help="measurement window, seconds (default 10)")
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds before the window (default 2)")
-    parser.add_argument("--video-pps", type=float, default=90.0,
-                        help="video datagrams/s per participant (default 90)")
-    parser.add_argument("--audio-pps", type=float, default=50.0,
-                        help="audio datagrams/s per participant (default 50)")
+    parser.add_argument(
+        "--calls",
+        type=int,
+        nargs="+",
+        default=[10, 20, 40],
+        help="concurrent calls, one measurement each (default 10 20 40)",
+    )
+    parser.add_argument(
+        "--duration", type=float, default=10.0, help="measurement window, seconds (default 10)"
+    )
+    parser.add_argument(
+        "--warmup", type=float, default=2.0, help="seconds before the window (default 2)"
+    )
+    parser.add_argument(
+        "--video-pps",
+        type=float,
+        default=90.0,
+        help="video datagrams/s per participant (default 90)",
+    )
+    parser.add_argument(
+        "--audio-pps",
+        type=float,
+        default=50.0,
+        help="audio datagrams/s per participant (default 50)",
+    )
     parser.add_argument("--client-procs", type=int, default=1, help="client processes (default 1)")
-    parser.add_argument("--target-calls", type=int, default=40,
-                        help="calls to extrapolate the per-datagram cost to (default 40)")
+    parser.add_argument(
+        "--target-calls",
+        type=int,
+        default=40,
+        help="calls to extrapolate the per-datagram cost to (default 40)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     args = parser.parse_args(argv)
-    if (min(args.calls) < 1 or args.duration <= 0 or args.warmup < 0 or args.client_procs < 1
-            or args.video_pps < 0 or args.audio_pps < 0 or args.audio_pps + args.video_pps <= 0):
+    if (
+        min(args.calls) < 1
+        or args.duration <= 0
+        or args.warmup < 0
+        or args.client_procs < 1
+        or args.video_pps < 0
+        or args.audio_pps < 0
+        or args.audio_pps + args.video_pps <= 0
+    ):
         parser.error("--calls, --duration, --client-procs and the rates must be positive")
 
     ctx = mp.get_context("spawn")
@@ -527,10 +593,21 @@ def main(argv: list[str] | None = None) -> int:
         if not runs:
             return 130
     if args.json:
-        print(json.dumps({"audio_pps": args.audio_pps, "video_pps": args.video_pps,
-                          "audio_bytes": AUDIO_BYTES, "video_bytes": VIDEO_BYTES,
-                          "duration_s": args.duration, "warmup_s": args.warmup,
-                          "ncpu": os.cpu_count(), "runs": runs}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "audio_pps": args.audio_pps,
+                    "video_pps": args.video_pps,
+                    "audio_bytes": AUDIO_BYTES,
+                    "video_bytes": VIDEO_BYTES,
+                    "duration_s": args.duration,
+                    "warmup_s": args.warmup,
+                    "ncpu": os.cpu_count(),
+                    "runs": runs,
+                },
+                indent=2,
+            )
+        )
     else:
         print(render(runs, args))
     return 0

@@ -40,12 +40,24 @@ class Business(StrEnum):
                 return member
         raise ValueError(f"{type_id!r} is not a business type")
 
-    ACCOUNT_OPENING = ("account_opening", Text("Account opening", "远程开户"),
-                       Text("Personal account opening", "个人账户开立"), "account")
-    LOAN_SIGNING = ("loan_signing", Text("Loan signing", "贷款面签"),
-                    Text("Personal loan signing", "个人贷款面签"), "loan")
-    WEALTH_PRODUCT = ("wealth_product", Text("Wealth product purchase", "理财双录"),
-                      Text("Wealth product purchase", "理财产品购买"), "order")
+    ACCOUNT_OPENING = (
+        "account_opening",
+        Text("Account opening", "远程开户"),
+        Text("Personal account opening", "个人账户开立"),
+        "account",
+    )
+    LOAN_SIGNING = (
+        "loan_signing",
+        Text("Loan signing", "贷款面签"),
+        Text("Personal loan signing", "个人贷款面签"),
+        "loan",
+    )
+    WEALTH_PRODUCT = (
+        "wealth_product",
+        Text("Wealth product purchase", "理财双录"),
+        Text("Wealth product purchase", "理财产品购买"),
+        "order",
+    )
 
 
 #: every business type id, in catalogue order

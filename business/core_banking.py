@@ -14,15 +14,26 @@ from typing import Any, Protocol
 class CoreBanking(Protocol):
     """Books what a completed flow sells: an account, a signed loan, a wealth-product order."""
 
-    async def open_account(self, *, session_id: str, customer_name: str, account_class: str) -> dict[str, Any]:
+    async def open_account(
+        self, *, session_id: str, customer_name: str, account_class: str
+    ) -> dict[str, Any]:
         """Open a personal account; returns at least ``{"reference": number, "class": ...}``."""
         ...
 
-    async def sign_loan(self, *, session_id: str, customer_name: str, terms: dict[str, Any]) -> dict[str, Any]:
+    async def sign_loan(
+        self, *, session_id: str, customer_name: str, terms: dict[str, Any]
+    ) -> dict[str, Any]:
         """Mark the loan contract signed; returns ``{"reference": contract number, "terms": ...}``."""
         ...
 
-    async def place_order(self, *, session_id: str, customer_name: str, product: dict[str, Any],
-                          amount: Any, customer_risk_level: str) -> dict[str, Any]:
+    async def place_order(
+        self,
+        *,
+        session_id: str,
+        customer_name: str,
+        product: dict[str, Any],
+        amount: Any,
+        customer_risk_level: str,
+    ) -> dict[str, Any]:
         """Record a wealth-product order; returns ``{"reference": order number, ...}``."""
         ...

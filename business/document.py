@@ -47,18 +47,25 @@ def declared_documents(reader: NodeReader, node: Node) -> dict[str, tuple[Text, 
         for field in ("title", "file"):
             if field not in spec:
                 reader.fail(value, f"document {doc_id!r} needs {field!r}")
-        out[doc_id] = (reader.text(spec["title"][1], f"title of document {doc_id!r}"), spec["file"][1])
+        out[doc_id] = (
+            reader.text(spec["title"][1], f"title of document {doc_id!r}"),
+            spec["file"][1],
+        )
     return out
 
 
-def load_document(reader: NodeReader, doc_id: str, title: Text, file_node: Node,
-                  documents_dir: Path) -> Document:
+def load_document(
+    reader: NodeReader, doc_id: str, title: Text, file_node: Node, documents_dir: Path
+) -> Document:
     """Read a declared document's file from inside ``documents_dir`` and fill its placeholders."""
     name = reader.string(file_node, f"file of document {doc_id!r}")
     rel = PurePosixPath(name)
     if not name or rel.is_absolute() or "\\" in name or ":" in name or ".." in rel.parts:
-        reader.fail(file_node, f"document file {name!r} must be a relative path inside "
-                               f"{documents_dir} (no '..', no absolute path)")
+        reader.fail(
+            file_node,
+            f"document file {name!r} must be a relative path inside "
+            f"{documents_dir} (no '..', no absolute path)",
+        )
     base = documents_dir.resolve()
     path = (base / rel).resolve()
     if not path.is_relative_to(base):
@@ -67,19 +74,27 @@ def load_document(reader: NodeReader, doc_id: str, title: Text, file_node: Node,
         reader.fail(file_node, f"document file {name!r} does not exist in {documents_dir}")
     size = path.stat().st_size
     if size > MAX_DOCUMENT_BYTES:
-        reader.fail(file_node, f"document file {name!r} is {size} bytes, more than {MAX_DOCUMENT_BYTES}")
+        reader.fail(
+            file_node, f"document file {name!r} is {size} bytes, more than {MAX_DOCUMENT_BYTES}"
+        )
     raw = path.read_bytes()[: MAX_DOCUMENT_BYTES + 1]
     if len(raw) > MAX_DOCUMENT_BYTES:
         reader.fail(file_node, f"document file {name!r} is more than {MAX_DOCUMENT_BYTES} bytes")
     try:
         content = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise FlowError(path, raw[: exc.start].count(b"\n") + 1,
-                        f"document {doc_id!r} is not valid UTF-8") from exc
+        raise FlowError(
+            path, raw[: exc.start].count(b"\n") + 1, f"document {doc_id!r} is not valid UTF-8"
+        ) from exc
     if content.startswith("\ufeff"):
         content = content[1:]
     if not content.strip():
         reader.fail(file_node, f"document file {name!r} is empty")
     content = reader.fill(content, lambda offset: content.count("\n", 0, offset) + 1, path)
-    return Document(id=doc_id, title=title, path=path, content=content,
-                    sha256=hashlib.sha256(content.encode("utf-8")).hexdigest())
+    return Document(
+        id=doc_id,
+        title=title,
+        path=path,
+        content=content,
+        sha256=hashlib.sha256(content.encode("utf-8")).hexdigest(),
+    )

@@ -63,15 +63,21 @@ def load_flows(directory: Path, *, account_class: str = "II") -> dict[str, Flow]
     """Every ``*.yaml``/``*.yml`` in ``directory``, one per business; documents from ``directory/documents``."""
     directory = Path(directory)
     flows: dict[str, Flow] = {}
-    files = sorted(p for p in directory.iterdir()
-                   if p.suffix in (".yaml", ".yml") and not p.name.startswith(".") and p.is_file())
+    files = sorted(
+        p
+        for p in directory.iterdir()
+        if p.suffix in (".yaml", ".yml") and not p.name.startswith(".") and p.is_file()
+    )
     for path in files:
         flow, business_line = _load(path, directory / "documents", account_class)
         other = flows.get(flow.business)
         if other is not None:
-            raise FlowError(path, business_line,
-                            f"business {flow.business!r} is already defined by {other.path.name}: "
-                            "one flow file per business")
+            raise FlowError(
+                path,
+                business_line,
+                f"business {flow.business!r} is already defined by {other.path.name}: "
+                "one flow file per business",
+            )
         flows[flow.business] = flow
     return flows
 
@@ -118,17 +124,23 @@ class _FlowFile:
         business_node = top["business"][1]
         name = reader.string(business_node, "business")
         if name not in BUSINESS_TYPES:
-            reader.fail(business_node, f"unknown business {name!r} (one of {', '.join(BUSINESS_TYPES)})")
+            reader.fail(
+                business_node, f"unknown business {name!r} (one of {', '.join(BUSINESS_TYPES)})"
+            )
         business = Business.of(name)
         title = reader.text(top["title"][1], "title") if "title" in top else business.flow_title
-        version = reader.integer(top["version"][1], "version", 1, 1_000_000) if "version" in top else 1
+        version = (
+            reader.integer(top["version"][1], "version", 1, 1_000_000) if "version" in top else 1
+        )
 
         declared = declared_documents(reader, top["documents"][1]) if "documents" in top else {}
         steps_node = top["steps"][1]
         step_nodes = reader.sequence(steps_node, "steps", MAX_STEPS)
         reader.variables = self.outcome_variables(step_nodes, business)
-        documents = {doc_id: load_document(reader, doc_id, doc_title, file_node, self.documents_dir)
-                     for doc_id, (doc_title, file_node) in declared.items()}
+        documents = {
+            doc_id: load_document(reader, doc_id, doc_title, file_node, self.documents_dir)
+            for doc_id, (doc_title, file_node) in declared.items()
+        }
 
         steps: list[Step] = []
         for node in step_nodes:
@@ -137,8 +149,14 @@ class _FlowFile:
             reader.fail(steps_node, "a flow needs at least one step")
         self.check_requires(steps)
         self.check_order(steps)
-        flow = Flow(business=business.value, title=title, version=version, steps=tuple(steps),
-                    documents=documents, path=self.path)
+        flow = Flow(
+            business=business.value,
+            title=title,
+            version=version,
+            steps=tuple(steps),
+            documents=documents,
+            path=self.path,
+        )
         return flow, line_of(business_node)
 
     def outcome_variables(self, step_nodes: list[Node], business: Business) -> dict[str, str]:
@@ -148,22 +166,39 @@ class _FlowFile:
                 continue
             entries = {k.value: v for k, v in node.value if isinstance(k, ScalarNode)}
             kind = entries.get("kind")
-            if isinstance(kind, ScalarNode) and kind.value == OutcomeStep.kind and "outcome" in entries:
+            if (
+                isinstance(kind, ScalarNode)
+                and kind.value == OutcomeStep.kind
+                and "outcome" in entries
+            ):
                 outcome = read_outcome(self.reader, entries["outcome"], business)
                 return outcome_variables(outcome, self.account_class)
         return {}
 
     # -- one step ------------------------------------------------------------------------
 
-    def step(self, node: Node, earlier: Sequence[Step], business: Business,
-             documents: dict[str, Document]) -> Step:
+    def step(
+        self,
+        node: Node,
+        earlier: Sequence[Step],
+        business: Business,
+        documents: dict[str, Document],
+    ) -> Step:
         """One entry of ``steps``: its kind and the keys every step has, then the kind's own keys."""
         entries = self.reader.mapping(node, "a step")
         cls = self.step_kind(node, entries)
         sid = self.step_id(node, entries, cls, earlier)
-        return cls.read(StepSource(reader=self.reader, node=node, entries=entries,
-                                   common=self.common(node, entries, sid, cls), earlier=earlier,
-                                   documents=documents, business=business))
+        return cls.read(
+            StepSource(
+                reader=self.reader,
+                node=node,
+                entries=entries,
+                common=self.common(node, entries, sid, cls),
+                earlier=earlier,
+                documents=documents,
+                business=business,
+            )
+        )
 
     def step_kind(self, node: Node, entries: Entries) -> type[Step]:
         """The class of the step's ``kind``; every key of the step must be one it accepts."""
@@ -172,15 +207,21 @@ class _FlowFile:
         kind_key, kind_node = entries["kind"]
         kind = self.reader.string(kind_node, "kind")
         if kind not in STEP_TYPES:
-            self.reader.fail(kind_key, f"unknown step kind {kind!r} (one of {', '.join(STEP_KINDS)})")
+            self.reader.fail(
+                kind_key, f"unknown step kind {kind!r} (one of {', '.join(STEP_KINDS)})"
+            )
         cls = STEP_TYPES[kind]
         allowed = COMMON_KEYS + cls.keys
         for name, (key, _) in entries.items():
             if name not in allowed:
-                self.reader.fail(key, f"unknown key {name!r} in a {kind} step (allowed: {', '.join(allowed)})")
+                self.reader.fail(
+                    key, f"unknown key {name!r} in a {kind} step (allowed: {', '.join(allowed)})"
+                )
         return cls
 
-    def step_id(self, node: Node, entries: Entries, cls: type[Step], earlier: Sequence[Step]) -> str:
+    def step_id(
+        self, node: Node, entries: Entries, cls: type[Step], earlier: Sequence[Step]
+    ) -> str:
         """The step's ``id``, unique in the flow; then the keys its kind needs must be there."""
         if "id" not in entries:
             self.reader.fail(node, f"a {cls.kind} step needs 'id'")
@@ -198,8 +239,10 @@ class _FlowFile:
         """The keys every step may have: ``title`` (else the kind's), ``text``, ``requires``."""
         what = f"step {sid!r}"
         common: dict[str, Any] = {
-            "id": sid, "line": line_of(node),
-            "title": self.reader.text(entries["title"][1], f"title of {what}") if "title" in entries
+            "id": sid,
+            "line": line_of(node),
+            "title": self.reader.text(entries["title"][1], f"title of {what}")
+            if "title" in entries
             else cls.default_title,
         }
         if "text" in entries:
@@ -209,7 +252,11 @@ class _FlowFile:
         return common
 
     def requires(self, sid: str, node: Node) -> tuple[str, ...]:
-        items = [node] if isinstance(node, ScalarNode) else self.reader.sequence(node, "requires", MAX_STEPS)
+        items = (
+            [node]
+            if isinstance(node, ScalarNode)
+            else self.reader.sequence(node, "requires", MAX_STEPS)
+        )
         out: list[str] = []
         for item in items:
             rid = self.reader.ident(item, "requires entry")
@@ -227,15 +274,21 @@ class _FlowFile:
         for s in steps:
             for rid in s.requires:
                 if rid not in index:
-                    self.reader.fail(self.requires_lines[(s.id, rid)],
-                                     f"step {s.id!r} requires {rid!r}, which is not a step of this flow")
-        self.check_cycles(steps, index)  # first: each cycle also contains a requirement on a later step
+                    self.reader.fail(
+                        self.requires_lines[(s.id, rid)],
+                        f"step {s.id!r} requires {rid!r}, which is not a step of this flow",
+                    )
+        self.check_cycles(
+            steps, index
+        )  # first: each cycle also contains a requirement on a later step
         for s in steps:
             for rid in s.requires:
                 if index[rid] > index[s.id]:
-                    self.reader.fail(self.requires_lines[(s.id, rid)],
-                                     f"step {s.id!r} requires {rid!r}, which comes later (line "
-                                     f"{steps[index[rid]].line}): steps run in the declared order")
+                    self.reader.fail(
+                        self.requires_lines[(s.id, rid)],
+                        f"step {s.id!r} requires {rid!r}, which comes later (line "
+                        f"{steps[index[rid]].line}): steps run in the declared order",
+                    )
 
     def check_cycles(self, steps: list[Step], index: dict[str, int]) -> None:
         """No step requires itself through others (depth-first, the cycle named from its first step)."""
@@ -256,11 +309,13 @@ class _FlowFile:
                 stack[-1] = (sid, i + 1)
                 rid = reqs[i]
                 if rid in on_path:
-                    cycle = on_path[on_path.index(rid):]
+                    cycle = on_path[on_path.index(rid) :]
                     first = min(range(len(cycle)), key=lambda k: index[cycle[k]])
                     cycle = cycle[first:] + cycle[:first]
-                    self.reader.fail(steps[index[cycle[0]]].line,
-                                     "requires cycle: " + " -> ".join([*cycle, cycle[0]]))
+                    self.reader.fail(
+                        steps[index[cycle[0]]].line,
+                        "requires cycle: " + " -> ".join([*cycle, cycle[0]]),
+                    )
                 if rid not in done:
                     stack.append((rid, 0))
                     on_path.append(rid)
@@ -269,29 +324,46 @@ class _FlowFile:
         """The regulatory order: recording consent first, identity and disclosures before the signature..."""
         first = steps[0]
         if not (isinstance(first, ConsentStep) and first.asks("recording")):
-            self.reader.fail(first.line, "the first step must be a consent step asking for 'recording' "
-                                         "(双录: nothing happens before the customer agrees to the recording)")
+            self.reader.fail(
+                first.line,
+                "the first step must be a consent step asking for 'recording' "
+                "(双录: nothing happens before the customer agrees to the recording)",
+            )
         outcomes = [s for s in steps if isinstance(s, OutcomeStep)]
         if len(outcomes) > 1:
-            self.reader.fail(outcomes[1].line, f"a flow has one outcome step (first: {outcomes[0].id!r})")
+            self.reader.fail(
+                outcomes[1].line, f"a flow has one outcome step (first: {outcomes[0].id!r})"
+            )
         for i, s in enumerate(steps):
-            before, after = steps[:i], steps[i + 1:]
+            before, after = steps[:i], steps[i + 1 :]
             if isinstance(s, IdentityStep):
                 self.check_identity(s, before)
             elif isinstance(s, SignatureStep):
                 self.check_signature(s, before, after)
-            elif isinstance(s, OutcomeStep) and not any(isinstance(b, SignatureStep) for b in before):
+            elif isinstance(s, OutcomeStep) and not any(
+                isinstance(b, SignatureStep) for b in before
+            ):
                 self.reader.fail(s.line, f"outcome step {s.id!r} must come after a signature step")
 
     def check_identity(self, step: IdentityStep, before: list[Step]) -> None:
-        if not step.allow_manual and not any(isinstance(b, ConsentStep) and b.asks("face") for b in before):
-            self.reader.fail(step.line, f"identity step {step.id!r} allows no manual verification, but no "
-                                        "earlier consent step asks for 'face': it could never pass")
+        if not step.allow_manual and not any(
+            isinstance(b, ConsentStep) and b.asks("face") for b in before
+        ):
+            self.reader.fail(
+                step.line,
+                f"identity step {step.id!r} allows no manual verification, but no "
+                "earlier consent step asks for 'face': it could never pass",
+            )
 
     def check_signature(self, step: SignatureStep, before: list[Step], after: list[Step]) -> None:
         if not any(isinstance(b, IdentityStep) for b in before):
-            self.reader.fail(step.line, f"signature step {step.id!r} must come after an identity step")
+            self.reader.fail(
+                step.line, f"signature step {step.id!r} must come after an identity step"
+            )
         late = next((a for a in after if isinstance(a, DisclosureStep)), None)
         if late is not None:
-            self.reader.fail(step.line, f"signature step {step.id!r} must come after every disclosure "
-                                        f"step, but {late.id!r} (line {late.line}) comes after it")
+            self.reader.fail(
+                step.line,
+                f"signature step {step.id!r} must come after every disclosure "
+                f"step, but {late.id!r} (line {late.line}) comes after it",
+            )

@@ -37,8 +37,10 @@ def read_outcome(reader: NodeReader, node: Node, business: Business) -> dict[str
     if kind not in OUTCOME_TYPES:
         reader.fail(type_node, f"unknown outcome type {kind!r} ({_TYPES_IN_WORDS})")
     if kind != business.outcome:
-        reader.fail(type_node, f"a {business.value} flow books an outcome of type "
-                               f"{business.outcome!r}, not {kind!r}")
+        reader.fail(
+            type_node,
+            f"a {business.value} flow books an outcome of type {business.outcome!r}, not {kind!r}",
+        )
     keys, read = _READERS[kind]
     spec = reader.mapping(node, f"{kind} outcome", ("type", *keys))
     return {"type": kind, **read(reader, node, spec)}
@@ -50,32 +52,43 @@ def _account(reader: NodeReader, node: Node, spec: Entries) -> dict[str, Any]:
     cls_node = spec["class"][1]
     cls = reader.string(cls_node, "account class")
     if cls not in ACCOUNT_CLASSES:
-        reader.fail(cls_node, f"account class {cls!r}: a remote opening without on-site "
-                              "verification gives a Type II or III account (银发〔2015〕392号)")
+        reader.fail(
+            cls_node,
+            f"account class {cls!r}: a remote opening without on-site "
+            "verification gives a Type II or III account (银发〔2015〕392号)",
+        )
     return {"class": cls}
 
 
 def _loan(reader: NodeReader, node: Node, spec: Entries) -> dict[str, Any]:
     if "terms" not in spec:
-        reader.fail(node, "a loan outcome needs 'terms' (amount, currency, term_months, annual_rate)")
+        reader.fail(
+            node, "a loan outcome needs 'terms' (amount, currency, term_months, annual_rate)"
+        )
     terms_node = spec["terms"][1]
     terms = reader.mapping(terms_node, "loan terms", LOAN_TERMS)
     reader.require(terms_node, terms, LOAN_TERMS, "loan terms need {name}")
-    return {"terms": {
-        "amount": reader.number(terms["amount"][1], "loan amount", 1, 1e9),
-        "currency": reader.string(terms["currency"][1], "currency", CURRENCY_RE,
-                                  "three upper-case letters (CNY)"),
-        "term_months": reader.integer(terms["term_months"][1], "term_months", 1, 360),
-        # percent per year: 3.85 means 3.85 % (0.0385 would be a slip)
-        "annual_rate": reader.number(terms["annual_rate"][1], "annual_rate (percent per year)", 0.1, 36),
-    }}
+    return {
+        "terms": {
+            "amount": reader.number(terms["amount"][1], "loan amount", 1, 1e9),
+            "currency": reader.string(
+                terms["currency"][1], "currency", CURRENCY_RE, "three upper-case letters (CNY)"
+            ),
+            "term_months": reader.integer(terms["term_months"][1], "term_months", 1, 360),
+            # percent per year: 3.85 means 3.85 % (0.0385 would be a slip)
+            "annual_rate": reader.number(
+                terms["annual_rate"][1], "annual_rate (percent per year)", 0.1, 36
+            ),
+        }
+    }
 
 
 def _order(reader: NodeReader, node: Node, spec: Entries) -> dict[str, Any]:
     reader.require(node, spec, ("product_code", "amount"), "an order outcome needs {name}")
     return {
-        "product_code": reader.string(spec["product_code"][1], "product_code", PRODUCT_CODE_RE,
-                                      PRODUCT_CODE_FORM),
+        "product_code": reader.string(
+            spec["product_code"][1], "product_code", PRODUCT_CODE_RE, PRODUCT_CODE_FORM
+        ),
         "amount": reader.number(spec["amount"][1], "order amount", 0.01, 1e10),
     }
 
@@ -103,9 +116,13 @@ def outcome_variables(outcome: dict[str, Any], account_class: str) -> dict[str, 
     rate = Decimal(str(terms["annual_rate"]))
     monthly = instalment(amount, rate, months)
     return {
-        "amount": money(amount), "currency": terms["currency"], "term_months": str(months),
-        "annual_rate": _plain(rate), "monthly_payment": money(monthly),
-        "total_repayment": money(monthly * months), "total_interest": money(monthly * months - amount),
+        "amount": money(amount),
+        "currency": terms["currency"],
+        "term_months": str(months),
+        "annual_rate": _plain(rate),
+        "monthly_payment": money(monthly),
+        "total_repayment": money(monthly * months),
+        "total_interest": money(monthly * months - amount),
     }
 
 

@@ -66,8 +66,10 @@ class NodeReader:
             problem = " ".join(str(p) for p in (exc.context, exc.problem) if p)
             self.fail(None if mark is None else mark.line + 1, f"YAML syntax error: {problem}")
         except yaml.reader.ReaderError as exc:
-            self.fail(text.count("\n", 0, exc.position) + 1,
-                      f"YAML syntax error: character {exc.character!r} is not allowed")
+            self.fail(
+                text.count("\n", 0, exc.position) + 1,
+                f"YAML syntax error: character {exc.character!r} is not allowed",
+            )
         except yaml.YAMLError as exc:
             self.fail(None, f"YAML error: {exc}")
 
@@ -82,7 +84,10 @@ class NodeReader:
                 self.fail(key, f"keys of {what} must be plain words")
             name = str(key.value)
             if name in entries:
-                self.fail(key, f"{name!r} is given twice in {what} (first at line {line_of(entries[name][0])})")
+                self.fail(
+                    key,
+                    f"{name!r} is given twice in {what} (first at line {line_of(entries[name][0])})",
+                )
             if allowed is not None and name not in allowed:
                 self.fail(key, f"unknown key {name!r} in {what} (allowed: {', '.join(allowed)})")
             entries[name] = (key, value)
@@ -114,8 +119,9 @@ class NodeReader:
         except yaml.YAMLError as exc:
             self.fail(node, f"{what}: {exc}")
 
-    def string(self, node: Node, what: str, pattern: re.Pattern[str] | None = None,
-               form: str = "") -> str:
+    def string(
+        self, node: Node, what: str, pattern: re.Pattern[str] | None = None, form: str = ""
+    ) -> str:
         """A string, matching ``pattern`` in full if given (``form`` describes it)."""
         value = str(self.scalar(node, what, ("str",), "a string (quote it)"))
         if pattern is not None and not pattern.fullmatch(value):
@@ -124,8 +130,9 @@ class NodeReader:
 
     def ident(self, node: Node, what: str) -> str:
         """An id: a lower-case letter, then up to 39 lower-case letters, digits or ``_``."""
-        return self.string(node, what, ID_RE,
-                           "a lower-case letter, then up to 39 lower-case letters, digits or _")
+        return self.string(
+            node, what, ID_RE, "a lower-case letter, then up to 39 lower-case letters, digits or _"
+        )
 
     def integer(self, node: Node, what: str, lo: int, hi: int) -> int:
         """A whole number from ``lo`` to ``hi``."""
@@ -165,7 +172,8 @@ class NodeReader:
         if not str(node.tag).startswith(_TAG):
             self.fail(node, f"{what}: YAML tags such as {node.tag} are not allowed")
         if not isinstance(node, ScalarNode) or node.tag not in tuple(
-                _TAG + t for t in ("str", "int", "float", "bool")):
+            _TAG + t for t in ("str", "int", "float", "bool")
+        ):
             self.fail(node, f"{what} must be a text")
         value = str(node.value).strip("\n") if node.style in ("|", ">") else str(node.value)
         if not value.strip():
@@ -173,7 +181,9 @@ class NodeReader:
         if fill:
             raw = value
             if node.style == "|":  # a literal block starts on the line after its "|"
-                value = self.fill(raw, lambda offset: line_of(node) + 1 + raw.count("\n", 0, offset))
+                value = self.fill(
+                    raw, lambda offset: line_of(node) + 1 + raw.count("\n", 0, offset)
+                )
             else:
                 value = self.fill(raw, lambda offset: line_of(node))
         if len(value) > MAX_TEXT_CHARS:
@@ -187,8 +197,10 @@ class NodeReader:
             for lang in ("en", "zh"):
                 if lang not in entries:
                     self.fail(node, f"{what} needs both 'en' and 'zh' (or one plain text for both)")
-            return Text(self.one_text(entries["en"][1], f"{what} (en)", fill),
-                        self.one_text(entries["zh"][1], f"{what} (zh)", fill))
+            return Text(
+                self.one_text(entries["en"][1], f"{what} (en)", fill),
+                self.one_text(entries["zh"][1], f"{what} (zh)", fill),
+            )
         value = self.one_text(node, what, fill)
         return Text(value, value)
 
@@ -201,9 +213,15 @@ class NodeReader:
         def sub(match: re.Match[str]) -> str:
             name = match.group(1)
             if name not in self.variables:
-                known = ", ".join(sorted(self.variables)) or "none: this flow's outcome defines no values"
-                raise FlowError(path or self.path, line_at(match.start()),
-                                f"unknown placeholder {match.group(0)} (known: {known})")
+                known = (
+                    ", ".join(sorted(self.variables))
+                    or "none: this flow's outcome defines no values"
+                )
+                raise FlowError(
+                    path or self.path,
+                    line_at(match.start()),
+                    f"unknown placeholder {match.group(0)} (known: {known})",
+                )
             return self.variables[name]
 
         return PLACEHOLDER_RE.sub(sub, text)

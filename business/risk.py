@@ -114,12 +114,19 @@ def _options(reader: NodeReader, node: Node, qid: str) -> tuple[Option, ...]:
         oid = reader.ident(o["id"][1], "option id")
         if any(other.id == oid for other in options):
             reader.fail(o["id"][1], f"duplicate option id {oid!r} in question {qid!r}")
-        options.append(Option(oid, reader.text(o["text"][1], f"option {oid!r}"),
-                              reader.integer(o["score"][1], f"score of option {oid!r}", 0, 1000)))
+        options.append(
+            Option(
+                oid,
+                reader.text(o["text"][1], f"option {oid!r}"),
+                reader.integer(o["score"][1], f"score of option {oid!r}", 0, 1000),
+            )
+        )
     return tuple(options)
 
 
-def read_levels(reader: NodeReader, node: Node, what: str, questions: tuple[Question, ...]) -> tuple[Level, ...]:
+def read_levels(
+    reader: NodeReader, node: Node, what: str, questions: tuple[Question, ...]
+) -> tuple[Level, ...]:
     """The ``levels`` of a questionnaire, from the lowest to the highest, covering every possible total."""
     items = reader.sequence(node, f"levels of {what}", MAX_LEVELS)
     if not items:
@@ -130,28 +137,51 @@ def read_levels(reader: NodeReader, node: Node, what: str, questions: tuple[Ques
     for i, item in enumerate(items):
         spec = reader.mapping(item, "a level", ("code", "min_score", "rank", "text"))
         reader.require(item, spec, ("code", "min_score"), "a level needs {name}")
-        code = reader.string(spec["code"][1], "level code", LEVEL_CODE_RE,
-                             "an upper-case letter, then up to 7 upper-case letters or digits (C1)")
+        code = reader.string(
+            spec["code"][1],
+            "level code",
+            LEVEL_CODE_RE,
+            "an upper-case letter, then up to 7 upper-case letters or digits (C1)",
+        )
         min_node = spec["min_score"][1]
         min_score = reader.integer(min_node, f"min_score of level {code}", 0, 1_000_000)
-        rank = reader.integer(spec["rank"][1], f"rank of level {code}", 1, 9) if "rank" in spec else i + 1
-        text = reader.text(spec["text"][1], f"text of level {code}") if "text" in spec else Text(code, code)
+        rank = (
+            reader.integer(spec["rank"][1], f"rank of level {code}", 1, 9)
+            if "rank" in spec
+            else i + 1
+        )
+        text = (
+            reader.text(spec["text"][1], f"text of level {code}")
+            if "text" in spec
+            else Text(code, code)
+        )
         if out:
             prev = out[-1]
             if code in {level.code for level in out}:
                 reader.fail(spec["code"][1], f"duplicate level {code}")
             if min_score <= prev.min_score:
-                reader.fail(min_node, f"levels go from the lowest to the highest: min_score of "
-                                      f"{code} must be above {prev.code}'s {prev.min_score}")
+                reader.fail(
+                    min_node,
+                    f"levels go from the lowest to the highest: min_score of "
+                    f"{code} must be above {prev.code}'s {prev.min_score}",
+                )
             if rank <= prev.rank:
-                reader.fail(item, f"levels go from the lowest to the highest: rank of {code} must be "
-                                  f"above {prev.code}'s {prev.rank}")
+                reader.fail(
+                    item,
+                    f"levels go from the lowest to the highest: rank of {code} must be "
+                    f"above {prev.code}'s {prev.rank}",
+                )
         elif min_score > lowest:
-            reader.fail(min_node, f"the lowest level {code} starts at {min_score}, but a "
-                                  f"customer can score {lowest}: every score needs a level")
+            reader.fail(
+                min_node,
+                f"the lowest level {code} starts at {min_score}, but a "
+                f"customer can score {lowest}: every score needs a level",
+            )
         if min_score > highest:
-            reader.fail(min_node, f"level {code} can never be reached: the highest possible "
-                                  f"score is {highest}")
+            reader.fail(
+                min_node,
+                f"level {code} can never be reached: the highest possible score is {highest}",
+            )
         out.append(Level(code, min_score, rank, text))
     return tuple(out)
 
@@ -162,4 +192,6 @@ def read_product(reader: NodeReader, node: Node, what: str) -> Product:
     reader.require(node, spec, ("code", "name", "risk_level"), "the product needs {name}")
     code = reader.string(spec["code"][1], "product code", PRODUCT_CODE_RE, PRODUCT_CODE_FORM)
     risk = reader.string(spec["risk_level"][1], "risk_level", RISK_LEVEL_RE, "R1 to R9 (R1 lowest)")
-    return Product(code, reader.text(spec["name"][1], f"name of product {code}"), risk, int(risk[1:]))
+    return Product(
+        code, reader.text(spec["name"][1], f"name of product {code}"), risk, int(risk[1:])
+    )

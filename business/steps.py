@@ -96,8 +96,9 @@ class StepSource:
         doc_id = self.reader.ident(node, f"document of {self.what}")
         if doc_id not in self.documents:
             known = ", ".join(self.documents) or "none declared"
-            self.reader.fail(node, f"{self.what}: no document {doc_id!r} under 'documents' "
-                                   f"(declared: {known})")
+            self.reader.fail(
+                node, f"{self.what}: no document {doc_id!r} under 'documents' (declared: {known})"
+            )
         return doc_id
 
     def earlier_step(self, name: str, kind: type[S]) -> S:
@@ -106,11 +107,16 @@ class StepSource:
         ref = self.reader.ident(node, f"{kind.kind} of {self.what}")
         target = next((s for s in self.earlier if s.id == ref), None)
         if target is None:
-            self.reader.fail(node, f"{self.what} names {ref!r}, which is not an earlier step: it must "
-                                   f"name a {kind.kind} step declared before it")
+            self.reader.fail(
+                node,
+                f"{self.what} names {ref!r}, which is not an earlier step: it must "
+                f"name a {kind.kind} step declared before it",
+            )
         if not isinstance(target, kind):
-            self.reader.fail(node, f"{self.what} names {ref!r}, a {target.kind} step: it must name a "
-                                   f"{kind.kind} step")
+            self.reader.fail(
+                node,
+                f"{self.what} names {ref!r}, a {target.kind} step: it must name a {kind.kind} step",
+            )
         return target
 
 
@@ -180,8 +186,12 @@ class ConsentStep(Step):
 
     @classmethod
     def read(cls, source: StepSource) -> Self:
-        return cls(**source.common, consents=source.reader.choices(
-            source.value("consents"), f"consents of {source.what}", CONSENTS))
+        return cls(
+            **source.common,
+            consents=source.reader.choices(
+                source.value("consents"), f"consents of {source.what}", CONSENTS
+            ),
+        )
 
     def asks(self, consent: str) -> bool:
         """Whether the step asks for this consent (``recording`` or ``face``)."""
@@ -210,8 +220,11 @@ class IdentityStep(Step):
 
     @classmethod
     def read(cls, source: StepSource) -> Self:
-        flags: dict[str, Any] = {name: source.reader.boolean(source.value(name), f"{name} of {source.what}")
-                                 for name in cls.keys if source.has(name)}
+        flags: dict[str, Any] = {
+            name: source.reader.boolean(source.value(name), f"{name} of {source.what}")
+            for name in cls.keys
+            if source.has(name)
+        }
         return cls(**source.common, **flags)
 
     def missing(self, facts: StepFacts) -> str | None:
@@ -219,7 +232,8 @@ class IdentityStep(Step):
             return None
         if not facts.face_verified:
             return "the customer's face is not verified" + (
-                " (or verify manually with a reason)" if self.allow_manual else "")
+                " (or verify manually with a reason)" if self.allow_manual else ""
+            )
         if self.liveness and not facts.liveness_passed:
             return "the liveness check has not passed"
         return None
@@ -243,8 +257,9 @@ class DisclosureStep(Step):
     def read(cls, source: StepSource) -> Self:
         extra: dict[str, Any] = {}
         if source.has("confirm_by"):
-            extra["confirm_by"] = source.reader.choices(source.value("confirm_by"),
-                                                        f"confirm_by of {source.what}", CONFIRMERS)
+            extra["confirm_by"] = source.reader.choices(
+                source.value("confirm_by"), f"confirm_by of {source.what}", CONFIRMERS
+            )
         if source.has("document"):
             extra["document"] = source.document_ref()
         return cls(**source.common, **extra)
@@ -304,9 +319,16 @@ class QuestionnaireStep(Step):
         return level_for(self.levels, score)
 
     def details(self) -> dict[str, Any]:
-        return {"questions": [{"id": q.id, "text": q.text.view(),
-                               "options": [{"id": o.id, "text": o.text.view()} for o in q.options]}
-                              for q in self.questions]}
+        return {
+            "questions": [
+                {
+                    "id": q.id,
+                    "text": q.text.view(),
+                    "options": [{"id": o.id, "text": o.text.view()} for o in q.options],
+                }
+                for q in self.questions
+            ]
+        }
 
     def missing(self, facts: StepFacts) -> str | None:
         return None if facts.customer_done else "the customer has not answered the questionnaire"
@@ -331,14 +353,21 @@ class SuitabilityStep(Step):
         product = read_product(source.reader, source.value("product"), source.what)
         top = max(level.rank for level in questionnaire.levels)
         if product.risk_rank > top:
-            source.reader.fail(source.value("product"),
-                               f"product risk {product.risk_level} is above every level of "
-                               f"questionnaire {questionnaire.id!r}: no customer could buy it")
+            source.reader.fail(
+                source.value("product"),
+                f"product risk {product.risk_level} is above every level of "
+                f"questionnaire {questionnaire.id!r}: no customer could buy it",
+            )
         return cls(**source.common, questionnaire=questionnaire.id, product=product)
 
     def details(self) -> dict[str, Any]:
-        return {"product": {"code": self.product.code, "name": self.product.name.view(),
-                            "risk_level": self.product.risk_level}}
+        return {
+            "product": {
+                "code": self.product.code,
+                "name": self.product.name.view(),
+                "risk_level": self.product.risk_level,
+            }
+        }
 
     def missing(self, facts: StepFacts) -> str | None:
         return None if facts.customer_done else "the product is not suitable"
@@ -415,14 +444,26 @@ class OutcomeStep(Step):
             products = [s.product for s in source.earlier if isinstance(s, SuitabilityStep)]
             product = next((p for p in products if p.code == code), None)
             if product is None:
-                code_node = source.reader.mapping(source.value("outcome"), "outcome")["product_code"][1]
-                source.reader.fail(code_node, f"product {code!r} is not the product of an earlier "
-                                              "suitability step: a product is sold only after its "
-                                              "suitability check")
+                code_node = source.reader.mapping(source.value("outcome"), "outcome")[
+                    "product_code"
+                ][1]
+                source.reader.fail(
+                    code_node,
+                    f"product {code!r} is not the product of an earlier "
+                    "suitability step: a product is sold only after its "
+                    "suitability check",
+                )
         return cls(**source.common, outcome=outcome, product=product)
 
-    async def book(self, core: CoreBanking, *, session_id: str, customer_name: str, account_class: str,
-                   customer_risk_level: str) -> dict[str, Any]:
+    async def book(
+        self,
+        core: CoreBanking,
+        *,
+        session_id: str,
+        customer_name: str,
+        account_class: str,
+        customer_risk_level: str,
+    ) -> dict[str, Any]:
         """Book the outcome with the core system; returns ``{"type": ..., "reference": ..., ...}``.
 
         ``account_class`` applies when the outcome fixes none; ``customer_risk_level``
@@ -430,22 +471,54 @@ class OutcomeStep(Step):
         """
         kind = self.outcome["type"]
         if kind == "account":
-            return {"type": kind, **await core.open_account(
-                session_id=session_id, customer_name=customer_name,
-                account_class=str(self.outcome.get("class") or account_class))}
+            return {
+                "type": kind,
+                **await core.open_account(
+                    session_id=session_id,
+                    customer_name=customer_name,
+                    account_class=str(self.outcome.get("class") or account_class),
+                ),
+            }
         if kind == "loan":
-            return {"type": kind, **await core.sign_loan(
-                session_id=session_id, customer_name=customer_name,
-                terms=dict(self.outcome.get("terms") or {}))}
+            return {
+                "type": kind,
+                **await core.sign_loan(
+                    session_id=session_id,
+                    customer_name=customer_name,
+                    terms=dict(self.outcome.get("terms") or {}),
+                ),
+            }
         product = self.product
-        return {"type": kind, **await core.place_order(
-            session_id=session_id, customer_name=customer_name,
-            product={"code": product.code, "name": product.name.en, "risk_level": product.risk_level}
-            if product else {}, amount=self.outcome.get("amount"), customer_risk_level=customer_risk_level)}
+        return {
+            "type": kind,
+            **await core.place_order(
+                session_id=session_id,
+                customer_name=customer_name,
+                product={
+                    "code": product.code,
+                    "name": product.name.en,
+                    "risk_level": product.risk_level,
+                }
+                if product
+                else {},
+                amount=self.outcome.get("amount"),
+                customer_risk_level=customer_risk_level,
+            ),
+        }
 
 
 #: every step kind, by its name in flow files, in the order the format lists them
-STEP_TYPES: dict[str, type[Step]] = {cls.kind: cls for cls in (
-    ConsentStep, IdentityStep, DisclosureStep, QuestionnaireStep, SuitabilityStep, DocumentStep,
-    SignatureStep, OutcomeStep)}
+STEP_TYPES: dict[str, type[Step]] = {
+    cls.kind: cls
+    for cls in (
+        ConsentStep,
+        IdentityStep,
+        DisclosureStep,
+        QuestionnaireStep,
+        SuitabilityStep,
+        DocumentStep,
+        SignatureStep,
+        OutcomeStep,
+    )
+}
 STEP_KINDS: tuple[str, ...] = tuple(STEP_TYPES)

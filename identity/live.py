@@ -50,7 +50,9 @@ def analyze_tracked(
     return analyze_frame(frame, t, index, boxes=boxes, **kwargs)
 
 
-def reference_from_live_frame(rgb: np.ndarray, *, num_jitters: int = REFERENCE_JITTERS) -> Reference:
+def reference_from_live_frame(
+    rgb: np.ndarray, *, num_jitters: int = REFERENCE_JITTERS
+) -> Reference:
     """The face on an ID card held up to the camera: the smallest usable face in the frame.
 
     With one face only, that face is taken (the card fills the picture). The
@@ -70,5 +72,6 @@ def reference_from_live_frame(rgb: np.ndarray, *, num_jitters: int = REFERENCE_J
         )
     card = min(usable, key=lambda b: b.area)
     embedding = embed_face(frame, card, num_jitters)
-    return Reference(embedding=embedding, box=card, strategy="live_capture",
-                     secondary_faces=len(boxes) - 1)
+    return Reference(
+        embedding=embedding, box=card, strategy="live_capture", secondary_faces=len(boxes) - 1
+    )

@@ -51,7 +51,14 @@ from .exceptions import EvidenceError, EvidenceNotFound, IntegrityError, WrongKe
 from .keys import MasterKey, new_data_key
 from .storage import LocalStorage, Storage, read_all
 
-__all__ = ["KINDS", "EvidenceError", "EvidenceItem", "EvidenceNotFound", "EvidenceStore", "LocalTree"]
+__all__ = [
+    "KINDS",
+    "EvidenceError",
+    "EvidenceItem",
+    "EvidenceNotFound",
+    "EvidenceStore",
+    "LocalTree",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -102,24 +109,43 @@ class EvidenceItem:
 
 
 def _aad(part: bytes, session_id: str, item_id: str, kind: str) -> bytes:
-    return b"\0".join((b"vcounter evidence", part, session_id.encode(), item_id.encode(), kind.encode()))
+    return b"\0".join(
+        (b"vcounter evidence", part, session_id.encode(), item_id.encode(), kind.encode())
+    )
 
 
 def _description(item: EvidenceItem) -> bytes:
-    return json.dumps({"format": FORMAT, **asdict(item)}, sort_keys=True,
-                      separators=(",", ":"), ensure_ascii=False).encode()
+    return json.dumps(
+        {"format": FORMAT, **asdict(item)},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    ).encode()
 
 
 def _seal_item(aead: AESGCM, item: EvidenceItem, description: bytes, data: bytes) -> bytes:
     ids = (item.session_id, item.id, item.kind)
     meta_nonce, data_nonce = os.urandom(_NONCE), os.urandom(_NONCE)
     sealed_meta = aead.encrypt(meta_nonce, description, _aad(b"meta", *ids))
-    return b"".join((_HEAD.pack(MAGIC, len(sealed_meta)), meta_nonce, sealed_meta,
-                     data_nonce, aead.encrypt(data_nonce, data, _aad(b"data", *ids))))
+    return b"".join(
+        (
+            _HEAD.pack(MAGIC, len(sealed_meta)),
+            meta_nonce,
+            sealed_meta,
+            data_nonce,
+            aead.encrypt(data_nonce, data, _aad(b"data", *ids)),
+        )
+    )
 
 
-def _describe(aead: AESGCM, read: Callable[[int, int], bytes], total: int,
-              session_id: str, item_id: str, kind: str) -> tuple[EvidenceItem, int]:
+def _describe(
+    aead: AESGCM,
+    read: Callable[[int, int], bytes],
+    total: int,
+    session_id: str,
+    item_id: str,
+    kind: str,
+) -> tuple[EvidenceItem, int]:
     """The item's description and where its data starts; ``read(offset, length)`` reads the object."""
     where = f"evidence item {session_id}/{item_id}"
     head = read(0, _HEAD.size)
@@ -131,14 +157,17 @@ def _describe(aead: AESGCM, read: Callable[[int, int], bytes], total: int,
         raise EvidenceError(f"{where} is truncated or damaged")
     sealed = read(_HEAD.size, _NONCE + length)
     try:
-        plain = aead.decrypt(sealed[:_NONCE], sealed[_NONCE:], _aad(b"meta", session_id, item_id, kind))
+        plain = aead.decrypt(
+            sealed[:_NONCE], sealed[_NONCE:], _aad(b"meta", session_id, item_id, kind)
+        )
         description = json.loads(plain)
         if description.pop("format") != FORMAT:
             raise ValueError("unknown format")
         item = EvidenceItem(**description)
     except InvalidTag:
         raise EvidenceError(
-            f"{where} does not decrypt: tampered, or moved from another session or kind") from None
+            f"{where} does not decrypt: tampered, or moved from another session or kind"
+        ) from None
     except (ValueError, TypeError, KeyError, AttributeError):
         raise EvidenceError(f"{where} has a damaged description") from None
     if (item.session_id, item.id, item.kind) != (session_id, item_id, kind):
@@ -214,29 +243,43 @@ class EvidenceStore:
             wrapped = read_all(self.storage, name)
         except FileNotFoundError:
             if not create:
-                raise EvidenceError(f"identity evidence of session {session_id}: data key missing") from None
+                raise EvidenceError(
+                    f"identity evidence of session {session_id}: data key missing"
+                ) from None
             key = new_data_key()
             self.storage.put_bytes(name, master.wrap(key))
             return key
         try:
             return master.unwrap(wrapped)
         except WrongKey:
-            raise EvidenceError(f"identity evidence of session {session_id} is encrypted under another "
-                                f"master key, not this one ({master.key_id})") from None
+            raise EvidenceError(
+                f"identity evidence of session {session_id} is encrypted under another "
+                f"master key, not this one ({master.key_id})"
+            ) from None
         except IntegrityError:
             raise EvidenceError(
-                f"identity evidence of session {session_id}: wrapped data key is damaged") from None
+                f"identity evidence of session {session_id}: wrapped data key is damaged"
+            ) from None
 
     # -- items -----------------------------------------------------------------------------
 
-    def put(self, session_id: str, kind: str, data: bytes, *,
-            content_type: str = "application/octet-stream",
-            meta: dict[str, Any] | None = None) -> EvidenceItem:
+    def put(
+        self,
+        session_id: str,
+        kind: str,
+        data: bytes,
+        *,
+        content_type: str = "application/octet-stream",
+        meta: dict[str, Any] | None = None,
+    ) -> EvidenceItem:
         """Encrypt and store one item; returns its description (with the plaintext's SHA-256)."""
         _check_id(session_id, "session id")
         _check_kind(kind)
-        if not isinstance(content_type, str) or len(content_type) > 128 \
-                or not _CONTENT_TYPE_RE.fullmatch(content_type):
+        if (
+            not isinstance(content_type, str)
+            or len(content_type) > 128
+            or not _CONTENT_TYPE_RE.fullmatch(content_type)
+        ):
             raise ValueError("invalid content type")
         if meta is not None and not isinstance(meta, dict):
             raise ValueError("meta must be a JSON object")
@@ -244,15 +287,25 @@ class EvidenceStore:
             # canonical JSON and back: what get() returns is what put() returns
             meta = json.loads(json.dumps(meta or {}, allow_nan=False))
         except (TypeError, ValueError):
-            raise ValueError("meta must hold only JSON values (str, number, bool, null, list, dict)") from None
+            raise ValueError(
+                "meta must hold only JSON values (str, number, bool, null, list, dict)"
+            ) from None
         data = bytes(data)
         item = EvidenceItem(
-            id=secrets.token_urlsafe(12), session_id=session_id, kind=kind, size=len(data),
-            sha256=hashlib.sha256(data).hexdigest(), content_type=content_type,
-            created_at=datetime.now(UTC).isoformat(timespec="microseconds"), meta=meta)
+            id=secrets.token_urlsafe(12),
+            session_id=session_id,
+            kind=kind,
+            size=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            content_type=content_type,
+            created_at=datetime.now(UTC).isoformat(timespec="microseconds"),
+            meta=meta,
+        )
         description = _description(item)
         if len(description) > MAX_DESCRIPTION:
-            raise ValueError(f"meta too large (an item's description is at most {MAX_DESCRIPTION} bytes)")
+            raise ValueError(
+                f"meta too large (an item's description is at most {MAX_DESCRIPTION} bytes)"
+            )
         with self._lock:
             aead = AESGCM(self._data_key(session_id, create=True))
             sealed = _seal_item(aead, item, description, data)
@@ -278,15 +331,25 @@ class EvidenceStore:
             blob = read_all(self.storage, name)
         except FileNotFoundError:
             raise EvidenceNotFound(f"no evidence item {item_id} in session {session_id}") from None
-        item, data_at = _describe(aead, lambda offset, length: blob[offset:offset + length], len(blob),
-                                  session_id, item_id, kind)
+        item, data_at = _describe(
+            aead,
+            lambda offset, length: blob[offset : offset + length],
+            len(blob),
+            session_id,
+            item_id,
+            kind,
+        )
         where = f"evidence item {session_id}/{item_id}"
         try:
-            data = aead.decrypt(blob[data_at:data_at + _NONCE], blob[data_at + _NONCE:],
-                                _aad(b"data", session_id, item_id, kind))
+            data = aead.decrypt(
+                blob[data_at : data_at + _NONCE],
+                blob[data_at + _NONCE :],
+                _aad(b"data", session_id, item_id, kind),
+            )
         except InvalidTag:
             raise EvidenceError(
-                f"{where} does not decrypt: tampered, or moved from another session or kind") from None
+                f"{where} does not decrypt: tampered, or moved from another session or kind"
+            ) from None
         if len(data) != item.size or hashlib.sha256(data).hexdigest() != item.sha256:
             raise EvidenceError(f"{where}: data does not match its SHA-256")
         return item, data
@@ -294,7 +357,9 @@ class EvidenceStore:
     def _names(self, session_id: str, kind: str | None = None) -> list[tuple[str, str, str]]:
         """(name, kind, item id) of the session's complete items, optionally of one kind."""
         prefix = f"{session_id}/{kind}/" if kind else f"{session_id}/"
-        return [(name, *parts) for name in self.storage.list(prefix) if (parts := _item_parts(name))]
+        return [
+            (name, *parts) for name in self.storage.list(prefix) if (parts := _item_parts(name))
+        ]
 
     def count(self, session_id: str, kind: str | None = None) -> int:
         """How many items the session holds (needs no key: nothing is decrypted)."""

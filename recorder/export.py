@@ -121,8 +121,9 @@ def _evidence_name(item: EvidenceItem) -> str:
     return f"{EVIDENCE_DIR}{item.kind}-{item.id}{ext}.enc"
 
 
-def _write_evidence(z: zipfile.ZipFile, evidence: EvidenceStore, session_id: str,
-                    data_key: bytes) -> list[dict[str, object]]:
+def _write_evidence(
+    z: zipfile.ZipFile, evidence: EvidenceStore, session_id: str, data_key: bytes
+) -> list[dict[str, object]]:
     """The session's evidence images into ``evidence/``, encrypted under ``data_key``; the index."""
     index = []
     for item in evidence.list(session_id):
@@ -135,17 +136,29 @@ def _write_evidence(z: zipfile.ZipFile, evidence: EvidenceStore, session_id: str
         writer.close()
         name = _evidence_name(item)
         z.writestr(name, bytes(out.data))
-        index.append({"file": name, "id": item.id, "kind": item.kind, "content_type": item.content_type,
-                      "size": item.size, "sha256": item.sha256, "created_at": item.created_at,
-                      "stored_sha256": writer.sha256})
+        index.append(
+            {
+                "file": name,
+                "id": item.id,
+                "kind": item.kind,
+                "content_type": item.content_type,
+                "size": item.size,
+                "sha256": item.sha256,
+                "created_at": item.created_at,
+                "stored_sha256": writer.sha256,
+            }
+        )
     return index
 
 
 def _evidence_readme(index: list[dict[str, object]]) -> str:
     if not index:
         return ""
-    rows = [f"  {e['kind']:<16} {e['created_at']}  {str(e['file']).removesuffix('.enc')}\n"
-            f"    sha256 {e['sha256']}" for e in index]
+    rows = [
+        f"  {e['kind']:<16} {e['created_at']}  {str(e['file']).removesuffix('.enc')}\n"
+        f"    sha256 {e['sha256']}"
+        for e in index
+    ]
     return EVIDENCE_README.format(rows="\n".join(rows))
 
 
@@ -154,18 +167,33 @@ def _wrap_for_passphrase(data_key: bytes, passphrase: str, recording_id: str) ->
     kek = scrypt(passphrase.encode(), salt=salt, maxmem=128 * 1024 * 1024, dklen=32, **SCRYPT)
     wrapped = AESGCM(kek).encrypt(nonce, data_key, b"vcounter export\0" + recording_id.encode())
     b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
-    return {"kdf": "scrypt", **SCRYPT, "salt": b64(salt), "cipher": "AES-256-GCM", "nonce": b64(nonce),
-            "wrapped_key": b64(wrapped), "aad": f"vcounter export\\0{recording_id}"}
+    return {
+        "kdf": "scrypt",
+        **SCRYPT,
+        "salt": b64(salt),
+        "cipher": "AES-256-GCM",
+        "nonce": b64(nonce),
+        "wrapped_key": b64(wrapped),
+        "aad": f"vcounter export\\0{recording_id}",
+    }
 
 
 def unwrap_export_key(spec: dict[str, object], passphrase: str, recording_id: str) -> bytes:
     try:
-        kek = scrypt(passphrase.encode(), salt=base64.b64decode(str(spec["salt"])),
-                     n=int(spec["n"]), r=int(spec["r"]), p=int(spec["p"]),  # type: ignore[call-overload]
-                     maxmem=128 * 1024 * 1024, dklen=32)
-        return AESGCM(kek).decrypt(base64.b64decode(str(spec["nonce"])),
-                                   base64.b64decode(str(spec["wrapped_key"])),
-                                   b"vcounter export\0" + recording_id.encode())
+        kek = scrypt(
+            passphrase.encode(),
+            salt=base64.b64decode(str(spec["salt"])),
+            n=int(spec["n"]),
+            r=int(spec["r"]),
+            p=int(spec["p"]),  # type: ignore[call-overload]
+            maxmem=128 * 1024 * 1024,
+            dklen=32,
+        )
+        return AESGCM(kek).decrypt(
+            base64.b64decode(str(spec["nonce"])),
+            base64.b64decode(str(spec["wrapped_key"])),
+            b"vcounter export\0" + recording_id.encode(),
+        )
     except Exception:
         raise WrongKey("wrong passphrase for this package") from None
 
@@ -202,24 +230,34 @@ def export_package(
     try:
         total = sum(blob.size for _, blob in blobs)
         exported_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        info = {"recording_id": recording_id, "session_id": manifest.get("session_id"),
-                "exported_at": exported_at, "exported_by": exported_by}
+        info = {
+            "recording_id": recording_id,
+            "session_id": manifest.get("session_id"),
+            "exported_at": exported_at,
+            "exported_by": exported_by,
+        }
         tmp = out.with_name(out.name + ".part")
         done = 0
         index: list[dict[str, object]] = []
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:
             z.writestr("export.json", json.dumps(info, indent=1))
-            z.writestr(EXPORT_KEY, json.dumps(_wrap_for_passphrase(data_key, passphrase, recording_id), indent=1))
+            z.writestr(
+                EXPORT_KEY,
+                json.dumps(_wrap_for_passphrase(data_key, passphrase, recording_id), indent=1),
+            )
             for name, blob in blobs:
-                entry = zipfile.ZipInfo(name if name in top else RECORDING_DIR + name,
-                                        date_time=time.localtime()[:6])
+                entry = zipfile.ZipInfo(
+                    name if name in top else RECORDING_DIR + name, date_time=time.localtime()[:6]
+                )
                 entry.external_attr = 0o600 << 16
                 with z.open(entry, "w", force_zip64=blob.size >= 1 << 31) as f:
                     offset = 0
                     while offset < blob.size:
                         block = blob.read(offset, _COPY_BLOCK)
                         if not block:
-                            raise RecorderError(f"{name}: ended after {offset} of {blob.size} bytes")
+                            raise RecorderError(
+                                f"{name}: ended after {offset} of {blob.size} bytes"
+                            )
                         f.write(block)
                         offset += len(block)
                 done += blob.size
@@ -231,10 +269,16 @@ def export_package(
                 index = _write_evidence(z, evidence, session_id, data_key)
                 if index:
                     z.writestr(EVIDENCE_INDEX, json.dumps(index, indent=1))
-            z.writestr("README.txt", README.format(
-                **info, fingerprint=manifest.get("signing_key", {}).get("fingerprint", "?"),
-                chain_final=manifest.get("chain", {}).get("final", "?"), package_name=out.name,
-                evidence=_evidence_readme(index)))
+            z.writestr(
+                "README.txt",
+                README.format(
+                    **info,
+                    fingerprint=manifest.get("signing_key", {}).get("fingerprint", "?"),
+                    chain_final=manifest.get("chain", {}).get("final", "?"),
+                    package_name=out.name,
+                    evidence=_evidence_readme(index),
+                ),
+            )
     finally:
         for _, blob in blobs:
             blob.close()
@@ -256,8 +300,9 @@ def _extract(package: Path, into: Path) -> Path:
     return recording
 
 
-def verify_package(package: Path, public_key_pem: bytes | None = None,
-                   master_key: MasterKey | None = None) -> VerifyResult:
+def verify_package(
+    package: Path, public_key_pem: bytes | None = None, master_key: MasterKey | None = None
+) -> VerifyResult:
     """Verify an evidence package as :func:`recorder.verify` does a recording directory."""
     try:
         with tempfile.TemporaryDirectory(prefix="vcounter-verify-") as tmp:
@@ -272,7 +317,9 @@ def decrypt_package(package: Path, out_dir: Path, passphrase: str) -> list[Path]
     written = []
     with zipfile.ZipFile(package) as z:
         info = json.loads(z.read("export.json"))
-        data_key = unwrap_export_key(json.loads(z.read(EXPORT_KEY)), passphrase, info["recording_id"])
+        data_key = unwrap_export_key(
+            json.loads(z.read(EXPORT_KEY)), passphrase, info["recording_id"]
+        )
         names = z.namelist()
         index = json.loads(z.read(EVIDENCE_INDEX)) if EVIDENCE_INDEX in names else []
         expected = {e["file"]: e["sha256"] for e in index}
@@ -296,6 +343,8 @@ def decrypt_package(package: Path, out_dir: Path, passphrase: str) -> list[Path]
                     encrypted.close()
                 if name in expected and digest.hexdigest() != expected[name]:
                     target.unlink()
-                    raise IntegrityError(f"{name}: decrypted data does not match its SHA-256 in {EVIDENCE_INDEX}")
+                    raise IntegrityError(
+                        f"{name}: decrypted data does not match its SHA-256 in {EVIDENCE_INDEX}"
+                    )
                 written.append(target)
     return written

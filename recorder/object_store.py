@@ -159,14 +159,24 @@ class S3ObjectStore:
     kind = "s3"
     shared = True
 
-    def __init__(self, remote: S3Storage, spool_dir: str | Path, *, uploads: bool = True,
-                 workers: int = 8, max_backoff: float = 5.0) -> None:
+    def __init__(
+        self,
+        remote: S3Storage,
+        spool_dir: str | Path,
+        *,
+        uploads: bool = True,
+        workers: int = 8,
+        max_backoff: float = 5.0,
+    ) -> None:
         self.remote = remote
         self.spool_dir = Path(spool_dir)
         self._recordings = remote.sub("recordings")
         self._identity = remote.sub("identity")
-        self.uploader = Uploader(workers=workers, max_backoff=max_backoff, name=repr(remote)) \
-            if uploads else None
+        self.uploader = (
+            Uploader(workers=workers, max_backoff=max_backoff, name=repr(remote))
+            if uploads
+            else None
+        )
         self._evidence: SpooledStorage | None = None
 
     def __repr__(self) -> str:
@@ -174,9 +184,13 @@ class S3ObjectStore:
 
     def _spooled(self, recording_id: str, *, local_complete: bool = False) -> SpooledStorage:
         recording_id = _check_id(recording_id)
-        return SpooledStorage(LocalStorage(self.spool_dir / "recordings" / recording_id),
-                              self._recordings.sub(recording_id), self.uploader, keep_local=True,
-                              local_complete=local_complete)
+        return SpooledStorage(
+            LocalStorage(self.spool_dir / "recordings" / recording_id),
+            self._recordings.sub(recording_id),
+            self.uploader,
+            keep_local=True,
+            local_complete=local_complete,
+        )
 
     def recording(self, recording_id: str) -> Storage:
         return self._spooled(recording_id)
@@ -207,13 +221,20 @@ class S3ObjectStore:
         root = self.spool_dir / "recordings"
         if not root.is_dir():
             return []
-        return sorted(d.name for d in root.iterdir()
-                      if d.is_dir() and _ID_RE.match(d.name) and LocalStorage(d).list())
+        return sorted(
+            d.name
+            for d in root.iterdir()
+            if d.is_dir() and _ID_RE.match(d.name) and LocalStorage(d).list()
+        )
 
     def evidence(self) -> Storage:
         if self._evidence is None:
-            self._evidence = SpooledStorage(LocalTree(self.spool_dir / "identity"), self._identity,
-                                            self.uploader, keep_local=False)
+            self._evidence = SpooledStorage(
+                LocalTree(self.spool_dir / "identity"),
+                self._identity,
+                self.uploader,
+                keep_local=False,
+            )
             if self.uploader is not None:
                 self._evidence.resume()
         return self._evidence
@@ -242,9 +263,15 @@ class S3ObjectStore:
             self.uploader.close(timeout)
 
 
-def open_object_store(url: str, *, recordings_dir: str | Path, identity_dir: str | Path,
-                      spool_dir: str | Path, s3_client: Callable[[], Any] | None = None,
-                      uploads: bool = True) -> ObjectStore:
+def open_object_store(
+    url: str,
+    *,
+    recordings_dir: str | Path,
+    identity_dir: str | Path,
+    spool_dir: str | Path,
+    s3_client: Callable[[], Any] | None = None,
+    uploads: bool = True,
+) -> ObjectStore:
     """The store a storage URL names: ``file:`` (the directories given) or ``s3://BUCKET/PREFIX``
     (through the client ``s3_client()`` makes, e.g. a boto3 ``s3`` client)."""
     if url in ("", "file:", "file://"):

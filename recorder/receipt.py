@@ -95,10 +95,23 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
 
 ENVELOPE_FIELDS = frozenset({"fingerprint", "payload", "public_key", "signature"})
-PAYLOAD_FIELDS = frozenset({
-    "format", "receipt_id", "session_id", "flow", "step_id", "document", "signature_image",
-    "face_snapshot", "identity", "signed_at", "sealed_at", "key_fingerprint", "extra",
-})
+PAYLOAD_FIELDS = frozenset(
+    {
+        "format",
+        "receipt_id",
+        "session_id",
+        "flow",
+        "step_id",
+        "document",
+        "signature_image",
+        "face_snapshot",
+        "identity",
+        "signed_at",
+        "sealed_at",
+        "key_fingerprint",
+        "extra",
+    }
+)
 FLOW_FIELDS = frozenset({"business", "version"})
 DOCUMENT_FIELDS = frozenset({"id", "title", "sha256"})
 IMAGE_FIELDS = frozenset({"media_type", "sha256", "data"})
@@ -106,12 +119,18 @@ IDENTITY_METHODS = ("face", "manual", "none")
 IDENTITY_REQUIRED = frozenset({"method", "verified"})
 #: optional identity fields and the JSON types each may hold (null always allowed)
 IDENTITY_OPTIONAL: dict[str, str] = {
-    "score": "number", "distance": "number", "threshold": "number", "liveness": "bool",
-    "reason": "string", "by": "string",
+    "score": "number",
+    "distance": "number",
+    "threshold": "number",
+    "liveness": "bool",
+    "reason": "string",
+    "by": "string",
 }
 
-UNTRUSTED_WARNING = ("WARNING: the receipt is self-consistent, but its signer was not checked against "
-                     "a trusted key: anyone can sign a receipt with a key of their own")
+UNTRUSTED_WARNING = (
+    "WARNING: the receipt is self-consistent, but its signer was not checked against "
+    "a trusted key: anyone can sign a receipt with a key of their own"
+)
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
@@ -156,7 +175,9 @@ class _Invalid(Exception):
 
 def canonical_json(obj: Any) -> bytes:
     """The canonical form (see the module docstring); ValueError/TypeError when not representable."""
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    text = json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate ("\\ud800") cannot be UTF-8
@@ -183,10 +204,20 @@ def _short(value: Any) -> str:
 
 # -- sealing ---------------------------------------------------------------------------------
 
-def seal_receipt(signing: SigningKey, *, session_id: str, flow: dict[str, Any], step_id: str,
-                 document: dict[str, Any], signature_png: bytes, face_snapshot_jpeg: bytes | None,
-                 identity: dict[str, Any], signed_at: datetime,
-                 extra: dict[str, Any] | None = None) -> bytes:
+
+def seal_receipt(
+    signing: SigningKey,
+    *,
+    session_id: str,
+    flow: dict[str, Any],
+    step_id: str,
+    document: dict[str, Any],
+    signature_png: bytes,
+    face_snapshot_jpeg: bytes | None,
+    identity: dict[str, Any],
+    signed_at: datetime,
+    extra: dict[str, Any] | None = None,
+) -> bytes:
     """Seal a signature: the receipt file (canonical JSON bytes, see the module docstring).
 
     ``document`` is ``{"id", "title", "sha256"}`` (hex SHA-256 of the document
@@ -198,10 +229,14 @@ def seal_receipt(signing: SigningKey, *, session_id: str, flow: dict[str, Any], 
     """
     if not isinstance(signed_at, datetime) or signed_at.utcoffset() is None:
         raise ReceiptError("signed_at must be a timezone-aware datetime")
-    if not isinstance(signature_png, bytes | bytearray) or not bytes(signature_png).startswith(PNG_MAGIC):
+    if not isinstance(signature_png, bytes | bytearray) or not bytes(signature_png).startswith(
+        PNG_MAGIC
+    ):
         raise ReceiptError("the signature image is not a PNG")
-    if face_snapshot_jpeg is not None and (not isinstance(face_snapshot_jpeg, bytes | bytearray)
-                                           or not bytes(face_snapshot_jpeg).startswith(JPEG_MAGIC)):
+    if face_snapshot_jpeg is not None and (
+        not isinstance(face_snapshot_jpeg, bytes | bytearray)
+        or not bytes(face_snapshot_jpeg).startswith(JPEG_MAGIC)
+    ):
         raise ReceiptError("the face snapshot is not a JPEG")
     if extra is not None and not isinstance(extra, dict):
         raise ReceiptError("extra must be an object (dict) or None")
@@ -214,7 +249,9 @@ def seal_receipt(signing: SigningKey, *, session_id: str, flow: dict[str, Any], 
         "step_id": step_id,
         "document": dict(document) if isinstance(document, dict) else document,
         "signature_image": _image("image/png", bytes(signature_png)),
-        "face_snapshot": None if face_snapshot_jpeg is None else _image("image/jpeg", bytes(face_snapshot_jpeg)),
+        "face_snapshot": None
+        if face_snapshot_jpeg is None
+        else _image("image/jpeg", bytes(face_snapshot_jpeg)),
         "identity": _normalise_identity(identity),
         "signed_at": _iso(signed_at),
         "sealed_at": _iso(datetime.now(UTC)),
@@ -231,19 +268,35 @@ def seal_receipt(signing: SigningKey, *, session_id: str, flow: dict[str, Any], 
         raise ReceiptError(f"cannot seal: {exc}") from None
     public_pem = signing.public_pem().decode("ascii")
     signature = _b64(signing.sign(payload_bytes))
-    data = (_envelope_prefix(key_fp) + payload_bytes + b',"public_key":' + canonical_json(public_pem)
-            + b',"signature":' + canonical_json(signature) + b"}")
+    data = (
+        _envelope_prefix(key_fp)
+        + payload_bytes
+        + b',"public_key":'
+        + canonical_json(public_pem)
+        + b',"signature":'
+        + canonical_json(signature)
+        + b"}"
+    )
     check = verify_receipt(data, trusted_public_keys=[public_pem.encode("ascii")])
     if not check.ok:  # a bug here, never the caller's input
         raise RecorderError(f"a freshly sealed receipt does not verify: {check.reason}")
-    logger.info("session %s: sealed signature receipt %s (step %s, document sha256 %s, identity %s)",
-                session_id, payload["receipt_id"], step_id, payload["document"]["sha256"],
-                payload["identity"]["method"])
+    logger.info(
+        "session %s: sealed signature receipt %s (step %s, document sha256 %s, identity %s)",
+        session_id,
+        payload["receipt_id"],
+        step_id,
+        payload["document"]["sha256"],
+        payload["identity"]["method"],
+    )
     return data
 
 
 def _image(media_type: str, data: bytes) -> dict[str, str]:
-    return {"media_type": media_type, "sha256": hashlib.sha256(data).hexdigest(), "data": _b64(data)}
+    return {
+        "media_type": media_type,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "data": _b64(data),
+    }
 
 
 def _normalise_identity(identity: Any) -> Any:
@@ -260,6 +313,7 @@ def _normalise_identity(identity: Any) -> Any:
 
 # -- verifying -------------------------------------------------------------------------------
 
+
 def verify_receipt(data: bytes, *, trusted_public_keys: list[bytes] | None = None) -> ReceiptCheck:
     """Check a receipt file; never raises on a bad file (see :class:`ReceiptCheck`).
 
@@ -274,12 +328,19 @@ def verify_receipt(data: bytes, *, trusted_public_keys: list[bytes] | None = Non
     except _Invalid as exc:
         return ReceiptCheck(False, exc.reason, None, None, code=exc.code)
     if trusted is None:
-        return ReceiptCheck(True, UNTRUSTED_WARNING, payload, key_fp, trusted=False, code="untrusted")
+        return ReceiptCheck(
+            True, UNTRUSTED_WARNING, payload, key_fp, trusted=False, code="untrusted"
+        )
     if key_fp not in trusted:
         known = ", ".join(sorted(f[:16] for f in trusted)) or "none"
-        return ReceiptCheck(False, f"signed by an unknown key (fingerprint {key_fp}), not by a trusted "
-                            f"key (trusted: {known}): it may have been re-signed by someone else",
-                            payload, key_fp, code="unknown_key")
+        return ReceiptCheck(
+            False,
+            f"signed by an unknown key (fingerprint {key_fp}), not by a trusted "
+            f"key (trusted: {known}): it may have been re-signed by someone else",
+            payload,
+            key_fp,
+            code="unknown_key",
+        )
     return ReceiptCheck(True, None, payload, key_fp, trusted=True)
 
 
@@ -298,16 +359,24 @@ def _reject_constant(name: str) -> Any:
 
 def _check(raw: bytes) -> tuple[dict[str, Any], str]:
     if len(raw) > MAX_RECEIPT_BYTES:
-        raise _Invalid("not_a_receipt", f"not a receipt: {len(raw)} bytes is larger than any receipt")
+        raise _Invalid(
+            "not_a_receipt", f"not a receipt: {len(raw)} bytes is larger than any receipt"
+        )
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise _Invalid("not_a_receipt", f"not a receipt: not UTF-8 text (byte {exc.start})") from None
+        raise _Invalid(
+            "not_a_receipt", f"not a receipt: not UTF-8 text (byte {exc.start})"
+        ) from None
     try:
-        doc = json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+        doc = json.loads(
+            text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
+        )
     except json.JSONDecodeError as exc:  # the message names a position, never the content
-        raise _Invalid("not_a_receipt", f"not a receipt: damaged JSON ({exc.msg} at byte "
-                       f"{len(text[:exc.pos].encode())})") from None
+        raise _Invalid(
+            "not_a_receipt",
+            f"not a receipt: damaged JSON ({exc.msg} at byte {len(text[: exc.pos].encode())})",
+        ) from None
     except RecursionError:
         raise _Invalid("not_a_receipt", "not a receipt: JSON nested too deeply") from None
     if not isinstance(doc, dict):
@@ -318,11 +387,19 @@ def _check(raw: bytes) -> tuple[dict[str, Any], str]:
         raise _Invalid("not_canonical", f"not in canonical form: {exc}") from None
     if canonical != raw:
         at = _first_difference(canonical, raw)
-        raise _Invalid("not_canonical", "not in canonical form: the file was re-serialised or edited "
-                       f"(whitespace, key order, escaping or number form differ from byte {at}); "
-                       "only the exact bytes the server wrote verify")
+        raise _Invalid(
+            "not_canonical",
+            "not in canonical form: the file was re-serialised or edited "
+            f"(whitespace, key order, escaping or number form differ from byte {at}); "
+            "only the exact bytes the server wrote verify",
+        )
     _fields(doc, ENVELOPE_FIELDS, "receipt")
-    key_fp, pem, sig_b64, payload = doc["fingerprint"], doc["public_key"], doc["signature"], doc["payload"]
+    key_fp, pem, sig_b64, payload = (
+        doc["fingerprint"],
+        doc["public_key"],
+        doc["signature"],
+        doc["payload"],
+    )
     if not isinstance(key_fp, str) or not _HEX64.fullmatch(key_fp):
         raise _Invalid("malformed", "fingerprint is not 64 lowercase hex digits")
     if not isinstance(pem, str) or not pem.isascii():
@@ -339,7 +416,9 @@ def _check(raw: bytes) -> tuple[dict[str, Any], str]:
         raise _Invalid("malformed", "signature is not a string")
     signature = _b64decode(sig_b64, "signature")
     if len(signature) != 64:
-        raise _Invalid("bad_signature", f"signature is {len(signature)} bytes, an Ed25519 signature is 64")
+        raise _Invalid(
+            "bad_signature", f"signature is {len(signature)} bytes, an Ed25519 signature is 64"
+        )
     if not isinstance(payload, dict):
         raise _Invalid("malformed", "payload is not an object")
     _check_payload(payload)
@@ -351,7 +430,7 @@ def _check(raw: bytes) -> tuple[dict[str, Any], str]:
     end = raw.rfind(b',"public_key":"')
     if not raw.startswith(prefix) or end < len(prefix):
         raise _Invalid("malformed", "the payload is not where the format puts it")
-    signed = raw[len(prefix):end]
+    signed = raw[len(prefix) : end]
     if signed != canonical_json(payload):
         raise _Invalid("not_canonical", "the stored payload bytes are not its canonical form")
     # the key's PEM must be the canonical one too (no second spelling of the same key)
@@ -359,8 +438,10 @@ def _check(raw: bytes) -> tuple[dict[str, Any], str]:
     if canonical_pem != pem:
         raise _Invalid("bad_key", "public_key is not in canonical PEM form")
     if not SigningKey.verify(pem.encode("ascii"), signature, signed):
-        raise _Invalid("bad_signature", "bad signature: the payload is not what the key signed "
-                       "(the receipt was altered)")
+        raise _Invalid(
+            "bad_signature",
+            "bad signature: the payload is not what the key signed (the receipt was altered)",
+        )
     return payload, key_fp
 
 
@@ -380,12 +461,14 @@ def _canonical_pem(pem: str) -> str:
     from cryptography.hazmat.primitives import serialization
 
     key = serialization.load_pem_public_key(pem.encode("ascii"))
-    return key.public_bytes(serialization.Encoding.PEM,
-                            serialization.PublicFormat.SubjectPublicKeyInfo).decode("ascii")
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode("ascii")
 
 
-def _fields(obj: dict[str, Any], expected: frozenset[str], what: str,
-            optional: frozenset[str] = frozenset()) -> None:
+def _fields(
+    obj: dict[str, Any], expected: frozenset[str], what: str, optional: frozenset[str] = frozenset()
+) -> None:
     missing = sorted(expected - obj.keys())
     unexpected = sorted(obj.keys() - expected - optional)
     if missing:
@@ -409,7 +492,9 @@ def _hex64(value: Any, what: str) -> str:
 
 def _time(value: Any, what: str) -> None:
     if not isinstance(value, str) or not _TIME.fullmatch(value):
-        raise _Invalid("malformed", f"{what} must be an ISO 8601 UTC time like 2025-01-31T09:30:00.123Z")
+        raise _Invalid(
+            "malformed", f"{what} must be an ISO 8601 UTC time like 2025-01-31T09:30:00.123Z"
+        )
     try:
         datetime.fromisoformat(value[:-1])
     except ValueError:
@@ -437,7 +522,9 @@ def _check_image(value: Any, what: str, media_type: str, magic: bytes) -> None:
     stated = _hex64(value["sha256"], f"{what}.sha256")
     data = _b64decode(_string(value["data"], f"{what}.data"), f"{what}.data")
     if hashlib.sha256(data).hexdigest() != stated:
-        raise _Invalid("image_mismatch", f"{what} does not match its stated sha256 (the image was changed)")
+        raise _Invalid(
+            "image_mismatch", f"{what} does not match its stated sha256 (the image was changed)"
+        )
     if not data.startswith(magic):
         raise _Invalid("malformed", f"{what} is not {media_type}")
 
@@ -457,7 +544,8 @@ def _check_identity(value: Any) -> None:
         if item is None:
             continue
         good = {
-            "number": isinstance(item, int | float) and not isinstance(item, bool)
+            "number": isinstance(item, int | float)
+            and not isinstance(item, bool)
             and math.isfinite(item),
             "bool": isinstance(item, bool),
             "string": isinstance(item, str),
@@ -481,8 +569,9 @@ def _check_payload(p: dict[str, Any]) -> None:
     _fields(flow, FLOW_FIELDS, "flow")
     _string(flow["business"], "flow.business")
     version = flow["version"]
-    if not (isinstance(version, str) and version) and not (isinstance(version, int)
-                                                          and not isinstance(version, bool)):
+    if not (isinstance(version, str) and version) and not (
+        isinstance(version, int) and not isinstance(version, bool)
+    ):
         raise _Invalid("malformed", "flow.version must be a string or an integer")
     doc = p["document"]
     if not isinstance(doc, dict):
@@ -503,6 +592,7 @@ def _check_payload(p: dict[str, Any]) -> None:
 
 
 # -- reading ---------------------------------------------------------------------------------
+
 
 def redacted(payload: dict[str, Any]) -> dict[str, Any]:
     """The payload with each image's base64 replaced by its size: for printing and logs."""

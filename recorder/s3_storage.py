@@ -61,7 +61,8 @@ def parse_s3_url(url: str) -> tuple[str, str]:
 def _client_error(exc: BaseException) -> bool:
     """Whether ``exc`` comes from the S3 client library (botocore) or the network below it."""
     return isinstance(exc, OSError) or any(
-        cls.__module__.split(".")[0] in ("botocore", "urllib3") for cls in type(exc).__mro__)
+        cls.__module__.split(".")[0] in ("botocore", "urllib3") for cls in type(exc).__mro__
+    )
 
 
 def _md5(data: bytes | bytearray | memoryview) -> str:
@@ -71,8 +72,12 @@ def _md5(data: bytes | bytearray | memoryview) -> str:
 def _check_name(name: str) -> str:
     """The same names :class:`~recorder.storage.LocalStorage` accepts (relative, no hidden parts)."""
     parts = PurePosixPath(name).parts
-    if (not parts or name.startswith("/") or name.endswith("/")
-            or any(p in ("..", ".") or p.startswith(".") for p in parts)):
+    if (
+        not parts
+        or name.startswith("/")
+        or name.endswith("/")
+        or any(p in ("..", ".") or p.startswith(".") for p in parts)
+    ):
         raise RecorderError(f"invalid storage name {name!r}")
     return name
 
@@ -80,7 +85,9 @@ def _check_name(name: str) -> str:
 class S3Storage:
     """Objects under ``prefix`` in ``bucket``; see the module docstring."""
 
-    def __init__(self, client: Any, bucket: str, prefix: str = "", *, label: str | None = None) -> None:
+    def __init__(
+        self, client: Any, bucket: str, prefix: str = "", *, label: str | None = None
+    ) -> None:
         if prefix and not prefix.endswith("/"):
             prefix += "/"
         self.client = client
@@ -117,7 +124,8 @@ class S3Storage:
                 if code in _MISSING:
                     raise FileNotFoundError(f"{self._label}{what}: no such object") from None
                 raise StorageUnavailable(
-                    f"{self._label}{what}: {code or 'error'} ({error.get('Message') or exc})") from None
+                    f"{self._label}{what}: {code or 'error'} ({error.get('Message') or exc})"
+                ) from None
             if _client_error(exc):  # connection refused, timeouts, credentials...
                 raise StorageUnavailable(f"{self._label}{what}: {exc}") from None
             raise
@@ -130,8 +138,14 @@ class S3Storage:
 
     def put_bytes(self, name: str, data: bytes) -> None:
         data = bytes(data)
-        self._call(name, self.client.put_object, Bucket=self.bucket, Key=self._key(name), Body=data,
-                   ContentMD5=_md5(data))
+        self._call(
+            name,
+            self.client.put_object,
+            Bucket=self.bucket,
+            Key=self._key(name),
+            Body=data,
+            ContentMD5=_md5(data),
+        )
 
     def create(self, name: str) -> BlobWriter:
         return _S3Writer(self, self._key(name), name)
@@ -147,7 +161,7 @@ class S3Storage:
         with self._errors(prefix or "(list)"):
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
                 for item in page.get("Contents", []):
-                    name = item["Key"][len(self.prefix):]
+                    name = item["Key"][len(self.prefix) :]
                     if name and not any(p.startswith(".") for p in name.split("/")):
                         names.append(name)
         return sorted(names)
@@ -167,9 +181,12 @@ class S3Storage:
         with self._errors("(multipart uploads)"):
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
                 for upload in page.get("Uploads", []):
-                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"],
-                                                       UploadId=upload["UploadId"])
-                    logger.info("%s: aborted an interrupted upload of %s", self._label, upload["Key"])
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
+                    logger.info(
+                        "%s: aborted an interrupted upload of %s", self._label, upload["Key"]
+                    )
 
     # -- beyond the protocol ----------------------------------------------------------
 
@@ -196,13 +213,19 @@ class S3Storage:
         """Delete every object whose name starts with ``prefix``; returns how many."""
         names = self.list(prefix)
         for start in range(0, len(names), _DELETE_BATCH):
-            batch = [{"Key": self._key(n)} for n in names[start:start + _DELETE_BATCH]]
-            done = self._call(prefix or "(all)", self.client.delete_objects, Bucket=self.bucket,
-                              Delete={"Objects": batch, "Quiet": True})
+            batch = [{"Key": self._key(n)} for n in names[start : start + _DELETE_BATCH]]
+            done = self._call(
+                prefix or "(all)",
+                self.client.delete_objects,
+                Bucket=self.bucket,
+                Delete={"Objects": batch, "Quiet": True},
+            )
             if done.get("Errors"):
                 first = done["Errors"][0]
-                raise StorageUnavailable(f"{self._label}{first.get('Key')}: not deleted "
-                                         f"({first.get('Code')}: {first.get('Message')})")
+                raise StorageUnavailable(
+                    f"{self._label}{first.get('Key')}: not deleted "
+                    f"({first.get('Code')}: {first.get('Message')})"
+                )
         return len(names)
 
     def ping(self) -> None:
@@ -229,8 +252,14 @@ class _S3Blob:
             return b""
         storage = self._storage
         try:
-            response = storage._call(self._name, storage.client.get_object, Bucket=storage.bucket,
-                                     Key=self._key, Range=f"bytes={offset}-{end - 1}", IfMatch=self._etag)
+            response = storage._call(
+                self._name,
+                storage.client.get_object,
+                Bucket=storage.bucket,
+                Key=self._key,
+                Range=f"bytes={offset}-{end - 1}",
+                IfMatch=self._etag,
+            )
         except StorageUnavailable as exc:
             if "PreconditionFailed" in str(exc):
                 raise IntegrityError(f"{self._name} was replaced while it was being read") from None
@@ -238,7 +267,9 @@ class _S3Blob:
         with storage._errors(self._name):
             data: bytes = response["Body"].read()
         if len(data) != end - offset:
-            raise StorageUnavailable(f"{self._name}: short read ({len(data)} of {end - offset} bytes)")
+            raise StorageUnavailable(
+                f"{self._name}: short read ({len(data)} of {end - offset} bytes)"
+            )
         return data
 
     def close(self) -> None:
@@ -260,12 +291,21 @@ class _S3Writer:
     def _send_part(self, data: bytes | bytearray) -> None:
         s = self._storage
         if self._upload_id is None:
-            created = s._call(self._name, s.client.create_multipart_upload, Bucket=s.bucket, Key=self._key)
+            created = s._call(
+                self._name, s.client.create_multipart_upload, Bucket=s.bucket, Key=self._key
+            )
             self._upload_id = str(created["UploadId"])
         number = len(self._parts) + 1
-        part = s._call(self._name, s.client.upload_part, Bucket=s.bucket, Key=self._key,
-                       UploadId=self._upload_id, PartNumber=number, Body=bytes(data),
-                       ContentMD5=_md5(data))
+        part = s._call(
+            self._name,
+            s.client.upload_part,
+            Bucket=s.bucket,
+            Key=self._key,
+            UploadId=self._upload_id,
+            PartNumber=number,
+            Body=bytes(data),
+            ContentMD5=_md5(data),
+        )
         self._parts.append({"PartNumber": number, "ETag": part["ETag"]})
 
     def write(self, data: bytes) -> None:
@@ -288,8 +328,14 @@ class _S3Writer:
                     self._send_part(self._buffer[:PART_SIZE])
                     del self._buffer[:PART_SIZE]
                 self._send_part(self._buffer)
-                s._call(self._name, s.client.complete_multipart_upload, Bucket=s.bucket, Key=self._key,
-                        UploadId=self._upload_id, MultipartUpload={"Parts": self._parts})
+                s._call(
+                    self._name,
+                    s.client.complete_multipart_upload,
+                    Bucket=s.bucket,
+                    Key=self._key,
+                    UploadId=self._upload_id,
+                    MultipartUpload={"Parts": self._parts},
+                )
         except BaseException:
             self.abort()
             raise
@@ -304,8 +350,13 @@ class _S3Writer:
         if self._upload_id is not None:
             s = self._storage
             try:
-                s._call(self._name, s.client.abort_multipart_upload, Bucket=s.bucket, Key=self._key,
-                        UploadId=self._upload_id)
+                s._call(
+                    self._name,
+                    s.client.abort_multipart_upload,
+                    Bucket=s.bucket,
+                    Key=self._key,
+                    UploadId=self._upload_id,
+                )
             except (StorageUnavailable, FileNotFoundError) as exc:
                 # discard_incomplete() aborts it later
                 logger.warning("%s: could not abort the upload of %s: %s", s, self._name, exc)

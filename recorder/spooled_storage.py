@@ -80,8 +80,15 @@ class SpooledStorage:
     worker).
     """
 
-    def __init__(self, local: LocalStorage, remote: Storage, uploader: Uploader | None, *,
-                 keep_local: bool, local_complete: bool = False) -> None:
+    def __init__(
+        self,
+        local: LocalStorage,
+        remote: Storage,
+        uploader: Uploader | None,
+        *,
+        keep_local: bool,
+        local_complete: bool = False,
+    ) -> None:
         self.local = local
         self.remote = remote
         self._uploader = uploader
@@ -219,8 +226,12 @@ class SpooledStorage:
                 else:
                     kept.append(name)
         if kept:
-            logger.warning("%r: %d object(s) not uploaded yet stay spooled: %s", self, len(kept),
-                           ", ".join(kept[:5]))
+            logger.warning(
+                "%r: %d object(s) not uploaded yet stay spooled: %s",
+                self,
+                len(kept),
+                ", ".join(kept[:5]),
+            )
             return
         root = self.local.root
         for folder in sorted((p for p in root.rglob("*") if p.is_dir()), reverse=True):
@@ -245,8 +256,14 @@ class Uploader:
     success; :attr:`pending` counts the objects not uploaded yet.
     """
 
-    def __init__(self, *, workers: int = 2, min_backoff: float = 0.5, max_backoff: float = 5.0,
-                 name: str = "object store") -> None:
+    def __init__(
+        self,
+        *,
+        workers: int = 2,
+        min_backoff: float = 0.5,
+        max_backoff: float = 5.0,
+        name: str = "object store",
+    ) -> None:
         self.name = name
         self.min_backoff = min_backoff
         self.max_backoff = max_backoff
@@ -262,8 +279,10 @@ class Uploader:
         self._last_alert = 0.0
         self.last_error: str | None = None
         self.uploaded = 0
-        self._threads = [threading.Thread(target=self._work, name=f"upload-{i}", daemon=True)
-                         for i in range(workers)]
+        self._threads = [
+            threading.Thread(target=self._work, name=f"upload-{i}", daemon=True)
+            for i in range(workers)
+        ]
         for thread in self._threads:
             thread.start()
 
@@ -289,7 +308,11 @@ class Uploader:
             queue = self._queues.setdefault(storage, OrderedDict())
             queue.pop(name, None)
             queue[name] = (op, next(self._tokens))
-            if storage not in self._busy and storage not in self._retry_at and storage not in self._ready:
+            if (
+                storage not in self._busy
+                and storage not in self._retry_at
+                and storage not in self._ready
+            ):
                 self._ready.append(storage)
             self._cond.notify()
 
@@ -298,8 +321,12 @@ class Uploader:
         now = time.monotonic()
         if ok:
             if self._failing_since is not None:
-                logger.warning("%s reachable again after %.0f s: uploading %d spooled object(s)",
-                               self.name, now - self._failing_since, self.pending)
+                logger.warning(
+                    "%s reachable again after %.0f s: uploading %d spooled object(s)",
+                    self.name,
+                    now - self._failing_since,
+                    self.pending,
+                )
             self._failing_since, self.last_error = None, None
             return
         self.last_error = error
@@ -307,8 +334,12 @@ class Uploader:
             self._failing_since = now
         if self._failing_since == now or now - self._last_alert >= ALERT_INTERVAL_S:
             self._last_alert = now
-            logger.error("%s unreachable (%s): %d object(s) spooled on local disk, retrying",
-                         self.name, error, self.pending)
+            logger.error(
+                "%s unreachable (%s): %d object(s) spooled on local disk, retrying",
+                self.name,
+                error,
+                self.pending,
+            )
 
     def _next(self) -> SpooledStorage | None:
         """The next storage to work on (the caller holds the lock); None when closing."""
@@ -384,13 +415,17 @@ class Uploader:
         if self._closing:
             return
         if not self.wait_idle(timeout):
-            logger.warning("%s: %d object(s) not uploaded at shutdown stay spooled on local disk",
-                           self.name, self.pending)
+            logger.warning(
+                "%s: %d object(s) not uploaded at shutdown stay spooled on local disk",
+                self.name,
+                self.pending,
+            )
         with self._cond:
             self._closing = True
             self._cond.notify_all()
         for thread in self._threads:
             thread.join(timeout=30)
             if thread.is_alive():
-                logger.warning("%s: upload thread %s still busy at shutdown", self.name, thread.name)
-
+                logger.warning(
+                    "%s: upload thread %s still busy at shutdown", self.name, thread.name
+                )

@@ -45,11 +45,21 @@ APPEND_LOCK_KEY = advisory_lock_key("access-log-append")
 
 def _canonical(entry: AccessLog) -> bytes:
     at = entry.at if entry.at.tzinfo else entry.at.replace(tzinfo=UTC)
-    return json.dumps({
-        "seq": entry.seq, "at": at.isoformat(timespec="microseconds"), "user_id": entry.user_id,
-        "username": entry.username, "role": entry.role, "action": entry.action,
-        "target": entry.target, "remote": entry.remote,
-    }, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return json.dumps(
+        {
+            "seq": entry.seq,
+            "at": at.isoformat(timespec="microseconds"),
+            "user_id": entry.user_id,
+            "username": entry.username,
+            "role": entry.role,
+            "action": entry.action,
+            "target": entry.target,
+            "remote": entry.remote,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    ).encode()
 
 
 def _digest(prev_hash: str, entry: AccessLog) -> str:
@@ -74,9 +84,18 @@ def append(s: Session, user: User, action: str, target: str, remote: str = "") -
     _lock_chain(s)
     last = s.exec(select(AccessLog).order_by(col(AccessLog.seq).desc()).limit(1)).first()
     prev = last.hash if last else GENESIS
-    entry = AccessLog(seq=(last.seq or 0) + 1 if last else 1, at=utcnow(), user_id=user.id,
-                      username=user.username, role=user.role, action=action, target=target[:128],
-                      remote=(remote or "")[:64], prev_hash=prev, hash="")
+    entry = AccessLog(
+        seq=(last.seq or 0) + 1 if last else 1,
+        at=utcnow(),
+        user_id=user.id,
+        username=user.username,
+        role=user.role,
+        action=action,
+        target=target[:128],
+        remote=(remote or "")[:64],
+        prev_hash=prev,
+        hash="",
+    )
     entry.hash = _digest(prev, entry)
     s.add(entry)
     s.flush()
@@ -99,7 +118,9 @@ def verify(s: Session) -> LogCheck:
         if entry.seq != expected_seq:
             return LogCheck(False, count, f"entry {expected_seq} is missing (next is {entry.seq})")
         if entry.prev_hash != prev:
-            return LogCheck(False, count, f"entry {entry.seq}: does not follow entry {entry.seq - 1}")
+            return LogCheck(
+                False, count, f"entry {entry.seq}: does not follow entry {entry.seq - 1}"
+            )
         if _digest(prev, entry) != entry.hash:
             return LogCheck(False, count, f"entry {entry.seq}: content altered (hash mismatch)")
         prev = entry.hash

@@ -63,8 +63,10 @@ async def errors_and_headers(request: web.Request, handler):  # type: ignore[no-
         response = web.json_response({"error": exc.code, "message": exc.message}, status=exc.status)
     except web.HTTPException as exc:
         if exc.status >= 400 and not request.path.startswith("/ws/"):
-            response = web.json_response({"error": exc.reason.lower().replace(" ", "_"),
-                                          "message": exc.reason}, status=exc.status)
+            response = web.json_response(
+                {"error": exc.reason.lower().replace(" ", "_"), "message": exc.reason},
+                status=exc.status,
+            )
         else:
             raise
     if not isinstance(response, web.WebSocketResponse) and not response.prepared:
@@ -87,11 +89,15 @@ def _flow_service(config: Config, db: Database, broker: Broker, identity, signin
     from .flow_service import FlowService
 
     if not config.flows_dir.is_dir():
-        logger.warning("no flows directory %s: calls run without a business script", config.flows_dir)
+        logger.warning(
+            "no flows directory %s: calls run without a business script", config.flows_dir
+        )
         return None
     flows = load_flows(config.flows_dir, account_class=config.account_class)
-    logger.info("business flows: %s", ", ".join(f"{b} v{f.version} ({len(f.steps)} steps)"
-                                                 for b, f in sorted(flows.items())))
+    logger.info(
+        "business flows: %s",
+        ", ".join(f"{b} v{f.version} ({len(f.steps)} steps)" for b, f in sorted(flows.items())),
+    )
     if signing is None:
         signing = SigningKey.generate()  # recording off (benchmarks): receipts still need a key
     return FlowService(config, broker, flows, signing, LocalCoreBanking(db), identity=identity)
@@ -123,16 +129,28 @@ async def node_ctx(app: web.Application) -> AsyncIterator[None]:
 
     def load() -> dict[str, int]:
         hub, broker = app.get(HUB), app.get(BROKER)
-        return {"calls": hub.call_count if hub else 0, "sessions": len(broker.sessions) if broker else 0}
+        return {
+            "calls": hub.call_count if hub else 0,
+            "sessions": len(broker.sessions) if broker else 0,
+        }
 
     # with other nodes, a dead node's customers have the rejoin window to come back through another
     grace = config.rejoin_window_s if config.redis_url else 0.0
-    registry = NodeRegistry(db, config.node_id, lease_s=config.node_lease_s, grace_s=grace,
-                            address=config.node_url, load=load)
+    registry = NodeRegistry(
+        db,
+        config.node_id,
+        lease_s=config.node_lease_s,
+        grace_s=grace,
+        address=config.node_url,
+        load=load,
+    )
     orphans = await registry.start()
     if orphans:
-        logger.warning("closed %d session(s) left open by a node that is gone: %s", len(orphans),
-                       ", ".join(orphans))
+        logger.warning(
+            "closed %d session(s) left open by a node that is gone: %s",
+            len(orphans),
+            ", ".join(orphans),
+        )
     app[NODES] = registry
     try:
         yield
@@ -161,8 +179,12 @@ async def _shared_state(config: Config, directory: NodeRegistry) -> tuple[Shared
     except Exception as exc:
         await state.aclose()
         shown = config.redis_url.split("@")[-1]
-        raise ServerError(f"Redis at {shown} cannot be reached ({exc.__class__.__name__}: {exc})") from None
-    bus = RedisBus.from_url(config.redis_url, config.node_id, prefix=config.redis_prefix, directory=directory)
+        raise ServerError(
+            f"Redis at {shown} cannot be reached ({exc.__class__.__name__}: {exc})"
+        ) from None
+    bus = RedisBus.from_url(
+        config.redis_url, config.node_id, prefix=config.redis_prefix, directory=directory
+    )
     return state, bus
 
 
@@ -177,16 +199,22 @@ async def media_ctx(app: web.Application) -> AsyncIterator[None]:
             await broker_ref[0].media_state(call_id, role, state)
 
     state, bus = await _shared_state(config, app[NODES])
-    hub = MediaHub(ice_servers=list(config.ice_servers), media_mode=config.media_mode,  # type: ignore[arg-type]
-                   on_state=on_media_state)
+    hub = MediaHub(
+        ice_servers=list(config.ice_servers),
+        media_mode=config.media_mode,  # type: ignore[arg-type]
+        on_state=on_media_state,
+    )
     try:
         broker = Broker(
             hub,
-            config=BrokerConfig(rejoin_window_s=config.rejoin_window_s,
-                                offer_timeout_s=config.offer_timeout_s,
-                                media_timeout_s=config.media_timeout_s,
-                                node_id=config.node_id, ice_servers=config.ice_servers,
-                                businesses=frozenset(BUSINESS_TYPES)),
+            config=BrokerConfig(
+                rejoin_window_s=config.rejoin_window_s,
+                offer_timeout_s=config.offer_timeout_s,
+                media_timeout_s=config.media_timeout_s,
+                node_id=config.node_id,
+                ice_servers=config.ice_servers,
+                businesses=frozenset(BUSINESS_TYPES),
+            ),
             log=DbSessionLog(db, config.node_id),
             state=state,
             bus=bus,
@@ -217,7 +245,9 @@ async def recordings_ctx(app: web.Application) -> AsyncIterator[None]:
     finalised first, and the leases of the recordings being made are renewed until shutdown."""
     config, broker = app[CONFIG], app[BROKER]
     master, signing = app[KEYS]
-    recordings = RecordingService(config, app[DB], app[HUB], master, signing, log_event=broker.log.event)
+    recordings = RecordingService(
+        config, app[DB], app[HUB], master, signing, log_event=broker.log.event
+    )
     try:
         await recordings.recover_interrupted()
         recordings.start()
@@ -247,7 +277,9 @@ async def identity_ctx(app: web.Application) -> AsyncIterator[None]:
     store = recordings.store if recordings is not None else object_store(config)
     worker = FaceWorker(config.identity_workers or None)
     try:
-        identity = IdentityService(config, broker, app[HUB], EvidenceStore(store.evidence(), master), worker)
+        identity = IdentityService(
+            config, broker, app[HUB], EvidenceStore(store.evidence(), master), worker
+        )
         try:
             identity.start()
             app[IDENTITY] = identity
@@ -288,8 +320,12 @@ async def loop_lag_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         app[LOOP_LAG] = monitor
         config, db = app[CONFIG], app[DB]
-        logger.info("node %s ready (media %s, database %s)", config.node_id, config.media_mode,
-                    db.engine.url.render_as_string(hide_password=True))
+        logger.info(
+            "node %s ready (media %s, database %s)",
+            config.node_id,
+            config.media_mode,
+            db.engine.url.render_as_string(hide_password=True),
+        )
         yield
     finally:
         await monitor.aclose()

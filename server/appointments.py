@@ -71,7 +71,7 @@ def evidence_owner(appointment_id: str) -> str:
 
 
 def appointment_of_owner(owner: str) -> str | None:
-    return owner[len(_OWNER_PREFIX):] if owner.startswith(_OWNER_PREFIX) else None
+    return owner[len(_OWNER_PREFIX) :] if owner.startswith(_OWNER_PREFIX) else None
 
 
 def aware(value: datetime) -> datetime:
@@ -92,10 +92,15 @@ def status(appt: Appointment, now: datetime | None = None) -> str:
 def view(appt: Appointment) -> dict[str, Any]:
     """What the bank's system sees (never the token)."""
     return {
-        "id": appt.id, "business": appt.business, "display_name": appt.display_name,
-        "external_ref": appt.external_ref, "status": status(appt),
-        "created_at": aware(appt.created_at).isoformat(), "expires_at": aware(appt.expires_at).isoformat(),
-        "reference": appt.has_reference, "session_id": appt.session_id,
+        "id": appt.id,
+        "business": appt.business,
+        "display_name": appt.display_name,
+        "external_ref": appt.external_ref,
+        "status": status(appt),
+        "created_at": aware(appt.created_at).isoformat(),
+        "expires_at": aware(appt.expires_at).isoformat(),
+        "reference": appt.has_reference,
+        "session_id": appt.session_id,
         "used_at": aware(appt.used_at).isoformat() if appt.used_at else None,
     }
 
@@ -111,14 +116,25 @@ class AppointmentService:
 
     # -- the bank's side -------------------------------------------------------------
 
-    async def create(self, user: User, business: str, display_name: str, external_ref: str = "",
-                     valid_hours: float = DEFAULT_VALID_HOURS) -> tuple[Appointment, str]:
+    async def create(
+        self,
+        user: User,
+        business: str,
+        display_name: str,
+        external_ref: str = "",
+        valid_hours: float = DEFAULT_VALID_HOURS,
+    ) -> tuple[Appointment, str]:
         token = secrets.token_urlsafe(32)
         now = utcnow()
         appt = Appointment(
-            id=new_id(9), token_hash=hash_token(token), business=business,
-            display_name=display_name, external_ref=external_ref, created_by=user.id or 0,
-            created_at=now, expires_at=now + timedelta(hours=valid_hours),
+            id=new_id(9),
+            token_hash=hash_token(token),
+            business=business,
+            display_name=display_name,
+            external_ref=external_ref,
+            created_by=user.id or 0,
+            created_at=now,
+            expires_at=now + timedelta(hours=valid_hours),
         )
 
         def insert(s: DbSession) -> Appointment:
@@ -135,20 +151,32 @@ class AppointmentService:
             raise NotFound("no such appointment")
         return appt
 
-    async def set_reference(self, appointment_id: str, data: bytes, content_type: str) -> dict[str, Any]:
+    async def set_reference(
+        self, appointment_id: str, data: bytes, content_type: str
+    ) -> dict[str, Any]:
         if self.identity is None:
             raise NotFound("face checks are switched off on this server: no ID photo can be kept")
         appt = await self.get(appointment_id)
         if status(appt) != "booked":
-            raise Conflict(f"this appointment is {status(appt)}: its photo cannot change", code="appointment_closed")
-        checked = await self.identity.check_reference(data)  # IdentityError for a photo that cannot serve
+            raise Conflict(
+                f"this appointment is {status(appt)}: its photo cannot change",
+                code="appointment_closed",
+            )
+        checked = await self.identity.check_reference(
+            data
+        )  # IdentityError for a photo that cannot serve
         owner = evidence_owner(appt.id)
         evidence = self.identity.evidence
 
         def replace() -> Any:
             evidence.delete_session(owner)
-            return evidence.put(owner, "reference_image", data, content_type=content_type,
-                                meta={"source": "appointment", "strategy": checked["strategy"]})
+            return evidence.put(
+                owner,
+                "reference_image",
+                data,
+                content_type=content_type,
+                meta={"source": "appointment", "strategy": checked["strategy"]},
+            )
 
         item = await asyncio.to_thread(replace)
 
@@ -164,8 +192,10 @@ class AppointmentService:
     async def cancel(self, appointment_id: str) -> Appointment:
         appt = await self.get(appointment_id)
         if status(appt) == "used":
-            raise Conflict("this appointment was already used: the session holds its photo now",
-                           code="appointment_closed")
+            raise Conflict(
+                "this appointment was already used: the session holds its photo now",
+                code="appointment_closed",
+            )
 
         def mark(s: DbSession) -> Appointment:
             row = s.get(Appointment, appointment_id)
@@ -187,10 +217,17 @@ class AppointmentService:
         """A bookable appointment, or :class:`NotFound` (unknown, used, expired, cancelled alike)."""
         digest = hash_token(token)
         appt = await self.db.run(
-            lambda s: s.exec(select(Appointment).where(Appointment.token_hash == digest)).first())
-        if appt is None or not hmac.compare_digest(appt.token_hash, digest) or status(appt) != "booked":
-            raise NotFound("this appointment link is not valid (used, expired or cancelled)",
-                           code="appointment_invalid")
+            lambda s: s.exec(select(Appointment).where(Appointment.token_hash == digest)).first()
+        )
+        if (
+            appt is None
+            or not hmac.compare_digest(appt.token_hash, digest)
+            or status(appt) != "booked"
+        ):
+            raise NotFound(
+                "this appointment link is not valid (used, expired or cancelled)",
+                code="appointment_invalid",
+            )
         return appt
 
     async def claim(self, token: str, business: str) -> Appointment:
@@ -200,22 +237,31 @@ class AppointmentService:
         except NotFound as exc:
             raise SignalingError(exc.message, code="appointment_invalid") from None
         if appt.business != business:
-            raise SignalingError(f"this appointment is for {appt.business}, not {business}",
-                                 code="appointment_invalid")
+            raise SignalingError(
+                f"this appointment is for {appt.business}, not {business}",
+                code="appointment_invalid",
+            )
         now = utcnow()
 
         def take(s: DbSession) -> int:
             # one statement, so that two nodes cannot both take it
-            result = s.exec(update(Appointment)
-                            .where(col(Appointment.id) == appt.id, col(Appointment.used_at).is_(None),
-                                   col(Appointment.cancelled_at).is_(None),
-                                   col(Appointment.expires_at) > now)
-                            .values(used_at=now))
+            result = s.exec(
+                update(Appointment)
+                .where(
+                    col(Appointment.id) == appt.id,
+                    col(Appointment.used_at).is_(None),
+                    col(Appointment.cancelled_at).is_(None),
+                    col(Appointment.expires_at) > now,
+                )
+                .values(used_at=now)
+            )
             return int(result.rowcount or 0)
 
         if await self.db.run(take) != 1:
-            raise SignalingError("this appointment link is not valid (used, expired or cancelled)",
-                                 code="appointment_invalid")
+            raise SignalingError(
+                "this appointment link is not valid (used, expired or cancelled)",
+                code="appointment_invalid",
+            )
         appt.used_at = now
         return appt
 
@@ -230,8 +276,13 @@ class AppointmentService:
                 s.add(row)
 
         await self.db.run(link)
-        await self.broker.log_event(session.id, "appointment", id=appt.id, external_ref=appt.external_ref,
-                                    reference=appt.has_reference)
+        await self.broker.log_event(
+            session.id,
+            "appointment",
+            id=appt.id,
+            external_ref=appt.external_ref,
+            reference=appt.has_reference,
+        )
         if appt.has_reference and session.face_consent and self.identity is not None:
             task = asyncio.ensure_future(self.adopt(session))
             task.add_done_callback(_log_failure)
@@ -251,8 +302,12 @@ class AppointmentService:
             await self.identity.adopt_reference(session, data, item.content_type)
         except (IdentityError, SignalingError) as exc:
             code = getattr(exc, "code", exc.__class__.__name__)
-            logger.info("session %s: the appointment's photo could not be used (%s)", session.id, code)
-            await self.broker.log_event(session.id, "reference_failed", source="appointment", reason=code)
+            logger.info(
+                "session %s: the appointment's photo could not be used (%s)", session.id, code
+            )
+            await self.broker.log_event(
+                session.id, "reference_failed", source="appointment", reason=code
+            )
             return
         # the session's copy is the evidence now: it lives and is purged with the recordings
         await asyncio.to_thread(evidence.delete_session, owner)
@@ -266,7 +321,9 @@ def _log_failure(task: asyncio.Future[Any]) -> None:
 # -- purge ---------------------------------------------------------------------------------
 
 
-def evidence_due(s: DbSession, appointment_id: str, now: datetime, ended_states: tuple[str, ...]) -> str | None:
+def evidence_due(
+    s: DbSession, appointment_id: str, now: datetime, ended_states: tuple[str, ...]
+) -> str | None:
     """Why an appointment's waiting photo is to be deleted now, or None to keep it."""
     appt = s.get(Appointment, appointment_id)
     if appt is None:
@@ -274,7 +331,11 @@ def evidence_due(s: DbSession, appointment_id: str, now: datetime, ended_states:
     if appt.cancelled_at is not None:
         return "appointment cancelled"
     if appt.used_at is None:
-        return f"appointment expired {aware(appt.expires_at).date()}" if aware(appt.expires_at) <= now else None
+        return (
+            f"appointment expired {aware(appt.expires_at).date()}"
+            if aware(appt.expires_at) <= now
+            else None
+        )
     call = s.get(CallSession, appt.session_id) if appt.session_id else None
     if call is None or call.state in ended_states:
         return "appointment used; the customer never consented to face verification"

@@ -29,8 +29,15 @@ SCRYPT_P = 1
 
 def hash_password(password: str) -> str:
     salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P,
-                            maxmem=64 * 1024 * 1024, dklen=32)
+    digest = hashlib.scrypt(
+        password.encode(),
+        salt=salt,
+        n=SCRYPT_N,
+        r=SCRYPT_R,
+        p=SCRYPT_P,
+        maxmem=64 * 1024 * 1024,
+        dklen=32,
+    )
     b64 = base64.b64encode
     return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${b64(salt).decode()}${b64(digest).decode()}"
 
@@ -42,8 +49,15 @@ def verify_password(password: str, encoded: str) -> bool:
             return False
         salt = base64.b64decode(salt_b64)
         expected = base64.b64decode(digest_b64)
-        digest = hashlib.scrypt(password.encode(), salt=salt, n=int(n), r=int(r), p=int(p),
-                                maxmem=64 * 1024 * 1024, dklen=len(expected))
+        digest = hashlib.scrypt(
+            password.encode(),
+            salt=salt,
+            n=int(n),
+            r=int(r),
+            p=int(p),
+            maxmem=64 * 1024 * 1024,
+            dklen=len(expected),
+        )
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(digest, expected)
@@ -66,19 +80,33 @@ def validate_new_user(role: str, username: str, password: str, skills: list[str]
         raise BadRequest("password must have at least 8 characters")
     unknown = [s for s in skills if s not in BUSINESS_TYPES]
     if unknown:
-        raise BadRequest(f"unknown skill(s) {', '.join(unknown)}; known: {', '.join(BUSINESS_TYPES)}")
+        raise BadRequest(
+            f"unknown skill(s) {', '.join(unknown)}; known: {', '.join(BUSINESS_TYPES)}"
+        )
     if role == "agent" and not skills:
         raise BadRequest("an agent needs at least one skill")
 
 
-def add_user(s: Session, *, role: str, username: str, password: str,
-             skills: list[str] | None = None, display_name: str | None = None) -> User:
+def add_user(
+    s: Session,
+    *,
+    role: str,
+    username: str,
+    password: str,
+    skills: list[str] | None = None,
+    display_name: str | None = None,
+) -> User:
     skills = skills or []
     validate_new_user(role, username, password, skills)
     if get_user(s, username) is not None:
         raise Conflict(f"user {username!r} already exists")
-    user = User(username=username, display_name=display_name or username, role=role,
-                skills=",".join(skills), password_hash=hash_password(password))
+    user = User(
+        username=username,
+        display_name=display_name or username,
+        role=role,
+        skills=",".join(skills),
+        password_hash=hash_password(password),
+    )
     s.add(user)
     s.flush()
     return user
@@ -95,8 +123,14 @@ class LoginThrottle:
       (a password spray over many usernames from one address).
     """
 
-    def __init__(self, state: SharedState, *, limit: int = 5, address_limit: int = 30,
-                 window_s: float = 300.0) -> None:
+    def __init__(
+        self,
+        state: SharedState,
+        *,
+        limit: int = 5,
+        address_limit: int = 30,
+        window_s: float = 300.0,
+    ) -> None:
         self.state = state
         self.limit = limit
         self.address_limit = address_limit
@@ -139,8 +173,13 @@ async def login(db: Database, username: str, password: str, ttl_s: int) -> tuple
         purge_expired_tokens(s)
         assert user.id is not None  # a row read from the database has its primary key
         token = secrets.token_urlsafe(32)
-        s.add(AuthToken(token_hash=token_hash(token), user_id=user.id,
-                        expires_at=utcnow() + timedelta(seconds=ttl_s)))
+        s.add(
+            AuthToken(
+                token_hash=token_hash(token),
+                user_id=user.id,
+                expires_at=utcnow() + timedelta(seconds=ttl_s),
+            )
+        )
         return token, user
 
     result = await db.run(work)

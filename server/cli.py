@@ -67,8 +67,14 @@ def _seed_demo(db: Database, data_dir: Path) -> list[tuple[str, str, str]]:
             password = stored.get(username)
             if get_user(s, username) is None:
                 password = secrets.token_urlsafe(9)
-                auth.add_user(s, role=role, username=username, password=password, skills=skills,
-                              display_name=display)
+                auth.add_user(
+                    s,
+                    role=role,
+                    username=username,
+                    password=password,
+                    skills=skills,
+                    display_name=display,
+                )
                 stored[username] = password
             created.append((username, role, stored.get(username, "(set elsewhere)")))
         s.commit()
@@ -161,8 +167,12 @@ def _run_app(app: web.Application, host: str, port: int, ssl_context: ssl.SSLCon
     async def drain_then(stop: asyncio.Event) -> None:
         config, broker = app[CONFIG], app[BROKER]
         await app[NODES].drain()
-        logger.warning("SIGTERM: draining (no new sessions); stopping when the %d open session(s) "
-                       "are over, at most %.0f s", len(broker.sessions), config.drain_timeout_s)
+        logger.warning(
+            "SIGTERM: draining (no new sessions); stopping when the %d open session(s) "
+            "are over, at most %.0f s",
+            len(broker.sessions),
+            config.drain_timeout_s,
+        )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + config.drain_timeout_s
         while broker.sessions and loop.time() < deadline:
@@ -222,10 +232,19 @@ def cmd_user_add(args: argparse.Namespace) -> int:
         password = sys.stdin.readline().rstrip("\n")
     try:
         with db.session() as s:
-            user = auth.add_user(s, role=args.role, username=args.username, password=password,
-                                 skills=skills, display_name=args.display_name)
+            user = auth.add_user(
+                s,
+                role=args.role,
+                username=args.username,
+                password=password,
+                skills=skills,
+                display_name=args.display_name,
+            )
             s.commit()
-            print(f"created {user.role} {user.username}" + (f" skills={user.skills}" if user.skills else ""))
+            print(
+                f"created {user.role} {user.username}"
+                + (f" skills={user.skills}" if user.skills else "")
+            )
     except ServerError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
@@ -243,7 +262,11 @@ def _ready_db(config: Config) -> Database:
         migrations.ensure_schema(db, upgrade_it=config.db_auto_upgrade)
     except OperationalError as exc:
         db.close()
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else exc.__class__.__name__
+        reason = (
+            str(exc.orig).strip().splitlines()[0]
+            if exc.orig is not None
+            else exc.__class__.__name__
+        )
         raise SchemaError(f"the database {db.display_url} cannot be reached: {reason}") from None
     except BaseException:
         db.close()
@@ -274,7 +297,9 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
         db.close()
     print(f"database {db.display_url}")
     if change.adopted:
-        print(f"  made by a release before migrations: recorded at revision {PREVIOUS_RELEASE_REVISION}")
+        print(
+            f"  made by a release before migrations: recorded at revision {PREVIOUS_RELEASE_REVISION}"
+        )
     if change.changed:
         print(f"  upgraded from {change.before or 'none'} to {change.after} (head)")
     else:
@@ -306,16 +331,22 @@ def cmd_db_revision(args: argparse.Namespace) -> int:
     from .migrations import new_revision
 
     path = new_revision(args.message)
-    print(f"wrote {path}: read it, complete it (data, triggers of new append-only tables), "
-          "then test it with `vcounter db upgrade` on a copy of a real database")
+    print(
+        f"wrote {path}: read it, complete it (data, triggers of new append-only tables), "
+        "then test it with `vcounter db upgrade` on a copy of a real database"
+    )
     return 0
 
 
 def _keys(config: Config):  # type: ignore[no-untyped-def]
     from recorder import MasterKey, SigningKey
 
-    master = MasterKey.load(config.master_key_file) if Path(config.master_key_file).exists() else None
-    signing = SigningKey.load(config.signing_key_file) if Path(config.signing_key_file).exists() else None
+    master = (
+        MasterKey.load(config.master_key_file) if Path(config.master_key_file).exists() else None
+    )
+    signing = (
+        SigningKey.load(config.signing_key_file) if Path(config.signing_key_file).exists() else None
+    )
     return master, signing
 
 
@@ -349,15 +380,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
         recordings = [(Path(target).name, Path(target))]
     else:
         with db.session() as s:
-            rows = s.exec(select(Recording).where(
-                (Recording.session_id == target) | (Recording.id == target)).order_by(Recording.leg)).all()
+            rows = s.exec(
+                select(Recording)
+                .where((Recording.session_id == target) | (Recording.id == target))
+                .order_by(Recording.leg)
+            ).all()
         if rows:
             # wherever the recordings are (the data directory, or S3 from any host)
             store = object_store(config, uploads=False)
             recordings = [(r.id, store.recording(r.id)) for r in rows]
     db.close()
     if not recordings:
-        print(f"error: no recording for {target!r} (a session id, recording id or directory)", file=sys.stderr)
+        print(
+            f"error: no recording for {target!r} (a session id, recording id or directory)",
+            file=sys.stderr,
+        )
         return 2
     if master is None:
         print("warning: no master key: decryptability not checked", file=sys.stderr)
@@ -414,10 +451,16 @@ def cmd_verify_receipt(args: argparse.Namespace) -> int:
             pem = Path(key_path).read_bytes()
             sources.setdefault(fingerprint(pem), f"--public-key {key_path}")
         except OSError as exc:
-            print(f"error: cannot read --public-key {key_path}: {exc.strerror or exc}", file=sys.stderr)
+            print(
+                f"error: cannot read --public-key {key_path}: {exc.strerror or exc}",
+                file=sys.stderr,
+            )
             return 2
         except (RecorderError, ValueError, UnsupportedAlgorithm):
-            print(f"error: --public-key {key_path} is not an Ed25519 public key (PEM)", file=sys.stderr)
+            print(
+                f"error: --public-key {key_path} is not an Ed25519 public key (PEM)",
+                file=sys.stderr,
+            )
             return 2
         trusted.append(pem)
     key_file = Path(_base_config(args).signing_key_file)
@@ -431,9 +474,17 @@ def cmd_verify_receipt(args: argparse.Namespace) -> int:
             sources.setdefault(fingerprint(server_pem), f"the server signing key {key_file}")
     check = verify_receipt(data, trusted_public_keys=trusted or None)
     if args.json:
-        _print_json({"ok": check.ok, "trusted": check.trusted, "code": check.code, "reason": check.reason,
-                     "fingerprint": check.fingerprint, "trusted_keys": sorted(sources),
-                     "payload": redacted(check.payload) if check.payload else None})
+        _print_json(
+            {
+                "ok": check.ok,
+                "trusted": check.trusted,
+                "code": check.code,
+                "reason": check.reason,
+                "fingerprint": check.fingerprint,
+                "trusted_keys": sorted(sources),
+                "payload": redacted(check.payload) if check.payload else None,
+            }
+        )
     if check.code == "not_a_receipt":
         print(f"error: {path}: {check.reason}", file=sys.stderr)
         return 2
@@ -442,30 +493,50 @@ def cmd_verify_receipt(args: argparse.Namespace) -> int:
         return 1
     assert check.payload is not None and check.fingerprint is not None
     if not args.json:
+
         def show(value: object) -> str:  # no terminal control characters from a (forged) file
             return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(value))
 
         p = check.payload
         ident = p["identity"]
-        details = [f"{k} {ident[k]:g}" for k in ("score", "distance", "threshold")
-                   if isinstance(ident.get(k), int | float)]
+        details = [
+            f"{k} {ident[k]:g}"
+            for k in ("score", "distance", "threshold")
+            if isinstance(ident.get(k), int | float)
+        ]
         if ident.get("liveness") is not None:
             details.append("liveness " + ("passed" if ident["liveness"] else "failed"))
         details += [f"{k} {show(ident[k])}" for k in ("by", "reason") if ident.get(k)]
         face = p["face_snapshot"]
-        print(f"OK: receipt {p['receipt_id']} is intact and "
-              + ("signed by a trusted key" if check.trusted else "self-consistent (signer NOT checked)"))
-        print(f"  session:   {show(p['session_id'])} (flow {show(p['flow']['business'])} "
-              f"v{show(p['flow']['version'])}, step {show(p['step_id'])})")
-        print(f"  document:  {show(p['document']['id'])} \"{show(p['document']['title'])}\" "
-              f"sha256 {p['document']['sha256']}")
+        print(
+            f"OK: receipt {p['receipt_id']} is intact and "
+            + (
+                "signed by a trusted key"
+                if check.trusted
+                else "self-consistent (signer NOT checked)"
+            )
+        )
+        print(
+            f"  session:   {show(p['session_id'])} (flow {show(p['flow']['business'])} "
+            f"v{show(p['flow']['version'])}, step {show(p['step_id'])})"
+        )
+        print(
+            f'  document:  {show(p["document"]["id"])} "{show(p["document"]["title"])}" '
+            f"sha256 {p['document']['sha256']}"
+        )
         print(f"  signed at: {p['signed_at']} (sealed {p['sealed_at']})")
-        print(f"  identity:  {ident['method']}: {'verified' if ident['verified'] else 'NOT verified'}"
-              + (f" ({', '.join(details)})" if details else ""))
-        print(f"  face:      {'snapshot sha256 ' + face['sha256'] if face else 'no snapshot (no video)'}")
+        print(
+            f"  identity:  {ident['method']}: {'verified' if ident['verified'] else 'NOT verified'}"
+            + (f" ({', '.join(details)})" if details else "")
+        )
+        print(
+            f"  face:      {'snapshot sha256 ' + face['sha256'] if face else 'no snapshot (no video)'}"
+        )
         print(f"  signature: image sha256 {p['signature_image']['sha256']}")
-        print(f"  signer:    {check.fingerprint} "
-              + (f"(trusted: {sources[check.fingerprint]})" if check.trusted else "(untrusted)"))
+        print(
+            f"  signer:    {check.fingerprint} "
+            + (f"(trusted: {sources[check.fingerprint]})" if check.trusted else "(untrusted)")
+        )
     if not check.trusted:
         print(check.reason, file=sys.stderr)
     return 0
@@ -483,10 +554,15 @@ def cmd_drain(args: argparse.Namespace) -> int:
     finally:
         db.close()
     if not found:
-        print(f"error: no node {args.node!r} in the registry (vcounter nodes lists them)", file=sys.stderr)
+        print(
+            f"error: no node {args.node!r} in the registry (vcounter nodes lists them)",
+            file=sys.stderr,
+        )
         return 2
-    print(f"node {args.node}: {'taking new sessions again' if args.undo else 'draining'} "
-          "(from its next heartbeat)")
+    print(
+        f"node {args.node}: {'taking new sessions again' if args.undo else 'draining'} "
+        "(from its next heartbeat)"
+    )
     return 0
 
 
@@ -505,11 +581,15 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([n.as_json() for n in nodes], ensure_ascii=False, indent=1))
     else:
-        print(f"{'node':32} {'host':20} {'pid':>7}  {'state':8} {'seen s':>6}  {'calls':>5} {'sessions':>8}")
+        print(
+            f"{'node':32} {'host':20} {'pid':>7}  {'state':8} {'seen s':>6}  {'calls':>5} {'sessions':>8}"
+        )
         for n in nodes:
             state = ("draining" if n.draining else "alive") if n.alive else "dead"
-            print(f"{n.id:32} {n.host:20} {n.pid:>7}  {state:8} {n.silent_s:>6.0f}  "
-                  f"{n.load.get('calls', '-'):>5} {n.load.get('sessions', '-'):>8}")
+            print(
+                f"{n.id:32} {n.host:20} {n.pid:>7}  {state:8} {n.silent_s:>6.0f}  "
+                f"{n.load.get('calls', '-'):>5} {n.load.get('sessions', '-'):>8}"
+            )
     return 0 if any(n.alive for n in nodes) else 1
 
 
@@ -526,25 +606,39 @@ def cmd_sessions(args: argparse.Namespace) -> int:
         query = select(CallSession).order_by(col(CallSession.created_at).desc()).limit(args.limit)
         for row in s.exec(query):
             agent = s.get(User, row.agent_id) if row.agent_id else None
-            recordings = s.exec(select(Recording).where(Recording.session_id == row.id)
-                                .order_by(Recording.leg)).all()
-            duration = (row.ended_at - row.started_at).total_seconds() if row.started_at and row.ended_at else None
-            out.append({
-                "id": row.id, "state": row.state, "end_reason": row.end_reason, "business": row.business,
-                "agent": agent.username if agent else None,
-                "start": (row.started_at or row.created_at).isoformat(),
-                "duration_s": round(duration, 1) if duration is not None else None,
-                "recording": ",".join(f"{r.id}:{r.state}" for r in recordings) or "none",
-            })
+            recordings = s.exec(
+                select(Recording).where(Recording.session_id == row.id).order_by(Recording.leg)
+            ).all()
+            duration = (
+                (row.ended_at - row.started_at).total_seconds()
+                if row.started_at and row.ended_at
+                else None
+            )
+            out.append(
+                {
+                    "id": row.id,
+                    "state": row.state,
+                    "end_reason": row.end_reason,
+                    "business": row.business,
+                    "agent": agent.username if agent else None,
+                    "start": (row.started_at or row.created_at).isoformat(),
+                    "duration_s": round(duration, 1) if duration is not None else None,
+                    "recording": ",".join(f"{r.id}:{r.state}" for r in recordings) or "none",
+                }
+            )
     db.close()
     if args.json:
         print(json.dumps(out, ensure_ascii=False, indent=1))
         return 0
-    print(f"{'session':18} {'state':9} {'business':16} {'agent':10} {'start':20} {'dur s':>6}  recording")
+    print(
+        f"{'session':18} {'state':9} {'business':16} {'agent':10} {'start':20} {'dur s':>6}  recording"
+    )
     for r in out:
         dur = "" if r["duration_s"] is None else f"{r['duration_s']:.0f}"
-        print(f"{r['id']:18} {r['state']:9} {r['business']:16} {r['agent'] or '-':10} "
-              f"{r['start'][:19]:20} {dur:>6}  {r['recording']}")
+        print(
+            f"{r['id']:18} {r['state']:9} {r['business']:16} {r['agent'] or '-':10} "
+            f"{r['start'][:19]:20} {dur:>6}  {r['recording']}"
+        )
     return 0
 
 
@@ -552,8 +646,10 @@ def _progress(label: str):  # type: ignore[no-untyped-def]
     def show(done: int, total: int) -> None:
         width = 30
         filled = int(width * done / total) if total else width
-        sys.stderr.write(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] "
-                         f"{done / 1e6:7.1f}/{total / 1e6:.1f} MB")
+        sys.stderr.write(
+            f"\r{label} [{'#' * filled}{'.' * (width - filled)}] "
+            f"{done / 1e6:7.1f}/{total / 1e6:.1f} MB"
+        )
         if done >= total:
             sys.stderr.write("\n")
         sys.stderr.flush()
@@ -585,8 +681,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"error: master key {config.master_key_file} not found", file=sys.stderr)
         return 2
     with db.session() as s:
-        rows = s.exec(select(Recording).where(
-            (Recording.session_id == args.target) | (Recording.id == args.target)).order_by(Recording.leg)).all()
+        rows = s.exec(
+            select(Recording)
+            .where((Recording.session_id == args.target) | (Recording.id == args.target))
+            .order_by(Recording.leg)
+        ).all()
     rows = [r for r in rows if r.state in ("finalized", "recovered")]
     if not rows:
         db.close()
@@ -597,8 +696,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     if generated:
         passphrase = secrets.token_urlsafe(18)
     out = Path(args.out)
-    actor = retention.SYSTEM_USER.model_copy(update={"username": f"cli:{os.environ.get('USER', 'operator')}",
-                                                     "role": "admin"})
+    actor = retention.SYSTEM_USER.model_copy(
+        update={"username": f"cli:{os.environ.get('USER', 'operator')}", "role": "admin"}
+    )
     written = []
     # wherever the recordings are (the data directory, or S3 from any host)
     store = object_store(config, uploads=False)
@@ -606,9 +706,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     for row in rows:
         target = out if len(rows) == 1 else out.with_name(f"{out.stem}-{row.leg}{out.suffix}")
         try:
-            summary = export_package(store.recording(row.id), target, master, passphrase,
-                                     exported_by=actor.username, progress=_progress(f"export {row.id}"),
-                                     evidence=evidence, recording_id=row.id)
+            summary = export_package(
+                store.recording(row.id),
+                target,
+                master,
+                passphrase,
+                exported_by=actor.username,
+                progress=_progress(f"export {row.id}"),
+                evidence=evidence,
+                recording_id=row.id,
+            )
         except (RecorderError, OSError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             db.close()
@@ -620,8 +727,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"wrote {target} ({summary['files']} files, {int(summary['bytes']) / 1e6:.1f} MB)")
     db.close()
     if generated:
-        print(f"passphrase for the recipient (give it separately, it is not stored): {passphrase}",
-              file=sys.stderr)
+        print(
+            f"passphrase for the recipient (give it separately, it is not stored): {passphrase}",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -665,21 +774,34 @@ def cmd_purge(args: argparse.Namespace) -> int:
     evidence = EvidenceStore(store.evidence(), None)  # deleting needs no key
     try:
         with db.session() as s:
-            report = retention.purge(s, store, evidence=evidence, now=now, dry_run=args.dry_run,
-                                     orphan_days=config.identity_orphan_days)
+            report = retention.purge(
+                s,
+                store,
+                evidence=evidence,
+                now=now,
+                dry_run=args.dry_run,
+                orphan_days=config.identity_orphan_days,
+            )
             s.commit()
-    except (RecorderError, OSError) as exc:  # the store cannot be reached: what was deleted is logged
+    except (
+        RecorderError,
+        OSError,
+    ) as exc:  # the store cannot be reached: what was deleted is logged
         print(f"error: purge stopped: {exc}", file=sys.stderr)
         return 1
     finally:
         db.close()
     verb = "would delete" if args.dry_run else "deleted"
     for p in report.recordings:
-        print(f"{verb} {p.recording_id} (session {p.session_id}, retention ended {p.retention_until.date()})")
+        print(
+            f"{verb} {p.recording_id} (session {p.session_id}, retention ended {p.retention_until.date()})"
+        )
     for e in report.evidence:
         print(f"{verb} identity evidence of session {e.session_id} ({e.items} item(s); {e.reason})")
-    print(f"{len(report.recordings)} recording(s) and the identity evidence of {len(report.evidence)} "
-          f"session(s) {verb}; held and unexpired recordings kept")
+    print(
+        f"{len(report.recordings)} recording(s) and the identity evidence of {len(report.evidence)} "
+        f"session(s) {verb}; held and unexpired recordings kept"
+    )
     return 0
 
 
@@ -687,7 +809,9 @@ def cmd_hold(args: argparse.Namespace) -> int:
     from . import retention
 
     _, db = _open_db(args)
-    actor = retention.SYSTEM_USER.model_copy(update={"username": f"cli:{os.environ.get('USER', 'operator')}"})
+    actor = retention.SYSTEM_USER.model_copy(
+        update={"username": f"cli:{os.environ.get('USER', 'operator')}"}
+    )
     with db.session() as s:
         ids = retention.set_hold(s, args.target, not args.release, actor)
         s.commit()
@@ -752,8 +876,10 @@ def cmd_identity_compare(args: argparse.Namespace) -> int:
     if not args.json:
         threshold = result["threshold"]
         shown = f"{threshold:.2f}" if round(threshold, 2) == threshold else f"{threshold:g}"
-        print(f"{'match' if result['match'] else 'no match'} distance={result['distance']:.4f} "
-              f"threshold={shown}")
+        print(
+            f"{'match' if result['match'] else 'no match'} distance={result['distance']:.4f} "
+            f"threshold={shown}"
+        )
     return 0 if result["match"] else 1
 
 
@@ -807,52 +933,84 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (default 0.0.0.0)")
     serve.add_argument("--port", type=int, help="listen port (default 8443)")
     serve.add_argument("--data-dir", help="data directory (default ./var, env VCOUNTER_DATA_DIR)")
-    serve.add_argument("--no-tls", action="store_true", help="serve plain HTTP (behind a TLS proxy, tests)")
+    serve.add_argument(
+        "--no-tls", action="store_true", help="serve plain HTTP (behind a TLS proxy, tests)"
+    )
     serve.add_argument("--cert", help="TLS certificate (PEM); default: self-signed in data-dir/tls")
     serve.add_argument("--key", help="TLS private key (PEM)")
-    serve.add_argument("--media-mode", choices=["passthrough", "transcode"],
-                       help="forward encoded media (default) or decode and re-encode (benchmark)")
+    serve.add_argument(
+        "--media-mode",
+        choices=["passthrough", "transcode"],
+        help="forward encoded media (default) or decode and re-encode (benchmark)",
+    )
     serve.add_argument("--demo", action="store_true", help="create demo accounts and print them")
-    serve.add_argument("--no-identity", action="store_true",
-                       help="no face verification, liveness or presence checks (no face worker processes)")
-    serve.add_argument("--no-recording", action="store_true",
-                       help="do not record calls (media benchmarks only: regulated counters record)")
+    serve.add_argument(
+        "--no-identity",
+        action="store_true",
+        help="no face verification, liveness or presence checks (no face worker processes)",
+    )
+    serve.add_argument(
+        "--no-recording",
+        action="store_true",
+        help="do not record calls (media benchmarks only: regulated counters record)",
+    )
     serve.add_argument("-v", "--verbose", action="store_true")
     serve.set_defaults(func=cmd_serve)
 
     user = sub.add_parser("user", help="manage users")
     user_sub = user.add_subparsers(dest="user_command", required=True)
     add = user_sub.add_parser("add", help="create a user")
-    add.add_argument("--role", required=True, choices=list(ROLES),
-                     help="integration: the bank's own systems (the appointments API), no page access")
+    add.add_argument(
+        "--role",
+        required=True,
+        choices=list(ROLES),
+        help="integration: the bank's own systems (the appointments API), no page access",
+    )
     add.add_argument("--username", required=True)
     add.add_argument("--password", required=True, help="the password, or - to read it from stdin")
-    add.add_argument("--skills", help="agents: comma-separated business types "
-                     "(account_opening,loan_signing,wealth_product)")
+    add.add_argument(
+        "--skills",
+        help="agents: comma-separated business types (account_opening,loan_signing,wealth_product)",
+    )
     add.add_argument("--display-name")
     add.add_argument("--data-dir")
     add.set_defaults(func=cmd_user_add)
 
-    verify = sub.add_parser("verify", help="check a recording's hash chain, signature and decryptability")
-    verify.add_argument("target", help="session id, recording id, recording directory or evidence .zip")
+    verify = sub.add_parser(
+        "verify", help="check a recording's hash chain, signature and decryptability"
+    )
+    verify.add_argument(
+        "target", help="session id, recording id, recording directory or evidence .zip"
+    )
     verify.add_argument("--data-dir")
     verify.set_defaults(func=cmd_verify)
 
-    verify_log = sub.add_parser("verify-log", help="check the hash chain of the recordings access log")
+    verify_log = sub.add_parser(
+        "verify-log", help="check the hash chain of the recordings access log"
+    )
     verify_log.add_argument("--data-dir")
     verify_log.set_defaults(func=cmd_verify_log)
 
     receipt = sub.add_parser(
-        "verify-receipt", help="check a sealed signature receipt: exit 0 valid, 1 invalid, 2 unreadable",
+        "verify-receipt",
+        help="check a sealed signature receipt: exit 0 valid, 1 invalid, 2 unreadable",
         description="Check that a signature receipt is exactly as the server sealed it and signed by a "
-                    "trusted key: the server's signing key (VCOUNTER_SIGNING_KEY_FILE, when present) "
-                    "and every --public-key. Without any trusted key only self-consistency is "
-                    "checked, with a warning: anyone can re-sign a receipt with a key of their own.")
+        "trusted key: the server's signing key (VCOUNTER_SIGNING_KEY_FILE, when present) "
+        "and every --public-key. Without any trusted key only self-consistency is "
+        "checked, with a warning: anyone can re-sign a receipt with a key of their own.",
+    )
     receipt.add_argument("file", help="the receipt (.json)")
-    receipt.add_argument("--public-key", action="append", metavar="PEM",
-                         help="trust this Ed25519 public key (PEM); repeatable")
-    receipt.add_argument("--json", action="store_true",
-                         help="print the check as one JSON object (images by size and sha256 only)")
+    receipt.add_argument(
+        "--public-key",
+        action="append",
+        metavar="PEM",
+        help="trust this Ed25519 public key (PEM); repeatable",
+    )
+    receipt.add_argument(
+        "--json",
+        action="store_true",
+        help="print the check as one JSON object (images by size and sha256 only)",
+    )
     receipt.add_argument("--data-dir")
     receipt.set_defaults(func=cmd_verify_receipt)
 
@@ -873,21 +1031,30 @@ def build_parser() -> argparse.ArgumentParser:
     sessions.add_argument("--data-dir")
     sessions.set_defaults(func=cmd_sessions)
 
-    export = sub.add_parser("export", help="write an evidence package (ZIP) of a session's recording")
+    export = sub.add_parser(
+        "export", help="write an evidence package (ZIP) of a session's recording"
+    )
     export.add_argument("target", help="session id or recording id")
     export.add_argument("out", help="output .zip")
-    export.add_argument("--passphrase-file", help="passphrase wrapping the media key for the recipient "
-                        "(- for stdin); default: a random one, printed once")
+    export.add_argument(
+        "--passphrase-file",
+        help="passphrase wrapping the media key for the recipient "
+        "(- for stdin); default: a random one, printed once",
+    )
     export.add_argument("--data-dir")
     export.set_defaults(func=cmd_export)
 
-    decrypt = sub.add_parser("decrypt-export", help="decrypt an evidence package's media for playback")
+    decrypt = sub.add_parser(
+        "decrypt-export", help="decrypt an evidence package's media for playback"
+    )
     decrypt.add_argument("package")
     decrypt.add_argument("out_dir")
     decrypt.add_argument("--passphrase-file", required=True)
     decrypt.set_defaults(func=cmd_decrypt_export)
 
-    purge = sub.add_parser("purge", help="delete recordings past their retention date (never held ones)")
+    purge = sub.add_parser(
+        "purge", help="delete recordings past their retention date (never held ones)"
+    )
     purge.add_argument("--dry-run", action="store_true", help="list what would be deleted")
     purge.add_argument("--now", help="ISO date-time to judge expiry against (default: now)")
     purge.add_argument("--data-dir")
@@ -899,53 +1066,84 @@ def build_parser() -> argparse.ArgumentParser:
     hold.add_argument("--data-dir")
     hold.set_defaults(func=cmd_hold)
 
-    db = sub.add_parser("db", help="the database schema: upgrade it, show its revision",
-                        description="The schema is versioned with Alembic (server/migrations). "
-                        "`vcounter serve` upgrades it at start unless VCOUNTER_DB_AUTO_UPGRADE=0; "
-                        "several nodes upgrading at once wait for each other.")
+    db = sub.add_parser(
+        "db",
+        help="the database schema: upgrade it, show its revision",
+        description="The schema is versioned with Alembic (server/migrations). "
+        "`vcounter serve` upgrades it at start unless VCOUNTER_DB_AUTO_UPGRADE=0; "
+        "several nodes upgrading at once wait for each other.",
+    )
     db_sub = db.add_subparsers(dest="db_command", required=True)
-    db_upgrade = db_sub.add_parser("upgrade", help="bring the schema to this release's revision "
-                                   "(prints from and to)")
+    db_upgrade = db_sub.add_parser(
+        "upgrade", help="bring the schema to this release's revision (prints from and to)"
+    )
     db_upgrade.add_argument("--data-dir")
     db_upgrade.set_defaults(func=cmd_db_upgrade)
-    db_current = db_sub.add_parser("current", help="print the schema's revision and whether it is "
-                                   "the head: exit 0 at the head, 1 if not")
+    db_current = db_sub.add_parser(
+        "current",
+        help="print the schema's revision and whether it is the head: exit 0 at the head, 1 if not",
+    )
     db_current.add_argument("--data-dir")
     db_current.set_defaults(func=cmd_db_current)
     db_revision = db_sub.add_parser(
-        "revision", help="developers: write a new revision from the models (autogenerate)",
+        "revision",
+        help="developers: write a new revision from the models (autogenerate)",
         description="Compare the models (server/db.py) with the head schema, on a throwaway SQLite "
-                    "database, and write the difference as server/migrations/versions/<next>_<msg>.py.")
+        "database, and write the difference as server/migrations/versions/<next>_<msg>.py.",
+    )
     db_revision.add_argument("-m", "--message", required=True, help="what the revision changes")
     db_revision.set_defaults(func=cmd_db_revision)
 
-    identity = sub.add_parser("identity", help="check faces and liveness on files (same code as the server)")
+    identity = sub.add_parser(
+        "identity", help="check faces and liveness on files (same code as the server)"
+    )
     identity_sub = identity.add_subparsers(dest="identity_command", required=True)
     compare = identity_sub.add_parser(
-        "compare", help="same person or not: exit 0 match, 1 no match, 2 error",
+        "compare",
+        help="same person or not: exit 0 match, 1 no match, 2 error",
         description="Compare the faces of two images (one face each), or of every row img_a,img_b "
-                    "of a CSV (--pairs: one JSON line per row).")
+        "of a CSV (--pairs: one JSON line per row).",
+    )
     compare.add_argument("images", nargs="*", metavar="IMG", help="IMG_A IMG_B")
-    compare.add_argument("--threshold", type=_positive_float, metavar="T",
-                         help="largest face distance that still matches (default 0.40)")
+    compare.add_argument(
+        "--threshold",
+        type=_positive_float,
+        metavar="T",
+        help="largest face distance that still matches (default 0.40)",
+    )
     compare.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    compare.add_argument("--pairs", metavar="FILE.csv",
-                         help="rows img_a,img_b (a first row img_a,img_b is a header); exit 0 "
-                         "unless the file cannot be read")
-    compare.add_argument("--root", metavar="DIR",
-                         help="with --pairs: the folder the CSV's paths are relative to and may not "
-                         "leave (default: the CSV's folder)")
+    compare.add_argument(
+        "--pairs",
+        metavar="FILE.csv",
+        help="rows img_a,img_b (a first row img_a,img_b is a header); exit 0 "
+        "unless the file cannot be read",
+    )
+    compare.add_argument(
+        "--root",
+        metavar="DIR",
+        help="with --pairs: the folder the CSV's paths are relative to and may not "
+        "leave (default: the CSV's folder)",
+    )
     compare.set_defaults(func=cmd_identity_compare, usage_error=compare.error)
 
     liveness = identity_sub.add_parser(
-        "liveness", help="judge a video against a challenge: exit 0 passed, 1 failed, 2 error",
+        "liveness",
+        help="judge a video against a challenge: exit 0 passed, 1 failed, 2 error",
         description="Judge a face video against a liveness challenge and print one JSON object: "
-                    "passed, reason and the evidence (frame numbers and times per step).")
+        "passed, reason and the evidence (frame numbers and times per step).",
+    )
     liveness.add_argument("video")
-    liveness.add_argument("--challenge", required=True,
-                          help="blink, turn_left or turn_right, or several in order: turn_left,blink")
-    liveness.add_argument("--step-time-limit", type=float, metavar="S",
-                          help="seconds of video allowed for each step (default 8)")
+    liveness.add_argument(
+        "--challenge",
+        required=True,
+        help="blink, turn_left or turn_right, or several in order: turn_left,blink",
+    )
+    liveness.add_argument(
+        "--step-time-limit",
+        type=float,
+        metavar="S",
+        help="seconds of video allowed for each step (default 8)",
+    )
     liveness.set_defaults(func=cmd_identity_liveness)
     return parser
 

@@ -51,8 +51,20 @@ logger = logging.getLogger(__name__)
 #: set on a request one node passes to another (which then never passes it on)
 FORWARDED_HEADER = "X-Vcounter-Forwarded-By"
 #: headers that belong to one connection, not to the request
-_HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
-                         "trailer", "transfer-encoding", "upgrade", "host", "content-length"})
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
 
 
 #: a node places a new session elsewhere when it holds this many more sessions than another node
@@ -68,8 +80,9 @@ class ServiceUnavailable(ServerError):
     code = "temporarily_unavailable"
 
 
-def session_home(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+def session_home(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """A handler of ``/...{session_id}...`` that runs on the node holding the session: on another
     node of the counter the request is forwarded there."""
 
@@ -148,21 +161,26 @@ class Cluster:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
         headers[FORWARDED_HEADER] = self.node_id
         if self._http is None:
-            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60),
-                                               auto_decompress=False)
+            self._http = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=60), auto_decompress=False
+            )
         body = await request.read()
         url = view.address.rstrip("/") + request.rel_url.path_qs
         try:
-            async with self._http.request(request.method, url, headers=headers, data=body,
-                                          allow_redirects=False, ssl=False) as answer:
+            async with self._http.request(
+                request.method, url, headers=headers, data=body, allow_redirects=False, ssl=False
+            ) as answer:
                 data = await answer.read()
                 out = {k: v for k, v in answer.headers.items() if k.lower() not in _HOP_BY_HOP}
                 return web.Response(status=answer.status, body=data, headers=out)
         except aiohttp.ClientError as exc:
             self.app[METRICS].errors.labels("forward").inc()
-            logger.warning("could not forward %s %s to node %s: %s", request.method, request.path,
-                           node_id, exc)
-            raise ServiceUnavailable("the node holding this session cannot be reached: try again") from None
+            logger.warning(
+                "could not forward %s %s to node %s: %s", request.method, request.path, node_id, exc
+            )
+            raise ServiceUnavailable(
+                "the node holding this session cannot be reached: try again"
+            ) from None
 
     async def node_alive(self, node_id: str) -> bool:
         info = await self.app[NODES].node(node_id)
@@ -179,7 +197,9 @@ class Cluster:
 
     # -- this node's sockets relayed elsewhere --------------------------------------------
 
-    async def open_customer_relay(self, endpoint: CustomerEndpoint, node_id: str, first: str) -> str:
+    async def open_customer_relay(
+        self, endpoint: CustomerEndpoint, node_id: str, first: str
+    ) -> str:
         """Relay ``endpoint``'s connection to ``node_id``, starting with frame ``first``."""
         relay = new_id(12)
         self._edges[relay] = endpoint
@@ -226,8 +246,12 @@ class Cluster:
         elif kind == "agent_frame":
             endpoint = self._agents.get((sender, int(body["agent_id"])))
             if endpoint is None or endpoint.agent is None or endpoint.agent.proxy_of != sender:
-                logger.warning("bus: a frame of agent %s from node %s, which this node serves no "
-                               "session for: ignored", body.get("agent_id"), sender)
+                logger.warning(
+                    "bus: a frame of agent %s from node %s, which this node serves no "
+                    "session for: ignored",
+                    body.get("agent_id"),
+                    sender,
+                )
                 return
             await endpoint.handle(str(body["data"]))
         elif kind == "agent_gone":
@@ -244,7 +268,9 @@ class Cluster:
         elif kind == "customer_frame":
             customer = self._customers.get((sender, str(body["relay"])))
             if customer is None:
-                logger.warning("bus: a frame of an unknown relayed customer from node %s: ignored", sender)
+                logger.warning(
+                    "bus: a frame of an unknown relayed customer from node %s: ignored", sender
+                )
                 return
             if not await customer.handle(str(body["data"])):
                 self._customers.pop((sender, str(body["relay"])), None)
@@ -262,8 +288,12 @@ class Cluster:
         from .ws import AgentEndpoint
 
         raw = body["agent"]
-        user = AgentUser(id=int(raw["id"]), username=str(raw["username"]),
-                         display_name=str(raw["display_name"]), skills=frozenset(raw["skills"]))
+        user = AgentUser(
+            id=int(raw["id"]),
+            username=str(raw["username"]),
+            display_name=str(raw["display_name"]),
+            skills=frozenset(raw["skills"]),
+        )
         proxy = await self.app[BROKER].remote_offer(sender, str(body["session_id"]), user)
         if proxy is not None:
             endpoint = AgentEndpoint(self.app, proxy.channel, user)
@@ -274,7 +304,9 @@ class Cluster:
         from .ws import CustomerEndpoint
 
         relay = str(body["relay"])
-        channel = RemoteChannel(self.bus, sender, "customer", relay, label=f"customer relayed from {sender}")
+        channel = RemoteChannel(
+            self.bus, sender, "customer", relay, label=f"customer relayed from {sender}"
+        )
         endpoint = CustomerEndpoint(self.app, channel)
         self._customers[(sender, relay)] = endpoint
         if not await endpoint.handle(str(body["data"])):
@@ -285,12 +317,17 @@ class Cluster:
         text = str(body["data"])
         if body.get("kind") == "agent":
             if not self.app[BROKER].deliver(sender, int(body["to"]), text):
-                logger.info("bus: a message from node %s for agent %s, not relayed to it: dropped",
-                            sender, body.get("to"))
+                logger.info(
+                    "bus: a message from node %s for agent %s, not relayed to it: dropped",
+                    sender,
+                    body.get("to"),
+                )
             return
         edge = self._edges.get(str(body["to"]))
         if edge is None or edge.relay is None or edge.relay[0] != sender:
-            logger.info("bus: a message from node %s for a customer connection not here: dropped", sender)
+            logger.info(
+                "bus: a message from node %s for a customer connection not here: dropped", sender
+            )
             return
         edge.channel.send(m.Relayed(text=text))
 

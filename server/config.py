@@ -152,8 +152,11 @@ def _parse_ice(value: str) -> tuple[IceServerConfig, ...]:
     servers = []
     for item in items:
         urls = item["urls"] if isinstance(item["urls"], list) else [item["urls"]]
-        servers.append(IceServerConfig(urls=urls, username=item.get("username"),
-                                       credential=item.get("credential")))
+        servers.append(
+            IceServerConfig(
+                urls=urls, username=item.get("username"), credential=item.get("credential")
+            )
+        )
     return tuple(servers)
 
 
@@ -201,5 +204,7 @@ def ensure_data_dir(config: Config) -> Path:
     elif path.stat().st_mode & 0o077:
         logging.getLogger(__name__).warning(
             "data directory %s is accessible by group or others (chmod 700 it): it holds the "
-            "database and keys", path)
+            "database and keys",
+            path,
+        )
     return path

@@ -41,26 +41,57 @@ class LocalCoreBanking(CoreBanking):
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def _store(self, session_id: str, type_: str, reference: str, data: dict[str, Any]) -> dict[str, Any]:
-        row = BusinessOutcome(session_id=session_id, type=type_, reference=reference,
-                              data=json.dumps(data, ensure_ascii=False, sort_keys=True))
+    async def _store(
+        self, session_id: str, type_: str, reference: str, data: dict[str, Any]
+    ) -> dict[str, Any]:
+        row = BusinessOutcome(
+            session_id=session_id,
+            type=type_,
+            reference=reference,
+            data=json.dumps(data, ensure_ascii=False, sort_keys=True),
+        )
         await self.db.run(lambda s: s.add(row))
         return {"reference": reference, **data}
 
-    async def open_account(self, *, session_id: str, customer_name: str, account_class: str) -> dict[str, Any]:
+    async def open_account(
+        self, *, session_id: str, customer_name: str, account_class: str
+    ) -> dict[str, Any]:
         body = ACCOUNT_PREFIX + "".join(secrets.choice("0123456789") for _ in range(12))
         number = body + luhn_digit(body)
-        return await self._store(session_id, "account", number,
-                                 {"class": account_class, "holder": customer_name})
+        return await self._store(
+            session_id, "account", number, {"class": account_class, "holder": customer_name}
+        )
 
-    async def sign_loan(self, *, session_id: str, customer_name: str, terms: dict[str, Any]) -> dict[str, Any]:
+    async def sign_loan(
+        self, *, session_id: str, customer_name: str, terms: dict[str, Any]
+    ) -> dict[str, Any]:
         number = f"LN{date.today():%Y%m%d}{secrets.randbelow(10**8):08d}"
-        return await self._store(session_id, "loan", number,
-                                 {"borrower": customer_name, "terms": terms, "status": "signed"})
+        return await self._store(
+            session_id,
+            "loan",
+            number,
+            {"borrower": customer_name, "terms": terms, "status": "signed"},
+        )
 
-    async def place_order(self, *, session_id: str, customer_name: str, product: dict[str, Any],
-                          amount: Any, customer_risk_level: str) -> dict[str, Any]:
+    async def place_order(
+        self,
+        *,
+        session_id: str,
+        customer_name: str,
+        product: dict[str, Any],
+        amount: Any,
+        customer_risk_level: str,
+    ) -> dict[str, Any]:
         number = f"WO{date.today():%Y%m%d}{secrets.randbelow(10**8):08d}"
-        return await self._store(session_id, "order", number,
-                                 {"customer": customer_name, "product": product, "amount": amount,
-                                  "customer_risk_level": customer_risk_level, "status": "placed"})
+        return await self._store(
+            session_id,
+            "order",
+            number,
+            {
+                "customer": customer_name,
+                "product": product,
+                "amount": amount,
+                "customer_risk_level": customer_risk_level,
+                "status": "placed",
+            },
+        )

@@ -235,7 +235,8 @@ def append_only_ddl(dialect: str, tables: Iterable[str]) -> list[str]:
         return [
             f"CREATE TRIGGER IF NOT EXISTS {table}_no_{op} BEFORE {op.upper()} ON {table} "
             f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END"
-            for table in tables for op in ("update", "delete")
+            for table in tables
+            for op in ("update", "delete")
         ]
     if dialect == "postgresql":
         statements = [
@@ -251,7 +252,9 @@ def append_only_ddl(dialect: str, tables: Iterable[str]) -> list[str]:
                     f"FOR EACH {level} EXECUTE FUNCTION vcounter_refuse_change()",
                 ]
         return statements
-    raise ValueError(f"append-only tables are not implemented for {dialect} (SQLite and PostgreSQL are)")
+    raise ValueError(
+        f"append-only tables are not implemented for {dialect} (SQLite and PostgreSQL are)"
+    )
 
 
 def normalise_url(url: str) -> str:
@@ -265,7 +268,9 @@ def normalise_url(url: str) -> str:
 
 def advisory_lock_key(name: str) -> int:
     """A fixed signed 64-bit PostgreSQL advisory lock key for ``name`` (the same on every node)."""
-    return int.from_bytes(hashlib.sha256(f"vcounter:{name}".encode()).digest()[:8], "big", signed=True)
+    return int.from_bytes(
+        hashlib.sha256(f"vcounter:{name}".encode()).digest()[:8], "big", signed=True
+    )
 
 
 class Database:

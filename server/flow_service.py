@@ -115,8 +115,16 @@ class FlowRun:
 class FlowService:
     """Every session's flow run: hooked to the broker's call start and session end, fed client messages."""
 
-    def __init__(self, config: Config, broker: Broker, flows: dict[str, Flow], signing: SigningKey,
-                 core: CoreBanking, *, identity: Any = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        broker: Broker,
+        flows: dict[str, Flow],
+        signing: SigningKey,
+        core: CoreBanking,
+        *,
+        identity: Any = None,
+    ) -> None:
         self.config = config
         self.broker = broker
         self.flows = flows
@@ -146,10 +154,17 @@ class FlowService:
         async with self._lock(session.id):
             run = self._runs.get(session.id)
             if run is None:
-                run = self._runs[session.id] = FlowRun(flow, session.id, [StepState() for _ in flow.steps])
+                run = self._runs[session.id] = FlowRun(
+                    flow, session.id, [StepState() for _ in flow.steps]
+                )
                 run.status = "running"
-                await self._event(session.id, "flow_started", business=flow.business, version=flow.version,
-                                  steps=[s.id for s in flow.steps])
+                await self._event(
+                    session.id,
+                    "flow_started",
+                    business=flow.business,
+                    version=flow.version,
+                    steps=[s.id for s in flow.steps],
+                )
                 await self._start(session, run)
             # a new call leg (the agent dropped and another took over): the script resumes where it was
         self._publish(session, run)
@@ -159,10 +174,17 @@ class FlowService:
         self._locks.pop(session.id, None)
         if run is not None and run.status == "running":
             step = run.step
-            await self._event(session.id, "flow_incomplete", current=step.id if step else None,
-                              completed=[s.id for s, st in zip(run.flow.steps, run.steps, strict=True)
-                                         if st.status == "done"],
-                              reason=session.end_reason or session.state)
+            await self._event(
+                session.id,
+                "flow_incomplete",
+                current=step.id if step else None,
+                completed=[
+                    s.id
+                    for s, st in zip(run.flow.steps, run.steps, strict=True)
+                    if st.status == "done"
+                ],
+                reason=session.end_reason or session.state,
+            )
 
     def _identity_changed(self, session: Session) -> None:
         run = self._runs.get(session.id)
@@ -175,7 +197,9 @@ class FlowService:
         step = run.flow.steps[run.current]
         st = run.steps[run.current]
         st.status, st.started_at = "active", time.time()
-        await self._event(session.id, "step_started", step=step.id, kind=step.kind, index=run.current)
+        await self._event(
+            session.id, "step_started", step=step.id, kind=step.kind, index=run.current
+        )
         if isinstance(step, SuitabilityStep):
             await self._check_suitability(session, run, step, st)
         elif isinstance(step, DocumentStep):
@@ -185,13 +209,21 @@ class FlowService:
         step = run.flow.steps[run.current]
         st = run.steps[run.current]
         st.status, st.ended_at = "done", time.time()
-        await self._event(session.id, "step_completed", step=step.id, kind=step.kind, index=run.current,
-                          by=by, **_public(st.result))
+        await self._event(
+            session.id,
+            "step_completed",
+            step=step.id,
+            kind=step.kind,
+            index=run.current,
+            by=by,
+            **_public(st.result),
+        )
         run.current += 1
         if run.current >= len(run.flow.steps):
             run.status = "completed"
-            await self._event(session.id, "flow_completed", business=run.flow.business,
-                              outcome=run.outcome)
+            await self._event(
+                session.id, "flow_completed", business=run.flow.business, outcome=run.outcome
+            )
         else:
             await self._start(session, run)
 
@@ -200,7 +232,9 @@ class FlowService:
         st = run.steps[run.current]
         st.status, st.ended_at = "failed", time.time()
         run.status, run.reason = "stopped", reason
-        await self._event(session.id, "flow_stopped", step=step.id, kind=step.kind, reason=reason, **detail)
+        await self._event(
+            session.id, "flow_stopped", step=step.id, kind=step.kind, reason=reason, **detail
+        )
 
     async def _refuse(self, session: Session, by: str, step_id: str, reason: str) -> NoReturn:
         logger.info("session %s: %s refused for step %s: %s", session.id, by, step_id, reason)
@@ -212,11 +246,14 @@ class FlowService:
             raise StepRefused("there is no business flow in this session")
         step = run.step
         if step is None:
-            raise StepRefused(f"the flow is {run.status}" + (f" ({run.reason})" if run.reason else ""))
+            raise StepRefused(
+                f"the flow is {run.status}" + (f" ({run.reason})" if run.reason else "")
+            )
         return step
 
-    async def _expect(self, session: Session, run: FlowRun | None, by: str, step_id: str,
-                      kind: type[S]) -> tuple[FlowRun, S, StepState]:
+    async def _expect(
+        self, session: Session, run: FlowRun | None, by: str, step_id: str, kind: type[S]
+    ) -> tuple[FlowRun, S, StepState]:
         """The current step, if the message is about it and of the right kind; else refused and logged."""
         try:
             step = self._current(run)
@@ -224,10 +261,17 @@ class FlowService:
             await self._refuse(session, by, step_id, exc.message)
         assert run is not None
         if step_id != step.id:
-            where = "a later step" if _index(run.flow, step_id) > run.current else (
-                "an earlier step" if _index(run.flow, step_id) >= 0 else "an unknown step")
-            await self._refuse(session, by, step_id,
-                               f"{step_id!r} is {where}: the current step is {step.id!r}; steps go in order")
+            where = (
+                "a later step"
+                if _index(run.flow, step_id) > run.current
+                else ("an earlier step" if _index(run.flow, step_id) >= 0 else "an unknown step")
+            )
+            await self._refuse(
+                session,
+                by,
+                step_id,
+                f"{step_id!r} is {where}: the current step is {step.id!r}; steps go in order",
+            )
         if not isinstance(step, kind):
             await self._refuse(session, by, step_id, f"step {step.id!r} is a {step.kind} step")
         return run, step, run.steps[run.current]
@@ -240,23 +284,31 @@ class FlowService:
             run, step, st = await self._expect(session, run, "agent", step_id, Step)
             missing = step.missing(self._facts(session, run, step, st))
             if missing:
-                await self._refuse(session, "agent", step_id, f"step {step.id!r} is not done: {missing}")
+                await self._refuse(
+                    session, "agent", step_id, f"step {step.id!r} is not done: {missing}"
+                )
             if isinstance(step, OutcomeStep):
                 run.outcome = await step.book(
-                    self.core, session_id=session.id, customer_name=session.display_name,
+                    self.core,
+                    session_id=session.id,
+                    customer_name=session.display_name,
                     account_class=self.config.account_class,
-                    customer_risk_level=next(iter(run.levels.values()), ("", 0))[0])
+                    customer_risk_level=next(iter(run.levels.values()), ("", 0))[0],
+                )
                 st.result = {"outcome": run.outcome}
             await self._complete(session, run, by=agent)
         self._publish(session, run)
 
     async def agent_mark_confirmed(self, session: Session, step_id: str, agent: str) -> None:
         async with self._lock(session.id):
-            run, step, st = await self._expect(session, self._runs.get(session.id), "agent", step_id,
-                                               DisclosureStep)
+            run, step, st = await self._expect(
+                session, self._runs.get(session.id), "agent", step_id, DisclosureStep
+            )
             if not st.agent_marked:
                 st.agent_marked = True
-                await self._event(session.id, "disclosure_confirmed", step=step.id, by="agent", agent=agent)
+                await self._event(
+                    session.id, "disclosure_confirmed", step=step.id, by="agent", agent=agent
+                )
         self._publish(session, run)
 
     async def push_document(self, session: Session, document_id: str, agent: str) -> None:
@@ -283,12 +335,18 @@ class FlowService:
             if isinstance(msg, m.ConsentAccept | m.ConsentDecline):
                 run = await self._consent(session, run, msg)
             elif isinstance(msg, m.DisclosureConfirm):
-                run, step, st = await self._expect(session, run, "customer", msg.step_id, DisclosureStep)
+                run, step, st = await self._expect(
+                    session, run, "customer", msg.step_id, DisclosureStep
+                )
                 if not st.customer_confirmed:
                     st.customer_confirmed = True
-                    await self._event(session.id, "disclosure_confirmed", step=step.id, by="customer")
+                    await self._event(
+                        session.id, "disclosure_confirmed", step=step.id, by="customer"
+                    )
             elif isinstance(msg, m.QuestionnaireSubmit):
-                run, qstep, st = await self._expect(session, run, "customer", msg.step_id, QuestionnaireStep)
+                run, qstep, st = await self._expect(
+                    session, run, "customer", msg.step_id, QuestionnaireStep
+                )
                 await self._answers(session, run, qstep, st, msg.answers)
             elif isinstance(msg, m.DocumentRead):
                 run = await self._document_read(session, run, msg)
@@ -297,8 +355,9 @@ class FlowService:
         if run is not None:
             self._publish(session, run)
 
-    async def _consent(self, session: Session, run: FlowRun | None,
-                       msg: m.ConsentAccept | m.ConsentDecline) -> FlowRun:
+    async def _consent(
+        self, session: Session, run: FlowRun | None, msg: m.ConsentAccept | m.ConsentDecline
+    ) -> FlowRun:
         run, step, st = await self._expect(session, run, "customer", msg.step_id, ConsentStep)
         if isinstance(msg, m.ConsentDecline):
             await self._event(session.id, "consent_declined", step=step.id)
@@ -311,20 +370,34 @@ class FlowService:
         await self._event(session.id, "consent_given", step=step.id, consents=st.result["consents"])
         return run
 
-    async def _document_read(self, session: Session, run: FlowRun | None, msg: m.DocumentRead) -> FlowRun:
+    async def _document_read(
+        self, session: Session, run: FlowRun | None, msg: m.DocumentRead
+    ) -> FlowRun:
         run, step, st = await self._expect(session, run, "customer", msg.step_id, DocumentStep)
         doc = step.shown_document(run.flow)
         if msg.sha256 != doc.sha256:
-            await self._refuse(session, "customer", step.id,
-                               "the document read is not the document of this step (hash differs)")
+            await self._refuse(
+                session,
+                "customer",
+                step.id,
+                "the document read is not the document of this step (hash differs)",
+            )
         if not st.customer_confirmed:
             st.customer_confirmed = True
             st.result = {"document": doc.id, "sha256": doc.sha256}
-            await self._event(session.id, "document_read", step=step.id, document=doc.id, sha256=doc.sha256)
+            await self._event(
+                session.id, "document_read", step=step.id, document=doc.id, sha256=doc.sha256
+            )
         return run
 
-    async def _answers(self, session: Session, run: FlowRun, step: QuestionnaireStep, st: StepState,
-                       answers: dict[str, str]) -> None:
+    async def _answers(
+        self,
+        session: Session,
+        run: FlowRun,
+        step: QuestionnaireStep,
+        st: StepState,
+        answers: dict[str, str],
+    ) -> None:
         try:
             score = step.score(answers)
         except AnswerError as exc:
@@ -333,45 +406,83 @@ class FlowService:
         run.levels[step.id] = (level.code, level.rank)
         st.customer_confirmed = True
         st.result = {"score": score, "level": level.code}
-        await self._event(session.id, "questionnaire_answered", step=step.id, score=score, level=level.code,
-                          answers=dict(sorted(answers.items())))
+        await self._event(
+            session.id,
+            "questionnaire_answered",
+            step=step.id,
+            score=score,
+            level=level.code,
+            answers=dict(sorted(answers.items())),
+        )
 
-    async def _check_suitability(self, session: Session, run: FlowRun, step: SuitabilityStep,
-                                 st: StepState) -> None:
+    async def _check_suitability(
+        self, session: Session, run: FlowRun, step: SuitabilityStep, st: StepState
+    ) -> None:
         product = step.product
         level = run.levels.get(step.questionnaire)
         if level is None:
             await self._stop(session, run, "no_risk_assessment")
             return
         code, rank = level
-        st.result = {"product": product.code, "product_risk": product.risk_level, "customer_level": code}
+        st.result = {
+            "product": product.code,
+            "product_risk": product.risk_level,
+            "customer_level": code,
+        }
         if not product.suits(rank):
-            await self._stop(session, run, "unsuitable", product=product.code,
-                             product_risk=product.risk_level, customer_level=code)
+            await self._stop(
+                session,
+                run,
+                "unsuitable",
+                product=product.code,
+                product_risk=product.risk_level,
+                customer_level=code,
+            )
         else:
             st.customer_confirmed = True
-            await self._event(session.id, "suitability_checked", step=step.id, suitable=True,
-                              product_risk=product.risk_level, customer_level=code)
+            await self._event(
+                session.id,
+                "suitability_checked",
+                step=step.id,
+                suitable=True,
+                product_risk=product.risk_level,
+                customer_level=code,
+            )
 
     async def _sign(self, session: Session, run: FlowRun | None, msg: m.SignatureSubmit) -> None:
-        if run is not None and run.signed and (not isinstance(run.step, SignatureStep)
-                                               or run.steps[run.current].customer_confirmed):
-            await self._refuse(session, "customer", msg.step_id, "the document has already been signed")
+        if (
+            run is not None
+            and run.signed
+            and (
+                not isinstance(run.step, SignatureStep) or run.steps[run.current].customer_confirmed
+            )
+        ):
+            await self._refuse(
+                session, "customer", msg.step_id, "the document has already been signed"
+            )
         run, step, st = await self._expect(session, run, "customer", msg.step_id, SignatureStep)
         if st.customer_confirmed:
             await self._refuse(session, "customer", step.id, "the document has already been signed")
         doc = step.shown_document(run.flow)
         if msg.document_sha256 != doc.sha256:
-            await self._refuse(session, "customer", step.id,
-                               "the signature is for another document than the one shown (hash differs)")
+            await self._refuse(
+                session,
+                "customer",
+                step.id,
+                "the signature is for another document than the one shown (hash differs)",
+            )
         # prerequisites, checked again here whatever the flow file says
         for prior, pst in zip(run.flow.steps[: run.current], run.steps[: run.current], strict=True):
             if prior.kind in SIGNATURE_PREREQUISITES and pst.status != "done":
-                await self._refuse(session, "customer", step.id, f"{prior.kind} step {prior.id!r} is not done")
+                await self._refuse(
+                    session, "customer", step.id, f"{prior.kind} step {prior.id!r} is not done"
+                )
         try:
             png = base64.b64decode(msg.image_png, validate=True)
         except (binascii.Error, ValueError):
-            await self._refuse(session, "customer", step.id, "the signature image is not valid base64")
+            await self._refuse(
+                session, "customer", step.id, "the signature image is not valid base64"
+            )
         if not png.startswith(PNG_MAGIC) or len(png) < 100:
             await self._refuse(session, "customer", step.id, "the signature image is not a PNG")
         snapshot = None
@@ -379,40 +490,81 @@ class FlowService:
             snapshot = await self.identity.capture_jpeg(session)
         identity = self._identity_verdict(session, run)
         receipt = await asyncio.to_thread(
-            seal_receipt, self.signing, session_id=session.id,
-            flow={"business": run.flow.business, "version": run.flow.version}, step_id=step.id,
+            seal_receipt,
+            self.signing,
+            session_id=session.id,
+            flow={"business": run.flow.business, "version": run.flow.version},
+            step_id=step.id,
             document={"id": doc.id, "title": doc.title.en, "sha256": doc.sha256},
-            signature_png=png, face_snapshot_jpeg=snapshot, identity=identity,
+            signature_png=png,
+            face_snapshot_jpeg=snapshot,
+            identity=identity,
             signed_at=datetime.now(UTC),
-            extra={"agent": session.agent.username if session.agent else None,
-                   "customer": session.display_name})
+            extra={
+                "agent": session.agent.username if session.agent else None,
+                "customer": session.display_name,
+            },
+        )
         receipt_id = _receipt_id(receipt)
         digest = hashlib.sha256(receipt).hexdigest()
         if self.identity is not None:
-            await self.identity.keep(session, "receipt", receipt, "application/json",
-                                     {"step": step.id, "receipt_id": receipt_id})
+            await self.identity.keep(
+                session,
+                "receipt",
+                receipt,
+                "application/json",
+                {"step": step.id, "receipt_id": receipt_id},
+            )
         run.signed = True
         st.customer_confirmed = True
-        st.result = {"receipt_id": receipt_id, "receipt_sha256": digest, "document_sha256": doc.sha256}
+        st.result = {
+            "receipt_id": receipt_id,
+            "receipt_sha256": digest,
+            "document_sha256": doc.sha256,
+        }
         run.receipt = {"receipt_id": receipt_id, "sha256": digest}
-        await self._event(session.id, "signature_sealed", step=step.id, document=doc.id,
-                          document_sha256=doc.sha256, signature_sha256=hashlib.sha256(png).hexdigest(),
-                          snapshot_sha256=hashlib.sha256(snapshot).hexdigest() if snapshot else None,
-                          receipt_id=receipt_id, receipt_sha256=digest, identity=identity.get("method"))
-        self.broker.send(session, "customer", m.Receipt(
-            receipt_id=receipt_id, filename=f"receipt-{session.id}-{step.id}.json",
-            content=receipt.decode("utf-8")))
+        await self._event(
+            session.id,
+            "signature_sealed",
+            step=step.id,
+            document=doc.id,
+            document_sha256=doc.sha256,
+            signature_sha256=hashlib.sha256(png).hexdigest(),
+            snapshot_sha256=hashlib.sha256(snapshot).hexdigest() if snapshot else None,
+            receipt_id=receipt_id,
+            receipt_sha256=digest,
+            identity=identity.get("method"),
+        )
+        self.broker.send(
+            session,
+            "customer",
+            m.Receipt(
+                receipt_id=receipt_id,
+                filename=f"receipt-{session.id}-{step.id}.json",
+                content=receipt.decode("utf-8"),
+            ),
+        )
 
     def _identity_verdict(self, session: Session, run: FlowRun) -> dict[str, Any]:
         state = self.identity.state(session.id) if self.identity is not None else None
         if state is not None and state.verification and state.verification.get("verified"):
             v = state.verification
-            return {"method": "face", "verified": True, "score": v.get("score"), "distance": v.get("distance"),
-                    "threshold": v.get("threshold"),
-                    "liveness": bool(state.liveness and state.liveness.get("state") == "passed")}
+            return {
+                "method": "face",
+                "verified": True,
+                "score": v.get("score"),
+                "distance": v.get("distance"),
+                "threshold": v.get("threshold"),
+                "liveness": bool(state.liveness and state.liveness.get("state") == "passed"),
+            }
         manual = state.manual if state is not None and state.manual else run.manual
         if manual and manual.get("verified"):
-            return {"method": "manual", "verified": True, "reason": manual.get("reason"), "by": manual.get("by")}
+            return {
+                "method": "manual",
+                "verified": True,
+                "reason": manual.get("reason"),
+                "by": manual.get("by"),
+            }
         return {"method": "none", "verified": False}
 
     # -- conditions ----------------------------------------------------------------------
@@ -423,37 +575,70 @@ class FlowService:
             return StepFacts(customer_done=st.customer_confirmed, agent_marked=st.agent_marked)
         state = self.identity.state(session.id) if self.identity is not None else None
         return StepFacts(
-            customer_done=st.customer_confirmed, agent_marked=st.agent_marked,
+            customer_done=st.customer_confirmed,
+            agent_marked=st.agent_marked,
             face_verified=bool(state and state.verification and state.verification.get("verified")),
-            liveness_passed=bool(state and state.liveness and state.liveness.get("state") == "passed"),
+            liveness_passed=bool(
+                state and state.liveness and state.liveness.get("state") == "passed"
+            ),
             manually_verified=bool(state and state.manual and state.manual.get("verified"))
-            or bool(run.manual and run.manual.get("verified")))
+            or bool(run.manual and run.manual.get("verified")),
+        )
 
     # -- views ---------------------------------------------------------------------------
 
-    async def _show_document(self, session: Session, run: FlowRun, document_id: str, *, pushed: bool,
-                             by: str | None = None) -> None:
+    async def _show_document(
+        self,
+        session: Session,
+        run: FlowRun,
+        document_id: str,
+        *,
+        pushed: bool,
+        by: str | None = None,
+    ) -> None:
         doc = run.flow.documents[document_id]
-        run.shown.append({"document": doc.id, "sha256": doc.sha256, "pushed": pushed, "at": time.time()})
-        await self._event(session.id, "document_shown", document=doc.id, sha256=doc.sha256, pushed=pushed,
-                          by=by)
-        self.broker.send(session, "customer", m.DocumentShown(document={**doc.view(), "content": doc.content},
-                                                              pushed=pushed))
+        run.shown.append(
+            {"document": doc.id, "sha256": doc.sha256, "pushed": pushed, "at": time.time()}
+        )
+        await self._event(
+            session.id, "document_shown", document=doc.id, sha256=doc.sha256, pushed=pushed, by=by
+        )
+        self.broker.send(
+            session,
+            "customer",
+            m.DocumentShown(document={**doc.view(), "content": doc.content}, pushed=pushed),
+        )
 
     def state(self, session: Session, run: FlowRun, role: str) -> dict[str, Any]:
         """The flow state as ``role`` (``customer`` or ``agent``) is shown it."""
         step = run.step
-        steps = [{"id": s.id, "kind": s.kind, "title": s.title.view(), "status": st.status,
-                  "started_at": st.started_at, "ended_at": st.ended_at, "index": i}
-                 for i, (s, st) in enumerate(zip(run.flow.steps, run.steps, strict=True))]
+        steps = [
+            {
+                "id": s.id,
+                "kind": s.kind,
+                "title": s.title.view(),
+                "status": st.status,
+                "started_at": st.started_at,
+                "ended_at": st.ended_at,
+                "index": i,
+            }
+            for i, (s, st) in enumerate(zip(run.flow.steps, run.steps, strict=True))
+        ]
         out: dict[str, Any] = {
-            "business": run.flow.business, "title": run.flow.title.view(), "version": run.flow.version,
-            "status": run.status, "reason": run.reason, "steps": steps,
+            "business": run.flow.business,
+            "title": run.flow.title.view(),
+            "version": run.flow.version,
+            "status": run.status,
+            "reason": run.reason,
+            "steps": steps,
             "current": None if step is None else self._view(session, run, step, role),
-            "receipt": run.receipt, "outcome": run.outcome if role == "agent" else _outcome_view(run.outcome),
+            "receipt": run.receipt,
+            "outcome": run.outcome if role == "agent" else _outcome_view(run.outcome),
         }
         if role == "agent":
-            out["documents"] = [{"id": d.id, "title": d.title.view()} for d in run.flow.documents.values()]
+            out["documents"] = [
+                {"id": d.id, "title": d.title.view()} for d in run.flow.documents.values()
+            ]
         return out
 
     def _view(self, session: Session, run: FlowRun, step: Step, role: str) -> dict[str, Any]:
@@ -468,8 +653,11 @@ class FlowService:
 
     def _publish(self, session: Session, run: FlowRun) -> None:
         for role in ("customer", "agent"):
-            self.broker.send(session, role, m.FlowState(session_id=session.id,
-                                                        state=self.state(session, run, role)))
+            self.broker.send(
+                session,
+                role,
+                m.FlowState(session_id=session.id, state=self.state(session, run, role)),
+            )
 
 
 def _index(flow: Flow, step_id: str) -> int:

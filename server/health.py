@@ -29,7 +29,9 @@ DEFAULT_WINDOW_S = 60.0
 class LoopLagMonitor:
     """A task on the running loop measuring its wake-up lag; ``start()``, then ``aclose()``."""
 
-    def __init__(self, interval_s: float = DEFAULT_INTERVAL_S, window_s: float = DEFAULT_WINDOW_S) -> None:
+    def __init__(
+        self, interval_s: float = DEFAULT_INTERVAL_S, window_s: float = DEFAULT_WINDOW_S
+    ) -> None:
         if interval_s <= 0 or window_s < interval_s:
             raise ValueError("need 0 < interval_s <= window_s")
         self.interval_s = interval_s
@@ -41,7 +43,9 @@ class LoopLagMonitor:
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="loop-lag-monitor")
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name="loop-lag-monitor"
+            )
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -84,7 +88,6 @@ class LoopLagMonitor:
 
 
 #: the running server's monitor (started and stopped with the app's resources)
-
 
 
 def _percentile(ordered: list[float], q: float) -> float:

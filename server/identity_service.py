@@ -119,8 +119,11 @@ class FrameFeed:
             return self._cached
         w, h = frame.width, frame.height
         scale = 1.0 if full else min(1.0, ANALYSIS_SIDE / max(w, h))
-        rgb = frame.to_ndarray(format="rgb24", width=max(2, round(w * scale) // 2 * 2),
-                               height=max(2, round(h * scale) // 2 * 2))
+        rgb = frame.to_ndarray(
+            format="rgb24",
+            width=max(2, round(w * scale) // 2 * 2),
+            height=max(2, round(h * scale) // 2 * 2),
+        )
         out = Frame(rgb, self._latest_t, self.count)
         if not full:
             self._cached = out
@@ -192,7 +195,9 @@ class IdentityService:
 
     def start(self) -> None:
         """Start the face workers in the background (models load in ~2 s; calls need not wait)."""
-        self._warmup = asyncio.get_running_loop().create_task(self._start_workers(), name="face-warmup")
+        self._warmup = asyncio.get_running_loop().create_task(
+            self._start_workers(), name="face-warmup"
+        )
 
     async def _start_workers(self) -> None:
         try:
@@ -220,10 +225,12 @@ class IdentityService:
     async def _event(self, session_id: str, kind: str, /, **data: object) -> None:
         await self.broker.log_event(session_id, kind, **data)
 
-    async def _put(self, session_id: str, kind: str, data: bytes, content_type: str,
-                   meta: dict[str, Any]) -> EvidenceItem:
-        return await asyncio.to_thread(self.evidence.put, session_id, kind, data,
-                                       content_type=content_type, meta=meta)
+    async def _put(
+        self, session_id: str, kind: str, data: bytes, content_type: str, meta: dict[str, Any]
+    ) -> EvidenceItem:
+        return await asyncio.to_thread(
+            self.evidence.put, session_id, kind, data, content_type=content_type, meta=meta
+        )
 
     # -- broker hooks ----------------------------------------------------------------
 
@@ -237,13 +244,20 @@ class IdentityService:
             if party not in st.feeds:
                 st.feeds[party] = FrameFeed(media.tap(party, "video"), f"{session.id}-{party}")
             st.presence[party] = PresenceMonitor(
-                subject=party, missing_after_s=self.config.presence_missing_s,
-                threshold=self.threshold)
+                subject=party,
+                missing_after_s=self.config.presence_missing_s,
+                threshold=self.threshold,
+            )
         self._update_presence_reference(st, session)
         if st.reference_info is not None:
             # uploaded while queued: put its hash on this recording's signed timeline too
-            await self._event(session.id, "reference_in_use", item=st.reference_info["item"],
-                              sha256=st.reference_info["sha256"], source=st.reference_info["source"])
+            await self._event(
+                session.id,
+                "reference_in_use",
+                item=st.reference_info["item"],
+                sha256=st.reference_info["sha256"],
+                source=st.reference_info["source"],
+            )
         self._spawn(st, self._presence_loop(session, st), "presence")
         if st.reference is not None and session.face_consent:
             self._auto_verify(session, st)
@@ -288,8 +302,11 @@ class IdentityService:
             # withdrawn: stop using face data for this session (what is kept stays evidence)
             st.reference = None
             st.live_embedding = None
-        elif st.reference is None and not await self._restore_reference(session, st) \
-                and self.reference_provider is not None:
+        elif (
+            st.reference is None
+            and not await self._restore_reference(session, st)
+            and self.reference_provider is not None
+        ):
             self._spawn(st, self.reference_provider(session), "reference-provider")
         self._update_presence_reference(st, session)
         self._panel(session)
@@ -310,28 +327,41 @@ class IdentityService:
             return False
         _, raw = await asyncio.to_thread(self.evidence.get, session.id, items[-1].id)
         st.reference = self.embedding_of(raw)
-        await self._event(session.id, "reference_in_use", item=info["item"], sha256=info["sha256"],
-                          source=info["source"], restored=True)
+        await self._event(
+            session.id,
+            "reference_in_use",
+            item=info["item"],
+            sha256=info["sha256"],
+            source=info["source"],
+            restored=True,
+        )
         return True
 
     def _require_consent(self, session: Session) -> None:
         if not session.face_consent:
-            raise InvalidState("the customer has not consented to face verification: verify "
-                               "them manually and record why", code="face_consent_required")
+            raise InvalidState(
+                "the customer has not consented to face verification: verify "
+                "them manually and record why",
+                code="face_consent_required",
+            )
 
     # -- reference ---------------------------------------------------------------------
 
-    async def upload_reference(self, session: Session, data: bytes, content_type: str) -> dict[str, Any]:
+    async def upload_reference(
+        self, session: Session, data: bytes, content_type: str
+    ) -> dict[str, Any]:
         """The customer's ID photo (raises :class:`identity.IdentityError` for a bad image)."""
         self._require_consent(session)
         if session.state not in ("queued", "offered", "active"):
             raise InvalidState("this session has ended")
         reference = await self.worker.embed_document(data)
-        return await self._set_reference(session, reference, data, content_type or "image/jpeg",
-                                          "upload")
+        return await self._set_reference(
+            session, reference, data, content_type or "image/jpeg", "upload"
+        )
 
-    async def adopt_reference(self, session: Session, data: bytes, content_type: str,
-                              source: str = "appointment") -> dict[str, Any]:
+    async def adopt_reference(
+        self, session: Session, data: bytes, content_type: str, source: str = "appointment"
+    ) -> dict[str, Any]:
         """An ID photo someone else supplied for this customer (the bank's appointment)."""
         self._require_consent(session)
         reference = await self.worker.embed_document(data)
@@ -347,33 +377,68 @@ class IdentityService:
         self._require_consent(session)
         st = self.state(session.id)
         frame = self._frame(st, "customer", full=True)
-        await self._busy(session, st, "capturing_reference", self._capture_reference(session, st, frame, by))
+        await self._busy(
+            session, st, "capturing_reference", self._capture_reference(session, st, frame, by)
+        )
 
-    async def _capture_reference(self, session: Session, st: SessionIdentity, frame: Frame,
-                                 by: str) -> None:
+    async def _capture_reference(
+        self, session: Session, st: SessionIdentity, frame: Frame, by: str
+    ) -> None:
         reference = await self.worker.reference_from_live(frame.rgb)
         jpeg = await asyncio.to_thread(_jpeg, frame.rgb)
         await self._set_reference(session, reference, jpeg, "image/jpeg", "agent_capture", by=by)
 
-    async def _set_reference(self, session: Session, reference: Reference, image: bytes,
-                             content_type: str, source: str, by: str | None = None) -> dict[str, Any]:
+    async def _set_reference(
+        self,
+        session: Session,
+        reference: Reference,
+        image: bytes,
+        content_type: str,
+        source: str,
+        by: str | None = None,
+    ) -> dict[str, Any]:
         st = self.state(session.id)
         meta = {"source": source, "strategy": reference.strategy, "box": reference.box.as_dict()}
         image_item = await self._put(session.id, "reference_image", image, content_type, meta)
-        await self._put(session.id, "reference_embedding", reference.embedding_bytes(),
-                        "application/octet-stream", {"model": reference.model, "image": image_item.id})
+        await self._put(
+            session.id,
+            "reference_embedding",
+            reference.embedding_bytes(),
+            "application/octet-stream",
+            {"model": reference.model, "image": image_item.id},
+        )
         st.reference = reference.embedding
         st.live_embedding = None
         st.verification = None
-        st.reference_info = {"source": source, "item": image_item.id, "at": image_item.created_at,
-                             "strategy": reference.strategy, "sha256": image_item.sha256}
-        await self._event(session.id, "reference_added", source=source, item=image_item.id,
-                          sha256=image_item.sha256, strategy=reference.strategy, by=by)
+        st.reference_info = {
+            "source": source,
+            "item": image_item.id,
+            "at": image_item.created_at,
+            "strategy": reference.strategy,
+            "sha256": image_item.sha256,
+        }
+        await self._event(
+            session.id,
+            "reference_added",
+            source=source,
+            item=image_item.id,
+            sha256=image_item.sha256,
+            strategy=reference.strategy,
+            by=by,
+        )
         self._update_presence_reference(st, session)
         self._panel(session)
-        if session.state == "active" and "customer" in st.feeds and source in ("upload", "appointment"):
+        if (
+            session.state == "active"
+            and "customer" in st.feeds
+            and source in ("upload", "appointment")
+        ):
             self._auto_verify(session, st)
-        return {"source": source, "strategy": reference.strategy, "created_at": image_item.created_at}
+        return {
+            "source": source,
+            "strategy": reference.strategy,
+            "created_at": image_item.created_at,
+        }
 
     # -- verification --------------------------------------------------------------------
 
@@ -382,8 +447,11 @@ class IdentityService:
         self._require_consent(session)
         st = self.state(session.id)
         if st.reference is None:
-            raise InvalidState("no reference photo yet: ask the customer to upload their ID photo "
-                               "or capture the ID card from the video", code="no_reference")
+            raise InvalidState(
+                "no reference photo yet: ask the customer to upload their ID photo "
+                "or capture the ID card from the video",
+                code="no_reference",
+            )
         self._frame(st, "customer")
         await self._busy(session, st, "verifying", self._verify(session, st, automatic=False))
 
@@ -405,12 +473,21 @@ class IdentityService:
             if frame is None:
                 break
             seen = frame.index
-            result = await self.worker.verify(reference, frame.rgb, frame.t, threshold=self.threshold)
+            result = await self.worker.verify(
+                reference, frame.rgb, frame.t, threshold=self.threshold
+            )
             if result.match is None:
                 if last_problem is None or last_problem.reason != result.reason:
-                    self.broker.send(session, "customer", m.VerificationOutcome(
-                        verified=False, reason=result.reason, message=result.message,
-                        message_zh=result.message_zh))
+                    self.broker.send(
+                        session,
+                        "customer",
+                        m.VerificationOutcome(
+                            verified=False,
+                            reason=result.reason,
+                            message=result.message,
+                            message_zh=result.message_zh,
+                        ),
+                    )
                 last_problem = result
                 continue
             usable.append((result, frame))
@@ -420,48 +497,99 @@ class IdentityService:
             return  # a new reference arrived meanwhile: its own verification follows
         if not usable:
             reason = last_problem.reason if last_problem is not None else "no_video"
-            st.verification = {"verified": False, "reason": reason, "message": text(reason).en,
-                               "message_zh": text(reason).zh, "at": time.time(), "automatic": automatic}
+            st.verification = {
+                "verified": False,
+                "reason": reason,
+                "message": text(reason).en,
+                "message_zh": text(reason).zh,
+                "at": time.time(),
+                "automatic": automatic,
+            }
             await self._event(session.id, "identity_unusable", reason=reason, automatic=automatic)
             self._panel(session)
             return
         best, frame = min(usable, key=lambda rf: rf[0].match.distance)
         jpeg = await asyncio.to_thread(_jpeg, frame.rgb)
-        snap = await self._put(session.id, "snapshot", jpeg, "image/jpeg",
-                               {"purpose": "verification", "distance": best.match.distance})
+        snap = await self._put(
+            session.id,
+            "snapshot",
+            jpeg,
+            "image/jpeg",
+            {"purpose": "verification", "distance": best.match.distance},
+        )
         if best.verified and best.analysis.embedding is not None:
             st.live_embedding = best.analysis.embedding
-            await self._put(session.id, "live_embedding", embedding_to_bytes(best.analysis.embedding),
-                            "application/octet-stream", {"snapshot": snap.id})
+            await self._put(
+                session.id,
+                "live_embedding",
+                embedding_to_bytes(best.analysis.embedding),
+                "application/octet-stream",
+                {"snapshot": snap.id},
+            )
         match = best.match.as_dict()
-        st.verification = {"verified": best.verified, "reason": best.reason, "message": best.message,
-                           "message_zh": best.message_zh, "at": time.time(), "automatic": automatic,
-                           "distance": match["distance"], "threshold": match["threshold"],
-                           "score": match["score"], "snapshot": snap.id, "frames": len(usable)}
+        st.verification = {
+            "verified": best.verified,
+            "reason": best.reason,
+            "message": best.message,
+            "message_zh": best.message_zh,
+            "at": time.time(),
+            "automatic": automatic,
+            "distance": match["distance"],
+            "threshold": match["threshold"],
+            "score": match["score"],
+            "snapshot": snap.id,
+            "frames": len(usable),
+        }
         st.snapshots.append({"item": snap.id, "at": snap.created_at, "purpose": "verification"})
-        await self._event(session.id, "identity_verified" if best.verified else "identity_rejected",
-                          distance=match["distance"], threshold=match["threshold"], score=match["score"],
-                          snapshot=snap.id, snapshot_sha256=snap.sha256,
-                          reference=(st.reference_info or {}).get("item"), automatic=automatic)
-        self.broker.send(session, "customer", m.VerificationOutcome(
-            verified=best.verified, reason=best.reason, message=best.message, message_zh=best.message_zh))
+        await self._event(
+            session.id,
+            "identity_verified" if best.verified else "identity_rejected",
+            distance=match["distance"],
+            threshold=match["threshold"],
+            score=match["score"],
+            snapshot=snap.id,
+            snapshot_sha256=snap.sha256,
+            reference=(st.reference_info or {}).get("item"),
+            automatic=automatic,
+        )
+        self.broker.send(
+            session,
+            "customer",
+            m.VerificationOutcome(
+                verified=best.verified,
+                reason=best.reason,
+                message=best.message,
+                message_zh=best.message_zh,
+            ),
+        )
         self._update_presence_reference(st, session)
         self._panel(session)
 
     def _auto_verify(self, session: Session, st: SessionIdentity) -> None:
         """Verify on our own (call start, new upload): as one busy operation, skipped if one runs."""
+
         async def start() -> None:
             with contextlib.suppress(InvalidState):  # the agent started something meanwhile
-                await self._busy(session, st, "verifying", self._verify(session, st, automatic=True))
+                await self._busy(
+                    session, st, "verifying", self._verify(session, st, automatic=True)
+                )
 
         if st.busy is None:
             self._spawn(st, start(), "auto-verify")
 
-    async def manual_verification(self, session: Session, verified: bool, reason: str, by: str) -> None:
+    async def manual_verification(
+        self, session: Session, verified: bool, reason: str, by: str
+    ) -> None:
         st = self.state(session.id)
         st.manual = {"verified": verified, "reason": reason, "by": by, "at": time.time()}
-        await self._event(session.id, "identity_manual", verified=verified, reason=reason, by=by,
-                          face_consent=session.face_consent)
+        await self._event(
+            session.id,
+            "identity_manual",
+            verified=verified,
+            reason=reason,
+            by=by,
+            face_consent=session.face_consent,
+        )
         self._panel(session)
 
     # -- liveness ----------------------------------------------------------------------
@@ -479,11 +607,19 @@ class IdentityService:
         reference = st.live_embedding if st.live_embedding is not None else st.reference
         judge = LivenessJudge(challenge, reference=reference)
         info = challenge.as_dict()
-        msg = m.LivenessChallenge(steps=info["steps"], instructions=info["instructions"],
-                                  step_time_limit_s=challenge.step_time_limit_s)
+        msg = m.LivenessChallenge(
+            steps=info["steps"],
+            instructions=info["instructions"],
+            step_time_limit_s=challenge.step_time_limit_s,
+        )
         self.broker.send(session, "customer", msg)
-        st.liveness = {"state": "running", "steps": info["steps"], "current": info["steps"][0],
-                       "completed": [], "started_at": time.time()}
+        st.liveness = {
+            "state": "running",
+            "steps": info["steps"],
+            "current": info["steps"][0],
+            "completed": [],
+            "started_at": time.time(),
+        }
         await self._event(session.id, "liveness_started", steps=info["steps"])
         self._panel(session)
         loop = asyncio.get_running_loop()
@@ -501,8 +637,14 @@ class IdentityService:
             seen = frame.index
             full = last_full is None or frame.t - last_full >= FULL_SCAN_EVERY_S or last_box is None
             try:
-                a = await self.worker.analyze_live(frame.rgb, frame.t, frame.index, last=last_box,
-                                                   full_scan=full, request=judge.request())
+                a = await self.worker.analyze_live(
+                    frame.rgb,
+                    frame.t,
+                    frame.index,
+                    last=last_box,
+                    full_scan=full,
+                    request=judge.request(),
+                )
             except WorkerBusy:
                 continue
             if full:
@@ -512,7 +654,9 @@ class IdentityService:
             if progress is None or (new.step, new.completed) != (progress.step, progress.completed):
                 current = None if new.step is None else str(new.step)
                 completed = [str(s) for s in new.completed]
-                self.broker.send(session, "customer", m.LivenessProgress(current=current, completed=completed))
+                self.broker.send(
+                    session, "customer", m.LivenessProgress(current=current, completed=completed)
+                )
                 st.liveness.update(current=current, completed=completed)
                 self._panel(session)
             progress = new
@@ -520,15 +664,34 @@ class IdentityService:
                 break
         result = judge.result()
         evidence = result.as_dict()["evidence"]
-        st.liveness = {"state": "passed" if result.passed else "failed", "steps": info["steps"],
-                       "reason": result.reason, "message": result.message, "message_zh": result.message_zh,
-                       "completed": [str(e.step) for e in result.steps if e.passed], "at": time.time()}
-        await self._event(session.id, "liveness_passed" if result.passed else "liveness_failed",
-                          steps=info["steps"], reason=result.reason, frames=result.frames,
-                          duration_s=round(result.duration_s, 2), evidence=_relative(evidence))
-        self.broker.send(session, "customer", m.LivenessOutcome(
-            passed=result.passed, reason=result.reason, message=result.message,
-            message_zh=result.message_zh))
+        st.liveness = {
+            "state": "passed" if result.passed else "failed",
+            "steps": info["steps"],
+            "reason": result.reason,
+            "message": result.message,
+            "message_zh": result.message_zh,
+            "completed": [str(e.step) for e in result.steps if e.passed],
+            "at": time.time(),
+        }
+        await self._event(
+            session.id,
+            "liveness_passed" if result.passed else "liveness_failed",
+            steps=info["steps"],
+            reason=result.reason,
+            frames=result.frames,
+            duration_s=round(result.duration_s, 2),
+            evidence=_relative(evidence),
+        )
+        self.broker.send(
+            session,
+            "customer",
+            m.LivenessOutcome(
+                passed=result.passed,
+                reason=result.reason,
+                message=result.message,
+                message_zh=result.message_zh,
+            ),
+        )
         self._panel(session)
 
     # -- snapshots --------------------------------------------------------------------------
@@ -537,7 +700,9 @@ class IdentityService:
         st = self.state(session.id)
         frame = self._frame(st, "customer", full=True)
         jpeg = await asyncio.to_thread(_jpeg, frame.rgb)
-        item = await self._put(session.id, "snapshot", jpeg, "image/jpeg", {"purpose": "agent", "by": by})
+        item = await self._put(
+            session.id, "snapshot", jpeg, "image/jpeg", {"purpose": "agent", "by": by}
+        )
         st.snapshots.append({"item": item.id, "at": item.created_at, "purpose": "agent"})
         await self._event(session.id, "snapshot_captured", item=item.id, sha256=item.sha256, by=by)
         self._panel(session)
@@ -551,8 +716,9 @@ class IdentityService:
             return None
         return await asyncio.to_thread(_jpeg, frame.rgb)
 
-    async def keep(self, session: Session, kind: str, data: bytes, content_type: str,
-                   meta: dict[str, Any]) -> EvidenceItem:
+    async def keep(
+        self, session: Session, kind: str, data: bytes, content_type: str, meta: dict[str, Any]
+    ) -> EvidenceItem:
         """Store other evidence of the session (a signature receipt) encrypted beside the face data."""
         return await self._put(session.id, kind, data, content_type, meta)
 
@@ -577,12 +743,14 @@ class IdentityService:
             due = max(due + interval, loop.time())
             await asyncio.sleep(due - loop.time())
             results = await asyncio.gather(
-                *(self._presence_check(session, st, party, seen) for party in PARTIES))
+                *(self._presence_check(session, st, party, seen) for party in PARTIES)
+            )
             if any(results):
                 self._panel(session)
 
-    async def _presence_check(self, session: Session, st: SessionIdentity, party: str,
-                              seen: dict[str, int]) -> bool:
+    async def _presence_check(
+        self, session: Session, st: SessionIdentity, party: str, seen: dict[str, int]
+    ) -> bool:
         feed, monitor = st.feeds.get(party), st.presence.get(party)
         if feed is None or monitor is None:
             return False
@@ -595,8 +763,14 @@ class IdentityService:
             return False
         seen[party] = frame.index
         try:
-            a = await self.worker.analyze_live(frame.rgb, frame.t, frame.index, last=None,
-                                               full_scan=True, embed=monitor.wants_embedding(frame.t))
+            a = await self.worker.analyze_live(
+                frame.rgb,
+                frame.t,
+                frame.index,
+                last=None,
+                full_scan=True,
+                embed=monitor.wants_embedding(frame.t),
+            )
         except WorkerBusy:
             return False
         before = monitor.status()
@@ -613,7 +787,9 @@ class IdentityService:
             raise InvalidState(f"no video from the {party} yet", code="no_video")
         return frame
 
-    async def _busy(self, session: Session, st: SessionIdentity, what: str, coro: Awaitable[None]) -> None:
+    async def _busy(
+        self, session: Session, st: SessionIdentity, what: str, coro: Awaitable[None]
+    ) -> None:
         """Run one identity operation at a time per session, in the background."""
         if st.busy is not None:
             if hasattr(coro, "close"):
@@ -630,8 +806,11 @@ class IdentityService:
                 st.error = {"code": exc.code, "message": exc.message, "message_zh": exc.message_zh}
                 await self._event(session.id, "identity_error", operation=what, code=exc.code)
             except WorkerClosed:
-                st.error = {"code": "identity_unavailable", "message": "face checks are not available",
-                            "message_zh": "人脸核验暂不可用"}
+                st.error = {
+                    "code": "identity_unavailable",
+                    "message": "face checks are not available",
+                    "message_zh": "人脸核验暂不可用",
+                }
             finally:
                 st.busy = None
                 self._panel(session)
@@ -671,8 +850,9 @@ class IdentityService:
 
 
 def _jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
-                           [cv2.IMWRITE_JPEG_QUALITY, quality])
+    ok, buf = cv2.imencode(
+        ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality]
+    )
     if not ok:
         raise RuntimeError("JPEG encoding failed")
     return buf.tobytes()
@@ -697,8 +877,13 @@ def _relative(evidence: dict[str, Any]) -> dict[str, Any]:
 
     out = dict(evidence)
     out["steps"] = [
-        {**step, "started_t": rel(step.get("started_t")), "deadline_t": rel(step.get("deadline_t")),
-         "completed_t": rel(step.get("completed_t")), "times": [rel(t) for t in step.get("times", [])]}
+        {
+            **step,
+            "started_t": rel(step.get("started_t")),
+            "deadline_t": rel(step.get("deadline_t")),
+            "completed_t": rel(step.get("completed_t")),
+            "times": [rel(t) for t in step.get("times", [])],
+        }
         for step in steps
     ]
     return out

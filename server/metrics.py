@@ -26,8 +26,12 @@ if TYPE_CHECKING:
     from .db import Database
 
 #: timeline events counted, and the metric each goes to
-_OFFER_EVENTS = {"offered": "offered", "call_started": "accepted", "offer_declined": "declined",
-                 "offer_timeout": "timed_out"}
+_OFFER_EVENTS = {
+    "offered": "offered",
+    "call_started": "accepted",
+    "offer_declined": "declined",
+    "offer_timeout": "timed_out",
+}
 
 
 class _Live(Collector):
@@ -43,22 +47,31 @@ class _Live(Collector):
         self.now = 0.0
 
     def collect(self) -> Iterable[Metric]:
-        calls = GaugeMetricFamily("vcounter_calls", "Calls in progress on this node", labels=["node"])
+        calls = GaugeMetricFamily(
+            "vcounter_calls", "Calls in progress on this node", labels=["node"]
+        )
         calls.add_metric([self.node_id], self.calls)
-        sessions = GaugeMetricFamily("vcounter_sessions", "Open sessions held by this node", labels=["node"])
+        sessions = GaugeMetricFamily(
+            "vcounter_sessions", "Open sessions held by this node", labels=["node"]
+        )
         sessions.add_metric([self.node_id], self.sessions)
-        length = GaugeMetricFamily("vcounter_queue_length", "Customers waiting in the counter's queue",
-                                   labels=["business"])
-        longest = GaugeMetricFamily("vcounter_queue_longest_wait_seconds",
-                                    "Seconds the longest-waiting customer has waited", labels=["business"])
+        length = GaugeMetricFamily(
+            "vcounter_queue_length", "Customers waiting in the counter's queue", labels=["business"]
+        )
+        longest = GaugeMetricFamily(
+            "vcounter_queue_longest_wait_seconds",
+            "Seconds the longest-waiting customer has waited",
+            labels=["business"],
+        )
         by_business: dict[str, list[QueueEntry]] = {}
         for entry in self.queue:
             by_business.setdefault(entry.business, []).append(entry)
         for business, entries in sorted(by_business.items()):
             length.add_metric([business], len(entries))
             longest.add_metric([business], max(0.0, self.now - min(e.enqueued_at for e in entries)))
-        agents = GaugeMetricFamily("vcounter_agents", "Agents connected to the counter, by status",
-                                   labels=["status"])
+        agents = GaugeMetricFamily(
+            "vcounter_agents", "Agents connected to the counter, by status", labels=["status"]
+        )
         statuses: dict[str, int] = {}
         for agent in self.agents:
             statuses[agent.status] = statuses.get(agent.status, 0) + 1
@@ -76,15 +89,30 @@ class Metrics:
         self.registry = CollectorRegistry()
         self._live = _Live(node_id)
         self.registry.register(self._live)
-        self.offers = Counter("vcounter_offers", "Offers made to agents, by outcome", ["outcome"],
-                              registry=self.registry)
-        self.sessions_closed = Counter("vcounter_sessions_closed", "Sessions that ended, by state and reason",
-                                       ["state", "reason"], registry=self.registry)
-        self.errors = Counter("vcounter_errors", "Errors talking to a component", ["component"],
-                              registry=self.registry)
-        self.bus_latency = Histogram("vcounter_bus_latency_seconds", "Seconds from a node sending a bus "
-                                     "message to this node handling it", registry=self.registry,
-                                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+        self.offers = Counter(
+            "vcounter_offers",
+            "Offers made to agents, by outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.sessions_closed = Counter(
+            "vcounter_sessions_closed",
+            "Sessions that ended, by state and reason",
+            ["state", "reason"],
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "vcounter_errors",
+            "Errors talking to a component",
+            ["component"],
+            registry=self.registry,
+        )
+        self.bus_latency = Histogram(
+            "vcounter_bus_latency_seconds",
+            "Seconds from a node sending a bus message to this node handling it",
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
 
     def event(self, session_id: str, kind: str, data: dict[str, object]) -> None:
         """A session timeline listener (``DbSessionLog.listeners``)."""

@@ -67,10 +67,18 @@ class NodeView:
     load: dict[str, Any]
 
     def as_json(self) -> dict[str, Any]:
-        return {"id": self.id, "host": self.host, "pid": self.pid, "address": self.address,
-                "started_at": self.started_at.isoformat(), "heartbeat_at": self.heartbeat_at.isoformat(),
-                "silent_s": round(self.silent_s, 1), "alive": self.alive, "draining": self.draining,
-                "load": self.load}
+        return {
+            "id": self.id,
+            "host": self.host,
+            "pid": self.pid,
+            "address": self.address,
+            "started_at": self.started_at.isoformat(),
+            "heartbeat_at": self.heartbeat_at.isoformat(),
+            "silent_s": round(self.silent_s, 1),
+            "alive": self.alive,
+            "draining": self.draining,
+            "load": self.load,
+        }
 
 
 def _aware(value: datetime) -> datetime:
@@ -107,9 +115,20 @@ def _views(s: DbSession, lease_s: float) -> list[NodeView]:
     views = []
     for row in s.exec(select(Node).order_by(col(Node.id))):
         silent = (now - _aware(row.heartbeat_at)).total_seconds()
-        views.append(NodeView(row.id, row.host, row.pid, row.address, _aware(row.started_at),
-                              _aware(row.heartbeat_at), max(0.0, silent), silent <= lease_s,
-                              row.draining, row.load_info))
+        views.append(
+            NodeView(
+                row.id,
+                row.host,
+                row.pid,
+                row.address,
+                _aware(row.started_at),
+                _aware(row.heartbeat_at),
+                max(0.0, silent),
+                silent <= lease_s,
+                row.draining,
+                row.load_info,
+            )
+        )
     return views
 
 
@@ -121,8 +140,16 @@ def list_nodes(s: DbSession, lease_s: float) -> list[NodeView]:
 class NodeRegistry:
     """This node's lease in the registry, renewed until :meth:`aclose`."""
 
-    def __init__(self, db: Database, node_id: str, *, lease_s: float = 15.0, grace_s: float = 0.0,
-                 address: str = "", load: Callable[[], dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        node_id: str,
+        *,
+        lease_s: float = 15.0,
+        grace_s: float = 0.0,
+        address: str = "",
+        load: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         self.db = db
         self.node_id = node_id
         self.lease_s = lease_s
@@ -138,7 +165,9 @@ class NodeRegistry:
         """Claim the id (:class:`NodeIdInUse` if a live node holds it) and close the sessions of
         dead nodes and of this id's earlier run; returns the ids of the sessions closed."""
         closed = await self.db.run(self._claim)
-        self._task = asyncio.get_running_loop().create_task(self._beat(), name=f"node-heartbeat-{self.node_id}")
+        self._task = asyncio.get_running_loop().create_task(
+            self._beat(), name=f"node-heartbeat-{self.node_id}"
+        )
         return closed
 
     def _claim(self, s: DbSession) -> list[str]:
@@ -151,11 +180,21 @@ class NodeRegistry:
                 raise NodeIdInUse(
                     f"node id {self.node_id!r} is held by a live node ({row.host}, pid {row.pid}, last "
                     f"heartbeat {silent:.0f} s ago): give this node another VCOUNTER_NODE_ID, or leave "
-                    "it unset for a unique one")
+                    "it unset for a unique one"
+                )
             s.delete(row)
             s.flush()
-        s.add(Node(id=self.node_id, host=socket.gethostname(), pid=os.getpid(), started_at=now,
-                   heartbeat_at=now, address=self.address, load=json.dumps(self._load())))
+        s.add(
+            Node(
+                id=self.node_id,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                started_at=now,
+                heartbeat_at=now,
+                address=self.address,
+                load=json.dumps(self._load()),
+            )
+        )
         s.flush()
         return self._sweep(s, now, own_earlier_run=True)
 
@@ -166,10 +205,17 @@ class NodeRegistry:
         for row in s.exec(select(Node)):
             silent = (now - _aware(row.heartbeat_at)).total_seconds()
             if row.id == self.node_id or silent <= self.lease_s + self.grace_s:
-                keep.add(row.id)  # alive, or dead so recently that its customers may still come back
+                keep.add(
+                    row.id
+                )  # alive, or dead so recently that its customers may still come back
             else:
-                logger.warning("node %s (%s, pid %d) missed its heartbeat for %.0f s: it is dead",
-                               row.id, row.host, row.pid, silent)
+                logger.warning(
+                    "node %s (%s, pid %d) missed its heartbeat for %.0f s: it is dead",
+                    row.id,
+                    row.host,
+                    row.pid,
+                    silent,
+                )
                 s.delete(row)
         if own_earlier_run:
             keep.discard(self.node_id)
@@ -180,8 +226,10 @@ class NodeRegistry:
         now = database_now(s)
         row = s.get(Node, self.node_id)
         if row is None:  # removed by another node that thought us dead: register again
-            logger.warning("node %s: its registration was gone (it missed heartbeats): registering again",
-                           self.node_id)
+            logger.warning(
+                "node %s: its registration was gone (it missed heartbeats): registering again",
+                self.node_id,
+            )
             return self._claim(s)
         row.heartbeat_at = now
         # ``vcounter drain`` sets the flag in the database; a node that drains by itself (SIGTERM)
@@ -189,8 +237,13 @@ class NodeRegistry:
         if self.draining and not row.draining:
             row.draining = True
         elif row.draining != self.draining:
-            logger.warning("node %s: %s", self.node_id, "draining: no new sessions here" if row.draining
-                           else "draining ended: taking new sessions again")
+            logger.warning(
+                "node %s: %s",
+                self.node_id,
+                "draining: no new sessions here"
+                if row.draining
+                else "draining ended: taking new sessions again",
+            )
             self.draining = row.draining
         row.load = json.dumps(self._load())
         s.add(row)
@@ -205,7 +258,9 @@ class NodeRegistry:
                 logger.exception("node %s: heartbeat failed", self.node_id)
                 continue
             if closed:
-                logger.warning("closed %d session(s) of dead nodes: %s", len(closed), ", ".join(closed))
+                logger.warning(
+                    "closed %d session(s) of dead nodes: %s", len(closed), ", ".join(closed)
+                )
 
     async def view(self, node_id: str) -> NodeView | None:
         """One registered node with its liveness and address."""
@@ -244,9 +299,14 @@ class NodeRegistry:
         view = await self.view(node_id)
         if view is None:
             return None
-        return NodeInfo(node_id=view.id, info={"address": view.address, "draining": view.draining, **view.load},
-                        registered_at=view.started_at.timestamp(), seen_at=view.heartbeat_at.timestamp(),
-                        expires_at=view.heartbeat_at.timestamp() + self.lease_s, alive=view.alive)
+        return NodeInfo(
+            node_id=view.id,
+            info={"address": view.address, "draining": view.draining, **view.load},
+            registered_at=view.started_at.timestamp(),
+            seen_at=view.heartbeat_at.timestamp(),
+            expires_at=view.heartbeat_at.timestamp() + self.lease_s,
+            alive=view.alive,
+        )
 
     async def aclose(self) -> None:
         """Stop the heartbeat and release the id. Safe to call twice."""

@@ -41,7 +41,9 @@ def _trusted(address: str | None, networks: tuple[Network, ...]) -> bool:
     return any(ip in network for network in networks)
 
 
-def client_behind(peer: str | None, forwarded_for: str, networks: tuple[Network, ...]) -> str | None:
+def client_behind(
+    peer: str | None, forwarded_for: str, networks: tuple[Network, ...]
+) -> str | None:
     """The client's address when ``peer`` is a trusted proxy that forwarded for it, else None."""
     if not _trusted(peer, networks):
         return None
@@ -55,7 +57,9 @@ def client_behind(peer: str | None, forwarded_for: str, networks: tuple[Network,
     return None
 
 
-def trusted_proxies_middleware(networks: tuple[Network, ...]) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def trusted_proxies_middleware(
+    networks: tuple[Network, ...],
+) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         peer = request.remote

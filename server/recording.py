@@ -78,21 +78,29 @@ def load_keys(config: Config) -> tuple[MasterKey, SigningKey]:
     master_path, signing_path = Path(config.master_key_file), Path(config.signing_key_file)
     data_dir = Path(config.data_dir).resolve()
     if data_dir in master_path.resolve().parents:
-        logger.warning("the master key %s is inside the data directory: keep it elsewhere", master_path)
+        logger.warning(
+            "the master key %s is inside the data directory: keep it elsewhere", master_path
+        )
     if master_path.exists():
         master = MasterKey.load(master_path)
     else:
         master_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         master = MasterKey.create(master_path)
-        logger.warning("created a new recording master key at %s: back it up, recordings cannot "
-                       "be read without it", master_path)
+        logger.warning(
+            "created a new recording master key at %s: back it up, recordings cannot "
+            "be read without it",
+            master_path,
+        )
     if signing_path.exists():
         signing = SigningKey.load(signing_path)
     else:
         signing_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         signing = SigningKey.create(signing_path)
-        logger.warning("created a new manifest signing key at %s (fingerprint %s)", signing_path,
-                       signing.fingerprint())
+        logger.warning(
+            "created a new manifest signing key at %s (fingerprint %s)",
+            signing_path,
+            signing.fingerprint(),
+        )
     return master, signing
 
 
@@ -110,18 +118,28 @@ def s3_client(config: Config) -> Any:
 
     endpoint = config.s3_endpoint_url or None
     boto_config = BotoConfig(
-        connect_timeout=3, read_timeout=20, retries={"total_max_attempts": 2, "mode": "standard"},
-        s3={"addressing_style": "path" if endpoint else "auto"}, max_pool_connections=16,
-        request_checksum_calculation="when_required", response_checksum_validation="when_required")
+        connect_timeout=3,
+        read_timeout=20,
+        retries={"total_max_attempts": 2, "mode": "standard"},
+        s3={"addressing_style": "path" if endpoint else "auto"},
+        max_pool_connections=16,
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
     return boto3.session.Session().client("s3", endpoint_url=endpoint, config=boto_config)
 
 
 def object_store(config: Config, *, uploads: bool = True) -> ObjectStore:
     """The store ``config.storage_url`` names; ``uploads=False`` for a command that only reads and
     deletes (no background uploader). With S3 the spool is ``<data_dir>/spool``."""
-    return open_object_store(config.storage_url, recordings_dir=config.recordings_dir,
-                             identity_dir=config.identity_dir, spool_dir=Path(config.data_dir) / "spool",
-                             s3_client=lambda: s3_client(config), uploads=uploads)
+    return open_object_store(
+        config.storage_url,
+        recordings_dir=config.recordings_dir,
+        identity_dir=config.identity_dir,
+        spool_dir=Path(config.data_dir) / "spool",
+        s3_client=lambda: s3_client(config),
+        uploads=uploads,
+    )
 
 
 @dataclass
@@ -138,10 +156,17 @@ class RecordingService:
     """Records every call into ``store`` (default: the one ``config.storage_url`` names, owned and
     closed by the service); call :meth:`recover_interrupted`, then :meth:`start`."""
 
-    def __init__(self, config: Config, db: Database, hub: MediaHub, master: MasterKey,
-                 signing: SigningKey,
-                 log_event: Callable[[str, str, dict[str, object]], Awaitable[None]] | None = None,
-                 *, store: ObjectStore | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        db: Database,
+        hub: MediaHub,
+        master: MasterKey,
+        signing: SigningKey,
+        log_event: Callable[[str, str, dict[str, object]], Awaitable[None]] | None = None,
+        *,
+        store: ObjectStore | None = None,
+    ) -> None:
         self.config = config
         self.db = db
         self.hub = hub
@@ -169,7 +194,8 @@ class RecordingService:
         """Start renewing this node's leases (and, with a shared store, taking over lapsed ones)."""
         if self._lease_task is None and not self._closed:
             self._lease_task = asyncio.get_running_loop().create_task(
-                self._lease_loop(), name=f"recording-leases-{self.node_id}")
+                self._lease_loop(), name=f"recording-leases-{self.node_id}"
+            )
 
     def storage(self, recording_id: str) -> Storage:
         """A recording's storage, to read it (blocking to use: call it in a thread)."""
@@ -193,28 +219,49 @@ class RecordingService:
             # the row (and its lease) first: a recording in the store always has a row to recover by
             leg = len(s.exec(select(Recording).where(Recording.session_id == session.id)).all()) + 1
             recording_id = f"{session.id}-{leg}"
-            s.add(Recording(id=recording_id, session_id=session.id, leg=leg, started_at=started,
-                            retention_until=retention, lease_node=self.node_id,
-                            lease_until=database_now(s) + timedelta(seconds=self.lease_s)))
+            s.add(
+                Recording(
+                    id=recording_id,
+                    session_id=session.id,
+                    leg=leg,
+                    started_at=started,
+                    retention_until=retention,
+                    lease_node=self.node_id,
+                    lease_until=database_now(s) + timedelta(seconds=self.lease_s),
+                )
+            )
             return recording_id
 
         recording_id = await self.db.run(insert)
         self._leased.add(recording_id)
         loop = asyncio.get_running_loop()
         try:
-            storage = await loop.run_in_executor(self._executor, self.store.new_recording, recording_id)
+            storage = await loop.run_in_executor(
+                self._executor, self.store.new_recording, recording_id
+            )
             recorder = SessionRecorder(
-                recording_id, storage, self.master,
-                segment_seconds=self.config.segment_seconds, executor=self._executor,
-                on_alert=partial(self._alert, session.id), clock=loop.time)
+                recording_id,
+                storage,
+                self.master,
+                segment_seconds=self.config.segment_seconds,
+                executor=self._executor,
+                on_alert=partial(self._alert, session.id),
+                clock=loop.time,
+            )
             await recorder.start()
         except (RecorderError, OSError) as exc:
             self._leased.discard(recording_id)
             await self._mark_failed(recording_id, f"recording did not start: {exc}")
             raise
         # first on the timeline: nothing else can reach this recorder before it is in ``_active``
-        recorder.event("recording_started", {"recording_id": recording_id, "business": session.business,
-                                             "agent": session.agent.username if session.agent else None})
+        recorder.event(
+            "recording_started",
+            {
+                "recording_id": recording_id,
+                "business": session.business,
+                "agent": session.agent.username if session.agent else None,
+            },
+        )
         active = _Active(recording_id, session.id, recorder, started)
         for party in PARTIES:
             for kind in KINDS:
@@ -233,8 +280,15 @@ class RecordingService:
                 # the participant reconnected: a new RTP stream starts on the same timeline
                 active.generations[key] = tap.generation
                 recorder.new_stream(party, kind)
-            recorder.write(party, kind, frame.data, timestamp=frame.timestamp,
-                           clock_rate=frame.clock_rate, keyframe=frame.keyframe, arrival=frame.arrival)
+            recorder.write(
+                party,
+                kind,
+                frame.data,
+                timestamp=frame.timestamp,
+                clock_rate=frame.clock_rate,
+                keyframe=frame.keyframe,
+                arrival=frame.arrival,
+            )
 
         return sink
 
@@ -249,7 +303,8 @@ class RecordingService:
         logger.error("session %s: recording alert: %s", session_id, text)
         if self._log_event is not None:
             task: asyncio.Task[None] = asyncio.ensure_future(
-                self._log_event(session_id, "recording_alert", {"message": text}))
+                self._log_event(session_id, "recording_alert", {"message": text})
+            )
             self._finishing.add(task)
             task.add_done_callback(self._finishing.discard)
 
@@ -262,8 +317,9 @@ class RecordingService:
             remove()
         active.recorder.event("recording_stopped", {"reason": session.end_reason or session.state})
         metadata = self._metadata(session, active)
-        task = asyncio.get_running_loop().create_task(self._finish(active, metadata),
-                                                       name=f"finalize-{active.recording_id}")
+        task = asyncio.get_running_loop().create_task(
+            self._finish(active, metadata), name=f"finalize-{active.recording_id}"
+        )
         self._finishing.add(task)
         task.add_done_callback(self._finishing.discard)
 
@@ -274,8 +330,13 @@ class RecordingService:
             "recording_id": active.recording_id,
             "business": session.business,
             "customer": {"display_name": session.display_name},
-            "agent": {"id": agent.id, "username": agent.username, "display_name": agent.display_name}
-            if agent else None,
+            "agent": {
+                "id": agent.id,
+                "username": agent.username,
+                "display_name": agent.display_name,
+            }
+            if agent
+            else None,
             "node_id": self.config.node_id,
             "call_started_at": active.started_at.isoformat(),
             "call_ended_at": utcnow().isoformat(),
@@ -288,7 +349,8 @@ class RecordingService:
             await active.recorder.aclose()
             loop = asyncio.get_running_loop()
             manifest = await loop.run_in_executor(
-                self._executor, finalize, storage, self.master, self.signing, metadata)
+                self._executor, finalize, storage, self.master, self.signing, metadata
+            )
             self.store.finished(storage)
             await self._mark(active.recording_id, "finalized", manifest)
         except (RecorderError, OSError) as exc:
@@ -301,7 +363,8 @@ class RecordingService:
         outputs = manifest.data.get("outputs", [])
         duration = max((o.get("duration_ms") or 0 for o in outputs), default=0)
         size = sum(o.get("size", 0) for o in outputs) + sum(
-            seg.get("size", 0) for seg in manifest.data.get("segments", []))
+            seg.get("size", 0) for seg in manifest.data.get("segments", [])
+        )
         digest = hashlib.sha256(manifest.raw).hexdigest()
 
         def work(s: DbSession) -> None:
@@ -315,7 +378,9 @@ class RecordingService:
             row.size_bytes = int(size)
             row.manifest_sha256 = digest
             if manifest.data.get("dropped"):
-                row.problem = f"recovered after a crash; dropped {len(manifest.data['dropped'])} segment(s)"
+                row.problem = (
+                    f"recovered after a crash; dropped {len(manifest.data['dropped'])} segment(s)"
+                )
             s.add(row)
 
         await self.db.run(work)
@@ -347,19 +412,27 @@ class RecordingService:
         if self.store.shared:
             await asyncio.to_thread(self.store.probe)  # an unreachable store is logged at once
             await self._upload_spooled()
-            for recording_id in await self.db.run(lambda s: self._claim_lapsed(s, own_earlier_run=True)):
+            for recording_id in await self.db.run(
+                lambda s: self._claim_lapsed(s, own_earlier_run=True)
+            ):
                 if await self._recover(recording_id):
                     recovered.append(recording_id)
         else:
             for directory in find_interrupted(self.root):
                 recording_id = directory.name
-                if not await self.db.run(partial(self._claim, recording_id=recording_id, own_earlier_run=True)):
-                    logger.info("recording %s is being recorded by a live node: left to it", recording_id)
+                if not await self.db.run(
+                    partial(self._claim, recording_id=recording_id, own_earlier_run=True)
+                ):
+                    logger.info(
+                        "recording %s is being recorded by a live node: left to it", recording_id
+                    )
                     continue
                 if await self._recover(recording_id):
                     recovered.append(recording_id)
         if recovered:
-            logger.warning("recovered %d interrupted recording(s): %s", len(recovered), ", ".join(recovered))
+            logger.warning(
+                "recovered %d interrupted recording(s): %s", len(recovered), ", ".join(recovered)
+            )
         return recovered
 
     async def _upload_spooled(self) -> None:
@@ -368,8 +441,11 @@ class RecordingService:
         spooled = await asyncio.to_thread(self.store.spooled_recordings)
         if not spooled:
             return
-        rows = await self.db.run(lambda s: {r.id: r for r in s.exec(
-            select(Recording).where(col(Recording.id).in_(spooled)))})
+        rows = await self.db.run(
+            lambda s: {
+                r.id: r for r in s.exec(select(Recording).where(col(Recording.id).in_(spooled)))
+            }
+        )
         loop = asyncio.get_running_loop()
         for recording_id in spooled:
             row = rows.get(recording_id)
@@ -389,13 +465,21 @@ class RecordingService:
         lapsed = or_(col(Recording.lease_until).is_(None), col(Recording.lease_until) < now)
         if own_earlier_run:
             lapsed = or_(lapsed, col(Recording.lease_node) == self.node_id)
-        done = s.execute(update(Recording).where(
-            col(Recording.id) == recording_id, col(Recording.state) == "recording", lapsed,
-        ).values(lease_node=self.node_id, lease_until=now + timedelta(seconds=self.lease_s)))
+        done = s.execute(
+            update(Recording)
+            .where(
+                col(Recording.id) == recording_id,
+                col(Recording.state) == "recording",
+                lapsed,
+            )
+            .values(lease_node=self.node_id, lease_until=now + timedelta(seconds=self.lease_s))
+        )
         if done.rowcount != 1:  # type: ignore[attr-defined]
             return False
         if holder and holder != self.node_id:
-            logger.warning("recording %s: took it over from node %s (lease lapsed)", recording_id, holder)
+            logger.warning(
+                "recording %s: took it over from node %s (lease lapsed)", recording_id, holder
+            )
         self._leased.add(recording_id)
         return True
 
@@ -403,15 +487,21 @@ class RecordingService:
         """Claim every recording being recorded whose lease lapsed (and, at start-up, those of this
         node id's earlier run) that this node can reach; returns the ids claimed."""
         now = database_now(s)
-        candidates = s.exec(select(Recording.id, Recording.lease_node, Recording.lease_until).where(
-            Recording.state == "recording")).all()
+        candidates = s.exec(
+            select(Recording.id, Recording.lease_node, Recording.lease_until).where(
+                Recording.state == "recording"
+            )
+        ).all()
         claimed = []
         for recording_id, node, until in candidates:
             if recording_id in self._leased:
                 continue
             lapsed = until is None or (until if until.tzinfo else until.replace(tzinfo=UTC)) < now
-            if ((lapsed or (own_earlier_run and node == self.node_id)) and self._reachable(recording_id)
-                    and self._claim(s, recording_id, own_earlier_run=own_earlier_run)):
+            if (
+                (lapsed or (own_earlier_run and node == self.node_id))
+                and self._reachable(recording_id)
+                and self._claim(s, recording_id, own_earlier_run=own_earlier_run)
+            ):
                 claimed.append(recording_id)
         return claimed
 
@@ -421,7 +511,9 @@ class RecordingService:
         if self.store.shared:
             return True
         directory = self.root / recording_id
-        return (directory / "recording.json").is_file() and not (directory / "manifest.json").exists()
+        return (directory / "recording.json").is_file() and not (
+            directory / "manifest.json"
+        ).exists()
 
     async def _recover(self, recording_id: str) -> bool:
         """Finalise a claimed recording from what its store holds; False when it cannot be now."""
@@ -431,10 +523,13 @@ class RecordingService:
             metadata["recovered_by_node"] = self.node_id
             storage = await loop.run_in_executor(self._executor, self.store.resume, recording_id)
             manifest = await loop.run_in_executor(
-                self._executor, recover, storage, self.master, self.signing, metadata)
+                self._executor, recover, storage, self.master, self.signing, metadata
+            )
         except StorageUnavailable as exc:
             # the lease lapses again and this or another node retries once the store answers
-            logger.error("recording %s cannot be recovered now (%s): retried later", recording_id, exc)
+            logger.error(
+                "recording %s cannot be recovered now (%s): retried later", recording_id, exc
+            )
             self._leased.discard(recording_id)
             return False
         except (RecorderError, OSError) as exc:
@@ -453,10 +548,18 @@ class RecordingService:
         if not held:
             return []
         now = database_now(s)
-        s.execute(update(Recording).where(col(Recording.id).in_(held), col(Recording.lease_node) == self.node_id,
-                                          col(Recording.state) == "recording")
-                  .values(lease_until=now + timedelta(seconds=self.lease_s)))
-        rows = s.exec(select(Recording.id, Recording.lease_node).where(col(Recording.id).in_(held))).all()
+        s.execute(
+            update(Recording)
+            .where(
+                col(Recording.id).in_(held),
+                col(Recording.lease_node) == self.node_id,
+                col(Recording.state) == "recording",
+            )
+            .values(lease_until=now + timedelta(seconds=self.lease_s))
+        )
+        rows = s.exec(
+            select(Recording.id, Recording.lease_node).where(col(Recording.id).in_(held))
+        ).all()
         return [rid for rid, node in rows if node != self.node_id]
 
     async def _lease_loop(self) -> None:
@@ -478,8 +581,10 @@ class RecordingService:
         finalisation then supersedes the takeover's."""
         self._leased.discard(recording_id)
         active = next((a for a in self._active.values() if a.recording_id == recording_id), None)
-        text = (f"recording {recording_id}: its lease was taken over by another node while this node "
-                "was recording it; the complete recording is uploaded again")
+        text = (
+            f"recording {recording_id}: its lease was taken over by another node while this node "
+            "was recording it; the complete recording is uploaded again"
+        )
         logger.error("%s", text)
         if active is not None:
             storage = active.recorder.storage
@@ -515,17 +620,24 @@ def _recovery_metadata(s: DbSession, recording_id: str) -> dict[str, Any]:
     session_id = row.session_id if row else recording_id.rsplit("-", 1)[0]
     call = s.get(CallSession, session_id)
     agent = s.get(User, call.agent_id) if call and call.agent_id else None
-    customer = s.exec(select(Participant).where(Participant.session_id == session_id,
-                                                Participant.role == "customer")).first()
-    last_event = s.exec(select(SessionEvent).where(SessionEvent.session_id == session_id)
-                        .order_by(SessionEvent.id.desc())).first()  # type: ignore[union-attr]
+    customer = s.exec(
+        select(Participant).where(
+            Participant.session_id == session_id, Participant.role == "customer"
+        )
+    ).first()
+    last_event = s.exec(
+        select(SessionEvent)
+        .where(SessionEvent.session_id == session_id)
+        .order_by(SessionEvent.id.desc())
+    ).first()  # type: ignore[union-attr]
     return {
         "session_id": session_id,
         "recording_id": recording_id,
         "business": call.business if call else None,
         "customer": {"display_name": customer.display_name} if customer else None,
         "agent": {"id": agent.id, "username": agent.username, "display_name": agent.display_name}
-        if agent else None,
+        if agent
+        else None,
         "call_started_at": row.started_at.isoformat() if row else None,
         "call_ended_at": last_event.at.isoformat() if last_event else None,
         "end_reason": "server_crash",

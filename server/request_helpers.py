@@ -66,8 +66,13 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
-async def read_body(request: web.Request, max_bytes: int, *, what: str = "body",
-                    error: Callable[[str], ServerError] = PayloadTooLarge) -> bytes:
+async def read_body(
+    request: web.Request,
+    max_bytes: int,
+    *,
+    what: str = "body",
+    error: Callable[[str], ServerError] = PayloadTooLarge,
+) -> bytes:
     """The raw request body, refused with ``error`` (413) as soon as it passes ``max_bytes``."""
     too_large = f"{what} too large (max {max_bytes // (1024 * 1024)} MB)"
     if request.content_length is not None and request.content_length > max_bytes:
@@ -85,11 +90,17 @@ async def read_body(request: web.Request, max_bytes: int, *, what: str = "body",
 
 async def read_image(request: web.Request) -> bytes:
     """An uploaded image's bytes, refused with ``image_too_large`` past the identity package's limit."""
-    return await read_body(request, ImageLimits().max_bytes, what="image",
-                           error=lambda message: PayloadTooLarge(message, code="image_too_large"))
+    return await read_body(
+        request,
+        ImageLimits().max_bytes,
+        what="image",
+        error=lambda message: PayloadTooLarge(message, code="image_too_large"),
+    )
 
 
 async def log_access(request: web.Request, user: User, action: str, target: str) -> None:
     """Append one entry to the hash-chained access log (who read or decided what, from where)."""
-    await request.app[DB].run(lambda s: access_log.append(s, user, action, target, request.remote or ""))
+    await request.app[DB].run(
+        lambda s: access_log.append(s, user, action, target, request.remote or "")
+    )
     logger.info("audit: %s %s %s", user.username, action, target)

@@ -39,8 +39,13 @@ from .db import CallSession, Recording, User, utcnow
 logger = logging.getLogger(__name__)
 
 #: who the access log names for deletions made by the purge job itself
-SYSTEM_USER = User(id=None, username="retention-job", display_name="retention job", role="system",
-                   password_hash="!")
+SYSTEM_USER = User(
+    id=None,
+    username="retention-job",
+    display_name="retention job",
+    role="system",
+    password_hash="!",
+)
 
 
 @dataclass(frozen=True)
@@ -78,17 +83,26 @@ def _aware(value: datetime) -> datetime:
 
 def due(s: Session, now: datetime | None = None) -> list[Recording]:
     now = now or utcnow()
-    rows = s.exec(select(Recording).where(
-        col(Recording.retention_until).is_not(None),
-        Recording.legal_hold == False,  # noqa: E712 - SQL expression
-        col(Recording.state).in_(("finalized", "recovered", "failed")),
-    )).all()
+    rows = s.exec(
+        select(Recording).where(
+            col(Recording.retention_until).is_not(None),
+            Recording.legal_hold == False,  # noqa: E712 - SQL expression
+            col(Recording.state).in_(("finalized", "recovered", "failed")),
+        )
+    ).all()
     return [r for r in rows if r.retention_until is not None and _aware(r.retention_until) < now]
 
 
-def purge(s: Session, recordings: Path | ObjectStore, *, evidence: EvidenceStore | None = None,
-          orphan_days: int = 1, now: datetime | None = None, dry_run: bool = False,
-          actor: User = SYSTEM_USER) -> PurgeReport:
+def purge(
+    s: Session,
+    recordings: Path | ObjectStore,
+    *,
+    evidence: EvidenceStore | None = None,
+    orphan_days: int = 1,
+    now: datetime | None = None,
+    dry_run: bool = False,
+    actor: User = SYSTEM_USER,
+) -> PurgeReport:
     """Delete expired, non-held recordings (every stored object), then the identity evidence
     that outlived them or never had one (see the module docstring); log each deletion.
 
@@ -122,17 +136,20 @@ def purge(s: Session, recordings: Path | ObjectStore, *, evidence: EvidenceStore
         gone.append(PurgedEvidence(session_id, items, reason))
         access_log.append(s, actor, "purge_evidence", session_id)
         s.commit()
-        logger.info("purged identity evidence of session %s (%d items): %s", session_id, items, reason)
+        logger.info(
+            "purged identity evidence of session %s (%d items): %s", session_id, items, reason
+        )
     return PurgeReport(done, gone)
 
 
-def _evidence_due(s: Session, session_ids: list[str], now: datetime, orphan_days: int,
-                  purging: set[str]) -> Iterator[tuple[str, str]]:
+def _evidence_due(
+    s: Session, session_ids: list[str], now: datetime, orphan_days: int, purging: set[str]
+) -> Iterator[tuple[str, str]]:
     """(session id, reason) of the sessions whose evidence is to go; ``purging``: recordings
     this run purges (a dry run has not marked them yet)."""
     orphan_before = now - timedelta(days=orphan_days)
     for start in range(0, len(session_ids), _CHUNK):
-        chunk = session_ids[start:start + _CHUNK]
+        chunk = session_ids[start : start + _CHUNK]
         recordings: dict[str, list[Recording]] = defaultdict(list)
         for row in s.exec(select(Recording).where(col(Recording.session_id).in_(chunk))):
             recordings[row.session_id].append(row)
@@ -147,13 +164,16 @@ def _evidence_due(s: Session, session_ids: list[str], now: datetime, orphan_days
             rows = recordings.get(session_id)
             if rows:
                 if not any(r.legal_hold for r in rows) and all(
-                        r.state == "purged" or r.id in purging for r in rows):
+                    r.state == "purged" or r.id in purging for r in rows
+                ):
                     yield session_id, "its recordings were purged"
                 continue
             call = calls.get(session_id)
             if call is None:
-                logger.warning("identity evidence of session %s: no such session in the database; kept",
-                               session_id)
+                logger.warning(
+                    "identity evidence of session %s: no such session in the database; kept",
+                    session_id,
+                )
                 continue
             if call.state in _ENDED:
                 ended = _aware(call.ended_at or call.created_at)
@@ -163,7 +183,9 @@ def _evidence_due(s: Session, session_ids: list[str], now: datetime, orphan_days
 
 def set_hold(s: Session, target: str, hold: bool, actor: User) -> list[str]:
     """Put (or lift) a legal hold on a recording or on every recording of a session."""
-    rows = s.exec(select(Recording).where((Recording.id == target) | (Recording.session_id == target))).all()
+    rows = s.exec(
+        select(Recording).where((Recording.id == target) | (Recording.session_id == target))
+    ).all()
     for row in rows:
         row.legal_hold = hold
         s.add(row)

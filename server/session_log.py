@@ -33,11 +33,25 @@ class DbSessionLog:
         self._created[session.id] = created
 
         def work(s: DbSession) -> None:
-            s.add(CallSession(id=session.id, business=session.business, state=session.state,
-                              customer_name=session.display_name, node_id=self.node_id,
-                              token_hash=session.token_hash, created_at=created))
-            s.add(Participant(session_id=session.id, role="customer",
-                              display_name=session.display_name, joined_at=created))
+            s.add(
+                CallSession(
+                    id=session.id,
+                    business=session.business,
+                    state=session.state,
+                    customer_name=session.display_name,
+                    node_id=self.node_id,
+                    token_hash=session.token_hash,
+                    created_at=created,
+                )
+            )
+            s.add(
+                Participant(
+                    session_id=session.id,
+                    role="customer",
+                    display_name=session.display_name,
+                    joined_at=created,
+                )
+            )
 
         await self.db.run(work)
 
@@ -53,12 +67,21 @@ class DbSessionLog:
             row.ended_at = _dt(session.ended_at)
             if session.agent is not None:
                 row.agent_id = session.agent.id
-                known = s.exec(select(Participant).where(
-                    Participant.session_id == session.id, Participant.user_id == session.agent.id
-                )).first()
+                known = s.exec(
+                    select(Participant).where(
+                        Participant.session_id == session.id,
+                        Participant.user_id == session.agent.id,
+                    )
+                ).first()
                 if known is None:
-                    s.add(Participant(session_id=session.id, role="agent", user_id=session.agent.id,
-                                      display_name=session.agent.display_name))
+                    s.add(
+                        Participant(
+                            session_id=session.id,
+                            role="agent",
+                            user_id=session.agent.id,
+                            display_name=session.agent.display_name,
+                        )
+                    )
             s.add(row)
 
         await self.db.run(work)
@@ -77,19 +100,30 @@ class DbSessionLog:
                 row = s.get(CallSession, session_id)
                 start = row.created_at if row is not None else now
             offset = max(0, int((now - start).total_seconds() * 1000))
-            s.add(SessionEvent(session_id=session_id, at=now, offset_ms=offset, kind=kind,
-                               data=json.dumps(data, ensure_ascii=False, default=str)))
+            s.add(
+                SessionEvent(
+                    session_id=session_id,
+                    at=now,
+                    offset_ms=offset,
+                    kind=kind,
+                    data=json.dumps(data, ensure_ascii=False, default=str),
+                )
+            )
 
         await self.db.run(work)
 
 
-def close_orphaned_sessions(s: DbSession, live_nodes: set[str], *, now: datetime | None = None) -> list[str]:
+def close_orphaned_sessions(
+    s: DbSession, live_nodes: set[str], *, now: datetime | None = None
+) -> list[str]:
     """Mark the open sessions of every node not in ``live_nodes`` as failed (``server_restart``: the
     process holding them is gone); returns their ids."""
-    rows = s.exec(select(CallSession).where(
-        col(CallSession.node_id).not_in(live_nodes) if live_nodes else true(),
-        col(CallSession.state).in_(("queued", "offered", "active")),
-    )).all()
+    rows = s.exec(
+        select(CallSession).where(
+            col(CallSession.node_id).not_in(live_nodes) if live_nodes else true(),
+            col(CallSession.state).in_(("queued", "offered", "active")),
+        )
+    ).all()
     now = now or utcnow()
     for row in rows:
         was = row.state
@@ -98,9 +132,15 @@ def close_orphaned_sessions(s: DbSession, live_nodes: set[str], *, now: datetime
         row.ended_at = now
         s.add(row)
         created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
-        s.add(SessionEvent(session_id=row.id, at=now, kind="failed",
-                           offset_ms=max(0, int((now - created).total_seconds() * 1000)),
-                           data=json.dumps({"reason": "server_restart", "state": was, "node": row.node_id})))
+        s.add(
+            SessionEvent(
+                session_id=row.id,
+                at=now,
+                kind="failed",
+                offset_ms=max(0, int((now - created).total_seconds() * 1000)),
+                data=json.dumps({"reason": "server_restart", "state": was, "node": row.node_id}),
+            )
+        )
     return [r.id for r in rows]
 
 
@@ -110,5 +150,11 @@ def session_record(s: DbSession, session_id: str) -> SessionRecord | None:
     if row is None or row.state not in ("queued", "offered", "active") or not row.token_hash:
         return None
     created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
-    return SessionRecord(id=row.id, business=row.business, display_name=row.customer_name,
-                         token_hash=row.token_hash, created_at=created.timestamp(), state=row.state)
+    return SessionRecord(
+        id=row.id,
+        business=row.business,
+        display_name=row.customer_name,
+        token_hash=row.token_hash,
+        created_at=created.timestamp(),
+        state=row.state,
+    )

@@ -73,7 +73,9 @@ class WsChannel:
         self.ws = ws
         self.label = label
         self._queue: asyncio.Queue[str | tuple[int, str]] = asyncio.Queue(maxsize=1000)
-        self._writer = asyncio.get_running_loop().create_task(self._write(), name=f"ws-writer-{label}")
+        self._writer = asyncio.get_running_loop().create_task(
+            self._write(), name=f"ws-writer-{label}"
+        )
         self._closing = False
 
     def send(self, message: BaseModel) -> None:
@@ -118,29 +120,45 @@ class WsChannel:
 def _error(channel: Channel, exc: SignalingError) -> None:
     channel.send(m.Error(code=exc.code, message=exc.message, fatal=exc.fatal))
     if exc.fatal:
-        code = CLOSE_TOO_BIG if exc.code == "too_large" else (
-            CLOSE_UNAUTHENTICATED if exc.code == "not_authenticated" else CLOSE_POLICY
+        code = (
+            CLOSE_TOO_BIG
+            if exc.code == "too_large"
+            else (CLOSE_UNAUTHENTICATED if exc.code == "not_authenticated" else CLOSE_POLICY)
         )
         channel.close(code, exc.code)
 
 
-async def _frames(ws: web.WebSocketResponse, channel: WsChannel, limiter: RateLimiter) -> AsyncIterator[str | bytes]:
+async def _frames(
+    ws: web.WebSocketResponse, channel: WsChannel, limiter: RateLimiter
+) -> AsyncIterator[str | bytes]:
     """Yield text frames that passed the size and rate checks."""
     async for msg in ws:
         if msg.type == WSMsgType.TEXT or msg.type == WSMsgType.BINARY:
             data = msg.data
             if len(data) > m.MAX_MESSAGE_BYTES:
-                _error(channel, InvalidMessage(
-                    f"message of {len(data)} bytes exceeds the {m.MAX_MESSAGE_BYTES}-byte limit",
-                    code="too_large", fatal=True))
+                _error(
+                    channel,
+                    InvalidMessage(
+                        f"message of {len(data)} bytes exceeds the {m.MAX_MESSAGE_BYTES}-byte limit",
+                        code="too_large",
+                        fatal=True,
+                    ),
+                )
                 return
             if not limiter.allow():
                 if limiter.exhausted:
-                    _error(channel, SignalingError("too many messages: connection closed",
-                                                   code="rate_limited", fatal=True))
+                    _error(
+                        channel,
+                        SignalingError(
+                            "too many messages: connection closed", code="rate_limited", fatal=True
+                        ),
+                    )
                     return
-                channel.send(m.Error(code="rate_limited",
-                                     message="too many messages: slow down (20 per second)"))
+                channel.send(
+                    m.Error(
+                        code="rate_limited", message="too many messages: slow down (20 per second)"
+                    )
+                )
                 continue
             yield data
         elif msg.type == WSMsgType.ERROR:
@@ -148,28 +166,48 @@ async def _frames(ws: web.WebSocketResponse, channel: WsChannel, limiter: RateLi
             return
 
 
-FLOW_CUSTOMER_MESSAGES = (m.ConsentAccept, m.ConsentDecline, m.DisclosureConfirm, m.QuestionnaireSubmit,
-                          m.DocumentRead, m.SignatureSubmit)
+FLOW_CUSTOMER_MESSAGES = (
+    m.ConsentAccept,
+    m.ConsentDecline,
+    m.DisclosureConfirm,
+    m.QuestionnaireSubmit,
+    m.DocumentRead,
+    m.SignatureSubmit,
+)
 
 
 def _flows(app: web.Application) -> FlowService:
     flows = app.get(FLOWS)
     if flows is None:
-        raise SignalingError("business flows are not loaded on this server", code="flows_unavailable")
+        raise SignalingError(
+            "business flows are not loaded on this server", code="flows_unavailable"
+        )
     return flows
 
 
-IDENTITY_MESSAGES = (m.IdentityVerify, m.LivenessStart, m.CaptureSnapshot, m.CaptureReference,
-                     m.ManualVerification)
+IDENTITY_MESSAGES = (
+    m.IdentityVerify,
+    m.LivenessStart,
+    m.CaptureSnapshot,
+    m.CaptureReference,
+    m.ManualVerification,
+)
 
 
-async def _identity_request(app: web.Application, session: Session, user: AgentUser, msg: object) -> None:
+async def _identity_request(
+    app: web.Application, session: Session, user: AgentUser, msg: object
+) -> None:
     """An agent's identity action on their current call (the work runs in the background)."""
     identity = app.get(IDENTITY)
     if isinstance(msg, m.ManualVerification):
         if identity is None:
-            await app[BROKER].log_event(session.id, "identity_manual", verified=msg.verified,
-                                        reason=msg.reason, by=user.username)
+            await app[BROKER].log_event(
+                session.id,
+                "identity_manual",
+                verified=msg.verified,
+                reason=msg.reason,
+                by=user.username,
+            )
             flows = app.get(FLOWS)
             if flows is not None:
                 flows.record_manual(session, msg.verified, msg.reason, user.username)
@@ -177,7 +215,9 @@ async def _identity_request(app: web.Application, session: Session, user: AgentU
             await identity.manual_verification(session, msg.verified, msg.reason, user.username)
         return
     if identity is None:
-        raise SignalingError("face checks are switched off on this server", code="identity_unavailable")
+        raise SignalingError(
+            "face checks are switched off on this server", code="identity_unavailable"
+        )
     if session.state != "active":
         raise SignalingError("identity checks need an active call", code="bad_state")
     if isinstance(msg, m.IdentityVerify):
@@ -224,8 +264,10 @@ class CustomerEndpoint:
                     self.relay = (place, await cluster.open_customer_relay(self, place, _text(raw)))
                     return True
                 if self.app[NODES].draining:
-                    raise SignalingError("the service is restarting: please try again in a minute",
-                                         code="temporarily_unavailable")
+                    raise SignalingError(
+                        "the service is restarting: please try again in a minute",
+                        code="temporarily_unavailable",
+                    )
             if cluster is not None and isinstance(msg, m.Rejoin) and self.session is None:
                 home = await self._home_elsewhere(msg.session_id)
                 if home is not None and await cluster.node_alive(home):
@@ -257,22 +299,28 @@ class CustomerEndpoint:
             if not msg.recording_consent:
                 raise SignalingError(
                     "calls are recorded as banking regulation requires: accept the "
-                    "recording notice (recording_consent: true) to join", code="consent_required")
+                    "recording notice (recording_consent: true) to join",
+                    code="consent_required",
+                )
             appointments = self.app[APPOINTMENTS]
             appointment = None
             if msg.appointment is not None:
                 appointment = await appointments.claim(msg.appointment, msg.business)
             self.session = session = await broker.customer_join(
-                channel, msg.business,
+                channel,
+                msg.business,
                 appointment.display_name if appointment else msg.display_name,
-                face_consent=msg.face_consent)
+                face_consent=msg.face_consent,
+            )
             _label(channel, f"customer {session.id}")
             if appointment is not None:
                 await appointments.joined(appointment, session)
         elif isinstance(msg, m.Rejoin):
             if session is not None:
                 raise SignalingError("already in a session on this connection", code="bad_state")
-            self.session = session = await broker.customer_rejoin(channel, msg.session_id, msg.rejoin_token)
+            self.session = session = await broker.customer_rejoin(
+                channel, msg.session_id, msg.rejoin_token
+            )
             _label(channel, f"customer {session.id}")
         elif session is None:
             raise SignalingError("send join or rejoin first", code="bad_state")
@@ -301,8 +349,10 @@ class CustomerEndpoint:
             return
         session = self.session
         if session is not None:
-            await self.broker.detached(self.broker.customer_disconnected(session, self.channel),
-                                       f"customer-gone-{session.id}")
+            await self.broker.detached(
+                self.broker.customer_disconnected(session, self.channel),
+                f"customer-gone-{session.id}",
+            )
 
 
 def _text(raw: str | bytes) -> str:
@@ -330,8 +380,9 @@ async def customer_ws(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
-async def _authenticate_agent(request: web.Request, ws: web.WebSocketResponse, channel: WsChannel,
-                              limiter: RateLimiter) -> AgentUser | None:
+async def _authenticate_agent(
+    request: web.Request, ws: web.WebSocketResponse, channel: WsChannel, limiter: RateLimiter
+) -> AgentUser | None:
     db = request.app[DB]
     user = await auth.user_for_token(db, request.cookies.get("vc_session"))
     if user is None:
@@ -361,11 +412,17 @@ async def _authenticate_agent(request: web.Request, ws: web.WebSocketResponse, c
                 _error(channel, NotAuthenticated("invalid or expired token: log in again"))
             return None
     if user.role != "agent":
-        _error(channel, SignalingError("only agents can use the agent workbench",
-                                       code="forbidden", fatal=True))
+        _error(
+            channel,
+            SignalingError("only agents can use the agent workbench", code="forbidden", fatal=True),
+        )
         return None
-    return AgentUser(id=user.id or 0, username=user.username, display_name=user.display_name,
-                     skills=user.skill_set)
+    return AgentUser(
+        id=user.id or 0,
+        username=user.username,
+        display_name=user.display_name,
+        skills=user.skill_set,
+    )
 
 
 class AgentEndpoint:
@@ -389,8 +446,12 @@ class AgentEndpoint:
         try:
             msg = m.parse_agent_message(raw)
             agent, cluster = self.agent, self.app.get(CLUSTER)
-            if (agent is not None and agent.remote_node is not None and cluster is not None
-                    and not isinstance(msg, m.Ping | m.Auth)):
+            if (
+                agent is not None
+                and agent.remote_node is not None
+                and cluster is not None
+                and not isinstance(msg, m.Ping | m.Auth)
+            ):
                 await cluster.agent_frame(agent.remote_node, agent.user.id, _text(raw))
                 return True
             await self._message(msg)
@@ -408,8 +469,9 @@ class AgentEndpoint:
             # a browser authenticated by cookie also sends its token: same user, nothing to do
             again = await auth.user_for_token(self.app[DB], msg.token)
             if again is None or again.id != user.id:
-                raise SignalingError("this connection is authenticated as another user",
-                                     code="forbidden", fatal=True)
+                raise SignalingError(
+                    "this connection is authenticated as another user", code="forbidden", fatal=True
+                )
         elif isinstance(msg, m.SetStatus):
             await broker.agent_set_status(agent, msg.status)
         elif isinstance(msg, m.Accept):
@@ -425,19 +487,24 @@ class AgentEndpoint:
         elif isinstance(msg, IDENTITY_MESSAGES):
             await _identity_request(self.app, broker.session_of_agent(agent), user, msg)
         elif isinstance(msg, m.StepNext):
-            await _flows(self.app).agent_next(broker.session_of_agent(agent), msg.step_id, user.username)
+            await _flows(self.app).agent_next(
+                broker.session_of_agent(agent), msg.step_id, user.username
+            )
         elif isinstance(msg, m.MarkConfirmed):
-            await _flows(self.app).agent_mark_confirmed(broker.session_of_agent(agent), msg.step_id,
-                                                        user.username)
+            await _flows(self.app).agent_mark_confirmed(
+                broker.session_of_agent(agent), msg.step_id, user.username
+            )
         elif isinstance(msg, m.PushDocument):
-            await _flows(self.app).push_document(broker.session_of_agent(agent), msg.document_id,
-                                                 user.username)
+            await _flows(self.app).push_document(
+                broker.session_of_agent(agent), msg.document_id, user.username
+            )
 
     async def closed(self) -> None:
         agent = self.agent
         if agent is not None:
-            await self.broker.detached(self.broker.agent_disconnected(agent),
-                                       f"agent-gone-{agent.user.username}")
+            await self.broker.detached(
+                self.broker.agent_disconnected(agent), f"agent-gone-{agent.user.username}"
+            )
 
 
 async def agent_ws(request: web.Request) -> web.WebSocketResponse:

@@ -279,7 +279,9 @@ class Broker:
             async with asyncio.timeout(STATE_TIMEOUT_S):
                 return await operation
         except Exception as exc:
-            logger.warning("shared state unavailable (%s): %s: %s", what, exc.__class__.__name__, exc)
+            logger.warning(
+                "shared state unavailable (%s): %s: %s", what, exc.__class__.__name__, exc
+            )
             return default
 
     def session(self, session_id: str) -> Session | None:
@@ -326,8 +328,10 @@ class Broker:
         """Refuse a business this broker does not serve (``invalid_message``, naming those it does)."""
         known = self.config.businesses
         if known is not None and business not in known:
-            raise InvalidMessage(f"invalid 'join' message: business: unknown business {business[:40]!r} "
-                                 f"(one of {', '.join(sorted(known))})")
+            raise InvalidMessage(
+                f"invalid 'join' message: business: unknown business {business[:40]!r} "
+                f"(one of {', '.join(sorted(known))})"
+            )
 
     async def customer_join(
         self, channel: Channel, business: str, display_name: str, *, face_consent: bool = False
@@ -350,15 +354,25 @@ class Broker:
             # the state's clock orders the queue: nodes' clocks may differ
             try:
                 async with asyncio.timeout(STATE_TIMEOUT_S):
-                    await self.state.enqueue(QueueEntry(session.id, business, node_id=self.config.node_id))
+                    await self.state.enqueue(
+                        QueueEntry(session.id, business, node_id=self.config.node_id)
+                    )
                     await self.state.set_call_node(session.id, self.config.node_id)
             except Exception as exc:
-                logger.warning("session %s: the queue cannot be reached (%s): join refused", session.id, exc)
+                logger.warning(
+                    "session %s: the queue cannot be reached (%s): join refused", session.id, exc
+                )
                 del self._sessions[session.id]
-                session.state, session.end_reason, session.ended_at = "abandoned", "service_unavailable", time.time()
+                session.state, session.end_reason, session.ended_at = (
+                    "abandoned",
+                    "service_unavailable",
+                    time.time(),
+                )
                 await self._changed(session)
-                raise InvalidState("the service is temporarily unavailable: please try again in a moment",
-                                   code="temporarily_unavailable") from None
+                raise InvalidState(
+                    "the service is temporarily unavailable: please try again in a moment",
+                    code="temporarily_unavailable",
+                ) from None
             await self._event(session.id, "queued", business=business)
             await self._event(session.id, "face_consent", accepted=face_consent)
             logger.info("session %s: customer joined the %s queue", session.id, business)
@@ -384,48 +398,77 @@ class Broker:
             existing = self._sessions.get(record.id)
             if existing is not None:
                 return existing
-            session = Session(id=record.id, business=record.business, display_name=record.display_name,
-                              token_hash=record.token_hash, created_at=record.created_at,
-                              face_consent=record.face_consent)
+            session = Session(
+                id=record.id,
+                business=record.business,
+                display_name=record.display_name,
+                token_hash=record.token_hash,
+                created_at=record.created_at,
+                face_consent=record.face_consent,
+            )
             self._sessions[session.id] = session
             entry = await self.state.entry(session.id)
             was = record.state
             if entry is not None and was in ("queued", "offered"):
-                await self.state.update_entry(session.id, node_id=self.config.node_id, offered_to=None,
-                                              reachable=False)
+                await self.state.update_entry(
+                    session.id, node_id=self.config.node_id, offered_to=None, reachable=False
+                )
             else:
-                await self.state.enqueue(QueueEntry(session.id, session.business, session.created_at,
-                                                    priority=0 if was == "active" else 1,
-                                                    node_id=self.config.node_id, reachable=False))
+                await self.state.enqueue(
+                    QueueEntry(
+                        session.id,
+                        session.business,
+                        session.created_at,
+                        priority=0 if was == "active" else 1,
+                        node_id=self.config.node_id,
+                        reachable=False,
+                    )
+                )
             await self.state.set_call_node(session.id, self.config.node_id)
             await self._changed(session)
             await self._event(session.id, "session_adopted", from_node=from_node, state=was)
-            logger.warning("session %s: taken over from node %s, which is gone (was %s)", session.id,
-                           from_node, was)
+            logger.warning(
+                "session %s: taken over from node %s, which is gone (was %s)",
+                session.id,
+                from_node,
+                was,
+            )
             return session
 
     async def customer_rejoin(self, channel: Channel, session_id: str, token: str) -> Session:
         async with self._lock:
             session = self._sessions.get(session_id) or self._ended.get(session_id)
             if session is None or not hmac.compare_digest(session.token_hash, hash_token(token)):
-                logger.info("rejoin refused for session id %.8s...: unknown or wrong token", session_id)
+                logger.info(
+                    "rejoin refused for session id %.8s...: unknown or wrong token", session_id
+                )
                 raise Forbidden("that session does not exist or the rejoin token does not match")
             if session.state in ("ended", "abandoned", "failed"):
-                channel.send(m.CallEnded(session_id=session.id, reason=session.end_reason or session.state))
-                raise InvalidState("this session has already ended", code="session_ended", fatal=True)
+                channel.send(
+                    m.CallEnded(session_id=session.id, reason=session.end_reason or session.state)
+                )
+                raise InvalidState(
+                    "this session has already ended", code="session_ended", fatal=True
+                )
             self._cancel(session.drop_task)
             session.drop_task = None
             old = session.channel
             session.channel = channel
             if old is not None and old is not channel:
-                old.send(m.Error(code="replaced", message="this session was resumed elsewhere", fatal=True))
+                old.send(
+                    m.Error(
+                        code="replaced", message="this session was resumed elsewhere", fatal=True
+                    )
+                )
                 old.close(CLOSE_REPLACED, "session resumed elsewhere")
             session.last_queue_update = None
             channel.send(m.Rejoined(session_id=session.id, state=session.state))
             await self._event(session.id, "customer_rejoined", state=session.state)
             logger.info("session %s: customer rejoined (%s)", session.id, session.state)
             if session.state in ("queued", "offered"):
-                await self._shared("rejoin", self.state.update_entry(session.id, reachable=True), None)
+                await self._shared(
+                    "rejoin", self.state.update_entry(session.id, reachable=True), None
+                )
                 await self._dispatch()
                 await self._broadcast_queue()
             elif session.state == "active" and session.agent is not None:
@@ -458,17 +501,22 @@ class Broker:
             logger.info("session %s: customer connection lost (%s)", session.id, session.state)
             await self._event(session.id, "customer_disconnected", state=session.state)
             if session.state in ("queued", "offered"):
-                entry = await self._shared("customer lost",
-                                           self.state.update_entry(session.id, reachable=False), None)
+                entry = await self._shared(
+                    "customer lost", self.state.update_entry(session.id, reachable=False), None
+                )
                 if entry is not None and entry.offered_to is not None:
-                    await self._withdraw_offer(session, entry.offered_to, "customer_lost", penalise=False)
+                    await self._withdraw_offer(
+                        session, entry.offered_to, "customer_lost", penalise=False
+                    )
                 await self._broadcast_queue()
             elif session.state == "active":
                 # the rejoin window now runs instead of the media watchdog's
                 session.media_lost.pop("customer", None)
                 await self.hub.disconnect(session.id, "customer")
                 if session.agent is not None and (agent := self._agents.get(session.agent.id)):
-                    agent.channel.send(m.PeerReconnecting(window_s=int(self.config.rejoin_window_s)))
+                    agent.channel.send(
+                        m.PeerReconnecting(window_s=int(self.config.rejoin_window_s))
+                    )
             session.drop_task = self._spawn(self._drop_after_window(session), f"drop-{session.id}")
 
     async def _drop_after_window(self, session: Session) -> None:
@@ -512,23 +560,31 @@ class Broker:
         if agent.proxy_of is not None:
             return  # the agent's own node publishes its presence
         self._start_housekeeping()
-        await self._shared("agent presence", self.state.put_agent(
-            AgentPresence(
-                agent_id=agent.user.id,
-                username=agent.user.username,
-                display_name=agent.user.display_name,
-                skills=agent.user.skills,
-                status=agent.status,
-                node_id=self.config.node_id,
-                ready_since=agent.ready_since,
+        await self._shared(
+            "agent presence",
+            self.state.put_agent(
+                AgentPresence(
+                    agent_id=agent.user.id,
+                    username=agent.user.username,
+                    display_name=agent.user.display_name,
+                    skills=agent.user.skills,
+                    status=agent.status,
+                    node_id=self.config.node_id,
+                    ready_since=agent.ready_since,
+                ),
+                ttl_s=PRESENCE_TTL_S if self.bus is not None else None,
             ),
-            ttl_s=PRESENCE_TTL_S if self.bus is not None else None,
-        ), None)
+            None,
+        )
 
     # -- with other nodes: presence renewal, nodes that died ---------------------------
 
     def _start_housekeeping(self) -> None:
-        if self.bus is not None and not self._closed and (self._housekeeping is None or self._housekeeping.done()):
+        if (
+            self.bus is not None
+            and not self._closed
+            and (self._housekeeping is None or self._housekeeping.done())
+        ):
             self._housekeeping = self._spawn(self._keep_house(), "broker-housekeeping")
 
     async def _keep_house(self) -> None:
@@ -554,8 +610,12 @@ class Broker:
             node, session_id = agent.remote_node, agent.session_id
             if node is None or session_id is None or self._agents.get(agent.user.id) is not agent:
                 return
-            logger.warning("agent %s: node %s holding session %s is gone", agent.user.username, node,
-                           session_id)
+            logger.warning(
+                "agent %s: node %s holding session %s is gone",
+                agent.user.username,
+                node,
+                session_id,
+            )
             if agent.status == "busy":
                 agent.channel.send(m.CallEnded(session_id=session_id, reason="node_lost"))
             else:
@@ -587,7 +647,9 @@ class Broker:
     async def agent_set_status(self, agent: AgentConn, status: str) -> None:
         async with self._lock:
             if agent.status in ("offered", "busy"):
-                raise InvalidState(f"you are {agent.status}: finish or decline the current customer first")
+                raise InvalidState(
+                    f"you are {agent.status}: finish or decline the current customer first"
+                )
             await self._set_agent_status(agent, status)
             if status == "ready":
                 await self._dispatch()
@@ -596,14 +658,18 @@ class Broker:
     async def agent_accept(self, agent: AgentConn, session_id: str) -> None:
         async with self._lock:
             if agent.status != "offered" or agent.session_id != session_id:
-                raise InvalidState("that customer is not offered to you (the offer may have expired)")
+                raise InvalidState(
+                    "that customer is not offered to you (the offer may have expired)"
+                )
             session = self._sessions.get(session_id)
             if session is None or session.state != "offered":
                 raise InvalidState("that customer is no longer waiting")
             self._cancel(agent.offer_task)
             agent.offer_task = None
             await self._shared("accept", self.state.dequeue(session_id), None)
-            await self._shared("accept", self.state.set_call_node(session_id, self.config.node_id), None)
+            await self._shared(
+                "accept", self.state.set_call_node(session_id, self.config.node_id), None
+            )
             session.state = "active"
             session.agent = agent.user
             session.started_at = time.time()
@@ -646,10 +712,15 @@ class Broker:
             await self._dispatch()
             await self._broadcast_queue()
 
-    async def _withdraw_offer(self, session: Session, agent_id: int, reason: str, *, penalise: bool) -> None:
+    async def _withdraw_offer(
+        self, session: Session, agent_id: int, reason: str, *, penalise: bool
+    ) -> None:
         """Take an outstanding offer back; the customer keeps their place in the queue."""
-        await self._shared("withdraw offer", self.state.release_offer(session.id, agent_id, penalise=penalise),
-                           None)
+        await self._shared(
+            "withdraw offer",
+            self.state.release_offer(session.id, agent_id, penalise=penalise),
+            None,
+        )
         if session.state == "offered":
             session.state = "queued"
             await self._changed(session)
@@ -679,10 +750,16 @@ class Broker:
             elif isinstance(agent.channel, RemoteChannel):
                 self._spawn(agent.channel.aclose(), f"relay-gone-{agent.user.username}")
             logger.info("agent %s disconnected (%s)", agent.user.username, agent.status)
-            if agent.remote_node is not None and agent.session_id is not None and self.bus is not None:
+            if (
+                agent.remote_node is not None
+                and agent.session_id is not None
+                and self.bus is not None
+            ):
                 # the session's node drops its stand-in (withdraws the offer, or requeues the call)
                 self._cancel(agent.offer_task)
-                await self._bus_send(agent.remote_node, {"t": "agent_gone", "agent_id": agent.user.id})
+                await self._bus_send(
+                    agent.remote_node, {"t": "agent_gone", "agent_id": agent.user.id}
+                )
             session = self._sessions.get(agent.session_id or "")
             if session is not None and agent.status == "offered":
                 await self._withdraw_offer(session, agent.user.id, "agent_lost", penalise=False)
@@ -693,7 +770,9 @@ class Broker:
             await self._broadcast_queue()
 
     async def _requeue_at_head(self, session: Session) -> None:
-        await self._event(session.id, "agent_lost", agent=session.agent.username if session.agent else None)
+        await self._event(
+            session.id, "agent_lost", agent=session.agent.username if session.agent else None
+        )
         session.media_lost.clear()
         await self.hub.end_call(session.id)
         for hook in self.on_call_ended:
@@ -703,16 +782,20 @@ class Broker:
         session.started_at = None
         session.last_queue_update = None
         await self._changed(session)
-        await self._shared("requeue", self.state.enqueue(
-            QueueEntry(
-                session.id,
-                session.business,
-                session.created_at,
-                priority=0,
-                node_id=self.config.node_id,
-                reachable=session.channel is not None,
-            )
-        ), None)
+        await self._shared(
+            "requeue",
+            self.state.enqueue(
+                QueueEntry(
+                    session.id,
+                    session.business,
+                    session.created_at,
+                    priority=0,
+                    node_id=self.config.node_id,
+                    reachable=session.channel is not None,
+                )
+            ),
+            None,
+        )
         await self._event(session.id, "requeued", reason="agent_lost")
         logger.info("session %s: agent lost, customer back at the head of the queue", session.id)
         if session.channel is not None:
@@ -799,13 +882,22 @@ class Broker:
             participant = media.participants.get(role)
             if loss is None:
                 if stalled and participant is not None:
-                    await self._media_lost(session, role, "stalled", silent_s=round(silence or 0.0, 1),
-                                           connection=participant.pc.connectionState)
+                    await self._media_lost(
+                        session,
+                        role,
+                        "stalled",
+                        silent_s=round(silence or 0.0, 1),
+                        connection=participant.pc.connectionState,
+                    )
             elif media.media_back(role, loss.since):
                 await self._media_restored(session, role, loss, now)
             elif now - loss.since >= self.config.rejoin_window_s:
-                logger.warning("session %s: %s media not back within %.0f s", session.id, role,
-                               self.config.rejoin_window_s)
+                logger.warning(
+                    "session %s: %s media not back within %.0f s",
+                    session.id,
+                    role,
+                    self.config.rejoin_window_s,
+                )
                 await self._finish(session, "failed", "media_failed")
                 return
             elif participant is loss.asked_of:
@@ -814,29 +906,47 @@ class Broker:
             elif stalled:
                 self._ask_media_restart(session, role, loss)  # the new connection is silent too
 
-    async def _media_lost(self, session: Session, role: Role, reason: MediaLossReason, **data: object) -> None:
+    async def _media_lost(
+        self, session: Session, role: Role, reason: MediaLossReason, **data: object
+    ) -> None:
         now = asyncio.get_running_loop().time()
-        loss = MediaLoss(reason=reason, since=now, asked_at=now, asked_of=self._participant(session, role))
+        loss = MediaLoss(
+            reason=reason, since=now, asked_at=now, asked_of=self._participant(session, role)
+        )
         session.media_lost[role] = loss
         if reason == "stalled":
             await self._event(session.id, "media_stalled", role=role, **data)
         logger.warning("session %s: %s media %s, asking for a new offer", session.id, role, reason)
-        self.send(session, other(role),
-                  m.MediaLost(role=role, reason=reason, window_s=int(self.config.rejoin_window_s)))
+        self.send(
+            session,
+            other(role),
+            m.MediaLost(role=role, reason=reason, window_s=int(self.config.rejoin_window_s)),
+        )
         self.send(session, role, m.MediaRestart(reason=reason))
 
     def _ask_media_restart(self, session: Session, role: Role, loss: MediaLoss) -> None:
         loss.asked_at = asyncio.get_running_loop().time()
         loss.asked_of = self._participant(session, role)
         loss.restarts += 1
-        logger.info("session %s: %s media still lost, asking again (%d)", session.id, role, loss.restarts)
+        logger.info(
+            "session %s: %s media still lost, asking again (%d)", session.id, role, loss.restarts
+        )
         self.send(session, role, m.MediaRestart(reason=loss.reason))
 
-    async def _media_restored(self, session: Session, role: Role, loss: MediaLoss, now: float) -> None:
+    async def _media_restored(
+        self, session: Session, role: Role, loss: MediaLoss, now: float
+    ) -> None:
         del session.media_lost[role]
-        await self._event(session.id, "media_restored", role=role, after_s=round(now - loss.since, 1),
-                          restarts=loss.restarts)
-        logger.info("session %s: %s media restored after %.1f s", session.id, role, now - loss.since)
+        await self._event(
+            session.id,
+            "media_restored",
+            role=role,
+            after_s=round(now - loss.since, 1),
+            restarts=loss.restarts,
+        )
+        logger.info(
+            "session %s: %s media restored after %.1f s", session.id, role, now - loss.since
+        )
         for party in ("customer", "agent"):
             self.send(session, party, m.MediaRestored(role=role))
 
@@ -872,7 +982,9 @@ class Broker:
             async with asyncio.timeout(STATE_TIMEOUT_S * 4):
                 await self._dispatch_ready()
         except Exception as exc:
-            logger.warning("no offers: the queue cannot be reached (%s: %s)", exc.__class__.__name__, exc)
+            logger.warning(
+                "no offers: the queue cannot be reached (%s: %s)", exc.__class__.__name__, exc
+            )
 
     async def _dispatch_ready(self) -> None:
         ready = sorted(
@@ -880,14 +992,19 @@ class Broker:
             key=lambda a: a.ready_since,
         )
         for agent in ready:
-            while (entry := await self.state.claim_next(agent.user.id, agent.user.skills)) is not None:
+            while (
+                entry := await self.state.claim_next(agent.user.id, agent.user.skills)
+            ) is not None:
                 session = self._sessions.get(entry.session_id)
                 if session is not None and session.state == "queued":
                     await self._offer(agent, session)
                     break
                 if session is not None:  # an entry the state kept while it was unreachable
-                    logger.warning("session %s: dropping a queue entry of a %s session", session.id,
-                                   session.state)
+                    logger.warning(
+                        "session %s: dropping a queue entry of a %s session",
+                        session.id,
+                        session.state,
+                    )
                     await self.state.dequeue(entry.session_id)
                     continue
                 if self.bus is not None and entry.node_id not in ("", self.config.node_id):
@@ -895,7 +1012,9 @@ class Broker:
                         await self._offer_remote(agent, entry)
                         break
                     # its node died: the customer is not connected until they come back (adopt)
-                    await self.state.update_entry(entry.session_id, offered_to=None, reachable=False)
+                    await self.state.update_entry(
+                        entry.session_id, offered_to=None, reachable=False
+                    )
                     continue
                 # an entry of this node without its session (it ended meanwhile): not a customer
                 logger.warning("session %s: dropping a stale queue entry", entry.session_id)
@@ -908,27 +1027,48 @@ class Broker:
         agent.session_id = entry.session_id
         agent.remote_node = entry.node_id
         await self._set_agent_status(agent, "offered")
-        logger.info("session %s: offering to agent %s through node %s", entry.session_id,
-                    agent.user.username, entry.node_id)
-        await self._bus_send(entry.node_id, {
-            "t": "offer", "session_id": entry.session_id,
-            "agent": {"id": agent.user.id, "username": agent.user.username,
-                      "display_name": agent.user.display_name, "skills": sorted(agent.user.skills)},
-        })
-        agent.offer_task = self._spawn(self._remote_offer_unanswered(agent, entry),
-                                       f"remote-offer-{entry.session_id}")
+        logger.info(
+            "session %s: offering to agent %s through node %s",
+            entry.session_id,
+            agent.user.username,
+            entry.node_id,
+        )
+        await self._bus_send(
+            entry.node_id,
+            {
+                "t": "offer",
+                "session_id": entry.session_id,
+                "agent": {
+                    "id": agent.user.id,
+                    "username": agent.user.username,
+                    "display_name": agent.user.display_name,
+                    "skills": sorted(agent.user.skills),
+                },
+            },
+        )
+        agent.offer_task = self._spawn(
+            self._remote_offer_unanswered(agent, entry), f"remote-offer-{entry.session_id}"
+        )
 
     async def _remote_offer_unanswered(self, agent: AgentConn, entry: QueueEntry) -> None:
         """The customer's node never took the offer up (it died, or the bus lost it): the agent is
         free again and the customer keeps their place."""
         await asyncio.sleep(self.config.offer_timeout_s + REMOTE_ANSWER_MARGIN_S)
         async with self._lock:
-            if agent.remote_node != entry.node_id or agent.session_id != entry.session_id \
-                    or agent.status != "offered" or self._agents.get(agent.user.id) is not agent:
+            if (
+                agent.remote_node != entry.node_id
+                or agent.session_id != entry.session_id
+                or agent.status != "offered"
+                or self._agents.get(agent.user.id) is not agent
+            ):
                 return
             agent.offer_task = None
-            logger.warning("session %s: node %s did not answer the offer to %s", entry.session_id,
-                           entry.node_id, agent.user.username)
+            logger.warning(
+                "session %s: node %s did not answer the offer to %s",
+                entry.session_id,
+                entry.node_id,
+                agent.user.username,
+            )
             await self.state.release_offer(entry.session_id, agent.user.id, penalise=False)
             agent.remote_node = agent.session_id = None
             await self._set_agent_status(agent, "ready")
@@ -960,20 +1100,38 @@ class Broker:
         async with self._lock:
             session = self._sessions.get(session_id)
             entry = await self.state.entry(session_id)
-            if session is None or session.state != "queued" or entry is None or entry.offered_to != user.id:
+            if (
+                session is None
+                or session.state != "queued"
+                or entry is None
+                or entry.offered_to != user.id
+            ):
                 if entry is not None and entry.offered_to == user.id:
                     await self.state.release_offer(session_id, user.id, penalise=False)
-                await self._bus_send(sender, {"t": "offer_failed", "agent_id": user.id,
-                                              "session_id": session_id})
+                await self._bus_send(
+                    sender, {"t": "offer_failed", "agent_id": user.id, "session_id": session_id}
+                )
                 return None
             previous = self._agents.get(user.id)
             if previous is not None and previous.proxy_of is None:
                 previous.channel.send(
-                    m.Error(code="replaced", message="you logged in from another window", fatal=True))
+                    m.Error(
+                        code="replaced", message="you logged in from another window", fatal=True
+                    )
+                )
                 previous.channel.close(CLOSE_REPLACED, "logged in elsewhere")
-            proxy = AgentConn(user=user, proxy_of=sender, status="ready",
-                              channel=RemoteChannel(self.bus, sender, "agent", str(user.id),
-                                                    label=f"agent {user.username} on {sender}"))
+            proxy = AgentConn(
+                user=user,
+                proxy_of=sender,
+                status="ready",
+                channel=RemoteChannel(
+                    self.bus,
+                    sender,
+                    "agent",
+                    str(user.id),
+                    label=f"agent {user.username} on {sender}",
+                ),
+            )
             self._agents[user.id] = proxy
             await self._offer(proxy, session)
             return proxy
@@ -1061,13 +1219,17 @@ class Broker:
                 expires_in_s=int(self.config.offer_timeout_s),
             )
         )
-        agent.offer_task = self._spawn(self._offer_timeout(agent, session.id), f"offer-{session.id}")
+        agent.offer_task = self._spawn(
+            self._offer_timeout(agent, session.id), f"offer-{session.id}"
+        )
 
     async def average_handle_s(self, business: str | None = None) -> float:
         """Average handling time of the counter's recent calls of ``business`` (all businesses when
         it has none yet), or the configured default before any call was measured."""
-        for scope in ((business, None) if business is not None else (None,)):
-            average = await self._shared("wait estimate", self.state.average_handle_time(scope), None)
+        for scope in (business, None) if business is not None else (None,):
+            average = await self._shared(
+                "wait estimate", self.state.average_handle_time(scope), None
+            )
             if average is not None:
                 return average
         return self.config.default_handle_s
@@ -1089,7 +1251,11 @@ class Broker:
                 agents = await self.state.agents()
                 waiting = await self._waiting_counts(queue)
         except Exception as exc:
-            logger.warning("no queue updates: the queue cannot be reached (%s: %s)", exc.__class__.__name__, exc)
+            logger.warning(
+                "no queue updates: the queue cannot be reached (%s: %s)",
+                exc.__class__.__name__,
+                exc,
+            )
             return
         handles: dict[str, float] = {}
         positions: dict[str, int] = {}
@@ -1108,7 +1274,9 @@ class Broker:
             if update != session.last_queue_update:
                 session.last_queue_update = update
                 session.channel.send(
-                    m.QueueUpdate(position=position, estimated_wait_s=estimate, agents_available=available)
+                    m.QueueUpdate(
+                        position=position, estimated_wait_s=estimate, agents_available=available
+                    )
                 )
         stats = m.QueueStats(waiting=waiting)
         for agent in self._agents.values():
@@ -1130,8 +1298,13 @@ class Broker:
         session.end_reason = reason
         session.ended_at = time.time()
         if was_active and session.started_at is not None:
-            await self._shared("handling time", self.state.record_handle_time(
-                session.business, session.ended_at - session.started_at), None)
+            await self._shared(
+                "handling time",
+                self.state.record_handle_time(
+                    session.business, session.ended_at - session.started_at
+                ),
+                None,
+            )
         await self._changed(session)
         await self._event(session.id, state, reason=reason)
         logger.info("session %s: %s (%s)", session.id, state, reason)

@@ -140,8 +140,13 @@ class Envelope:
 
     def fields(self) -> dict[str, str]:
         """Flat string fields (a Redis stream entry)."""
-        return {"id": self.id, "from": self.sender, "to": self.target or "",
-                "sent_at": repr(self.sent_at), "body": json.dumps(self.body)}
+        return {
+            "id": self.id,
+            "from": self.sender,
+            "to": self.target or "",
+            "sent_at": repr(self.sent_at),
+            "body": json.dumps(self.body),
+        }
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, str]) -> Envelope:
@@ -149,7 +154,9 @@ class Envelope:
         body = json.loads(fields["body"])
         if not isinstance(body, dict):
             raise ValueError("a bus message body is a JSON object")
-        return cls(fields["id"], fields["from"], fields["to"] or None, float(fields["sent_at"]), body)
+        return cls(
+            fields["id"], fields["from"], fields["to"] or None, float(fields["sent_at"]), body
+        )
 
     def to_json(self) -> str:
         return json.dumps(self.fields())
@@ -162,8 +169,16 @@ class Envelope:
         return cls.from_fields(fields)
 
     def received(self, *, known_sender: bool, redelivered: bool = False) -> BusMessage:
-        return BusMessage(self.id, self.sender, self.target, self.sent_at, time.time(),
-                          self.body, known_sender, redelivered)
+        return BusMessage(
+            self.id,
+            self.sender,
+            self.target,
+            self.sent_at,
+            time.time(),
+            self.body,
+            known_sender,
+            redelivered,
+        )
 
 
 class SenderCheck:
@@ -175,8 +190,13 @@ class SenderCheck:
     must not make nodes ignore each other.
     """
 
-    def __init__(self, directory: NodeDirectory | None, *, known_ttl_s: float = 1.0,
-                 unknown_ttl_s: float = 0.25) -> None:
+    def __init__(
+        self,
+        directory: NodeDirectory | None,
+        *,
+        known_ttl_s: float = 1.0,
+        unknown_ttl_s: float = 0.25,
+    ) -> None:
         self._directory = directory
         self._known_ttl_s = known_ttl_s
         self._unknown_ttl_s = unknown_ttl_s
@@ -351,8 +371,12 @@ class LocalBus:
         try:
             await handler(message)
         except Exception:
-            logger.exception("bus %s: handler failed on broadcast %s from %s",
-                             self._node_id, envelope.id, envelope.sender)
+            logger.exception(
+                "bus %s: handler failed on broadcast %s from %s",
+                self._node_id,
+                envelope.id,
+                envelope.sender,
+            )
 
     async def _deliver(self, handler: Handler, item: _Pending) -> None:
         envelope = item.envelope
@@ -364,25 +388,41 @@ class LocalBus:
         # it runs, aclose() finds the message here and puts it back in the inbox
         self._current = item
         try:
-            message = envelope.received(known_sender=await self._senders.known(envelope.sender),
-                                        redelivered=item.deliveries > 1)
+            message = envelope.received(
+                known_sender=await self._senders.known(envelope.sender),
+                redelivered=item.deliveries > 1,
+            )
             await handler(message)
         except Exception:
             if item.deliveries >= self._max_deliveries:
-                logger.exception("bus %s: handler failed on message %s from %s", self._node_id,
-                                 envelope.id, envelope.sender)
+                logger.exception(
+                    "bus %s: handler failed on message %s from %s",
+                    self._node_id,
+                    envelope.id,
+                    envelope.sender,
+                )
                 self._drop(item)
             else:
-                logger.exception("bus %s: handler failed on message %s from %s (delivery %d, "
-                                 "again in %.1f s)", self._node_id, envelope.id, envelope.sender,
-                                 item.deliveries, self._retry_after_s)
+                logger.exception(
+                    "bus %s: handler failed on message %s from %s (delivery %d, again in %.1f s)",
+                    self._node_id,
+                    envelope.id,
+                    envelope.sender,
+                    item.deliveries,
+                    self._retry_after_s,
+                )
                 item.not_before = asyncio.get_running_loop().time() + self._retry_after_s
                 self._retries.append(item)
         self._current = None
 
     def _drop(self, item: _Pending) -> None:
-        logger.error("bus %s: message %s from %s dropped after %d deliveries", self._node_id,
-                     item.envelope.id, item.envelope.sender, item.deliveries)
+        logger.error(
+            "bus %s: message %s from %s dropped after %d deliveries",
+            self._node_id,
+            item.envelope.id,
+            item.envelope.sender,
+            item.deliveries,
+        )
 
     async def aclose(self) -> None:
         if self._closed:

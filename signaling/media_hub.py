@@ -155,8 +155,11 @@ class CallMedia:
 
     def last_frame_at(self, role: str) -> float | None:
         """Loop time of the newest audio or video frame from ``role`` (None: none yet)."""
-        times = [tap.last_frame_at for (r, _), tap in self.taps.items()
-                 if r == role and tap.last_frame_at is not None]
+        times = [
+            tap.last_frame_at
+            for (r, _), tap in self.taps.items()
+            if r == role and tap.last_frame_at is not None
+        ]
         return max(times, default=None)
 
     def silence(self, role: str, now: float) -> float | None:
@@ -170,7 +173,11 @@ class CallMedia:
         participant = self.participants.get(role)
         if participant is None:
             return None
-        if self.mode == "passthrough" and participant.sends_media and participant.connected_at is not None:
+        if (
+            self.mode == "passthrough"
+            and participant.sends_media
+            and participant.connected_at is not None
+        ):
             return now - max(participant.connected_at, self.last_frame_at(role) or 0.0)
         if participant.ended_at is not None:
             return now - participant.ended_at

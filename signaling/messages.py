@@ -168,7 +168,9 @@ class ManualVerification(_Msg):
 StepId = Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[a-z][a-z0-9_]*$")]
 Sha256 = Annotated[str, Field(min_length=64, max_length=64, pattern=r"^[0-9a-f]{64}$")]
 #: a handwritten signature as a base64 PNG (a 600x200 canvas is ~10-30 kB)
-SignatureImage = Annotated[str, Field(min_length=16, max_length=60_000, pattern=r"^[A-Za-z0-9+/=]+$")]
+SignatureImage = Annotated[
+    str, Field(min_length=16, max_length=60_000, pattern=r"^[A-Za-z0-9+/=]+$")
+]
 
 
 class StepNext(_Msg):
@@ -232,15 +234,39 @@ class SignatureSubmit(_Msg):
 
 
 CustomerMessage = Annotated[
-    Join | Rejoin | Cancel | Offer | Hangup | Ping | RequestKeyframe | FaceConsent
-    | ConsentAccept | ConsentDecline | DisclosureConfirm | QuestionnaireSubmit | DocumentRead
+    Join
+    | Rejoin
+    | Cancel
+    | Offer
+    | Hangup
+    | Ping
+    | RequestKeyframe
+    | FaceConsent
+    | ConsentAccept
+    | ConsentDecline
+    | DisclosureConfirm
+    | QuestionnaireSubmit
+    | DocumentRead
     | SignatureSubmit,
     Field(discriminator="type"),
 ]
 AgentMessage = Annotated[
-    Auth | SetStatus | Accept | Decline | Offer | Hangup | Ping | RequestKeyframe
-    | IdentityVerify | LivenessStart | CaptureSnapshot | CaptureReference | ManualVerification
-    | StepNext | MarkConfirmed | PushDocument,
+    Auth
+    | SetStatus
+    | Accept
+    | Decline
+    | Offer
+    | Hangup
+    | Ping
+    | RequestKeyframe
+    | IdentityVerify
+    | LivenessStart
+    | CaptureSnapshot
+    | CaptureReference
+    | ManualVerification
+    | StepNext
+    | MarkConfirmed
+    | PushDocument,
     Field(discriminator="type"),
 ]
 
@@ -258,8 +284,9 @@ def _parse(adapter: TypeAdapter[Any], raw: str | bytes, role: str) -> Any:
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidMessage(f"message is not valid JSON: {exc.__class__.__name__}",
-                             code="bad_json") from None
+        raise InvalidMessage(
+            f"message is not valid JSON: {exc.__class__.__name__}", code="bad_json"
+        ) from None
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):
         raise InvalidMessage('message must be a JSON object with a string "type"')
     try:
@@ -271,7 +298,9 @@ def _parse(adapter: TypeAdapter[Any], raw: str | bytes, role: str) -> Any:
                 f"unknown message type {data['type'][:40]!r} for a {role}", code="unknown_type"
             ) from None
         where = ".".join(str(p) for p in first.get("loc", ())[1:]) or "message"
-        raise InvalidMessage(f"invalid {data['type'][:40]!r} message: {where}: {first['msg']}") from None
+        raise InvalidMessage(
+            f"invalid {data['type'][:40]!r} message: {where}: {first['msg']}"
+        ) from None
 
 
 def parse_customer_message(raw: str | bytes) -> Any:

@@ -78,10 +78,21 @@ RECEIVE_DELAY_S = {"audio": 0.06, "video": 0.0}
 _THREAD_ATTR = "_RTCRtpReceiver__decoder_thread"
 _DTLS_CONNECTED = _DtlsState.CONNECTED
 #: private names of aiortc 1.16.0 the RTP forwarding path reads or writes
-_RECEIVER_NAMES = ("_RTCRtpReceiver__remote_streams", "_RTCRtpReceiver__active_ssrc",
-                   "_RTCRtpReceiver__codecs", "_RTCRtpReceiver__rtx_ssrc", "_RTCRtpReceiver__rtcp_ssrc")
-_SENDER_NAMES = ("_RTCRtpSender__ntp_timestamp", "_RTCRtpSender__rtp_timestamp",
-                 "_RTCRtpSender__packet_count", "_RTCRtpSender__octet_count", "_ssrc", "_rtx_ssrc")
+_RECEIVER_NAMES = (
+    "_RTCRtpReceiver__remote_streams",
+    "_RTCRtpReceiver__active_ssrc",
+    "_RTCRtpReceiver__codecs",
+    "_RTCRtpReceiver__rtx_ssrc",
+    "_RTCRtpReceiver__rtcp_ssrc",
+)
+_SENDER_NAMES = (
+    "_RTCRtpSender__ntp_timestamp",
+    "_RTCRtpSender__rtp_timestamp",
+    "_RTCRtpSender__packet_count",
+    "_RTCRtpSender__octet_count",
+    "_ssrc",
+    "_rtx_ssrc",
+)
 
 
 def _pylibsrtp_version() -> str:
@@ -95,7 +106,9 @@ def check_compatible() -> None:
     probe_receiver = RTCRtpReceiver.__init__.__code__.co_names
     problems = []
     if aiortc.__version__ != SUPPORTED_AIORTC:
-        problems.append(f"aiortc {aiortc.__version__} is installed, {SUPPORTED_AIORTC} is supported")
+        problems.append(
+            f"aiortc {aiortc.__version__} is installed, {SUPPORTED_AIORTC} is supported"
+        )
     if "_RTCRtpReceiver__decoder_queue" not in probe_receiver:
         problems.append("RTCRtpReceiver no longer has __decoder_queue")
     if not callable(getattr(RTCRtpSender, "_send_keyframe", None)):
@@ -111,14 +124,22 @@ def check_compatible() -> None:
     for name in _SENDER_NAMES:
         if name not in probe_sender:
             problems.append(f"RTCRtpSender no longer has {name}")
-    for cls, method in ((RTCDtlsTransport, "_handle_rtp_data"), (RTCDtlsTransport, "_send_rtp"),
-                        (RTCRtpSender, "_retransmit"), (RTCRtpSender, "_handle_rtcp_packet"),
-                        (RTCRtpReceiver, "_send_rtcp"), (RTCRtpReceiver, "_handle_rtp_packet")):
+    for cls, method in (
+        (RTCDtlsTransport, "_handle_rtp_data"),
+        (RTCDtlsTransport, "_send_rtp"),
+        (RTCRtpSender, "_retransmit"),
+        (RTCRtpSender, "_handle_rtcp_packet"),
+        (RTCRtpReceiver, "_send_rtcp"),
+        (RTCRtpReceiver, "_handle_rtp_packet"),
+    ):
         if not callable(getattr(cls, method, None)):
             problems.append(f"{cls.__name__}.{method}() is gone")
     from aioice import Connection
 
-    if not callable(getattr(Connection, "data_received", None)) or "_nominated" not in Connection.__init__.__code__.co_names:
+    if (
+        not callable(getattr(Connection, "data_received", None))
+        or "_nominated" not in Connection.__init__.__code__.co_names
+    ):
         problems.append("aioice.Connection no longer has data_received() / _nominated")
     if "_rx_srtp" not in RTCDtlsTransport.__init__.__code__.co_names:
         problems.append("RTCDtlsTransport no longer has _rx_srtp/_tx_srtp")
@@ -129,7 +150,9 @@ def check_compatible() -> None:
     if not callable(getattr(StunProtocol, "datagram_received", None)):
         problems.append("aioice.StunProtocol.datagram_received() is gone")
     if _pylibsrtp_version() != SUPPORTED_PYLIBSRTP:
-        problems.append(f"pylibsrtp {_pylibsrtp_version()} is installed, {SUPPORTED_PYLIBSRTP} is supported")
+        problems.append(
+            f"pylibsrtp {_pylibsrtp_version()} is installed, {SUPPORTED_PYLIBSRTP} is supported"
+        )
     session_names = pylibsrtp.Session.__init__.__code__.co_names
     for name in ("_srtp", "_cdata", "_buffer"):
         if name not in session_names:
@@ -176,7 +199,9 @@ class _EncodedSink:
         self._stopped.wait()
         return None
 
-    def put_nowait(self, item: tuple[RTCRtpCodecParameters, JitterFrame] | None) -> None:  # queue.Queue compatibility
+    def put_nowait(
+        self, item: tuple[RTCRtpCodecParameters, JitterFrame] | None
+    ) -> None:  # queue.Queue compatibility
         self.put(item)
 
 
@@ -225,7 +250,9 @@ async def request_keyframe(receiver: RTCRtpReceiver) -> bool:
 RtpHandler = Callable[[bytes, int], Awaitable[None]]
 
 
-def hook_rtp_data(dtls: RTCDtlsTransport, handler: Callable[[bytes, int, RtpHandler], Awaitable[None]]) -> None:
+def hook_rtp_data(
+    dtls: RTCDtlsTransport, handler: Callable[[bytes, int, RtpHandler], Awaitable[None]]
+) -> None:
     """Route every decrypted RTP packet of ``dtls`` through ``handler(data, arrival_ms, original)``.
 
     ``original`` is aiortc's own handling (parse, route to the receiver); the
@@ -277,7 +304,9 @@ class _Seen:
 _seen = _Seen()
 
 
-def count_received(receiver: RTCRtpReceiver, ssrc: int, clock_rate: int, seq: int, timestamp: int) -> None:
+def count_received(
+    receiver: RTCRtpReceiver, ssrc: int, clock_rate: int, seq: int, timestamp: int
+) -> None:
     """Feed the receiver's RTCP receiver-report statistics, as its own path would."""
     streams = receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]  # aiortc private
     stats = streams.get(ssrc)
@@ -293,7 +322,9 @@ def mark_source_active(receiver: RTCRtpReceiver, ssrc: int) -> None:
     receiver._RTCRtpReceiver__active_ssrc[ssrc] = clock.current_datetime()  # type: ignore[attr-defined]  # aiortc private
 
 
-def note_sent(sender: RTCRtpSender, ntp_time: int, rtp_timestamp: int, packets: int, octets: int) -> None:
+def note_sent(
+    sender: RTCRtpSender, ntp_time: int, rtp_timestamp: int, packets: int, octets: int
+) -> None:
     """What the sender's RTCP sender reports announce (its own send loop is idle)."""
     sender._RTCRtpSender__ntp_timestamp = ntp_time  # type: ignore[attr-defined]  # aiortc private
     sender._RTCRtpSender__rtp_timestamp = rtp_timestamp  # type: ignore[attr-defined]  # aiortc private
@@ -306,7 +337,9 @@ def sender_ssrcs(sender: RTCRtpSender) -> tuple[int, int]:
     return sender._ssrc, sender._rtx_ssrc
 
 
-def on_send_parameters(sender: RTCRtpSender, callback: Callable[[RTCRtpSendParameters], None]) -> None:
+def on_send_parameters(
+    sender: RTCRtpSender, callback: Callable[[RTCRtpSendParameters], None]
+) -> None:
     """Call ``callback(parameters)`` when the peer connection starts ``sender``."""
     original = sender.send
 
@@ -326,7 +359,9 @@ def on_retransmit(sender: RTCRtpSender, callback: Callable[[int], Awaitable[None
     sender._retransmit = _retransmit  # type: ignore[method-assign]  # hooks aiortc on this instance
 
 
-def on_sender_rtcp(sender: RTCRtpSender, callback: Callable[[AnyRtcpPacket], Awaitable[None]]) -> None:
+def on_sender_rtcp(
+    sender: RTCRtpSender, callback: Callable[[AnyRtcpPacket], Awaitable[None]]
+) -> None:
     """Show every RTCP packet routed to ``sender`` to ``callback`` first."""
     original = sender._handle_rtcp_packet
 
@@ -337,7 +372,9 @@ def on_sender_rtcp(sender: RTCRtpSender, callback: Callable[[AnyRtcpPacket], Awa
     sender._handle_rtcp_packet = _handle_rtcp_packet  # type: ignore[method-assign]  # hooks aiortc on this instance
 
 
-async def send_receiver_rtcp(receiver: RTCRtpReceiver, make: Callable[[int], AnyRtcpPacket]) -> None:
+async def send_receiver_rtcp(
+    receiver: RTCRtpReceiver, make: Callable[[int], AnyRtcpPacket]
+) -> None:
     """Send ``make(rtcp_ssrc)`` from ``receiver`` to its remote sender (no-op before it has an SSRC)."""
     rtcp_ssrc = receiver._RTCRtpReceiver__rtcp_ssrc  # type: ignore[attr-defined]  # aiortc private
     if rtcp_ssrc is not None:
@@ -433,7 +470,10 @@ def _read_in_batches(protocol: StunProtocol) -> bool:
     # typeshed knows it only as a DatagramTransport: these are its private parts
     transport = cast(_SelectorDatagram, protocol.transport)
     loop, sock, fd = transport._loop, transport._sock, transport._sock_fd
-    if not (callable(getattr(loop, "_add_reader", None)) and callable(getattr(loop, "_remove_reader", None))):
+    if not (
+        callable(getattr(loop, "_add_reader", None))
+        and callable(getattr(loop, "_remove_reader", None))
+    ):
         return False
     max_size = transport.max_size
 
@@ -486,7 +526,7 @@ class _Srtp:
         self._buffer[0:n] = packet
         if _srtp_lib.srtp_protect(self._srtp, self._cdata, self._length):
             raise pylibsrtp.Error("srtp_protect failed")
-        return self._buffer[0:self._length[0]]
+        return self._buffer[0 : self._length[0]]
 
     def unprotect(self, packet: bytes) -> bytes | None:
         n = len(packet)
@@ -496,7 +536,7 @@ class _Srtp:
         self._buffer[0:n] = packet
         if _srtp_lib.srtp_unprotect(self._srtp, self._cdata, self._length):
             return None
-        return self._buffer[0:self._length[0]]
+        return self._buffer[0 : self._length[0]]
 
 
 def _srtp(dtls: RTCDtlsTransport, attr: str, session: pylibsrtp.Session) -> _Srtp:
@@ -520,8 +560,12 @@ class _SendPath:
 
     __slots__ = ("protect", "sendto", "addr", "transport")
 
-    def __init__(self, protect: Callable[[bytes], bytes], transport: asyncio.DatagramTransport,
-                 addr: tuple[str, int]) -> None:
+    def __init__(
+        self,
+        protect: Callable[[bytes], bytes],
+        transport: asyncio.DatagramTransport,
+        addr: tuple[str, int],
+    ) -> None:
         self.protect = protect
         self.transport = transport
         self.sendto = transport.sendto
@@ -548,8 +592,11 @@ def _send_path(dtls: RTCDtlsTransport) -> _SendPath | None:
     pair = connection._nominated.get(1)
     if pair is None or type(pair.protocol) is not StunProtocol or pair.protocol.transport is None:
         return None
-    path = _SendPath(_srtp(dtls, "_vcounter_tx", dtls._tx_srtp).protect, pair.protocol.transport,
-                     pair.remote_addr)
+    path = _SendPath(
+        _srtp(dtls, "_vcounter_tx", dtls._tx_srtp).protect,
+        pair.protocol.transport,
+        pair.remote_addr,
+    )
     dtls._vcounter_send = path  # type: ignore[attr-defined]  # our attribute on aiortc's object
     if not getattr(dtls, "_vcounter_send_watch", False):
         dtls._vcounter_send_watch = True  # type: ignore[attr-defined]  # our attribute on aiortc's object

@@ -167,8 +167,9 @@ class RedisBus:
                     await self._reclaim(handler)
                     next_sweep = loop.time() + min(self._retry_ms / 2000, 5.0)
                 block = max(1, min(self._block_ms, round((next_sweep - loop.time()) * 1000)))
-                reply = await self._r.xreadgroup(GROUP, self._node_id, {self._inbox: ">"},
-                                                 count=100, block=block)
+                reply = await self._r.xreadgroup(
+                    GROUP, self._node_id, {self._inbox: ">"}, count=100, block=block
+                )
                 for stream_id, fields in _entries(reply):
                     await self._deliver(handler, stream_id, fields, redelivered=False)
                 backoff = BACKOFF_S[0]
@@ -182,7 +183,9 @@ class RedisBus:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, BACKOFF_S[1])
             except (RedisError, OSError) as e:
-                logger.warning("bus %s: inbox read failed (%s), again in %.1f s", self._node_id, e, backoff)
+                logger.warning(
+                    "bus %s: inbox read failed (%s), again in %.1f s", self._node_id, e, backoff
+                )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_S[1])
 
@@ -207,25 +210,42 @@ class RedisBus:
 
     async def _reclaim(self, handler: Handler) -> None:
         """Deliver again messages pending longer than ``retry_after_s``; drop worn-out ones."""
-        pending = await self._r.xpending_range(self._inbox, GROUP, min="-", max="+", count=100,
-                                               idle=self._retry_ms)
+        pending = await self._r.xpending_range(
+            self._inbox, GROUP, min="-", max="+", count=100, idle=self._retry_ms
+        )
         for item in pending:
             if int(item["times_delivered"]) >= self._max_deliveries:
-                logger.error("bus %s: message %s dropped after %d deliveries", self._node_id,
-                             item["message_id"], item["times_delivered"])
+                logger.error(
+                    "bus %s: message %s dropped after %d deliveries",
+                    self._node_id,
+                    item["message_id"],
+                    item["times_delivered"],
+                )
                 await self._r.xack(self._inbox, GROUP, item["message_id"])
         start = "0-0"
         while True:
-            reply = await self._r.xautoclaim(self._inbox, GROUP, self._node_id,
-                                             min_idle_time=self._retry_ms, start_id=start, count=100)
+            reply = await self._r.xautoclaim(
+                self._inbox,
+                GROUP,
+                self._node_id,
+                min_idle_time=self._retry_ms,
+                start_id=start,
+                count=100,
+            )
             start, claimed = reply[0], reply[1]
             for stream_id, fields in claimed:
                 await self._deliver(handler, stream_id, fields, redelivered=True)
             if start == "0-0" or not claimed:
                 return
 
-    async def _deliver(self, handler: Handler, stream_id: str, fields: Mapping[str, str] | None,
-                       *, redelivered: bool) -> None:
+    async def _deliver(
+        self,
+        handler: Handler,
+        stream_id: str,
+        fields: Mapping[str, str] | None,
+        *,
+        redelivered: bool,
+    ) -> None:
         if not fields:  # trimmed away (MAXLEN) while pending
             await self._r.xack(self._inbox, GROUP, stream_id)
             return
@@ -235,14 +255,20 @@ class RedisBus:
             logger.error("bus %s: malformed message %s dropped", self._node_id, stream_id)
             await self._r.xack(self._inbox, GROUP, stream_id)
             return
-        message = envelope.received(known_sender=await self._senders.known(envelope.sender),
-                                    redelivered=redelivered)
+        message = envelope.received(
+            known_sender=await self._senders.known(envelope.sender), redelivered=redelivered
+        )
         try:
             async with self._handler_lock:
                 await handler(message)
         except Exception:
-            logger.exception("bus %s: handler failed on message %s from %s (delivered again in %.1f s)",
-                             self._node_id, envelope.id, envelope.sender, self._retry_ms / 1000)
+            logger.exception(
+                "bus %s: handler failed on message %s from %s (delivered again in %.1f s)",
+                self._node_id,
+                envelope.id,
+                envelope.sender,
+                self._retry_ms / 1000,
+            )
             return
         await self._r.xack(self._inbox, GROUP, stream_id)
 
@@ -250,12 +276,14 @@ class RedisBus:
         backoff = BACKOFF_S[0]
         while not self._closed:
             try:
-                raw = await pubsub.get_message(ignore_subscribe_messages=True,
-                                               timeout=self._block_ms / 1000)
+                raw = await pubsub.get_message(
+                    ignore_subscribe_messages=True, timeout=self._block_ms / 1000
+                )
                 backoff = BACKOFF_S[0]
             except (RedisError, OSError) as e:
-                logger.warning("bus %s: broadcast read failed (%s), again in %.1f s", self._node_id, e,
-                               backoff)
+                logger.warning(
+                    "bus %s: broadcast read failed (%s), again in %.1f s", self._node_id, e, backoff
+                )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_S[1])
                 continue
@@ -271,8 +299,12 @@ class RedisBus:
                 async with self._handler_lock:
                     await handler(message)
             except Exception:
-                logger.exception("bus %s: handler failed on broadcast %s from %s", self._node_id,
-                                 envelope.id, envelope.sender)
+                logger.exception(
+                    "bus %s: handler failed on broadcast %s from %s",
+                    self._node_id,
+                    envelope.id,
+                    envelope.sender,
+                )
 
     # -- lifecycle ---------------------------------------------------------------------
 

@@ -139,11 +139,17 @@ def connect(url: str, **options: Any) -> Redis:
     would go on running. Dead connections are found by TCP keepalive instead.
     ``options`` go to ``Redis.from_url`` and win over these defaults.
     """
-    keepalive = {getattr(socket, name): value
-                 for name, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3))
-                 if hasattr(socket, name)}
-    defaults: dict[str, Any] = {"decode_responses": True, "socket_timeout": None,
-                                "socket_keepalive": True, "socket_keepalive_options": keepalive}
+    keepalive = {
+        getattr(socket, name): value
+        for name, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3))
+        if hasattr(socket, name)
+    }
+    defaults: dict[str, Any] = {
+        "decode_responses": True,
+        "socket_timeout": None,
+        "socket_keepalive": True,
+        "socket_keepalive_options": keepalive,
+    }
     return Redis.from_url(url, **{**defaults, **options})
 
 
@@ -153,8 +159,11 @@ def check_client(client: Redis, owner: str) -> None:
     if not options.get("decode_responses"):
         raise ValueError(f"{owner} needs a client made with decode_responses=True")
     if options.get("socket_timeout") is not None and sys.version_info < (3, 12):
-        logger.warning("%s: a Redis client with a socket timeout can lose task cancellations on "
-                       "Python 3.11; make it with signaling.redis_state.connect()", owner)
+        logger.warning(
+            "%s: a Redis client with a socket timeout can lose task cancellations on "
+            "Python 3.11; make it with signaling.redis_state.connect()",
+            owner,
+        )
 
 
 def _ms(seconds: float) -> int:
@@ -200,7 +209,9 @@ end
 """
 
 # KEYS[1] queue hash; ARGV[1] entry JSON, ARGV[2] prefix of the business sets
-_ENQUEUE = _LIB + """
+_ENQUEUE = (
+    _LIB
+    + """
 local e = cjson.decode(ARGV[1])
 if tonumber(e.enqueued_at) == 0 then e.enqueued_at = now_text() end
 local old = redis.call('HGET', KEYS[1], e.session_id)
@@ -213,9 +224,12 @@ redis.call('HSET', KEYS[1], e.session_id, out)
 redis.call('ZADD', ARGV[2] .. e.business, score(e), e.session_id)
 return out
 """
+)
 
 # KEYS[1] queue hash; ARGV[1] session id, ARGV[2] changed fields (JSON), ARGV[3] set prefix
-_UPDATE = _LIB + """
+_UPDATE = (
+    _LIB
+    + """
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
 if not raw then return false end
 local e = cjson.decode(raw)
@@ -227,6 +241,7 @@ redis.call('HSET', KEYS[1], ARGV[1], out)
 redis.call('ZADD', ARGV[3] .. e.business, score(e), ARGV[1])
 return out
 """
+)
 
 # KEYS[1] queue hash; ARGV[1] session id, ARGV[2] set prefix
 _DEQUEUE = """
@@ -253,7 +268,9 @@ return 1
 # Each set is walked in score order; an entry can only beat the best one found
 # while its score is within a millisecond of it (the score is rounded, the
 # comparison of (priority, time, session id) is exact).
-_CLAIM_NEXT = _LIB + """
+_CLAIM_NEXT = (
+    _LIB
+    + """
 local agent = tonumber(ARGV[1])
 local best, best_score
 for i = 2, #KEYS do
@@ -287,9 +304,12 @@ local out = cjson.encode(best)
 redis.call('HSET', KEYS[1], best.session_id, out)
 return out
 """
+)
 
 # KEYS[1] queue hash; ARGV[1] session id, ARGV[2] agent id, ARGV[3] '1' to penalise
-_RELEASE = _LIB + """
+_RELEASE = (
+    _LIB
+    + """
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
 if not raw then return false end
 local e = cjson.decode(raw)
@@ -301,6 +321,7 @@ local out = cjson.encode(e)
 redis.call('HSET', KEYS[1], ARGV[1], out)
 return out
 """
+)
 
 # KEYS[1] agents set; ARGV[1] prefix of the presence keys, ARGV[2] one agent id ('' = all)
 _AGENTS = """
@@ -316,7 +337,9 @@ return out
 
 # KEYS[1] holder key, KEYS[2] nodes hash, KEYS[3] info hash;
 # ARGV[1] node id, ARGV[2] owner token, ARGV[3] ttl ms, ARGV[4] info JSON
-_REGISTER = _LIB + """
+_REGISTER = (
+    _LIB
+    + """
 if not redis.call('SET', KEYS[1], ARGV[2], 'NX', 'PX', ARGV[3]) then return 0 end
 local now = now_ms()
 redis.call('HSET', KEYS[2], ARGV[1],
@@ -324,9 +347,12 @@ redis.call('HSET', KEYS[2], ARGV[1],
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
 return 1
 """
+)
 
 # same keys; ARGV[1] node id, ARGV[2] owner token, ARGV[3] ttl ms or '', ARGV[4] info JSON or ''
-_REFRESH = _LIB + """
+_REFRESH = (
+    _LIB
+    + """
 local raw = redis.call('HGET', KEYS[2], ARGV[1])
 if not raw then return 0 end
 local meta = cjson.decode(raw)
@@ -340,6 +366,7 @@ redis.call('HSET', KEYS[2], ARGV[1], cjson.encode(meta))
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[3], ARGV[1], ARGV[4]) end
 return 1
 """
+)
 
 # same keys; ARGV[1] node id, ARGV[2] owner token
 _UNREGISTER = """
@@ -354,7 +381,9 @@ return 1
 # KEYS[1] nodes hash, KEYS[2] info hash; ARGV[1] prefix of the holder keys,
 # ARGV[2] retention of dead nodes (ms), ARGV[3] one node id ('' = all).
 # Returns rows {id, meta JSON, info JSON, alive 0/1}; forgets nodes dead for too long.
-_NODES = _LIB + """
+_NODES = (
+    _LIB
+    + """
 local now = now_ms()
 local ids
 if ARGV[3] ~= '' then ids = {ARGV[3]} else ids = redis.call('HKEYS', KEYS[1]) end
@@ -374,13 +403,17 @@ for _, id in ipairs(ids) do
 end
 return out
 """
+)
 
 # KEYS[1] deadlines zset, KEYS[2] payload hash; ARGV[1] key, ARGV[2] delay ms, ARGV[3] payload
-_SCHEDULE = _LIB + """
+_SCHEDULE = (
+    _LIB
+    + """
 redis.call('ZADD', KEYS[1], now_ms() + tonumber(ARGV[2]), ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
 return 1
 """
+)
 
 # same keys; ARGV[1] key
 _CANCEL = """
@@ -390,7 +423,9 @@ return n
 """
 
 # same keys; ARGV[1] limit. Returns key, payload, key, payload...
-_DUE = _LIB + """
+_DUE = (
+    _LIB
+    + """
 local keys = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms(), 'LIMIT', 0, tonumber(ARGV[1]))
 local out = {}
 for _, k in ipairs(keys) do
@@ -401,13 +436,17 @@ for _, k in ipairs(keys) do
 end
 return out
 """
+)
 
 # KEYS[1] deadlines zset. Returns {due ms, now ms} of the earliest, or nil.
-_NEXT_DEADLINE = _LIB + """
+_NEXT_DEADLINE = (
+    _LIB
+    + """
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 if #first == 0 then return false end
 return {first[2], tostring(now_ms())}
 """
+)
 
 # KEYS[1] counter; ARGV[1] window ms
 _HIT = """
@@ -480,15 +519,17 @@ class RedisState:
     # -- queue -------------------------------------------------------------------------
 
     async def enqueue(self, entry: QueueEntry) -> QueueEntry:
-        raw = await self._enqueue(keys=[self._k("queue")],
-                                  args=[encode_entry(entry), self._k("queue", "")])
+        raw = await self._enqueue(
+            keys=[self._k("queue")], args=[encode_entry(entry), self._k("queue", "")]
+        )
         return decode_entry(raw)
 
     async def update_entry(self, session_id: str, **changes: Any) -> QueueEntry | None:
         changed = json.loads(encode_entry(entry_changes(changes)))
         delta = {name: changed[name] for name in changes}
-        raw = await self._update(keys=[self._k("queue")],
-                                 args=[session_id, json.dumps(delta), self._k("queue", "")])
+        raw = await self._update(
+            keys=[self._k("queue")], args=[session_id, json.dumps(delta), self._k("queue", "")]
+        )
         return None if raw is None else decode_entry(raw)
 
     async def dequeue(self, session_id: str) -> QueueEntry | None:
@@ -522,8 +563,9 @@ class RedisState:
     async def release_offer(
         self, session_id: str, agent_id: int, *, penalise: bool = True
     ) -> QueueEntry | None:
-        raw = await self._release(keys=[self._k("queue")],
-                                  args=[session_id, agent_id, "1" if penalise else "0"])
+        raw = await self._release(
+            keys=[self._k("queue")], args=[session_id, agent_id, "1" if penalise else "0"]
+        )
         return None if raw is None else decode_entry(raw)
 
     # -- agent presence ----------------------------------------------------------------
@@ -532,8 +574,11 @@ class RedisState:
         if ttl_s is not None:
             check_ttl(ttl_s)
         async with self._r.pipeline(transaction=True) as pipe:
-            pipe.set(self._k("agent", str(presence.agent_id)), _encode_presence(presence),
-                     px=None if ttl_s is None else _ms(ttl_s))
+            pipe.set(
+                self._k("agent", str(presence.agent_id)),
+                _encode_presence(presence),
+                px=None if ttl_s is None else _ms(ttl_s),
+            )
             pipe.sadd(self._k("agents"), str(presence.agent_id))
             await pipe.execute()
 
@@ -544,8 +589,9 @@ class RedisState:
             await pipe.execute()
 
     async def agent(self, agent_id: int) -> AgentPresence | None:
-        raws = await self._agents_script(keys=[self._k("agents")],
-                                         args=[self._k("agent", ""), str(agent_id)])
+        raws = await self._agents_script(
+            keys=[self._k("agents")], args=[self._k("agent", ""), str(agent_id)]
+        )
         return _decode_presence(raws[0]) if raws else None
 
     async def agents(self) -> list[AgentPresence]:
@@ -581,8 +627,10 @@ class RedisState:
 
     async def register_node(self, node_id: str, info: Mapping[str, Any], ttl_s: float) -> bool:
         check_ttl(ttl_s)
-        taken = await self._register(keys=self._node_keys(node_id),
-                                     args=[node_id, self._owner, _ms(ttl_s), json.dumps(json_object(info))])
+        taken = await self._register(
+            keys=self._node_keys(node_id),
+            args=[node_id, self._owner, _ms(ttl_s), json.dumps(json_object(info))],
+        )
         if taken:
             logger.info("node %s registered (ttl %.1f s)", node_id, ttl_s)
         return bool(taken)
@@ -594,11 +642,17 @@ class RedisState:
             check_ttl(ttl_s)
         held = await self._refresh(
             keys=self._node_keys(node_id),
-            args=[node_id, self._owner, "" if ttl_s is None else _ms(ttl_s),
-                  "" if info is None else json.dumps(json_object(info))],
+            args=[
+                node_id,
+                self._owner,
+                "" if ttl_s is None else _ms(ttl_s),
+                "" if info is None else json.dumps(json_object(info)),
+            ],
         )
         if not held:
-            logger.warning("node %s: heartbeat refused, this process no longer holds the id", node_id)
+            logger.warning(
+                "node %s: heartbeat refused, this process no longer holds the id", node_id
+            )
         return bool(held)
 
     async def unregister_node(self, node_id: str) -> None:
@@ -614,14 +668,16 @@ class RedisState:
         for row_id, raw_meta, raw_info, alive in rows:
             meta = json.loads(raw_meta)
             seen = int(meta["seen_ms"])
-            found.append(NodeInfo(
-                node_id=row_id,
-                info=json.loads(raw_info),
-                registered_at=int(meta["registered_ms"]) / 1000,
-                seen_at=seen / 1000,
-                expires_at=(seen + int(meta["ttl_ms"])) / 1000,
-                alive=bool(alive),
-            ))
+            found.append(
+                NodeInfo(
+                    node_id=row_id,
+                    info=json.loads(raw_info),
+                    registered_at=int(meta["registered_ms"]) / 1000,
+                    seen_at=seen / 1000,
+                    expires_at=(seen + int(meta["ttl_ms"])) / 1000,
+                    alive=bool(alive),
+                )
+            )
         return sorted(found, key=lambda n: n.node_id)
 
     async def node(self, node_id: str) -> NodeInfo | None:
@@ -639,8 +695,10 @@ class RedisState:
         return [self._k("deadlines"), self._k("deadlines", "payload")]
 
     async def schedule(self, key: str, delay_s: float, payload: Mapping[str, Any]) -> None:
-        await self._schedule(keys=self._deadline_keys(),
-                             args=[key, max(0, round(delay_s * 1000)), json.dumps(json_object(payload))])
+        await self._schedule(
+            keys=self._deadline_keys(),
+            args=[key, max(0, round(delay_s * 1000)), json.dumps(json_object(payload))],
+        )
 
     async def cancel(self, key: str) -> bool:
         return bool(await self._cancel(keys=self._deadline_keys(), args=[key]))

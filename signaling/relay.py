@@ -39,7 +39,9 @@ class RemoteChannel:
         self.label = label or f"{kind} {to} on {node_id}"
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=MAX_BACKLOG)
         self._closing = False
-        self._writer = asyncio.get_running_loop().create_task(self._write(), name=f"relay-{self.label}")
+        self._writer = asyncio.get_running_loop().create_task(
+            self._write(), name=f"relay-{self.label}"
+        )
 
     def send(self, message: BaseModel) -> None:
         if self._closing:
@@ -64,7 +66,9 @@ class RemoteChannel:
         try:
             self._queue.put_nowait(body)
         except asyncio.QueueFull:
-            logger.warning("%s: the bus is not taking messages, dropping the connection", self.label)
+            logger.warning(
+                "%s: the bus is not taking messages, dropping the connection", self.label
+            )
             self._closing = True
 
     async def _write(self) -> None:

@@ -94,8 +94,13 @@ def parse_rtp(data: bytes) -> tuple[int, int, int, int, bytes] | None:
     if pos > end:
         return None
     second = data[1]
-    return (second >> 7, second & 0x7F, (data[2] << 8) | data[3],
-            int.from_bytes(data[4:8], "big"), data[pos:end])
+    return (
+        second >> 7,
+        second & 0x7F,
+        (data[2] << 8) | data[3],
+        int.from_bytes(data[4:8], "big"),
+        data[pos:end],
+    )
 
 
 def vp8_descriptor_size(payload: bytes) -> int:
@@ -164,8 +169,12 @@ class FrameAssembler:
     and unwrap, as aiortc's receiver gives them.
     """
 
-    def __init__(self, codec: RTCRtpCodecParameters, push: Callable[[EncodedFrame], None],
-                 on_loss: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        codec: RTCRtpCodecParameters,
+        push: Callable[[EncodedFrame], None],
+        on_loss: Callable[[], None],
+    ) -> None:
         self._codec = codec
         self._video = codec.mimeType.lower().startswith("video/")
         self._push = push
@@ -195,7 +204,11 @@ class FrameAssembler:
             return  # late or repeated: its turn has passed
         if not self._video:
             self._done = ts
-            self._push(EncodedFrame(data=payload, timestamp=ts, codec=self._codec, keyframe=True, arrival=now))
+            self._push(
+                EncodedFrame(
+                    data=payload, timestamp=ts, codec=self._codec, keyframe=True, arrival=now
+                )
+            )
             return
         size = vp8_descriptor_size(payload)
         if size < 0:
@@ -220,7 +233,9 @@ class FrameAssembler:
             complete = False
             if first is not None and last is not None:
                 count = ((last - first) & 0xFFFF) + 1
-                complete = len(parts) >= count and all((first + i) & 0xFFFF in parts for i in range(count))
+                complete = len(parts) >= count and all(
+                    (first + i) & 0xFFFF in parts for i in range(count)
+                )
             # in sequence: nothing (a whole frame, say) is missing between the last frame out and this one
             in_sequence = self._expected is None or first == self._expected
             expired = max(frames) - head > _HOLD_TICKS or len(frames) > _MAX_PENDING_FRAMES
@@ -231,8 +246,15 @@ class FrameAssembler:
                 del frames[head]
                 self._done = head
                 self._expected = (last + 1) & 0xFFFF
-                self._push(EncodedFrame(data=data, timestamp=head, codec=self._codec,
-                                        keyframe=is_keyframe(self._codec.mimeType, data), arrival=now))
+                self._push(
+                    EncodedFrame(
+                        data=data,
+                        timestamp=head,
+                        codec=self._codec,
+                        keyframe=is_keyframe(self._codec.mimeType, data),
+                        arrival=now,
+                    )
+                )
                 continue
             if expired:
                 del frames[head]
@@ -325,13 +347,19 @@ class Lane:
         if tap.wants_frames:
             assembler = self._assembler
             if assembler is None:
-                assembler = self._assembler = FrameAssembler(source.codec, tap.push, tap.request_keyframe)
+                assembler = self._assembler = FrameAssembler(
+                    source.codec, tap.push, tap.request_keyframe
+                )
             assembler.add(seq, timestamp, marker, payload, loop_time)
         else:
             self._assembler = None
             if not source.rtx:
-                tap.note_packet(loop_time, len(payload), marker,
-                                self.kind == "video" and vp8_starts_keyframe(payload))
+                tap.note_packet(
+                    loop_time,
+                    len(payload),
+                    marker,
+                    self.kind == "video" and vp8_starts_keyframe(payload),
+                )
         self.packets_in += 1
         outbound = self.outbound
         if outbound is None:
@@ -367,7 +395,9 @@ class Lane:
         ssrc = self.media_ssrc
         await passthrough.send_receiver_rtcp(
             self.receiver,
-            lambda rtcp_ssrc: RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=rtcp_ssrc, media_ssrc=ssrc, lost=[seq]),
+            lambda rtcp_ssrc: RtcpRtpfbPacket(
+                fmt=RTCP_RTPFB_NACK, ssrc=rtcp_ssrc, media_ssrc=ssrc, lost=[seq]
+            ),
         )
 
     async def relay_remb(self, bitrate: int) -> None:
@@ -377,7 +407,9 @@ class Lane:
         fci = pack_remb_fci(bitrate, [self.media_ssrc])
         await passthrough.send_receiver_rtcp(
             self.receiver,
-            lambda rtcp_ssrc: RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=fci),
+            lambda rtcp_ssrc: RtcpPsfbPacket(
+                fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=fci
+            ),
         )
 
 
@@ -413,12 +445,21 @@ class Ingress:
         media_codec = codec
         if rtx:
             apt = codec.parameters.get("apt")
-            repaired = passthrough.receiver_codecs(receiver).get(apt) if isinstance(apt, int) else None
+            repaired = (
+                passthrough.receiver_codecs(receiver).get(apt) if isinstance(apt, int) else None
+            )
             if repaired is None:
                 return None
             media_codec = repaired
-        source = Source(lane=lane, receiver=receiver, generation=generation,
-                         ssrc=ssrc, rtx=rtx, clock_rate=codec.clockRate, codec=media_codec)
+        source = Source(
+            lane=lane,
+            receiver=receiver,
+            generation=generation,
+            ssrc=ssrc,
+            rtx=rtx,
+            clock_rate=codec.clockRate,
+            codec=media_codec,
+        )
         self._sources[ssrc] = source
         return source
 
@@ -486,7 +527,10 @@ class Outbound:
         assert codec.payloadType is not None  # negotiated codecs always have one
         self._pt = codec.payloadType
         for candidate in parameters.codecs:
-            if passthrough.is_rtx_codec(candidate) and candidate.parameters.get("apt") == codec.payloadType:
+            if (
+                passthrough.is_rtx_codec(candidate)
+                and candidate.parameters.get("apt") == codec.payloadType
+            ):
                 self._rtx_pt = candidate.payloadType
         ids = {ext.uri: ext.id for ext in parameters.headerExtensions}
         elements = b""
@@ -522,8 +566,9 @@ class Outbound:
             self._ts_offset = (self._last_ts + gap - timestamp) & 0xFFFFFFFF
         self._generation = generation
 
-    def build(self, generation: int, seq: int, timestamp: int, marker: int, payload: bytes,
-              now: float) -> bytes | None:
+    def build(
+        self, generation: int, seq: int, timestamp: int, marker: int, payload: bytes, now: float
+    ) -> bytes | None:
         """The packet to send for a source packet (None: not yet, e.g. waiting for a keyframe)."""
         if not self._ready or self._closed:
             return None
@@ -539,8 +584,15 @@ class Outbound:
         ntp = ntp_now()
         header = _HEADER.pack(self._first, (marker << 7) | self._pt, out_seq, out_ts, self._ssrc)
         if self._abs_send_time:
-            packet = b"".join((header, self._ext_head, ((ntp >> 14) & 0xFFFFFF).to_bytes(3, "big"),
-                               self._ext_tail, payload))
+            packet = b"".join(
+                (
+                    header,
+                    self._ext_head,
+                    ((ntp >> 14) & 0xFFFFFF).to_bytes(3, "big"),
+                    self._ext_tail,
+                    payload,
+                )
+            )
         else:
             packet = b"".join((header, self._ext_head, self._ext_tail, payload))
         self._history[out_seq & _HISTORY_MASK] = (out_seq, out_ts, marker, payload)
@@ -592,7 +644,9 @@ class Outbound:
         _, out_ts, marker, payload = entry
         abs_time = ((ntp_now() >> 14) & 0xFFFFFF).to_bytes(3, "big") if self._abs_send_time else b""
         if self._rtx_pt is not None:
-            header = _HEADER.pack(self._first, (marker << 7) | self._rtx_pt, self._rtx_seq, out_ts, self._rtx_ssrc)
+            header = _HEADER.pack(
+                self._first, (marker << 7) | self._rtx_pt, self._rtx_seq, out_ts, self._rtx_ssrc
+            )
             self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
             payload = seq.to_bytes(2, "big") + payload
         else:

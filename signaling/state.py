@@ -77,7 +77,9 @@ class QueueEntry:
         """The queue's total order: priority, then time, then session id for exact ties."""
         return (self.priority, self.enqueued_at, self.session_id)
 
-    def offerable_to(self, agent_id: int, skills: Collection[str], node_id: str | None = None) -> bool:
+    def offerable_to(
+        self, agent_id: int, skills: Collection[str], node_id: str | None = None
+    ) -> bool:
         """Whether :meth:`SharedState.claim_next` may give this entry to ``agent_id``."""
         return (
             self.offered_to is None
@@ -433,8 +435,11 @@ class InMemoryState:
         (:meth:`register_node`), like a second :class:`~signaling.redis_state.RedisState`
         on the same Redis.
         """
-        other = InMemoryState(clock=self._clock, handle_time_samples=self._samples,
-                              dead_node_retention_s=self._dead_node_retention_s)
+        other = InMemoryState(
+            clock=self._clock,
+            handle_time_samples=self._samples,
+            dead_node_retention_s=self._dead_node_retention_s,
+        )
         other._data = self._data
         return other
 
@@ -462,7 +467,9 @@ class InMemoryState:
         return self._data.queue.get(session_id)
 
     async def queue(self, business: str | None = None) -> list[QueueEntry]:
-        entries = (e for e in self._data.queue.values() if business is None or e.business == business)
+        entries = (
+            e for e in self._data.queue.values() if business is None or e.business == business
+        )
         return sorted(entries, key=lambda e: e.sort_key)
 
     async def claim(self, session_id: str, agent_id: int) -> bool:
@@ -475,7 +482,9 @@ class InMemoryState:
     async def claim_next(
         self, agent_id: int, skills: Collection[str], *, node_id: str | None = None
     ) -> QueueEntry | None:
-        candidates = [e for e in self._data.queue.values() if e.offerable_to(agent_id, skills, node_id)]
+        candidates = [
+            e for e in self._data.queue.values() if e.offerable_to(agent_id, skills, node_id)
+        ]
         if not candidates:
             return None
         entry = replace(min(candidates, key=lambda e: e.sort_key), offered_to=agent_id)
@@ -506,7 +515,9 @@ class InMemoryState:
 
     def _live_agents(self) -> dict[int, AgentPresence]:
         now = self._clock()
-        for agent_id in [a for a, (_, exp) in self._data.agents.items() if exp is not None and exp <= now]:
+        for agent_id in [
+            a for a, (_, exp) in self._data.agents.items() if exp is not None and exp <= now
+        ]:
             del self._data.agents[agent_id]
         return {agent_id: presence for agent_id, (presence, _) in self._data.agents.items()}
 
@@ -577,8 +588,14 @@ class InMemoryState:
             del self._data.nodes[node_id]
 
     def _node_info(self, node_id: str, held: _Node, now: float) -> NodeInfo:
-        return NodeInfo(node_id, json_object(held.info), held.registered_at, held.seen_at,
-                        held.expires_at, held.expires_at > now)
+        return NodeInfo(
+            node_id,
+            json_object(held.info),
+            held.registered_at,
+            held.seen_at,
+            held.expires_at,
+            held.expires_at > now,
+        )
 
     def _forget_dead_nodes(self, now: float) -> None:
         horizon = now - self._dead_node_retention_s
@@ -594,7 +611,10 @@ class InMemoryState:
     async def nodes(self, *, include_dead: bool = False) -> list[NodeInfo]:
         now = self._clock()
         self._forget_dead_nodes(now)
-        found = [self._node_info(node_id, self._data.nodes[node_id], now) for node_id in sorted(self._data.nodes)]
+        found = [
+            self._node_info(node_id, self._data.nodes[node_id], now)
+            for node_id in sorted(self._data.nodes)
+        ]
         return [n for n in found if include_dead or n.alive]
 
     # -- deadlines ---------------------------------------------------------------------
@@ -607,7 +627,9 @@ class InMemoryState:
 
     async def due(self, limit: int = 100) -> list[tuple[str, dict[str, Any]]]:
         now = self._clock()
-        ready = sorted((at, key) for key, (at, _) in self._data.deadlines.items() if at <= now)[:limit]
+        ready = sorted((at, key) for key, (at, _) in self._data.deadlines.items() if at <= now)[
+            :limit
+        ]
         return [(key, self._data.deadlines.pop(key)[1]) for _, key in ready]
 
     async def next_deadline(self) -> float | None:
@@ -637,7 +659,9 @@ class InMemoryState:
 
     async def record_handle_time(self, business: str, seconds: float) -> None:
         for series in (business, None):
-            self._data.handle_times.setdefault(series, deque(maxlen=self._samples)).appendleft(seconds)
+            self._data.handle_times.setdefault(series, deque(maxlen=self._samples)).appendleft(
+                seconds
+            )
 
     async def average_handle_time(self, business: str | None = None) -> float | None:
         samples = self._data.handle_times.get(business)

@@ -53,8 +53,11 @@ async def launch(playwright, video: Path, audio: Path):
     return await playwright.chromium.launch(
         executable_path=require_chromium(),
         headless=True,
-        args=[*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={video}",
-              f"--use-file-for-fake-audio-capture={audio}"],
+        args=[
+            *CHROMIUM_ARGS,
+            f"--use-file-for-fake-video-capture={video}",
+            f"--use-file-for-fake-audio-capture={audio}",
+        ],
     )
 
 
@@ -73,7 +76,9 @@ async def call_state(page, value: str, timeout: float = 20_000) -> None:
     """Wait until the page's ``call-state`` reads ``value`` (waiting, active, ended...)."""
     await page.wait_for_function(
         "(v) => document.querySelector('[data-testid=\"call-state\"]').textContent.trim() === v",
-        arg=value, timeout=timeout)
+        arg=value,
+        timeout=timeout,
+    )
 
 
 async def settled(page, testid: str, attr: str, timeout: float = 30_000, where: str = "") -> str:
@@ -87,11 +92,16 @@ async def go_ready(agent) -> None:
     """On the agent workbench: back from an ended call if need be, then ready for the next one."""
     if await agent.get_by_test_id("back-button").is_visible():
         await agent.get_by_test_id("back-button").click()
-    await agent.wait_for_selector('[data-testid="ready-toggle"][data-status="away"], '
-                                  '[data-testid="ready-toggle"][data-status="ready"]', timeout=15_000)
+    await agent.wait_for_selector(
+        '[data-testid="ready-toggle"][data-status="away"], '
+        '[data-testid="ready-toggle"][data-status="ready"]',
+        timeout=15_000,
+    )
     if await agent.get_by_test_id("ready-toggle").get_attribute("data-status") != "ready":
         await agent.get_by_test_id("ready-toggle").click()
-    await agent.wait_for_selector('[data-testid="ready-toggle"][data-status="ready"]', timeout=10_000)
+    await agent.wait_for_selector(
+        '[data-testid="ready-toggle"][data-status="ready"]', timeout=10_000
+    )
 
 
 async def ready_agent(browser, counter, errors: list[str], username: str = "alice"):
@@ -187,5 +197,3 @@ def source_encoding(video: Path, frame_index: int = 15) -> np.ndarray:
                 assert enc is not None, f"no face in {video} frame {frame_index}"
                 return enc
     raise AssertionError(f"{video} has fewer than {frame_index} frames")
-
-

@@ -14,7 +14,6 @@ under other names so that parameters do not shadow the imports), with the Redis
 one they need (PostgreSQL's comes with ``conftest.py``)::
 
     from .cluster_fixture import cluster_maker, two_node_cluster  # noqa: F401
-    from .redis_server import redis_url  # noqa: F401
 
 ``cluster`` is a started cluster with the agents ``alice`` (every skill) and
 ``bob`` (account opening), an ``auditor`` and an ``admin``, all with the tests'
@@ -77,7 +76,9 @@ class Account:
 
 #: the users of a test cluster
 TEST_ACCOUNTS = (
-    Account("alice", "agent", PASSWORD, ("account_opening", "loan_signing", "wealth_product"), "Alice"),
+    Account(
+        "alice", "agent", PASSWORD, ("account_opening", "loan_signing", "wealth_product"), "Alice"
+    ),
     Account("bob", "agent", PASSWORD, ("account_opening",), "Bob"),
     Account("auditor", "auditor", PASSWORD),
     Account("admin", "admin", PASSWORD),
@@ -110,10 +111,24 @@ class Node(ServerProcess):
     def spawn(self) -> None:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [*vcounter_command(), "serve", "--no-tls", "--host", "127.0.0.1", "--port",
-                 str(self.port), "--data-dir", str(self.data_dir)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=REPO,
-                start_new_session=True)
+                [
+                    *vcounter_command(),
+                    "serve",
+                    "--no-tls",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--data-dir",
+                    str(self.data_dir),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=REPO,
+                start_new_session=True,
+            )
 
     @property
     def alive(self) -> bool:
@@ -123,14 +138,25 @@ class Node(ServerProcess):
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else "(no log)"
 
 
-def render_nginx_conf(prefix: Path, upstreams: Iterable[str], listen: str, *,
-                      tls: tuple[Path, Path] | None = None, max_fails: int = 1,
-                      fail_timeout_s: int = 10) -> str:
+def render_nginx_conf(
+    prefix: Path,
+    upstreams: Iterable[str],
+    listen: str,
+    *,
+    tls: tuple[Path, Path] | None = None,
+    max_fails: int = 1,
+    fail_timeout_s: int = 10,
+) -> str:
     """``tests/nginx.conf.template`` filled in: every path under ``prefix``, the given nodes."""
-    servers = "\n".join(f"        server {u} max_fails={max_fails} fail_timeout={fail_timeout_s}s;"
-                        for u in upstreams)
-    tls_lines = "" if tls is None else (f"        ssl_certificate {tls[0]};\n"
-                                        f"        ssl_certificate_key {tls[1]};\n")
+    servers = "\n".join(
+        f"        server {u} max_fails={max_fails} fail_timeout={fail_timeout_s}s;"
+        for u in upstreams
+    )
+    tls_lines = (
+        ""
+        if tls is None
+        else (f"        ssl_certificate {tls[0]};\n        ssl_certificate_key {tls[1]};\n")
+    )
     fields = {
         # as root the workers would run as nobody, who cannot reach a private temporary directory
         "user": "user root;" if os.geteuid() == 0 else "",
@@ -146,8 +172,15 @@ def render_nginx_conf(prefix: Path, upstreams: Iterable[str], listen: str, *,
 class Nginx:
     """nginx in front of ``upstreams`` (``host:port``), with every file under ``prefix``."""
 
-    def __init__(self, prefix: Path, upstreams: list[str], *, host: str = "127.0.0.1", port: int | None = None,
-                 tls: tuple[Path, Path] | None = None) -> None:
+    def __init__(
+        self,
+        prefix: Path,
+        upstreams: list[str],
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        tls: tuple[Path, Path] | None = None,
+    ) -> None:
         self.prefix = prefix
         self.upstreams = upstreams
         self.host = host
@@ -167,17 +200,25 @@ class Nginx:
     def _spawn(self) -> subprocess.Popen[bytes]:
         binary = nginx_binary()
         if binary is None:
-            pytest.fail("nginx is not installed: `make test` installs it (Debian package nginx: "
-                        "apt-get install -y nginx)", pytrace=False)
+            pytest.fail(
+                "nginx is not installed: `make test` installs it (Debian package nginx: "
+                "apt-get install -y nginx)",
+                pytrace=False,
+            )
         (self.prefix / "temp").mkdir(parents=True, exist_ok=True)
-        self.conf.write_text(render_nginx_conf(self.prefix, self.upstreams, f"{self.host}:{self.port}",
-                                               tls=self.tls))
+        self.conf.write_text(
+            render_nginx_conf(self.prefix, self.upstreams, f"{self.host}:{self.port}", tls=self.tls)
+        )
         out = open(self.prefix / "nginx.out", "ab")  # noqa: SIM115 (the child holds it)
         try:
             # -e: the error log before the configuration is read (else /var/log/nginx/error.log)
-            return subprocess.Popen([binary, "-p", str(self.prefix), "-c", str(self.conf), "-e",
-                                     str(self.error_log)], stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+            return subprocess.Popen(
+                [binary, "-p", str(self.prefix), "-c", str(self.conf), "-e", str(self.error_log)],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         finally:
             out.close()
 
@@ -209,12 +250,19 @@ class Nginx:
                 except aiohttp.ClientError:
                     return False
 
-            await eventually(ready, timeout=timeout, interval=0.1,
-                             message=lambda: f"nginx did not answer: {self.log_tail()}")
+            await eventually(
+                ready,
+                timeout=timeout,
+                interval=0.1,
+                message=lambda: f"nginx did not answer: {self.log_tail()}",
+            )
 
     def log_tail(self, chars: int = 2000) -> str:
-        parts = [p.read_text(errors="replace")[-chars:] for p in (self.prefix / "nginx.out", self.error_log)
-                 if p.exists()]
+        parts = [
+            p.read_text(errors="replace")[-chars:]
+            for p in (self.prefix / "nginx.out", self.error_log)
+            if p.exists()
+        ]
         return "\n".join(parts) or "(no log)"
 
     def stop(self) -> None:
@@ -231,10 +279,21 @@ class Nginx:
 class Cluster:
     """Nodes sharing one database and one Redis prefix, and nginx round-robin in front of them."""
 
-    def __init__(self, root: Path, *, database_url: str, redis_url: str, redis_prefix: str | None = None,
-                 node_ids: Iterable[str] = NODE_IDS, lease_s: float = 3.0, identity: bool = False,
-                 listen_host: str = "127.0.0.1", listen_port: int | None = None,
-                 tls: tuple[Path, Path] | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        database_url: str,
+        redis_url: str,
+        redis_prefix: str | None = None,
+        node_ids: Iterable[str] = NODE_IDS,
+        lease_s: float = 3.0,
+        identity: bool = False,
+        listen_host: str = "127.0.0.1",
+        listen_port: int | None = None,
+        tls: tuple[Path, Path] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.database_url = database_url
@@ -261,8 +320,13 @@ class Cluster:
             **(env or {}),
         }
         self.nodes = [Node(root, node_id, self.env) for node_id in node_ids]
-        self.nginx = Nginx(root / "nginx", [f"127.0.0.1:{n.port}" for n in self.nodes], host=listen_host,
-                           port=listen_port, tls=tls)
+        self.nginx = Nginx(
+            root / "nginx",
+            [f"127.0.0.1:{n.port}" for n in self.nodes],
+            host=listen_host,
+            port=listen_port,
+            tls=tls,
+        )
         self._db: Database | None = None
 
     @property
@@ -283,7 +347,9 @@ class Cluster:
         if failed:
             raise failed[0]
 
-    async def start(self, *, users: Iterable[Account] | None = TEST_ACCOUNTS, nginx: bool = True) -> None:
+    async def start(
+        self, *, users: Iterable[Account] | None = TEST_ACCOUNTS, nginx: bool = True
+    ) -> None:
         """The nodes, then their users, then nginx; on any failure everything started is stopped."""
         try:
             await self.start_nodes()
@@ -304,9 +370,15 @@ class Cluster:
                 args += ["--skills", ",".join(a.skills)]
             if a.display_name:
                 args += ["--display-name", a.display_name]
-            done = subprocess.run([*vcounter_command(), *args, "--data-dir", str(self.nodes[0].data_dir)],
-                                  input=a.password + "\n", capture_output=True, text=True, timeout=60,
-                                  env=self.nodes[0].env, cwd=REPO)
+            done = subprocess.run(
+                [*vcounter_command(), *args, "--data-dir", str(self.nodes[0].data_dir)],
+                input=a.password + "\n",
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=self.nodes[0].env,
+                cwd=REPO,
+            )
             if done.returncode != 0:
                 raise RuntimeError(f"vcounter user add {a.username}: {done.stdout}{done.stderr}")
 
@@ -334,7 +406,10 @@ class Cluster:
 
     async def healthz(self, url: str | None = None) -> dict[str, Any]:
         """``GET /healthz`` of ``url`` (default: through the balancer)."""
-        async with aiohttp.ClientSession() as http, http.get(f"{url or self.url}/healthz", ssl=False) as r:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{url or self.url}/healthz", ssl=False) as r,
+        ):
             assert r.status == 200, f"{url or self.url}/healthz: {r.status} {await r.text()}"
             return await r.json()
 
@@ -373,16 +448,22 @@ class Cluster:
 
 
 @pytest.fixture(name="cluster_factory")
-async def cluster_maker(tmp_path: Path, postgres_url: str,
-                          redis_url: str) -> AsyncIterator[Callable[..., Awaitable[Cluster]]]:
+async def cluster_maker(
+    tmp_path: Path, postgres_url: str, redis_url: str
+) -> AsyncIterator[Callable[..., Awaitable[Cluster]]]:
     """``await make(**start_options)``: a started cluster on this test's empty database; one per
     test, since they share it (stopped at the end, whatever the outcome)."""
     made: list[Cluster] = []
 
-    async def make(*, users: Iterable[Account] | None = TEST_ACCOUNTS, nginx: bool = True,
-                   **options: Any) -> Cluster:
-        cluster = Cluster(tmp_path / f"cluster{len(made)}", database_url=postgres_url, redis_url=redis_url,
-                          **options)
+    async def make(
+        *, users: Iterable[Account] | None = TEST_ACCOUNTS, nginx: bool = True, **options: Any
+    ) -> Cluster:
+        cluster = Cluster(
+            tmp_path / f"cluster{len(made)}",
+            database_url=postgres_url,
+            redis_url=redis_url,
+            **options,
+        )
         made.append(cluster)
         await cluster.start(users=users, nginx=nginx)
         return cluster
@@ -420,13 +501,32 @@ class _Redis:
         for _ in range(5):
             self.port = free_port()
             self.proc = subprocess.Popen(
-                [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                 "--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log")],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                start_new_session=True)
+                [
+                    binary,
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(self.workdir),
+                    "--logfile",
+                    str(self.workdir / "redis.log"),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and self.proc.poll() is None:
-                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.5) as s:
+                with (
+                    contextlib.suppress(OSError),
+                    socket.create_connection(("127.0.0.1", self.port), 0.5) as s,
+                ):
                     s.sendall(b"PING\r\n")
                     if s.recv(64).startswith(b"+PONG"):
                         return f"redis://127.0.0.1:{self.port}/0"
@@ -448,8 +548,10 @@ class _Redis:
 def _demo_accounts() -> list[Account]:
     from server.cli import DEMO_ACCOUNTS
 
-    return [Account(username, role, secrets.token_urlsafe(9), tuple(skills), display)
-            for username, role, display, skills in DEMO_ACCOUNTS]
+    return [
+        Account(username, role, secrets.token_urlsafe(9), tuple(skills), display)
+        for username, role, display, skills in DEMO_ACCOUNTS
+    ]
 
 
 async def _serve(cluster: Cluster, accounts: list[Account]) -> None:
@@ -466,8 +568,11 @@ async def _serve(cluster: Cluster, accounts: list[Account]) -> None:
         print(f"    {a.role:8} {a.username:10} {a.password}")
     print(f"  files: {cluster.root} (removed at exit)")
     print("Ctrl-C stops everything.", flush=True)
-    while all(n.alive for n in cluster.nodes) and cluster.nginx.proc is not None \
-            and cluster.nginx.proc.poll() is None:
+    while (
+        all(n.alive for n in cluster.nodes)
+        and cluster.nginx.proc is not None
+        and cluster.nginx.proc.poll() is None
+    ):
         await asyncio.sleep(1)
     raise SystemExit(f"a process of the cluster exited:\n{cluster.logs()}")
 
@@ -478,20 +583,37 @@ def main(argv: list[str] | None = None) -> int:
 
     from .services import PG_BIN, PostgresCluster
 
-    parser = argparse.ArgumentParser(prog="python -m tests.cluster_fixture", description=main.__doc__)
-    parser.add_argument("--host", default="0.0.0.0", help="address nginx listens on (default 0.0.0.0)")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 8443),
-                        help="nginx's HTTPS port (default 8443)")
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.cluster_fixture", description=main.__doc__
+    )
+    parser.add_argument(
+        "--host", default="0.0.0.0", help="address nginx listens on (default 0.0.0.0)"
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("PORT") or 8443),
+        help="nginx's HTTPS port (default 8443)",
+    )
     parser.add_argument("--no-identity", action="store_true", help="no face checks (less CPU)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
 
-    missing = [package for package, there in (
-        ("nginx", nginx_binary() is not None), ("redis-server", shutil.which("redis-server") is not None),
-        ("postgresql", (PG_BIN / "initdb").is_file())) if not there]
+    missing = [
+        package
+        for package, there in (
+            ("nginx", nginx_binary() is not None),
+            ("redis-server", shutil.which("redis-server") is not None),
+            ("postgresql", (PG_BIN / "initdb").is_file()),
+        )
+        if not there
+    ]
     if missing:
-        print(f"vcounter cluster: not installed: {', '.join(missing)} (`make services` installs them: "
-              f"apt-get install -y {' '.join(missing)})", file=sys.stderr)
+        print(
+            f"vcounter cluster: not installed: {', '.join(missing)} (`make services` installs them: "
+            f"apt-get install -y {' '.join(missing)})",
+            file=sys.stderr,
+        )
         return 1
 
     # Ctrl-C, also when started where SIGINT is ignored (in the background), and SIGTERM (`kill`,
@@ -507,9 +629,17 @@ def main(argv: list[str] | None = None) -> int:
         database_url = postgres.create_database("vcounter")
         redis_url = redis.start()
         tls = ensure_dev_certificate(root / "tls")
-        cluster = Cluster(root, database_url=database_url, redis_url=redis_url, redis_prefix="vcounter:",
-                          lease_s=15.0, identity=not args.no_identity, listen_host=args.host,
-                          listen_port=args.port, tls=tls)
+        cluster = Cluster(
+            root,
+            database_url=database_url,
+            redis_url=redis_url,
+            redis_prefix="vcounter:",
+            lease_s=15.0,
+            identity=not args.no_identity,
+            listen_host=args.host,
+            listen_port=args.port,
+            tls=tls,
+        )
         print("starting nodes node-a and node-b and nginx...", flush=True)
         asyncio.run(_serve(cluster, _demo_accounts()))
     except KeyboardInterrupt:

@@ -22,7 +22,7 @@ from signaling.contrib.headless import HeadlessParticipant
 
 from .helpers import ID_PHOTO_FRAME, PASSWORD, frame_jpeg, shared_data
 
-pytest_plugins = ["tests.services", "tests.redis_server"]
+pytest_plugins = ["tests.services", "tests.redis_server", "tests.s3_server"]
 
 AGENTS = {
     # username: skills
@@ -91,12 +91,16 @@ class Counter:
         self._participants.append(p)
         return p
 
-    async def customer(self, business: str = "account_opening", name: str = "Customer", **kw) -> HeadlessParticipant:
+    async def customer(
+        self, business: str = "account_opening", name: str = "Customer", **kw
+    ) -> HeadlessParticipant:
         c = self.participant(f"customer-{name}", **kw)
         await c.join(business, name)
         return c
 
-    async def agent(self, username: str = "alice", *, ready: bool = True, **kw) -> HeadlessParticipant:
+    async def agent(
+        self, username: str = "alice", *, ready: bool = True, **kw
+    ) -> HeadlessParticipant:
         a = self.participant(f"agent-{username}", **kw)
         await a.login(username, PASSWORD)
         if ready:
@@ -111,12 +115,19 @@ class Counter:
 @pytest.fixture
 def config_factory(tmp_path: Path) -> Callable[..., Config]:
     def make(**changes) -> Config:
-        base = Config(data_dir=tmp_path / "data", tls=False, host="127.0.0.1", port=0,
-                      rejoin_window_s=30.0, offer_timeout_s=20.0, node_id="test-node",
-                      master_key_file=tmp_path / "keys" / "master.key",
-                      signing_key_file=tmp_path / "keys" / "signing.pem",
-                      # face checks decode video and start worker processes: only where tested
-                      identity=False)
+        base = Config(
+            data_dir=tmp_path / "data",
+            tls=False,
+            host="127.0.0.1",
+            port=0,
+            rejoin_window_s=30.0,
+            offer_timeout_s=20.0,
+            node_id="test-node",
+            master_key_file=tmp_path / "keys" / "master.key",
+            signing_key_file=tmp_path / "keys" / "signing.pem",
+            # face checks decode video and start worker processes: only where tested
+            identity=False,
+        )
         return replace(base, **changes)
 
     return make
@@ -131,16 +142,20 @@ def backend(request: pytest.FixtureRequest) -> dict[str, object]:
     if kind == "local":
         return {}
     assert kind == "shared", kind
-    return {"database_url": request.getfixturevalue("postgres_url"),
-            "redis_url": request.getfixturevalue("redis_url"),
-            "redis_prefix": f"t{secrets.token_hex(4)}:"}
+    return {
+        "database_url": request.getfixturevalue("postgres_url"),
+        "redis_url": request.getfixturevalue("redis_url"),
+        "redis_prefix": f"t{secrets.token_hex(4)}:",
+    }
 
 
 @pytest.fixture
 async def make_counter(config_factory, backend) -> AsyncIterator[Callable[..., object]]:
     counters: list[Counter] = []
 
-    async def make(video: EncodedClip | None = None, audio: EncodedClip | None = None, **changes) -> Counter:
+    async def make(
+        video: EncodedClip | None = None, audio: EncodedClip | None = None, **changes
+    ) -> Counter:
         config = config_factory(**{**backend, **changes})
         config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # as the server makes it
         db = Database(config.db_url)
@@ -148,8 +163,14 @@ async def make_counter(config_factory, backend) -> AsyncIterator[Callable[..., o
         with db.session() as s:
             for username, skills in AGENTS.items():
                 if not s.exec(auth.select(auth.User).where(auth.User.username == username)).first():
-                    auth.add_user(s, role="agent", username=username, password=PASSWORD,
-                                  skills=skills, display_name=username.title())
+                    auth.add_user(
+                        s,
+                        role="agent",
+                        username=username,
+                        password=PASSWORD,
+                        skills=skills,
+                        display_name=username.title(),
+                    )
             for role in ("auditor", "admin", "integration"):
                 if not s.exec(auth.select(auth.User).where(auth.User.username == role)).first():
                     auth.add_user(s, role=role, username=role, password=PASSWORD)
@@ -157,8 +178,11 @@ async def make_counter(config_factory, backend) -> AsyncIterator[Callable[..., o
         db.close()
         server = TestServer(create_app(config), host="127.0.0.1")
         await server.start_server()
-        counter = Counter(server, video or _clips.get("video") or encode_video(seconds=2.0),
-                          audio or _clips.get("audio") or encode_audio(seconds=2.0))
+        counter = Counter(
+            server,
+            video or _clips.get("video") or encode_video(seconds=2.0),
+            audio or _clips.get("audio") or encode_audio(seconds=2.0),
+        )
         counters.append(counter)
         return counter
 
@@ -180,8 +204,12 @@ class CodecSpy:
         from aiortc.codecs import opus, vpx
 
         self.calls = {"encode": 0, "decode": 0}
-        for cls, method, key in ((vpx.Vp8Encoder, "encode", "encode"), (opus.OpusEncoder, "encode", "encode"),
-                                 (vpx.Vp8Decoder, "decode", "decode"), (opus.OpusDecoder, "decode", "decode")):
+        for cls, method, key in (
+            (vpx.Vp8Encoder, "encode", "encode"),
+            (opus.OpusEncoder, "encode", "encode"),
+            (vpx.Vp8Decoder, "decode", "decode"),
+            (opus.OpusDecoder, "decode", "decode"),
+        ):
             original = getattr(cls, method)
 
             def spy(self_, *args, __original=original, __key=key, **kwargs):

@@ -49,7 +49,9 @@ def shared_data(relative: str) -> Path:
     """A file of the shared test data (photos, videos); the test is skipped without it."""
     path = SHARED_DATA / relative
     if not path.exists():
-        pytest.skip(f"test data {path} not found (set VCOUNTER_TEST_DATA to the shared data folder)")
+        pytest.skip(
+            f"test data {path} not found (set VCOUNTER_TEST_DATA to the shared data folder)"
+        )
     return path
 
 
@@ -116,8 +118,12 @@ async def eventually(
 
 async def login(counter: Any, username: str, password: str = PASSWORD) -> str:
     """A bearer token for ``username`` from ``POST /api/login``."""
-    async with aiohttp.ClientSession() as http, http.post(
-            f"{counter.url}/api/login", json={"username": username, "password": password}) as r:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{counter.url}/api/login", json={"username": username, "password": password}
+        ) as r,
+    ):
         assert r.status == 200, f"login as {username}: {r.status} {await r.text()}"
         return (await r.json())["token"]
 
@@ -125,8 +131,13 @@ async def login(counter: Any, username: str, password: str = PASSWORD) -> str:
 async def audited_session(counter: Any, session_id: str) -> dict[str, Any]:
     """``GET /api/audit/sessions/<id>`` as the auditor: the session, its events, recordings, flow."""
     token = await login(counter, "auditor")
-    async with aiohttp.ClientSession() as http, http.get(
-            f"{counter.url}/api/audit/sessions/{session_id}", headers={"Authorization": f"Bearer {token}"}) as r:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(
+            f"{counter.url}/api/audit/sessions/{session_id}",
+            headers={"Authorization": f"Bearer {token}"},
+        ) as r,
+    ):
         assert r.status == 200, await r.text()
         return await r.json()
 
@@ -147,14 +158,19 @@ async def session_events(counter: Any, session_id: str) -> list[Event]:
     """The session's timeline, oldest first."""
 
     def work(s: Any) -> list[Event]:
-        rows = s.exec(select(SessionEvent).where(SessionEvent.session_id == session_id)
-                      .order_by(SessionEvent.id)).all()
+        rows = s.exec(
+            select(SessionEvent)
+            .where(SessionEvent.session_id == session_id)
+            .order_by(SessionEvent.id)
+        ).all()
         return [Event(r.kind, r.payload, r.offset_ms) for r in rows]
 
     return await counter.db.run(work)
 
 
-async def wait_event(counter: Any, session_id: str, kinds: set[str], timeout: float = 30.0) -> Event:
+async def wait_event(
+    counter: Any, session_id: str, kinds: set[str], timeout: float = 30.0
+) -> Event:
     """The first event of the session whose kind is one of ``kinds``, once there is one."""
 
     async def first() -> Event | None:

@@ -47,19 +47,26 @@ def first_video_frame(webm: bytes):
     return None
 
 
-async def wait_recordings(db, session_id: str, states=("finalized", "recovered"), timeout: float = 30.0):
+async def wait_recordings(
+    db, session_id: str, states=("finalized", "recovered"), timeout: float = 30.0
+):
     """The session's recordings (by leg) once each is finished (one of ``states``, or failed)."""
     from sqlmodel import select
 
     from server.db import Recording
 
     async def load():
-        return await db.run(lambda s: s.exec(select(Recording).where(Recording.session_id == session_id)
-                                             .order_by(Recording.leg)).all())
+        return await db.run(
+            lambda s: s.exec(
+                select(Recording).where(Recording.session_id == session_id).order_by(Recording.leg)
+            ).all()
+        )
 
     async def finished():
         rows = await load()
-        return rows if rows and all(r.state in states or r.state == "failed" for r in rows) else None
+        return (
+            rows if rows and all(r.state in states or r.state == "failed" for r in rows) else None
+        )
 
     async def unfinished() -> str:
         return f"recordings of {session_id} not finished: {[(r.id, r.state) for r in await load()]}"
@@ -97,9 +104,15 @@ def dominant_tone(webm: bytes) -> float:
     import numpy as np
 
     with av.open(io.BytesIO(webm)) as container:
-        chunks = [f.to_ndarray().astype(np.float64).reshape(-1, f.layout.nb_channels if f.format.is_packed else 1)
-                  .mean(axis=1) if f.format.is_packed else f.to_ndarray()[0].astype(np.float64)
-                  for f in container.decode(audio=0)]
+        chunks = [
+            f.to_ndarray()
+            .astype(np.float64)
+            .reshape(-1, f.layout.nb_channels if f.format.is_packed else 1)
+            .mean(axis=1)
+            if f.format.is_packed
+            else f.to_ndarray()[0].astype(np.float64)
+            for f in container.decode(audio=0)
+        ]
         rate = container.streams.audio[0].codec_context.sample_rate
     samples = np.concatenate(chunks)
     spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))

@@ -1,10 +1,8 @@
 """A real Redis for the tests: our own ``redis-server`` on a free loopback port.
 
 One server per test session, started on first use and stopped at the end; it
-keeps nothing on disk. Tests share it and keep apart by key prefix. Import the
-fixture where it is used::
-
-    from tests.redis_server import redis_url  # noqa: F401
+keeps nothing on disk. Tests share it and keep apart by key prefix. The
+fixture is a plugin of ``tests/conftest.py``: tests just name it.
 """
 
 from __future__ import annotations
@@ -37,16 +35,35 @@ def _pong(port: int) -> bool:
         return False
 
 
-def _start(binary: str, workdir: Path, port: int | None = None) -> tuple[subprocess.Popen[bytes], int]:
+def _start(
+    binary: str, workdir: Path, port: int | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
     """Start a server on ``port``, or on a free one (another process may take it first, so a few
     are tried)."""
     log = workdir / "redis.log"
     for _ in range(5 if port is None else 1):
         chosen = port or _free_port()
         proc = subprocess.Popen(
-            [binary, "--port", str(chosen), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(workdir), "--logfile", str(log), "--daemonize", "no"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                binary,
+                "--port",
+                str(chosen),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(workdir),
+                "--logfile",
+                str(log),
+                "--daemonize",
+                "no",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline and proc.poll() is None:

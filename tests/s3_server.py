@@ -29,8 +29,11 @@ import pytest
 
 #: seconds the server gets to answer after it starts
 START_TIMEOUT_S = 30.0
-AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1"}
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
 
 def _free_port() -> int:
@@ -58,7 +61,8 @@ class S3Server:
         return boto3.session.Session(
             aws_access_key_id=AWS_ENV["AWS_ACCESS_KEY_ID"],
             aws_secret_access_key=AWS_ENV["AWS_SECRET_ACCESS_KEY"],
-            region_name=AWS_ENV["AWS_DEFAULT_REGION"]).client("s3", endpoint_url=self.endpoint)
+            region_name=AWS_ENV["AWS_DEFAULT_REGION"],
+        ).client("s3", endpoint_url=self.endpoint)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -78,8 +82,12 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     for _ in range(3):  # another process may take the port first
         port = _free_port()
         with open(log, "ab") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         endpoint = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline and proc.poll() is None:
@@ -91,7 +99,9 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
                 return
             time.sleep(0.1)
         _stop(proc)
-    pytest.fail(f"moto server did not start:\n{log.read_text(errors='replace')[-2000:]}", pytrace=False)
+    pytest.fail(
+        f"moto server did not start:\n{log.read_text(errors='replace')[-2000:]}", pytrace=False
+    )
 
 
 @pytest.fixture
@@ -118,8 +128,9 @@ class PausableProxy:
 
     async def up(self) -> None:
         if self._server is None:
-            self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port,
-                                                      reuse_address=True)
+            self._server = await asyncio.start_server(
+                self._serve, "127.0.0.1", self.port, reuse_address=True
+            )
 
     async def down(self) -> None:
         """Refuse new connections and cut the open ones."""
@@ -145,8 +156,10 @@ class PausableProxy:
             writer.transport.abort()
             return
         self._writers.update((writer, up_writer))
-        tasks = [asyncio.create_task(self._pipe(reader, up_writer)),
-                 asyncio.create_task(self._pipe(up_reader, writer))]
+        tasks = [
+            asyncio.create_task(self._pipe(reader, up_writer)),
+            asyncio.create_task(self._pipe(up_reader, writer)),
+        ]
         self._pipes.update(tasks)
         try:
             await asyncio.gather(*tasks, return_exceptions=True)

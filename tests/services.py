@@ -30,8 +30,16 @@ def _pg_bin() -> Path:
     """``$VCOUNTER_PG_BIN``, else the newest Debian PostgreSQL (15 on Debian 12)."""
     if "VCOUNTER_PG_BIN" in os.environ:
         return Path(os.environ["VCOUNTER_PG_BIN"])
-    found = [p.parent for p in Path("/usr/lib/postgresql").glob("*/bin/initdb") if p.parent.parent.name.isdigit()]
-    return max(found, key=lambda b: int(b.parent.name)) if found else Path("/usr/lib/postgresql/15/bin")
+    found = [
+        p.parent
+        for p in Path("/usr/lib/postgresql").glob("*/bin/initdb")
+        if p.parent.parent.name.isdigit()
+    ]
+    return (
+        max(found, key=lambda b: int(b.parent.name))
+        if found
+        else Path("/usr/lib/postgresql/15/bin")
+    )
 
 
 PG_BIN = _pg_bin()
@@ -50,9 +58,11 @@ class PostgresCluster:
     def __init__(self) -> None:
         for tool in ("initdb", "pg_ctl"):
             if not (PG_BIN / tool).is_file():
-                pytest.fail(f"PostgreSQL server binaries not found ({PG_BIN / tool}): `make test` "
-                            "installs them (Debian package postgresql), or apt-get install postgresql",
-                            pytrace=False)
+                pytest.fail(
+                    f"PostgreSQL server binaries not found ({PG_BIN / tool}): `make test` "
+                    "installs them (Debian package postgresql), or apt-get install postgresql",
+                    pytrace=False,
+                )
         self.root = Path(tempfile.mkdtemp(prefix="vcounter-pg-"))
         self.data = self.root / "data"
         self.log = self.root / "server.log"
@@ -64,12 +74,15 @@ class PostgresCluster:
             self._as_owner = ["runuser", "-u", "postgres", "--"]
 
     def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run([*self._as_owner, *args], capture_output=True, text=True, timeout=120,
-                              cwd=self.root)
+        done = subprocess.run(
+            [*self._as_owner, *args], capture_output=True, text=True, timeout=120, cwd=self.root
+        )
         if done.returncode != 0:
             log = self.log.read_text()[-2000:] if self.log.exists() else ""
-            raise RuntimeError(f"{' '.join(args[:2])} failed ({done.returncode}): "
-                               f"{done.stdout[-2000:]}{done.stderr[-2000:]}{log}")
+            raise RuntimeError(
+                f"{' '.join(args[:2])} failed ({done.returncode}): "
+                f"{done.stdout[-2000:]}{done.stderr[-2000:]}{log}"
+            )
         return done
 
     def start(self) -> None:
@@ -77,17 +90,41 @@ class PostgresCluster:
         pwfile.write_text(self.password + "\n")
         if self._as_owner:
             shutil.chown(pwfile, "postgres", "postgres")
-        self._run(str(PG_BIN / "initdb"), "-D", str(self.data), "-U", SUPERUSER, f"--pwfile={pwfile}",
-                  "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--no-sync")
+        self._run(
+            str(PG_BIN / "initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            SUPERUSER,
+            f"--pwfile={pwfile}",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        )
         pwfile.unlink()
         for attempt in range(3):  # a free port can be taken between choosing and binding it
             self.port = _free_port()
-            options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=off "
-                       "-c synchronous_commit=off -c full_page_writes=off -c max_connections=100 "
-                       "-c timezone=Asia/Shanghai")
+            options = (
+                f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=off "
+                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=100 "
+                "-c timezone=Asia/Shanghai"
+            )
             try:
-                self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w",
-                          "-t", "60", "-o", options, "start")
+                self._run(
+                    str(PG_BIN / "pg_ctl"),
+                    "-D",
+                    str(self.data),
+                    "-l",
+                    str(self.log),
+                    "-w",
+                    "-t",
+                    "60",
+                    "-o",
+                    options,
+                    "start",
+                )
                 return
             except RuntimeError:
                 if attempt == 2:
@@ -96,8 +133,21 @@ class PostgresCluster:
 
     def stop(self) -> None:
         if self.data.exists():
-            subprocess.run([*self._as_owner, str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m",
-                            "immediate", "-w", "stop"], capture_output=True, timeout=60, cwd=self.root)
+            subprocess.run(
+                [
+                    *self._as_owner,
+                    str(PG_BIN / "pg_ctl"),
+                    "-D",
+                    str(self.data),
+                    "-m",
+                    "immediate",
+                    "-w",
+                    "stop",
+                ],
+                capture_output=True,
+                timeout=60,
+                cwd=self.root,
+            )
         shutil.rmtree(self.root, ignore_errors=True)
 
     def url(self, database: str = "postgres") -> str:

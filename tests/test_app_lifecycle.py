@@ -24,9 +24,16 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _config(tmp_path: Path, **changes: object) -> Config:
-    return replace(Config(data_dir=tmp_path / "var", tls=False, port=0,
-                          master_key_file=tmp_path / "keys" / "master.key",
-                          signing_key_file=tmp_path / "keys" / "signing.pem"), **changes)
+    return replace(
+        Config(
+            data_dir=tmp_path / "var",
+            tls=False,
+            port=0,
+            master_key_file=tmp_path / "keys" / "master.key",
+            signing_key_file=tmp_path / "keys" / "signing.pem",
+        ),
+        **changes,
+    )
 
 
 def _broken_flows(tmp_path: Path) -> tuple[Path, int]:
@@ -41,8 +48,11 @@ def _broken_flows(tmp_path: Path) -> tuple[Path, int]:
 
 def _face_workers() -> list[psutil.Process]:
     """This process's pool workers (not multiprocessing's resource tracker, which outlives them)."""
-    return [child for child in psutil.Process().children(recursive=True)
-            if "resource_tracker" not in " ".join(child.cmdline())]
+    return [
+        child
+        for child in psutil.Process().children(recursive=True)
+        if "resource_tracker" not in " ".join(child.cmdline())
+    ]
 
 
 async def test_a_broken_flow_file_tears_down_what_started_before_it(tmp_path: Path) -> None:
@@ -75,34 +85,84 @@ async def test_a_broken_flow_file_tears_down_what_started_before_it(tmp_path: Pa
 
 def test_serve_with_a_broken_flow_file_exits_with_the_file_and_line(tmp_path: Path) -> None:
     flows, lines = _broken_flows(tmp_path)
-    env = {**os.environ, "VCOUNTER_FLOWS_DIR": str(flows),
-           "VCOUNTER_MASTER_KEY_FILE": str(tmp_path / "keys" / "master.key"),
-           "VCOUNTER_SIGNING_KEY_FILE": str(tmp_path / "keys" / "signing.pem")}
+    env = {
+        **os.environ,
+        "VCOUNTER_FLOWS_DIR": str(flows),
+        "VCOUNTER_MASTER_KEY_FILE": str(tmp_path / "keys" / "master.key"),
+        "VCOUNTER_SIGNING_KEY_FILE": str(tmp_path / "keys" / "signing.pem"),
+    }
     done = subprocess.run(
-        [sys.executable, "-m", "server.cli", "serve", "--no-tls", "--no-identity", "--port", "0",
-         "--data-dir", str(tmp_path / "var")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "serve",
+            "--no-tls",
+            "--no-identity",
+            "--port",
+            "0",
+            "--data-dir",
+            str(tmp_path / "var"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 1, done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("vcounter: the server did not start: "), done.stderr
-    assert f"account_opening.yaml:{lines + 1}" in last or f"account_opening.yaml:{lines + 2}" in last, last
+    assert (
+        f"account_opening.yaml:{lines + 1}" in last or f"account_opening.yaml:{lines + 2}" in last
+    ), last
     assert "Traceback" not in done.stderr
 
 
-@pytest.mark.parametrize(("variable", "value", "expected"), [
-    ("DATABASE_URL", "postgresql://vc:s3cret-pw@127.0.0.1:1/vcounter",
-     "the database postgresql+psycopg://vc:***@127.0.0.1:1/vcounter cannot be reached"),
-    ("VCOUNTER_REDIS_URL", "redis://:s3cret-pw@127.0.0.1:1/0", "Redis at 127.0.0.1:1/0 cannot be reached"),
-], ids=["postgresql", "redis"])
-def test_serve_with_an_unreachable_service_exits_with_one_clear_line(tmp_path: Path, variable: str,
-                                                                      value: str, expected: str) -> None:
-    env = {**os.environ, variable: value,
-           "VCOUNTER_MASTER_KEY_FILE": str(tmp_path / "keys" / "master.key"),
-           "VCOUNTER_SIGNING_KEY_FILE": str(tmp_path / "keys" / "signing.pem")}
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        (
+            "DATABASE_URL",
+            "postgresql://vc:s3cret-pw@127.0.0.1:1/vcounter",
+            "the database postgresql+psycopg://vc:***@127.0.0.1:1/vcounter cannot be reached",
+        ),
+        (
+            "VCOUNTER_REDIS_URL",
+            "redis://:s3cret-pw@127.0.0.1:1/0",
+            "Redis at 127.0.0.1:1/0 cannot be reached",
+        ),
+    ],
+    ids=["postgresql", "redis"],
+)
+def test_serve_with_an_unreachable_service_exits_with_one_clear_line(
+    tmp_path: Path, variable: str, value: str, expected: str
+) -> None:
+    env = {
+        **os.environ,
+        variable: value,
+        "VCOUNTER_MASTER_KEY_FILE": str(tmp_path / "keys" / "master.key"),
+        "VCOUNTER_SIGNING_KEY_FILE": str(tmp_path / "keys" / "signing.pem"),
+    }
     done = subprocess.run(
-        [sys.executable, "-m", "server.cli", "serve", "--no-tls", "--no-identity", "--port", "0",
-         "--data-dir", str(tmp_path / "var")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "serve",
+            "--no-tls",
+            "--no-identity",
+            "--port",
+            "0",
+            "--data-dir",
+            str(tmp_path / "var"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 1, done.stderr
     assert f"vcounter: the server did not start: {expected}" in done.stderr
     assert "Traceback" not in done.stderr and "s3cret-pw" not in done.stderr + done.stdout

@@ -33,40 +33,56 @@ class Bank:
 
     async def call(self, method: str, path: str, **kw) -> tuple[int, dict]:
         headers = {**self.headers, **kw.pop("headers", {})}
-        async with aiohttp.ClientSession() as http, http.request(method, f"{self.url}{path}", headers=headers,
-                                                                 **kw) as r:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.request(method, f"{self.url}{path}", headers=headers, **kw) as r,
+        ):
             return r.status, await r.json()
 
     async def book(self, business: str = "account_opening", name: str = "王五", **extra) -> dict:
-        status, body = await self.call("POST", "/api/appointments",
-                                       json={"business": business, "display_name": name, **extra})
+        status, body = await self.call(
+            "POST", "/api/appointments", json={"business": business, "display_name": name, **extra}
+        )
         assert status == 201, body
         return body
 
-    async def photo(self, appointment_id: str, data: bytes, content_type: str = "image/jpeg") -> tuple[int, dict]:
-        return await self.call("PUT", f"/api/appointments/{appointment_id}/reference", data=data,
-                               headers={"Content-Type": content_type})
+    async def photo(
+        self, appointment_id: str, data: bytes, content_type: str = "image/jpeg"
+    ) -> tuple[int, dict]:
+        return await self.call(
+            "PUT",
+            f"/api/appointments/{appointment_id}/reference",
+            data=data,
+            headers={"Content-Type": content_type},
+        )
 
 
 async def _lookup(counter, token: str) -> tuple[int, dict]:
-    async with aiohttp.ClientSession() as http, http.get(f"{counter.url}/api/appointment",
-                                                         headers={"X-Appointment-Token": token}) as r:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{counter.url}/api/appointment", headers={"X-Appointment-Token": token}) as r,
+    ):
         return r.status, await r.json()
 
 
-async def test_the_banks_photo_verifies_the_customer_on_the_call(make_counter, face_clip, audio_clip,
-                                                                 same_person_photo, video_clip):
+async def test_the_banks_photo_verifies_the_customer_on_the_call(
+    make_counter, face_clip, audio_clip, same_person_photo, video_clip
+):
     counter = await make_counter(face_clip, audio_clip, identity=True)
     # only the bank's systems and admins book
     status, body = await Bank(counter, None).call("POST", "/api/appointments", json={})
     assert status == 401
     status, body = await Bank(counter, await login(counter, "alice")).call(
-        "POST", "/api/appointments", json={"business": "account_opening", "display_name": "x"})
+        "POST", "/api/appointments", json={"business": "account_opening", "display_name": "x"}
+    )
     assert status == 403 and body["error"] == "forbidden"
     bank = Bank(counter, await login(counter, "integration"))
-    for bad in ({"business": "mortgage", "display_name": "王五"}, {"business": "account_opening"},
-                {"business": "account_opening", "display_name": "<script>"},
-                {"business": "account_opening", "display_name": "王五", "valid_hours": 10_000}):
+    for bad in (
+        {"business": "mortgage", "display_name": "王五"},
+        {"business": "account_opening"},
+        {"business": "account_opening", "display_name": "<script>"},
+        {"business": "account_opening", "display_name": "王五", "valid_hours": 10_000},
+    ):
         status, body = await bank.call("POST", "/api/appointments", json=bad)
         assert status == 400, (bad, body)
 
@@ -75,7 +91,9 @@ async def test_the_banks_photo_verifies_the_customer_on_the_call(make_counter, f
     assert booked["join_url"].endswith(f"/?appointment={booked['token']}")
     # bad photos: clear errors, nothing kept
     assert (await bank.photo(booked["id"], b"not an image"))[0] == 400
-    status, body = await bank.photo(booked["id"], shared_data("faces/dlib_multi/dogs.jpg").read_bytes())
+    status, body = await bank.photo(
+        booked["id"], shared_data("faces/dlib_multi/dogs.jpg").read_bytes()
+    )
     assert status == 422 and body["error"] == "no_face", body
     assert (await bank.photo("no-such-appointment", same_person_photo))[0] == 404
     status, body = await bank.photo(booked["id"], same_person_photo)
@@ -83,8 +101,12 @@ async def test_the_banks_photo_verifies_the_customer_on_the_call(make_counter, f
 
     # the customer's page learns the business and name from the token, and nothing from a wrong one
     status, body = await _lookup(counter, booked["token"])
-    assert status == 200 and body == {"business": "account_opening", "display_name": "王五",
-                                      "expires_at": booked["expires_at"], "reference": True}
+    assert status == 200 and body == {
+        "business": "account_opening",
+        "display_name": "王五",
+        "expires_at": booked["expires_at"],
+        "reference": True,
+    }
     assert (await _lookup(counter, "x" * 43))[0] == 404
 
     # the wrong business is refused and does not use the appointment up
@@ -93,7 +115,9 @@ async def test_the_banks_photo_verifies_the_customer_on_the_call(make_counter, f
         await wrong.join("loan_signing", "王五", face_consent=True, appointment=booked["token"])
 
     customer = counter.participant("customer")
-    joined = await customer.join("account_opening", "typed name", face_consent=True, appointment=booked["token"])
+    joined = await customer.join(
+        "account_opening", "typed name", face_consent=True, appointment=booked["token"]
+    )
     sid = joined["session_id"]
     session = counter.broker.session(sid)
     assert session.display_name == "王五" and session.appointment_id == booked["id"]
@@ -103,10 +127,19 @@ async def test_the_banks_photo_verifies_the_customer_on_the_call(make_counter, f
     assert [i.kind for i in evidence.list(sid)] == ["reference_image", "reference_embedding"]
     assert evidence.list(evidence_owner(booked["id"])) == [], "the session's copy is the only one"
     [appointment_event] = [e for e in await session_events(counter, sid) if e.kind == "appointment"]
-    assert appointment_event.data == {"id": booked["id"], "external_ref": "CRM-20261123-0042", "reference": True}
+    assert appointment_event.data == {
+        "id": booked["id"],
+        "external_ref": "CRM-20261123-0042",
+        "reference": True,
+    }
 
     status, body = await bank.call("GET", f"/api/appointments/{booked['id']}")
-    assert status == 200 and body["status"] == "used" and body["session_id"] == sid and "token" not in body
+    assert (
+        status == 200
+        and body["status"] == "used"
+        and body["session_id"] == sid
+        and "token" not in body
+    )
     # single use
     again = counter.participant("again")
     with pytest.raises(ProtocolError, match="appointment_invalid"):
@@ -118,18 +151,23 @@ async def test_the_banks_photo_verifies_the_customer_on_the_call(make_counter, f
     agent = await counter.agent("alice", video=video_clip)
     await agent.accept_next()
     await customer.wait_for("call_started")
-    verified = await wait_event(counter, sid, {"identity_verified", "identity_rejected", "identity_unusable"},
-                                 timeout=45)
+    verified = await wait_event(
+        counter, sid, {"identity_verified", "identity_rejected", "identity_unusable"}, timeout=45
+    )
     assert verified.kind == "identity_verified", verified.data
-    panel = await agent.wait_for("identity", timeout=10,
-                                 where=lambda d: (d["state"].get("reference") or {}).get("source") == "appointment")
+    panel = await agent.wait_for(
+        "identity",
+        timeout=10,
+        where=lambda d: (d["state"].get("reference") or {}).get("source") == "appointment",
+    )
     assert panel["state"]["reference"]["item"]
     await agent.hangup()
     await customer.wait_for("call_ended")
 
 
-async def test_consent_later_cancel_expiry_and_purge(make_counter, face_clip, audio_clip,
-                                                     same_person_photo):
+async def test_consent_later_cancel_expiry_and_purge(
+    make_counter, face_clip, audio_clip, same_person_photo
+):
     counter = await make_counter(face_clip, audio_clip, identity=True)
     bank = Bank(counter, await login(counter, "admin"))  # an admin may book too
     evidence = counter.app[IDENTITY].evidence
@@ -138,7 +176,9 @@ async def test_consent_later_cancel_expiry_and_purge(make_counter, face_clip, au
     later = await bank.book("loan_signing", "赵六")
     assert (await bank.photo(later["id"], same_person_photo))[0] == 200
     customer = counter.participant("customer")
-    joined = await customer.join("loan_signing", "赵六", face_consent=False, appointment=later["token"])
+    joined = await customer.join(
+        "loan_signing", "赵六", face_consent=False, appointment=later["token"]
+    )
     sid = joined["session_id"]
     await asyncio.sleep(0.5)  # time for a wrong adoption of the photo to show
     assert not [e for e in await session_events(counter, sid) if e.kind.startswith("reference_")]
@@ -188,7 +228,9 @@ async def test_consent_later_cancel_expiry_and_purge(make_counter, face_clip, au
     assert (await _lookup(counter, expired["token"]))[0] == 404
     config = counter.app[CONFIG]
     with counter.db.session() as s:
-        report = purge(s, config.recordings_dir, evidence=evidence, orphan_days=config.identity_orphan_days)
+        report = purge(
+            s, config.recordings_dir, evidence=evidence, orphan_days=config.identity_orphan_days
+        )
     gone = {p.session_id: p.reason for p in report.evidence}
     assert list(gone) == [evidence_owner(expired["id"])], gone
     assert "expired" in gone[evidence_owner(expired["id"])]

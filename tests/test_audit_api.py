@@ -22,9 +22,12 @@ async def recorded(counter):
 
 async def test_authorization_matrix_for_recordings(counter, recorded):
     session_id, recording_id, tokens = recorded
-    urls = ["/api/audit/sessions?business=loan_signing", f"/api/audit/sessions/{session_id}",
-            f"/api/audit/recordings/{recording_id}/customer.webm",
-            f"/api/audit/recordings/{recording_id}/verify"]
+    urls = [
+        "/api/audit/sessions?business=loan_signing",
+        f"/api/audit/sessions/{session_id}",
+        f"/api/audit/recordings/{recording_id}/customer.webm",
+        f"/api/audit/recordings/{recording_id}/verify",
+    ]
     expected = {None: 401, "alice": 403, "auditor": 200, "admin": 200}  # alice is an agent
     async with aiohttp.ClientSession() as http:
         for who, status in expected.items():
@@ -35,7 +38,9 @@ async def test_authorization_matrix_for_recordings(counter, recorded):
                     if status >= 400:
                         assert (await r.json())["error"] in ("unauthorized", "forbidden")
         # a customer's rejoin token is no login either
-        async with http.get(counter.url + urls[2], headers={"Authorization": "Bearer " + "c" * 43}) as r:
+        async with http.get(
+            counter.url + urls[2], headers={"Authorization": "Bearer " + "c" * 43}
+        ) as r:
             assert r.status == 401
 
 
@@ -43,10 +48,14 @@ async def test_search_detail_and_unknown_ids(counter, recorded):
     session_id, recording_id, tokens = recorded
     auth = {"Authorization": f"Bearer {tokens['auditor']}"}
     async with aiohttp.ClientSession(headers=auth) as http:
-        async with http.get(f"{counter.url}/api/audit/sessions", params={"agent": "carol", "outcome": "ended"}) as r:
+        async with http.get(
+            f"{counter.url}/api/audit/sessions", params={"agent": "carol", "outcome": "ended"}
+        ) as r:
             found = (await r.json())["sessions"]
         assert [s["id"] for s in found] == [session_id]
-        assert found[0]["recording"]["id"] == recording_id and found[0]["agent"]["username"] == "carol"
+        assert (
+            found[0]["recording"]["id"] == recording_id and found[0]["agent"]["username"] == "carol"
+        )
         async with http.get(f"{counter.url}/api/audit/sessions", params={"agent": "bob"}) as r:
             assert (await r.json())["total"] == 0
         async with http.get(f"{counter.url}/api/audit/sessions", params={"q": "张三"}) as r:
@@ -62,7 +71,9 @@ async def test_search_detail_and_unknown_ids(counter, recorded):
         assert [e["kind"] for e in detail["events"]][:1] == ["queued"]
         async with http.get(f"{counter.url}/api/audit/sessions/no-such-session-id") as r:
             assert r.status == 404 and (await r.json())["error"] == "not_found"
-        async with http.get(f"{counter.url}/api/audit/recordings/no-such-session-1/customer.webm") as r:
+        async with http.get(
+            f"{counter.url}/api/audit/recordings/no-such-session-1/customer.webm"
+        ) as r:
             assert r.status == 404
         async with http.get(f"{counter.url}/api/audit/recordings/../../etc-1/customer.webm") as r:
             assert r.status == 404
@@ -83,7 +94,7 @@ async def test_range_requests_decrypt_exactly_the_slice(counter, recorded):
         start, end = 65_000, min(size - 1, 140_000)
         async with http.get(url, headers={"Range": f"bytes={start}-{end}"}) as r:
             assert r.status == 206 and r.headers["Content-Range"] == f"bytes {start}-{end}/{size}"
-            assert await r.read() == plain[start:end + 1]
+            assert await r.read() == plain[start : end + 1]
         async with http.get(url, headers={"Range": "bytes=-100"}) as r:
             assert r.status == 206 and await r.read() == plain[-100:]
         async with http.get(url, headers={"Range": f"bytes={size - 10}-"}) as r:
@@ -113,20 +124,31 @@ async def test_flipped_byte_fails_verification_naming_the_segment(counter, recor
 
 async def test_verdicts_and_access_log_chain(counter, recorded):
     session_id, recording_id, tokens = recorded
-    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {tokens['auditor']}"}) as http:
-        async with http.get(f"{counter.url}/api/audit/recordings/{recording_id}/customer.webm") as r:
+    async with aiohttp.ClientSession(
+        headers={"Authorization": f"Bearer {tokens['auditor']}"}
+    ) as http:
+        async with http.get(
+            f"{counter.url}/api/audit/recordings/{recording_id}/customer.webm"
+        ) as r:
             await r.read()
-        async with http.post(f"{counter.url}/api/audit/sessions/{session_id}/verdict",
-                             json={"result": "maybe"}) as r:
+        async with http.post(
+            f"{counter.url}/api/audit/sessions/{session_id}/verdict", json={"result": "maybe"}
+        ) as r:
             assert r.status == 400
-        async with http.post(f"{counter.url}/api/audit/sessions/{session_id}/verdict",
-                             json={"result": "fail", "notes": "  "}) as r:
+        async with http.post(
+            f"{counter.url}/api/audit/sessions/{session_id}/verdict",
+            json={"result": "fail", "notes": "  "},
+        ) as r:
             assert r.status == 400 and (await r.json())["error"] == "notes_required"
-        async with http.post(f"{counter.url}/api/audit/sessions/{session_id}/verdict",
-                             json={"result": "fail", "notes": "风险揭示未读完"}) as r:
+        async with http.post(
+            f"{counter.url}/api/audit/sessions/{session_id}/verdict",
+            json={"result": "fail", "notes": "风险揭示未读完"},
+        ) as r:
             assert r.status == 201 and (await r.json())["by"] == "auditor"
-        async with http.post(f"{counter.url}/api/audit/sessions/{session_id}/verdict",
-                             json={"result": "pass", "notes": "re-checked"}) as r:
+        async with http.post(
+            f"{counter.url}/api/audit/sessions/{session_id}/verdict",
+            json={"result": "pass", "notes": "re-checked"},
+        ) as r:
             assert r.status == 201
         async with http.get(f"{counter.url}/api/audit/sessions/{session_id}") as r:
             detail = await r.json()
@@ -134,7 +156,9 @@ async def test_verdicts_and_access_log_chain(counter, recorded):
         assert detail["session"]["verdict"]["result"] == "pass"
         async with http.get(f"{counter.url}/api/admin/access-log") as r:
             assert r.status == 403  # auditors do not read the log
-    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {tokens['admin']}"}) as http:
+    async with aiohttp.ClientSession(
+        headers={"Authorization": f"Bearer {tokens['admin']}"}
+    ) as http:
         async with http.get(f"{counter.url}/api/admin/access-log") as r:
             log = await r.json()
     assert log["chain_ok"] is True
@@ -148,7 +172,9 @@ async def test_verdicts_and_access_log_chain(counter, recorded):
     with sqlite3.connect(db_file) as conn:
         conn.execute("DROP TRIGGER accesslog_no_update")
         conn.execute("UPDATE accesslog SET username = 'someone_else' WHERE action = 'replay'")
-    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {tokens['admin']}"}) as http:
+    async with aiohttp.ClientSession(
+        headers={"Authorization": f"Bearer {tokens['admin']}"}
+    ) as http:
         async with http.get(f"{counter.url}/api/admin/access-log") as r:
             log = await r.json()
     assert log["chain_ok"] is False and "altered" in log["chain"]

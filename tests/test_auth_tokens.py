@@ -17,10 +17,24 @@ async def test_a_login_purges_expired_tokens_and_keeps_live_ones(tmp_path: Path)
     create_all(db)
     try:
         with db.session() as s:
-            user = auth.add_user(s, role="agent", username="agent1", password="correct horse battery",
-                                 skills=["account_opening"], display_name="Agent One")
-            s.add(AuthToken(token_hash="e" * 64, user_id=user.id, expires_at=utcnow() - timedelta(minutes=1)))
-            s.add(AuthToken(token_hash="l" * 64, user_id=user.id, expires_at=utcnow() + timedelta(hours=1)))
+            user = auth.add_user(
+                s,
+                role="agent",
+                username="agent1",
+                password="correct horse battery",
+                skills=["account_opening"],
+                display_name="Agent One",
+            )
+            s.add(
+                AuthToken(
+                    token_hash="e" * 64, user_id=user.id, expires_at=utcnow() - timedelta(minutes=1)
+                )
+            )
+            s.add(
+                AuthToken(
+                    token_hash="l" * 64, user_id=user.id, expires_at=utcnow() + timedelta(hours=1)
+                )
+            )
             s.commit()
 
         token, _ = await auth.login(db, "agent1", "correct horse battery", 3600)

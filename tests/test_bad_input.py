@@ -51,10 +51,14 @@ async def test_malformed_and_unknown_messages_are_answered_not_fatal(counter, li
         await ws.send_str(json.dumps({"type": "join", "business": "casino", "display_name": "X"}))
         err = await _next_json(ws)
         assert err["code"] == "invalid_message" and "business" in err["message"]
-        await ws.send_str(json.dumps({"type": "join", "business": "loan_signing", "display_name": "<script>"}))
+        await ws.send_str(
+            json.dumps({"type": "join", "business": "loan_signing", "display_name": "<script>"})
+        )
         assert (await _next_json(ws))["code"] == "invalid_message"
         # the recording notice must be accepted before joining
-        await ws.send_str(json.dumps({"type": "join", "business": "loan_signing", "display_name": "Ann"}))
+        await ws.send_str(
+            json.dumps({"type": "join", "business": "loan_signing", "display_name": "Ann"})
+        )
         err = await _next_json(ws)
         assert err["code"] == "consent_required" and "record" in err["message"]
         await ws.send_str(json.dumps({"type": "offer", "sdp": "v=0 and more"}))
@@ -70,7 +74,9 @@ async def test_oversized_message_is_refused_and_closed(counter, live_call):
     _, agent = live_call
     async with aiohttp.ClientSession() as http:
         ws = await _raw_ws(counter, "/ws/customer", http)
-        await ws.send_str(json.dumps({"type": "join", "business": "loan_signing", "display_name": "x" * 70_000}))
+        await ws.send_str(
+            json.dumps({"type": "join", "business": "loan_signing", "display_name": "x" * 70_000})
+        )
         err = await _next_json(ws)
         assert (err["code"], err["fatal"]) == ("too_large", True)
         msg = await ws.receive(timeout=5)
@@ -104,8 +110,13 @@ async def test_garbage_sdp_gets_bad_sdp_and_call_continues(counter, live_call):
     await customer.send({"type": "offer", "sdp": "v=0\r\nthis is not an sdp at all\r\n" * 3})
     err = await customer.wait_for("error")
     assert err["code"] == "bad_sdp" and not err["fatal"]
-    await customer.send({"type": "offer", "sdp": "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
-                                                 "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n"})
+    await customer.send(
+        {
+            "type": "offer",
+            "sdp": "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
+            "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n",
+        }
+    )
     since = len(customer.messages)
     # the working connection was not replaced by the unusable offers
     await agent.wait_media(frames=20)
@@ -159,9 +170,13 @@ async def test_http_login_errors_are_json_and_throttled(counter):
         async with http.post(f"{counter.url}/api/login", json={"username": "bob"}) as r:
             assert r.status == 400
         for _ in range(5):
-            async with http.post(f"{counter.url}/api/login", json={"username": "bob", "password": "nope"}) as r:
+            async with http.post(
+                f"{counter.url}/api/login", json={"username": "bob", "password": "nope"}
+            ) as r:
                 assert r.status == 401 and (await r.json())["error"] == "bad_credentials"
-        async with http.post(f"{counter.url}/api/login", json={"username": "bob", "password": PASSWORD}) as r:
+        async with http.post(
+            f"{counter.url}/api/login", json={"username": "bob", "password": PASSWORD}
+        ) as r:
             assert r.status == 429
         async with http.get(f"{counter.url}/api/me") as r:
             assert r.status == 401 and (await r.json())["error"] == "unauthorized"

@@ -32,18 +32,25 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 async def _book(counter, photo: bytes) -> dict:
     auth = {"Authorization": f"Bearer {await login(counter, 'integration')}"}
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{counter.url}/api/appointments", headers=auth,
-                             json={"business": "loan_signing", "display_name": "王五"}) as r:
+        async with http.post(
+            f"{counter.url}/api/appointments",
+            headers=auth,
+            json={"business": "loan_signing", "display_name": "王五"},
+        ) as r:
             assert r.status == 201
             booked = await r.json()
-        async with http.put(f"{counter.url}/api/appointments/{booked['id']}/reference", data=photo,
-                            headers={**auth, "Content-Type": "image/jpeg"}) as r:
+        async with http.put(
+            f"{counter.url}/api/appointments/{booked['id']}/reference",
+            data=photo,
+            headers={**auth, "Content-Type": "image/jpeg"},
+        ) as r:
             assert r.status == 200, await r.text()
     return booked
 
 
 async def test_the_appointment_link_sets_the_service_and_brings_the_banks_photo(
-        make_counter, video_clip, audio_clip):
+    make_counter, video_clip, audio_clip
+):
     require_chromium()
     from playwright.async_api import async_playwright
 
@@ -63,10 +70,15 @@ async def test_the_appointment_link_sets_the_service_and_brings_the_banks_photo(
             customer.on("pageerror", lambda e: errors.append(f"customer: {e}"))
             await customer.goto(link)
             note = customer.get_by_test_id("appointment-note")
-            await customer.wait_for_selector('[data-testid="appointment-note"][data-state="booked"]', timeout=15_000)
+            await customer.wait_for_selector(
+                '[data-testid="appointment-note"][data-state="booked"]', timeout=15_000
+            )
             assert "王五" in (await note.text_content() or "")
             # the booked service is chosen, the others cannot be; the name is the bank's
-            assert await customer.get_by_test_id("business-loan_signing").get_attribute("aria-pressed") == "true"
+            assert (
+                await customer.get_by_test_id("business-loan_signing").get_attribute("aria-pressed")
+                == "true"
+            )
             assert await customer.get_by_test_id("business-account_opening").is_disabled()
             name = customer.get_by_test_id("display-name")
             assert await name.input_value() == "王五" and not await name.is_editable()
@@ -76,12 +88,15 @@ async def test_the_appointment_link_sets_the_service_and_brings_the_banks_photo(
             await customer.wait_for_selector('[data-testid="join-button"]:enabled', timeout=15_000)
             await customer.get_by_test_id("join-button").click()
             await call_state(customer, "waiting")
-            await customer.wait_for_selector('[data-testid="id-photo-status"][data-state="ok"]', timeout=10_000)
+            await customer.wait_for_selector(
+                '[data-testid="id-photo-status"][data-state="ok"]', timeout=10_000
+            )
 
             await accept_call(agent, customer)
             # verified against the bank's photo: nobody uploaded anything
-            assert await settled(agent, "identity-verdict", "verified", timeout=45_000) == "true", \
+            assert await settled(agent, "identity-verdict", "verified", timeout=45_000) == "true", (
                 await agent.get_by_test_id("identity-panel").text_content()
+            )
             source = agent.get_by_test_id("identity-reference-source")
             assert await source.get_attribute("data-source") == "appointment"
             await agent.get_by_test_id("hangup-button").click()
@@ -91,8 +106,9 @@ async def test_the_appointment_link_sets_the_service_and_brings_the_banks_photo(
             again = await (await customer_browser.new_context()).new_page()
             again.on("pageerror", lambda e: errors.append(f"again: {e}"))
             await again.goto(link)
-            await again.wait_for_selector('[data-testid="appointment-note"][data-state="invalid"]',
-                                          timeout=15_000)
+            await again.wait_for_selector(
+                '[data-testid="appointment-note"][data-state="invalid"]', timeout=15_000
+            )
             assert await again.get_by_test_id("business-account_opening").is_enabled()
             assert await again.get_by_test_id("display-name").is_editable()
             assert not errors, errors

@@ -38,7 +38,9 @@ async def test_auditor_finds_replays_seeks_and_judges_a_call(counter):
     [row] = await wait_recordings(counter.db, customer.session_id)
 
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=require_chromium(), headless=True, args=CHROMIUM_ARGS)
+        browser = await pw.chromium.launch(
+            executable_path=require_chromium(), headless=True, args=CHROMIUM_ARGS
+        )
         try:
             page = await browser.new_page()
             errors: list[str] = []
@@ -48,17 +50,24 @@ async def test_auditor_finds_replays_seeks_and_judges_a_call(counter):
             await page.get_by_test_id("login-password").fill(PASSWORD)
             await page.get_by_test_id("login-submit").click()
             await page.get_by_test_id("search-button").click()
-            row_el = page.locator(f'[data-testid="session-row"][data-session-id="{customer.session_id}"]')
+            row_el = page.locator(
+                f'[data-testid="session-row"][data-session-id="{customer.session_id}"]'
+            )
             await row_el.click(timeout=10_000)
 
             badge = page.get_by_test_id("integrity-badge")
-            await page.wait_for_selector('[data-testid="integrity-badge"][data-state="verified"]', timeout=15_000)
+            await page.wait_for_selector(
+                '[data-testid="integrity-badge"][data-state="verified"]', timeout=15_000
+            )
             assert await badge.is_visible()
 
             await page.get_by_test_id("play-pause").click()
-            await page.wait_for_function("""() => ['replay-customer', 'replay-agent'].every(id => {
+            await page.wait_for_function(
+                """() => ['replay-customer', 'replay-agent'].every(id => {
                 const v = document.querySelector(`[data-testid="${id}"]`);
-                return v.currentTime > 0.5 && !v.paused; })""", timeout=15_000)
+                return v.currentTime > 0.5 && !v.paused; })""",
+                timeout=15_000,
+            )
             customer_t, agent_t = await _times(page)
             assert abs(customer_t - agent_t) < 0.3, (customer_t, agent_t)
 
@@ -70,7 +79,9 @@ async def test_auditor_finds_replays_seeks_and_judges_a_call(counter):
             await page.wait_for_function(
                 """(t) => ['replay-customer', 'replay-agent'].every(id =>
                     Math.abs(document.querySelector(`[data-testid="${id}"]`).currentTime - t) < 0.25)""",
-                arg=offset_s, timeout=10_000)
+                arg=offset_s,
+                timeout=10_000,
+            )
 
             await page.get_by_test_id("speed").select_option("2")
             rates = await page.evaluate("""() => ['replay-customer', 'replay-agent'].map(

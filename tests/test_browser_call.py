@@ -44,7 +44,8 @@ async def _wait_remote_playing(page, timeout_s: float = 20.0) -> None:
     await page.wait_for_function(
         """() => { const v = document.querySelector('[data-testid="remote-video"]');
                    return v && v.videoWidth > 0 && v.currentTime > 1.0; }""",
-        timeout=timeout_s * 1000)
+        timeout=timeout_s * 1000,
+    )
 
 
 async def _face_in_remote(page) -> np.ndarray:
@@ -57,7 +58,9 @@ async def _face_in_remote(page) -> np.ndarray:
         encoding = await asyncio.get_running_loop().run_in_executor(None, face_encoding, frame)
         return None if encoding is None else (encoding,)
 
-    (encoding,) = await eventually(face_now, timeout=15, interval=0.3, message="no face found in the remote video")
+    (encoding,) = await eventually(
+        face_now, timeout=15, interval=0.3, message="no face found in the remote video"
+    )
     return encoding
 
 
@@ -75,7 +78,9 @@ async def test_customer_and_agent_see_and_hear_each_other(counter):
     customer_cam, agent_cam = make_y4m(customer_clip), make_y4m(agent_clip)
     customer_face = source_encoding(customer_clip)
     agent_face = source_encoding(agent_clip)
-    assert np.linalg.norm(customer_face - agent_face) > 0.7, "the two clips must show different people"
+    assert np.linalg.norm(customer_face - agent_face) > 0.7, (
+        "the two clips must show different people"
+    )
 
     async with async_playwright() as pw:
         agent_browser = await launch(pw, agent_cam, make_tone_wav(AGENT_TONE_HZ))
@@ -115,8 +120,10 @@ async def test_customer_and_agent_see_and_hear_each_other(counter):
             assert abs(heard_by_customer - AGENT_TONE_HZ) < 30, heard_by_customer
 
             # the server forwarded, it did not transcode
-            media = counter.hub.find(await customer.evaluate("window.vcounter.sessionId || null")
-                                     or next(iter(s.id for s in counter.broker.sessions)))
+            media = counter.hub.find(
+                await customer.evaluate("window.vcounter.sessionId || null")
+                or next(iter(s.id for s in counter.broker.sessions))
+            )
             assert media.tap("customer", "video").keyframes_in >= 1
             assert media.tap("customer", "video").frames_decoded == 0
 
@@ -139,7 +146,10 @@ async def test_customer_and_agent_see_and_hear_each_other(counter):
     call = await counter.db.run(lambda s: s.get(CallSession, session_id))
     call_duration = (call.ended_at - call.started_at).total_seconds()
     spans = {}
-    for party, face, tone in (("customer", customer_face, CUSTOMER_TONE_HZ), ("agent", agent_face, AGENT_TONE_HZ)):
+    for party, face, tone in (
+        ("customer", customer_face, CUSTOMER_TONE_HZ),
+        ("agent", agent_face, AGENT_TONE_HZ),
+    ):
         webm = decrypt_output(directory, config.master_key_file, party)
         assert stream_info(webm) == {"video": "vp8", "audio": "opus"}
         packets = demux(webm)
@@ -149,7 +159,11 @@ async def test_customer_and_agent_see_and_hear_each_other(counter):
         # the recording's timeline starts with the call: its end is the call's duration (±0.5 s)
         end = max(packets["video"][-1][0], packets["audio"][-1][0])
         assert abs(end - call_duration) < 0.5, (party, end, call_duration)
-        assert video_span >= call_s - 0.5 and abs(audio_span - video_span) < 0.5, (party, video_span, audio_span)
+        assert video_span >= call_s - 0.5 and abs(audio_span - video_span) < 0.5, (
+            party,
+            video_span,
+            audio_span,
+        )
         frames = recorded_frames(webm, count=12)
         encodings = [e for e in (face_encoding(f) for f in frames) if e is not None]
         assert encodings, f"no face in the {party} recording"

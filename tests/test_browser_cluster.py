@@ -25,7 +25,6 @@ from .browser import (
 )
 from .cluster_fixture import Cluster, cluster_maker, two_node_cluster  # noqa: F401  (fixtures)
 from .helpers import eventually, shared_data
-from .redis_server import redis_url  # noqa: F401  (the fixture)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -34,7 +33,8 @@ async def _wait_remote_playing(page, timeout_s: float = 30.0) -> None:
     await page.wait_for_function(
         """() => { const v = document.querySelector('[data-testid="remote-video"]');
                    return v && v.videoWidth > 0 && v.currentTime > 1.0; }""",
-        timeout=timeout_s * 1000)
+        timeout=timeout_s * 1000,
+    )
 
 
 async def _face_in_remote(page) -> np.ndarray:
@@ -48,7 +48,9 @@ async def _face_in_remote(page) -> np.ndarray:
         encoding = await asyncio.get_running_loop().run_in_executor(None, face_encoding, frame)
         return None if encoding is None else (encoding,)
 
-    (encoding,) = await eventually(face_now, timeout=20, interval=0.3, message="no face found in the remote video")
+    (encoding,) = await eventually(
+        face_now, timeout=20, interval=0.3, message="no face found in the remote video"
+    )
     return encoding
 
 
@@ -60,7 +62,9 @@ async def test_a_customer_on_node_a_and_an_agent_on_node_b_see_each_other(cluste
     customer_clip, agent_clip = shared_data("videos/d13.mp4"), shared_data("videos/d18.mp4")
     customer_cam, agent_cam = make_y4m(customer_clip), make_y4m(agent_clip)
     customer_face, agent_face = source_encoding(customer_clip), source_encoding(agent_clip)
-    assert np.linalg.norm(customer_face - agent_face) > 0.7, "the two clips must show different people"
+    assert np.linalg.norm(customer_face - agent_face) > 0.7, (
+        "the two clips must show different people"
+    )
 
     async with async_playwright() as pw:
         agent_browser = await launch(pw, agent_cam, make_tone_wav(1000.0))

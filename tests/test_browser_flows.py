@@ -43,7 +43,9 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 MANUAL_REASON = "核对了客户手持的身份证原件，人证一致"
 
 
-async def _join(customer, counter, business: str, *, face_consent: bool, id_photo: Path | None = None) -> None:
+async def _join(
+    customer, counter, business: str, *, face_consent: bool, id_photo: Path | None = None
+) -> None:
     await customer.goto(f"{counter.url}/")
     await customer.get_by_test_id(f"business-{business}").click()
     await customer.get_by_test_id("display-name").fill("李四")
@@ -55,7 +57,9 @@ async def _join(customer, counter, business: str, *, face_consent: bool, id_phot
     await call_state(customer, "waiting")
     if id_photo is not None:
         await customer.get_by_test_id("id-photo-input").set_input_files(str(id_photo))
-        await customer.wait_for_selector('[data-testid="id-photo-status"][data-state="ok"]', timeout=30_000)
+        await customer.wait_for_selector(
+            '[data-testid="id-photo-status"][data-state="ok"]', timeout=30_000
+        )
 
 
 async def _accept(agent, customer) -> str:
@@ -66,14 +70,18 @@ async def _accept(agent, customer) -> str:
 
 
 async def _identity_by_face(agent, customer) -> None:
-    assert await settled(agent, "identity-verdict", "verified", timeout=45_000) == "true", \
+    assert await settled(agent, "identity-verdict", "verified", timeout=45_000) == "true", (
         await agent.get_by_test_id("identity-panel").text_content()
+    )
     missing = await agent.get_by_test_id("step-missing").text_content()
     assert "liveness" in missing, missing
     for _attempt in range(2):
         await agent.get_by_test_id("liveness-start").click(timeout=15_000)
-        await customer.wait_for_selector('[data-testid="liveness-instruction"][data-step="blink"]',
-                                         state="visible", timeout=10_000)
+        await customer.wait_for_selector(
+            '[data-testid="liveness-instruction"][data-step="blink"]',
+            state="visible",
+            timeout=10_000,
+        )
         passed = await settled(customer, "liveness-result", "passed", timeout=40_000)
         if passed == "true":
             break
@@ -90,7 +98,9 @@ async def _identity_by_hand(agent) -> None:
 async def _read_document(customer) -> None:
     view = customer.locator('#flow-panel [data-testid="document-view"]')
     await view.wait_for(state="visible")
-    await customer.wait_for_selector('#flow-panel [data-testid="document-view"][data-sha256]', timeout=10_000)
+    await customer.wait_for_selector(
+        '#flow-panel [data-testid="document-view"][data-sha256]', timeout=10_000
+    )
     end = customer.get_by_test_id("document-end")
     if await view.evaluate("e => e.scrollHeight > e.clientHeight + 8"):
         assert await end.is_disabled(), "document-end must wait for the end of the document"
@@ -110,7 +120,9 @@ async def _sign(customer) -> None:
     await customer.mouse.move(x0 + 0.08 * w, y0 + 0.7 * h)
     await customer.mouse.down()
     for i in range(1, 13):
-        await customer.mouse.move(x0 + (0.08 + 0.07 * i) * w, y0 + (0.3 if i % 2 else 0.7) * h, steps=4)
+        await customer.mouse.move(
+            x0 + (0.08 + 0.07 * i) * w, y0 + (0.3 if i % 2 else 0.7) * h, steps=4
+        )
     await customer.mouse.up()
     await customer.wait_for_selector('[data-testid="signature-submit"]:enabled', timeout=5_000)
     await submit.click()
@@ -128,12 +140,17 @@ async def _run_flow(agent, customer, *, identity: str) -> list[str]:
         step, kind = await title.get_attribute("data-step"), await title.get_attribute("data-kind")
         assert step, "a running flow has a current step"
         # the customer's page shows the same step
-        await customer.wait_for_selector(f'[data-testid="step-title"][data-step="{step}"][data-kind="{kind}"]',
-                                         timeout=10_000)
+        await customer.wait_for_selector(
+            f'[data-testid="step-title"][data-step="{step}"][data-kind="{kind}"]', timeout=10_000
+        )
         if kind == "consent":
             await customer.get_by_test_id("consent-accept").click()
         elif kind == "identity":
-            await (_identity_by_face(agent, customer) if identity == "face" else _identity_by_hand(agent))
+            await (
+                _identity_by_face(agent, customer)
+                if identity == "face"
+                else _identity_by_hand(agent)
+            )
         elif kind == "disclosure":
             assert await agent.get_by_test_id("step-next").is_disabled()
             await agent.get_by_test_id("mark-confirmed").click()
@@ -151,12 +168,19 @@ async def _run_flow(agent, customer, *, identity: str) -> list[str]:
         elif kind == "signature":
             await _sign(customer)
         # the agent completes the step once the server says nothing is missing
-        await agent.wait_for_selector('[data-testid="step-missing"][data-missing="false"]', timeout=30_000)
+        await agent.wait_for_selector(
+            '[data-testid="step-missing"][data-missing="false"]', timeout=30_000
+        )
         await agent.get_by_test_id("step-next").click(timeout=10_000)
         await agent.wait_for_function(
             """(sid) => { const t = document.querySelector('#flow-panel [data-testid="step-title"]');
-                          return t.dataset.step !== sid; }""", arg=step, timeout=15_000)
-        await agent.wait_for_selector(f'[data-testid="flow-step"][data-step="{step}"][data-status="done"]')
+                          return t.dataset.step !== sid; }""",
+            arg=step,
+            timeout=15_000,
+        )
+        await agent.wait_for_selector(
+            f'[data-testid="flow-step"][data-step="{step}"][data-status="done"]'
+        )
         done.append(step)
     return done
 
@@ -170,13 +194,17 @@ async def _download_receipt(customer, tmp_path: Path) -> bytes:
     async with customer.expect_download() as info:
         await customer.get_by_test_id("receipt-download").click()
     download = await info.value
-    assert download.suggested_filename.startswith("receipt-") and download.suggested_filename.endswith(".json")
+    assert download.suggested_filename.startswith(
+        "receipt-"
+    ) and download.suggested_filename.endswith(".json")
     target = tmp_path / download.suggested_filename
     await download.save_as(target)
     return target.read_bytes()
 
 
-async def _check_flow(counter, business: str, session_id: str, done: list[str], receipt: bytes) -> None:
+async def _check_flow(
+    counter, business: str, session_id: str, done: list[str], receipt: bytes
+) -> None:
     flow = counter.app[FLOWS].flows[business]
     ids = [s.id for s in flow.steps]
     assert done == ids
@@ -186,10 +214,14 @@ async def _check_flow(counter, business: str, session_id: str, done: list[str], 
     assert started == completed == ids, (started, completed)
     kinds = [e["kind"] for e in events]
     assert "flow_completed" in kinds and "signature_sealed" in kinds
-    assert checklist["status"] == "completed" and all(s["status"] == "done" for s in checklist["steps"])
+    assert checklist["status"] == "completed" and all(
+        s["status"] == "done" for s in checklist["steps"]
+    )
     # the recording's signed timeline holds every step, in the flow's order
     [row] = await wait_recordings(counter.db, session_id)
-    manifest = json.loads((counter.app[CONFIG].recordings_dir / row.id / "manifest.json").read_text())
+    manifest = json.loads(
+        (counter.app[CONFIG].recordings_dir / row.id / "manifest.json").read_text()
+    )
     recorded = manifest["timeline"]["events"]
     for kind in ("step_started", "step_completed"):
         assert [e["data"]["step"] for e in recorded if e["kind"] == kind] == ids, (kind, recorded)
@@ -204,23 +236,33 @@ async def _check_flow(counter, business: str, session_id: str, done: list[str], 
 
 async def _finish(agent, customer, business: str) -> None:
     """Both pages say the flow completed; the agent sees the booked outcome; the call ends."""
-    await customer.wait_for_selector('[data-testid="flow-status"][data-status="completed"]', state="visible")
-    await agent.wait_for_selector('#flow-panel [data-testid="flow-status"][data-status="completed"]')
+    await customer.wait_for_selector(
+        '[data-testid="flow-status"][data-status="completed"]', state="visible"
+    )
+    await agent.wait_for_selector(
+        '#flow-panel [data-testid="flow-status"][data-status="completed"]'
+    )
     outcome = await agent.get_by_test_id("flow-outcome").text_content()
-    expected = {"account_opening": ("Account", "账户"), "loan_signing": ("Loan", "贷款"),
-                "wealth_product": ("Order", "订单")}[business]
+    expected = {
+        "account_opening": ("Account", "账户"),
+        "loan_signing": ("Loan", "贷款"),
+        "wealth_product": ("Order", "订单"),
+    }[business]
     assert any(word in outcome for word in expected), outcome
 
 
-async def test_account_opening_with_face_verification(make_counter, video_clip, audio_clip, tmp_path):
+async def test_account_opening_with_face_verification(
+    make_counter, video_clip, audio_clip, tmp_path
+):
     require_chromium()
     from playwright.async_api import async_playwright
 
     customer_cam, agent_cam = face_cameras()
     id_photo = tmp_path / "id-photo.jpg"
     id_photo.write_bytes(frame_jpeg(shared_data("videos/d13.mp4"), ID_PHOTO_FRAME))
-    counter = await make_counter(video_clip, audio_clip, identity=True, liveness_steps="blink",
-                                 liveness_step_seconds=16.0)
+    counter = await make_counter(
+        video_clip, audio_clip, identity=True, liveness_steps="blink", liveness_step_seconds=16.0
+    )
     errors: list[str] = []
     async with async_playwright() as pw:
         agent_browser = await launch(pw, agent_cam, make_tone_wav(1000.0))
@@ -234,7 +276,9 @@ async def test_account_opening_with_face_verification(make_counter, video_clip, 
 
             # nothing can be completed before the customer accepted the consents
             assert await agent.get_by_test_id("step-next").is_disabled()
-            assert await agent.get_by_test_id("step-missing").get_attribute("data-missing") == "true"
+            assert (
+                await agent.get_by_test_id("step-missing").get_attribute("data-missing") == "true"
+            )
             assert await customer.get_by_test_id("consent-face").is_checked()
             done = await _run_flow(agent, customer, identity="face")
             await _finish(agent, customer, "account_opening")
@@ -254,13 +298,16 @@ async def test_account_opening_with_face_verification(make_counter, video_clip, 
     assert sealed["identity"] == "face" and sealed["snapshot_sha256"]
 
 
-async def test_loan_and_wealth_by_manual_verification_and_the_auditor_checklist(make_counter, video_clip,
-                                                                               audio_clip, tmp_path):
+async def test_loan_and_wealth_by_manual_verification_and_the_auditor_checklist(
+    make_counter, video_clip, audio_clip, tmp_path
+):
     require_chromium()
     from playwright.async_api import async_playwright
 
     customer_cam, agent_cam = face_cameras()
-    counter = await make_counter(video_clip, audio_clip)  # face checks off: the agent verifies by hand
+    counter = await make_counter(
+        video_clip, audio_clip
+    )  # face checks off: the agent verifies by hand
     errors: list[str] = []
     sessions: dict[str, str] = {}
     async with async_playwright() as pw:
@@ -293,8 +340,9 @@ async def test_loan_and_wealth_by_manual_verification_and_the_auditor_checklist(
                 await call_state(agent, "ended")
                 await _check_flow(counter, business, session_id, done, receipt)
                 events, _ = await _auditor_events(counter, session_id)
-                assert any(e["kind"] == "document_shown" and e["data"]["pushed"] for e in events) \
-                    == (business == "wealth_product")
+                assert any(
+                    e["kind"] == "document_shown" and e["data"]["pushed"] for e in events
+                ) == (business == "wealth_product")
                 await customer.get_by_test_id("start-over-button").click()
                 await go_ready(agent)
 
@@ -302,9 +350,13 @@ async def test_loan_and_wealth_by_manual_verification_and_the_auditor_checklist(
             await _join(customer, counter, "account_opening", face_consent=False)
             abandoned = await _accept(agent, customer)
             await customer.get_by_test_id("consent-accept").click()
-            await agent.wait_for_selector('[data-testid="step-missing"][data-missing="false"]', timeout=10_000)
+            await agent.wait_for_selector(
+                '[data-testid="step-missing"][data-missing="false"]', timeout=10_000
+            )
             await agent.get_by_test_id("step-next").click()
-            await agent.wait_for_selector('[data-testid="flow-step"][data-step="consent"][data-status="done"]')
+            await agent.wait_for_selector(
+                '[data-testid="flow-step"][data-step="consent"][data-status="done"]'
+            )
             await customer.get_by_test_id("hangup-button").click()
             await call_state(agent, "ended")
 
@@ -324,7 +376,9 @@ async def test_loan_and_wealth_by_manual_verification_and_the_auditor_checklist(
                 assert await item.get_attribute("data-step") == step.id
                 assert await item.get_attribute("data-status") == "done"
                 time = item.get_by_test_id("audit-step-time")
-                assert await time.get_attribute("data-started") and await time.get_attribute("data-ended")
+                assert await time.get_attribute("data-started") and await time.get_attribute(
+                    "data-ended"
+                )
                 assert (await time.text_content() or "").strip()
             assert await auditor.get_by_test_id("flow-flag").is_hidden()
 
@@ -334,7 +388,10 @@ async def test_loan_and_wealth_by_manual_verification_and_the_auditor_checklist(
             assert await flag.get_attribute("data-status") == "incomplete"
             first = auditor.locator('[data-testid="audit-step"][data-step="consent"]')
             assert await first.get_attribute("data-status") == "done"
-            assert await auditor.locator('[data-testid="audit-step"][data-status="active"]').count() == 1
+            assert (
+                await auditor.locator('[data-testid="audit-step"][data-status="active"]').count()
+                == 1
+            )
             assert not errors, errors
         finally:
             await customer_browser.close()

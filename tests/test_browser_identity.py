@@ -36,7 +36,9 @@ async def _image_loaded(page, testid: str, timeout: float = 15_000) -> None:
     await page.wait_for_function(
         """(id) => { const img = document.querySelector(`[data-testid="${id}"]`);
                      return img && !img.hidden && img.complete && img.naturalWidth > 0; }""",
-        arg=testid, timeout=timeout)
+        arg=testid,
+        timeout=timeout,
+    )
 
 
 async def _text(page, testid: str) -> str:
@@ -62,8 +64,10 @@ async def _auditor_view(counter, session_id: str) -> tuple[list[dict], list[dict
     """The session's timeline and evidence list, as an auditor's API client sees them."""
     events = (await audited_session(counter, session_id))["events"]
     auth = {"Authorization": f"Bearer {await login(counter, 'auditor')}"}
-    async with aiohttp.ClientSession() as http, http.get(
-            f"{counter.url}/api/identity/{session_id}/evidence", headers=auth) as r:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{counter.url}/api/identity/{session_id}/evidence", headers=auth) as r,
+    ):
         assert r.status == 200
         evidence = (await r.json())["items"]
     return events, evidence
@@ -78,7 +82,9 @@ def _in_order(kinds: list[str], expected: list[str]) -> bool:
     return position == len(expected)
 
 
-async def test_face_verification_liveness_and_a_wrong_person(make_counter, video_clip, audio_clip, tmp_path):
+async def test_face_verification_liveness_and_a_wrong_person(
+    make_counter, video_clip, audio_clip, tmp_path
+):
     require_chromium()
     from playwright.async_api import async_playwright
 
@@ -93,8 +99,9 @@ async def test_face_verification_liveness_and_a_wrong_person(make_counter, video
     # A blink lasts 100-300 ms: the server must judge 10+ frames a second to see one. With two
     # Chromiums encoding video on a 2-core machine it manages 3-10 and misses blinks, so the
     # customer gets 16 s (two loops of the clip, six blinks) instead of 8, and a second try.
-    counter = await make_counter(video_clip, audio_clip, identity=True, liveness_steps="blink",
-                                 liveness_step_seconds=16.0)
+    counter = await make_counter(
+        video_clip, audio_clip, identity=True, liveness_steps="blink", liveness_step_seconds=16.0
+    )
     errors: list[str] = []
 
     async with async_playwright() as pw:
@@ -107,23 +114,33 @@ async def test_face_verification_liveness_and_a_wrong_person(make_counter, video
             # while waiting: a file that is no image is refused with words the customer understands
             photo_input = customer.get_by_test_id("id-photo-input")
             await photo_input.set_input_files(str(not_a_photo))
-            assert await settled(customer, "id-photo-status", "state", where=':not([data-state="uploading"])') \
+            assert (
+                await settled(
+                    customer, "id-photo-status", "state", where=':not([data-state="uploading"])'
+                )
                 == "error"
+            )
             assert "not a usable image" in await _text(customer, "id-photo-status")
             # then the real ID photo
             await photo_input.set_input_files(str(id_photo))
-            await customer.wait_for_selector('[data-testid="id-photo-status"][data-state="ok"]', timeout=30_000)
+            await customer.wait_for_selector(
+                '[data-testid="id-photo-status"][data-state="ok"]', timeout=30_000
+            )
 
             await accept_call(agent, customer)
 
             # verification runs by itself at call start: the agent sees the verdict and both images
-            assert await settled(agent, "identity-verdict", "verified", timeout=45_000) == "true", \
+            assert await settled(agent, "identity-verdict", "verified", timeout=45_000) == "true", (
                 await _text(agent, "identity-panel")
+            )
             verdict = agent.get_by_test_id("identity-verdict")
             assert await verdict.get_attribute("data-automatic") == "true"
             assert int(await verdict.get_attribute("data-score")) >= 50
             assert "Score" in await agent.locator("#identity-verdict-detail").text_content()
-            assert await agent.get_by_test_id("identity-consent").get_attribute("data-consent") == "true"
+            assert (
+                await agent.get_by_test_id("identity-consent").get_attribute("data-consent")
+                == "true"
+            )
             await _image_loaded(agent, "identity-reference")
             await _image_loaded(agent, "identity-snapshot")
             assert await settled(agent, "presence-status", "state") == "ok"
@@ -134,20 +151,30 @@ async def test_face_verification_liveness_and_a_wrong_person(make_counter, video
             for _attempt in range(2):
                 await agent.get_by_test_id("liveness-start").click(timeout=15_000)
                 await customer.wait_for_selector(
-                    '[data-testid="liveness-instruction"][data-step="blink"]', state="visible",
-                    timeout=10_000)
+                    '[data-testid="liveness-instruction"][data-step="blink"]',
+                    state="visible",
+                    timeout=10_000,
+                )
                 assert "blink" in (await _text(customer, "liveness-instruction")).lower()
                 passed = await settled(customer, "liveness-result", "passed", timeout=40_000)
                 if passed == "true":
                     break
                 # a missed blink (see above): the agent asks again, as a real agent would
                 failed = await _text(customer, "liveness-result")
-                assert await settled(agent, "liveness-status", "state",
-                                      where=':not([data-state="running"])') == "failed"
+                assert (
+                    await settled(
+                        agent, "liveness-status", "state", where=':not([data-state="running"])'
+                    )
+                    == "failed"
+                )
             assert passed == "true", failed
             await customer.wait_for_selector('[data-testid="liveness-instruction"]', state="hidden")
-            assert await settled(agent, "liveness-status", "state",
-                                  where=':not([data-state="running"])') == "passed"
+            assert (
+                await settled(
+                    agent, "liveness-status", "state", where=':not([data-state="running"])'
+                )
+                == "passed"
+            )
 
             # the agent keeps the customer's current frame
             shown = await agent.get_by_test_id("identity-snapshot").get_attribute("data-item")
@@ -155,20 +182,39 @@ async def test_face_verification_liveness_and_a_wrong_person(make_counter, video
             await agent.wait_for_function(
                 """(before) => { const img = document.querySelector('[data-testid="identity-snapshot"]');
                                  return img.dataset.item && img.dataset.item !== before; }""",
-                arg=shown, timeout=10_000)
+                arg=shown,
+                timeout=10_000,
+            )
             await _image_loaded(agent, "identity-snapshot")
 
             # somebody else's ID photo, uploaded during the call: not the same person
             async with customer.expect_response(lambda r: r.url.endswith("/reference")) as upload:
                 await photo_input.set_input_files(str(other_person))
             assert (await upload.value).status == 200
-            await customer.wait_for_selector('[data-testid="id-photo-status"][data-state="ok"]', timeout=30_000)
-            assert await settled(customer, "verification-result", "verified",
-                                  where='[data-reason="mismatch"]') == "false"
+            await customer.wait_for_selector(
+                '[data-testid="id-photo-status"][data-state="ok"]', timeout=30_000
+            )
+            assert (
+                await settled(
+                    customer, "verification-result", "verified", where='[data-reason="mismatch"]'
+                )
+                == "false"
+            )
             await agent.get_by_test_id("identity-verify").click(timeout=30_000)
-            assert await settled(agent, "identity-verdict", "verified", timeout=30_000,
-                                  where='[data-automatic="false"]') == "false"
-            assert await agent.get_by_test_id("identity-verdict").get_attribute("data-reason") == "mismatch"
+            assert (
+                await settled(
+                    agent,
+                    "identity-verdict",
+                    "verified",
+                    timeout=30_000,
+                    where='[data-automatic="false"]',
+                )
+                == "false"
+            )
+            assert (
+                await agent.get_by_test_id("identity-verdict").get_attribute("data-reason")
+                == "mismatch"
+            )
 
             # and the agent records why, by hand
             await agent.get_by_test_id("manual-verify-reason").fill("证件照片与客户本人不符")
@@ -180,7 +226,9 @@ async def test_face_verification_liveness_and_a_wrong_person(make_counter, video
             await call_state(agent, "ended")
             await call_state(customer, "ended")
             # nothing of this customer stays on the agent's screen
-            assert await agent.get_by_test_id("identity-verdict").get_attribute("data-verified") == ""
+            assert (
+                await agent.get_by_test_id("identity-verdict").get_attribute("data-verified") == ""
+            )
             assert await agent.get_by_test_id("identity-reference").get_attribute("src") is None
 
             # the auditor's page lists the evidence, images as thumbnails
@@ -194,7 +242,9 @@ async def test_face_verification_liveness_and_a_wrong_person(make_counter, video
             await items.nth(3).wait_for(state="attached", timeout=15_000)
             await auditor.wait_for_function(
                 """() => [...document.querySelectorAll('[data-testid="evidence-item"][data-kind="reference_image"] img')]
-                         .filter(img => img.complete && img.naturalWidth > 0).length >= 2""", timeout=15_000)
+                         .filter(img => img.complete && img.naturalWidth > 0).length >= 2""",
+                timeout=15_000,
+            )
             assert not errors, errors
         finally:
             await customer_browser.close()
@@ -203,8 +253,16 @@ async def test_face_verification_liveness_and_a_wrong_person(make_counter, video
     # the signed timeline, as the auditor's API gives it
     events, evidence = await _auditor_view(counter, session_id)
     kinds = [e["kind"] for e in events]
-    expected = ["face_consent", "reference_added", "identity_verified", "liveness_passed",
-                "snapshot_captured", "reference_added", "identity_rejected", "identity_manual"]
+    expected = [
+        "face_consent",
+        "reference_added",
+        "identity_verified",
+        "liveness_passed",
+        "snapshot_captured",
+        "reference_added",
+        "identity_rejected",
+        "identity_manual",
+    ]
     assert _in_order(kinds, expected), f"expected {expected} in this order; timeline: {kinds}"
     assert [e["data"]["accepted"] for e in events if e["kind"] == "face_consent"] == [True]
     assert any(e["kind"] == "identity_rejected" and e["data"]["automatic"] is False for e in events)
@@ -214,7 +272,9 @@ async def test_face_verification_liveness_and_a_wrong_person(make_counter, video
     assert all(len(i["sha256"]) == 64 and i["url"] for i in images)
 
 
-async def test_without_face_consent_the_agent_verifies_by_hand(make_counter, video_clip, audio_clip):
+async def test_without_face_consent_the_agent_verifies_by_hand(
+    make_counter, video_clip, audio_clip
+):
     require_chromium()
     from playwright.async_api import async_playwright
 
@@ -227,29 +287,39 @@ async def test_without_face_consent_the_agent_verifies_by_hand(make_counter, vid
         customer_browser = await launch(pw, customer_cam, make_tone_wav(440.0))
         try:
             agent = await ready_agent(agent_browser, counter, errors)
-            customer = await _waiting_customer(customer_browser, counter, errors, face_consent=False)
+            customer = await _waiting_customer(
+                customer_browser, counter, errors, face_consent=False
+            )
             # no consent, no ID photo upload
             assert not await customer.get_by_test_id("id-photo-input").is_visible()
             await accept_call(agent, customer)
 
             # the face actions stay off; a snapshot and the manual verdict do not need consent
-            await agent.wait_for_selector('[data-testid="identity-consent"][data-consent="false"]', timeout=15_000)
+            await agent.wait_for_selector(
+                '[data-testid="identity-consent"][data-consent="false"]', timeout=15_000
+            )
             for testid in ("identity-verify", "liveness-start", "capture-reference"):
                 assert await agent.get_by_test_id(testid).is_disabled(), testid
             manual_pass = agent.get_by_test_id("manual-verify-pass")
             await agent.get_by_test_id("manual-verify-reason").fill("ok")
             assert await manual_pass.is_disabled(), "a reason needs at least 3 characters"
-            await agent.get_by_test_id("manual-verify-reason").fill("核对了客户手持的身份证，与本人一致")
+            await agent.get_by_test_id("manual-verify-reason").fill(
+                "核对了客户手持的身份证，与本人一致"
+            )
             await manual_pass.click()
             assert await settled(agent, "manual-verify-result", "verified") == "true"
             assert "alice" in await _text(agent, "manual-verify-result")
             await agent.get_by_test_id("capture-snapshot").click(timeout=15_000)
             await _image_loaded(agent, "identity-snapshot", timeout=20_000)
-            assert await agent.get_by_test_id("identity-verdict").get_attribute("data-verified") == ""
+            assert (
+                await agent.get_by_test_id("identity-verdict").get_attribute("data-verified") == ""
+            )
 
             # the customer agrees during the call: the agent may now compare faces
             await customer.get_by_test_id("face-consent-toggle").check()
-            await agent.wait_for_selector('[data-testid="identity-consent"][data-consent="true"]', timeout=10_000)
+            await agent.wait_for_selector(
+                '[data-testid="identity-consent"][data-consent="true"]', timeout=10_000
+            )
             await agent.wait_for_selector('[data-testid="liveness-start"]:enabled', timeout=10_000)
             assert await agent.get_by_test_id("identity-verify").is_disabled(), "no ID photo yet"
             assert await customer.get_by_test_id("id-photo-input").is_enabled()
@@ -267,6 +337,8 @@ async def test_without_face_consent_the_agent_verifies_by_hand(make_counter, vid
     assert [e["data"]["accepted"] for e in events if e["kind"] == "face_consent"] == [False, True]
     [manual] = [e for e in events if e["kind"] == "identity_manual"]
     assert manual["data"]["verified"] is True and manual["data"]["face_consent"] is False
-    assert _in_order(kinds, ["face_consent", "identity_manual", "snapshot_captured", "face_consent"]), kinds
+    assert _in_order(
+        kinds, ["face_consent", "identity_manual", "snapshot_captured", "face_consent"]
+    ), kinds
     assert not {"reference_added", "identity_verified", "identity_rejected"} & set(kinds)
     assert [i["kind"] for i in evidence] == ["snapshot"]

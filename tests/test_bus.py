@@ -14,7 +14,6 @@ from signaling.ids import new_id
 from signaling.redis_bus import RedisBus
 from signaling.redis_state import RedisState
 from signaling.state import InMemoryState, SharedState
-from tests.redis_server import redis_url  # noqa: F401
 
 
 class Nodes:
@@ -24,8 +23,9 @@ class Nodes:
         self.redis = redis
         self.prefix = f"test-{new_id(6)}:"
         self.network = LocalNetwork()
-        self.registry: SharedState = (InMemoryState() if redis is None
-                                      else RedisState.from_url(redis, self.prefix))
+        self.registry: SharedState = (
+            InMemoryState() if redis is None else RedisState.from_url(redis, self.prefix)
+        )
         self._buses: list[Bus] = []
 
     async def bus(self, node_id: str, *, register: bool = True, **options: Any) -> Bus:
@@ -35,8 +35,14 @@ class Nodes:
         if self.redis is None:
             bus = LocalBus(node_id, self.network, directory=self.registry, **options)
         else:
-            bus = RedisBus.from_url(self.redis, node_id, prefix=self.prefix, directory=self.registry,
-                                    block_s=0.5, **options)
+            bus = RedisBus.from_url(
+                self.redis,
+                node_id,
+                prefix=self.prefix,
+                directory=self.registry,
+                block_s=0.5,
+                **options,
+            )
         self._buses.append(bus)
         return bus
 
@@ -102,7 +108,12 @@ async def test_point_to_point_arrives_in_order(nodes: Nodes) -> None:
     assert [m.id for m in got.messages] == ids and len(set(ids)) == 20
     first = got.messages[0]
     assert (first.sender, first.target, first.broadcast, first.known_sender, first.redelivered) == (
-        "a", "b", False, True, False)
+        "a",
+        "b",
+        False,
+        True,
+        False,
+    )
     assert abs(first.sent_at - time.time()) < 5
     assert 0 <= first.latency_s < 5
 
@@ -192,7 +203,12 @@ async def test_broadcast_reaches_every_node(nodes: Nodes) -> None:
     for handler in handlers:
         await handler.wait(1)
         (message,) = handler.messages
-        assert (message.id, message.sender, message.target, message.broadcast) == (sent, "a", None, True)
+        assert (message.id, message.sender, message.target, message.broadcast) == (
+            sent,
+            "a",
+            None,
+            True,
+        )
         assert message.body == {"queue": {"loans": 3}} and message.known_sender
         assert 0 <= message.latency_s < 5
 
@@ -215,8 +231,12 @@ async def test_messages_from_unknown_or_dead_nodes_are_flagged(nodes: Nodes) -> 
     await ghost.broadcast({"from": "ghost"})
     await got.wait(4)
     flags = {(m.body["from"], m.broadcast): m.known_sender for m in got.messages}
-    assert flags == {("ghost", False): False, ("a", False): True, ("old", False): False,
-                     ("ghost", True): False}
+    assert flags == {
+        ("ghost", False): False,
+        ("a", False): True,
+        ("old", False): False,
+        ("ghost", True): False,
+    }
 
 
 async def test_aclose_is_idempotent_and_leaves_no_task(nodes: Nodes) -> None:

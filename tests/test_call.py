@@ -20,8 +20,9 @@ async def _kinds(counter, session_id: str) -> list[str]:
 
 @pytest.mark.parametrize("backend", ["local", "shared"], indirect=True)
 @pytest.mark.parametrize("recording", [True, False], ids=["recording", "no-frame-consumer"])
-async def test_call_forwards_media_both_ways_without_codecs(make_counter, video_clip, audio_clip, codec_spy,
-                                                            recording):
+async def test_call_forwards_media_both_ways_without_codecs(
+    make_counter, video_clip, audio_clip, codec_spy, recording
+):
     counter = await make_counter(video_clip, audio_clip, recording=recording)
     customer = await counter.customer("account_opening", "Ms Chen")
     update = await customer.wait_for("queue_update")
@@ -53,7 +54,9 @@ async def test_call_forwards_media_both_ways_without_codecs(make_counter, video_
     ended_c = await customer.wait_for("call_ended")
     assert ended_a["reason"] == ended_c["reason"] == "customer_hangup"
     assert await agent.wait_for("status", status="away")
-    await eventually(lambda: counter.hub.find(customer.session_id) is None)  # the hub closes after telling both
+    await eventually(
+        lambda: counter.hub.find(customer.session_id) is None
+    )  # the hub closes after telling both
 
     def load(s):
         row = s.get(CallSession, customer.session_id)
@@ -67,7 +70,12 @@ async def test_call_forwards_media_both_ways_without_codecs(make_counter, video_
     kinds = await _kinds(counter, customer.session_id)
     for expected in ("queued", "offered", "call_started", "media_negotiated", "ended"):
         assert expected in kinds, kinds
-    assert kinds.index("queued") < kinds.index("offered") < kinds.index("call_started") < kinds.index("ended")
+    assert (
+        kinds.index("queued")
+        < kinds.index("offered")
+        < kinds.index("call_started")
+        < kinds.index("ended")
+    )
 
 
 async def test_transcode_mode_really_encodes(make_counter, video_clip, audio_clip, codec_spy):

@@ -45,9 +45,15 @@ def example(name: str) -> Path:
 def _start(*args: object) -> subprocess.Popen[str]:
     # as from an operator's shell: stdout to a pipe is block-buffered unless the command flushes
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
-    return subprocess.Popen([*vcounter_command(), "identity", *map(str, args)], cwd=REPO, env=env,
-                            text=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [*vcounter_command(), "identity", *map(str, args)],
+        cwd=REPO,
+        env=env,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def _run(*commands: tuple[object, ...]) -> list[subprocess.CompletedProcess[str]]:
@@ -112,7 +118,11 @@ def test_compare_errors_exit_2_and_name_the_image(tmp_path: Path):
         assert result.returncode == 2, result.stdout + result.stderr
     assert text.stdout == "" and f"image A ({not_image}): not an image" in text.stderr
     assert f"image B ({dogs}): no face found" in no_face.stderr
-    assert _json(no_face) == {"error": "no_face", "message": "no face found in the image", "image": "b"}
+    assert _json(no_face) == {
+        "error": "no_face",
+        "message": "no face found in the image",
+        "image": "b",
+    }
     assert two_faces.stdout == "" and f"image A ({two_people})" in two_faces.stderr
     assert "2 faces" in two_faces.stderr
     assert f"image B ({missing}): cannot read nobody.jpg" in gone.stderr
@@ -250,8 +260,13 @@ def test_liveness_on_real_videos_and_a_still_photo(tmp_path: Path):
     assert no_blink_out["evidence"]["steps"][0]["frames"] == []
 
     # d12 turns both ways: to the customer's left near frame 36, to the right near 80
-    assert left_out["passed"] is True and abs(left_out["evidence"]["steps"][0]["frames"][-1] - 36) <= 8
-    assert right_out["passed"] is True and abs(right_out["evidence"]["steps"][0]["frames"][-1] - 80) <= 8
+    assert (
+        left_out["passed"] is True and abs(left_out["evidence"]["steps"][0]["frames"][-1] - 36) <= 8
+    )
+    assert (
+        right_out["passed"] is True
+        and abs(right_out["evidence"]["steps"][0]["frames"][-1] - 80) <= 8
+    )
     assert steps_out["passed"] is True and steps_out["challenge"] == ["turn_left", "blink"]
     assert [s["step"] for s in steps_out["evidence"]["steps"]] == ["turn_left", "blink"]
     assert all(s["passed"] and s["frames"] for s in steps_out["evidence"]["steps"])
@@ -271,6 +286,9 @@ def test_liveness_errors_exit_2(tmp_path: Path):
     )
     for result in (text, missing, unknown):
         assert result.returncode == 2, result.stdout + result.stderr
-    assert _json(text)["error"] == "bad_video" and f"error: {not_video}: cannot open video" in text.stderr
+    assert (
+        _json(text)["error"] == "bad_video"
+        and f"error: {not_video}: cannot open video" in text.stderr
+    )
     assert _json(missing)["error"] == "bad_video" and "gone.mp4" in missing.stderr
     assert _json(unknown)["error"] == "bad_challenge" and "unknown step 'wink'" in unknown.stderr

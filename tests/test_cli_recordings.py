@@ -96,14 +96,24 @@ async def test_export_package_verifies_with_standard_tools(counter, tmp_path):
     assert "correct horse" not in done.stdout + done.stderr
     with zipfile.ZipFile(package) as z:
         names = set(z.namelist())
-        assert {"README.txt", "manifest.json", "manifest.sig", "public_key.pem", "export_key.json"} <= names
+        assert {
+            "README.txt",
+            "manifest.json",
+            "manifest.sig",
+            "public_key.pem",
+            "export_key.json",
+        } <= names
         assert not any(n.endswith(".webm") for n in names), "no plaintext media in the package"
         z.extractall(tmp_path / "x")
     x = tmp_path / "x"
     manifest = json.loads((x / "manifest.json").read_text())
     for seg in manifest["segments"]:
-        assert hashlib.sha256((x / "recording" / "segments" / seg["name"].split("/")[-1]).read_bytes()
-                              ).hexdigest() == seg["sha256"]
+        assert (
+            hashlib.sha256(
+                (x / "recording" / "segments" / seg["name"].split("/")[-1]).read_bytes()
+            ).hexdigest()
+            == seg["sha256"]
+        )
     _openssl_verifies(x)
     assert server_cli(config, "verify", str(package)).returncode == 0
 
@@ -125,9 +135,13 @@ def _decrypt_for_playback(package, tmp_path, secret) -> None:
     wrong = tmp_path / "wrong.txt"
     wrong.write_text("not it")
     out = tmp_path / "media"
-    refused = run_vcounter("decrypt-export", str(package), str(out), "--passphrase-file", str(wrong))
+    refused = run_vcounter(
+        "decrypt-export", str(package), str(out), "--passphrase-file", str(wrong)
+    )
     assert refused.returncode == 1 and "wrong passphrase" in refused.stderr
-    played = run_vcounter("decrypt-export", str(package), str(out), "--passphrase-file", str(secret))
+    played = run_vcounter(
+        "decrypt-export", str(package), str(out), "--passphrase-file", str(secret)
+    )
     assert played.returncode == 0, played.stderr
     webm = (out / "customer.webm").read_bytes()
     assert stream_info(webm) == {"video": "vp8", "audio": "opus"} and demux(webm)["video"]
@@ -139,13 +153,30 @@ def _openssl_verifies(x) -> None:
 
     if not shutil.which("openssl"):
         return
-    check = subprocess.run(["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", str(x / "public_key.pem"),
-                            "-rawin", "-in", str(x / "manifest.json"), "-sigfile", str(x / "manifest.sig")],
-                           capture_output=True, text=True)
+    check = subprocess.run(
+        [
+            "openssl",
+            "pkeyutl",
+            "-verify",
+            "-pubin",
+            "-inkey",
+            str(x / "public_key.pem"),
+            "-rawin",
+            "-in",
+            str(x / "manifest.json"),
+            "-sigfile",
+            str(x / "manifest.sig"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert "Signature Verified Successfully" in check.stdout, check.stdout + check.stderr
     fingerprint = json.loads((x / "manifest.json").read_text())["signing_key"]["fingerprint"]
-    der = subprocess.run(["openssl", "pkey", "-pubin", "-in", str(x / "public_key.pem"), "-outform", "DER"],
-                         capture_output=True, check=True).stdout
+    der = subprocess.run(
+        ["openssl", "pkey", "-pubin", "-in", str(x / "public_key.pem"), "-outform", "DER"],
+        capture_output=True,
+        check=True,
+    ).stdout
     import hashlib
 
     assert hashlib.sha256(der[-32:]).hexdigest() == fingerprint

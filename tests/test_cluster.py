@@ -14,11 +14,10 @@ from server.db import CallSession
 from server.node_registry import set_draining
 
 from .helpers import eventually, login, session_events
-from .redis_server import redis_url  # noqa: F401  (the fixture)
 
 
 @pytest.fixture
-async def nodes(make_counter, video_clip, audio_clip, redis_url):  # noqa: F811
+async def nodes(make_counter, video_clip, audio_clip, redis_url):
     """Nodes A and B of one counter (their own Redis key prefix per test)."""
     shared = {"redis_url": redis_url, "redis_prefix": f"t{secrets.token_hex(4)}:"}
     a = await make_counter(video_clip, audio_clip, node_id="node-a", **shared)
@@ -47,7 +46,10 @@ async def test_a_customer_on_one_node_is_served_by_an_agent_on_the_other(nodes) 
     await agent.wait_media(frames=45)
     media = a.hub.find(customer.session_id)
     assert media is not None and b.hub.find(customer.session_id) is None
-    assert media.tap("agent", "video").frames_in >= 45 and media.tap("customer", "audio").frames_in >= 45
+    assert (
+        media.tap("agent", "video").frames_in >= 45
+        and media.tap("customer", "audio").frames_in >= 45
+    )
     row = await _row(a, customer.session_id)
     assert (row.state, row.node_id) == ("active", "node-a")
 
@@ -129,8 +131,13 @@ async def _ended(counter, session_id: str) -> bool:
 
 
 async def test_a_dead_nodes_waiting_customer_comes_back_through_the_other_and_keeps_its_place(
-        make_counter, video_clip, audio_clip, redis_url) -> None:  # noqa: F811
-    shared = {"redis_url": redis_url, "redis_prefix": f"t{secrets.token_hex(4)}:", "node_lease_s": 1.0}
+    make_counter, video_clip, audio_clip, redis_url
+) -> None:
+    shared = {
+        "redis_url": redis_url,
+        "redis_prefix": f"t{secrets.token_hex(4)}:",
+        "node_lease_s": 1.0,
+    }
     a = await make_counter(video_clip, audio_clip, node_id="node-a", **shared)
     b = await make_counter(video_clip, audio_clip, node_id="node-b", **shared)
     first = await a.customer("account_opening", "先到")
@@ -154,12 +161,16 @@ async def test_a_dead_nodes_waiting_customer_comes_back_through_the_other_and_ke
     back = b.participant("customer-back")
     rejoined = await back.rejoin(first.session_id, first.rejoin_token)
     assert rejoined["state"] == "queued"
-    assert (await back.wait_for("queue_update"))["position"] == 1  # still ahead of the later customer
+    assert (await back.wait_for("queue_update"))[
+        "position"
+    ] == 1  # still ahead of the later customer
     # the ready agent is offered the customer who came back: their place was kept
     assert (await alice.next_offer())["session_id"] == first.session_id
     assert (await _row(b, first.session_id)).node_id == "node-b"
     kinds = [e.kind for e in await session_events(b, first.session_id)]
-    assert "session_adopted" in kinds and kinds.index("session_adopted") < kinds.index("customer_rejoined")
+    assert "session_adopted" in kinds and kinds.index("session_adopted") < kinds.index(
+        "customer_rejoined"
+    )
 
     await alice.send({"type": "accept", "session_id": first.session_id})
     await back.wait_for("call_started")
@@ -187,9 +198,14 @@ async def test_the_wait_estimate_learns_from_calls_on_every_node(nodes) -> None:
 
 
 async def test_http_about_a_session_is_served_by_the_node_holding_it(
-        make_counter, face_clip, same_person_photo, audio_clip, redis_url) -> None:  # noqa: F811
-    shared = {"redis_url": redis_url, "redis_prefix": f"t{secrets.token_hex(4)}:", "identity": True,
-              "identity_workers": 1}
+    make_counter, face_clip, same_person_photo, audio_clip, redis_url
+) -> None:
+    shared = {
+        "redis_url": redis_url,
+        "redis_prefix": f"t{secrets.token_hex(4)}:",
+        "identity": True,
+        "identity_workers": 1,
+    }
     a = await make_counter(face_clip, audio_clip, node_id="node-a", **shared)
     b = await make_counter(face_clip, audio_clip, node_id="node-b", **shared)
     for node in (a, b):
@@ -200,24 +216,39 @@ async def test_http_about_a_session_is_served_by_the_node_holding_it(
 
     async with aiohttp.ClientSession() as http:
         # the customer's page uploads the ID photo through the other node
-        async with http.post(f"{b.url}/api/identity/{sid}/reference", data=same_person_photo,
-                             headers={"Content-Type": "image/jpeg", "X-Session-Token": token}) as r:
+        async with http.post(
+            f"{b.url}/api/identity/{sid}/reference",
+            data=same_person_photo,
+            headers={"Content-Type": "image/jpeg", "X-Session-Token": token},
+        ) as r:
             assert r.status == 200, await r.text()
             assert (await r.json())["reference"]["source"] == "upload"
-        async with http.post(f"{b.url}/api/identity/{sid}/reference", data=same_person_photo,
-                             headers={"Content-Type": "image/jpeg", "X-Session-Token": "x" * 43}) as r:
+        async with http.post(
+            f"{b.url}/api/identity/{sid}/reference",
+            data=same_person_photo,
+            headers={"Content-Type": "image/jpeg", "X-Session-Token": "x" * 43},
+        ) as r:
             assert r.status == 403  # the holding node checks the token
         token_a = await login(a, "auditor")
-        async with http.get(f"{b.url}/api/identity/{sid}/evidence",
-                            headers={"Authorization": f"Bearer {token_a}"}) as r:
+        async with http.get(
+            f"{b.url}/api/identity/{sid}/evidence", headers={"Authorization": f"Bearer {token_a}"}
+        ) as r:
             assert r.status == 200
-            assert sorted(i["kind"] for i in (await r.json())["items"]) == ["reference_embedding", "reference_image"]
+            assert sorted(i["kind"] for i in (await r.json())["items"]) == [
+                "reference_embedding",
+                "reference_image",
+            ]
     assert a.app[IDENTITY].state(sid).reference is not None
 
 
 async def test_new_sessions_go_to_the_less_loaded_node_and_not_to_a_draining_one(
-        make_counter, video_clip, audio_clip, redis_url) -> None:  # noqa: F811
-    shared = {"redis_url": redis_url, "redis_prefix": f"t{secrets.token_hex(4)}:", "node_lease_s": 0.6}
+    make_counter, video_clip, audio_clip, redis_url
+) -> None:
+    shared = {
+        "redis_url": redis_url,
+        "redis_prefix": f"t{secrets.token_hex(4)}:",
+        "node_lease_s": 0.6,
+    }
     a = await make_counter(video_clip, audio_clip, node_id="node-a", **shared)
     b = await make_counter(video_clip, audio_clip, node_id="node-b", **shared)
     first = await a.customer("account_opening", "一号", media=False)
@@ -230,7 +261,10 @@ async def test_new_sessions_go_to_the_less_loaded_node_and_not_to_a_draining_one
     # A holds two sessions more than B: the next customer reaching A lives on B
     third = await a.customer("account_opening", "三号", media=False)
     assert (await third.wait_for("queue_update"))["position"] == 3
-    assert b.broker.session(third.session_id) is not None and a.broker.session(third.session_id) is None
+    assert (
+        b.broker.session(third.session_id) is not None
+        and a.broker.session(third.session_id) is None
+    )
     assert (await _row(b, third.session_id)).node_id == "node-b"
 
     # B drains (vcounter drain): from its next heartbeat it places new sessions on A

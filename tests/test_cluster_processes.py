@@ -15,7 +15,6 @@ from signaling.contrib.headless import HeadlessParticipant
 
 from .cluster_fixture import TEST_ACCOUNTS, Cluster, cluster_maker, two_node_cluster  # noqa: F401  (fixtures)
 from .helpers import PASSWORD, eventually
-from .redis_server import redis_url  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -34,8 +33,9 @@ async def _ended(cluster: Cluster, session_id: str) -> bool:
     return row is not None and row.state == "ended"
 
 
-async def _call_through_balancer(cluster: Cluster, video: EncodedClip, audio: EncodedClip,
-                                 extra_requests: int) -> tuple[str, str]:
+async def _call_through_balancer(
+    cluster: Cluster, video: EncodedClip, audio: EncodedClip, extra_requests: int
+) -> tuple[str, str]:
     """A customer and an agent, both given only the balancer's URL, through a whole call with
     media both ways; ``extra_requests`` other requests go between their sockets. Returns the
     nodes of the customer's session and of the agent's socket."""
@@ -68,8 +68,12 @@ async def _call_through_balancer(cluster: Cluster, video: EncodedClip, audio: En
     finally:
         await customer.aclose()
         await agent.aclose()
-    sockets = await eventually(lambda: len(found := _sockets_since(cluster, log_offset)) >= 2 and found,
-                               timeout=10, interval=0.2, message=cluster.logs)
+    sockets = await eventually(
+        lambda: len(found := _sockets_since(cluster, log_offset)) >= 2 and found,
+        timeout=10,
+        interval=0.2,
+        message=cluster.logs,
+    )
     nodes = dict(sockets)
     # the session lives where the customer's socket landed
     assert nodes["/ws/customer"] == session_node, (sockets, session_node)
@@ -77,7 +81,8 @@ async def _call_through_balancer(cluster: Cluster, video: EncodedClip, audio: En
 
 
 async def test_calls_through_the_balancer_carry_media_wherever_the_sockets_land(
-        cluster: Cluster, video_clip: EncodedClip, audio_clip: EncodedClip) -> None:
+    cluster: Cluster, video_clip: EncodedClip, audio_clip: EncodedClip
+) -> None:
     placements = []
     for extra in range(4):  # nginx alternates: one request more moves the agent to the other node
         placements.append(await _call_through_balancer(cluster, video_clip, audio_clip, extra))
@@ -94,10 +99,13 @@ async def test_calls_through_the_balancer_carry_media_wherever_the_sockets_land(
 
 
 async def test_an_agent_on_one_node_hangs_up_a_call_of_the_other(
-        cluster: Cluster, video_clip: EncodedClip, audio_clip: EncodedClip) -> None:
+    cluster: Cluster, video_clip: EncodedClip, audio_clip: EncodedClip
+) -> None:
     a, b = cluster.node("node-a"), cluster.node("node-b")
-    async with HeadlessParticipant(a.url, video=video_clip, audio=audio_clip, name="customer") as customer, \
-            HeadlessParticipant(b.url, video=video_clip, audio=audio_clip, name="agent") as agent:
+    async with (
+        HeadlessParticipant(a.url, video=video_clip, audio=audio_clip, name="customer") as customer,
+        HeadlessParticipant(b.url, video=video_clip, audio=audio_clip, name="agent") as agent,
+    ):
         await customer.join("loan_signing", "李先生")
         await customer.wait_for("queue_update")
         assert (await cluster.healthz(a.url))["sessions"] == 1
@@ -113,14 +121,18 @@ async def test_an_agent_on_one_node_hangs_up_a_call_of_the_other(
         assert session_id is not None
         row = await cluster.session_row(session_id)
         assert row is not None and (row.state, row.node_id) == ("active", "node-a")
-        assert (await cluster.healthz(a.url))["calls"] == 1 and (await cluster.healthz(b.url))["calls"] == 0
+        assert (await cluster.healthz(a.url))["calls"] == 1 and (await cluster.healthz(b.url))[
+            "calls"
+        ] == 0
 
         await agent.hangup()
         assert (await customer.wait_for("call_ended", 15))["reason"] == "agent_hangup"
         assert (await agent.wait_for("call_ended", 15))["reason"] == "agent_hangup"
         await agent.wait_for("status", 15, status="away")
 
-    await eventually(lambda: _ended(cluster, session_id), timeout=15, interval=0.2, message=cluster.logs)
+    await eventually(
+        lambda: _ended(cluster, session_id), timeout=15, interval=0.2, message=cluster.logs
+    )
     row = await cluster.session_row(session_id)
     assert row is not None and row.end_reason == "agent_hangup" and row.ended_at is not None
     assert (await cluster.healthz(a.url))["calls"] == 0
@@ -128,7 +140,8 @@ async def test_an_agent_on_one_node_hangs_up_a_call_of_the_other(
 
 @pytest.mark.parametrize("attempt", range(3))
 async def test_both_nodes_first_starting_at_once_on_an_empty_database_come_up(
-        cluster_factory: Callable[..., Awaitable[Cluster]], attempt: int) -> None:
+    cluster_factory: Callable[..., Awaitable[Cluster]], attempt: int
+) -> None:
     cluster = await cluster_factory(users=None, nginx=False)  # spawned together, each migrating
     for node in cluster.nodes:
         health = await cluster.healthz(node.url)
@@ -145,7 +158,8 @@ async def test_both_nodes_first_starting_at_once_on_an_empty_database_come_up(
 
 
 async def test_a_killed_node_is_dead_after_its_lease_and_the_balancer_keeps_answering(
-        cluster: Cluster, video_clip: EncodedClip, audio_clip: EncodedClip) -> None:
+    cluster: Cluster, video_clip: EncodedClip, audio_clip: EncodedClip
+) -> None:
     listed = cluster.nodes_json()
     assert {i: n["alive"] for i, n in listed.items()} == {"node-a": True, "node-b": True}
 
@@ -155,8 +169,12 @@ async def test_a_killed_node_is_dead_after_its_lease_and_the_balancer_keeps_answ
     for _ in range(6):
         assert (await cluster.healthz())["node"] == "node-a"
     assert "Connection refused) while connecting to upstream" in cluster.nginx.error_log.read_text()
-    passed_on = f'"GET /healthz HTTP/1.1" 200 upstream=127.0.0.1:{b.port}, 127.0.0.1:{a.port} (502, 200)'
-    assert passed_on in cluster.nginx.access_log.read_text(), cluster.nginx.access_log.read_text()[-2000:]
+    passed_on = (
+        f'"GET /healthz HTTP/1.1" 200 upstream=127.0.0.1:{b.port}, 127.0.0.1:{a.port} (502, 200)'
+    )
+    assert passed_on in cluster.nginx.access_log.read_text(), cluster.nginx.access_log.read_text()[
+        -2000:
+    ]
 
     async def dead() -> bool:
         nodes = cluster.nodes_json()

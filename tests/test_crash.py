@@ -23,18 +23,34 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 async def server_process(tmp_path):
     keys = tmp_path / "keys"
-    server = ServerProcess(tmp_path / "data", env={
-        "VCOUNTER_MASTER_KEY_FILE": str(keys / "master.key"),
-        "VCOUNTER_SIGNING_KEY_FILE": str(keys / "signing.pem")})
-    done = server.cli("user", "add", "--role", "agent", "--username", "alice", "--password", PASSWORD,
-                      "--skills", "account_opening")
+    server = ServerProcess(
+        tmp_path / "data",
+        env={
+            "VCOUNTER_MASTER_KEY_FILE": str(keys / "master.key"),
+            "VCOUNTER_SIGNING_KEY_FILE": str(keys / "signing.pem"),
+        },
+    )
+    done = server.cli(
+        "user",
+        "add",
+        "--role",
+        "agent",
+        "--username",
+        "alice",
+        "--password",
+        PASSWORD,
+        "--skills",
+        "account_opening",
+    )
     assert done.returncode == 0, done.stderr
     await server.start()
     yield server
     server.stop()
 
 
-async def test_kill9_mid_call_then_restart_recovers_the_recording(server_process, video_clip, audio_clip):
+async def test_kill9_mid_call_then_restart_recovers_the_recording(
+    server_process, video_clip, audio_clip
+):
     server = server_process
     customer = HeadlessParticipant(server.url, video=video_clip, audio=audio_clip, name="customer")
     agent = HeadlessParticipant(server.url, video=video_clip, audio=audio_clip, name="agent")
@@ -62,8 +78,14 @@ async def test_kill9_mid_call_then_restart_recovers_the_recording(server_process
     with db.session() as s:
         row = s.get(CallSession, session_id)
         assert (row.state, row.end_reason) == ("failed", "server_restart")
-        kinds = [e.kind for e in s.exec(select(SessionEvent).where(
-            SessionEvent.session_id == session_id).order_by(SessionEvent.id))]
+        kinds = [
+            e.kind
+            for e in s.exec(
+                select(SessionEvent)
+                .where(SessionEvent.session_id == session_id)
+                .order_by(SessionEvent.id)
+            )
+        ]
         # what happened before the crash is still there, then the failure
         assert kinds[:1] == ["queued"] and "call_started" in kinds and kinds[-1] == "failed"
     # the interrupted recording was recovered at start-up and verifies

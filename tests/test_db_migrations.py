@@ -64,8 +64,9 @@ def _previous_release_database(url: str) -> None:
 
 def _schema_differences(db: Database) -> list[object]:
     with db.engine.connect() as conn:
-        return compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}),
-                                SQLModel.metadata)
+        return compare_metadata(
+            MigrationContext.configure(conn, opts={"compare_type": True}), SQLModel.metadata
+        )
 
 
 def _seed(db: Database) -> None:
@@ -73,9 +74,13 @@ def _seed(db: Database) -> None:
     with db.session() as s:
         user = User(username="qc", display_name="QC", role="auditor", password_hash="x")
         s.add(user)
-        s.execute(text("INSERT INTO callsession (id, business, state, customer_name, node_id, created_at) "
-                       "VALUES ('sess-old-1', 'loan_signing', 'ended', '王女士', '', :at)"),
-                  {"at": datetime.now(UTC)})
+        s.execute(
+            text(
+                "INSERT INTO callsession (id, business, state, customer_name, node_id, created_at) "
+                "VALUES ('sess-old-1', 'loan_signing', 'ended', '王女士', '', :at)"
+            ),
+            {"at": datetime.now(UTC)},
+        )
         s.add(SessionEvent(session_id="sess-old-1", offset_ms=0, kind="queued"))
         s.commit()
         access_log.append(s, user, "replay", "sess-old-1-1/customer")
@@ -93,9 +98,14 @@ def _assert_append_only(db: Database) -> None:
 
 
 def _vcounter(*args: str, url: str, data_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*vcounter_command(), *args, "--data-dir", str(data_dir)], capture_output=True,
-                          text=True, timeout=120, cwd=REPO,
-                          env={**os.environ, "DATABASE_URL": url, "VCOUNTER_IDENTITY": "0", **env})
+    return subprocess.run(
+        [*vcounter_command(), *args, "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env={**os.environ, "DATABASE_URL": url, "VCOUNTER_IDENTITY": "0", **env},
+    )
 
 
 def test_an_empty_database_upgrades_to_a_schema_equal_to_the_models(database_url):
@@ -182,13 +192,24 @@ def test_vcounter_db_upgrade_and_current_and_the_serve_refusal(database_url, tmp
     data = tmp_path / "data"
     password = make_url(database_url).password
 
-    refused = _vcounter("serve", "--no-tls", "--host", "127.0.0.1", "--port", "0", url=database_url,
-                        data_dir=data, VCOUNTER_DB_AUTO_UPGRADE="0")
+    refused = _vcounter(
+        "serve",
+        "--no-tls",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        url=database_url,
+        data_dir=data,
+        VCOUNTER_DB_AUTO_UPGRADE="0",
+    )
     assert refused.returncode == 1, refused.stdout + refused.stderr
     assert "vcounter db upgrade" in refused.stderr and "did not start" in refused.stderr
 
     current = _vcounter("db", "current", url=database_url, data_dir=data)
-    assert current.returncode == 1 and current.stdout.startswith("none ("), current.stdout + current.stderr
+    assert current.returncode == 1 and current.stdout.startswith("none ("), (
+        current.stdout + current.stderr
+    )
 
     upgraded = _vcounter("db", "upgrade", url=database_url, data_dir=data)
     assert upgraded.returncode == 0, upgraded.stderr
@@ -200,15 +221,28 @@ def test_vcounter_db_upgrade_and_current_and_the_serve_refusal(database_url, tmp
     assert again.returncode == 0 and f"already at {head_revision()} (head)" in again.stdout
 
     # with the schema at the head, a command that opens the database works with auto-upgrade off
-    added = _vcounter("user", "add", "--role", "auditor", "--username", "qc", "--password", "long-enough",
-                      url=database_url, data_dir=data, VCOUNTER_DB_AUTO_UPGRADE="0")
+    added = _vcounter(
+        "user",
+        "add",
+        "--role",
+        "auditor",
+        "--username",
+        "qc",
+        "--password",
+        "long-enough",
+        url=database_url,
+        data_dir=data,
+        VCOUNTER_DB_AUTO_UPGRADE="0",
+    )
     assert added.returncode == 0, added.stderr
     if password:
         for done in (refused, current, upgraded, again, added):
             assert password not in done.stdout + done.stderr  # URLs are shown without it
 
 
-def test_vcounter_db_upgrade_adopts_a_database_of_the_release_before_migrations(database_url, tmp_path):
+def test_vcounter_db_upgrade_adopts_a_database_of_the_release_before_migrations(
+    database_url, tmp_path
+):
     _previous_release_database(database_url)
     done = _vcounter("db", "upgrade", url=database_url, data_dir=tmp_path / "data")
     assert done.returncode == 0, done.stderr
@@ -226,9 +260,20 @@ def test_a_database_that_a_newer_release_migrated_is_refused(database_url, tmp_p
         migrations.upgrade(db.url)
     db.close()
     for auto in ("1", "0"):
-        refused = _vcounter("serve", "--no-tls", "--host", "127.0.0.1", "--port", "0", url=database_url,
-                            data_dir=tmp_path / "data", VCOUNTER_DB_AUTO_UPGRADE=auto)
-        assert refused.returncode == 1 and "a newer release migrated it" in refused.stderr, refused.stderr
+        refused = _vcounter(
+            "serve",
+            "--no-tls",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            url=database_url,
+            data_dir=tmp_path / "data",
+            VCOUNTER_DB_AUTO_UPGRADE=auto,
+        )
+        assert refused.returncode == 1 and "a newer release migrated it" in refused.stderr, (
+            refused.stderr
+        )
 
 
 def test_a_new_revision_of_unchanged_models_is_empty(tmp_path, monkeypatch):
@@ -250,7 +295,10 @@ def test_a_new_revision_of_unchanged_models_is_empty(tmp_path, monkeypatch):
 
 
 def test_postgres_urls_as_operators_write_them_go_through_psycopg():
-    assert normalise_url("postgresql://u:p%40ss@db:5432/vc") == "postgresql+psycopg://u:p%40ss@db:5432/vc"
+    assert (
+        normalise_url("postgresql://u:p%40ss@db:5432/vc")
+        == "postgresql+psycopg://u:p%40ss@db:5432/vc"
+    )
     assert normalise_url("postgres://u@db/vc") == "postgresql+psycopg://u@db/vc"
     assert normalise_url("postgresql+psycopg2://u@db/vc") == "postgresql+psycopg2://u@db/vc"
     assert normalise_url("sqlite:///var/vcounter.db") == "sqlite:///var/vcounter.db"

@@ -75,13 +75,22 @@ def _env(url: str) -> dict[str, str]:
     return {**os.environ, "DATABASE_URL": url, "VCOUNTER_IDENTITY": "0"}
 
 
-def _at_once(scripts: list[list[str]], url: str, data_dir: Path) -> list[subprocess.CompletedProcess[str]]:
+def _at_once(
+    scripts: list[list[str]], url: str, data_dir: Path
+) -> list[subprocess.CompletedProcess[str]]:
     """Run ``python -c SCRIPT ARGS... START`` processes that all begin their work at START."""
     start = time.time() + 3.0  # more than a process takes to import the server
-    procs = [subprocess.Popen([sys.executable, "-c", *script, str(start)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, cwd=REPO, env={
-                                  **_env(url), "VCOUNTER_DATA_DIR": str(data_dir)})
-             for script in scripts]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", *script, str(start)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            env={**_env(url), "VCOUNTER_DATA_DIR": str(data_dir)},
+        )
+        for script in scripts
+    ]
     done = []
     for proc in procs:
         out, err = proc.communicate(timeout=120)
@@ -115,23 +124,33 @@ def test_a_node_waits_for_the_migration_lock_another_holds(new_database, tmp_pat
         holder = sqlite3.connect(db.engine.url.database, isolation_level=None)  # type: ignore[assignment]
         holder.execute("PRAGMA journal_mode=WAL")
         holder.execute("BEGIN IMMEDIATE")
-    proc = subprocess.Popen([*vcounter_command(), "db", "upgrade"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=REPO,
-                            env={**_env(url), "VCOUNTER_DATA_DIR": str(tmp_path / "data")})
+    proc = subprocess.Popen(
+        [*vcounter_command(), "db", "upgrade"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**_env(url), "VCOUNTER_DATA_DIR": str(tmp_path / "data")},
+    )
     try:
         deadline = time.monotonic() + 30
         if db.engine.dialect.name == "postgresql":
             # until the node is seen waiting for the advisory lock
             with db.engine.connect() as conn:
-                while not conn.execute(text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-                                            "AND NOT granted")).scalar():
+                while not conn.execute(
+                    text(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                    )
+                ).scalar():
                     assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
                     time.sleep(0.1)
                     conn.rollback()
         else:
             time.sleep(4.0)  # more than the process takes to import the server and connect
         assert proc.poll() is None, proc.communicate()
-        assert migrations.schema_status(db.url).current is None  # nothing migrated while the lock is held
+        assert (
+            migrations.schema_status(db.url).current is None
+        )  # nothing migrated while the lock is held
     finally:
         if db.engine.dialect.name == "postgresql":
             holder.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK_KEY})
@@ -150,19 +169,27 @@ def test_access_log_appends_from_two_nodes_make_one_intact_chain(new_database, t
     url = new_database()
     db = Database(url)
     migrations.upgrade(db.url)
-    done = _at_once([[APPEND_AT, url, "node-a", "25"], [APPEND_AT, url, "node-b", "25"]], url,
-                    tmp_path / "data")
+    done = _at_once(
+        [[APPEND_AT, url, "node-a", "25"], [APPEND_AT, url, "node-b", "25"]], url, tmp_path / "data"
+    )
     for d in done:
         assert d.returncode == 0, d.stderr[-3000:]
     with Session(db.engine) as s:
         check = access_log.verify(s)
         assert check.ok and check.entries == 50, check.reason
-        by_node = dict(s.exec(select(AccessLog.username, func.count()).group_by(AccessLog.username)).all())
+        by_node = dict(
+            s.exec(select(AccessLog.username, func.count()).group_by(AccessLog.username)).all()
+        )
     assert by_node == {"node-a": 25, "node-b": 25}
     db.close()
-    verified = subprocess.run([*vcounter_command(), "verify-log"], capture_output=True, text=True,
-                              timeout=60, cwd=REPO,
-                              env={**_env(url), "VCOUNTER_DATA_DIR": str(tmp_path / "data")})
+    verified = subprocess.run(
+        [*vcounter_command(), "verify-log"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env={**_env(url), "VCOUNTER_DATA_DIR": str(tmp_path / "data")},
+    )
     assert verified.returncode == 0, verified.stderr
     assert verified.stdout.strip() == "OK: 50 entries, chain intact"
 
@@ -175,7 +202,9 @@ def test_append_only_tables_refuse_update_delete_and_truncate(new_database, made
     with db.session() as s:
         user = User(username="qc", display_name="QC", role="auditor", password_hash="x")
         s.add(user)
-        s.add(CallSession(id="sess-ao-1", business="loan_signing", state="ended", customer_name="A"))
+        s.add(
+            CallSession(id="sess-ao-1", business="loan_signing", state="ended", customer_name="A")
+        )
         s.commit()
         s.add(SessionEvent(session_id="sess-ao-1", offset_ms=0, kind="queued"))
         s.add(Verdict(session_id="sess-ao-1", user_id=user.id or 0, username="qc", result="pass"))
@@ -195,7 +224,10 @@ def test_append_only_tables_refuse_update_delete_and_truncate(new_database, made
         with db.engine.connect() as conn:
             assert conn.execute(text(f"SELECT count(*) FROM {table}")).scalar() == 1, table
     if postgres:  # a TRUNCATE of the table they refer to reaches them too
-        with db.engine.connect() as conn, pytest.raises(sqlalchemy.exc.IntegrityError, match="append-only"):
+        with (
+            db.engine.connect() as conn,
+            pytest.raises(sqlalchemy.exc.IntegrityError, match="append-only"),
+        ):
             conn.execute(text("TRUNCATE callsession CASCADE"))
     db.close()
 
@@ -208,7 +240,11 @@ def test_a_node_role_allowed_only_to_read_and_insert_appends_to_the_access_log(p
     with owner.engine.begin() as conn:
         conn.execute(text(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'"))
         conn.execute(text(f"GRANT SELECT, INSERT ON accesslog TO {role}"))
-    url = make_url(postgres_url).set(username=role, password=password).render_as_string(hide_password=False)
+    url = (
+        make_url(postgres_url)
+        .set(username=role, password=password)
+        .render_as_string(hide_password=False)
+    )
     node = Database(url)
     try:
         user = User(username="qc", display_name="QC", role="auditor", password_hash="")
@@ -219,8 +255,10 @@ def test_a_node_role_allowed_only_to_read_and_insert_appends_to_the_access_log(p
         with node.session() as s:
             check = access_log.verify(s)
             assert check.ok and check.entries == 3, check.reason
-        with node.engine.connect() as conn, pytest.raises(sqlalchemy.exc.ProgrammingError,
-                                                          match="permission denied"):
+        with (
+            node.engine.connect() as conn,
+            pytest.raises(sqlalchemy.exc.ProgrammingError, match="permission denied"),
+        ):
             conn.execute(text("UPDATE accesslog SET target = 'elsewhere'"))
     finally:
         node.close()
@@ -231,20 +269,30 @@ def test_a_node_role_allowed_only_to_read_and_insert_appends_to_the_access_log(p
 
 
 async def test_two_nodes_on_one_postgresql_log_concurrent_audit_reads_in_one_chain(
-        make_counter, postgres_url, video_clip, audio_clip):
+    make_counter, postgres_url, video_clip, audio_clip
+):
     """Two servers (two engines, as two nodes) on one PostgreSQL: 30 concurrent reads that each log
     an access all succeed, and the log is one chain of 30."""
-    nodes = [await make_counter(video_clip, audio_clip, database_url=postgres_url, node_id=name)
-             for name in ("node-a", "node-b")]
-    await nodes[0].db.run(lambda s: s.add(CallSession(id="sess-pg-1", business="loan_signing",
-                                                      state="ended", customer_name="王女士")))
+    nodes = [
+        await make_counter(video_clip, audio_clip, database_url=postgres_url, node_id=name)
+        for name in ("node-a", "node-b")
+    ]
+    await nodes[0].db.run(
+        lambda s: s.add(
+            CallSession(
+                id="sess-pg-1", business="loan_signing", state="ended", customer_name="王女士"
+            )
+        )
+    )
     tokens = [await login(node, "auditor") for node in nodes]
     async with aiohttp.ClientSession() as http:
 
         async def read(i: int) -> int:
             node, token = nodes[i % 2], tokens[i % 2]
-            async with http.get(f"{node.url}/api/audit/sessions/sess-pg-1",
-                                headers={"Authorization": f"Bearer {token}"}) as r:
+            async with http.get(
+                f"{node.url}/api/audit/sessions/sess-pg-1",
+                headers={"Authorization": f"Bearer {token}"},
+            ) as r:
                 return r.status
 
         statuses = await asyncio.gather(*(read(i) for i in range(30)))

@@ -60,14 +60,40 @@ def _every_stored_byte(root: Path) -> bytes:
 # -- store ------------------------------------------------------------------------------
 
 
-def test_every_kind_round_trips_and_nothing_is_plaintext_on_disk(store: EvidenceStore, tmp_path: Path):
+def test_every_kind_round_trips_and_nothing_is_plaintext_on_disk(
+    store: EvidenceStore, tmp_path: Path
+):
     photo, snapshot = _photo("biden.jpg"), _photo("obama.jpg")
-    data = {"reference_image": photo, "reference_embedding": _embedding(1), "snapshot": snapshot,
-            "live_embedding": _embedding(2), "receipt": json.dumps({"payload": {"session_id": SESSION, "document_sha256": "ab" * 32,
-                                                "signature_png": "iVBOR" * 40}}).encode()}
-    types = {"reference_image": "image/jpeg", "snapshot": "image/jpeg", "receipt": "application/json"}
-    put = [store.put(SESSION, kind, data[kind], content_type=types.get(kind, "application/octet-stream"),
-                     meta={"distance": 0.3141592, "by": "agent 李"}) for kind in KINDS]
+    data = {
+        "reference_image": photo,
+        "reference_embedding": _embedding(1),
+        "snapshot": snapshot,
+        "live_embedding": _embedding(2),
+        "receipt": json.dumps(
+            {
+                "payload": {
+                    "session_id": SESSION,
+                    "document_sha256": "ab" * 32,
+                    "signature_png": "iVBOR" * 40,
+                }
+            }
+        ).encode(),
+    }
+    types = {
+        "reference_image": "image/jpeg",
+        "snapshot": "image/jpeg",
+        "receipt": "application/json",
+    }
+    put = [
+        store.put(
+            SESSION,
+            kind,
+            data[kind],
+            content_type=types.get(kind, "application/octet-stream"),
+            meta={"distance": 0.3141592, "by": "agent 李"},
+        )
+        for kind in KINDS
+    ]
 
     for item in put:
         got, plain = store.get(SESSION, item.id)
@@ -82,12 +108,18 @@ def test_every_kind_round_trips_and_nothing_is_plaintext_on_disk(store: Evidence
     on_disk = _every_stored_byte(tmp_path / "identity")
     for plain in data.values():
         assert plain[100:132] not in on_disk
-    assert b"0.3141592" not in on_disk and "李".encode() not in on_disk and b"image/jpeg" not in on_disk
+    assert (
+        b"0.3141592" not in on_disk
+        and "李".encode() not in on_disk
+        and b"image/jpeg" not in on_disk
+    )
     for path in (tmp_path / "identity").rglob("*"):
         assert path.is_dir() or path.stat().st_mode & 0o077 == 0, f"{path} is readable by others"
 
 
-def test_an_item_moved_to_another_session_or_kind_does_not_decrypt(store: EvidenceStore, tmp_path: Path):
+def test_an_item_moved_to_another_session_or_kind_does_not_decrypt(
+    store: EvidenceStore, tmp_path: Path
+):
     snap = store.put(SESSION, "snapshot", _photo(), content_type="image/jpeg")
     store.put(OTHER, "snapshot", _photo("obama.jpg"), content_type="image/jpeg")
     source = _file(store, SESSION, "snapshot", snap.id)
@@ -99,7 +131,10 @@ def test_an_item_moved_to_another_session_or_kind_does_not_decrypt(store: Eviden
     # and even with its own wrapped key beside it: the session id is bound, not only the key
     third = "zz-third-session"
     (tmp_path / "identity" / third / "snapshot").mkdir(parents=True)
-    shutil.copy(tmp_path / "identity" / SESSION / "key.wrapped", tmp_path / "identity" / third / "key.wrapped")
+    shutil.copy(
+        tmp_path / "identity" / SESSION / "key.wrapped",
+        tmp_path / "identity" / third / "key.wrapped",
+    )
     shutil.copy(source, _file(store, third, "snapshot", snap.id))
     with pytest.raises(EvidenceError):
         store.get(third, snap.id)
@@ -121,7 +156,9 @@ def test_an_item_moved_to_another_session_or_kind_does_not_decrypt(store: Eviden
 
 def test_flipped_byte_truncation_and_wrong_master_key_fail(store: EvidenceStore, tmp_path: Path):
     photo = _photo()
-    item = store.put(SESSION, "reference_image", photo, content_type="image/jpeg", meta={"score": 0.97})
+    item = store.put(
+        SESSION, "reference_image", photo, content_type="image/jpeg", meta={"score": 0.97}
+    )
     path = _file(store, SESSION, "reference_image", item.id)
     original = path.read_bytes()
     # a byte of the description, of the data, and the last byte of the tag
@@ -151,7 +188,9 @@ def test_flipped_byte_truncation_and_wrong_master_key_fail(store: EvidenceStore,
     assert keyless.count(SESSION) == 1, "listing names and deleting need no key"
 
 
-@pytest.mark.parametrize("bad", ["", "..", "../etc", "a/b", "a\\b", ".hidden", "a" * 65, "a b", "é", "a\0b", None])
+@pytest.mark.parametrize(
+    "bad", ["", "..", "../etc", "a/b", "a\\b", ".hidden", "a" * 65, "a b", "é", "a\0b", None]
+)
 def test_bad_ids_are_refused(store: EvidenceStore, bad):
     store.put(SESSION, "snapshot", b"jpeg")
     with pytest.raises(ValueError):
@@ -187,11 +226,17 @@ def test_bad_kind_content_type_and_meta_are_refused(store: EvidenceStore):
 def test_list_by_kind_sessions_and_delete_session(store: EvidenceStore, tmp_path: Path):
     reference = store.put(SESSION, "reference_image", _photo(), content_type="image/jpeg")
     store.put(SESSION, "reference_embedding", _embedding(1), meta={"image": reference.id})
-    snaps = [store.put(SESSION, "snapshot", bytes([i]) * 50, content_type="image/jpeg") for i in range(3)]
+    snaps = [
+        store.put(SESSION, "snapshot", bytes([i]) * 50, content_type="image/jpeg") for i in range(3)
+    ]
     kept = store.put(OTHER, "snapshot", b"other session")
 
     assert [i.id for i in store.list(SESSION, "snapshot")] == [s.id for s in snaps]
-    assert [i.kind for i in store.list(SESSION)] == ["reference_image", "reference_embedding", *["snapshot"] * 3]
+    assert [i.kind for i in store.list(SESSION)] == [
+        "reference_image",
+        "reference_embedding",
+        *["snapshot"] * 3,
+    ]
     assert store.list(SESSION, "live_embedding") == [] and store.list("never-seen") == []
     assert store.sessions() == sorted([SESSION, OTHER])
     with pytest.raises(EvidenceNotFound):
@@ -208,7 +253,9 @@ def test_list_by_kind_sessions_and_delete_session(store: EvidenceStore, tmp_path
     assert store.get(OTHER, kept.id)[1] == b"other session"
 
 
-def test_a_crash_mid_write_leaves_nothing_that_reads_as_an_item(store: EvidenceStore, tmp_path: Path):
+def test_a_crash_mid_write_leaves_nothing_that_reads_as_an_item(
+    store: EvidenceStore, tmp_path: Path
+):
     good = store.put(SESSION, "snapshot", _photo(), content_type="image/jpeg")
     whole = _file(store, SESSION, "snapshot", good.id).read_bytes()
     # what LocalStorage leaves when the process dies before the rename: a hidden temporary file
@@ -240,23 +287,47 @@ def db(config_factory):
     database.close()
 
 
-def _session(s, session_id: str, state: str = "ended", ended_ago: timedelta | None = timedelta(hours=1)) -> None:
+def _session(
+    s, session_id: str, state: str = "ended", ended_ago: timedelta | None = timedelta(hours=1)
+) -> None:
     ended = utcnow() - ended_ago if ended_ago is not None else None
-    s.add(CallSession(id=session_id, business="loan_signing", state=state, customer_name="张三",
-                      created_at=utcnow() - timedelta(days=30), ended_at=ended))
+    s.add(
+        CallSession(
+            id=session_id,
+            business="loan_signing",
+            state=state,
+            customer_name="张三",
+            created_at=utcnow() - timedelta(days=30),
+            ended_at=ended,
+        )
+    )
 
 
 def _recording(s, session_id: str, leg: int, expires_in: timedelta, *, hold: bool = False) -> str:
     recording_id = f"{session_id}-{leg}"
-    s.add(Recording(id=recording_id, session_id=session_id, leg=leg, state="finalized",
-                    retention_until=utcnow() + expires_in, legal_hold=hold))
+    s.add(
+        Recording(
+            id=recording_id,
+            session_id=session_id,
+            leg=leg,
+            state="finalized",
+            retention_until=utcnow() + expires_in,
+            legal_hold=hold,
+        )
+    )
     return recording_id
 
 
 def _purge(database, config, store, *, days: float = 0, dry_run: bool = False):
     with database.session() as s:
-        report = retention.purge(s, config.recordings_dir, evidence=store, now=utcnow() + timedelta(days=days),
-                                 orphan_days=config.identity_orphan_days, dry_run=dry_run)
+        report = retention.purge(
+            s,
+            config.recordings_dir,
+            evidence=store,
+            now=utcnow() + timedelta(days=days),
+            orphan_days=config.identity_orphan_days,
+            dry_run=dry_run,
+        )
         s.commit()
     return report
 
@@ -269,7 +340,12 @@ def _log(database) -> list[tuple[str, str]]:
 def test_evidence_goes_with_the_last_recording_of_its_session_unless_held(db, master):
     database, config = db
     store = EvidenceStore.local(config.identity_dir, master)
-    two_legs, held, orphan, waiting = "two-legs-session", "held-session-001", "abandoned-sess-1", "still-queued-1"
+    two_legs, held, orphan, waiting = (
+        "two-legs-session",
+        "held-session-001",
+        "abandoned-sess-1",
+        "still-queued-1",
+    )
     with database.session() as s:
         for sid in (two_legs, held):
             _session(s, sid)
@@ -302,7 +378,11 @@ def test_evidence_goes_with_the_last_recording_of_its_session_unless_held(db, ma
     last = _purge(database, config, store, days=11)
     assert [p.recording_id for p in last.recordings] == [second]
     assert [e.session_id for e in last.evidence] == [two_legs] and store.count(two_legs) == 0
-    assert store.count(held) == 2 and store.count(waiting) == 2 and store.count("not-in-the-db-42") == 2
+    assert (
+        store.count(held) == 2
+        and store.count(waiting) == 2
+        and store.count("not-in-the-db-42") == 2
+    )
     assert ("purge", second) in _log(database) and ("purge_evidence", two_legs) in _log(database)
     assert ("purge_evidence", orphan) in _log(database)
 
@@ -320,7 +400,9 @@ def test_evidence_goes_with_the_last_recording_of_its_session_unless_held(db, ma
 def test_orphan_days_setting():
     assert from_env(environ={}).identity_orphan_days == 1
     assert from_env(environ={"VCOUNTER_IDENTITY_ORPHAN_DAYS": "7"}).identity_orphan_days == 7
-    assert from_env(environ={"VCOUNTER_DATA_DIR": "/srv/vc"}).identity_dir == Path("/srv/vc/identity")
+    assert from_env(environ={"VCOUNTER_DATA_DIR": "/srv/vc"}).identity_dir == Path(
+        "/srv/vc/identity"
+    )
 
 
 # -- export and purge from the command line ---------------------------------------------
@@ -333,7 +415,9 @@ async def test_export_carries_the_evidence_and_purge_takes_it(counter, tmp_path:
     photo, snapshot = _photo("biden.jpg"), _photo("obama.jpg")
     reference = store.put(session_id, "reference_image", photo, content_type="image/jpeg")
     store.put(session_id, "reference_embedding", _embedding(3))
-    snap = store.put(session_id, "snapshot", snapshot, content_type="image/jpeg", meta={"purpose": "agent"})
+    snap = store.put(
+        session_id, "snapshot", snapshot, content_type="image/jpeg", meta={"purpose": "agent"}
+    )
 
     package, secret = tmp_path / "evidence.zip", tmp_path / "pass.txt"
     secret.write_text("correct horse battery staple\n")
@@ -345,16 +429,22 @@ async def test_export_carries_the_evidence_and_purge_takes_it(counter, tmp_path:
         readme = z.read("README.txt").decode()
         stored = {n: z.read(n) for n in names if n.startswith("evidence/")}
     assert [(e["kind"], e["sha256"], e["created_at"]) for e in index] == [
-        ("reference_image", reference.sha256, reference.created_at), ("snapshot", snap.sha256, snap.created_at)]
+        ("reference_image", reference.sha256, reference.created_at),
+        ("snapshot", snap.sha256, snap.created_at),
+    ]
     assert f"evidence/snapshot-{snap.id}.jpg.enc" in names, "embeddings are not exported"
     assert snap.sha256 in readme and reference.sha256 in readme and "IDENTITY EVIDENCE" in readme
     for entry in index:
         assert hashlib.sha256(stored[entry["file"]]).hexdigest() == entry["stored_sha256"]
-    assert all(photo[200:232] not in data and snapshot[200:232] not in data for data in stored.values())
+    assert all(
+        photo[200:232] not in data and snapshot[200:232] not in data for data in stored.values()
+    )
     assert server_cli(config, "verify", str(package)).returncode == 0
 
     out = tmp_path / "out"
-    played = run_vcounter("decrypt-export", str(package), str(out), "--passphrase-file", str(secret))
+    played = run_vcounter(
+        "decrypt-export", str(package), str(out), "--passphrase-file", str(secret)
+    )
     assert played.returncode == 0, played.stderr
     assert (out / "evidence" / f"snapshot-{snap.id}.jpg").read_bytes() == snapshot
     assert (out / "evidence" / f"reference_image-{reference.id}.jpg").read_bytes() == photo

@@ -27,15 +27,26 @@ from .conftest import PASSWORD
 def signature_png() -> str:
     img = Image.new("RGBA", (600, 200), (255, 255, 255, 0))
     d = ImageDraw.Draw(img)
-    d.line([(40, 150), (120, 40), (200, 160), (300, 60), (420, 150), (560, 80)], fill=(10, 10, 60, 255), width=5)
+    d.line(
+        [(40, 150), (120, 40), (200, 160), (300, 60), (420, 150), (560, 80)],
+        fill=(10, 10, 60, 255),
+        width=5,
+    )
     out = io.BytesIO()
     img.save(out, format="PNG")
     return base64.b64encode(out.getvalue()).decode()
 
 
 async def _events(counter, session_id: str) -> list[tuple[str, dict]]:
-    rows = await counter.db.run(lambda s: list(s.exec(
-        select(SessionEvent).where(SessionEvent.session_id == session_id).order_by(SessionEvent.id)).all()))
+    rows = await counter.db.run(
+        lambda s: list(
+            s.exec(
+                select(SessionEvent)
+                .where(SessionEvent.session_id == session_id)
+                .order_by(SessionEvent.id)
+            ).all()
+        )
+    )
     return [(r.kind, json.loads(r.data)) for r in rows]
 
 
@@ -62,8 +73,9 @@ def current(participant, since: int = 0) -> dict:
 
 
 async def wait_state(participant, predicate, since: int = 0, timeout: float = 10.0) -> dict:
-    msg = await participant.wait_for("flow_state", timeout=timeout, since=since,
-                                     where=lambda d: predicate(d["state"]))
+    msg = await participant.wait_for(
+        "flow_state", timeout=timeout, since=since, where=lambda d: predicate(d["state"])
+    )
     return msg["state"]
 
 
@@ -76,8 +88,13 @@ async def do_step(customer, agent, *, answers: str = "high", expect_next: bool =
     if kind == "consent":
         await customer.send({"type": "consent_accept", "step_id": sid, "face": False})
     elif kind == "identity":
-        await agent.send({"type": "manual_verification", "verified": True,
-                          "reason": "compared the ID card shown on camera with the customer"})
+        await agent.send(
+            {
+                "type": "manual_verification",
+                "verified": True,
+                "reason": "compared the ID card shown on camera with the customer",
+            }
+        )
     elif kind == "disclosure":
         await agent.send({"type": "mark_confirmed", "step_id": sid})
         await customer.send({"type": "disclosure_confirm", "step_id": sid})
@@ -88,19 +105,37 @@ async def do_step(customer, agent, *, answers: str = "high", expect_next: bool =
             picks[q["id"]] = q["options"][-1 if answers == "high" else 0]["id"]
         await customer.send({"type": "questionnaire_submit", "step_id": sid, "answers": picks})
     elif kind == "document":
-        await customer.send({"type": "document_read", "step_id": sid, "sha256": step["document"]["sha256"]})
+        await customer.send(
+            {"type": "document_read", "step_id": sid, "sha256": step["document"]["sha256"]}
+        )
     elif kind == "signature":
-        await customer.send({"type": "signature_submit", "step_id": sid,
-                             "document_sha256": step["document"]["sha256"], "image_png": signature_png()})
+        await customer.send(
+            {
+                "type": "signature_submit",
+                "step_id": sid,
+                "document_sha256": step["document"]["sha256"],
+                "image_png": signature_png(),
+            }
+        )
         await customer.wait_for("receipt", timeout=15)
     if kind not in ("suitability", "outcome"):
-        await wait_state(agent, lambda s: s["current"] and s["current"]["id"] == sid
-                         and s["current"]["missing"] is None, since=mark)
+        await wait_state(
+            agent,
+            lambda s: (
+                s["current"] and s["current"]["id"] == sid and s["current"]["missing"] is None
+            ),
+            since=mark,
+        )
     if expect_next:
         mark = len(agent.messages)
         await agent.send({"type": "step_next", "step_id": sid})
-        await wait_state(agent, lambda s: status_of(s, sid) == "done"
-                         and (s["current"] is None or s["current"]["id"] != sid), since=mark)
+        await wait_state(
+            agent,
+            lambda s: (
+                status_of(s, sid) == "done" and (s["current"] is None or s["current"]["id"] != sid)
+            ),
+            since=mark,
+        )
     return step
 
 
@@ -130,7 +165,9 @@ async def test_each_flow_completes_in_order_with_a_verifiable_receipt(counter, b
     completed = [d["step"] for k, d in events if k == "step_completed"]
     assert started == completed == [s.id for s in flow.steps]
     kinds = [k for k, _ in events]
-    assert kinds.index("signature_sealed") > max(i for i, k in enumerate(kinds) if k == "disclosure_confirmed")
+    assert kinds.index("signature_sealed") > max(
+        i for i, k in enumerate(kinds) if k == "disclosure_confirmed"
+    )
     assert "flow_completed" in kinds
 
     receipt = (await customer.wait_for("receipt"))["content"].encode()
@@ -141,9 +178,14 @@ async def test_each_flow_completes_in_order_with_a_verifiable_receipt(counter, b
     doc_step = next(s for s in flow.steps if s.kind == "document")
     assert sealed["document_sha256"] == flow.documents[doc_step.document].sha256
 
-    [row] = await counter.db.run(lambda s: list(s.exec(
-        select(BusinessOutcome).where(BusinessOutcome.session_id == session_id)).all()))
-    expected = {"account_opening": "account", "loan_signing": "loan", "wealth_product": "order"}[business]
+    [row] = await counter.db.run(
+        lambda s: list(
+            s.exec(select(BusinessOutcome).where(BusinessOutcome.session_id == session_id)).all()
+        )
+    )
+    expected = {"account_opening": "account", "loan_signing": "loan", "wealth_product": "order"}[
+        business
+    ]
     assert row.type == expected
     if expected == "account":
         digits = [int(c) for c in row.reference]
@@ -177,8 +219,14 @@ async def test_skipping_reordering_and_repeating_are_refused_and_logged(counter)
     assert err["code"] == "step_refused" and "not done" in err["message"]
     # the customer cannot sign or read ahead
     mark = len(customer.messages)
-    await customer.send({"type": "signature_submit", "step_id": sig_step.id,
-                         "document_sha256": flow.documents[doc_step.document].sha256, "image_png": signature_png()})
+    await customer.send(
+        {
+            "type": "signature_submit",
+            "step_id": sig_step.id,
+            "document_sha256": flow.documents[doc_step.document].sha256,
+            "image_png": signature_png(),
+        }
+    )
     err = await customer.wait_for("error", since=mark)
     assert err["code"] == "step_refused"
     # do the first steps, then try to go back
@@ -189,23 +237,45 @@ async def test_skipping_reordering_and_repeating_are_refused_and_logged(counter)
     assert err["code"] == "step_refused" and "earlier step" in err["message"]
     refused = [d for k, d in await _events(counter, session_id) if k == "step_refused"]
     assert [(r["by"], r["step"]) for r in refused] == [
-        ("agent", doc_step.id), ("agent", first.id), ("customer", sig_step.id), ("customer", first.id)]
+        ("agent", doc_step.id),
+        ("agent", first.id),
+        ("customer", sig_step.id),
+        ("customer", first.id),
+    ]
 
     # up to the signature: a different document hash, then the real one, then a second signature
     while current(agent)["current"]["kind"] != "signature":
         await do_step(customer, agent)
     mark = len(customer.messages)
-    await customer.send({"type": "signature_submit", "step_id": sig_step.id, "document_sha256": "0" * 64,
-                         "image_png": signature_png()})
+    await customer.send(
+        {
+            "type": "signature_submit",
+            "step_id": sig_step.id,
+            "document_sha256": "0" * 64,
+            "image_png": signature_png(),
+        }
+    )
     err = await customer.wait_for("error", since=mark)
     assert "another document" in err["message"]
     mark = len(customer.messages)
-    await customer.send({"type": "signature_submit", "step_id": sig_step.id, "image_png": signature_png(),
-                         "document_sha256": flow.documents[doc_step.document].sha256})
+    await customer.send(
+        {
+            "type": "signature_submit",
+            "step_id": sig_step.id,
+            "image_png": signature_png(),
+            "document_sha256": flow.documents[doc_step.document].sha256,
+        }
+    )
     await customer.wait_for("receipt", since=mark, timeout=15)
     mark = len(customer.messages)
-    await customer.send({"type": "signature_submit", "step_id": sig_step.id, "image_png": signature_png(),
-                         "document_sha256": flow.documents[doc_step.document].sha256})
+    await customer.send(
+        {
+            "type": "signature_submit",
+            "step_id": sig_step.id,
+            "image_png": signature_png(),
+            "document_sha256": flow.documents[doc_step.document].sha256,
+        }
+    )
     err = await customer.wait_for("error", since=mark)
     assert "already been signed" in err["message"]
     assert sum(1 for k, _ in await _events(counter, session_id) if k == "signature_sealed") == 1
@@ -217,14 +287,19 @@ async def test_unsuitable_product_stops_the_flow(counter):
     agent = await counter.agent("alice", media=False)
     await agent.accept_next()
     await agent.wait_for("flow_state", timeout=10)
-    while current(agent)["status"] == "running" and current(agent)["current"]["kind"] != "suitability":
+    while (
+        current(agent)["status"] == "running" and current(agent)["current"]["kind"] != "suitability"
+    ):
         await do_step(customer, agent, answers="low")
     state = await wait_state(agent, lambda s: s["status"] == "stopped")
     assert state["reason"] == "unsuitable"
     events = await _events(counter, session_id)
     stopped = next(d for k, d in events if k == "flow_stopped")
-    assert stopped["reason"] == "unsuitable" and stopped["customer_level"] < stopped["product_risk"].replace("R", "C") \
+    assert (
+        stopped["reason"] == "unsuitable"
+        and stopped["customer_level"] < stopped["product_risk"].replace("R", "C")
         or stopped["reason"] == "unsuitable"
+    )
     # nothing can be signed or completed after that
     sig = next(s for s in counter.app[FLOWS].flows["wealth_product"].steps if s.kind == "signature")
     mark = len(agent.messages)
@@ -254,7 +329,9 @@ async def test_refused_consent_stops_and_an_abandoned_flow_is_flagged_for_audito
     await customer2.hangup()
     await customer2.wait_for("call_ended")
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{counter.url}/api/login", json={"username": "auditor", "password": PASSWORD}) as r:
+        async with http.post(
+            f"{counter.url}/api/login", json={"username": "auditor", "password": PASSWORD}
+        ) as r:
             token = (await r.json())["token"]
         auth = {"Authorization": f"Bearer {token}"}
         for sid, anomaly in ((session_id, "flow_stopped"), (session2, "flow_incomplete")):

@@ -98,11 +98,20 @@ async def test_healthz_reports_face_workers(make_counter) -> None:
     # the app started its loop-lag monitor: samples come in
     await eventually(lambda: _samples_at_least(counter.url, 1), timeout=5)
     # nothing about sessions or people on the unauthenticated endpoint
-    assert set(body) == {"status", "node", "calls", "calls_without_media", "sessions", "loop_lag_ms",
-                         "face_workers", "nodes"}
+    assert set(body) == {
+        "status",
+        "node",
+        "calls",
+        "calls_without_media",
+        "sessions",
+        "loop_lag_ms",
+        "face_workers",
+        "nodes",
+    }
     # the node registry: this node, alive, and no host, process or address for anonymous callers
-    assert body["nodes"] == [{"id": body["node"], "alive": True, "draining": False, "calls": 0,
-                              "sessions": 0}]
+    assert body["nodes"] == [
+        {"id": body["node"], "alive": True, "draining": False, "calls": 0, "sessions": 0}
+    ]
 
 
 @pytest.mark.parametrize("bad", [{"interval_s": 0}, {"interval_s": 1.0, "window_s": 0.5}])

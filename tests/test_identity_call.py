@@ -25,9 +25,14 @@ from .helpers import eventually, login, session_events, shared_data, wait_event
 async def _upload(counter, session_id: str, token: str | None, body: bytes, **headers):
     if token is not None:
         headers["X-Session-Token"] = token
-    async with aiohttp.ClientSession() as http, http.post(
-            f"{counter.url}/api/identity/{session_id}/reference", data=body,
-            headers={"Content-Type": "image/jpeg", **headers}) as r:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{counter.url}/api/identity/{session_id}/reference",
+            data=body,
+            headers={"Content-Type": "image/jpeg", **headers},
+        ) as r,
+    ):
         return r.status, await r.json()
 
 
@@ -37,21 +42,32 @@ async def _call(counter, bars, face_consent: bool = True):
     agent = await counter.agent("alice", video=bars)
     await agent.accept_next()
     await customer.wait_for("call_started")
-    await asyncio.gather(customer.wait_media(frames=5, timeout=30), agent.wait_media(frames=5, timeout=30))
+    await asyncio.gather(
+        customer.wait_media(frames=5, timeout=30), agent.wait_media(frames=5, timeout=30)
+    )
     return customer, agent, joined
 
 
 async def test_reference_upload_verification_liveness_snapshot_and_presence(
-        make_counter, face_clip, same_person_photo, audio_clip, video_clip):
-    counter = await make_counter(face_clip, audio_clip, identity=True, liveness_steps="blink",
-                                 liveness_step_seconds=8.0, presence_missing_s=2.0)
+    make_counter, face_clip, same_person_photo, audio_clip, video_clip
+):
+    counter = await make_counter(
+        face_clip,
+        audio_clip,
+        identity=True,
+        liveness_steps="blink",
+        liveness_step_seconds=8.0,
+        presence_missing_s=2.0,
+    )
     customer = counter.participant("customer")
     joined = await customer.join("account_opening", "张三", face_consent=True)
     sid, token = joined["session_id"], joined["rejoin_token"]
 
     # bad uploads first: clear errors, nothing stored
     assert (await _upload(counter, sid, token, b"this is not an image"))[0] == 400
-    status, body = await _upload(counter, sid, token, (shared_data("faces/dlib_multi/dogs.jpg")).read_bytes())
+    status, body = await _upload(
+        counter, sid, token, (shared_data("faces/dlib_multi/dogs.jpg")).read_bytes()
+    )
     assert status == 422 and body["error"] == "no_face"
     status, body = await _upload(counter, sid, "x" * 43, same_person_photo)
     assert status == 403
@@ -65,17 +81,30 @@ async def test_reference_upload_verification_liveness_snapshot_and_presence(
     agent = await counter.agent("alice", video=video_clip)  # colour bars: no face
     await agent.accept_next()
     await customer.wait_for("call_started")
-    await asyncio.gather(customer.wait_media(frames=5, timeout=30), agent.wait_media(frames=5, timeout=30))
+    await asyncio.gather(
+        customer.wait_media(frames=5, timeout=30), agent.wait_media(frames=5, timeout=30)
+    )
 
     # verification runs on its own when the call starts with a reference
-    verified = await wait_event(counter, sid, {"identity_verified", "identity_rejected", "identity_unusable"})
+    verified = await wait_event(
+        counter, sid, {"identity_verified", "identity_rejected", "identity_unusable"}
+    )
     assert verified.kind == "identity_verified", verified.data
     assert verified.data["distance"] <= verified.data["threshold"] == 0.40
     assert len(verified.data["snapshot_sha256"]) == 64
-    outcome = await customer.wait_for("verification_result", timeout=20, where=lambda d: d["verified"])
+    outcome = await customer.wait_for(
+        "verification_result", timeout=20, where=lambda d: d["verified"]
+    )
     assert "distance" not in outcome  # the customer is told the result, not the scores
-    panel = await agent.wait_for("identity", timeout=10, where=lambda d: (d["state"].get("verification") or {}).get("verified"))
-    assert panel["state"]["verification"]["score"] >= 50 and panel["state"]["reference"]["source"] == "upload"
+    panel = await agent.wait_for(
+        "identity",
+        timeout=10,
+        where=lambda d: (d["state"].get("verification") or {}).get("verified"),
+    )
+    assert (
+        panel["state"]["verification"]["score"] >= 50
+        and panel["state"]["reference"]["source"] == "upload"
+    )
 
     # liveness: a blink challenge, shown to the customer, judged on the live frames
     await agent.send({"type": "liveness_start"})
@@ -92,7 +121,10 @@ async def test_reference_upload_verification_liveness_snapshot_and_presence(
     url = f"{counter.url}/api/identity/{sid}/evidence/{snap.data['item']}"
     for who, expected in (("alice", 200), ("bob", 403), ("auditor", 200)):
         token_ = await login(counter, who)
-        async with aiohttp.ClientSession() as http, http.get(url, headers={"Authorization": f"Bearer {token_}"}) as r:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(url, headers={"Authorization": f"Bearer {token_}"}) as r,
+        ):
             assert r.status == expected, who
             if expected == 200:
                 img = Image.open(io.BytesIO(await r.read()))
@@ -100,7 +132,9 @@ async def test_reference_upload_verification_liveness_snapshot_and_presence(
     async with aiohttp.ClientSession() as http, http.get(url) as r:
         assert r.status == 401
     logged = await counter.db.run(lambda s: list(s.exec(select(AccessLog)).all()))
-    assert any(e.action.startswith("evidence_view") and snap.data["item"] in e.target for e in logged)
+    assert any(
+        e.action.startswith("evidence_view") and snap.data["item"] in e.target for e in logged
+    )
     # presence: the agent's video shows no face -> an anomaly for the agent, none for the customer
     missing = await wait_event(counter, sid, {"face_missing"}, timeout=20)
     assert missing.data["subject"] == "agent"
@@ -118,15 +152,20 @@ async def test_different_person_is_rejected(make_counter, face_clip, audio_clip,
     biden = shared_data("faces/face_recognition/tests/test_images/biden.jpg").read_bytes()
     status, body = await _upload(counter, sid, token, biden)
     assert status == 200, body
-    rejected = await wait_event(counter, sid, {"identity_verified", "identity_rejected", "identity_unusable"})
+    rejected = await wait_event(
+        counter, sid, {"identity_verified", "identity_rejected", "identity_unusable"}
+    )
     assert rejected.kind == "identity_rejected", rejected.data
     assert rejected.data["distance"] > 0.40
-    outcome = await customer.wait_for("verification_result", timeout=20, where=lambda d: d["reason"] == "mismatch")
+    outcome = await customer.wait_for(
+        "verification_result", timeout=20, where=lambda d: d["reason"] == "mismatch"
+    )
     assert outcome["verified"] is False
 
 
 async def test_without_face_consent_only_manual_verification(
-        make_counter, face_clip, audio_clip, same_person_photo, video_clip):
+    make_counter, face_clip, audio_clip, same_person_photo, video_clip
+):
     counter = await make_counter(face_clip, audio_clip, identity=True)
     customer, agent, joined = await _call(counter, video_clip, face_consent=False)
     sid, token = joined["session_id"], joined["rejoin_token"]
@@ -135,17 +174,27 @@ async def test_without_face_consent_only_manual_verification(
     await agent.send({"type": "identity_verify"})
     err = await agent.wait_for("error", timeout=5)
     assert err["code"] == "face_consent_required"
-    await agent.send({"type": "manual_verification", "verified": True, "reason": "checked the ID card on camera"})
+    await agent.send(
+        {"type": "manual_verification", "verified": True, "reason": "checked the ID card on camera"}
+    )
     manual = await wait_event(counter, sid, {"identity_manual"})
-    assert manual.data == {"verified": True, "reason": "checked the ID card on camera", "by": "alice",
-                           "face_consent": False}
+    assert manual.data == {
+        "verified": True,
+        "reason": "checked the ID card on camera",
+        "by": "alice",
+        "face_consent": False,
+    }
     consent = [e for e in await session_events(counter, sid) if e.kind == "face_consent"]
     assert [e.data["accepted"] for e in consent] == [False]
     # the customer changes their mind: consent recorded, the upload now works
     await customer.send({"type": "face_consent", "accepted": True})
 
     async def consents() -> list[bool]:
-        return [e.data["accepted"] for e in await session_events(counter, sid) if e.kind == "face_consent"]
+        return [
+            e.data["accepted"]
+            for e in await session_events(counter, sid)
+            if e.kind == "face_consent"
+        ]
 
     async def second_consent_recorded() -> bool:
         return len(await consents()) == 2
@@ -162,7 +211,10 @@ def _still_y4m(image, out, seconds: float = 2.0):
     yuv = av.VideoFrame.from_ndarray(np.asarray(img), format="rgb24").reformat(format="yuv420p")
     planes = b"".join(
         np.frombuffer(bytes(p), dtype=np.uint8)[: p.line_size * p.height]
-        .reshape(p.height, p.line_size)[:, : p.width].tobytes() for p in yuv.planes)
+        .reshape(p.height, p.line_size)[:, : p.width]
+        .tobytes()
+        for p in yuv.planes
+    )
     with open(out, "wb") as f:
         f.write(b"YUV4MPEG2 W640 H480 F30:1 Ip A1:1 C420jpeg\n")
         for _ in range(int(seconds * 30)):
@@ -170,12 +222,19 @@ def _still_y4m(image, out, seconds: float = 2.0):
     return out
 
 
-async def test_two_people_in_the_customer_video_raise_multiple_faces(make_counter, audio_clip, video_clip, tmp_path):
-    still = _still_y4m(shared_data("faces/face_recognition/examples/two_people.jpg"), tmp_path / "two.y4m")
+async def test_two_people_in_the_customer_video_raise_multiple_faces(
+    make_counter, audio_clip, video_clip, tmp_path
+):
+    still = _still_y4m(
+        shared_data("faces/face_recognition/examples/two_people.jpg"), tmp_path / "two.y4m"
+    )
     counter = await make_counter(encode_video(still, seconds=2.0), audio_clip, identity=True)
     customer, agent, joined = await _call(counter, video_clip)
     event = await wait_event(counter, joined["session_id"], {"multiple_faces"}, timeout=20)
     assert event.data["subject"] == "customer" and event.data["faces"] >= 2
-    panel = await agent.wait_for("identity", timeout=10,
-                                 where=lambda d: (d["state"]["presence"].get("customer") or {}).get("multiple"))
+    panel = await agent.wait_for(
+        "identity",
+        timeout=10,
+        where=lambda d: (d["state"]["presence"].get("customer") or {}).get("multiple"),
+    )
     assert panel["state"]["presence"]["customer"]["faces"] >= 2

@@ -20,13 +20,23 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 LEAVES = ("signaling", "recorder", "identity", "business")
 #: third-party packages that mean "database" or "HTTP"
-DB_OR_HTTP = ("sqlmodel", "sqlalchemy", "aiohttp", "alembic", "psycopg", "redis", "aiobotocore", "boto3")
+DB_OR_HTTP = (
+    "sqlmodel",
+    "sqlalchemy",
+    "aiohttp",
+    "alembic",
+    "psycopg",
+    "redis",
+    "aiobotocore",
+    "boto3",
+)
 NO_DB_OR_HTTP = ("recorder", "identity", "business")
 
 
 def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _imports(path: Path, module: str) -> set[str]:
@@ -86,13 +96,22 @@ def violations(root: Path) -> list[str]:
                 if top != leaf and top in (*LEAVES, "server"):
                     problems.append(f"{module} imports {name}: {leaf} is a leaf")
                 if leaf in NO_DB_OR_HTTP and top in DB_OR_HTTP:
-                    problems.append(f"{module} imports {name}: {leaf} never touches the database or HTTP")
-                if (leaf == "signaling" and not module.startswith("signaling.contrib")
-                        and name.startswith("signaling.contrib")):
-                    problems.append(f"{module} imports {name}: core signaling never imports its contrib tools")
+                    problems.append(
+                        f"{module} imports {name}: {leaf} never touches the database or HTTP"
+                    )
+                if (
+                    leaf == "signaling"
+                    and not module.startswith("signaling.contrib")
+                    and name.startswith("signaling.contrib")
+                ):
+                    problems.append(
+                        f"{module} imports {name}: core signaling never imports its contrib tools"
+                    )
     server = _modules(root, "server") if (root / "server").is_dir() else {}
-    graph = {module: {name for name in _imports(path, module) if name in server and name != module}
-             for module, path in server.items()}
+    graph = {
+        module: {name for name in _imports(path, module) if name in server and name != module}
+        for module, path in server.items()
+    }
     problems.extend(f"import cycle in server: {' -> '.join(cycle)}" for cycle in _cycles(graph))
     return problems
 
@@ -160,30 +179,57 @@ def _write(root: Path, files: dict[str, str]) -> None:
         path.write_text(text)
 
 
-@pytest.mark.parametrize(("files", "expected"), [
-    ({"recorder/__init__.py": "", "recorder/a.py": "from identity import face_match\n",
-      "identity/__init__.py": ""}, "recorder.a imports identity: recorder is a leaf"),
-    ({"signaling/__init__.py": "", "signaling/b.py": "def f():\n    import server.db\n"},
-     "signaling.b imports server.db: signaling is a leaf"),
-    ({"identity/__init__.py": "", "identity/c.py": "from sqlmodel import Session\n"},
-     "identity.c imports sqlmodel: identity never touches the database or HTTP"),
-    ({"signaling/__init__.py": "", "signaling/contrib/__init__.py": "",
-      "signaling/hub.py": "from .contrib import tools\n"},
-     "signaling.hub imports signaling.contrib: core signaling never imports its contrib tools"),
-    ({"server/__init__.py": "", "server/a.py": "from . import b\n", "server/b.py": "from .c import x\n",
-      "server/c.py": "def f():\n    from .a import y\n"},
-     "import cycle in server: server.a -> server.b -> server.c -> server.a"),
-])
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        (
+            {
+                "recorder/__init__.py": "",
+                "recorder/a.py": "from identity import face_match\n",
+                "identity/__init__.py": "",
+            },
+            "recorder.a imports identity: recorder is a leaf",
+        ),
+        (
+            {"signaling/__init__.py": "", "signaling/b.py": "def f():\n    import server.db\n"},
+            "signaling.b imports server.db: signaling is a leaf",
+        ),
+        (
+            {"identity/__init__.py": "", "identity/c.py": "from sqlmodel import Session\n"},
+            "identity.c imports sqlmodel: identity never touches the database or HTTP",
+        ),
+        (
+            {
+                "signaling/__init__.py": "",
+                "signaling/contrib/__init__.py": "",
+                "signaling/hub.py": "from .contrib import tools\n",
+            },
+            "signaling.hub imports signaling.contrib: core signaling never imports its contrib tools",
+        ),
+        (
+            {
+                "server/__init__.py": "",
+                "server/a.py": "from . import b\n",
+                "server/b.py": "from .c import x\n",
+                "server/c.py": "def f():\n    from .a import y\n",
+            },
+            "import cycle in server: server.a -> server.b -> server.c -> server.a",
+        ),
+    ],
+)
 def test_a_broken_rule_is_reported(tmp_path: Path, files: dict[str, str], expected: str) -> None:
     _write(tmp_path, files)
     assert expected in violations(tmp_path)
 
 
 def test_type_checking_imports_do_not_count(tmp_path: Path) -> None:
-    _write(tmp_path, {
-        "server/__init__.py": "",
-        "server/keys.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .svc import S\n",
-        "server/svc.py": "from .keys import K\n",
-        "recorder/__init__.py": "import typing\nif typing.TYPE_CHECKING:\n    import server\n",
-    })
+    _write(
+        tmp_path,
+        {
+            "server/__init__.py": "",
+            "server/keys.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .svc import S\n",
+            "server/svc.py": "from .keys import K\n",
+            "recorder/__init__.py": "import typing\nif typing.TYPE_CHECKING:\n    import server\n",
+        },
+    )
     assert violations(tmp_path) == []

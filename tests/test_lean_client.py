@@ -51,7 +51,9 @@ async def _decoded_picture(participant) -> np.ndarray:
 
 
 @pytest.mark.parametrize("recording", [True, False], ids=["recording", "no-recording"])
-async def test_lean_customer_and_aiortc_agent_see_each_other(make_counter, video_clip, audio_clip, recording):
+async def test_lean_customer_and_aiortc_agent_see_each_other(
+    make_counter, video_clip, audio_clip, recording
+):
     """aiortc's receiver (jitter buffer, depayloader, VP8 decoder) takes the lean sender's
     packets, and the lean receiver reassembles frames aiortc's sender packetised."""
     counter = await make_counter(video_clip, audio_clip, recording=recording)
@@ -87,8 +89,12 @@ async def test_lean_customer_and_aiortc_agent_see_each_other(make_counter, video
 
 async def test_two_lean_participants_count_every_frame(counter):
     headers: list[tuple[int, int]] = []
-    customer, agent = await _call(counter, customer_lean=True, agent_lean=True,
-                                  observe=lambda ts, rate, arrival: headers.append((ts, rate)))
+    customer, agent = await _call(
+        counter,
+        customer_lean=True,
+        agent_lean=True,
+        observe=lambda ts, rate, arrival: headers.append((ts, rate)),
+    )
     seen: list[tuple[int, bool]] = []
     customer.taps["video"].add_sink(lambda f: seen.append((f.timestamp, f.keyframe)))
     await asyncio.sleep(1.5)  # what arrives in 1.5 s is counted
@@ -96,7 +102,9 @@ async def test_two_lean_participants_count_every_frame(counter):
     assert 30 <= len(seen) <= 60, len(seen)
     stamps = [t for t, _ in seen]
     assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
-    assert all(b - a == 3000 for a, b in zip(stamps, stamps[1:], strict=False)), "a frame went missing on loopback"
+    assert all(b - a == 3000 for a, b in zip(stamps, stamps[1:], strict=False)), (
+        "a frame went missing on loopback"
+    )
     # without a consumer the lane only counts packets from their headers: the marker bit ends a
     # frame, whose RTP timestamp goes to the observer (one per frame, 3000 ticks apart)
     assert agent.taps["video"].frames_in >= 40 and agent.taps["audio"].frames_in >= 40

@@ -8,13 +8,14 @@ import secrets
 import aiohttp
 
 from .helpers import PASSWORD
-from .redis_server import redis_url  # noqa: F401  (the fixture)
 
 
 async def _login(url: str, username: str, password: str, source: str = "127.0.0.1") -> int:
     connector = aiohttp.TCPConnector(local_addr=(source, 0))
     async with aiohttp.ClientSession(connector=connector) as http:
-        async with http.post(f"{url}/api/login", json={"username": username, "password": password}) as r:
+        async with http.post(
+            f"{url}/api/login", json={"username": username, "password": password}
+        ) as r:
             return r.status
 
 
@@ -38,7 +39,7 @@ async def test_a_spray_over_many_usernames_from_one_address_is_stopped(counter) 
     assert await _login(counter.url, "alice", PASSWORD, source="127.0.0.3") == 200
 
 
-async def test_the_limit_is_the_counters_not_one_nodes(make_counter, redis_url) -> None:  # noqa: F811
+async def test_the_limit_is_the_counters_not_one_nodes(make_counter, redis_url) -> None:
     shared = {"redis_url": redis_url, "redis_prefix": f"t{secrets.token_hex(4)}:"}
     a = await make_counter(node_id="node-a", **shared)
     b = await make_counter(node_id="node-b", **shared)

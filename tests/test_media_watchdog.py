@@ -27,7 +27,9 @@ async def _healthz(counter) -> dict:
 
 
 def _ice_transports(pc) -> set:
-    return {t.sender.transport.transport for t in pc.getTransceivers() if t.sender.transport is not None}
+    return {
+        t.sender.transport.transport for t in pc.getTransceivers() if t.sender.transport is not None
+    }
 
 
 class _BlackHole:
@@ -70,8 +72,9 @@ async def _call(counter):
     return customer, agent
 
 
-async def test_silent_media_is_noticed_and_the_participant_reconnects_it(make_counter, video_clip,
-                                                                          audio_clip):
+async def test_silent_media_is_noticed_and_the_participant_reconnects_it(
+    make_counter, video_clip, audio_clip
+):
     counter = await make_counter(video_clip, audio_clip, media_timeout_s=MEDIA_TIMEOUT_S)
     customer, agent = await _call(counter)
     session_id = customer.session_id
@@ -99,7 +102,10 @@ async def test_silent_media_is_noticed_and_the_participant_reconnects_it(make_co
     stalled = kinds.index("media_stalled")
     restored = kinds.index("media_restored")
     assert stalled < restored, kinds
-    assert events[stalled].data["role"] == "customer" and events[stalled].data["silent_s"] >= MEDIA_TIMEOUT_S
+    assert (
+        events[stalled].data["role"] == "customer"
+        and events[stalled].data["silent_s"] >= MEDIA_TIMEOUT_S
+    )
     assert events[restored].data["role"] == "customer"
     assert "media_negotiated" in kinds[stalled:restored], "no new offer between loss and restore"
     assert (await _healthz(counter))["calls_without_media"] == 0
@@ -135,8 +141,11 @@ async def test_consent_expiry_on_the_server_leg_is_noticed(make_counter, video_c
 
 
 def _wrong_fingerprint(sdp: str) -> str:
-    wrong, count = re.subn(r"(a=fingerprint:\S+) [0-9A-Fa-f:]+",
-                           lambda m: m.group(1) + " " + ":".join(["00"] * 32), sdp)
+    wrong, count = re.subn(
+        r"(a=fingerprint:\S+) [0-9A-Fa-f:]+",
+        lambda m: m.group(1) + " " + ":".join(["00"] * 32),
+        sdp,
+    )
     assert count, "no fingerprint in the offer"
     return wrong
 
@@ -174,9 +183,12 @@ async def test_failed_connection_is_restarted(make_counter, video_clip, audio_cl
     assert kinds.index("media_failed") < kinds.index("media_restored")
 
 
-async def test_media_not_back_within_the_window_fails_the_call(make_counter, video_clip, audio_clip):
-    counter = await make_counter(video_clip, audio_clip, media_timeout_s=MEDIA_TIMEOUT_S,
-                                 rejoin_window_s=6.0)
+async def test_media_not_back_within_the_window_fails_the_call(
+    make_counter, video_clip, audio_clip
+):
+    counter = await make_counter(
+        video_clip, audio_clip, media_timeout_s=MEDIA_TIMEOUT_S, rejoin_window_s=6.0
+    )
     customer, agent = await _call(counter)
     session_id = customer.session_id
     since_c, since_a = len(customer.messages), len(agent.messages)
@@ -206,7 +218,9 @@ async def test_media_not_back_within_the_window_fails_the_call(make_counter, vid
 
 @pytest.mark.browser
 @pytest.mark.slow
-async def test_web_client_shows_lost_media_and_restarts_its_own(make_counter, video_clip, audio_clip):
+async def test_web_client_shows_lost_media_and_restarts_its_own(
+    make_counter, video_clip, audio_clip
+):
     """The agent workbench in Chromium: a banner while the customer's media is lost, and a new
     peer connection of its own when the server asks for one."""
     require_chromium()
@@ -241,7 +255,9 @@ async def test_web_client_shows_lost_media_and_restarts_its_own(make_counter, vi
             await page.wait_for_selector(banner, state="hidden", timeout=30_000)
             await page.wait_for_function(
                 """() => { const v = document.querySelector('[data-testid="remote-video"]');
-                           return v && v.videoWidth > 0; }""", timeout=30_000)
+                           return v && v.videoWidth > 0; }""",
+                timeout=30_000,
+            )
 
             # the agent's own leg dies on the server: the page makes a new connection and offer
             since = len(customer.messages)

@@ -8,15 +8,17 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from .helpers import eventually
-from .redis_server import redis_url  # noqa: F401  (the fixture)
 
 
 async def _scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics") as r:
         assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
         text = await r.text()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 async def test_metrics_follow_the_queue_offers_and_calls(counter) -> None:
@@ -45,10 +47,15 @@ async def test_metrics_follow_the_queue_offers_and_calls(counter) -> None:
     await customer.hangup()
     await alice.wait_for("call_ended", allow_errors=True)
     seen = await _scrape(counter.url)
-    assert seen[("vcounter_sessions_closed_total", (("reason", "customer_hangup"), ("state", "ended")))] == 1
+    assert (
+        seen[
+            ("vcounter_sessions_closed_total", (("reason", "customer_hangup"), ("state", "ended")))
+        ]
+        == 1
+    )
 
 
-async def test_bus_latency_is_measured_between_nodes(make_counter, redis_url) -> None:  # noqa: F811
+async def test_bus_latency_is_measured_between_nodes(make_counter, redis_url) -> None:
     shared = {"redis_url": redis_url, "redis_prefix": f"t{secrets.token_hex(4)}:"}
     a = await make_counter(node_id="node-a", **shared)
     b = await make_counter(node_id="node-b", **shared)

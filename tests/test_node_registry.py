@@ -23,8 +23,15 @@ from .server_process import ServerProcess
 
 def _session(db: Database, session_id: str, node_id: str, state: str = "queued") -> None:
     with db.session() as s:
-        s.add(CallSession(id=session_id, business="account_opening", state=state, customer_name="客户",
-                          node_id=node_id))
+        s.add(
+            CallSession(
+                id=session_id,
+                business="account_opening",
+                state=state,
+                customer_name="客户",
+                node_id=node_id,
+            )
+        )
         s.commit()
 
 
@@ -71,8 +78,11 @@ async def test_only_the_sessions_of_a_node_that_stopped_beating_are_closed(db: D
     assert _state(db, "sess-of-live") == ("active", None)
     with db.session() as s:
         event = s.exec(select(SessionEvent).where(SessionEvent.session_id == "sess-of-dead")).one()
-        assert event.kind == "failed" and event.payload == {"reason": "server_restart", "state": "queued",
-                                                            "node": "node-dead"}
+        assert event.kind == "failed" and event.payload == {
+            "reason": "server_restart",
+            "state": "queued",
+            "node": "node-dead",
+        }
         assert [n.id for n in list_nodes(s, 0.6)] == ["node-live"]  # the dead one is forgotten
     await live.aclose()
     with db.session() as s:
@@ -116,7 +126,8 @@ async def test_a_second_process_with_a_live_nodes_id_refuses_to_start(tmp_path: 
 
 
 async def test_a_second_node_with_the_default_id_leaves_the_first_nodes_customers_alone(
-        tmp_path: Path, video_clip, audio_clip) -> None:
+    tmp_path: Path, video_clip, audio_clip
+) -> None:
     first = ServerProcess(tmp_path / "data")
     second = ServerProcess(tmp_path / "data")
     for node in (first, second):
@@ -130,7 +141,9 @@ async def test_a_second_node_with_the_default_id_leaves_the_first_nodes_customer
         sessions = json.loads(first.cli("sessions", "--json").stdout)
         assert [(s["id"], s["state"]) for s in sessions] == [(customer.session_id, "queued")]
         nodes = json.loads(first.cli("nodes", "--json").stdout)
-        assert len(nodes) == 2 and all(n["alive"] for n in nodes) and nodes[0]["id"] != nodes[1]["id"]
+        assert (
+            len(nodes) == 2 and all(n["alive"] for n in nodes) and nodes[0]["id"] != nodes[1]["id"]
+        )
         assert {n["pid"] for n in nodes} == {first.proc.pid, second.proc.pid}  # type: ignore[union-attr]
     finally:
         await customer.aclose()
@@ -138,16 +151,30 @@ async def test_a_second_node_with_the_default_id_leaves_the_first_nodes_customer
         first.stop()
 
 
-async def test_sigterm_drains_then_stops_when_the_last_call_is_over(tmp_path: Path, video_clip,
-                                                                    audio_clip) -> None:
+async def test_sigterm_drains_then_stops_when_the_last_call_is_over(
+    tmp_path: Path, video_clip, audio_clip
+) -> None:
     node = ServerProcess(tmp_path / "data")
     customer = HeadlessParticipant(node.url, video=video_clip, audio=audio_clip, name="customer")
     agent = HeadlessParticipant(node.url, video=video_clip, audio=audio_clip, name="agent")
     late = HeadlessParticipant(node.url, name="late")
     try:
         await node.start()
-        assert node.cli("user", "add", "--role", "agent", "--username", "alice", "--password", PASSWORD,
-                        "--skills", "account_opening").returncode == 0
+        assert (
+            node.cli(
+                "user",
+                "add",
+                "--role",
+                "agent",
+                "--username",
+                "alice",
+                "--password",
+                PASSWORD,
+                "--skills",
+                "account_opening",
+            ).returncode
+            == 0
+        )
         await customer.join("account_opening", "王先生")
         await agent.login("alice", PASSWORD)
         await agent.set_ready()
@@ -156,6 +183,7 @@ async def test_sigterm_drains_then_stops_when_the_last_call_is_over(tmp_path: Pa
 
         assert node.proc is not None
         node.proc.send_signal(signal.SIGTERM)
+
         async def draining() -> bool:  # still serving, but a balancer sends new clients elsewhere
             return await _healthz_status(node.url) == 503
 

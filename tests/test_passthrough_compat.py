@@ -80,10 +80,19 @@ def test_fast_srtp_matches_pylibsrtp_and_rejects_tampering():
     def session(direction: int) -> pylibsrtp.Session:
         return pylibsrtp.Session(policy=pylibsrtp.Policy(key=key, ssrc_type=direction))
 
-    ours, theirs = passthrough._Srtp(session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND)), session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
+    ours, theirs = (
+        passthrough._Srtp(session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND)),
+        session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND),
+    )
     receiver = passthrough._Srtp(session(pylibsrtp.Policy.SSRC_ANY_INBOUND))
     for seq in range(5):
-        packet = bytes([0x80, 0x60]) + seq.to_bytes(2, "big") + b"\x00\x00\x10\x00" + b"\x12\x34\x56\x78" + os.urandom(200)
+        packet = (
+            bytes([0x80, 0x60])
+            + seq.to_bytes(2, "big")
+            + b"\x00\x00\x10\x00"
+            + b"\x12\x34\x56\x78"
+            + os.urandom(200)
+        )
         protected = ours.protect(packet)
         assert protected == theirs.protect(packet) and protected != packet
         assert receiver.unprotect(protected) == packet

@@ -41,8 +41,9 @@ async def test_estimated_wait_uses_staffing(counter):
     # an agent of another skill does not change the loan queue's availability
     await counter.agent("bob")
     with pytest.raises(TimeoutError):
-        await customers[2].wait_for("queue_update", since=since, timeout=0.5,
-                                    where=lambda d: d["agents_available"] > 0)
+        await customers[2].wait_for(
+            "queue_update", since=since, timeout=0.5, where=lambda d: d["agents_available"] > 0
+        )
 
 
 async def test_longest_waiting_customer_of_matching_skill_is_offered(counter):
@@ -174,7 +175,9 @@ async def test_agent_drop_sends_customer_to_head_of_queue(counter):
 
 
 @pytest.mark.parametrize("recording", [True, False], ids=["recording", "no-frame-consumer"])
-async def test_keyframe_request_from_receiver_reaches_sender(make_counter, video_clip, audio_clip, recording):
+async def test_keyframe_request_from_receiver_reaches_sender(
+    make_counter, video_clip, audio_clip, recording
+):
     counter = await make_counter(video_clip, audio_clip, recording=recording)
     customer = await counter.customer("account_opening", "PLI")
     agent = await counter.agent("alice")
@@ -205,4 +208,3 @@ async def test_decoded_subscription_decodes_only_while_subscribed(counter):
     decoded = tap.frames_decoded
     await asyncio.sleep(0.5)  # media goes on meanwhile (15 frames): none of it may be decoded
     assert tap.frames_decoded <= decoded + 2  # nothing decoded after the last subscriber left
-

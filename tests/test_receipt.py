@@ -43,7 +43,9 @@ SIGNED_AT = datetime(2025, 3, 14, 17, 26, 53, 589793, tzinfo=timezone(timedelta(
 def _signature_png() -> bytes:
     """A handwritten-looking stroke on white, as the signature pad sends it."""
     img = Image.new("RGB", (96, 32), "white")
-    ImageDraw.Draw(img).line([(4, 24), (20, 6), (34, 26), (52, 8), (70, 24), (90, 12)], fill="black", width=2)
+    ImageDraw.Draw(img).line(
+        [(4, 24), (20, 6), (34, 26), (52, 8), (70, 24), (90, 12)], fill="black", width=2
+    )
     out = io.BytesIO()
     img.save(out, "PNG")
     return out.getvalue()
@@ -66,12 +68,24 @@ def bank() -> SigningKey:
 
 def _seal(key: SigningKey, face: bytes | None, **changes: object) -> bytes:
     kwargs: dict = {
-        "session_id": "S-20250314-0042", "flow": {"business": "loan_signing", "version": 3},
+        "session_id": "S-20250314-0042",
+        "flow": {"business": "loan_signing", "version": 3},
         "step_id": "sign_contract",
-        "document": {"id": "loan_contract", "title": "个人贷款合同 Personal loan contract", "sha256": DOC_SHA},
-        "signature_png": _signature_png(), "face_snapshot_jpeg": face,
-        "identity": {"method": "face", "verified": True, "score": 0.72, "distance": 0.28,
-                     "threshold": 0.4, "liveness": True},
+        "document": {
+            "id": "loan_contract",
+            "title": "个人贷款合同 Personal loan contract",
+            "sha256": DOC_SHA,
+        },
+        "signature_png": _signature_png(),
+        "face_snapshot_jpeg": face,
+        "identity": {
+            "method": "face",
+            "verified": True,
+            "score": 0.72,
+            "distance": 0.28,
+            "threshold": 0.4,
+            "liveness": True,
+        },
         "signed_at": SIGNED_AT,
         "extra": {"agent": "alice", "customer": "张三", "public_key": "not the envelope's"},
     }
@@ -82,9 +96,14 @@ def _seal(key: SigningKey, face: bytes | None, **changes: object) -> bytes:
 def _assemble(key: SigningKey, payload: dict) -> bytes:
     """A receipt for any payload, signed by ``key``: what a forger with their own key can make."""
     payload_bytes = canonical_json(payload)
-    return canonical_json({"fingerprint": key.fingerprint(), "payload": json.loads(payload_bytes),
-                           "public_key": key.public_pem().decode(),
-                           "signature": base64.b64encode(key.sign(payload_bytes)).decode()})
+    return canonical_json(
+        {
+            "fingerprint": key.fingerprint(),
+            "payload": json.loads(payload_bytes),
+            "public_key": key.public_pem().decode(),
+            "signature": base64.b64encode(key.sign(payload_bytes)).decode(),
+        }
+    )
 
 
 def _image_chunks(receipt: bytes) -> list[str]:
@@ -93,7 +112,7 @@ def _image_chunks(receipt: bytes) -> list[str]:
     chunks = []
     for name in ("signature_image", "face_snapshot"):
         data = payload[name]["data"] if payload[name] else ""
-        chunks += [data[i:i + 12] for i in range(0, len(data) - 12, len(data) // 5 or 1)]
+        chunks += [data[i : i + 12] for i in range(0, len(data) - 12, len(data) // 5 or 1)]
     return chunks
 
 
@@ -103,7 +122,9 @@ def test_round_trip(bank, face_jpeg):
     assert check.ok and check.trusted and check.reason is None and check.code is None
     assert check.fingerprint == bank.fingerprint()
     p = check.payload
-    assert p is not None and p["format"] == FORMAT and re.fullmatch(r"[0-9a-f]{32}", p["receipt_id"])
+    assert (
+        p is not None and p["format"] == FORMAT and re.fullmatch(r"[0-9a-f]{32}", p["receipt_id"])
+    )
     assert p["session_id"] == "S-20250314-0042" and p["step_id"] == "sign_contract"
     assert p["flow"] == {"business": "loan_signing", "version": 3}
     assert p["document"]["sha256"] == DOC_SHA and p["document"]["title"].startswith("个人贷款合同")
@@ -125,14 +146,32 @@ def test_round_trip(bank, face_jpeg):
 
 
 def test_no_face_snapshot_manual_identity_and_numpy_scores(bank):
-    manual = _seal(bank, None, identity={"method": "manual", "verified": True, "reason": "ID card checked "
-                                         "against the customer on camera", "by": "alice"})
+    manual = _seal(
+        bank,
+        None,
+        identity={
+            "method": "manual",
+            "verified": True,
+            "reason": "ID card checked against the customer on camera",
+            "by": "alice",
+        },
+    )
     check = verify_receipt(manual, trusted_public_keys=[bank.public_pem()])
     assert check.ok and check.payload["face_snapshot"] is None
     assert check.payload["identity"]["by"] == "alice"
     # the flow engine's verdict comes from numpy: its floats are sealed as plain numbers
-    scored = _seal(bank, None, identity={"method": "face", "verified": True, "score": np.float32(0.75),
-                                         "distance": np.float64(0.25), "threshold": 0.4, "liveness": None})
+    scored = _seal(
+        bank,
+        None,
+        identity={
+            "method": "face",
+            "verified": True,
+            "score": np.float32(0.75),
+            "distance": np.float64(0.25),
+            "threshold": 0.4,
+            "liveness": None,
+        },
+    )
     check = verify_receipt(scored, trusted_public_keys=[bank.public_pem()])
     assert check.ok and check.payload["identity"]["score"] == 0.75
 
@@ -164,8 +203,12 @@ def test_every_single_byte_change_fails(bank, face_jpeg):
     # every possible value where a second spelling could hide: the first and last characters
     # of each base64 field (image data, key, signature), the fingerprint; and every 97th byte
     positions = set(range(0, 20)) | set(range(0, n, 97))
-    for field in (b'"signature_image":{"data":"', b'"face_snapshot":{"data":"', b'"public_key":"',
-                  b'"signature":"'):
+    for field in (
+        b'"signature_image":{"data":"',
+        b'"face_snapshot":{"data":"',
+        b'"public_key":"',
+        b'"signature":"',
+    ):
         start = receipt.rindex(field) + len(field)
         end = receipt.index(b'"', start)
         positions |= set(range(start, start + 3)) | set(range(end - 5, end + 1))
@@ -179,7 +222,7 @@ def test_every_single_byte_change_fails(bank, face_jpeg):
                 attempt(bytes(altered), (i, value))
     # and removing any one byte, or adding a space
     for i in range(0, n, 3):
-        attempt(receipt[:i] + receipt[i + 1:], (i, -1))
+        attempt(receipt[:i] + receipt[i + 1 :], (i, -1))
         attempt(receipt[:i] + b" " + receipt[i:], (i, 32))
     assert passed == []
     assert not any(chunk in reason for reason in reasons for chunk in chunks)
@@ -198,8 +241,9 @@ def test_reserialised_json_is_refused(bank, face_jpeg):
         "pretty": json.dumps(doc, indent=2, ensure_ascii=False).encode(),
         "spaces": json.dumps(doc, sort_keys=True, ensure_ascii=False).encode(),
         "ascii escapes": json.dumps(doc, sort_keys=True, separators=(",", ":")).encode(),
-        "key order": json.dumps(dict(reversed(doc.items())), separators=(",", ":"),
-                                ensure_ascii=False).encode(),
+        "key order": json.dumps(
+            dict(reversed(doc.items())), separators=(",", ":"), ensure_ascii=False
+        ).encode(),
         "trailing newline": receipt + b"\n",
         "BOM": b"\xef\xbb\xbf" + receipt,
         "UTF-16": receipt.decode().encode("utf-16"),
@@ -226,19 +270,24 @@ def test_another_key_fails_against_the_trusted_key(bank, face_jpeg):
     forged = _assemble(forger, payload)
     alone = verify_receipt(forged)
     assert alone.ok and not alone.trusted and alone.code == "untrusted"
-    assert alone.reason.startswith("WARNING") and "not checked against a trusted key" in alone.reason
+    assert (
+        alone.reason.startswith("WARNING") and "not checked against a trusted key" in alone.reason
+    )
     assert alone.fingerprint == forger.fingerprint()
     # ...but not the bank's seal
     check = verify_receipt(forged, trusted_public_keys=[bank.public_pem()])
     assert not check.ok and check.code == "unknown_key"
-    assert check.reason.startswith("signed by an unknown key") and forger.fingerprint() in check.reason
+    assert (
+        check.reason.startswith("signed by an unknown key") and forger.fingerprint() in check.reason
+    )
     # several trusted keys (a rotated one): any of them will do, none other
     assert verify_receipt(genuine, trusted_public_keys=[forger.public_pem(), bank.public_pem()]).ok
     assert not verify_receipt(genuine, trusted_public_keys=[]).ok
     # the forger's key attached to the bank's signature: the signature does not match
     doc = json.loads(genuine)
-    swapped = canonical_json(doc | {"public_key": forger.public_pem().decode(),
-                                    "fingerprint": forger.fingerprint()})
+    swapped = canonical_json(
+        doc | {"public_key": forger.public_pem().decode(), "fingerprint": forger.fingerprint()}
+    )
     assert verify_receipt(swapped).code == "bad_key"  # the payload names the bank's key
     # a payload naming one key, signed by another
     assert verify_receipt(_assemble(forger, json.loads(genuine)["payload"])).code == "bad_key"
@@ -253,14 +302,22 @@ def test_self_signed_receipts_with_bad_contents_are_refused(bank, face_jpeg):
         assert not check.ok and check.payload is None
         return check.reason
 
-    assert reason(base | {"face_snapshot": base["face_snapshot"] | {"sha256": "0" * 64}}) == \
-        "face_snapshot does not match its stated sha256 (the image was changed)"
+    assert (
+        reason(base | {"face_snapshot": base["face_snapshot"] | {"sha256": "0" * 64}})
+        == "face_snapshot does not match its stated sha256 (the image was changed)"
+    )
     other_png = base64.b64encode(_signature_png()[:-1] + b"\x00").decode()
     assert "signature_image does not match" in reason(
-        base | {"signature_image": base["signature_image"] | {"data": other_png}})
-    assert reason({k: v for k, v in base.items() if k != "identity"}) == "payload: missing field(s) 'identity'"
+        base | {"signature_image": base["signature_image"] | {"data": other_png}}
+    )
+    assert (
+        reason({k: v for k, v in base.items() if k != "identity"})
+        == "payload: missing field(s) 'identity'"
+    )
     assert reason(base | {"comment": "x"}) == "payload: unexpected field(s) 'comment'"
-    assert "unexpected field(s) 'pages'" in reason(base | {"document": base["document"] | {"pages": 12}})
+    assert "unexpected field(s) 'pages'" in reason(
+        base | {"document": base["document"] | {"pages": 12}}
+    )
     assert "identity.method" in reason(base | {"identity": {"method": "guess", "verified": True}})
     assert "format" in reason(base | {"format": "vcounter-receipt/2"})
     assert "signed_at" in reason(base | {"signed_at": "2025-03-14 09:26:53"})
@@ -287,7 +344,9 @@ def test_sealing_refuses_bad_input(bank, face_jpeg):
         with pytest.raises(ReceiptError) as info:
             _seal(bank, face_jpeg, **change)
         message = str(info.value)
-        assert len(message) < 300 and not any(c in message for c in _image_chunks(_seal(bank, face_jpeg))), name
+        assert len(message) < 300 and not any(
+            c in message for c in _image_chunks(_seal(bank, face_jpeg))
+        ), name
     # "none": signed without any identity verification; sealed as such, never as verified
     check = verify_receipt(_seal(bank, None, identity={"method": "none", "verified": False}))
     assert check.ok and check.payload["identity"] == {"method": "none", "verified": False}
@@ -303,10 +362,22 @@ def test_garbage_is_not_a_receipt():
 
 # -- the command line -------------------------------------------------------------------------
 
-def _run_all(commands: list[tuple[list[str], dict[str, str]]]) -> list[subprocess.CompletedProcess[str]]:
+
+def _run_all(
+    commands: list[tuple[list[str], dict[str, str]]],
+) -> list[subprocess.CompletedProcess[str]]:
     """Run the CLI invocations side by side (each one starts Python: ~1.5 s)."""
-    procs = [subprocess.Popen([*vcounter_command(), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env={**os.environ, **env}, cwd=REPO) for args, env in commands]
+    procs = [
+        subprocess.Popen(
+            [*vcounter_command(), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **env},
+            cwd=REPO,
+        )
+        for args, env in commands
+    ]
     done = []
     for (args, _), proc in zip(commands, procs, strict=True):
         out, err = proc.communicate(timeout=120)
@@ -326,12 +397,20 @@ def test_cli_verify_receipt(tmp_path, face_jpeg):
     garbage.write_bytes(os.urandom(2000))
     env = {"VCOUNTER_SIGNING_KEY_FILE": str(key_file)}
     data = ["--data-dir", str(tmp_path / "var")]
-    ok, bad, junk = _run_all([(["verify-receipt", str(f), *data], env) for f in (genuine, altered, garbage)])
+    ok, bad, junk = _run_all(
+        [(["verify-receipt", str(f), *data], env) for f in (genuine, altered, garbage)]
+    )
     assert ok.returncode == 0, ok.stderr
-    assert "S-20250314-0042" in ok.stdout and DOC_SHA in ok.stdout and "2025-03-14T09:26:53.589Z" in ok.stdout
+    assert (
+        "S-20250314-0042" in ok.stdout
+        and DOC_SHA in ok.stdout
+        and "2025-03-14T09:26:53.589Z" in ok.stdout
+    )
     assert "face: verified" in ok.stdout and server_key.fingerprint() in ok.stdout
     assert "signed by a trusted key" in ok.stdout and "WARNING" not in ok.stderr
-    assert bad.returncode == 1 and "FAILED" in bad.stderr and "bad signature" in bad.stderr, bad.stderr
+    assert bad.returncode == 1 and "FAILED" in bad.stderr and "bad signature" in bad.stderr, (
+        bad.stderr
+    )
     assert junk.returncode == 2 and "not a receipt" in junk.stderr, junk.stderr
 
 
@@ -388,6 +467,7 @@ def test_cli_trust(tmp_path, face_jpeg, monkeypatch, capsys):
 
 # -- the documented third-party check ----------------------------------------------------------
 
+
 def _documented(language: str) -> str:
     text = (REPO / "docs" / "receipts.md").read_text()
     blocks = re.findall(r"<!-- tested by tests/test_receipt.py -->\n```(\w+)\n(.*?)```", text, re.S)
@@ -405,16 +485,27 @@ def test_documented_openssl_check(tmp_path, bank, face_jpeg):
     def run(data: bytes) -> subprocess.CompletedProcess[str]:
         (tmp_path / "receipt.json").write_bytes(data)
         # C locale: the UTF-8 customer name must not make grep call the file binary
-        return subprocess.run(["bash", "-c", "set -e\n" + script], cwd=tmp_path, capture_output=True,
-                              text=True, env={**os.environ, "LC_ALL": "C"}, timeout=60)
+        return subprocess.run(
+            ["bash", "-c", "set -e\n" + script],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "LC_ALL": "C"},
+            timeout=60,
+        )
 
     good = run(receipt)
-    assert good.returncode == 0 and "Signature Verified Successfully" in good.stdout, good.stdout + good.stderr
+    assert good.returncode == 0 and "Signature Verified Successfully" in good.stdout, (
+        good.stdout + good.stderr
+    )
     assert bank.fingerprint() in good.stdout
     payload = json.loads(receipt)["payload"]
     assert (tmp_path / "payload.bin").read_bytes() == canonical_json(payload)
     tampered = run(receipt.replace(DOC_SHA.encode(), DOC_SHA[::-1].encode()))
-    assert tampered.returncode != 0 and "Signature Verification Failure" in tampered.stdout + tampered.stderr
+    assert (
+        tampered.returncode != 0
+        and "Signature Verification Failure" in tampered.stdout + tampered.stderr
+    )
 
 
 def test_documented_python_check(tmp_path, bank, face_jpeg):
@@ -422,12 +513,24 @@ def test_documented_python_check(tmp_path, bank, face_jpeg):
     (tmp_path / "receipt.json").write_bytes(receipt)
     (tmp_path / "bank-public.pem").write_bytes(bank.public_pem())
     (tmp_path / "check.py").write_text(_documented("python"))
-    run = subprocess.run([sys.executable, "check.py", "receipt.json", "bank-public.pem"], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=60)
-    assert run.returncode == 0 and run.stdout.strip() == f"valid: S-20250314-0042 {DOC_SHA} " \
-        "2025-03-14T09:26:53.589Z", run.stdout + run.stderr
+    run = subprocess.run(
+        [sys.executable, "check.py", "receipt.json", "bank-public.pem"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (
+        run.returncode == 0
+        and run.stdout.strip() == f"valid: S-20250314-0042 {DOC_SHA} 2025-03-14T09:26:53.589Z"
+    ), run.stdout + run.stderr
     other = SigningKey.generate()
     (tmp_path / "bank-public.pem").write_bytes(other.public_pem())
-    refused = subprocess.run([sys.executable, "check.py", "receipt.json", "bank-public.pem"], cwd=tmp_path,
-                             capture_output=True, text=True, timeout=60)
+    refused = subprocess.run(
+        [sys.executable, "check.py", "receipt.json", "bank-public.pem"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert refused.returncode != 0 and "InvalidSignature" in refused.stderr

@@ -267,7 +267,9 @@ async def test_recorder_seals_on_its_own_and_rejects_bad_use(tmp_path: Path, aud
             keyframe=True,
             arrival=rec.origin + i * 0.02,
         )
-    await eventually(lambda: rec.segments_stored >= 1, timeout=2)  # the ticker sealed it without being asked
+    await eventually(
+        lambda: rec.segments_stored >= 1, timeout=2
+    )  # the ticker sealed it without being asked
     with pytest.raises(RecorderError, match="not closed"):
         finalize(tmp_path / "s1", master, signer, {})
     await rec.aclose()

@@ -35,7 +35,9 @@ async def test_call_produces_a_verifiable_dual_recording(counter, video_clip, au
 
     # integrity: chain, signature against the server's key, decryptability
     trusted = SigningKey.load(config.signing_key_file).public_pem()
-    result = await asyncio.to_thread(verify, directory, MasterKey.load(config.master_key_file), trusted)
+    result = await asyncio.to_thread(
+        verify, directory, MasterKey.load(config.master_key_file), trusted
+    )
     assert result.ok, result.reason
 
     sent_video = set(video_clip.packets)
@@ -52,7 +54,10 @@ async def test_call_produces_a_verifiable_dual_recording(counter, video_clip, au
         # durations within 0.5 s of the call (the call includes setup before the sleep)
         video_span = video[-1][0] - video[0][0]
         audio_span = audio[-1][0] - audio[0][0]
-        assert video_span >= call_s - 0.5 and abs(audio_span - video_span) < 0.3, (video_span, audio_span)
+        assert video_span >= call_s - 0.5 and abs(audio_span - video_span) < 0.3, (
+            video_span,
+            audio_span,
+        )
         # audio and video of a party start together
         assert abs(video[0][0] - audio[0][0]) < 0.1
         starts[party] = video[0][0]
@@ -80,7 +85,12 @@ async def test_recording_timeline_carries_session_events(counter):
     [row] = await wait_recordings(counter.db, customer.session_id)
     manifest = json.loads((config.recordings_dir / row.id / "manifest.json").read_text())
     kinds = [e["kind"] for e in manifest["timeline"]["events"]]
-    for expected in ("recording_started", "customer_disconnected", "customer_rejoined", "recording_stopped"):
+    for expected in (
+        "recording_started",
+        "customer_disconnected",
+        "customer_rejoined",
+        "recording_stopped",
+    ):
         assert expected in kinds, kinds
     offsets = [e["offset_ms"] for e in manifest["timeline"]["events"]]
     assert offsets == sorted(offsets)
@@ -111,15 +121,22 @@ async def test_disk_full_during_recording_alerts_and_loses_nothing(counter, monk
     t0 = time.monotonic()
     await asyncio.sleep(4.5)  # two or three segments cannot be stored
     full["on"] = False
-    await asyncio.sleep(2.5)  # storage works again: the call goes on while the kept segments are stored
+    await asyncio.sleep(
+        2.5
+    )  # storage works again: the call goes on while the kept segments are stored
     await agent.wait_media(frames=10)  # media never stopped
     await agent.hangup()
     call_s = time.monotonic() - t0
     [row] = await wait_recordings(counter.db, customer.session_id)
     assert row.state == "finalized"
-    video = demux(decrypt_output(config.recordings_dir / row.id, config.master_key_file, "customer"))["video"]
+    video = demux(
+        decrypt_output(config.recordings_dir / row.id, config.master_key_file, "customer")
+    )["video"]
     # the seconds recorded while the disk was full are in the recording
     assert video[-1][0] - video[0][0] >= call_s - 0.5
     detail = await audited_session(counter, customer.session_id)
     assert "recording_alert" in detail["session"]["anomalies"]
-    assert any(e["kind"] == "recording_alert" and "disk full" in e["data"]["message"] for e in detail["events"])
+    assert any(
+        e["kind"] == "recording_alert" and "disk full" in e["data"]["message"]
+        for e in detail["events"]
+    )

@@ -52,11 +52,14 @@ async def all_uploaded(counter) -> bool:
 
 
 def keys(config) -> tuple[MasterKey, bytes]:
-    return MasterKey.load(config.master_key_file), SigningKey.load(config.signing_key_file).public_pem()
+    return MasterKey.load(config.master_key_file), SigningKey.load(
+        config.signing_key_file
+    ).public_pem()
 
 
 async def test_any_node_replays_verifies_exports_and_purges_a_recording_in_s3(
-        make_counter, s3_server, s3_url, tmp_path):
+    make_counter, s3_server, s3_url, tmp_path
+):
     store = {"storage_url": s3_url, "s3_endpoint_url": s3_server.endpoint}
     recorder_node = await make_counter(node_id="node-a", **store)
     session_id, recording_id = await recorded_call(recorder_node, seconds=3.0)
@@ -67,10 +70,18 @@ async def test_any_node_replays_verifies_exports_and_purges_a_recording_in_s3(
     # in the store, as ciphertext; nothing left on the recording node's disk
     remote = remote_recording(s3_server, s3_url, recording_id)
     names = remote.list()
-    assert {"manifest.json", "manifest.sig", "chain.log", "customer.webm.enc", "agent.webm.enc"} <= set(names)
+    assert {
+        "manifest.json",
+        "manifest.sig",
+        "chain.log",
+        "customer.webm.enc",
+        "agent.webm.enc",
+    } <= set(names)
     assert any(n.startswith("segments/") for n in names)
     assert remote.open("customer.webm.enc").read(0, 8) == MAGIC
-    await eventually(lambda: not (config.data_dir / "spool" / "recordings" / recording_id).exists(), timeout=10)
+    await eventually(
+        lambda: not (config.data_dir / "spool" / "recordings" / recording_id).exists(), timeout=10
+    )
     assert not (config.recordings_dir / recording_id).exists()
     master, trusted = keys(config)
     result = await asyncio.to_thread(verify, remote, master, trusted)
@@ -86,8 +97,11 @@ async def test_any_node_replays_verifies_exports_and_purges_a_recording_in_s3(
             assert r.status == 200 and await r.read() == plain
         start, end = 65_000, min(len(plain) - 1, 140_000)
         async with http.get(url, headers={"Range": f"bytes={start}-{end}"}) as r:
-            assert r.status == 206 and r.headers["Content-Range"] == f"bytes {start}-{end}/{len(plain)}"
-            assert await r.read() == plain[start:end + 1]
+            assert (
+                r.status == 206
+                and r.headers["Content-Range"] == f"bytes {start}-{end}/{len(plain)}"
+            )
+            assert await r.read() == plain[start : end + 1]
         async with http.get(url, headers={"Range": f"bytes={len(plain)}-"}) as r:
             assert r.status == 416
         async with http.get(f"{other.url}/api/audit/recordings/{recording_id}/verify") as r:
@@ -101,28 +115,43 @@ async def test_any_node_replays_verifies_exports_and_purges_a_recording_in_s3(
     # the command line on a host with none of the files: only the database and the store
     elsewhere = tmp_path / "operator"
     elsewhere.mkdir()
-    env = {**AWS_ENV, "VCOUNTER_STORAGE_URL": s3_url, "VCOUNTER_S3_ENDPOINT_URL": s3_server.endpoint,
-           "DATABASE_URL": config.db_url, "VCOUNTER_MASTER_KEY_FILE": str(config.master_key_file),
-           "VCOUNTER_SIGNING_KEY_FILE": str(config.signing_key_file)}
+    env = {
+        **AWS_ENV,
+        "VCOUNTER_STORAGE_URL": s3_url,
+        "VCOUNTER_S3_ENDPOINT_URL": s3_server.endpoint,
+        "DATABASE_URL": config.db_url,
+        "VCOUNTER_MASTER_KEY_FILE": str(config.master_key_file),
+        "VCOUNTER_SIGNING_KEY_FILE": str(config.signing_key_file),
+    }
 
     def cli(*args: str):
         return run_vcounter(*args, data_dir=elsewhere, env=env)
 
     checked = await asyncio.to_thread(cli, "verify", session_id)
-    assert checked.returncode == 0 and f"{recording_id}: OK" in checked.stdout, checked.stdout + checked.stderr
+    assert checked.returncode == 0 and f"{recording_id}: OK" in checked.stdout, (
+        checked.stdout + checked.stderr
+    )
     passphrase = tmp_path / "pass.txt"
     passphrase.write_text("correct horse battery staple")
     package = tmp_path / "evidence.zip"
-    exported = await asyncio.to_thread(cli, "export", session_id, str(package), "--passphrase-file",
-                                       str(passphrase))
+    exported = await asyncio.to_thread(
+        cli, "export", session_id, str(package), "--passphrase-file", str(passphrase)
+    )
     assert exported.returncode == 0, exported.stderr
     with zipfile.ZipFile(package) as z:
         assert z.read("recording/customer.webm.enc") == remote.open("customer.webm.enc").read(
-            0, remote.open("customer.webm.enc").size)
+            0, remote.open("customer.webm.enc").size
+        )
     ok = await asyncio.to_thread(cli, "verify", str(package))
     assert ok.returncode == 0 and "OK" in ok.stdout, ok.stdout + ok.stderr
-    decrypted = await asyncio.to_thread(run_vcounter, "decrypt-export", str(package), str(tmp_path / "out"),
-                                        "--passphrase-file", str(passphrase))
+    decrypted = await asyncio.to_thread(
+        run_vcounter,
+        "decrypt-export",
+        str(package),
+        str(tmp_path / "out"),
+        "--passphrase-file",
+        str(passphrase),
+    )
     assert decrypted.returncode == 0, decrypted.stderr
     assert (tmp_path / "out" / "agent.webm").read_bytes() == plain
 
@@ -133,7 +162,9 @@ async def test_any_node_replays_verifies_exports_and_purges_a_recording_in_s3(
 
     await other.db.run(expire)
     purged = await asyncio.to_thread(cli, "purge")
-    assert purged.returncode == 0 and f"deleted {recording_id}" in purged.stdout, purged.stdout + purged.stderr
+    assert purged.returncode == 0 and f"deleted {recording_id}" in purged.stdout, (
+        purged.stdout + purged.stderr
+    )
     assert remote.list() == []
     assert (await other.db.run(lambda s: s.get(Recording, recording_id).state)) == "purged"
 
@@ -142,7 +173,9 @@ async def test_store_away_mid_call_loses_nothing(make_counter, s3_server, s3_url
     proxy = PausableProxy(s3_server.endpoint)
     await proxy.up()
     try:
-        counter = await make_counter(node_id="node-offline", storage_url=s3_url, s3_endpoint_url=proxy.url)
+        counter = await make_counter(
+            node_id="node-offline", storage_url=s3_url, s3_endpoint_url=proxy.url
+        )
         config = counter.app[CONFIG]
         customer = await counter.customer("loan_signing", "Offline store")
         agent = await counter.agent("carol")
@@ -167,7 +200,9 @@ async def test_store_away_mid_call_loses_nothing(make_counter, s3_server, s3_url
 
         await proxy.up()
         await eventually(lambda: all_uploaded(counter), timeout=30)
-        await eventually(lambda: not (config.data_dir / "spool" / "recordings" / row.id).exists(), timeout=10)
+        await eventually(
+            lambda: not (config.data_dir / "spool" / "recordings" / row.id).exists(), timeout=10
+        )
         master, trusted = keys(config)
         result = await asyncio.to_thread(verify, remote, master, trusted)
         assert result.ok, result.reason
@@ -180,21 +215,44 @@ async def test_store_away_mid_call_loses_nothing(make_counter, s3_server, s3_url
 
 @pytest.mark.slow
 async def test_a_surviving_node_finalises_a_killed_nodes_recording_from_s3(
-        make_counter, s3_server, s3_url, tmp_path, video_clip, audio_clip):
+    make_counter, s3_server, s3_url, tmp_path, video_clip, audio_clip
+):
     key_dir = tmp_path / "keys"
-    doomed = ServerProcess(tmp_path / "doomed", env={
-        **AWS_ENV, "VCOUNTER_NODE_ID": "doomed-node", "VCOUNTER_NODE_LEASE_S": "3",
-        "VCOUNTER_STORAGE_URL": s3_url, "VCOUNTER_S3_ENDPOINT_URL": s3_server.endpoint,
-        "VCOUNTER_MASTER_KEY_FILE": str(key_dir / "master.key"),
-        "VCOUNTER_SIGNING_KEY_FILE": str(key_dir / "signing.pem")})
-    added = doomed.cli("user", "add", "--role", "agent", "--username", "alice", "--password", PASSWORD,
-                       "--skills", "account_opening")
+    doomed = ServerProcess(
+        tmp_path / "doomed",
+        env={
+            **AWS_ENV,
+            "VCOUNTER_NODE_ID": "doomed-node",
+            "VCOUNTER_NODE_LEASE_S": "3",
+            "VCOUNTER_STORAGE_URL": s3_url,
+            "VCOUNTER_S3_ENDPOINT_URL": s3_server.endpoint,
+            "VCOUNTER_MASTER_KEY_FILE": str(key_dir / "master.key"),
+            "VCOUNTER_SIGNING_KEY_FILE": str(key_dir / "signing.pem"),
+        },
+    )
+    added = doomed.cli(
+        "user",
+        "add",
+        "--role",
+        "agent",
+        "--username",
+        "alice",
+        "--password",
+        PASSWORD,
+        "--skills",
+        "account_opening",
+    )
     assert added.returncode == 0, added.stderr
     await doomed.start()
     # another host (its own disk, none of the dead node's spool), the same database and store
-    survivor = await make_counter(node_id="survivor", node_lease_s=3.0, data_dir=tmp_path / "survivor",
-                                  database_url=f"sqlite:///{doomed.data_dir / 'vcounter.db'}",
-                                  storage_url=s3_url, s3_endpoint_url=s3_server.endpoint)
+    survivor = await make_counter(
+        node_id="survivor",
+        node_lease_s=3.0,
+        data_dir=tmp_path / "survivor",
+        database_url=f"sqlite:///{doomed.data_dir / 'vcounter.db'}",
+        storage_url=s3_url,
+        s3_endpoint_url=s3_server.endpoint,
+    )
     customer = HeadlessParticipant(doomed.url, video=video_clip, audio=audio_clip, name="customer")
     agent = HeadlessParticipant(doomed.url, video=video_clip, audio=audio_clip, name="agent")
     try:
@@ -221,13 +279,17 @@ async def test_a_surviving_node_finalises_a_killed_nodes_recording_from_s3(
     [row] = await wait_recordings(survivor.db, session_id, timeout=60)
     took_s = time.monotonic() - killed
     assert row.state == "recovered", (row.state, row.problem)
-    logger.info("recording %s recovered by the survivor %.1f s after the kill", recording_id, took_s)
+    logger.info(
+        "recording %s recovered by the survivor %.1f s after the kill", recording_id, took_s
+    )
     assert took_s < 15, took_s
     await eventually(lambda: all_uploaded(survivor), timeout=30)
     master, trusted = keys(survivor.app[CONFIG])
     result = await asyncio.to_thread(verify, remote, master, trusted)
     assert result.ok, result.reason
-    manifest = json.loads(await asyncio.to_thread(lambda: remote.open("manifest.json").read(0, 1 << 20)))
+    manifest = json.loads(
+        await asyncio.to_thread(lambda: remote.open("manifest.json").read(0, 1 << 20))
+    )
     assert manifest["recovered"] is True and manifest["metadata"]["recovered_by_node"] == "survivor"
     video = demux(await asyncio.to_thread(plaintext, remote, master, "customer"))["video"]
     recorded_s = video[-1][0] - video[0][0]

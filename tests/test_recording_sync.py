@@ -60,7 +60,9 @@ def _beeps(webm: bytes) -> list[float]:
         chunks, starts = [], []
         for frame in c.decode(audio=0):
             raw = frame.to_ndarray()
-            data = raw.astype(np.float64) * (32767.0 if np.issubdtype(raw.dtype, np.floating) else 1.0)
+            data = raw.astype(np.float64) * (
+                32767.0 if np.issubdtype(raw.dtype, np.floating) else 1.0
+            )
             if frame.format.is_planar:
                 mono = data.mean(axis=0)
             else:
@@ -72,7 +74,7 @@ def _beeps(webm: bytes) -> list[float]:
     loud = False
     for start, chunk in zip(starts, chunks, strict=True):
         for k in range(0, len(chunk) - window + 1, window):
-            rms = float(np.sqrt(np.mean(chunk[k:k + window] ** 2)))
+            rms = float(np.sqrt(np.mean(chunk[k : k + window] ** 2)))
             if rms > 2000 and not loud:
                 times.append(start + k / rate)
             loud = rms > 600 if loud else rms > 2000
@@ -109,7 +111,9 @@ async def test_audio_video_sync_in_recording_across_reconnect(make_counter, sync
     assert max(abs(o) for o in offsets) < 0.1, [round(o * 1000) for o in offsets]
     # and the flashes checked lie on both sides of the reconnect
     manifest = json.loads((config.recordings_dir / row.id / "manifest.json").read_text())
-    [rejoined_ms] = [e["offset_ms"] for e in manifest["timeline"]["events"] if e["kind"] == "customer_rejoined"]
+    [rejoined_ms] = [
+        e["offset_ms"] for e in manifest["timeline"]["events"] if e["kind"] == "customer_rejoined"
+    ]
     flashes = _flashes(webm)
     assert sum(f < rejoined_ms / 1000 for f in flashes) >= 2, (flashes, rejoined_ms)
     assert sum(f > rejoined_ms / 1000 for f in flashes) >= 2, (flashes, rejoined_ms)

@@ -15,11 +15,13 @@ from .redis_server import RedisServer
 
 
 async def test_calls_go_on_without_redis_and_joins_resume_when_it_returns(
-        make_counter, video_clip, audio_clip, tmp_path: Path) -> None:
+    make_counter, video_clip, audio_clip, tmp_path: Path
+) -> None:
     redis = RedisServer(tmp_path / "redis")
     try:
-        counter = await make_counter(video_clip, audio_clip, redis_url=redis.url,
-                                     redis_prefix=f"t{secrets.token_hex(4)}:")
+        counter = await make_counter(
+            video_clip, audio_clip, redis_url=redis.url, redis_prefix=f"t{secrets.token_hex(4)}:"
+        )
         customer = await counter.customer("account_opening", "王女士")
         agent = await counter.agent("alice")
         await agent.accept_next()

@@ -18,10 +18,23 @@ from .helpers import eventually
 VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
 
 
-def _rtp(payload: bytes, *, seq: int = 7, ts: int = 1234, ssrc: int = 99, pt: int = 96, marker: int = 1,
-         csrcs: int = 0, ext: bytes | None = None, padding: int = 0) -> bytes:
+def _rtp(
+    payload: bytes,
+    *,
+    seq: int = 7,
+    ts: int = 1234,
+    ssrc: int = 99,
+    pt: int = 96,
+    marker: int = 1,
+    csrcs: int = 0,
+    ext: bytes | None = None,
+    padding: int = 0,
+) -> bytes:
     first = 0x80 | csrcs | (0x10 if ext is not None else 0) | (0x20 if padding else 0)
-    data = struct.pack("!BBHII", first, (marker << 7) | pt, seq, ts, ssrc) + b"\x00\x00\x00\x01" * csrcs
+    data = (
+        struct.pack("!BBHII", first, (marker << 7) | pt, seq, ts, ssrc)
+        + b"\x00\x00\x00\x01" * csrcs
+    )
     if ext is not None:
         data += b"\xbe\xde" + (len(ext) // 4).to_bytes(2, "big") + ext
     data += payload
@@ -33,17 +46,27 @@ def _rtp(payload: bytes, *, seq: int = 7, ts: int = 1234, ssrc: int = 99, pt: in
 def test_parse_rtp_strips_csrcs_extensions_and_padding():
     assert parse_rtp(_rtp(b"hello")) == (1, 96, 7, 1234, b"hello")
     assert parse_rtp(_rtp(b"hello", csrcs=2, ext=b"\x22\x01\x02\x03", padding=3, marker=0)) == (
-        0, 96, 7, 1234, b"hello")
+        0,
+        96,
+        7,
+        1234,
+        b"hello",
+    )
     # a padding-only packet (a browser probing bandwidth) has an empty payload
     assert parse_rtp(_rtp(b"", padding=8)) == (1, 96, 7, 1234, b"")
 
 
-@pytest.mark.parametrize("data", [
-    b"", b"\x80" * 11,                                   # shorter than a header
-    b"\x40" + b"\x00" * 20,                              # RTP version 1
-    _rtp(b"x", ext=b"\x00" * 4)[:14],                    # extension header cut off
-    _rtp(b"", ext=b"\x00" * 4)[:12] + b"\xbe\xde\x00\x09\x00\x00\x00\x00",  # extension longer than the packet
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\x80" * 11,  # shorter than a header
+        b"\x40" + b"\x00" * 20,  # RTP version 1
+        _rtp(b"x", ext=b"\x00" * 4)[:14],  # extension header cut off
+        _rtp(b"", ext=b"\x00" * 4)[:12]
+        + b"\xbe\xde\x00\x09\x00\x00\x00\x00",  # extension longer than the packet
+    ],
+)
 def test_parse_rtp_refuses_malformed_packets(data):
     assert parse_rtp(data) is None
 
@@ -106,8 +129,12 @@ def _video_sender(participant):
 
 
 @pytest.mark.parametrize("recording", [False, True], ids=["no-frame-consumer", "recording"])
-async def test_nack_is_answered_from_history_or_asked_upstream(make_counter, video_clip, audio_clip, recording):
-    counter, customer, agent, media = await _call(make_counter, video_clip, audio_clip, recording=recording)
+async def test_nack_is_answered_from_history_or_asked_upstream(
+    make_counter, video_clip, audio_clip, recording
+):
+    counter, customer, agent, media = await _call(
+        make_counter, video_clip, audio_clip, recording=recording
+    )
     lane = media.lanes[("customer", "video")]
     outbound = lane.outbound
     assert lane.tap.wants_frames is recording
@@ -139,7 +166,9 @@ async def test_nack_is_answered_from_history_or_asked_upstream(make_counter, vid
 
 
 async def test_receiver_bandwidth_estimate_reaches_the_sender(make_counter, video_clip, audio_clip):
-    counter, customer, agent, media = await _call(make_counter, video_clip, audio_clip, recording=False)
+    counter, customer, agent, media = await _call(
+        make_counter, video_clip, audio_clip, recording=False
+    )
     from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, unpack_remb_fci
 
     seen: list[tuple[int, list[int]]] = []
@@ -159,7 +188,9 @@ async def test_receiver_bandwidth_estimate_reaches_the_sender(make_counter, vide
 
 async def test_without_frame_consumers_nothing_is_reassembled(make_counter, video_clip, audio_clip):
     """No recorder, no identity check: the hub counts packets and never runs aiortc's jitter buffer."""
-    counter, customer, agent, media = await _call(make_counter, video_clip, audio_clip, recording=False)
+    counter, customer, agent, media = await _call(
+        make_counter, video_clip, audio_clip, recording=False
+    )
     tap = media.tap("customer", "video")
     assert not tap.wants_frames
     server_receiver = media.lanes[("customer", "video")].receiver
@@ -215,7 +246,7 @@ def test_frame_assembler_rebuilds_the_encoder_frames_across_reordering_and_late_
         assembler.add(seq, ts, marker, payload, now=1.0)
     assert [f.data for f in out] == frames
     assert [f.timestamp for f in out] == [i * 3000 for i in range(len(frames))]
-    assert [f.keyframe for f in out] == video_clip.keyframes[:len(frames)]
+    assert [f.keyframe for f in out] == video_clip.keyframes[: len(frames)]
     assert losses == [] and assembler.lost == 0
 
 
@@ -264,8 +295,12 @@ async def test_socket_reader_drains_bursts_in_order_and_goes_away_on_close():
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
         for i in range(3 * passthrough.READ_BATCH + 5):  # more than one batch
             sender.sendto(i.to_bytes(2, "big"), ("127.0.0.1", port))
-        await eventually(lambda: len(received) == 3 * passthrough.READ_BATCH + 5, timeout=1, interval=0.01)
-    assert [int.from_bytes(d, "big") for d in received] == list(range(3 * passthrough.READ_BATCH + 5))
+        await eventually(
+            lambda: len(received) == 3 * passthrough.READ_BATCH + 5, timeout=1, interval=0.01
+        )
+    assert [int.from_bytes(d, "big") for d in received] == list(
+        range(3 * passthrough.READ_BATCH + 5)
+    )
     fd = transport.get_extra_info("socket").fileno()
     transport.close()
     await asyncio.sleep(0)

@@ -70,7 +70,7 @@ def test_create_is_invisible_until_commit(storage, size):
     data = os.urandom(size)
     writer = storage.create("agent.webm.enc")
     for start in range(0, size, 1 << 20):
-        writer.write(data[start:start + (1 << 20)])
+        writer.write(data[start : start + (1 << 20)])
     assert not storage.exists("agent.webm.enc") and storage.list() == []
     with pytest.raises(FileNotFoundError):
         storage.open("agent.webm.enc")
@@ -101,7 +101,12 @@ def test_discard_incomplete_removes_an_interrupted_write(storage):
 def test_list_delete_and_missing_objects(storage):
     for name in ("segments/000002.seg", "chain.log", "segments/000001.seg", "dropped/000003.seg"):
         storage.put_bytes(name, name.encode())
-    assert storage.list() == ["chain.log", "dropped/000003.seg", "segments/000001.seg", "segments/000002.seg"]
+    assert storage.list() == [
+        "chain.log",
+        "dropped/000003.seg",
+        "segments/000001.seg",
+        "segments/000002.seg",
+    ]
     assert storage.list("segments/") == ["segments/000001.seg", "segments/000002.seg"]
     assert storage.list("nothing/") == []
     storage.delete("chain.log")
@@ -136,14 +141,19 @@ def test_spool_uploads_in_order_and_releases_after_upload(tmp_path, s3_server, s
     remote = _s3(s3_server.endpoint, s3_url).sub("recordings").sub("rec-1")
     uploader = Uploader(workers=2, max_backoff=0.5)
     try:
-        spool = SpooledStorage(LocalStorage(tmp_path / "spool"), remote, uploader, keep_local=True,
-                               local_complete=True)
+        spool = SpooledStorage(
+            LocalStorage(tmp_path / "spool"), remote, uploader, keep_local=True, local_complete=True
+        )
         for i in range(1, 4):
             spool.put_bytes(f"segments/{i:06d}.seg", os.urandom(1000))
             spool.put_bytes("chain.log", f"{i} lines".encode())
         assert uploader.wait_idle(20)
-        assert remote.list() == ["chain.log", "segments/000001.seg", "segments/000002.seg",
-                                 "segments/000003.seg"]
+        assert remote.list() == [
+            "chain.log",
+            "segments/000001.seg",
+            "segments/000002.seg",
+            "segments/000003.seg",
+        ]
         assert read_all(remote, "chain.log") == b"3 lines"
         assert spool.spooled  # kept until released
         spool.release()
@@ -196,18 +206,25 @@ def test_identity_evidence_in_s3_is_read_and_purged_from_anywhere(tmp_path, s3_s
     from server.recording import object_store
 
     master = MasterKey.generate()
-    config = Config(data_dir=tmp_path / "node", storage_url=s3_url, s3_endpoint_url=s3_server.endpoint)
+    config = Config(
+        data_dir=tmp_path / "node", storage_url=s3_url, s3_endpoint_url=s3_server.endpoint
+    )
     node = object_store(config)
     try:
-        kept = EvidenceStore(node.evidence(), master).put("session-1", "snapshot", b"\xff\xd8\xff jpeg",
-                                                          content_type="image/jpeg")
+        kept = EvidenceStore(node.evidence(), master).put(
+            "session-1", "snapshot", b"\xff\xd8\xff jpeg", content_type="image/jpeg"
+        )
         assert node.wait_uploaded(20)
-        assert not list((tmp_path / "node" / "spool" / "identity").rglob("snapshot/*"))  # uploaded, released
+        assert not list(
+            (tmp_path / "node" / "spool" / "identity").rglob("snapshot/*")
+        )  # uploaded, released
     finally:
         node.close()
     # another host, no uploader (the command line): the same item, from the store
-    elsewhere = object_store(Config(data_dir=tmp_path / "cli", storage_url=s3_url,
-                                    s3_endpoint_url=s3_server.endpoint), uploads=False)
+    elsewhere = object_store(
+        Config(data_dir=tmp_path / "cli", storage_url=s3_url, s3_endpoint_url=s3_server.endpoint),
+        uploads=False,
+    )
     store = EvidenceStore(elsewhere.evidence(), master)
     assert store.sessions() == ["session-1"]
     item, data = store.get("session-1", kept.id)

@@ -17,7 +17,6 @@ import pytest
 from signaling.ids import new_id
 from signaling.redis_state import RedisState
 from signaling.state import AgentPresence, InMemoryState, QueueEntry, SharedState
-from tests.redis_server import redis_url  # noqa: F401
 
 
 class Cluster:
@@ -69,8 +68,16 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0)
 
 
 def presence(agent_id: int, *skills: str, status: str = "ready") -> AgentPresence:
-    return AgentPresence(agent_id, f"agent{agent_id}", f"Agent {agent_id}", frozenset(skills), status,
-                         node_id="n1", ready_since=1000.5, extra={"desk": "3"})
+    return AgentPresence(
+        agent_id,
+        f"agent{agent_id}",
+        f"Agent {agent_id}",
+        frozenset(skills),
+        status,
+        node_id="n1",
+        ready_since=1000.5,
+        extra={"desk": "3"},
+    )
 
 
 def sha(token: str) -> str:
@@ -92,8 +99,16 @@ async def test_queue_is_ordered_by_priority_then_time_per_business(state: Shared
 
 
 async def test_entries_keep_every_field(state: SharedState) -> None:
-    entry = QueueEntry("s1", "loans", 1712345678.123456, priority=0, node_id="n2",
-                       passed_by=frozenset({4, 9}), offered_to=None, reachable=False)
+    entry = QueueEntry(
+        "s1",
+        "loans",
+        1712345678.123456,
+        priority=0,
+        node_id="n2",
+        passed_by=frozenset({4, 9}),
+        offered_to=None,
+        reachable=False,
+    )
     assert await state.enqueue(entry) == entry
     assert await state.entry("s1") == entry
     assert await state.queue() == [entry]
@@ -185,7 +200,13 @@ async def test_claim_next_takes_the_first_offerable_entry(state: SharedState) ->
     assert nxt is not None and nxt.session_id == "acc-2"
     assert await state.claim_next(9, ("accounts", "loans")) is None
     assert {e.session_id: e.offered_to for e in await state.queue()} == {
-        "loan": 8, "acc-unreachable": None, "acc-passed": 8, "acc-1": 7, "acc-2": 7, "acc-head": 7}
+        "loan": 8,
+        "acc-unreachable": None,
+        "acc-passed": 8,
+        "acc-1": 7,
+        "acc-2": 7,
+        "acc-head": 7,
+    }
 
 
 async def test_claim_next_breaks_time_ties_by_session_id(state: SharedState) -> None:
@@ -244,7 +265,10 @@ async def test_presence_is_shared_and_lapses_without_heartbeat(cluster: Cluster)
     a, b = cluster.node(), cluster.node()
     await a.put_agent(presence(2, "loans"), ttl_s=0.3)
     await a.put_agent(presence(1, "loans", "accounts", status="away"))  # no TTL: stays
-    assert await b.agents() == [presence(1, "loans", "accounts", status="away"), presence(2, "loans")]
+    assert await b.agents() == [
+        presence(1, "loans", "accounts", status="away"),
+        presence(2, "loans"),
+    ]
     assert await b.agent(2) == presence(2, "loans")
 
     async def lapsed() -> bool:
@@ -309,7 +333,9 @@ async def test_node_registry_refuses_a_live_id_and_frees_it_after_the_ttl(cluste
     assert await a.refresh_node("node-1", {"calls": 2, "cpu": 0.25, "tags": []})
     listed = await b.nodes()
     assert [(n.node_id, n.info, n.alive) for n in listed] == [
-        ("node-1", {"calls": 2, "cpu": 0.25, "tags": []}, True), ("node-2", {"calls": 1}, True)]
+        ("node-1", {"calls": 2, "cpu": 0.25, "tags": []}, True),
+        ("node-2", {"calls": 1}, True),
+    ]
     first = listed[0]
     assert first.registered_at <= first.seen_at < first.expires_at
     assert abs(first.seen_at - await b.now()) < 5
@@ -346,7 +372,11 @@ async def test_a_heartbeat_keeps_the_id_and_reports_load(state: SharedState) -> 
     # a refresh keeps the info when given none, and can change the TTL
     assert await state.refresh_node("node-1", ttl_s=30)
     info = await state.node("node-1")
-    assert info is not None and info.info == {"calls": 1} and info.expires_at - info.seen_at == pytest.approx(30)
+    assert (
+        info is not None
+        and info.info == {"calls": 1}
+        and info.expires_at - info.seen_at == pytest.approx(30)
+    )
 
 
 # -- deadlines -----------------------------------------------------------------------------
@@ -444,7 +474,7 @@ async def test_now_is_epoch_seconds_and_aclose_is_idempotent(cluster: Cluster) -
     await a.aclose()
 
 
-async def test_redis_state_needs_decoded_responses(redis_url: str) -> None:  # noqa: F811
+async def test_redis_state_needs_decoded_responses(redis_url: str) -> None:
     from redis.asyncio import Redis
 
     client = Redis.from_url(redis_url)
@@ -455,7 +485,7 @@ async def test_redis_state_needs_decoded_responses(redis_url: str) -> None:  # n
         await client.aclose()
 
 
-async def test_a_task_cancelled_during_a_redis_call_stops(redis_url: str) -> None:  # noqa: F811
+async def test_a_task_cancelled_during_a_redis_call_stops(redis_url: str) -> None:
     """A cancellation that lands in the middle of a command is not lost (see ``connect``)."""
     state = RedisState.from_url(redis_url, f"test-{new_id(6)}:")
     try:

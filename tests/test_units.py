@@ -20,10 +20,14 @@ from .server_process import run_vcounter
 
 
 def test_customer_messages_validate_at_the_edge():
-    join = m.parse_customer_message('{"type": "join", "business": "wealth_product", "display_name": "王女士"}')
+    join = m.parse_customer_message(
+        '{"type": "join", "business": "wealth_product", "display_name": "王女士"}'
+    )
     assert isinstance(join, m.Join) and join.display_name == "王女士"
     with pytest.raises(InvalidMessage) as exc:
-        m.parse_customer_message('{"type": "join", "business": "wealth_product", "display_name": "x", "extra": 1}')
+        m.parse_customer_message(
+            '{"type": "join", "business": "wealth_product", "display_name": "x", "extra": 1}'
+        )
     assert "extra" in exc.value.message
     with pytest.raises(InvalidMessage) as exc:
         m.parse_customer_message(b"\xff\xfe")
@@ -38,7 +42,12 @@ def test_customer_messages_validate_at_the_edge():
 
 def test_server_messages_serialise_without_nulls():
     text = m.dump(m.Error(code="bad_json", message="nope"))
-    assert json.loads(text) == {"type": "error", "code": "bad_json", "message": "nope", "fatal": False}
+    assert json.loads(text) == {
+        "type": "error",
+        "code": "bad_json",
+        "message": "nope",
+        "fatal": False,
+    }
 
 
 def test_passwords_are_scrypt_and_verify():
@@ -51,11 +60,16 @@ def test_passwords_are_scrypt_and_verify():
 
 
 def test_config_from_environment():
-    config = from_env(Config(), {
-        "VCOUNTER_PORT": "9443", "VCOUNTER_TLS": "false", "VCOUNTER_REJOIN_WINDOW_S": "12.5",
-        "VCOUNTER_ICE_SERVERS": '[{"urls": "turn:turn.example:3478", "username": "u", "credential": "c"}]',
-        "DATABASE_URL": "postgresql://db/vcounter",
-    })
+    config = from_env(
+        Config(),
+        {
+            "VCOUNTER_PORT": "9443",
+            "VCOUNTER_TLS": "false",
+            "VCOUNTER_REJOIN_WINDOW_S": "12.5",
+            "VCOUNTER_ICE_SERVERS": '[{"urls": "turn:turn.example:3478", "username": "u", "credential": "c"}]',
+            "DATABASE_URL": "postgresql://db/vcounter",
+        },
+    )
     assert (config.port, config.tls, config.rejoin_window_s) == (9443, False, 12.5)
     assert config.ice_servers[0].urls == ["turn:turn.example:3478"]
     assert "credential='c'" not in repr(config.ice_servers[0]) and "postgresql" not in repr(config)
@@ -63,15 +77,49 @@ def test_config_from_environment():
 
 
 def test_cli_user_add(tmp_path):
-    done = run_vcounter("user", "add", "--role", "agent", "--username", "li.na", "--password", "-",
-                        "--skills", "account_opening,wealth_product", data_dir=tmp_path, stdin="pw-from-stdin\n")
+    done = run_vcounter(
+        "user",
+        "add",
+        "--role",
+        "agent",
+        "--username",
+        "li.na",
+        "--password",
+        "-",
+        "--skills",
+        "account_opening,wealth_product",
+        data_dir=tmp_path,
+        stdin="pw-from-stdin\n",
+    )
     assert done.returncode == 0, done.stderr
     assert "pw-from-stdin" not in done.stdout + done.stderr
-    again = run_vcounter("user", "add", "--role", "agent", "--username", "li.na", "--password", "another-pw",
-                         "--skills", "account_opening", data_dir=tmp_path)
+    again = run_vcounter(
+        "user",
+        "add",
+        "--role",
+        "agent",
+        "--username",
+        "li.na",
+        "--password",
+        "another-pw",
+        "--skills",
+        "account_opening",
+        data_dir=tmp_path,
+    )
     assert again.returncode == 2 and "already exists" in again.stderr
-    bad = run_vcounter("user", "add", "--role", "agent", "--username", "x", "--password", "long-enough",
-                       "--skills", "casino", data_dir=tmp_path)
+    bad = run_vcounter(
+        "user",
+        "add",
+        "--role",
+        "agent",
+        "--username",
+        "x",
+        "--password",
+        "long-enough",
+        "--skills",
+        "casino",
+        data_dir=tmp_path,
+    )
     assert bad.returncode == 2 and "unknown skill" in bad.stderr
     db = Database(f"sqlite:///{tmp_path / 'vcounter.db'}")
     with db.session() as s:
@@ -87,10 +135,21 @@ def test_data_dir_is_created_private_and_an_open_one_is_reported(tmp_path, caplo
     from server.config import Config, ensure_data_dir
 
     fresh = tmp_path / "new" / "data"
-    done = run_vcounter("user", "add", "--role", "auditor", "--username", "qc", "--password", "long-enough",
-                        data_dir=fresh)
+    done = run_vcounter(
+        "user",
+        "add",
+        "--role",
+        "auditor",
+        "--username",
+        "qc",
+        "--password",
+        "long-enough",
+        data_dir=fresh,
+    )
     assert done.returncode == 0, done.stderr
-    assert fresh.stat().st_mode & 0o777 == 0o700  # holds the database: customers' names and business
+    assert (
+        fresh.stat().st_mode & 0o777 == 0o700
+    )  # holds the database: customers' names and business
     open_dir = tmp_path / "shared"
     open_dir.mkdir(mode=0o755)
     open_dir.chmod(0o755)
@@ -108,7 +167,11 @@ def test_event_timeline_is_append_only(tmp_path):
     from server.db import CallSession
 
     with db.session() as s:
-        s.add(CallSession(id="sess-append-1", business="loan_signing", state="queued", customer_name="A"))
+        s.add(
+            CallSession(
+                id="sess-append-1", business="loan_signing", state="queued", customer_name="A"
+            )
+        )
         s.add(SessionEvent(session_id="sess-append-1", offset_ms=0, kind="queued"))
         s.commit()
         event = s.exec(auth.select(SessionEvent)).one()
@@ -125,17 +188,29 @@ def test_event_timeline_is_append_only(tmp_path):
 
 def test_face_recognition_imports_in_a_fresh_interpreter():
     """face_recognition_models needs pkg_resources: with setuptools>=82 the import exits(0)."""
-    done = subprocess.run([sys.executable, "-c", "import face_recognition; print('imported', "
-                           "face_recognition.face_locations.__name__)"],
-                          capture_output=True, text=True, timeout=120, env={**os.environ})
-    assert done.returncode == 0 and "imported face_locations" in done.stdout, done.stdout + done.stderr
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import face_recognition; print('imported', face_recognition.face_locations.__name__)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ},
+    )
+    assert done.returncode == 0 and "imported face_locations" in done.stdout, (
+        done.stdout + done.stderr
+    )
 
 
 def test_new_ids_never_start_with_a_dash():
     """A session id like ``-SmTWRmKhd4-SSlD`` made ``vcounter hold <id>`` fail (argparse took it for an option)."""
     from signaling.ids import new_id
 
-    ids = [new_id(12) for _ in range(4000)]  # token_urlsafe alone starts with '-' or '_' 1 time in 32
+    ids = [
+        new_id(12) for _ in range(4000)
+    ]  # token_urlsafe alone starts with '-' or '_' 1 time in 32
     assert all(i[0].isalnum() for i in ids)
     assert all(len(i) == 16 for i in ids) and len(set(ids)) == len(ids)
     assert {i[0] for i in ids} > set("AZaz09")

@@ -51,10 +51,20 @@ MIGRATION_LOCK_KEY = advisory_lock_key("schema-migration")
 #: the revision a database made by the release before migrations is at
 PREVIOUS_RELEASE_REVISION = "0001"
 #: the tables that release's ``create_all`` made, all of which must be there to recognise it
-PREVIOUS_RELEASE_TABLES = frozenset({
-    "user", "authtoken", "callsession", "recording", "verdict", "accesslog", "participant",
-    "sessionevent", "businessoutcome", "appointment",
-})
+PREVIOUS_RELEASE_TABLES = frozenset(
+    {
+        "user",
+        "authtoken",
+        "callsession",
+        "recording",
+        "verdict",
+        "accesslog",
+        "participant",
+        "sessionevent",
+        "businessoutcome",
+        "appointment",
+    }
+)
 #: the tables it made append-only (on SQLite only: recognising it adds the triggers on PostgreSQL)
 PREVIOUS_RELEASE_APPEND_ONLY = ("sessionevent", "accesslog", "verdict")
 
@@ -91,13 +101,21 @@ class SchemaStatus:
         if self.is_head:
             return f"the database schema is at revision {self.current} (head)"
         if not self.known:
-            return (f"the database schema is at revision {self.current}, which this release does not "
-                    f"know (its newest is {self.head}): a newer release migrated it; upgrade vcounter")
-        where = (f"revision {self.current}" if self.current else
-                 "no revision (made by a release before migrations)" if self.previous_release else
-                 "no revision (an empty database)")
-        return (f"the database schema is at {where}, this release needs {self.head}: "
-                "run `vcounter db upgrade` (or set VCOUNTER_DB_AUTO_UPGRADE=1 to upgrade at start)")
+            return (
+                f"the database schema is at revision {self.current}, which this release does not "
+                f"know (its newest is {self.head}): a newer release migrated it; upgrade vcounter"
+            )
+        where = (
+            f"revision {self.current}"
+            if self.current
+            else "no revision (made by a release before migrations)"
+            if self.previous_release
+            else "no revision (an empty database)"
+        )
+        return (
+            f"the database schema is at {where}, this release needs {self.head}: "
+            "run `vcounter db upgrade` (or set VCOUNTER_DB_AUTO_UPGRADE=1 to upgrade at start)"
+        )
 
 
 @dataclass(frozen=True)
@@ -164,7 +182,9 @@ def _locked_transaction(url: str) -> Iterator[Connection]:
     try:
         with engine.connect() as conn:
             if conn.dialect.name == "postgresql":
-                got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY}).scalar()
+                got = conn.execute(
+                    text("SELECT pg_try_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY}
+                ).scalar()
                 if not got:
                     logger.info("another node is migrating the database: waiting for it")
                     conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
@@ -175,7 +195,9 @@ def _locked_transaction(url: str) -> Iterator[Connection]:
                 finally:
                     if not conn.closed and not conn.invalidated:
                         conn.rollback()
-                        conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK_KEY})
+                        conn.execute(
+                            text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK_KEY}
+                        )
                         conn.commit()
             else:
                 with conn.begin():
@@ -194,8 +216,10 @@ def _current(conn: Connection) -> str | None:
         return None
     versions = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
     if len(versions) > 1:
-        raise SchemaError(f"the database is at several revisions at once ({', '.join(versions)}): "
-                          "vcounter's revisions have no branches; not touched")
+        raise SchemaError(
+            f"the database is at several revisions at once ({', '.join(versions)}): "
+            "vcounter's revisions have no branches; not touched"
+        )
     return versions[0] if versions else None
 
 
@@ -208,7 +232,8 @@ def _previous_release(conn: Connection) -> bool:
     if missing:
         raise SchemaError(
             "the database has some of vcounter's tables but no alembic_version table and not "
-            f"{', '.join(sorted(missing))}: not a database vcounter made; left untouched")
+            f"{', '.join(sorted(missing))}: not a database vcounter made; left untouched"
+        )
     return True
 
 
@@ -218,8 +243,12 @@ def schema_status(url: str) -> SchemaStatus:
     head = script.get_current_head()
     assert head is not None, "server/migrations/versions has no revision"
     parsed = make_url(normalise_url(url))
-    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:" \
-            and not Path(parsed.database).exists():
+    if (
+        parsed.get_backend_name() == "sqlite"
+        and parsed.database
+        and parsed.database != ":memory:"
+        and not Path(parsed.database).exists()
+    ):
         return SchemaStatus(None, head)
     engine = create_engine(parsed, poolclass=NullPool)  # reads only: no lock taken
     try:
@@ -245,8 +274,11 @@ def upgrade(url: str) -> SchemaChange:
             raise SchemaError(SchemaStatus(before, head, known=False).describe())
         adopted = before is None and _previous_release(conn)
         if adopted:
-            logger.warning("database %s was made by a release before migrations: recording it at "
-                           "revision %s", shown, PREVIOUS_RELEASE_REVISION)
+            logger.warning(
+                "database %s was made by a release before migrations: recording it at revision %s",
+                shown,
+                PREVIOUS_RELEASE_REVISION,
+            )
             # that release made the append-only triggers on SQLite only
             for ddl in append_only_ddl(conn.dialect.name, PREVIOUS_RELEASE_APPEND_ONLY):
                 conn.execute(text(ddl))
@@ -295,8 +327,9 @@ def new_revision(message: str) -> Path:
         engine = _migration_engine(url)
         try:
             with engine.connect() as conn, conn.begin():
-                result = command.revision(alembic_config(conn), message=message, autogenerate=True,
-                                          rev_id=next_id)
+                result = command.revision(
+                    alembic_config(conn), message=message, autogenerate=True, rev_id=next_id
+                )
         finally:
             engine.dispose()
     scripts = result if isinstance(result, list) else [result]

@@ -23,7 +23,11 @@ config = context.config
 def render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | Literal[False]:
     """Render sqlmodel's column types (AutoString, UTCDateTime) as the SQLAlchemy types they are
     stored as: revisions import nothing of sqlmodel, and say what the database holds."""
-    if type_ == "type" and isinstance(obj, TypeDecorator) and type(obj).__module__.startswith("sqlmodel."):
+    if (
+        type_ == "type"
+        and isinstance(obj, TypeDecorator)
+        and type(obj).__module__.startswith("sqlmodel.")
+    ):
         return f"sa.{obj.impl!r}"
     return False
 
@@ -33,8 +37,10 @@ def run_migrations() -> None:
         raise RuntimeError("offline (--sql) migrations are not set up: use `vcounter db upgrade`")
     connection = config.attributes.get("connection")
     if connection is None:
-        raise RuntimeError("server/migrations runs on a connection from server.migrations "
-                           "(`vcounter db upgrade`, `vcounter db revision`), not from an alembic.ini")
+        raise RuntimeError(
+            "server/migrations runs on a connection from server.migrations "
+            "(`vcounter db upgrade`, `vcounter db revision`), not from an alembic.ini"
+        )
     context.configure(
         connection=connection,
         target_metadata=SQLModel.metadata,

@@ -32,8 +32,11 @@ def _service(request: web.Request) -> AppointmentService:
 
 
 async def _booker(request: web.Request) -> User:
-    return await require_role(request, BOOKING_ROLES,
-                              "only the bank's systems (integration accounts) and admins book appointments")
+    return await require_role(
+        request,
+        BOOKING_ROLES,
+        "only the bank's systems (integration accounts) and admins book appointments",
+    )
 
 
 async def create_appointment(request: web.Request) -> web.Response:
@@ -43,14 +46,30 @@ async def create_appointment(request: web.Request) -> web.Response:
     external_ref, hours = body.get("external_ref", ""), body.get("valid_hours", DEFAULT_VALID_HOURS)
     if business not in {b.value for b in Business}:
         raise BadRequest(f"business must be one of {', '.join(b.value for b in Business)}")
-    if not isinstance(name, str) or not 1 <= len(name.strip()) <= 64 \
-            or any(c in name for c in "<>") or any(ord(c) < 32 for c in name):
+    if (
+        not isinstance(name, str)
+        or not 1 <= len(name.strip()) <= 64
+        or any(c in name for c in "<>")
+        or any(ord(c) < 32 for c in name)
+    ):
         raise BadRequest("display_name: 1-64 characters, no control characters or < >")
-    if not isinstance(external_ref, str) or len(external_ref) > 64 or any(ord(c) < 32 for c in external_ref):
+    if (
+        not isinstance(external_ref, str)
+        or len(external_ref) > 64
+        or any(ord(c) < 32 for c in external_ref)
+    ):
         raise BadRequest("external_ref: at most 64 printable characters")
-    if isinstance(hours, bool) or not isinstance(hours, int | float) or not 0 < hours <= MAX_VALID_HOURS:
-        raise BadRequest(f"valid_hours: a number of hours, more than 0 and at most {MAX_VALID_HOURS}")
-    appt, token = await _service(request).create(user, business, name.strip(), external_ref, float(hours))
+    if (
+        isinstance(hours, bool)
+        or not isinstance(hours, int | float)
+        or not 0 < hours <= MAX_VALID_HOURS
+    ):
+        raise BadRequest(
+            f"valid_hours: a number of hours, more than 0 and at most {MAX_VALID_HOURS}"
+        )
+    appt, token = await _service(request).create(
+        user, business, name.strip(), external_ref, float(hours)
+    )
     join_url = f"{request.url.origin()}/?appointment={token}"
     return web.json_response({**view(appt), "token": token, "join_url": join_url}, status=201)
 
@@ -59,12 +78,14 @@ async def put_reference(request: web.Request) -> web.Response:
     await _booker(request)
     data = await read_image(request)
     try:
-        reference = await _service(request).set_reference(request.match_info["id"], data,
-                                                          request.content_type or "image/jpeg")
+        reference = await _service(request).set_reference(
+            request.match_info["id"], data, request.content_type or "image/jpeg"
+        )
     except IdentityError as exc:
         code = 413 if exc.code == "image_too_large" else 400 if isinstance(exc, ImageError) else 422
-        return web.json_response({"error": exc.code, "message": exc.message, "message_zh": exc.message_zh},
-                                 status=code)
+        return web.json_response(
+            {"error": exc.code, "message": exc.message, "message_zh": exc.message_zh}, status=code
+        )
     return web.json_response({"reference": reference})
 
 
@@ -81,12 +102,19 @@ async def cancel_appointment(request: web.Request) -> web.Response:
 async def customer_appointment(request: web.Request) -> web.Response:
     token = request.headers.get("X-Appointment-Token", "")
     if not 16 <= len(token) <= 256:
-        raise NotFound("this appointment link is not valid (used, expired or cancelled)",
-                       code="appointment_invalid")
+        raise NotFound(
+            "this appointment link is not valid (used, expired or cancelled)",
+            code="appointment_invalid",
+        )
     appt = await _service(request).by_token(token)
-    return web.json_response({"business": appt.business, "display_name": appt.display_name,
-                              "expires_at": aware(appt.expires_at).isoformat(),
-                              "reference": appt.has_reference})
+    return web.json_response(
+        {
+            "business": appt.business,
+            "display_name": appt.display_name,
+            "expires_at": aware(appt.expires_at).isoformat(),
+            "reference": appt.has_reference,
+        }
+    )
 
 
 def setup_appointment_routes(app: web.Application) -> None:

@@ -94,8 +94,13 @@ def _parse_date(value: str | None, name: str) -> date | None:
         raise BadRequest(f"{name} must be a date like 2026-11-23") from None
 
 
-def _session_summary(s: DbSession, row: CallSession, events: list[SessionEvent],
-                     recordings: list[Recording], verdict: Verdict | None) -> dict[str, Any]:
+def _session_summary(
+    s: DbSession,
+    row: CallSession,
+    events: list[SessionEvent],
+    recordings: list[Recording],
+    verdict: Verdict | None,
+) -> dict[str, Any]:
     agent = s.get(User, row.agent_id) if row.agent_id else None
     anomalies = sorted({ANOMALY_EVENTS[e.kind] for e in events if e.kind in ANOMALY_EVENTS})
     if row.state == "failed":
@@ -116,16 +121,20 @@ def _session_summary(s: DbSession, row: CallSession, events: list[SessionEvent],
         "state": row.state,
         "end_reason": row.end_reason,
         "customer_name": row.customer_name,
-        "agent": {"username": agent.username, "display_name": agent.display_name} if agent else None,
+        "agent": {"username": agent.username, "display_name": agent.display_name}
+        if agent
+        else None,
         "created_at": _iso(row.created_at),
         "started_at": _iso(row.started_at),
         "ended_at": _iso(row.ended_at),
         "duration_s": duration,
         "recording": {"id": latest.id, "state": latest.state, "duration_ms": latest.duration_ms}
-        if latest else None,
+        if latest
+        else None,
         "anomalies": sorted(set(anomalies)),
         "verdict": {"result": verdict.result, "by": verdict.username, "at": _iso(verdict.at)}
-        if verdict else None,
+        if verdict
+        else None,
     }
 
 
@@ -134,7 +143,9 @@ def _search(s: DbSession, params: dict[str, str]) -> dict[str, Any]:
     day_from = _parse_date(params.get("from"), "from")
     day_to = _parse_date(params.get("to"), "to")
     if day_from:
-        query = query.where(CallSession.created_at >= datetime.combine(day_from, datetime.min.time(), UTC))
+        query = query.where(
+            CallSession.created_at >= datetime.combine(day_from, datetime.min.time(), UTC)
+        )
     if day_to:
         end = datetime.combine(day_to, datetime.min.time(), UTC) + timedelta(days=1)
         query = query.where(CallSession.created_at < end)
@@ -147,7 +158,9 @@ def _search(s: DbSession, params: dict[str, str]) -> dict[str, Any]:
         query = query.where(CallSession.agent_id == (agent.id if agent else -1))
     if params.get("q"):
         text = params["q"][:64]
-        query = query.where(col(CallSession.customer_name).contains(text) | col(CallSession.id).contains(text))
+        query = query.where(
+            col(CallSession.customer_name).contains(text) | col(CallSession.id).contains(text)
+        )
     try:
         limit = max(1, min(200, int(params.get("limit", 50))))
         offset = max(0, int(params.get("offset", 0)))
@@ -159,17 +172,27 @@ def _search(s: DbSession, params: dict[str, str]) -> dict[str, Any]:
     recordings: dict[str, list[Recording]] = {i: [] for i in ids}
     verdicts: dict[str, Verdict] = {}
     if ids:
-        for e in s.exec(select(SessionEvent).where(col(SessionEvent.session_id).in_(ids),
-                                                   col(SessionEvent.kind).in_(list(ANOMALY_EVENTS)))):
+        for e in s.exec(
+            select(SessionEvent).where(
+                col(SessionEvent.session_id).in_(ids),
+                col(SessionEvent.kind).in_(list(ANOMALY_EVENTS)),
+            )
+        ):
             events[e.session_id].append(e)
-        for r in s.exec(select(Recording).where(col(Recording.session_id).in_(ids)).order_by(Recording.leg)):
+        for r in s.exec(
+            select(Recording).where(col(Recording.session_id).in_(ids)).order_by(Recording.leg)
+        ):
             recordings[r.session_id].append(r)
-        for v in s.exec(select(Verdict).where(col(Verdict.session_id).in_(ids)).order_by(Verdict.id)):
+        for v in s.exec(
+            select(Verdict).where(col(Verdict.session_id).in_(ids)).order_by(Verdict.id)
+        ):
             verdicts[v.session_id] = v
-    summaries = [_session_summary(s, r, events[r.id], recordings[r.id], verdicts.get(r.id)) for r in rows]
+    summaries = [
+        _session_summary(s, r, events[r.id], recordings[r.id], verdicts.get(r.id)) for r in rows
+    ]
     if params.get("anomalies") in ("1", "true", "yes"):
         summaries = [x for x in summaries if x["anomalies"]]
-    return {"total": len(summaries), "sessions": summaries[offset:offset + limit]}
+    return {"total": len(summaries), "sessions": summaries[offset : offset + limit]}
 
 
 async def search_sessions(request: web.Request) -> web.Response:
@@ -198,7 +221,9 @@ async def _in_thread(fn: Callable[..., _T], *args: Any) -> _T:
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
     except StorageUnavailable as exc:
         logger.error("recording store unreachable: %s", exc)
-        raise StoreUnavailable("the recording store cannot be reached now; try again later") from None
+        raise StoreUnavailable(
+            "the recording store cannot be reached now; try again later"
+        ) from None
 
 
 def flow_checklist(events: list[SessionEvent]) -> dict[str, Any] | None:
@@ -207,14 +232,29 @@ def flow_checklist(events: list[SessionEvent]) -> dict[str, Any] | None:
     if started is None:
         return None
     data = started.payload
-    steps = {sid: {"id": sid, "kind": None, "status": "pending", "started_at": None, "ended_at": None,
-                   "started_offset_ms": None, "ended_offset_ms": None} for sid in data.get("steps", [])}
+    steps = {
+        sid: {
+            "id": sid,
+            "kind": None,
+            "status": "pending",
+            "started_at": None,
+            "ended_at": None,
+            "started_offset_ms": None,
+            "ended_offset_ms": None,
+        }
+        for sid in data.get("steps", [])
+    }
     status, reason = "incomplete", None
     for e in events:
         d = e.payload
         step = steps.get(d.get("step")) if isinstance(d.get("step"), str) else None
         if e.kind == "step_started" and step is not None:
-            step.update(kind=d.get("kind"), status="active", started_at=_iso(e.at), started_offset_ms=e.offset_ms)
+            step.update(
+                kind=d.get("kind"),
+                status="active",
+                started_at=_iso(e.at),
+                started_offset_ms=e.offset_ms,
+            )
         elif e.kind == "step_completed" and step is not None:
             step.update(status="done", ended_at=_iso(e.at), ended_offset_ms=e.offset_ms)
         elif e.kind == "flow_stopped":
@@ -226,8 +266,13 @@ def flow_checklist(events: list[SessionEvent]) -> dict[str, Any] | None:
         elif e.kind == "flow_incomplete":
             reason = d.get("reason")
     running = status == "incomplete" and not any(e.kind == "flow_incomplete" for e in events)
-    return {"business": data.get("business"), "version": data.get("version"),
-            "status": "running" if running else status, "reason": reason, "steps": list(steps.values())}
+    return {
+        "business": data.get("business"),
+        "version": data.get("version"),
+        "status": "running" if running else status,
+        "reason": reason,
+        "steps": list(steps.values()),
+    }
 
 
 async def session_detail(request: web.Request) -> web.Response:
@@ -239,18 +284,30 @@ async def session_detail(request: web.Request) -> web.Response:
         row = s.get(CallSession, session_id)
         if row is None:
             return None
-        events = s.exec(select(SessionEvent).where(SessionEvent.session_id == session_id)
-                        .order_by(SessionEvent.id)).all()
-        recordings = s.exec(select(Recording).where(Recording.session_id == session_id)
-                            .order_by(Recording.leg)).all()
-        verdicts = s.exec(select(Verdict).where(Verdict.session_id == session_id).order_by(Verdict.id)).all()
+        events = s.exec(
+            select(SessionEvent)
+            .where(SessionEvent.session_id == session_id)
+            .order_by(SessionEvent.id)
+        ).all()
+        recordings = s.exec(
+            select(Recording).where(Recording.session_id == session_id).order_by(Recording.leg)
+        ).all()
+        verdicts = s.exec(
+            select(Verdict).where(Verdict.session_id == session_id).order_by(Verdict.id)
+        ).all()
         return {
-            "session": _session_summary(s, row, list(events), list(recordings), verdicts[-1] if verdicts else None),
-            "events": [{"kind": e.kind, "offset_ms": e.offset_ms, "at": _iso(e.at), "data": e.payload}
-                       for e in events],
+            "session": _session_summary(
+                s, row, list(events), list(recordings), verdicts[-1] if verdicts else None
+            ),
+            "events": [
+                {"kind": e.kind, "offset_ms": e.offset_ms, "at": _iso(e.at), "data": e.payload}
+                for e in events
+            ],
             "flow": flow_checklist(list(events)),
-            "verdicts": [{"result": v.result, "notes": v.notes, "by": v.username, "at": _iso(v.at)}
-                         for v in verdicts],
+            "verdicts": [
+                {"result": v.result, "notes": v.notes, "by": v.username, "at": _iso(v.at)}
+                for v in verdicts
+            ],
             "_recordings": list(recordings),
         }
 
@@ -265,13 +322,28 @@ async def session_detail(request: web.Request) -> web.Response:
         if manifest is not None:
             timeline = manifest.get("timeline", {}).get("events", [])
             for o in manifest.get("outputs", []):
-                outputs.append({"party": o["party"], "url": f"/api/audit/recordings/{rec.id}/{o['party']}.webm",
-                                "duration_ms": o.get("duration_ms"), "start_ms": o.get("start_ms")})
-        out.append({
-            "id": rec.id, "leg": rec.leg, "state": rec.state, "started_at": _iso(rec.started_at),
-            "duration_ms": rec.duration_ms, "retention_until": _iso(rec.retention_until),
-            "legal_hold": rec.legal_hold, "problem": rec.problem, "outputs": outputs, "timeline": timeline,
-        })
+                outputs.append(
+                    {
+                        "party": o["party"],
+                        "url": f"/api/audit/recordings/{rec.id}/{o['party']}.webm",
+                        "duration_ms": o.get("duration_ms"),
+                        "start_ms": o.get("start_ms"),
+                    }
+                )
+        out.append(
+            {
+                "id": rec.id,
+                "leg": rec.leg,
+                "state": rec.state,
+                "started_at": _iso(rec.started_at),
+                "duration_ms": rec.duration_ms,
+                "retention_until": _iso(rec.retention_until),
+                "legal_hold": rec.legal_hold,
+                "problem": rec.problem,
+                "outputs": outputs,
+                "timeline": timeline,
+            }
+        )
     detail["recordings"] = out
     await log_access(request, user, "view_session", session_id)
     return web.json_response(detail)
@@ -327,8 +399,11 @@ async def stream_recording(request: web.Request) -> web.StreamResponse:
         try:
             byte_range = parse_range(request.headers.get("Range"), size)
         except RangeNotSatisfiable as exc:
-            return web.json_response({"error": exc.code, "message": exc.message}, status=416,
-                                     headers={"Content-Range": f"bytes */{size}"})
+            return web.json_response(
+                {"error": exc.code, "message": exc.message},
+                status=416,
+                headers={"Content-Range": f"bytes */{size}"},
+            )
         start, end = byte_range if byte_range else (0, size - 1)
         if start == 0:
             await _log_replay(request, user, recording_id, party)
@@ -346,8 +421,13 @@ async def stream_recording(request: web.Request) -> web.StreamResponse:
             try:
                 block = await loop.run_in_executor(None, encrypted.read, position, length)
             except (RecorderError, OSError) as exc:  # headers are sent: all we can do is stop
-                logger.error("recording %s/%s: replay stopped at byte %d: %s", recording_id, party,
-                             position, exc)
+                logger.error(
+                    "recording %s/%s: replay stopped at byte %d: %s",
+                    recording_id,
+                    party,
+                    position,
+                    exc,
+                )
                 raise
 
             await response.write(block)
@@ -375,8 +455,14 @@ async def verify_recording(request: web.Request) -> web.Response:
     trusted = service.signing.public_pem()
     result = await _in_thread(lambda: verify(storage, service.master, trusted))
     await log_access(request, user, "verify", recording_id)
-    return web.json_response({"ok": result.ok, "reason": result.reason, "problems": list(result.problems),
-                              "checked_at": utcnow().isoformat()})
+    return web.json_response(
+        {
+            "ok": result.ok,
+            "reason": result.reason,
+            "problems": list(result.problems),
+            "checked_at": utcnow().isoformat(),
+        }
+    )
 
 
 async def post_verdict(request: web.Request) -> web.Response:
@@ -394,8 +480,13 @@ async def post_verdict(request: web.Request) -> web.Response:
     def work(s: DbSession) -> Verdict | None:
         if s.get(CallSession, session_id) is None:
             return None
-        verdict = Verdict(session_id=session_id, user_id=user.id or 0, username=user.username,
-                          result=result, notes=notes)
+        verdict = Verdict(
+            session_id=session_id,
+            user_id=user.id or 0,
+            username=user.username,
+            result=result,
+            notes=notes,
+        )
         s.add(verdict)
         access_log.append(s, user, f"verdict_{result}", session_id, request.remote or "")
         s.flush()
@@ -404,8 +495,15 @@ async def post_verdict(request: web.Request) -> web.Response:
     verdict = await request.app[DB].run(work)
     if verdict is None:
         raise NotFound(f"no session {session_id[:64]!r}")
-    return web.json_response({"result": verdict.result, "notes": verdict.notes, "by": verdict.username,
-                              "at": _iso(verdict.at)}, status=201)
+    return web.json_response(
+        {
+            "result": verdict.result,
+            "notes": verdict.notes,
+            "by": verdict.username,
+            "at": _iso(verdict.at),
+        },
+        status=201,
+    )
 
 
 async def admin_access_log(request: web.Request) -> web.Response:
@@ -417,12 +515,27 @@ async def admin_access_log(request: web.Request) -> web.Response:
 
     def work(s: DbSession) -> dict[str, Any]:
         check = access_log.verify(s)
-        rows = s.exec(select(access_log.AccessLog).order_by(col(access_log.AccessLog.seq).desc()).limit(limit))
-        return {"chain_ok": check.ok, "chain": check.reason, "total": s.exec(
-            select(func.count()).select_from(access_log.AccessLog)).one(),
-            "entries": [{"seq": e.seq, "at": _iso(e.at), "username": e.username, "role": e.role,
-                         "action": e.action, "target": e.target, "remote": e.remote, "hash": e.hash}
-                        for e in rows]}
+        rows = s.exec(
+            select(access_log.AccessLog).order_by(col(access_log.AccessLog.seq).desc()).limit(limit)
+        )
+        return {
+            "chain_ok": check.ok,
+            "chain": check.reason,
+            "total": s.exec(select(func.count()).select_from(access_log.AccessLog)).one(),
+            "entries": [
+                {
+                    "seq": e.seq,
+                    "at": _iso(e.at),
+                    "username": e.username,
+                    "role": e.role,
+                    "action": e.action,
+                    "target": e.target,
+                    "remote": e.remote,
+                    "hash": e.hash,
+                }
+                for e in rows
+            ],
+        }
 
     return web.json_response(await request.app[DB].run(work))
 
@@ -434,4 +547,3 @@ def setup_audit_routes(app: web.Application) -> None:
     app.router.add_get("/api/audit/recordings/{recording_id}/verify", verify_recording)
     app.router.add_get("/api/audit/recordings/{recording_id}/{party}.webm", stream_recording)
     app.router.add_get("/api/admin/access-log", admin_access_log)
-

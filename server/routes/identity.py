@@ -72,9 +72,12 @@ async def upload_reference(request: web.Request) -> web.Response:
     try:
         reference = await service.upload_reference(session, data, request.content_type)
     except IdentityError as exc:
-        status = 413 if exc.code == "image_too_large" else 400 if isinstance(exc, ImageError) else 422
-        return web.json_response({"error": exc.code, "message": exc.message, "message_zh": exc.message_zh},
-                                 status=status)
+        status = (
+            413 if exc.code == "image_too_large" else 400 if isinstance(exc, ImageError) else 422
+        )
+        return web.json_response(
+            {"error": exc.code, "message": exc.message, "message_zh": exc.message_zh}, status=status
+        )
     except SignalingError as exc:
         return web.json_response({"error": exc.code, "message": exc.message}, status=409)
     return web.json_response({"reference": reference})
@@ -86,8 +89,13 @@ async def _evidence_reader(request: web.Request, session_id: str) -> tuple[User,
     if user.role in AUDIT_ROLES:
         return user, True
     session = request.app[BROKER].session(session_id)
-    if user.role == "agent" and session is not None and session.agent is not None \
-            and session.agent.id == user.id and session.state == "active":
+    if (
+        user.role == "agent"
+        and session is not None
+        and session.agent is not None
+        and session.agent.id == user.id
+        and session.state == "active"
+    ):
         return user, False
     raise Forbidden("only the agent serving this call and auditors can see its evidence")
 
@@ -103,9 +111,19 @@ async def list_evidence(request: web.Request) -> web.Response:
         raise NotFound("no such session") from None
     if audited:
         await log_access(request, user, "evidence_list", session_id)
-    return web.json_response({"items": [
-        {**i.as_dict(), "url": f"/api/identity/{session_id}/evidence/{i.id}"
-         if i.kind in IMAGE_KINDS else None} for i in items]})
+    return web.json_response(
+        {
+            "items": [
+                {
+                    **i.as_dict(),
+                    "url": f"/api/identity/{session_id}/evidence/{i.id}"
+                    if i.kind in IMAGE_KINDS
+                    else None,
+                }
+                for i in items
+            ]
+        }
+    )
 
 
 @session_home
@@ -121,8 +139,11 @@ async def get_evidence(request: web.Request) -> web.Response:
         raise NotFound("no such evidence item")
     if audited:
         await log_access(request, user, f"evidence_view_{item.kind}", f"{session_id}/{item_id}")
-    return web.Response(body=data, content_type=item.content_type,
-                        headers={"Cache-Control": "no-store", "Content-Disposition": "inline"})
+    return web.Response(
+        body=data,
+        content_type=item.content_type,
+        headers={"Cache-Control": "no-store", "Content-Disposition": "inline"},
+    )
 
 
 def setup_identity_routes(app: web.Application) -> None:

@@ -17,7 +17,12 @@ logger = logging.getLogger(__name__)
 async def login(request: web.Request) -> web.Response:
     body = await json_body(request)
     username, password = body.get("username"), body.get("password")
-    if not isinstance(username, str) or not isinstance(password, str) or not username or not password:
+    if (
+        not isinstance(username, str)
+        or not isinstance(password, str)
+        or not username
+        or not password
+    ):
         raise BadRequest("username and password are required")
     throttle, address = request.app[THROTTLE], request.remote or ""
     await throttle.attempt(username, address)
@@ -30,15 +35,24 @@ async def login(request: web.Request) -> web.Response:
         raise
     await throttle.succeeded(username, address)
     logger.info("user %s logged in (%s)", user.username, user.role)
-    response = web.json_response({
-        "token": token,
-        "username": user.username,
-        "role": user.role,
-        "display_name": user.display_name,
-        "skills": sorted(user.skill_set),
-    })
-    response.set_cookie(COOKIE, token, httponly=True, samesite="Strict", secure=config.tls,
-                        max_age=config.login_ttl_s, path="/")
+    response = web.json_response(
+        {
+            "token": token,
+            "username": user.username,
+            "role": user.role,
+            "display_name": user.display_name,
+            "skills": sorted(user.skill_set),
+        }
+    )
+    response.set_cookie(
+        COOKIE,
+        token,
+        httponly=True,
+        samesite="Strict",
+        secure=config.tls,
+        max_age=config.login_ttl_s,
+        path="/",
+    )
     return response
 
 
@@ -53,9 +67,14 @@ async def logout(request: web.Request) -> web.Response:
 
 async def me(request: web.Request) -> web.Response:
     user = await current_user(request)
-    return web.json_response({"username": user.username, "role": user.role,
-                              "display_name": user.display_name, "skills": sorted(user.skill_set)})
-
+    return web.json_response(
+        {
+            "username": user.username,
+            "role": user.role,
+            "display_name": user.display_name,
+            "skills": sorted(user.skill_set),
+        }
+    )
 
 
 def setup_login_routes(app: web.Application) -> None:

@@ -15,15 +15,26 @@ from ..node_registry import list_nodes
 async def client_config(request: web.Request) -> web.Response:
     """What the web pages need before anything else: ICE servers, the businesses and their names."""
     config = request.app[CONFIG]
-    return web.json_response({
-        "ice_servers": [
-            {k: v for k, v in {"urls": s.urls, "username": s.username, "credential": s.credential}.items()
-             if v is not None}
-            for s in config.ice_servers
-        ],
-        "businesses": [{"type": b.value, "name_en": b.label.en, "name_zh": b.label.zh} for b in Business],
-        "rejoin_window_s": int(config.rejoin_window_s),
-    })
+    return web.json_response(
+        {
+            "ice_servers": [
+                {
+                    k: v
+                    for k, v in {
+                        "urls": s.urls,
+                        "username": s.username,
+                        "credential": s.credential,
+                    }.items()
+                    if v is not None
+                }
+                for s in config.ice_servers
+            ],
+            "businesses": [
+                {"type": b.value, "name_en": b.label.en, "name_zh": b.label.zh} for b in Business
+            ],
+            "rejoin_window_s": int(config.rejoin_window_s),
+        }
+    )
 
 
 async def health(request: web.Request) -> web.Response:
@@ -55,15 +66,26 @@ async def health(request: web.Request) -> web.Response:
     if registry is not None:
         views = await request.app[DB].run(lambda s: list_nodes(s, registry.lease_s))
         # ids, liveness and load only: hosts, processes and addresses are not for anonymous callers
-        body["nodes"] = [{"id": n.id, "alive": n.alive, "draining": n.draining,
-                          "calls": n.load.get("calls"), "sessions": n.load.get("sessions")} for n in views]
+        body["nodes"] = [
+            {
+                "id": n.id,
+                "alive": n.alive,
+                "draining": n.draining,
+                "calls": n.load.get("calls"),
+                "sessions": n.load.get("sessions"),
+            }
+            for n in views
+        ]
     recordings = request.app.get(RECORDINGS)
     if recordings is not None and recordings.store.shared:
         # recordings on an object store: {"kind": "s3", "pending_uploads": N, "ok": reachable}
         body["storage"] = recordings.health()
     identity = request.app.get(IDENTITY)
     if identity is not None:
-        body["face_workers"] = {"workers": identity.worker.max_workers, "pending": identity.worker.pending}
+        body["face_workers"] = {
+            "workers": identity.worker.max_workers,
+            "pending": identity.worker.pending,
+        }
     return web.json_response(body, status=503 if body["status"] == "draining" else 200)
 
 

@@ -91,8 +91,10 @@ def encode_video(
     codec.bit_rate = bitrate
     codec.gop_size = keyframe_interval
     codec.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
-    frames = _synthetic_frames(width, height, count) if source is None else _file_frames(
-        Path(source), width, height, count
+    frames = (
+        _synthetic_frames(width, height, count)
+        if source is None
+        else _file_frames(Path(source), width, height, count)
     )
     packets: list[bytes] = []
     keyframes: list[bool] = []
@@ -111,8 +113,13 @@ def encode_video(
     return EncodedClip("video", packets, keyframes, ticks=90000 // fps, clock_rate=90000)
 
 
-def encode_audio(seconds: float = 4.0, *, frequency: float = 440.0,
-                 pulses: tuple[float, ...] = (), pulse_s: float = 0.08) -> EncodedClip:
+def encode_audio(
+    seconds: float = 4.0,
+    *,
+    frequency: float = 440.0,
+    pulses: tuple[float, ...] = (),
+    pulse_s: float = 0.08,
+) -> EncodedClip:
     """Encode a tone to Opus: continuous (with a 4 Hz wobble), or only in ``pulse_s`` bursts
     starting at each of ``pulses`` (seconds into the clip), for synchronisation tests."""
     rate = 48000
@@ -133,7 +140,11 @@ def encode_audio(seconds: float = 4.0, *, frequency: float = 440.0,
                 gate[(tt >= start) & (tt < start + pulse_s)] = 1.0
             wave = 0.6 * np.sin(2 * math.pi * frequency * tt) * gate
         else:
-            wave = 0.3 * np.sin(2 * math.pi * frequency * tt) * (0.6 + 0.4 * np.sin(2 * math.pi * 4 * tt))
+            wave = (
+                0.3
+                * np.sin(2 * math.pi * frequency * tt)
+                * (0.6 + 0.4 * np.sin(2 * math.pi * 4 * tt))
+            )
         pcm = (wave * 32767).astype(np.int16)
         stereo = np.repeat(pcm, 2).reshape(1, -1)
         frame = av.AudioFrame.from_ndarray(stereo, format="s16", layout="stereo")
@@ -205,7 +216,9 @@ def packetize(clip: EncodedClip) -> list[list[bytes]]:
     if clip.kind == "audio":
         return [[packet] for packet in clip.packets]
     size = _VP8_MAX_PAYLOAD - _VP8_DESCRIPTOR
-    return [[frame[i:i + size] for i in range(0, len(frame), size)] or [b""] for frame in clip.packets]
+    return [
+        [frame[i : i + size] for i in range(0, len(frame), size)] or [b""] for frame in clip.packets
+    ]
 
 
 #: how often the shared pacer of one event loop sends what is due (seconds)
@@ -220,7 +233,9 @@ class _Pacer:
     at most that much later than due (as a browser's paced sender does).
     """
 
-    _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Pacer] = weakref.WeakKeyDictionary()
+    _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Pacer] = (
+        weakref.WeakKeyDictionary()
+    )
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -253,7 +268,9 @@ class _Pacer:
             except Exception:  # one broken sender must not stop the others
                 logger.exception("clip sender failed")
                 self.remove(sender)
-        self._handle = self._loop.call_at(now + PACER_INTERVAL_S, self._tick) if self._senders else None
+        self._handle = (
+            self._loop.call_at(now + PACER_INTERVAL_S, self._tick) if self._senders else None
+        )
 
 
 class ClipSender:
@@ -338,7 +355,9 @@ class ClipSender:
         pid = self._picture_id
         for i, payload in enumerate(payloads):
             if video:
-                payload = bytes((0x90 if i == 0 else 0x80, 0x80, 0x80 | (pid >> 8), pid & 0xFF)) + payload
+                payload = (
+                    bytes((0x90 if i == 0 else 0x80, 0x80, 0x80 | (pid >> 8), pid & 0xFF)) + payload
+                )
             packet = outbound.build(0, self._seq, self._ts, int(i == last), payload, now)
             self._seq = (self._seq + 1) & 0xFFFF
             if packet is not None and not outbound.send_now(packet):

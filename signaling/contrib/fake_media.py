@@ -20,7 +20,9 @@ import numpy as np
 CACHE = Path(os.environ.get("VCOUNTER_TEST_CACHE", "/tmp/vcounter-test-media"))
 
 
-def make_y4m(source: Path, *, seconds: float = 6.0, width: int = 640, height: int = 480, fps: int = 30) -> Path:
+def make_y4m(
+    source: Path, *, seconds: float = 6.0, width: int = 640, height: int = 480, fps: int = 30
+) -> Path:
     """Centre-crop ``source`` to 4:3, scale to ``width``x``height``, write ``seconds`` of y4m."""
     CACHE.mkdir(parents=True, exist_ok=True)
     out = CACHE / f"{source.stem}-{width}x{height}-{fps}-{seconds:g}.y4m"
@@ -59,8 +61,12 @@ def _crop_scale(frame: av.VideoFrame, width: int, height: int) -> list[np.ndarra
         rgb = rgb[(h - ch) // 2 : (h - ch) // 2 + ch]
     img = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb, dtype=np.uint8), format="rgb24")
     yuv = img.reformat(width=width, height=height, format="yuv420p")
-    return [np.frombuffer(bytes(p), dtype=np.uint8)[: p.line_size * p.height]
-            .reshape(p.height, p.line_size)[:, : p.width] for p in yuv.planes]
+    return [
+        np.frombuffer(bytes(p), dtype=np.uint8)[: p.line_size * p.height].reshape(
+            p.height, p.line_size
+        )[:, : p.width]
+        for p in yuv.planes
+    ]
 
 
 def make_tone_wav(frequency: float, *, seconds: float = 6.0, rate: int = 48000) -> Path:

@@ -78,7 +78,9 @@ class CountingLane(Lane):
         now = asyncio.get_running_loop().time()
         second = srtp[1]
         timestamp = int.from_bytes(srtp[4:8], "big")
-        count_received(source.receiver, source.ssrc, source.clock_rate, (srtp[2] << 8) | srtp[3], timestamp)
+        count_received(
+            source.receiver, source.ssrc, source.clock_rate, (srtp[2] << 8) | srtp[3], timestamp
+        )
         if now - source.active_at > 1.0:
             source.active_at = now
             mark_source_active(source.receiver, source.ssrc)
@@ -164,8 +166,12 @@ class HeadlessParticipant:
 
     async def _open(self, path: str) -> None:
         ws_url = self.base_url.replace("http", "ws", 1) + path
-        self.ws = await self._session().ws_connect(ws_url, ssl=self._ssl, heartbeat=None, max_msg_size=0)
-        self._reader = asyncio.get_running_loop().create_task(self._read(self.ws), name=f"read-{self.name}")
+        self.ws = await self._session().ws_connect(
+            ws_url, ssl=self._ssl, heartbeat=None, max_msg_size=0
+        )
+        self._reader = asyncio.get_running_loop().create_task(
+            self._read(self.ws), name=f"read-{self.name}"
+        )
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         async for msg in ws:
@@ -192,7 +198,9 @@ class HeadlessParticipant:
                 logger.info("%s: answer ignored (no offer pending)", self.name)
                 return
             try:
-                await self.pc.setRemoteDescription(RTCSessionDescription(sdp=data["sdp"], type="answer"))
+                await self.pc.setRemoteDescription(
+                    RTCSessionDescription(sdp=data["sdp"], type="answer")
+                )
             except Exception as exc:  # an answer to an offer a restart replaced
                 logger.info("%s: answer not applied: %r", self.name, exc)
         elif kind == "media_restart":
@@ -247,23 +255,45 @@ class HeadlessParticipant:
         assert self.ws is not None, "not connected"
         await self.ws.send_str(text)
 
-    async def wait_for(self, kind: str, timeout: float = 10.0, *, since: int = 0,
-                       allow_errors: bool = False, where: Any = None, **match: Any) -> dict[str, Any]:
+    async def wait_for(
+        self,
+        kind: str,
+        timeout: float = 10.0,
+        *,
+        since: int = 0,
+        allow_errors: bool = False,
+        where: Any = None,
+        **match: Any,
+    ) -> dict[str, Any]:
         """The first message of ``type`` kind (from index ``since``) matching ``match`` and ``where``."""
         deadline = time.monotonic() + timeout
         while True:
             for data in self.messages[since:]:
-                if (data.get("type") == kind and all(data.get(k) == v for k, v in match.items())
-                        and (where is None or where(data))):
+                if (
+                    data.get("type") == kind
+                    and all(data.get(k) == v for k, v in match.items())
+                    and (where is None or where(data))
+                ):
                     return data
                 if data.get("type") == "error" and kind != "error" and not allow_errors:
-                    raise ProtocolError(f"{self.name}: server error {data.get('code')}: {data.get('message')}")
-            if self.ws is None or self.ws.closed and self._reader is not None and self._reader.done():
-                raise ProtocolError(f"{self.name}: socket closed ({self.closed_code}) waiting for {kind}")
+                    raise ProtocolError(
+                        f"{self.name}: server error {data.get('code')}: {data.get('message')}"
+                    )
+            if (
+                self.ws is None
+                or self.ws.closed
+                and self._reader is not None
+                and self._reader.done()
+            ):
+                raise ProtocolError(
+                    f"{self.name}: socket closed ({self.closed_code}) waiting for {kind}"
+                )
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError(f"{self.name}: no {kind!r} within {timeout}s; got "
-                                   f"{[d.get('type') for d in self.messages[-8:]]}")
+                raise TimeoutError(
+                    f"{self.name}: no {kind!r} within {timeout}s; got "
+                    f"{[d.get('type') for d in self.messages[-8:]]}"
+                )
             self._new_message.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._new_message.wait(), remaining)
@@ -274,31 +304,50 @@ class HeadlessParticipant:
     # -- roles ---------------------------------------------------------------------
 
     async def join(
-        self, business: str, display_name: str = "Headless customer", *, face_consent: bool = False,
+        self,
+        business: str,
+        display_name: str = "Headless customer",
+        *,
+        face_consent: bool = False,
         appointment: str | None = None,
     ) -> dict[str, Any]:
         """Join the queue (with the token of an appointment the bank booked, if any)."""
         self.role = "customer"
         await self._open("/ws/customer")
-        message = {"type": "join", "business": business, "display_name": display_name,
-                   "recording_consent": True, "face_consent": face_consent}
+        message = {
+            "type": "join",
+            "business": business,
+            "display_name": display_name,
+            "recording_consent": True,
+            "face_consent": face_consent,
+        }
         if appointment is not None:
             message["appointment"] = appointment
         await self.send(message)
         return await self.wait_for("joined")
 
-    async def rejoin(self, session_id: str | None = None, token: str | None = None) -> dict[str, Any]:
+    async def rejoin(
+        self, session_id: str | None = None, token: str | None = None
+    ) -> dict[str, Any]:
         self.role = "customer"
         since = len(self.messages)
         await self._open("/ws/customer")
-        await self.send({"type": "rejoin", "session_id": session_id or self.session_id,
-                         "rejoin_token": token or self.rejoin_token})
+        await self.send(
+            {
+                "type": "rejoin",
+                "session_id": session_id or self.session_id,
+                "rejoin_token": token or self.rejoin_token,
+            }
+        )
         return await self.wait_for("rejoined", since=since)
 
     async def login(self, username: str, password: str) -> dict[str, Any]:
         self.role = "agent"
-        async with self._session().post(f"{self.base_url}/api/login", ssl=self._ssl,
-                                        json={"username": username, "password": password}) as resp:
+        async with self._session().post(
+            f"{self.base_url}/api/login",
+            ssl=self._ssl,
+            json={"username": username, "password": password},
+        ) as resp:
             body = await resp.json()
             if resp.status != 200:
                 raise ProtocolError(f"login failed: {resp.status} {body}")
@@ -316,8 +365,9 @@ class HeadlessParticipant:
 
     async def next_offer(self, timeout: float = 10.0) -> dict[str, Any]:
         """The next ``customer_offer`` not returned before."""
-        offer = await self.wait_for("customer_offer", timeout,
-                                    where=lambda d: id(d) not in self._offers_seen)
+        offer = await self.wait_for(
+            "customer_offer", timeout, where=lambda d: id(d) not in self._offers_seen
+        )
         self._offers_seen.add(id(offer))
         return offer
 
@@ -331,8 +381,9 @@ class HeadlessParticipant:
 
     # -- media ---------------------------------------------------------------------
 
-    async def start_media(self, ice_servers: list[dict[str, Any]] | None = None, *,
-                          measure_setup: bool = True) -> None:
+    async def start_media(
+        self, ice_servers: list[dict[str, Any]] | None = None, *, measure_setup: bool = True
+    ) -> None:
         """Create a peer connection, send our media, offer it to the server."""
         async with self._media_lock:
             if self._closing:
@@ -394,7 +445,11 @@ class HeadlessParticipant:
         Each is recorded in :attr:`media_restarts`.
         """
         now = time.monotonic()
-        if not self.auto_media or self._ice_servers is None or now - self._last_restart < RESTART_MIN_INTERVAL_S:
+        if (
+            not self.auto_media
+            or self._ice_servers is None
+            or now - self._last_restart < RESTART_MIN_INTERVAL_S
+        ):
             return False
         self._last_restart = now
         self.media_restarts.append(reason)
@@ -430,7 +485,9 @@ class HeadlessParticipant:
         if pc is not None:
             await pc.close()
 
-    async def wait_media(self, frames: int = 30, timeout: float = 15.0, kinds: tuple[str, ...] = ("audio", "video")) -> None:
+    async def wait_media(
+        self, frames: int = 30, timeout: float = 15.0, kinds: tuple[str, ...] = ("audio", "video")
+    ) -> None:
         """Wait until ``frames`` more frames of each kind have arrived."""
         targets = {k: self.taps[k].frames_in + frames for k in kinds}
         deadline = time.monotonic() + timeout

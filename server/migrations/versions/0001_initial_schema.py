@@ -188,8 +188,18 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     # dropping a table drops its indexes and triggers
-    for table in ("appointment", "businessoutcome", "sessionevent", "participant", "accesslog",
-                  "verdict", "recording", "callsession", "authtoken", "user"):
+    for table in (
+        "appointment",
+        "businessoutcome",
+        "sessionevent",
+        "participant",
+        "accesslog",
+        "verdict",
+        "recording",
+        "callsession",
+        "authtoken",
+        "user",
+    ):
         op.drop_table(table)
     if op.get_bind().dialect.name == "postgresql":
         op.execute("DROP FUNCTION IF EXISTS vcounter_refuse_change()")

@@ -21,7 +21,9 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table("callsession", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("token_hash", sa.String(length=64), nullable=False, server_default=""))
+        batch_op.add_column(
+            sa.Column("token_hash", sa.String(length=64), nullable=False, server_default="")
+        )
 
 
 def downgrade() -> None:
