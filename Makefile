@@ -37,15 +37,22 @@ services:
 	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] \
 	  || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q nginx; }
 
-test: install chromium services
+# the gates first (fast, and a red one means nothing else matters), then the suite
+test: install chromium services lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 # two nodes behind nginx (https://localhost:$(PORT)) on a throwaway PostgreSQL and Redis, until Ctrl-C
 cluster: install services
 	$(BIN)/python -m tests.cluster_fixture --port $(PORT)
 
+CODE := server signaling recorder identity business certs tests bench
+
+# ruff's lint rules and formatting, and mypy over the packages (settings in pyproject.toml); the
+# import rules between packages are a test (tests/test_import_contract.py)
 lint: install
-	$(BIN)/ruff check server signaling recorder identity certs tests bench
+	$(BIN)/ruff check $(CODE)
+	$(BIN)/ruff format --check $(CODE)
+	$(BIN)/mypy
 
 bench: install
 	$(BIN)/python bench/calls.py --calls 2 --duration 20 --media-mode both

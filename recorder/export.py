@@ -178,14 +178,19 @@ def _wrap_for_passphrase(data_key: bytes, passphrase: str, recording_id: str) ->
     }
 
 
+def _int(value: object) -> int:
+    """A whole number read from a package's JSON (``int`` refuses anything else: a bad package)."""
+    return int(str(value))
+
+
 def unwrap_export_key(spec: dict[str, object], passphrase: str, recording_id: str) -> bytes:
     try:
         kek = scrypt(
             passphrase.encode(),
             salt=base64.b64decode(str(spec["salt"])),
-            n=int(spec["n"]),
-            r=int(spec["r"]),
-            p=int(spec["p"]),  # type: ignore[call-overload]
+            n=_int(spec["n"]),
+            r=_int(spec["r"]),
+            p=_int(spec["p"]),
             maxmem=128 * 1024 * 1024,
             dklen=32,
         )

@@ -7,6 +7,7 @@ import weakref
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 from business.catalogue import BUSINESS_TYPES
 from signaling.broker import Broker, BrokerConfig
@@ -56,7 +57,7 @@ CSP = (
 
 
 @web.middleware
-async def errors_and_headers(request: web.Request, handler):  # type: ignore[no-untyped-def]
+async def errors_and_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         response = await handler(request)
     except ServerError as exc:
@@ -332,7 +333,7 @@ async def loop_lag_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(config: Config) -> web.Application:
-    middlewares = [errors_and_headers]
+    middlewares: list[Middleware] = [errors_and_headers]
     if config.trusted_proxies:
         middlewares.insert(0, trusted_proxies_middleware(parse_networks(config.trusted_proxies)))
     app = web.Application(middlewares=middlewares, client_max_size=1024**2)
@@ -352,7 +353,8 @@ def create_app(config: Config) -> web.Application:
         # tell every participant the session ends (and record it) before sockets close
         if BROKER in app:
             await app[BROKER].aclose()
-        for channel in list(app[CHANNELS]):
+        channels = app[CHANNELS]
+        for channel in list(channels):
             channel.close(1001, "server shutting down")
 
     app.on_shutdown.append(on_shutdown)

@@ -11,7 +11,7 @@ import ssl
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import OperationalError
 
@@ -89,7 +89,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .app import create_app
 
     config = _base_config(args)
-    changes: dict[str, object] = {}
+    changes: dict[str, Any] = {}
     if args.host:
         changes["host"] = args.host
     if args.port:
@@ -353,7 +353,7 @@ def _keys(config: Config):  # type: ignore[no-untyped-def]
 def cmd_verify(args: argparse.Namespace) -> int:
     """Verify a session's recordings (by session or recording id, from the configured store) or a
     recording directory."""
-    from sqlmodel import select
+    from sqlmodel import col, select
 
     from recorder import Storage, verify
     from recorder.exceptions import RecorderError
@@ -383,7 +383,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             rows = s.exec(
                 select(Recording)
                 .where((Recording.session_id == target) | (Recording.id == target))
-                .order_by(Recording.leg)
+                .order_by(col(Recording.leg))
             ).all()
         if rows:
             # wherever the recordings are (the data directory, or S3 from any host)
@@ -601,13 +601,13 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     from .db import CallSession, Recording, User
 
     _, db = _open_db(args)
-    out = []
+    out: list[dict[str, Any]] = []
     with db.session() as s:
         query = select(CallSession).order_by(col(CallSession.created_at).desc()).limit(args.limit)
         for row in s.exec(query):
             agent = s.get(User, row.agent_id) if row.agent_id else None
             recordings = s.exec(
-                select(Recording).where(Recording.session_id == row.id).order_by(Recording.leg)
+                select(Recording).where(Recording.session_id == row.id).order_by(col(Recording.leg))
             ).all()
             duration = (
                 (row.ended_at - row.started_at).total_seconds()
@@ -665,7 +665,7 @@ def _read_passphrase(path: str | None) -> str | None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from sqlmodel import select
+    from sqlmodel import col, select
 
     from recorder.evidence import EvidenceStore
     from recorder.exceptions import RecorderError
@@ -684,7 +684,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         rows = s.exec(
             select(Recording)
             .where((Recording.session_id == args.target) | (Recording.id == args.target))
-            .order_by(Recording.leg)
+            .order_by(col(Recording.leg))
         ).all()
     rows = [r for r in rows if r.state in ("finalized", "recovered")]
     if not rows:
@@ -693,7 +693,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 2
     passphrase = _read_passphrase(args.passphrase_file)
     generated = passphrase is None
-    if generated:
+    if passphrase is None:
         passphrase = secrets.token_urlsafe(18)
     out = Path(args.out)
     actor = retention.SYSTEM_USER.model_copy(
@@ -724,7 +724,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             access_log.append(s, actor, "export", row.id)
             s.commit()
         written.append(target)
-        print(f"wrote {target} ({summary['files']} files, {int(summary['bytes']) / 1e6:.1f} MB)")
+        print(f"wrote {target} ({summary['files']} files, {int(str(summary['bytes'])) / 1e6:.1f} MB)")
     db.close()
     if generated:
         print(

@@ -8,6 +8,7 @@ import os
 import socket
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 from signaling.media_hub import IceServerConfig
 
@@ -164,7 +165,7 @@ def from_env(base: Config | None = None, environ: dict[str, str] | None = None) 
     """Apply ``VCOUNTER_<FIELD>`` environment variables (and ``DATABASE_URL``) to ``base``."""
     env = os.environ if environ is None else environ
     config = base or Config()
-    changes: dict[str, object] = {}
+    changes: dict[str, Any] = {}
     for f in fields(Config):
         raw = env.get(f"VCOUNTER_{f.name.upper()}")
         if raw is None:

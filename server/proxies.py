@@ -19,6 +19,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 logger = logging.getLogger(__name__)
 
@@ -57,9 +58,7 @@ def client_behind(
     return None
 
 
-def trusted_proxies_middleware(
-    networks: tuple[Network, ...],
-) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def trusted_proxies_middleware(networks: tuple[Network, ...]) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         peer = request.remote

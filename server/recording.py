@@ -628,8 +628,8 @@ def _recovery_metadata(s: DbSession, recording_id: str) -> dict[str, Any]:
     last_event = s.exec(
         select(SessionEvent)
         .where(SessionEvent.session_id == session_id)
-        .order_by(SessionEvent.id.desc())
-    ).first()  # type: ignore[union-attr]
+        .order_by(col(SessionEvent.id).desc())
+    ).first()
     return {
         "session_id": session_id,
         "recording_id": recording_id,

@@ -180,11 +180,11 @@ def _search(s: DbSession, params: dict[str, str]) -> dict[str, Any]:
         ):
             events[e.session_id].append(e)
         for r in s.exec(
-            select(Recording).where(col(Recording.session_id).in_(ids)).order_by(Recording.leg)
+            select(Recording).where(col(Recording.session_id).in_(ids)).order_by(col(Recording.leg))
         ):
             recordings[r.session_id].append(r)
         for v in s.exec(
-            select(Verdict).where(col(Verdict.session_id).in_(ids)).order_by(Verdict.id)
+            select(Verdict).where(col(Verdict.session_id).in_(ids)).order_by(col(Verdict.id))
         ):
             verdicts[v.session_id] = v
     summaries = [
@@ -287,13 +287,13 @@ async def session_detail(request: web.Request) -> web.Response:
         events = s.exec(
             select(SessionEvent)
             .where(SessionEvent.session_id == session_id)
-            .order_by(SessionEvent.id)
+            .order_by(col(SessionEvent.id))
         ).all()
         recordings = s.exec(
-            select(Recording).where(Recording.session_id == session_id).order_by(Recording.leg)
+            select(Recording).where(Recording.session_id == session_id).order_by(col(Recording.leg))
         ).all()
         verdicts = s.exec(
-            select(Verdict).where(Verdict.session_id == session_id).order_by(Verdict.id)
+            select(Verdict).where(Verdict.session_id == session_id).order_by(col(Verdict.id))
         ).all()
         return {
             "session": _session_summary(
