@@ -83,33 +83,26 @@ async def test_a_broken_flow_file_tears_down_what_started_before_it(tmp_path: Pa
     assert LOOP_LAG not in app  # the contexts after the failing one never started
 
 
-def test_serve_with_a_broken_flow_file_exits_with_the_file_and_line(tmp_path: Path) -> None:
-    flows, lines = _broken_flows(tmp_path)
-    env = {
-        **os.environ,
-        "VCOUNTER_FLOWS_DIR": str(flows),
+def _serve(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """``vcounter serve`` in a child process with ``env``, until it exits."""
+    keys = {
         "VCOUNTER_MASTER_KEY_FILE": str(tmp_path / "keys" / "master.key"),
         "VCOUNTER_SIGNING_KEY_FILE": str(tmp_path / "keys" / "signing.pem"),
     }
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "server.cli",
-            "serve",
-            "--no-tls",
-            "--no-identity",
-            "--port",
-            "0",
-            "--data-dir",
-            str(tmp_path / "var"),
-        ],
+    command = [sys.executable, "-m", "server.cli", "serve", "--no-tls", "--no-identity"]
+    return subprocess.run(
+        [*command, "--port", "0", "--data-dir", str(tmp_path / "var")],
         cwd=tmp_path,
-        env=env,
+        env={**os.environ, **keys, **env},
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def test_serve_with_a_broken_flow_file_exits_with_the_file_and_line(tmp_path: Path) -> None:
+    flows, lines = _broken_flows(tmp_path)
+    done = _serve(tmp_path, VCOUNTER_FLOWS_DIR=str(flows))
     assert done.returncode == 1, done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("vcounter: the server did not start: "), done.stderr
@@ -138,31 +131,7 @@ def test_serve_with_a_broken_flow_file_exits_with_the_file_and_line(tmp_path: Pa
 def test_serve_with_an_unreachable_service_exits_with_one_clear_line(
     tmp_path: Path, variable: str, value: str, expected: str
 ) -> None:
-    env = {
-        **os.environ,
-        variable: value,
-        "VCOUNTER_MASTER_KEY_FILE": str(tmp_path / "keys" / "master.key"),
-        "VCOUNTER_SIGNING_KEY_FILE": str(tmp_path / "keys" / "signing.pem"),
-    }
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "server.cli",
-            "serve",
-            "--no-tls",
-            "--no-identity",
-            "--port",
-            "0",
-            "--data-dir",
-            str(tmp_path / "var"),
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = _serve(tmp_path, **{variable: value})
     assert done.returncode == 1, done.stderr
     assert f"vcounter: the server did not start: {expected}" in done.stderr
     assert "Traceback" not in done.stderr and "s3cret-pw" not in done.stderr + done.stdout

@@ -198,3 +198,44 @@ async def test_a_killed_node_is_dead_after_its_lease_and_the_balancer_keeps_answ
         for path in ("/", "/agent", "/api/config"):
             async with http.get(f"{cluster.url}{path}") as r:
                 assert r.status == 200, path
+
+
+async def test_a_killed_nodes_waiting_customer_comes_back_through_the_balancer_and_keeps_its_place(
+    cluster: Cluster, video_clip: EncodedClip, audio_clip: EncodedClip
+) -> None:
+    a = cluster.node("node-a")
+    first = HeadlessParticipant(a.url, video=video_clip, audio=audio_clip, name="first")
+    second = HeadlessParticipant(
+        cluster.node("node-b").url, video=video_clip, audio=audio_clip, name="second"
+    )
+    back = HeadlessParticipant(cluster.url, video=video_clip, audio=audio_clip, name="back")
+    agent = HeadlessParticipant(cluster.url, video=video_clip, audio=audio_clip, name="agent-alice")
+    try:
+        await first.join("account_opening", "先到")
+        assert (await first.wait_for("queue_update"))["position"] == 1
+        await second.join("account_opening", "后到")
+        assert (await second.wait_for("queue_update"))["position"] == 2
+        session_id, token = first.session_id, first.rejoin_token
+
+        a.kill9()  # the customer's socket dies with its node
+
+        async def a_dead() -> bool:
+            return not cluster.nodes_json()["node-a"]["alive"]
+
+        await eventually(a_dead, timeout=20, interval=0.5)
+        rejoined = await back.rejoin(session_id, token)  # through nginx: only node-b answers now
+        assert rejoined["state"] == "queued"
+        assert (await back.wait_for("queue_update"))[
+            "position"
+        ] == 1  # still ahead of the later one
+        row = await cluster.session_row(str(session_id))
+        assert row is not None and (row.state, row.node_id) == ("queued", "node-b")
+
+        await agent.login("alice", PASSWORD)
+        await agent.set_ready()
+        assert (await agent.accept_next(timeout=15))["session_id"] == session_id
+        await back.wait_for("call_started", 15)
+        await back.wait_media(frames=30, timeout=20)
+    finally:
+        for participant in (agent, back, second, first):
+            await participant.aclose()
