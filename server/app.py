@@ -87,7 +87,7 @@ def _flow_service(config: Config, db: Database, broker: Broker, identity, signin
     from recorder.keys import SigningKey
 
     from .core_banking import LocalCoreBanking
-    from .flow_service import FlowService
+    from .flow_service import FlowRuns, FlowService
 
     if not config.flows_dir.is_dir():
         logger.warning(
@@ -101,7 +101,9 @@ def _flow_service(config: Config, db: Database, broker: Broker, identity, signin
     )
     if signing is None:
         signing = SigningKey.generate()  # recording off (benchmarks): receipts still need a key
-    return FlowService(config, broker, flows, signing, LocalCoreBanking(db), identity=identity)
+    return FlowService(
+        config, broker, flows, signing, LocalCoreBanking(db), identity=identity, runs=FlowRuns(db)
+    )
 
 
 # -- resources: one cleanup context each, torn down in reverse order --------------------------
@@ -311,7 +313,11 @@ async def flows_ctx(app: web.Application) -> AsyncIterator[None]:
         app[FLOWS] = flows
         broker.on_call_started.append(flows.call_started)
         broker.on_session_closed.insert(0, flows.session_closed)
-    yield
+    try:
+        yield
+    finally:
+        if flows is not None and flows.saved is not None:
+            await flows.saved.aclose()
 
 
 async def loop_lag_ctx(app: web.Application) -> AsyncIterator[None]:

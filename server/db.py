@@ -195,6 +195,18 @@ class Appointment(SQLModel, table=True):
     cancelled_at: datetime | None = None
 
 
+class FlowRunRecord(SQLModel, table=True):
+    """A session's business flow in progress (``server/flow_service.py``): where it is and what each
+    step recorded, so that the node that takes the session over resumes it at the same step."""
+
+    session_id: str = Field(primary_key=True, max_length=64)
+    business: str = Field(max_length=32)
+    version: int
+    #: JSON: the run's steps, position, answers' levels, receipt and outcome (no biometric data)
+    data: str = "{}"
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
 class Node(SQLModel, table=True):
     """A running server process of the counter, and its lease on its id (``server/node_registry.py``).
 

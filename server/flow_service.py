@@ -30,13 +30,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NoReturn, TypeVar
+
+from sqlmodel import Session as DbSession
 
 from business.core_banking import CoreBanking
 from business.exceptions import AnswerError
@@ -59,6 +62,7 @@ from signaling.broker import Broker, Session
 from signaling.exceptions import SignalingError
 
 from .config import Config
+from .db import Database, FlowRunRecord
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +115,111 @@ class FlowRun:
             return None
         return self.flow.steps[self.current]
 
+    def dump(self) -> str:
+        """The run as JSON (its flow by business and version)."""
+        return json.dumps(
+            {
+                "steps": [asdict(st) for st in self.steps],
+                "current": self.current,
+                "status": self.status,
+                "reason": self.reason,
+                "levels": self.levels,
+                "signed": self.signed,
+                "receipt": self.receipt,
+                "outcome": self.outcome,
+                "shown": self.shown,
+                "manual": self.manual,
+            },
+            ensure_ascii=False,
+            default=str,
+        )
+
+    @classmethod
+    def load(cls, flow: Flow, session_id: str, text: str) -> FlowRun:
+        """A run :meth:`dump` wrote, on ``flow`` (the same business and version)."""
+        data = json.loads(text)
+        steps = [StepState(**st) for st in data["steps"]]
+        if len(steps) != len(flow.steps):
+            raise ValueError("the flow's steps changed since the run was saved")
+        return cls(
+            flow,
+            session_id,
+            steps,
+            current=int(data["current"]),
+            status=str(data["status"]),
+            reason=data["reason"],
+            levels={k: (str(v[0]), int(v[1])) for k, v in data["levels"].items()},
+            signed=bool(data["signed"]),
+            receipt=data["receipt"],
+            outcome=data["outcome"],
+            shown=list(data["shown"]),
+            manual=data["manual"],
+        )
+
+
+class FlowRuns:
+    """Where flow runs in progress are kept between their changes: the database, written in
+    order by one task, so that whichever node holds the session next finds the run as it was."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._pending: dict[str, tuple[str, int, str | None]] = {}
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+
+    def save(self, run: FlowRun) -> None:
+        """Keep ``run`` as it is now (written soon, after the changes before it)."""
+        self._put(run.session_id, (run.flow.business, run.flow.version, run.dump()))
+
+    def forget(self, session_id: str) -> None:
+        self._put(session_id, ("", 0, None))
+
+    def _put(self, session_id: str, item: tuple[str, int, str | None]) -> None:
+        self._pending[session_id] = item
+        self._wake.set()
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write(), name="flow-runs")
+
+    async def _write(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                session_id, item = next(iter(self._pending.items()))
+                del self._pending[session_id]
+                try:
+                    await self.db.run(functools.partial(_store, session_id=session_id, item=item))
+                except Exception:
+                    logger.exception("session %s: could not keep the flow's progress", session_id)
+
+    async def get(self, session_id: str) -> FlowRunRecord | None:
+        return await self.db.run(lambda s: s.get(FlowRunRecord, session_id))
+
+    async def aclose(self) -> None:
+        """Write what is pending, then stop. Safe to call twice."""
+        writer, self._writer = self._writer, None
+        if writer is None:
+            return
+        for _ in range(100):
+            if not self._pending:
+                break
+            await asyncio.sleep(0.02)
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
+
+
+def _store(s: DbSession, *, session_id: str, item: tuple[str, int, str | None]) -> None:
+    business, version, data = item
+    row = s.get(FlowRunRecord, session_id)
+    if data is None:
+        if row is not None:
+            s.delete(row)
+        return
+    if row is None:
+        row = FlowRunRecord(session_id=session_id, business=business, version=version)
+    row.data, row.updated_at = data, datetime.now(UTC)
+    s.add(row)
+
 
 class FlowService:
     """Every session's flow run: hooked to the broker's call start and session end, fed client messages."""
@@ -124,8 +233,11 @@ class FlowService:
         core: CoreBanking,
         *,
         identity: Any = None,
+        runs: FlowRuns | None = None,
     ) -> None:
         self.config = config
+        #: where runs in progress are kept (None: in this process only)
+        self.saved = runs
         self.broker = broker
         self.flows = flows
         self.signing = signing
@@ -152,7 +264,7 @@ class FlowService:
         if flow is None:
             return
         async with self._lock(session.id):
-            run = self._runs.get(session.id)
+            run = self._runs.get(session.id) or await self._resume(session, flow)
             if run is None:
                 run = self._runs[session.id] = FlowRun(
                     flow, session.id, [StepState() for _ in flow.steps]
@@ -169,9 +281,40 @@ class FlowService:
             # a new call leg (the agent dropped and another took over): the script resumes where it was
         self._publish(session, run)
 
+    async def _resume(self, session: Session, flow: Flow) -> FlowRun | None:
+        """The run another node kept for this session (it held the session before), if any."""
+        if self.saved is None:
+            return None
+        row = await self.saved.get(session.id)
+        if row is None or row.business != flow.business or row.version != flow.version:
+            return None
+        try:
+            run = FlowRun.load(flow, session.id, row.data)
+        except (ValueError, KeyError, TypeError):
+            logger.exception(
+                "session %s: the kept flow progress cannot be read: starting over", session.id
+            )
+            return None
+        self._runs[session.id] = run
+        step = run.step
+        await self._event(
+            session.id,
+            "flow_resumed",
+            business=flow.business,
+            version=flow.version,
+            current=step.id if step else None,
+            completed=[
+                s.id for s, st in zip(flow.steps, run.steps, strict=True) if st.status == "done"
+            ],
+        )
+        logger.info("session %s: flow resumed at %s", session.id, step.id if step else run.status)
+        return run
+
     async def session_closed(self, session: Session) -> None:
         run = self._runs.pop(session.id, None)
         self._locks.pop(session.id, None)
+        if self.saved is not None:
+            self.saved.forget(session.id)
         if run is not None and run.status == "running":
             step = run.step
             await self._event(
@@ -652,6 +795,8 @@ class FlowService:
         return view
 
     def _publish(self, session: Session, run: FlowRun) -> None:
+        if self.saved is not None:
+            self.saved.save(run)  # every change is published: kept for the node that may take over
         for role in ("customer", "agent"):
             self.broker.send(
                 session,

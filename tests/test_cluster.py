@@ -4,15 +4,17 @@ participant's WebSocket may reach either node."""
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 
 import aiohttp
 import pytest
 
 from server.appkeys import IDENTITY, NODES
-from server.db import CallSession
+from server.db import CallSession, FlowRunRecord
 from server.node_registry import set_draining
 
+from .flow_driver import current, do_step, run_flow
 from .helpers import eventually, login, session_events
 
 
@@ -288,3 +290,49 @@ async def _load_seen(counter, node_id: str, sessions: int) -> bool:
 async def _healthz(url: str) -> tuple[int, dict]:
     async with aiohttp.ClientSession() as http, http.get(f"{url}/healthz") as r:
         return r.status, await r.json()
+
+
+async def test_a_flow_cut_by_a_nodes_death_resumes_at_the_same_step_on_the_other_node(
+    make_counter, video_clip, audio_clip, redis_url
+) -> None:
+    shared = {
+        "redis_url": redis_url,
+        "redis_prefix": f"t{secrets.token_hex(4)}:",
+        "node_lease_s": 1.0,
+    }
+    a = await make_counter(video_clip, audio_clip, node_id="node-a", **shared)
+    b = await make_counter(video_clip, audio_clip, node_id="node-b", **shared)
+    customer = await a.customer("account_opening", "钱先生", media=False)
+    agent = await a.agent("alice", media=False)
+    await agent.accept_next()
+    await agent.wait_for("flow_state", timeout=10)
+    done = [await do_step(customer, agent) for _ in range(2)]  # consent, identity...
+    session_id, token = customer.session_id, customer.rejoin_token
+    await eventually(lambda: _kept_at(b, str(session_id), 2))  # the progress is in the database
+
+    # node A dies mid-flow, its call's sockets with it
+    heartbeat = a.app[NODES]._task
+    heartbeat.cancel()
+    await asyncio.gather(heartbeat, return_exceptions=True)
+    await customer.drop()
+    await agent.drop()
+    await eventually(lambda: _dead(b, "node-a"), timeout=10)
+
+    back = b.participant("customer-back", media=False)
+    await back.rejoin(session_id, token)
+    bob = await b.agent("bob", media=False)
+    await bob.accept_next()
+    state = (await bob.wait_for("flow_state", timeout=10))["state"]
+    assert [s["status"] for s in state["steps"][:2]] == ["done", "done"], state["steps"]
+    assert state["current"]["id"] == state["steps"][2]["id"]  # where it was, not from the start
+    kinds = [e.kind for e in await session_events(b, str(session_id))]
+    assert "flow_resumed" in kinds and kinds.count("flow_started") == 1
+    # and it goes on to the end there
+    await run_flow(back, bob)
+    assert current(bob)["status"] == "completed"
+    assert [s["id"] for s in done] == [s["id"] for s in state["steps"][:2]]
+
+
+async def _kept_at(counter, session_id: str, index: int) -> bool:
+    row = await counter.db.run(lambda s: s.get(FlowRunRecord, session_id))
+    return row is not None and json.loads(row.data)["current"] == index
