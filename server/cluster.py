@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
+from sqlmodel import Session as DbSession
 
 from signaling import messages as m
 from signaling.broker import AgentUser, hash_token
@@ -38,7 +39,8 @@ from signaling.bus import Bus, BusMessage
 from signaling.ids import new_id
 from signaling.relay import RemoteChannel
 
-from .appkeys import BROKER, CLUSTER, DB, METRICS, NODES
+from .appkeys import BROKER, CLUSTER, CONFIG, DB, METRICS, NODES
+from .db import CallSession, Recording
 from .exceptions import ServerError
 from .node_registry import NodeView, list_nodes
 from .session_log import session_record
@@ -78,6 +80,29 @@ def _load(view: NodeView) -> int:
 class ServiceUnavailable(ServerError):
     status = 503
     code = "temporarily_unavailable"
+
+
+def recording_home(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """A handler of ``/...{recording_id}...`` that runs on the node whose disk holds the recording,
+    when recordings are on each node's own disk (``file:`` storage): on another node of the counter
+    the request is forwarded there. With a shared store (S3) every node serves every recording."""
+
+    @functools.wraps(handler)
+    async def wrapper(request: web.Request) -> web.StreamResponse:
+        cluster = request.app.get(CLUSTER)
+        if (
+            cluster is not None
+            and FORWARDED_HEADER not in request.headers
+            and request.app[CONFIG].storage_url.startswith("file:")
+        ):
+            home = await cluster.recording_node(request.match_info["recording_id"])
+            if home is not None:
+                return await cluster.forward(request, home)
+        return await handler(request)
+
+    return wrapper
 
 
 def session_home(
@@ -170,9 +195,18 @@ class Cluster:
             async with self._http.request(
                 request.method, url, headers=headers, data=body, allow_redirects=False, ssl=False
             ) as answer:
-                data = await answer.read()
-                out = {k: v for k, v in answer.headers.items() if k.lower() not in _HOP_BY_HOP}
-                return web.Response(status=answer.status, body=data, headers=out)
+                out = {
+                    k: v
+                    for k, v in answer.headers.items()
+                    if k.lower() not in _HOP_BY_HOP or k.lower() == "content-length"
+                }
+                response = web.StreamResponse(status=answer.status, headers=out)
+                await response.prepare(request)
+                # streamed: a recording replay may be large
+                async for chunk in answer.content.iter_chunked(256 * 1024):
+                    await response.write(chunk)
+                await response.write_eof()
+                return response
         except aiohttp.ClientError as exc:
             self.app[METRICS].errors.labels("forward").inc()
             logger.warning(
@@ -181,6 +215,23 @@ class Cluster:
             raise ServiceUnavailable(
                 "the node holding this session cannot be reached: try again"
             ) from None
+
+    async def recording_node(self, recording_id: str) -> str | None:
+        """The live node that made ``recording_id`` when it is another one."""
+
+        def find(s: DbSession) -> str | None:
+            row = s.get(Recording, recording_id)
+            if row is None:
+                return None
+            if row.lease_node:
+                return row.lease_node
+            session = s.get(CallSession, row.session_id)
+            return session.node_id if session is not None else None
+
+        node = await self.app[DB].run(find)
+        if not node or node == self.node_id or not await self.node_alive(node):
+            return None
+        return node
 
     async def node_alive(self, node_id: str) -> bool:
         info = await self.app[NODES].node(node_id)

@@ -16,6 +16,7 @@ from server.node_registry import set_draining
 
 from .flow_driver import current, do_step, run_flow
 from .helpers import eventually, login, session_events
+from .recordings import recorded_call
 
 
 @pytest.fixture
@@ -336,3 +337,39 @@ async def test_a_flow_cut_by_a_nodes_death_resumes_at_the_same_step_on_the_other
 async def _kept_at(counter, session_id: str, index: int) -> bool:
     row = await counter.db.run(lambda s: s.get(FlowRunRecord, session_id))
     return row is not None and json.loads(row.data)["current"] == index
+
+
+async def test_a_recording_on_one_nodes_disk_is_replayed_and_verified_through_the_other(
+    make_counter, video_clip, audio_clip, redis_url, tmp_path
+) -> None:
+    shared = {
+        "redis_url": redis_url,
+        "redis_prefix": f"t{secrets.token_hex(4)}:",
+        "database_url": f"sqlite:///{tmp_path / 'shared.db'}",
+    }
+    a = await make_counter(
+        video_clip, audio_clip, node_id="node-a", data_dir=tmp_path / "a", **shared
+    )
+    b = await make_counter(
+        video_clip, audio_clip, node_id="node-b", data_dir=tmp_path / "b", **shared
+    )
+    for node in (a, b):
+        await node.app[NODES].set_address(node.url)
+    _, recording_id = await recorded_call(a)
+    token = await login(b, "auditor")
+    headers = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession() as http:
+        url = f"{b.url}/api/audit/recordings/{recording_id}"
+        async with http.get(f"{url}/verify", headers=headers) as r:
+            assert r.status == 200 and (await r.json())["ok"] is True
+        async with http.get(f"{url}/customer.webm", headers=headers) as r:
+            assert r.status == 200 and r.headers["Content-Type"] == "video/webm"
+            whole = await r.read()
+        async with http.get(
+            f"{url}/customer.webm", headers={**headers, "Range": "bytes=100-199"}
+        ) as r:
+            assert r.status == 206 and await r.read() == whole[100:200]
+            assert r.headers["Content-Range"] == f"bytes 100-199/{len(whole)}"
+        async with http.get(f"{url}/customer.webm") as r:
+            assert r.status == 401  # the recording's node checks the credentials
+    assert whole[:4] == b"\x1a\x45\xdf\xa3"  # EBML: a WebM file

@@ -29,6 +29,7 @@ from recorder.storage import Storage, read_all
 
 from .. import access_log
 from ..appkeys import DB, RECORDINGS, REPLAYS
+from ..cluster import recording_home
 from ..db import CallSession, Recording, SessionEvent, User, Verdict, utcnow
 from ..exceptions import BadRequest, NotFound, ServerError
 from ..request_helpers import json_body, log_access, require_role
@@ -381,6 +382,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return start, end
 
 
+@recording_home
 async def stream_recording(request: web.Request) -> web.StreamResponse:
     user = await require_auditor(request)
     recording_id, storage = await _recording_storage(request)
@@ -448,7 +450,8 @@ async def _log_replay(request: web.Request, user: User, recording_id: str, party
     await log_access(request, user, "replay", f"{recording_id}/{party}")
 
 
-async def verify_recording(request: web.Request) -> web.Response:
+@recording_home
+async def verify_recording(request: web.Request) -> web.StreamResponse:
     user = await require_auditor(request)
     recording_id, storage = await _recording_storage(request)
     service = request.app[RECORDINGS]
