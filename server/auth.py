@@ -13,7 +13,7 @@ import secrets
 from datetime import timedelta
 
 from sqlalchemy import delete
-from sqlmodel import Session, col, select  # noqa: F401  (select: tests still use auth.select)
+from sqlmodel import Session, col
 
 from business.catalogue import BUSINESS_TYPES
 from signaling.state import SharedState

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestServer
+from sqlmodel import select
 
 from server import auth
 from server.app import create_app
@@ -162,7 +163,7 @@ async def make_counter(config_factory, backend) -> AsyncIterator[Callable[..., o
         create_all(db)
         with db.session() as s:
             for username, skills in AGENTS.items():
-                if not s.exec(auth.select(auth.User).where(auth.User.username == username)).first():
+                if not s.exec(select(auth.User).where(auth.User.username == username)).first():
                     auth.add_user(
                         s,
                         role="agent",
@@ -172,7 +173,7 @@ async def make_counter(config_factory, backend) -> AsyncIterator[Callable[..., o
                         display_name=username.title(),
                     )
             for role in ("auditor", "admin", "integration"):
-                if not s.exec(auth.select(auth.User).where(auth.User.username == role)).first():
+                if not s.exec(select(auth.User).where(auth.User.username == role)).first():
                     auth.add_user(s, role=role, username=role, password=PASSWORD)
             s.commit()
         db.close()

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from sqlmodel import select
 
 from server import auth
 from server.config import Config, from_env
@@ -174,13 +175,13 @@ def test_event_timeline_is_append_only(tmp_path):
         )
         s.add(SessionEvent(session_id="sess-append-1", offset_ms=0, kind="queued"))
         s.commit()
-        event = s.exec(auth.select(SessionEvent)).one()
+        event = s.exec(select(SessionEvent)).one()
         event.kind = "tampered"
         s.add(event)
         with pytest.raises(sqlalchemy.exc.DatabaseError, match="is append-only"):
             s.commit()
         s.rollback()
-        s.delete(s.exec(auth.select(SessionEvent)).one())
+        s.delete(s.exec(select(SessionEvent)).one())
         with pytest.raises(sqlalchemy.exc.DatabaseError, match="is append-only"):
             s.commit()
     db.close()
