@@ -724,7 +724,9 @@ def cmd_export(args: argparse.Namespace) -> int:
             access_log.append(s, actor, "export", row.id)
             s.commit()
         written.append(target)
-        print(f"wrote {target} ({summary['files']} files, {int(str(summary['bytes'])) / 1e6:.1f} MB)")
+        print(
+            f"wrote {target} ({summary['files']} files, {int(str(summary['bytes'])) / 1e6:.1f} MB)"
+        )
     db.close()
     if generated:
         print(
