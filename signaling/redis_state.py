@@ -1,10 +1,10 @@
 """The :class:`~signaling.state.SharedState` of many nodes, on one Redis.
 
 Every node opens its own :class:`RedisState` on the same Redis and prefix.
-Writes that must be one step for all nodes (claiming a customer, taking due
-deadlines, taking a node id, counting a hit) are Lua scripts, which Redis runs
-one at a time; every time they stamp comes from Redis ``TIME``, so the nodes'
-own clocks never matter.
+Writes that must be one step for all nodes (claiming a customer, moving a
+call's placement, counting a hit) are Lua scripts, which Redis runs one at a
+time; every time they stamp comes from Redis ``TIME``, so the nodes' own clocks
+never matter.
 
 Keys, all under the prefix ``P`` (``vcounter:`` by default):
 
@@ -14,12 +14,6 @@ Keys, all under the prefix ``P`` (``vcounter:`` by default):
 ``P agent:<id>``          string  an agent's presence (JSON), expiring with its TTL
 ``P agents``              set     agent ids that may have a presence key (pruned on read)
 ``P calls``               hash    session id -> node holding its media
-``P token:<session>``     string  SHA-256 hex digest of the session's rejoin token, with a TTL
-``P node:<id>``           string  the owner token of the handle holding the id, with a TTL
-``P nodes``               hash    node id -> owner, registration and heartbeat times (JSON)
-``P nodes:info``          hash    node id -> what the node reported (JSON)
-``P deadlines``           zset    deadline key, scored by its due time (Redis ms)
-``P deadlines:payload``   hash    deadline key -> payload (JSON)
 ``P count:<key>``         string  hits in the current window, expiring with it
 ``P handle_times[:<b>]``  list    the latest handling times, all businesses or one, capped
 ========================  ======  ============================================================
@@ -30,9 +24,7 @@ that every key is in one slot.
 
 Redis's Lua JSON encoder writes numbers with 14 significant digits, so the
 queue's ordering time is kept in the JSON as a decimal string: a script can
-rewrite an entry without rounding it. Times that scripts write are integer
-milliseconds, which 14 digits hold exactly. What nodes report (node info,
-deadline payloads) is stored as the caller's JSON and never re-encoded in Lua.
+rewrite an entry without rounding it.
 """
 
 from __future__ import annotations
@@ -41,22 +33,17 @@ import json
 import logging
 import socket
 import sys
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from typing import Any, cast
 
 from redis.asyncio import Redis
 
-from .ids import new_id
 from .state import (
-    DEAD_NODE_RETENTION_S,
     HANDLE_TIME_SAMPLES,
     AgentPresence,
-    NodeInfo,
     QueueEntry,
-    check_token_hash,
     check_ttl,
     entry_changes,
-    json_object,
 )
 
 logger = logging.getLogger(__name__)
@@ -174,10 +161,6 @@ def _ms(seconds: float) -> int:
 # -- Lua -------------------------------------------------------------------------------
 
 _LIB = """
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
 local function now_text()
   local t = redis.call('TIME')
   return t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
@@ -335,118 +318,16 @@ end
 return out
 """
 
-# KEYS[1] holder key, KEYS[2] nodes hash, KEYS[3] info hash;
-# ARGV[1] node id, ARGV[2] owner token, ARGV[3] ttl ms, ARGV[4] info JSON
-_REGISTER = (
-    _LIB
-    + """
-if not redis.call('SET', KEYS[1], ARGV[2], 'NX', 'PX', ARGV[3]) then return 0 end
-local now = now_ms()
-redis.call('HSET', KEYS[2], ARGV[1],
-  cjson.encode({owner = ARGV[2], registered_ms = now, seen_ms = now, ttl_ms = tonumber(ARGV[3])}))
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
-return 1
-"""
-)
-
-# same keys; ARGV[1] node id, ARGV[2] owner token, ARGV[3] ttl ms or '', ARGV[4] info JSON or ''
-_REFRESH = (
-    _LIB
-    + """
-local raw = redis.call('HGET', KEYS[2], ARGV[1])
-if not raw then return 0 end
-local meta = cjson.decode(raw)
-if meta.owner ~= ARGV[2] then return 0 end
-local holder = redis.call('GET', KEYS[1])
-if holder and holder ~= ARGV[2] then return 0 end
-if ARGV[3] ~= '' then meta.ttl_ms = tonumber(ARGV[3]) end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', meta.ttl_ms)
-meta.seen_ms = now_ms()
-redis.call('HSET', KEYS[2], ARGV[1], cjson.encode(meta))
-if ARGV[4] ~= '' then redis.call('HSET', KEYS[3], ARGV[1], ARGV[4]) end
-return 1
-"""
-)
-
-# same keys; ARGV[1] node id, ARGV[2] owner token
-_UNREGISTER = """
-local raw = redis.call('HGET', KEYS[2], ARGV[1])
-if not raw or cjson.decode(raw).owner ~= ARGV[2] then return 0 end
-redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[3], ARGV[1])
-if redis.call('GET', KEYS[1]) == ARGV[2] then redis.call('DEL', KEYS[1]) end
-return 1
-"""
-
-# KEYS[1] nodes hash, KEYS[2] info hash; ARGV[1] prefix of the holder keys,
-# ARGV[2] retention of dead nodes (ms), ARGV[3] one node id ('' = all).
-# Returns rows {id, meta JSON, info JSON, alive 0/1}; forgets nodes dead for too long.
-_NODES = (
-    _LIB
-    + """
-local now = now_ms()
-local ids
-if ARGV[3] ~= '' then ids = {ARGV[3]} else ids = redis.call('HKEYS', KEYS[1]) end
-local out = {}
-for _, id in ipairs(ids) do
-  local raw = redis.call('HGET', KEYS[1], id)
-  if raw then
-    local meta = cjson.decode(raw)
-    local alive = redis.call('GET', ARGV[1] .. id) == meta.owner
-    if not alive and meta.seen_ms + meta.ttl_ms + tonumber(ARGV[2]) <= now then
-      redis.call('HDEL', KEYS[1], id)
-      redis.call('HDEL', KEYS[2], id)
-    else
-      out[#out + 1] = {id, raw, redis.call('HGET', KEYS[2], id) or '{}', alive and 1 or 0}
-    end
-  end
+# KEYS[1] calls hash; ARGV[1] session id, ARGV[2] from node, ARGV[3] to node.
+# Returns the node holding the call afterwards.
+_MOVE_CALL = """
+local holder = redis.call('HGET', KEYS[1], ARGV[1])
+if not holder or holder == ARGV[2] then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+  return ARGV[3]
 end
-return out
+return holder
 """
-)
-
-# KEYS[1] deadlines zset, KEYS[2] payload hash; ARGV[1] key, ARGV[2] delay ms, ARGV[3] payload
-_SCHEDULE = (
-    _LIB
-    + """
-redis.call('ZADD', KEYS[1], now_ms() + tonumber(ARGV[2]), ARGV[1])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-return 1
-"""
-)
-
-# same keys; ARGV[1] key
-_CANCEL = """
-local n = redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
-return n
-"""
-
-# same keys; ARGV[1] limit. Returns key, payload, key, payload...
-_DUE = (
-    _LIB
-    + """
-local keys = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms(), 'LIMIT', 0, tonumber(ARGV[1]))
-local out = {}
-for _, k in ipairs(keys) do
-  redis.call('ZREM', KEYS[1], k)
-  out[#out + 1] = k
-  out[#out + 1] = redis.call('HGET', KEYS[2], k) or '{}'
-  redis.call('HDEL', KEYS[2], k)
-end
-return out
-"""
-)
-
-# KEYS[1] deadlines zset. Returns {due ms, now ms} of the earliest, or nil.
-_NEXT_DEADLINE = (
-    _LIB
-    + """
-local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-if #first == 0 then return false end
-return {first[2], tostring(now_ms())}
-"""
-)
 
 # KEYS[1] counter; ARGV[1] window ms
 _HIT = """
@@ -460,9 +341,7 @@ class RedisState:
     """:class:`~signaling.state.SharedState` on Redis, one instance per node.
 
     ``client`` must decode responses (:func:`connect` makes one as it should
-    be); the state closes it in :meth:`aclose` only if it made it (:meth:`from_url`). Each
-    instance holds node ids under an owner token of its own, so two instances
-    are two nodes even in one process.
+    be); the state closes it in :meth:`aclose` only if it made it (:meth:`from_url`).
     """
 
     def __init__(
@@ -472,15 +351,12 @@ class RedisState:
         *,
         owns_client: bool = False,
         handle_time_samples: int = HANDLE_TIME_SAMPLES,
-        dead_node_retention_s: float = DEAD_NODE_RETENTION_S,
     ) -> None:
         check_client(client, "RedisState")
         self._r = client
         self._p = prefix
         self._owns_client = owns_client
         self._samples = handle_time_samples
-        self._dead_node_retention_ms = _ms(dead_node_retention_s)
-        self._owner = new_id(12)
         self._closed = False
         script = client.register_script
         self._enqueue = script(_ENQUEUE)
@@ -490,14 +366,7 @@ class RedisState:
         self._claim_next = script(_CLAIM_NEXT)
         self._release = script(_RELEASE)
         self._agents_script = script(_AGENTS)
-        self._register = script(_REGISTER)
-        self._refresh = script(_REFRESH)
-        self._unregister = script(_UNREGISTER)
-        self._nodes_script = script(_NODES)
-        self._schedule = script(_SCHEDULE)
-        self._cancel = script(_CANCEL)
-        self._due = script(_DUE)
-        self._next_deadline = script(_NEXT_DEADLINE)
+        self._move_call = script(_MOVE_CALL)
         self._hit = script(_HIT)
 
     @classmethod
@@ -606,115 +475,13 @@ class RedisState:
     async def call_node(self, session_id: str) -> str | None:
         return _text(await self._r.hget(self._k("calls"), session_id))
 
+    async def move_call(self, session_id: str, from_node: str, to_node: str) -> str:
+        return str(
+            await self._move_call(keys=[self._k("calls")], args=[session_id, from_node, to_node])
+        )
+
     async def clear_call(self, session_id: str) -> None:
         await self._r.hdel(self._k("calls"), session_id)
-
-    async def put_session_token(self, session_id: str, token_hash: str, ttl_s: float) -> None:
-        check_token_hash(token_hash)
-        check_ttl(ttl_s)
-        await self._r.set(self._k("token", session_id), token_hash, px=_ms(ttl_s))
-
-    async def session_token(self, session_id: str) -> str | None:
-        return _text(await self._r.get(self._k("token", session_id)))
-
-    async def clear_session_token(self, session_id: str) -> None:
-        await self._r.delete(self._k("token", session_id))
-
-    # -- node registry -----------------------------------------------------------------
-
-    def _node_keys(self, node_id: str) -> list[str]:
-        return [self._k("node", node_id), self._k("nodes"), self._k("nodes", "info")]
-
-    async def register_node(self, node_id: str, info: Mapping[str, Any], ttl_s: float) -> bool:
-        check_ttl(ttl_s)
-        taken = await self._register(
-            keys=self._node_keys(node_id),
-            args=[node_id, self._owner, _ms(ttl_s), json.dumps(json_object(info))],
-        )
-        if taken:
-            logger.info("node %s registered (ttl %.1f s)", node_id, ttl_s)
-        return bool(taken)
-
-    async def refresh_node(
-        self, node_id: str, info: Mapping[str, Any] | None = None, ttl_s: float | None = None
-    ) -> bool:
-        if ttl_s is not None:
-            check_ttl(ttl_s)
-        held = await self._refresh(
-            keys=self._node_keys(node_id),
-            args=[
-                node_id,
-                self._owner,
-                "" if ttl_s is None else _ms(ttl_s),
-                "" if info is None else json.dumps(json_object(info)),
-            ],
-        )
-        if not held:
-            logger.warning(
-                "node %s: heartbeat refused, this process no longer holds the id", node_id
-            )
-        return bool(held)
-
-    async def unregister_node(self, node_id: str) -> None:
-        if await self._unregister(keys=self._node_keys(node_id), args=[node_id, self._owner]):
-            logger.info("node %s unregistered", node_id)
-
-    async def _node_rows(self, node_id: str) -> list[NodeInfo]:
-        rows = await self._nodes_script(
-            keys=[self._k("nodes"), self._k("nodes", "info")],
-            args=[self._k("node", ""), self._dead_node_retention_ms, node_id],
-        )
-        found = []
-        for row_id, raw_meta, raw_info, alive in rows:
-            meta = json.loads(raw_meta)
-            seen = int(meta["seen_ms"])
-            found.append(
-                NodeInfo(
-                    node_id=row_id,
-                    info=json.loads(raw_info),
-                    registered_at=int(meta["registered_ms"]) / 1000,
-                    seen_at=seen / 1000,
-                    expires_at=(seen + int(meta["ttl_ms"])) / 1000,
-                    alive=bool(alive),
-                )
-            )
-        return sorted(found, key=lambda n: n.node_id)
-
-    async def node(self, node_id: str) -> NodeInfo | None:
-        if not node_id:
-            return None
-        rows = await self._node_rows(node_id)
-        return rows[0] if rows else None
-
-    async def nodes(self, *, include_dead: bool = False) -> list[NodeInfo]:
-        return [n for n in await self._node_rows("") if include_dead or n.alive]
-
-    # -- deadlines ---------------------------------------------------------------------
-
-    def _deadline_keys(self) -> list[str]:
-        return [self._k("deadlines"), self._k("deadlines", "payload")]
-
-    async def schedule(self, key: str, delay_s: float, payload: Mapping[str, Any]) -> None:
-        await self._schedule(
-            keys=self._deadline_keys(),
-            args=[key, max(0, round(delay_s * 1000)), json.dumps(json_object(payload))],
-        )
-
-    async def cancel(self, key: str) -> bool:
-        return bool(await self._cancel(keys=self._deadline_keys(), args=[key]))
-
-    async def due(self, limit: int = 100) -> list[tuple[str, dict[str, Any]]]:
-        if limit <= 0:
-            return []
-        flat = await self._due(keys=self._deadline_keys(), args=[limit])
-        return [(flat[i], json.loads(flat[i + 1])) for i in range(0, len(flat), 2)]
-
-    async def next_deadline(self) -> float | None:
-        found = await self._next_deadline(keys=[self._k("deadlines")])
-        if found is None:
-            return None
-        due_ms, now_ms = (float(v) for v in found)
-        return max(0.0, (due_ms - now_ms) / 1000)
 
     # -- counters ----------------------------------------------------------------------
 

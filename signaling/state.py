@@ -14,26 +14,26 @@ What it holds:
   :meth:`~SharedState.claim_next` and :meth:`~SharedState.release_offer`;
 * **agent presence** (:class:`AgentPresence`) that lapses when its node stops
   refreshing it;
-* **call placement**: which node holds a session's media, and the SHA-256 hash of
-  each customer's rejoin token so that any node can check it;
-* **the node registry** (:class:`NodeInfo`): one live holder per node id, its
-  heartbeat and load;
-* **deadlines** that fire exactly once across nodes, **counters** for throttles
-  and rate limits, and **handling-time statistics** for the wait estimate;
+* **call placement**: which node holds a session's media, moved atomically
+  (:meth:`~SharedState.move_call`) when a surviving node takes a dead node's
+  session over;
+* **counters** for throttles and rate limits, and **handling-time statistics**
+  for the wait estimate;
 * **a clock** (:meth:`~SharedState.now`) that every node reads the same, so that
   clock skew between nodes never reorders customers.
 
 Media never goes through here: it stays on the node that holds the call.
 
-Every timestamp is in epoch seconds of the state's clock. Payloads and node
-information are JSON objects: they are copied on the way in and out, so a caller
-never shares a mutable dict with the state.
+Which nodes are alive is not here: the node registry is in the database
+(``server/node_registry.py``); :class:`NodeDirectory` is what the message bus
+asks of it, and :class:`NodeInfo` what it answers.
+
+Every timestamp is in epoch seconds of the state's clock.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Mapping
@@ -42,10 +42,6 @@ from typing import Any, Protocol
 
 #: how many of the most recent calls the handling-time average looks at, by default
 HANDLE_TIME_SAMPLES = 50
-#: how long a node whose heartbeat lapsed stays listed (``alive=False``) before it is forgotten
-DEAD_NODE_RETENTION_S = 3600.0
-
-_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -107,29 +103,31 @@ class AgentPresence:
 
 @dataclass(frozen=True)
 class NodeInfo:
-    """One server node in the registry, as :meth:`SharedState.nodes` reports it."""
+    """One server node as the node registry reports it (:meth:`NodeDirectory.node`)."""
 
     node_id: str
     #: what the node last reported (load: calls, cpu; ``draining``; its address...)
     info: dict[str, Any]
-    #: state-clock time the node registered under this id
+    #: epoch seconds (the registry's clock) the node registered under this id
     registered_at: float
-    #: state-clock time of its last heartbeat (register or refresh)
+    #: epoch seconds of its last heartbeat
     seen_at: float
-    #: state-clock time after which it counts as dead unless it refreshes
+    #: epoch seconds after which it counts as dead unless it beats again
     expires_at: float
     #: the node holds its id: its last heartbeat has not lapsed
     alive: bool
 
 
 class NodeDirectory(Protocol):
-    """The part of :class:`SharedState` the message bus needs: who is a live node."""
+    """What the message bus asks of the node registry: who is a live node."""
 
-    async def node(self, node_id: str) -> NodeInfo | None: ...
+    async def node(self, node_id: str) -> NodeInfo | None:
+        """One registered node, live or recently dead, or None."""
+        ...
 
 
-class SharedState(NodeDirectory, Protocol):
-    """What several nodes share: the queue, presence, placement, registry, deadlines, counters.
+class SharedState(Protocol):
+    """What several nodes share: the queue, presence, placement, counters, handling times.
 
     Every method is a coroutine and every write that the docstring calls atomic
     is one step for all nodes at once (a Lua script in Redis).
@@ -224,89 +222,18 @@ class SharedState(NodeDirectory, Protocol):
         """The node holding the session's media, or None."""
         ...
 
+    async def move_call(self, session_id: str, from_node: str, to_node: str) -> str:
+        """Atomically move the session's media placement from ``from_node`` (dead) to ``to_node``,
+        if it is still ``from_node`` or unset; returns the node holding it afterwards (``to_node``
+        when this caller won, else the node another caller moved it to).
+
+        When two surviving nodes take one session of a dead node over at once, exactly one
+        wins; the other learns which node to relay to.
+        """
+        ...
+
     async def clear_call(self, session_id: str) -> None:
         """Forget where the session's media is (idempotent)."""
-        ...
-
-    async def put_session_token(self, session_id: str, token_hash: str, ttl_s: float) -> None:
-        """Store the SHA-256 hex digest of a customer's rejoin token for ``ttl_s`` seconds.
-
-        Only the hash is accepted (64 lowercase hex digits, else ``ValueError``):
-        the token itself never leaves the customer and the node that issued it.
-        """
-        ...
-
-    async def session_token(self, session_id: str) -> str | None:
-        """The stored rejoin-token hash of the session, or None (never stored, or lapsed)."""
-        ...
-
-    async def clear_session_token(self, session_id: str) -> None:
-        """Forget the session's rejoin-token hash (idempotent)."""
-        ...
-
-    # -- node registry -----------------------------------------------------------------
-
-    async def register_node(self, node_id: str, info: Mapping[str, Any], ttl_s: float) -> bool:
-        """Take ``node_id`` for this state handle for ``ttl_s`` seconds.
-
-        False, and nothing changes, while a live node holds that id: two
-        processes never serve under one id. A lapsed id can be taken again.
-        """
-        ...
-
-    async def refresh_node(
-        self, node_id: str, info: Mapping[str, Any] | None = None, ttl_s: float | None = None
-    ) -> bool:
-        """Heartbeat: extend this handle's hold on ``node_id`` and report its load.
-
-        ``info`` replaces what the node reported (None keeps it); ``ttl_s``
-        defaults to the one it registered with. A hold that lapsed is taken back
-        if nobody took the id meanwhile. False when this handle does not hold the
-        id (never registered, unregistered, or taken by another node): the node
-        must stop serving under it.
-        """
-        ...
-
-    async def unregister_node(self, node_id: str) -> None:
-        """Give ``node_id`` up, if this handle holds it (idempotent)."""
-        ...
-
-    async def node(self, node_id: str) -> NodeInfo | None:
-        """One node of the registry, live or recently dead, or None."""
-        ...
-
-    async def nodes(self, *, include_dead: bool = False) -> list[NodeInfo]:
-        """Registered nodes by id: live ones, and with ``include_dead`` those that lapsed.
-
-        A lapsed node is listed for :data:`DEAD_NODE_RETENTION_S` (so the
-        others can take its work over), then forgotten.
-        """
-        ...
-
-    # -- deadlines ---------------------------------------------------------------------
-
-    async def schedule(self, key: str, delay_s: float, payload: Mapping[str, Any]) -> None:
-        """Arrange for ``(key, payload)`` to come out of :meth:`due` in ``delay_s`` seconds.
-
-        Scheduling a key again replaces its deadline and payload.
-        """
-        ...
-
-    async def cancel(self, key: str) -> bool:
-        """Drop a pending deadline; False if there was none (already due and taken, or never)."""
-        ...
-
-    async def due(self, limit: int = 100) -> list[tuple[str, dict[str, Any]]]:
-        """Atomically take up to ``limit`` deadlines that are due, earliest first.
-
-        With several nodes polling, each deadline is returned to exactly one
-        caller, whichever node scheduled it and whether or not that node still
-        runs. Taking is final: a caller that dies before acting on it loses it.
-        """
-        ...
-
-    async def next_deadline(self) -> float | None:
-        """Seconds until the earliest pending deadline (0.0 if one is due), or None."""
         ...
 
     # -- counters ----------------------------------------------------------------------
@@ -348,12 +275,6 @@ class SharedState(NodeDirectory, Protocol):
         ...
 
 
-def check_token_hash(token_hash: str) -> None:
-    """Raise ``ValueError`` unless ``token_hash`` is a SHA-256 hex digest."""
-    if not _SHA256_HEX.fullmatch(token_hash):
-        raise ValueError("a session token is stored as its SHA-256 hex digest, not as the token")
-
-
 def check_ttl(ttl_s: float, name: str = "ttl_s") -> None:
     if not ttl_s > 0:
         raise ValueError(f"{name} must be positive, not {ttl_s!r}")
@@ -382,28 +303,12 @@ def entry_changes(changes: Mapping[str, Any]) -> QueueEntry:
 
 
 @dataclass
-class _Node:
-    owner: object
-    info: dict[str, Any]
-    registered_at: float
-    seen_at: float
-    ttl_s: float
-
-    @property
-    def expires_at(self) -> float:
-        return self.seen_at + self.ttl_s
-
-
-@dataclass
 class _Data:
     """Everything an :class:`InMemoryState` holds, shared by its :meth:`~InMemoryState.peer` handles."""
 
     queue: dict[str, QueueEntry] = field(default_factory=dict)
     agents: dict[int, tuple[AgentPresence, float | None]] = field(default_factory=dict)
     calls: dict[str, str] = field(default_factory=dict)
-    tokens: dict[str, tuple[str, float]] = field(default_factory=dict)
-    nodes: dict[str, _Node] = field(default_factory=dict)
-    deadlines: dict[str, tuple[float, dict[str, Any]]] = field(default_factory=dict)
     counters: dict[str, tuple[int, float]] = field(default_factory=dict)
     handle_times: dict[str | None, deque[float]] = field(default_factory=dict)
 
@@ -412,7 +317,7 @@ class InMemoryState:
     """Single-node :class:`SharedState`, in this process.
 
     No method awaits anything, so each runs as one step on the event loop: that
-    is what makes :meth:`claim`, :meth:`claim_next` and :meth:`due` atomic here.
+    is what makes :meth:`claim`, :meth:`claim_next` and :meth:`move_call` atomic here.
     ``clock`` (epoch seconds) is the state's clock; TTLs are measured on it too.
     """
 
@@ -421,25 +326,15 @@ class InMemoryState:
         *,
         clock: Callable[[], float] = time.time,
         handle_time_samples: int = HANDLE_TIME_SAMPLES,
-        dead_node_retention_s: float = DEAD_NODE_RETENTION_S,
     ) -> None:
         self._clock = clock
         self._data = _Data()
         self._samples = handle_time_samples
-        self._dead_node_retention_s = dead_node_retention_s
 
     def peer(self) -> InMemoryState:
-        """Another handle on the same state, as a second node in this process would hold.
-
-        It shares every piece of data but holds node ids of its own
-        (:meth:`register_node`), like a second :class:`~signaling.redis_state.RedisState`
-        on the same Redis.
-        """
-        other = InMemoryState(
-            clock=self._clock,
-            handle_time_samples=self._samples,
-            dead_node_retention_s=self._dead_node_retention_s,
-        )
+        """Another handle on the same data, as a second node in this process would hold,
+        like a second :class:`~signaling.redis_state.RedisState` on the same Redis."""
+        other = InMemoryState(clock=self._clock, handle_time_samples=self._samples)
         other._data = self._data
         return other
 
@@ -536,106 +431,14 @@ class InMemoryState:
     async def call_node(self, session_id: str) -> str | None:
         return self._data.calls.get(session_id)
 
+    async def move_call(self, session_id: str, from_node: str, to_node: str) -> str:
+        holder = self._data.calls.get(session_id)
+        if holder is None or holder == from_node:
+            self._data.calls[session_id] = holder = to_node
+        return holder
+
     async def clear_call(self, session_id: str) -> None:
         self._data.calls.pop(session_id, None)
-
-    async def put_session_token(self, session_id: str, token_hash: str, ttl_s: float) -> None:
-        check_token_hash(token_hash)
-        check_ttl(ttl_s)
-        self._data.tokens[session_id] = (token_hash, self._clock() + ttl_s)
-
-    async def session_token(self, session_id: str) -> str | None:
-        stored = self._data.tokens.get(session_id)
-        if stored is None:
-            return None
-        if stored[1] <= self._clock():
-            del self._data.tokens[session_id]
-            return None
-        return stored[0]
-
-    async def clear_session_token(self, session_id: str) -> None:
-        self._data.tokens.pop(session_id, None)
-
-    # -- node registry -----------------------------------------------------------------
-
-    async def register_node(self, node_id: str, info: Mapping[str, Any], ttl_s: float) -> bool:
-        check_ttl(ttl_s)
-        now = self._clock()
-        held = self._data.nodes.get(node_id)
-        if held is not None and held.expires_at > now:
-            return False
-        self._data.nodes[node_id] = _Node(self, json_object(info), now, now, ttl_s)
-        return True
-
-    async def refresh_node(
-        self, node_id: str, info: Mapping[str, Any] | None = None, ttl_s: float | None = None
-    ) -> bool:
-        if ttl_s is not None:
-            check_ttl(ttl_s)
-        held = self._data.nodes.get(node_id)
-        if held is None or held.owner is not self:
-            return False
-        if info is not None:
-            held.info = json_object(info)
-        if ttl_s is not None:
-            held.ttl_s = ttl_s
-        held.seen_at = self._clock()
-        return True
-
-    async def unregister_node(self, node_id: str) -> None:
-        held = self._data.nodes.get(node_id)
-        if held is not None and held.owner is self:
-            del self._data.nodes[node_id]
-
-    def _node_info(self, node_id: str, held: _Node, now: float) -> NodeInfo:
-        return NodeInfo(
-            node_id,
-            json_object(held.info),
-            held.registered_at,
-            held.seen_at,
-            held.expires_at,
-            held.expires_at > now,
-        )
-
-    def _forget_dead_nodes(self, now: float) -> None:
-        horizon = now - self._dead_node_retention_s
-        for node_id in [n for n, held in self._data.nodes.items() if held.expires_at <= horizon]:
-            del self._data.nodes[node_id]
-
-    async def node(self, node_id: str) -> NodeInfo | None:
-        now = self._clock()
-        self._forget_dead_nodes(now)
-        held = self._data.nodes.get(node_id)
-        return None if held is None else self._node_info(node_id, held, now)
-
-    async def nodes(self, *, include_dead: bool = False) -> list[NodeInfo]:
-        now = self._clock()
-        self._forget_dead_nodes(now)
-        found = [
-            self._node_info(node_id, self._data.nodes[node_id], now)
-            for node_id in sorted(self._data.nodes)
-        ]
-        return [n for n in found if include_dead or n.alive]
-
-    # -- deadlines ---------------------------------------------------------------------
-
-    async def schedule(self, key: str, delay_s: float, payload: Mapping[str, Any]) -> None:
-        self._data.deadlines[key] = (self._clock() + max(0.0, delay_s), json_object(payload))
-
-    async def cancel(self, key: str) -> bool:
-        return self._data.deadlines.pop(key, None) is not None
-
-    async def due(self, limit: int = 100) -> list[tuple[str, dict[str, Any]]]:
-        now = self._clock()
-        ready = sorted((at, key) for key, (at, _) in self._data.deadlines.items() if at <= now)[
-            :limit
-        ]
-        return [(key, self._data.deadlines.pop(key)[1]) for _, key in ready]
-
-    async def next_deadline(self) -> float | None:
-        if not self._data.deadlines:
-            return None
-        return max(0.0, min(at for at, _ in self._data.deadlines.values()) - self._clock())
 
     # -- counters ----------------------------------------------------------------------
 

@@ -4,33 +4,60 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from server.db import Database, Node
+from server.migrations import create_all
+from server.node_registry import NodeRegistry
 from signaling.bus import Bus, BusMessage, LocalBus, LocalNetwork
 from signaling.ids import new_id
 from signaling.redis_bus import RedisBus
-from signaling.redis_state import RedisState
-from signaling.state import InMemoryState, SharedState
+
+#: every node's lease in the registry: no test runs long enough for a live node to lose it
+LEASE_S = 60.0
 
 
 class Nodes:
-    """Buses of several nodes on one carrier, and the registry they check senders against."""
+    """Buses of several nodes on one carrier, and the node registry they check senders against:
+    the database one production uses, on a SQLite file."""
 
-    def __init__(self, redis: str | None) -> None:
+    def __init__(self, redis: str | None, db: Database) -> None:
         self.redis = redis
         self.prefix = f"test-{new_id(6)}:"
         self.network = LocalNetwork()
-        self.registry: SharedState = (
-            InMemoryState() if redis is None else RedisState.from_url(redis, self.prefix)
-        )
+        self.db = db
+        #: what the buses ask: every node's registry reads the same table, this one holds no id
+        self.registry = NodeRegistry(db, "directory", lease_s=LEASE_S)
+        self._leases: dict[str, NodeRegistry] = {}
         self._buses: list[Bus] = []
+
+    async def register(self, node_id: str) -> None:
+        """Start ``node_id``'s lease in the registry, as a starting node does."""
+        lease = NodeRegistry(self.db, node_id, lease_s=LEASE_S)
+        await lease.start()
+        self._leases[node_id] = lease
+
+    async def kill(self, node_id: str) -> None:
+        """``node_id``'s process is gone: its heartbeat stops, and its lease has run out."""
+        lease = self._leases.pop(node_id)
+        assert lease._task is not None
+        lease._task.cancel()
+        await asyncio.gather(lease._task, return_exceptions=True)
+        with self.db.session() as s:
+            row = s.get(Node, node_id)
+            assert row is not None
+            row.heartbeat_at -= timedelta(seconds=2 * LEASE_S)
+            s.add(row)
+            s.commit()
 
     async def bus(self, node_id: str, *, register: bool = True, **options: Any) -> Bus:
         if register:
-            assert await self.registry.register_node(node_id, {}, ttl_s=60)
+            await self.register(node_id)
         bus: Bus
         if self.redis is None:
             bus = LocalBus(node_id, self.network, directory=self.registry, **options)
@@ -49,7 +76,8 @@ class Nodes:
     async def aclose(self) -> None:
         for bus in self._buses:
             await bus.aclose()
-        await self.registry.aclose()
+        for lease in self._leases.values():
+            await lease.aclose()
 
 
 class Received:
@@ -92,8 +120,16 @@ def backend(request: pytest.FixtureRequest) -> str | None:
 
 
 @pytest.fixture
-async def nodes(backend: str | None) -> AsyncIterator[Nodes]:
-    n = Nodes(backend)
+def db(tmp_path: Path) -> Iterator[Database]:
+    database = Database(f"sqlite:///{tmp_path / 'vcounter.db'}")
+    create_all(database)
+    yield database
+    database.close()
+
+
+@pytest.fixture
+async def nodes(backend: str | None, db: Database) -> AsyncIterator[Nodes]:
+    n = Nodes(backend, db)
     yield n
     await n.aclose()
 
@@ -218,15 +254,13 @@ async def test_messages_from_unknown_or_dead_nodes_are_flagged(nodes: Nodes) -> 
     got = Received()
     await b.subscribe(got)
     ghost = await nodes.bus("ghost", register=False)
-    assert await nodes.registry.register_node("old", {}, ttl_s=0.2)
-    old = await nodes.bus("old", register=False)
+    old = await nodes.bus("old")
     a = await nodes.bus("a")
     await ghost.send("b", {"from": "ghost"})
     await a.send("b", {"from": "a"})
-    deadline = time.monotonic() + 5
-    while (info := await nodes.registry.node("old")) is not None and info.alive:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.05)
+    await nodes.kill("old")
+    info = await nodes.registry.node("old")
+    assert info is not None and not info.alive  # still listed, as dead
     await old.send("b", {"from": "old"})
     await ghost.broadcast({"from": "ghost"})
     await got.wait(4)

@@ -7,10 +7,8 @@ RedisState instances on their own connection pools in Redis.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 import pytest
 
@@ -78,10 +76,6 @@ def presence(agent_id: int, *skills: str, status: str = "ready") -> AgentPresenc
         ready_since=1000.5,
         extra={"desk": "3"},
     )
-
-
-def sha(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 # -- queue ---------------------------------------------------------------------------------
@@ -291,7 +285,7 @@ async def test_presence_heartbeat_keeps_an_agent(state: SharedState) -> None:
         await state.put_agent(presence(3, "loans"), ttl_s=0)
 
 
-# -- call placement and rejoin tokens ------------------------------------------------------
+# -- call placement ----------------------------------------------------------------------
 
 
 async def test_call_placement_is_shared(cluster: Cluster) -> None:
@@ -303,126 +297,47 @@ async def test_call_placement_is_shared(cluster: Cluster) -> None:
     assert await a.call_node("s1") is None
 
 
-async def test_session_token_hash_is_shared_and_lapses(cluster: Cluster) -> None:
+async def test_move_call_gives_a_dead_nodes_call_to_one_taker(cluster: Cluster) -> None:
     a, b = cluster.node(), cluster.node()
-    await a.put_session_token("s1", sha("secret"), ttl_s=60)
-    await a.put_session_token("s2", sha("other"), ttl_s=0.3)
-    assert await b.session_token("s1") == sha("secret")
-    with pytest.raises(ValueError):
-        await a.put_session_token("s3", "secret", ttl_s=60)  # the token itself is refused
-    assert await b.session_token("s3") is None
-
-    async def lapsed() -> bool:
-        return await b.session_token("s2") is None
-
-    await eventually(lapsed)
-    await b.clear_session_token("s1")
-    assert await a.session_token("s1") is None
+    await a.set_call_node("s1", "dead")
+    assert await a.move_call("s1", "dead", "node-a") == "node-a"
+    # the loser is told where the call went, and the placement stays
+    assert await b.move_call("s1", "dead", "node-b") == "node-a"
+    assert await b.call_node("s1") == "node-a"
+    # the winner asking again keeps it
+    assert await a.move_call("s1", "dead", "node-a") == "node-a"
+    # a call on another node than the dead one is not taken
+    await b.set_call_node("s2", "node-c")
+    assert await a.move_call("s2", "dead", "node-a") == "node-c"
+    assert await a.call_node("s2") == "node-c"
 
 
-# -- node registry -------------------------------------------------------------------------
-
-
-async def test_node_registry_refuses_a_live_id_and_frees_it_after_the_ttl(cluster: Cluster) -> None:
+async def test_move_call_takes_an_unset_placement(cluster: Cluster) -> None:
     a, b = cluster.node(), cluster.node()
-    assert await a.register_node("node-1", {"calls": 0, "draining": False}, ttl_s=0.4)
-    assert not await b.register_node("node-1", {"calls": 9}, ttl_s=10)
-    assert not await a.register_node("node-1", {"calls": 0}, ttl_s=10)
-    assert await b.register_node("node-2", {"calls": 1}, ttl_s=10)
-    assert not await b.refresh_node("node-1", {"calls": 9})  # b does not hold it
-    assert await a.refresh_node("node-1", {"calls": 2, "cpu": 0.25, "tags": []})
-    listed = await b.nodes()
-    assert [(n.node_id, n.info, n.alive) for n in listed] == [
-        ("node-1", {"calls": 2, "cpu": 0.25, "tags": []}, True),
-        ("node-2", {"calls": 1}, True),
-    ]
-    first = listed[0]
-    assert first.registered_at <= first.seen_at < first.expires_at
-    assert abs(first.seen_at - await b.now()) < 5
-
-    async def node1_lapsed() -> bool:
-        return [n.node_id for n in await b.nodes()] == ["node-2"]
-
-    await eventually(node1_lapsed)
-    dead = await b.node("node-1")
-    assert dead is not None and not dead.alive and dead.info["calls"] == 2
-    assert [n.node_id for n in await b.nodes(include_dead=True)] == ["node-1", "node-2"]
-    # the id is free again: b takes it, and a has lost it for good
-    assert await b.register_node("node-1", {"calls": 0}, ttl_s=10)
-    assert not await a.refresh_node("node-1")
-    taken = await a.node("node-1")
-    assert taken is not None and taken.alive and taken.info == {"calls": 0}
-    await a.unregister_node("node-1")  # not a's: nothing happens
-    assert (await b.node("node-1")) is not None
-    await b.unregister_node("node-1")
-    await b.unregister_node("node-1")
-    assert await a.node("node-1") is None
-    assert not await b.refresh_node("node-1")
-    assert [n.node_id for n in await a.nodes(include_dead=True)] == ["node-2"]
+    assert await a.move_call("s1", "dead", "node-a") == "node-a"
+    assert await b.call_node("s1") == "node-a"
+    assert await b.move_call("s1", "dead", "node-b") == "node-a"
+    await b.clear_call("s1")
+    assert await b.move_call("s1", "dead", "node-b") == "node-b"
+    assert await a.call_node("s1") == "node-b"
 
 
-async def test_a_heartbeat_keeps_the_id_and_reports_load(state: SharedState) -> None:
-    assert await state.register_node("node-1", {"calls": 0}, ttl_s=0.3)
-    start = time.monotonic()
-    while time.monotonic() - start < 0.7:
-        assert await state.refresh_node("node-1", {"calls": 1})
-        await asyncio.sleep(0.1)
-    info = await state.node("node-1")
-    assert info is not None and info.alive and info.info == {"calls": 1}
-    # a refresh keeps the info when given none, and can change the TTL
-    assert await state.refresh_node("node-1", ttl_s=30)
-    info = await state.node("node-1")
-    assert (
-        info is not None
-        and info.info == {"calls": 1}
-        and info.expires_at - info.seen_at == pytest.approx(30)
+@pytest.mark.parametrize("placed", [True, False], ids=["on-the-dead-node", "unset"])
+async def test_move_call_from_many_callers_at_once_has_one_winner(
+    cluster: Cluster, placed: bool
+) -> None:
+    a, b = cluster.node(), cluster.node()
+    if placed:
+        await a.set_call_node("s1", "dead")
+    takers = [f"node-{i}" for i in range(20)]
+    results = await asyncio.gather(
+        *((a if i % 2 else b).move_call("s1", "dead", to) for i, to in enumerate(takers))
     )
-
-
-# -- deadlines -----------------------------------------------------------------------------
-
-
-async def _poll(state: SharedState, got: list[tuple[str, dict[str, Any]]], expected: int) -> None:
-    """Take due deadlines until ``expected`` were taken in all, then a little longer (duplicates)."""
-    deadline = time.monotonic() + 5.0
-    while len(got) < expected and time.monotonic() < deadline:
-        got.extend(await state.due(limit=2))
-        await asyncio.sleep(0.01)
-    for _ in range(10):
-        got.extend(await state.due())
-        await asyncio.sleep(0.01)
-
-
-async def test_deadlines_fire_exactly_once_even_after_the_scheduler_left(cluster: Cluster) -> None:
-    scheduler, b, c = cluster.node(), cluster.node(), cluster.node()
-    for i in range(12):
-        await scheduler.schedule(f"offer:{i}", 0.2 + i * 0.02, {"session": f"s{i}", "n": i})
-    await scheduler.schedule("cancelled", 0.2, {})
-    await scheduler.schedule("moved", 0.1, {"v": 1})
-    await scheduler.schedule("moved", 0.25, {"v": 2})  # rescheduled: replaces the first
-    assert await scheduler.cancel("cancelled")
-    assert not await scheduler.cancel("cancelled")
-    assert await b.due() == []
-    wait = await b.next_deadline()
-    assert wait is not None and 0.0 < wait <= 0.2
-    await scheduler.aclose()
-    got: list[tuple[str, dict[str, Any]]] = []  # both nodes poll into one list
-    await asyncio.gather(_poll(b, got, 13), _poll(c, got, 13))
-    assert sorted(k for k, _ in got) == sorted([f"offer:{i}" for i in range(12)] + ["moved"])
-    payloads = dict(got)
-    assert payloads["offer:5"] == {"session": "s5", "n": 5}
-    assert payloads["moved"] == {"v": 2}
-    assert await b.next_deadline() is None
-
-
-async def test_due_returns_the_earliest_first_within_its_limit(state: SharedState) -> None:
-    for key, delay in (("c", 0.03), ("a", 0.01), ("b", 0.02)):
-        await state.schedule(key, delay, {"k": key})
-    await asyncio.sleep(0.1)
-    assert await state.next_deadline() == 0.0
-    assert await state.due(limit=2) == [("a", {"k": "a"}), ("b", {"k": "b"})]
-    assert await state.due(limit=2) == [("c", {"k": "c"})]
-    assert await state.due() == []
+    winner = results[0]
+    assert set(results) == {winner}, f"several callers won: {sorted(set(results))}"
+    assert winner in takers
+    assert await a.call_node("s1") == winner
+    assert await b.call_node("s1") == winner
 
 
 # -- counters ------------------------------------------------------------------------------
