@@ -289,6 +289,7 @@ async def identity_ctx(app: web.Application) -> AsyncIterator[None]:
             broker.on_call_started.append(identity.call_started)
             broker.on_call_ended.append(identity.call_ended)
             broker.on_session_closed.append(identity.session_closed)
+            broker.on_party_back.append(identity.party_back)
             yield
         finally:
             await identity.aclose()
@@ -313,6 +314,7 @@ async def flows_ctx(app: web.Application) -> AsyncIterator[None]:
         app[FLOWS] = flows
         broker.on_call_started.append(flows.call_started)
         broker.on_session_closed.insert(0, flows.session_closed)
+        broker.on_party_back.append(flows.party_back)
     try:
         yield
     finally:

@@ -10,31 +10,38 @@ there. A participant whose WebSocket is on another node is *relayed*:
   :class:`~server.ws.AgentEndpoint` code a local socket has; what A sends the
   agent comes back as ``deliver`` and B writes it to the socket; when the offer
   or call is over A sends ``released`` and B serves the agent itself again;
-  ``agent_gone`` when B loses the socket;
+  ``agent_gone`` when B loses the socket; an agent back (reconnected, or its
+  call's node died and another took the session over) for its call on A sends
+  ``resume``, and A resumes the call through a new stand-in (or ``resume_failed``);
 - a **customer** whose socket reaches B for a session of A (a rejoin through
   the load balancer): B relays the whole connection (``customer_open``,
   ``customer_frame``, ``customer_gone``), A serves it with a
   :class:`~server.ws.CustomerEndpoint` and answers with ``deliver``/``close``.
 
 ``queue_changed`` (broadcast) makes every node offer to its ready agents and
-update its customers' positions. A message from a node that is not alive in the
+update its customers' positions. A relayed connection whose other node dies is
+closed with :data:`CLOSE_NODE_GONE`, so the client reconnects at once (and a
+surviving node takes its session over). A message from a node that is not alive in the
 registry, or about a connection this node does not hold, is ignored and logged.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hmac
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
 from sqlmodel import Session as DbSession
+from sqlmodel import col, select
 
 from signaling import messages as m
-from signaling.broker import AgentUser, hash_token
+from signaling.broker import AgentConn, AgentUser, hash_token
 from signaling.bus import Bus, BusMessage
 from signaling.ids import new_id
 from signaling.relay import RemoteChannel
@@ -47,6 +54,17 @@ from .session_log import session_record
 
 if TYPE_CHECKING:
     from .ws import AgentEndpoint, CustomerEndpoint
+
+
+def _agent_user(raw: dict[str, Any]) -> AgentUser:
+    """An agent as a bus message carries it."""
+    return AgentUser(
+        id=int(raw["id"]),
+        username=str(raw["username"]),
+        display_name=str(raw["display_name"]),
+        skills=frozenset(raw["skills"]),
+    )
+
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +89,10 @@ _HOP_BY_HOP = frozenset(
 
 #: a node places a new session elsewhere when it holds this many more sessions than another node
 PLACEMENT_MARGIN = 2
+#: close code of a relayed connection whose session's node died (the client reconnects)
+CLOSE_NODE_GONE = 1012
+#: seconds between two checks that the nodes this node relays customers to are alive
+EDGE_CHECK_S = 2.0
 
 
 def _load(view: NodeView) -> int:
@@ -136,6 +158,7 @@ class Cluster:
         #: this node's customer sockets relayed to another node, by relay id
         self._edges: dict[str, CustomerEndpoint] = {}
         self._http: aiohttp.ClientSession | None = None
+        self._watch: asyncio.Task[None] | None = None
 
     @property
     def node_id(self) -> str:
@@ -143,12 +166,41 @@ class Cluster:
 
     async def start(self) -> None:
         await self.bus.subscribe(self._on_message)
+        self._watch = asyncio.get_running_loop().create_task(
+            self._watch_edges(), name=f"relay-watch-{self.node_id}"
+        )
 
     async def aclose(self) -> None:
-        """Close the HTTP client of :meth:`forward`. Safe to call twice."""
+        """Stop watching relays and close the HTTP client of :meth:`forward`. Safe to call twice."""
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
         http, self._http = self._http, None
         if http is not None:
             await http.close()
+
+    async def _watch_edges(self) -> None:
+        """Close this node's customer connections relayed to a node that died: the page
+        reconnects, and its rejoin takes the session over."""
+        while True:
+            await asyncio.sleep(EDGE_CHECK_S)
+            try:
+                nodes = {e.relay[0] for e in self._edges.values() if e.relay is not None}
+                for node in nodes:
+                    if await self.node_alive(node):
+                        continue
+                    for relay, edge in list(self._edges.items()):
+                        if edge.relay is not None and edge.relay[0] == node:
+                            del self._edges[relay]
+                            logger.warning(
+                                "node %s holding a relayed customer's session is gone: "
+                                "closing the connection so that it reconnects",
+                                node,
+                            )
+                            edge.channel.close(CLOSE_NODE_GONE, "session node gone")
+            except Exception:
+                logger.exception("checking relayed connections failed")
 
     async def placement(self) -> str | None:
         """The node a new customer's session should live on when it is not this one: another live
@@ -237,14 +289,56 @@ class Cluster:
         info = await self.app[NODES].node(node_id)
         return info is not None and info.alive
 
-    async def adopt(self, session_id: str, token: str, from_node: str) -> bool:
+    async def adopt(self, session_id: str, token: str, from_node: str) -> str | None:
         """Take over ``session_id`` of dead node ``from_node`` for a customer who proved it is theirs
-        (``token``); False when there is nothing to take over (then the rejoin is refused as usual)."""
+        (``token``); returns the other live node that took it over first, if one did. Nothing is
+        taken over for a wrong token or a closed session (the rejoin is then refused as usual)."""
         record = await self.app[DB].run(lambda s: session_record(s, session_id))
         if record is None or not hmac.compare_digest(record.token_hash, hash_token(token)):
-            return False
-        await self.app[BROKER].adopt(record, from_node)
-        return True
+            return None
+        holder = await self.app[BROKER].adopt(
+            record, from_node, since=await self._last_seen(from_node)
+        )
+        if holder == self.node_id or not await self.node_alive(holder):
+            return None
+        return holder
+
+    async def _last_seen(self, node_id: str) -> float | None:
+        """Epoch seconds of a node's last heartbeat (by this node's clock), if it is known."""
+        view = await self.app[NODES].view(node_id)
+        return None if view is None else time.time() - view.silent_s
+
+    async def agent_back(self, agent: AgentConn) -> None:
+        """``agent`` connected here and has no call on this node: if a call of theirs is open on
+        another node, resume it there, or here if that node died."""
+        broker = self.app[BROKER]
+        user_id = agent.user.id
+
+        def find(s: DbSession) -> tuple[str, str] | None:
+            row = s.exec(
+                select(CallSession)
+                .where(CallSession.agent_id == user_id, CallSession.state == "active")
+                .order_by(col(CallSession.started_at).desc())
+            ).first()
+            return None if row is None else (row.id, row.node_id)
+
+        found = await self.app[DB].run(find)
+        if found is None:
+            return
+        session_id, home = found
+        placed = await broker.state.call_node(session_id)
+        home = placed or home
+        if home == self.node_id:
+            return
+        if await self.node_alive(home):
+            await broker.resume_elsewhere(agent, session_id, home)
+            return
+        record = await self.app[DB].run(lambda s: session_record(s, session_id))
+        if record is None or record.agent is None or record.agent.id != user_id:
+            return
+        holder = await broker.adopt(record, home, since=await self._last_seen(home))
+        if holder != self.node_id and await self.node_alive(holder):
+            await broker.resume_elsewhere(agent, session_id, holder)
 
     # -- this node's sockets relayed elsewhere --------------------------------------------
 
@@ -294,6 +388,10 @@ class Cluster:
             await self._offer(sender, body)
         elif kind == "offer_failed":
             await broker.remote_offer_failed(int(body["agent_id"]), str(body["session_id"]))
+        elif kind == "resume":
+            await self._resume(sender, body)
+        elif kind == "resume_failed":
+            await broker.remote_resume_failed(int(body["agent_id"]), str(body["session_id"]))
         elif kind == "agent_frame":
             endpoint = self._agents.get((sender, int(body["agent_id"])))
             if endpoint is None or endpoint.agent is None or endpoint.agent.proxy_of != sender:
@@ -336,20 +434,26 @@ class Cluster:
             logger.warning("bus: unknown message %r from node %s: ignored", kind, sender)
 
     async def _offer(self, sender: str, body: dict[str, Any]) -> None:
-        from .ws import AgentEndpoint
-
-        raw = body["agent"]
-        user = AgentUser(
-            id=int(raw["id"]),
-            username=str(raw["username"]),
-            display_name=str(raw["display_name"]),
-            skills=frozenset(raw["skills"]),
-        )
+        user = _agent_user(body["agent"])
         proxy = await self.app[BROKER].remote_offer(sender, str(body["session_id"]), user)
         if proxy is not None:
-            endpoint = AgentEndpoint(self.app, proxy.channel, user)
-            endpoint.agent = proxy
-            self._agents[(sender, user.id)] = endpoint
+            self._serve(sender, proxy)
+
+    async def _resume(self, sender: str, body: dict[str, Any]) -> None:
+        user = _agent_user(body["agent"])
+        proxy = await self.app[BROKER].remote_resume(sender, str(body["session_id"]), user)
+        if proxy is not None:
+            for key in [k for k in self._agents if k[1] == user.id and k[0] != sender]:
+                del self._agents[key]  # its stand-in for the node it left
+            self._serve(sender, proxy)
+
+    def _serve(self, sender: str, proxy: AgentConn) -> None:
+        """Serve the relayed frames of node ``sender``'s agent through ``proxy``."""
+        from .ws import AgentEndpoint
+
+        endpoint = AgentEndpoint(self.app, proxy.channel, proxy.user)
+        endpoint.agent = proxy
+        self._agents[(sender, proxy.user.id)] = endpoint
 
     async def _customer_open(self, sender: str, body: dict[str, Any]) -> None:
         from .ws import CustomerEndpoint

@@ -310,6 +310,16 @@ class FlowService:
         logger.info("session %s: flow resumed at %s", session.id, step.id if step else run.status)
         return run
 
+    async def party_back(self, session: Session, role: str) -> None:
+        """A party reconnected to the call: its page gets the flow's state again."""
+        run = self._runs.get(session.id)
+        if run is not None:
+            self.broker.send(
+                session,
+                role,
+                m.FlowState(session_id=session.id, state=self.state(session, run, role)),
+            )
+
     async def session_closed(self, session: Session) -> None:
         run = self._runs.pop(session.id, None)
         self._locks.pop(session.id, None)

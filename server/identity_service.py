@@ -832,6 +832,12 @@ class IdentityService:
             "threshold": self.threshold,
         }
 
+    async def party_back(self, session: Session, role: str) -> None:
+        """The agent reconnected to the call: their page gets the identity panel again."""
+        if role == "agent" and session.id in self._states:
+            self._states[session.id].last_panel = None
+            self._panel(session)
+
     def _panel(self, session: Session) -> None:
         """Send the agent's panel if it changed."""
         if session.agent is None:

@@ -10,9 +10,9 @@ from sqlalchemy import true
 from sqlmodel import Session as DbSession
 from sqlmodel import col, select
 
-from signaling.broker import Session, SessionRecord
+from signaling.broker import AgentUser, Session, SessionRecord
 
-from .db import CallSession, Database, Participant, SessionEvent, utcnow
+from .db import CallSession, Database, Participant, SessionEvent, User, utcnow
 
 
 def _dt(epoch: float | None) -> datetime | None:
@@ -88,6 +88,9 @@ class DbSessionLog:
         if session.state in ("ended", "abandoned", "failed"):
             self._created.pop(session.id, None)
 
+    async def record(self, session_id: str) -> SessionRecord | None:
+        return await self.db.run(lambda s: session_record(s, session_id))
+
     async def event(self, session_id: str, kind: str, data: dict[str, object]) -> None:
         for listener in self.listeners:
             listener(session_id, kind, data)
@@ -150,6 +153,7 @@ def session_record(s: DbSession, session_id: str) -> SessionRecord | None:
     if row is None or row.state not in ("queued", "offered", "active") or not row.token_hash:
         return None
     created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
+    agent = s.get(User, row.agent_id) if row.agent_id is not None else None
     return SessionRecord(
         id=row.id,
         business=row.business,
@@ -157,4 +161,12 @@ def session_record(s: DbSession, session_id: str) -> SessionRecord | None:
         token_hash=row.token_hash,
         created_at=created.timestamp(),
         state=row.state,
+        agent=None
+        if agent is None or agent.id is None
+        else AgentUser(
+            id=agent.id,
+            username=agent.username,
+            display_name=agent.display_name,
+            skills=agent.skill_set,
+        ),
     )

@@ -274,7 +274,13 @@ class CustomerEndpoint:
                     self.relay = (home, await cluster.open_customer_relay(self, home, _text(raw)))
                     return True
                 if home is not None:  # its node died: this node takes the session over
-                    await cluster.adopt(msg.session_id, msg.rejoin_token, home)
+                    holder = await cluster.adopt(msg.session_id, msg.rejoin_token, home)
+                    if holder is not None:  # another node took it over first
+                        self.relay = (
+                            holder,
+                            await cluster.open_customer_relay(self, holder, _text(raw)),
+                        )
+                        return True
             await self._message(msg)
         except SignalingError as exc:
             _error(self.channel, exc)
@@ -436,7 +442,15 @@ class AgentEndpoint:
         self.agent: AgentConn | None = None
 
     async def opened(self) -> None:
-        self.agent = await self.broker.agent_connected(self.user, self.channel)
+        self.agent = agent = await self.broker.agent_connected(self.user, self.channel)
+        cluster = self.app.get(CLUSTER)
+        if cluster is not None and agent.session_id is None and agent.proxy_of is None:
+            try:
+                await cluster.agent_back(agent)  # a call of theirs open on another node
+            except Exception:
+                logger.exception(
+                    "agent %s: could not look for a call to resume", self.user.username
+                )
 
     async def handle(self, raw: str | bytes) -> bool:
         """Act on one frame; False when the connection must close (a fatal error was sent).

@@ -11,7 +11,8 @@ State machine of a session::
 
     queued -> offered -> active -> ended
       ^  <------'          |
-      '--------------------'      (agent dropped: back to the head of the queue)
+      '--------------------'      (agent dropped and not back within the rejoin window:
+                                   back to the head of the queue)
     queued / offered -> abandoned  (customer cancelled or did not come back in time)
     active -> failed               (a party's media did not come back in time: media_failed)
 
@@ -20,6 +21,12 @@ whose peer connection failed, or which sent no media for ``media_timeout_s``,
 is asked for a new offer (``media_restart``) while the other party is told
 (``media_lost``); media back is ``media_restored``, and media not back within
 ``rejoin_window_s`` ends the call.
+
+A party whose connection drops has ``rejoin_window_s`` to come back to the same
+call: a customer with its rejoin token, an agent by connecting again (the call
+is given back to them, also through another node). With several nodes, a
+session whose node died is taken over (:meth:`Broker.adopt`) by the node its
+customer or agent reaches first; a cut call resumes there with its agent.
 """
 
 from __future__ import annotations
@@ -79,6 +86,9 @@ class SessionLog(Protocol):
     async def session_created(self, session: Session) -> None: ...
     async def session_changed(self, session: Session) -> None: ...
     async def event(self, session_id: str, kind: str, data: dict[str, object]) -> None: ...
+    async def record(self, session_id: str) -> SessionRecord | None:
+        """What is kept of an open session, for taking it over from a node that died."""
+        ...
 
 
 class NullLog:
@@ -91,6 +101,9 @@ class NullLog:
         return None
 
     async def event(self, session_id: str, kind: str, data: dict[str, object]) -> None:
+        return None
+
+    async def record(self, session_id: str) -> SessionRecord | None:
         return None
 
 
@@ -122,6 +135,16 @@ class AgentUser:
     skills: frozenset[str]
 
 
+def _agent_body(user: AgentUser) -> dict[str, object]:
+    """An agent as a bus message carries it."""
+    return {
+        "id": user.id,
+        "username": user.username,
+        "display_name": user.display_name,
+        "skills": sorted(user.skills),
+    }
+
+
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -139,6 +162,8 @@ class SessionRecord:
     #: ``queued``, ``offered`` or ``active``
     state: str
     face_consent: bool = False
+    #: the agent of an active call
+    agent: AgentUser | None = None
 
 
 MediaLossReason = Literal["failed", "stalled"]
@@ -179,6 +204,11 @@ class Session:
     media_lost: dict[str, MediaLoss] = field(default_factory=dict, repr=False)
     #: the appointment the bank booked for this customer, if they came through one
     appointment_id: str | None = None
+    #: runs while the agent of the active call is away (the rejoin window), then requeues
+    agent_window: asyncio.Task[None] | None = field(default=None, repr=False)
+    #: epoch seconds the call was cut by its node's death, until it resumes on this node (its
+    #: recording, identity checks and flow start again when the agent is back)
+    interrupted_at: float | None = None
 
     @property
     def connected(self) -> bool:
@@ -231,6 +261,8 @@ class Broker:
         self.on_call_ended: list[Callable[[Session], Awaitable[None]]] = []
         #: the session is over (ended, abandoned or failed), whether or not a call took place
         self.on_session_closed: list[Callable[[Session], Awaitable[None]]] = []
+        #: a party came back to a call that went on without it (its page needs the call's state)
+        self.on_party_back: list[Callable[[Session, str], Awaitable[None]]] = []
 
     # -- helpers -------------------------------------------------------------------
 
@@ -389,29 +421,53 @@ class Broker:
         await self._queue_changed()
         return session
 
-    async def adopt(self, record: SessionRecord, from_node: str) -> Session:
-        """Take over a session whose node died (its customer came back through this node): it
-        lives here from now on, waiting in its place in the queue (at the head if its call was
-        cut: the call's media was on the dead node). The caller checked that ``from_node`` is dead
-        and then calls :meth:`customer_rejoin` as for any rejoin."""
+    async def adopt(
+        self, record: SessionRecord, from_node: str, *, since: float | None = None
+    ) -> str:
+        """Take over a session whose node ``from_node`` died (its customer or its agent came back
+        through this node); returns the node holding it afterwards: this one, or another that
+        took it over first (the caller relays there).
+
+        A waiting session keeps its place in the queue. A call cut by the death stays a call
+        with its agent: it resumes here when the agent is back within the rejoin window
+        (a new recording leg; ``since``, epoch seconds, is when the dead node was last heard
+        of), else the customer goes to the head of the queue. The caller checked that
+        ``from_node`` is dead; a customer then rejoins as for any rejoin."""
         async with self._lock:
-            existing = self._sessions.get(record.id)
-            if existing is not None:
-                return existing
-            session = Session(
-                id=record.id,
-                business=record.business,
-                display_name=record.display_name,
-                token_hash=record.token_hash,
-                created_at=record.created_at,
-                face_consent=record.face_consent,
+            return await self._adopt(record, from_node, since)
+
+    async def _adopt(self, record: SessionRecord, from_node: str, since: float | None) -> str:
+        here = self.config.node_id
+        if record.id in self._sessions:
+            return here
+        holder = await self.state.move_call(record.id, from_node, here)
+        if holder != here:
+            return holder
+        session = Session(
+            id=record.id,
+            business=record.business,
+            display_name=record.display_name,
+            token_hash=record.token_hash,
+            created_at=record.created_at,
+            face_consent=record.face_consent,
+        )
+        self._sessions[session.id] = session
+        was = record.state
+        if was == "active" and record.agent is not None:
+            await self.state.dequeue(session.id)
+            session.state = "active"
+            session.agent = record.agent
+            session.started_at = time.time()
+            session.interrupted_at = since if since is not None else time.time()
+            session.agent_window = self._spawn(
+                self._agent_window(session), f"agent-window-{session.id}"
             )
-            self._sessions[session.id] = session
+            session.drop_task = self._spawn(self._drop_after_window(session), f"drop-{session.id}")
+        else:
             entry = await self.state.entry(session.id)
-            was = record.state
             if entry is not None and was in ("queued", "offered"):
                 await self.state.update_entry(
-                    session.id, node_id=self.config.node_id, offered_to=None, reachable=False
+                    session.id, node_id=here, offered_to=None, reachable=False
                 )
             else:
                 await self.state.enqueue(
@@ -420,20 +476,30 @@ class Broker:
                         session.business,
                         session.created_at,
                         priority=0 if was == "active" else 1,
-                        node_id=self.config.node_id,
+                        node_id=here,
                         reachable=False,
                     )
                 )
-            await self.state.set_call_node(session.id, self.config.node_id)
-            await self._changed(session)
-            await self._event(session.id, "session_adopted", from_node=from_node, state=was)
-            logger.warning(
-                "session %s: taken over from node %s, which is gone (was %s)",
-                session.id,
-                from_node,
-                was,
-            )
-            return session
+        await self._changed(session)
+        await self._event(session.id, "session_adopted", from_node=from_node, state=was)
+        logger.warning(
+            "session %s: taken over from node %s, which is gone (was %s)",
+            session.id,
+            from_node,
+            was,
+        )
+        if session.state == "active" and session.agent is not None:
+            agent = self._agents.get(session.agent.id)
+            if agent is not None and agent.proxy_of is None and self._free_or_cut(agent, session):
+                await self._resume_agent(agent, session)
+        return here
+
+    @staticmethod
+    def _free_or_cut(agent: AgentConn, session: Session) -> bool:
+        """The agent has no other customer: free, or still in this call relayed to a dead node."""
+        if agent.session_id is None:
+            return agent.status in ("away", "ready")
+        return agent.session_id == session.id and agent.remote_node is not None
 
     async def customer_rejoin(self, channel: Channel, session_id: str, token: str) -> Session:
         async with self._lock:
@@ -474,8 +540,12 @@ class Broker:
             elif session.state == "active" and session.agent is not None:
                 channel.send(self._call_started(session, for_role="customer"))
                 agent = self._agents.get(session.agent.id)
-                if agent is not None:
+                if agent is not None and agent.session_id == session.id:
                     agent.channel.send(m.PeerReconnected())
+                    for hook in self.on_party_back:
+                        await hook(session, "customer")
+                else:  # the agent is away too: they have the window to come back
+                    channel.send(m.PeerReconnecting(window_s=int(self.config.rejoin_window_s)))
         return session
 
     async def customer_cancel(self, session: Session) -> None:
@@ -554,7 +624,90 @@ class Broker:
             channel.send(m.StatusChanged(status=m.AgentStatus.AWAY))
             channel.send(m.QueueStats(waiting=await self._waiting_counts()))
             logger.info("agent %s connected", user.username)
+            held = self._held_call(user.id)
+            if held is not None:
+                await self._resume_agent(agent, held)
         return agent
+
+    def _held_call(self, agent_id: int) -> Session | None:
+        """This node's active call whose agent ``agent_id`` is away (within the rejoin window)."""
+        for session in self._sessions.values():
+            if (
+                session.state == "active"
+                and session.agent is not None
+                and session.agent.id == agent_id
+                and session.agent_window is not None
+            ):
+                return session
+        return None
+
+    async def _agent_left_call(self, session: Session) -> None:
+        """The agent's connection is gone mid-call: the call waits for them for the rejoin window
+        (the customer is told), the recording goes on (caller holds the lock)."""
+        await self._event(
+            session.id,
+            "agent_disconnected",
+            agent=session.agent.username if session.agent else None,
+        )
+        session.media_lost.pop("agent", None)
+        await self.hub.disconnect(session.id, "agent")
+        if session.channel is not None:
+            session.channel.send(m.PeerReconnecting(window_s=int(self.config.rejoin_window_s)))
+        self._cancel(session.agent_window)
+        session.agent_window = self._spawn(
+            self._agent_window(session), f"agent-window-{session.id}"
+        )
+
+    async def _agent_window(self, session: Session) -> None:
+        await asyncio.sleep(self.config.rejoin_window_s)
+        async with self._lock:
+            if session.agent_window is not asyncio.current_task():
+                return
+            session.agent_window = None
+            if session.state != "active":
+                return
+            logger.info("session %s: the agent did not come back in time", session.id)
+            await self._requeue_at_head(session)
+            await self._dispatch()
+            await self._broadcast_queue()
+
+    async def _resume_agent(self, agent: AgentConn, session: Session) -> None:
+        """The call's agent is back (caller holds the lock): on with the call; a call cut by its
+        node's death starts again here (recording, identity checks, flow)."""
+        self._cancel(session.agent_window)
+        session.agent_window = None
+        self._cancel(agent.offer_task)
+        agent.offer_task = None
+        agent.session_id = session.id
+        agent.remote_node = None
+        await self._set_agent_status(agent, "busy")
+        agent.channel.send(self._call_started(session, for_role="agent"))
+        if session.channel is not None:
+            session.channel.send(m.PeerReconnected())
+        self._start_watchdog()
+        if session.interrupted_at is not None:
+            cut_s = max(0.0, time.time() - session.interrupted_at)
+            session.interrupted_at = None
+            for started in self.on_call_started:
+                await started(session)
+            await self._event(
+                session.id,
+                "call_resumed",
+                agent=agent.user.username,
+                interrupted_s=round(cut_s, 1),
+            )
+            logger.info(
+                "session %s: call resumed with %s after %.1f s",
+                session.id,
+                agent.user.username,
+                cut_s,
+            )
+        else:
+            await self._event(session.id, "agent_rejoined", agent=agent.user.username)
+            logger.info("session %s: agent %s is back", session.id, agent.user.username)
+            for hook in self.on_party_back:
+                await hook(session, "agent")
+        await self._broadcast_queue()
 
     async def _put_presence(self, agent: AgentConn) -> None:
         if agent.proxy_of is not None:
@@ -616,6 +769,8 @@ class Broker:
                 node,
                 session_id,
             )
+            if agent.status == "busy" and await self._carry_on(agent, session_id, node):
+                return
             if agent.status == "busy":
                 agent.channel.send(m.CallEnded(session_id=session_id, reason="node_lost"))
             else:
@@ -623,6 +778,92 @@ class Broker:
             self._cancel(agent.offer_task)
             agent.offer_task = None
             agent.remote_node = agent.session_id = None
+            await self._set_agent_status(agent, "away")
+            await self._broadcast_queue()
+
+    async def _carry_on(self, agent: AgentConn, session_id: str, dead: str) -> bool:
+        """The call ``agent`` serves lost its node: resume it here (this node takes the session
+        over) or on the survivor that took it over first. False when nothing can be resumed
+        (caller holds the lock)."""
+        record = await self._shared("take over", self.log.record(session_id), None)
+        if record is None or record.state != "active" or record.agent is None:
+            return False
+        if record.agent.id != agent.user.id:
+            return False
+        try:
+            holder = await self._adopt(record, dead, None)
+        except Exception:
+            logger.exception("session %s: could not take the call over", session_id)
+            return False
+        if holder == self.config.node_id:
+            return agent.session_id == session_id and agent.remote_node is None
+        if await self._nodes.known(holder):
+            await self.resume_elsewhere(agent, session_id, holder, locked=True)
+            return True
+        return False
+
+    async def resume_elsewhere(
+        self, agent: AgentConn, session_id: str, node_id: str, *, locked: bool = False
+    ) -> None:
+        """This node's agent is back for its call that lives on node ``node_id``: that node
+        resumes it through a stand-in, as for an offer; ``resume_failed`` if it cannot."""
+        assert self.bus is not None
+        if not locked:
+            async with self._lock:
+                await self.resume_elsewhere(agent, session_id, node_id, locked=True)
+            return
+        if self._agents.get(agent.user.id) is not agent:
+            return
+        self._cancel(agent.offer_task)
+        agent.offer_task = None
+        agent.session_id = session_id
+        agent.remote_node = node_id
+        agent.status = "busy"
+        logger.info(
+            "session %s: agent %s resumes the call on node %s",
+            session_id,
+            agent.user.username,
+            node_id,
+        )
+        await self._bus_send(
+            node_id, {"t": "resume", "session_id": session_id, "agent": _agent_body(agent.user)}
+        )
+
+    async def remote_resume(
+        self, sender: str, session_id: str, user: AgentUser
+    ) -> AgentConn | None:
+        """Node ``sender``'s agent is back for its call held here: resume the call through a
+        stand-in. None (and ``resume_failed`` sent) when there is no such call waiting for it."""
+        assert self.bus is not None
+        async with self._lock:
+            session = self._sessions.get(session_id)
+            present = self._agents.get(user.id)
+            if (
+                session is None
+                or session.state != "active"
+                or session.agent is None
+                or session.agent.id != user.id
+                or (present is not None and present.proxy_of is None)
+            ):
+                await self._bus_send(
+                    sender, {"t": "resume_failed", "agent_id": user.id, "session_id": session_id}
+                )
+                return None
+            if present is not None and isinstance(present.channel, RemoteChannel):
+                # the agent's stand-in for a node it left (its goodbye may still be on the way)
+                self._spawn(present.channel.aclose(), f"relay-replaced-{user.username}")
+            proxy = self._stand_in(sender, user)
+            await self._resume_agent(proxy, session)
+            return proxy
+
+    async def remote_resume_failed(self, agent_id: int, session_id: str) -> None:
+        """The call this node's agent came back for is over: the agent is free (and away)."""
+        async with self._lock:
+            agent = self._agents.get(agent_id)
+            if agent is None or agent.remote_node is None or agent.session_id != session_id:
+                return
+            agent.remote_node = agent.session_id = None
+            agent.channel.send(m.CallEnded(session_id=session_id, reason="call_over"))
             await self._set_agent_status(agent, "away")
             await self._broadcast_queue()
 
@@ -764,12 +1005,15 @@ class Broker:
             if session is not None and agent.status == "offered":
                 await self._withdraw_offer(session, agent.user.id, "agent_lost", penalise=False)
             elif session is not None and agent.status == "busy" and session.state == "active":
-                await self._requeue_at_head(session)
+                await self._agent_left_call(session)
             agent.session_id = None
             await self._dispatch()
             await self._broadcast_queue()
 
     async def _requeue_at_head(self, session: Session) -> None:
+        self._cancel(session.agent_window)
+        session.agent_window = None
+        session.interrupted_at = None
         await self._event(
             session.id, "agent_lost", agent=session.agent.username if session.agent else None
         )
@@ -1038,12 +1282,7 @@ class Broker:
             {
                 "t": "offer",
                 "session_id": entry.session_id,
-                "agent": {
-                    "id": agent.user.id,
-                    "username": agent.user.username,
-                    "display_name": agent.user.display_name,
-                    "skills": sorted(agent.user.skills),
-                },
+                "agent": _agent_body(agent.user),
             },
         )
         agent.offer_task = self._spawn(
@@ -1120,21 +1359,23 @@ class Broker:
                     )
                 )
                 previous.channel.close(CLOSE_REPLACED, "logged in elsewhere")
-            proxy = AgentConn(
-                user=user,
-                proxy_of=sender,
-                status="ready",
-                channel=RemoteChannel(
-                    self.bus,
-                    sender,
-                    "agent",
-                    str(user.id),
-                    label=f"agent {user.username} on {sender}",
-                ),
-            )
-            self._agents[user.id] = proxy
+            proxy = self._stand_in(sender, user)
             await self._offer(proxy, session)
             return proxy
+
+    def _stand_in(self, sender: str, user: AgentUser) -> AgentConn:
+        """An agent of node ``sender`` here: what it is sent goes to that node."""
+        assert self.bus is not None
+        proxy = AgentConn(
+            user=user,
+            proxy_of=sender,
+            status="ready",
+            channel=RemoteChannel(
+                self.bus, sender, "agent", str(user.id), label=f"agent {user.username} on {sender}"
+            ),
+        )
+        self._agents[user.id] = proxy
+        return proxy
 
     async def remote_offer_failed(self, agent_id: int, session_id: str) -> None:
         """The customer this node's agent claimed on another node was gone: the agent is ready again."""
@@ -1293,6 +1534,8 @@ class Broker:
             await self._withdraw_offer(session, entry.offered_to, reason, penalise=False)
         self._cancel(session.drop_task)
         session.drop_task = None
+        self._cancel(session.agent_window)
+        session.agent_window = None
         session.media_lost.clear()
         session.state = state
         session.end_reason = reason

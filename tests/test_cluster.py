@@ -9,9 +9,10 @@ import secrets
 
 import aiohttp
 import pytest
+from sqlmodel import select
 
 from server.appkeys import IDENTITY, NODES
-from server.db import CallSession, FlowRunRecord
+from server.db import CallSession, FlowRunRecord, Recording
 from server.node_registry import set_draining
 
 from .flow_driver import current, do_step, run_flow
@@ -19,17 +20,34 @@ from .helpers import eventually, login, session_events
 from .recordings import recorded_call
 
 
-@pytest.fixture
-async def nodes(make_counter, video_clip, audio_clip, redis_url):
-    """Nodes A and B of one counter (their own Redis key prefix per test)."""
-    shared = {"redis_url": redis_url, "redis_prefix": f"t{secrets.token_hex(4)}:"}
+async def _two_nodes(make_counter, video_clip, audio_clip, redis_url, **extra):
+    shared = {"redis_url": redis_url, "redis_prefix": f"t{secrets.token_hex(4)}:", **extra}
     a = await make_counter(video_clip, audio_clip, node_id="node-a", **shared)
     b = await make_counter(video_clip, audio_clip, node_id="node-b", **shared)
     return a, b
 
 
+@pytest.fixture
+async def nodes(make_counter, video_clip, audio_clip, redis_url):
+    """Nodes A and B of one counter (their own Redis key prefix per test)."""
+    return await _two_nodes(make_counter, video_clip, audio_clip, redis_url)
+
+
+@pytest.fixture
+async def mortal(make_counter, video_clip, audio_clip, redis_url):
+    """Nodes A and B whose death the other notices within about a second."""
+    return await _two_nodes(make_counter, video_clip, audio_clip, redis_url, node_lease_s=1.0)
+
+
 async def _row(counter, session_id: str) -> CallSession:
     return await counter.db.run(lambda s: s.get(CallSession, session_id))
+
+
+async def _kill(counter) -> None:
+    """The node stops heartbeating: the others count it dead after its lease."""
+    heartbeat = counter.app[NODES]._task
+    heartbeat.cancel()
+    await asyncio.gather(heartbeat, return_exceptions=True)
 
 
 async def test_a_customer_on_one_node_is_served_by_an_agent_on_the_other(nodes) -> None:
@@ -134,24 +152,16 @@ async def _ended(counter, session_id: str) -> bool:
 
 
 async def test_a_dead_nodes_waiting_customer_comes_back_through_the_other_and_keeps_its_place(
-    make_counter, video_clip, audio_clip, redis_url
+    mortal,
 ) -> None:
-    shared = {
-        "redis_url": redis_url,
-        "redis_prefix": f"t{secrets.token_hex(4)}:",
-        "node_lease_s": 1.0,
-    }
-    a = await make_counter(video_clip, audio_clip, node_id="node-a", **shared)
-    b = await make_counter(video_clip, audio_clip, node_id="node-b", **shared)
+    a, b = mortal
     first = await a.customer("account_opening", "先到")
     await first.wait_for("queue_update")
     second = await b.customer("account_opening", "后到")
     assert (await second.wait_for("queue_update"))["position"] == 2
 
     # node A dies: its heartbeat stops and its customers' sockets drop with it
-    heartbeat = a.app[NODES]._task
-    heartbeat.cancel()
-    await asyncio.gather(heartbeat, return_exceptions=True)
+    await _kill(a)
     await first.drop()
     await eventually(lambda: _dead(b, "node-a"), timeout=10)
 
@@ -247,13 +257,7 @@ async def test_http_about_a_session_is_served_by_the_node_holding_it(
 async def test_new_sessions_go_to_the_less_loaded_node_and_not_to_a_draining_one(
     make_counter, video_clip, audio_clip, redis_url
 ) -> None:
-    shared = {
-        "redis_url": redis_url,
-        "redis_prefix": f"t{secrets.token_hex(4)}:",
-        "node_lease_s": 0.6,
-    }
-    a = await make_counter(video_clip, audio_clip, node_id="node-a", **shared)
-    b = await make_counter(video_clip, audio_clip, node_id="node-b", **shared)
+    a, b = await _two_nodes(make_counter, video_clip, audio_clip, redis_url, node_lease_s=0.6)
     first = await a.customer("account_opening", "一号", media=False)
     await first.wait_for("queue_update")
     second = await a.customer("account_opening", "二号", media=False)
@@ -293,45 +297,80 @@ async def _healthz(url: str) -> tuple[int, dict]:
         return r.status, await r.json()
 
 
-async def test_a_flow_cut_by_a_nodes_death_resumes_at_the_same_step_on_the_other_node(
-    make_counter, video_clip, audio_clip, redis_url
-) -> None:
-    shared = {
-        "redis_url": redis_url,
-        "redis_prefix": f"t{secrets.token_hex(4)}:",
-        "node_lease_s": 1.0,
-    }
-    a = await make_counter(video_clip, audio_clip, node_id="node-a", **shared)
-    b = await make_counter(video_clip, audio_clip, node_id="node-b", **shared)
-    customer = await a.customer("account_opening", "钱先生", media=False)
-    agent = await a.agent("alice", media=False)
+async def test_a_call_whose_node_dies_resumes_on_the_other_with_its_agent_and_flow(mortal) -> None:
+    a, b = mortal
+    customer = await a.customer("account_opening", "钱先生")
+    agent = await a.agent("alice")
     await agent.accept_next()
     await agent.wait_for("flow_state", timeout=10)
+    await customer.wait_media(frames=10)
     done = [await do_step(customer, agent) for _ in range(2)]  # consent, identity...
-    session_id, token = customer.session_id, customer.rejoin_token
-    await eventually(lambda: _kept_at(b, str(session_id), 2))  # the progress is in the database
+    session_id, token = str(customer.session_id), customer.rejoin_token
+    await eventually(lambda: _kept_at(b, session_id, 2))  # the progress is in the database
 
-    # node A dies mid-flow, its call's sockets with it
-    heartbeat = a.app[NODES]._task
-    heartbeat.cancel()
-    await asyncio.gather(heartbeat, return_exceptions=True)
+    # node A dies mid-call, both parties' sockets with it; both come back through node B
+    await _kill(a)
     await customer.drop()
     await agent.drop()
     await eventually(lambda: _dead(b, "node-a"), timeout=10)
 
-    back = b.participant("customer-back", media=False)
-    await back.rejoin(session_id, token)
-    bob = await b.agent("bob", media=False)
-    await bob.accept_next()
-    state = (await bob.wait_for("flow_state", timeout=10))["state"]
+    back = b.participant("customer-back")
+    assert (await back.rejoin(session_id, token))["state"] == "active"
+    await back.wait_for("call_started")
+    await back.wait_for("peer_reconnecting")  # the agent is not back yet
+    alice = await b.agent("alice", ready=False)
+    started = await alice.wait_for("call_started")
+    assert started["session_id"] == session_id  # the same call, not a new offer
+    assert alice.count("customer_offer") == 0
+    state = (await alice.wait_for("flow_state", timeout=10))["state"]
     assert [s["status"] for s in state["steps"][:2]] == ["done", "done"], state["steps"]
     assert state["current"]["id"] == state["steps"][2]["id"]  # where it was, not from the start
-    kinds = [e.kind for e in await session_events(b, str(session_id))]
-    assert "flow_resumed" in kinds and kinds.count("flow_started") == 1
-    # and it goes on to the end there
-    await run_flow(back, bob)
-    assert current(bob)["status"] == "completed"
+    await back.wait_for("peer_reconnected")
+    await alice.wait_media(frames=20)
+    await back.wait_media(frames=20)
+    assert b.hub.find(session_id) is not None
+
+    kinds = [e.kind for e in await session_events(b, session_id)]
+    assert kinds.index("session_adopted") < kinds.index("call_resumed")
+    assert "flow_resumed" in kinds and kinds.count("flow_started") == 1 and "requeued" not in kinds
+    resumed = next(e for e in await session_events(b, session_id) if e.kind == "call_resumed")
+    assert 0 < resumed.data["interrupted_s"] < 30
+    # and it goes on to the end there, in a new recording leg made by node B
+    await run_flow(back, alice)
+    assert current(alice)["status"] == "completed"
     assert [s["id"] for s in done] == [s["id"] for s in state["steps"][:2]]
+    await alice.hangup()
+    legs = await b.db.run(
+        lambda s: s.exec(select(Recording).where(Recording.session_id == session_id)).all()
+    )
+    assert sorted(r.leg for r in legs) == [1, 2]
+
+
+async def test_an_agent_on_the_surviving_node_carries_the_call_on_there(mortal) -> None:
+    a, b = mortal
+    customer = await a.customer("loan_signing", "孙女士")
+    assert (await customer.wait_for("queue_update"))["position"] == 1
+    agent = await b.agent("carol")  # relayed to node A, where the call's media is
+    await agent.accept_next()
+    await agent.wait_media(frames=20)
+    session_id, token = str(customer.session_id), customer.rejoin_token
+
+    since = len(agent.messages)
+    await _kill(a)
+    await customer.drop()
+    # node B notices, takes the session over and gives its agent the call back at once
+    restarted = await agent.wait_for("call_started", since=since, timeout=15)
+    assert restarted["session_id"] == session_id
+    assert agent.count("call_ended") == 0
+    back = b.participant("customer-back")
+    assert (await back.rejoin(session_id, token))["state"] == "active"
+    await back.wait_media(frames=20)
+    await agent.wait_media(frames=20)
+    assert b.hub.find(session_id) is not None
+    row = await _row(b, session_id)
+    assert (row.state, row.node_id) == ("active", "node-b")
+    await back.hangup()
+    assert (await agent.wait_for("call_ended", since=since))["reason"] == "customer_hangup"
 
 
 async def _kept_at(counter, session_id: str, index: int) -> bool:

@@ -239,3 +239,45 @@ async def test_a_killed_nodes_waiting_customer_comes_back_through_the_balancer_a
     finally:
         for participant in (agent, back, second, first):
             await participant.aclose()
+
+
+async def test_a_call_whose_node_is_killed_resumes_through_the_balancer_with_the_same_agent(
+    cluster: Cluster, video_clip: EncodedClip, audio_clip: EncodedClip
+) -> None:
+    a = cluster.node("node-a")
+    customer = HeadlessParticipant(a.url, video=video_clip, audio=audio_clip, name="customer")
+    agent = HeadlessParticipant(a.url, video=video_clip, audio=audio_clip, name="agent-alice")
+    back = HeadlessParticipant(cluster.url, video=video_clip, audio=audio_clip, name="back")
+    again = HeadlessParticipant(cluster.url, video=video_clip, audio=audio_clip, name="again")
+    try:
+        await customer.join("account_opening", "周先生")
+        await agent.login("alice", PASSWORD)
+        await agent.set_ready()
+        await agent.accept_next(timeout=15)
+        await customer.wait_media(frames=30, timeout=20)
+        await agent.wait_media(frames=30, timeout=20)
+        session_id, token = str(customer.session_id), customer.rejoin_token
+
+        a.kill9()  # the call's media, both sockets and the recording's node die at once
+
+        async def a_dead() -> bool:
+            return not cluster.nodes_json()["node-a"]["alive"]
+
+        await eventually(a_dead, timeout=20, interval=0.5)
+        # both come back through nginx, where only node-b answers now
+        assert (await back.rejoin(session_id, token))["state"] == "active"
+        await again.login("alice", PASSWORD)
+        started = await again.wait_for("call_started", 15)
+        assert started["session_id"] == session_id and again.count("customer_offer") == 0
+        await back.wait_for("peer_reconnected", 15)
+        await back.wait_media(frames=30, timeout=20)
+        await again.wait_media(frames=30, timeout=20)
+        row = await cluster.session_row(session_id)
+        assert row is not None and (row.state, row.node_id) == ("active", "node-b")
+
+        await again.hangup()
+        assert (await back.wait_for("call_ended", 15))["reason"] == "agent_hangup"
+        await eventually(lambda: _ended(cluster, session_id), timeout=15, interval=0.2)
+    finally:
+        for participant in (again, back, agent, customer):
+            await participant.aclose()

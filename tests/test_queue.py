@@ -145,7 +145,10 @@ async def test_queued_customer_keeps_place_through_a_drop(counter):
     assert second.session_id
 
 
-async def test_agent_drop_sends_customer_to_head_of_queue(counter):
+async def test_an_agent_not_back_within_the_window_sends_the_customer_to_the_head_of_the_queue(
+    make_counter, video_clip, audio_clip
+):
+    counter = await make_counter(video_clip, audio_clip, rejoin_window_s=1.5)
     early = await counter.customer("account_opening", "Early bird", media=False)
     bob = await counter.agent("bob")
     offer = await bob.next_offer()
@@ -161,7 +164,8 @@ async def test_agent_drop_sends_customer_to_head_of_queue(counter):
 
     since_early, since_late = len(early.messages), len(late.messages)
     await bob.drop()
-    assert (await late.wait_for("requeued"))["reason"] == "agent_lost"
+    await late.wait_for("peer_reconnecting", since=since_late)  # bob has the window to come back
+    assert (await late.wait_for("requeued", since=since_late))["reason"] == "agent_lost"
     update = await late.wait_for("queue_update", since=since_late)
     assert update["position"] == 1  # ahead of the customer who joined earlier
     assert (await early.wait_for("queue_update", since=since_early))["position"] == 2

@@ -46,6 +46,8 @@ PARTIES = ("customer", "agent")
 ANOMALY_EVENTS = {
     "customer_disconnected": "customer_disconnected",
     "agent_lost": "agent_lost",
+    "agent_disconnected": "agent_disconnected",
+    "session_adopted": "node_lost",
     "media_failed": "media_failed",
     "media_stalled": "media_failed",
     "recording_alert": "recording_alert",

@@ -27,6 +27,8 @@ import { ErrorArea, Notice, byId, byTestId, moveInto, setText, showScreen } from
 
 const TOKEN_KEY = 'vcounter.agent.token';
 const END_FALLBACK_MS = 3000;
+/** after signing in again during a call: how long the call may take to be given back */
+const RESUME_WAIT_MS = 5000;
 /** Errors of identity actions: shown in the identity panel, never as a fatal error. */
 const IDENTITY_ERRORS = new Set([
   'face_consent_required', 'no_reference', 'no_video', 'identity_busy', 'identity_unavailable',
@@ -137,6 +139,9 @@ const app = {
   peerLostAt: null,
   peerWindowS: 0,
   peerTimer: null,
+  /** signed out by a dropped socket during a call: waiting for the server to give it back */
+  resuming: false,
+  resumeTimer: null,
 };
 
 /** The identity panel of the current call. */
@@ -400,11 +405,13 @@ function connect() {
   sig.on('giveup', () => {
     el.reconnectingBanner.hidden = true;
     connectionLost();
+    endCall('connection_lost');
     goOffline();
   });
   sig.on('closed', () => {
     el.reconnectingBanner.hidden = true;
     connectionLost();
+    endCall('connection_lost');
     if (app.offlineReason === 'expired') leaveWorkbench('agent.sessionExpired');
     else if (app.offlineReason === 'forbidden') leaveWorkbench('agent.notAgent');
     else goOffline();
@@ -412,17 +419,34 @@ function connect() {
   sig.connect();
 }
 
-/** The socket dropped: the server gives an offered customer to someone else and requeues a call. */
+/**
+ * The socket dropped: the server gives an offered customer to someone else; a call waits for us
+ * for its rejoin window (the customer is told), so the call view stays and the media stops.
+ */
 function connectionLost() {
   app.authenticated = false;
   app.status = null;
   renderToggle();
+  clearTimeout(app.resumeTimer);
   if (app.state === 'offered') {
     hideOffer();
     setState('idle');
   } else if (app.state === 'active') {
-    endCall('connection_lost');
+    call.closePeer();
+    app.resuming = true;
   }
+}
+
+/**
+ * Signed in again during a call: the server gives the call back (call_started again) at once,
+ * through another node within a second; a call not given back by then is over.
+ */
+function awaitResume() {
+  clearTimeout(app.resumeTimer);
+  if (!app.resuming || app.state !== 'active') return;
+  app.resumeTimer = setTimeout(() => {
+    if (app.resuming) endCall('connection_lost');
+  }, RESUME_WAIT_MS);
 }
 
 function goOffline() {
@@ -438,6 +462,7 @@ function onMessage(msg) {
   switch (msg.type) {
     case 'authenticated':
       app.authenticated = true;
+      awaitResume();
       app.user = { ...app.user, username: msg.username, display_name: msg.display_name, skills: msg.skills };
       el.reconnectingBanner.hidden = true;
       renderProfile();
@@ -589,6 +614,9 @@ function onDecline() {
 // --- the call ------------------------------------------------------------------
 
 function onCallStarted(msg) {
+  app.resuming = false;
+  clearTimeout(app.resumeTimer);
+  el.reconnectingBanner.hidden = true;
   hideOffer();
   peerNotice.hide();
   clearInterval(app.peerTimer);
@@ -631,6 +659,8 @@ function closeCall() {
 }
 
 function endCall(reason) {
+  app.resuming = false;
+  clearTimeout(app.resumeTimer);
   if (app.state !== 'active') return;
   closeCall();
   if (reason !== 'connection_lost') peerNotice.hide();

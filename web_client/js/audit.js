@@ -193,7 +193,7 @@ const LIFECYCLE = new Set([
 ]);
 const WARNING = new Set([
   'customer_disconnected', 'customer_rejoined', 'requeued', 'media_disconnected', 'offer_timeout',
-  'offer_declined', 'recording_recovered', 'step_refused', 'media_restored',
+  'agent_disconnected', 'agent_rejoined', 'session_adopted', 'call_resumed', 'offer_declined', 'recording_recovered', 'step_refused', 'media_restored',
 ]);
 const ANOMALY = new Set([
   'agent_lost', 'media_failed', 'media_stalled', 'failed', 'abandoned', 'session_failed', 'recording_failed',
