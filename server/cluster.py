@@ -237,14 +237,11 @@ class Cluster:
             raise ServiceUnavailable("the node holding this session cannot be reached: try again")
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
         headers[FORWARDED_HEADER] = self.node_id
-        if self._http is None:
-            self._http = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=60), auto_decompress=False
-            )
+        http = self._client()
         body = await request.read()
         url = view.address.rstrip("/") + request.rel_url.path_qs
         try:
-            async with self._http.request(
+            async with http.request(
                 request.method, url, headers=headers, data=body, allow_redirects=False, ssl=False
             ) as answer:
                 out = {
@@ -267,6 +264,34 @@ class Cluster:
             raise ServiceUnavailable(
                 "the node holding this session cannot be reached: try again"
             ) from None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            self._http = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=60), auto_decompress=False
+            )
+        return self._http
+
+    async def fetch(self, request: web.Request, node_id: str, path: str) -> bytes | None:
+        """GET ``path`` from node ``node_id`` with ``request``'s credentials (that node checks
+        them): the body of a 200 answer, else None."""
+        view = await self.app[NODES].view(node_id)
+        if view is None or not view.alive or not view.address:
+            return None
+        headers = {
+            k: v for k, v in request.headers.items() if k.lower() in ("authorization", "cookie")
+        }
+        headers[FORWARDED_HEADER] = self.node_id
+        http = self._client()
+        try:
+            async with http.get(
+                view.address.rstrip("/") + path, headers=headers, ssl=False
+            ) as answer:
+                return await answer.read() if answer.status == 200 else None
+        except aiohttp.ClientError as exc:
+            self.app[METRICS].errors.labels("forward").inc()
+            logger.warning("could not fetch %s from node %s: %s", path, node_id, exc)
+            return None
 
     async def recording_node(self, recording_id: str) -> str | None:
         """The live node that made ``recording_id`` when it is another one."""

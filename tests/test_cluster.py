@@ -394,7 +394,7 @@ async def test_a_recording_on_one_nodes_disk_is_replayed_and_verified_through_th
     )
     for node in (a, b):
         await node.app[NODES].set_address(node.url)
-    _, recording_id = await recorded_call(a)
+    session_id, recording_id = await recorded_call(a)
     token = await login(b, "auditor")
     headers = {"Authorization": f"Bearer {token}"}
     async with aiohttp.ClientSession() as http:
@@ -411,4 +411,13 @@ async def test_a_recording_on_one_nodes_disk_is_replayed_and_verified_through_th
             assert r.headers["Content-Range"] == f"bytes 100-199/{len(whole)}"
         async with http.get(f"{url}/customer.webm") as r:
             assert r.status == 401  # the recording's node checks the credentials
+        # the session's page through B lists A's recording with its outputs and timeline
+        async with http.get(f"{b.url}/api/audit/sessions/{session_id}", headers=headers) as r:
+            assert r.status == 200
+            (listed,) = (await r.json())["recordings"]
+        assert listed["id"] == recording_id
+        assert {o["party"] for o in listed["outputs"]} == {"customer", "agent"}
+        assert any(e.get("kind") == "recording_started" for e in listed["timeline"])
+        async with http.get(f"{url}/manifest") as r:
+            assert r.status == 401
     assert whole[:4] == b"\x1a\x45\xdf\xa3"  # EBML: a WebM file

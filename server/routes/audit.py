@@ -28,7 +28,7 @@ from recorder.layout import MANIFEST, output_name
 from recorder.storage import Storage, read_all
 
 from .. import access_log
-from ..appkeys import DB, RECORDINGS, REPLAYS
+from ..appkeys import CLUSTER, CONFIG, DB, RECORDINGS, REPLAYS
 from ..cluster import recording_home
 from ..db import CallSession, Recording, SessionEvent, User, Verdict, utcnow
 from ..exceptions import BadRequest, NotFound, ServerError
@@ -281,7 +281,6 @@ def flow_checklist(events: list[SessionEvent]) -> dict[str, Any] | None:
 async def session_detail(request: web.Request) -> web.Response:
     user = await require_auditor(request)
     session_id = request.match_info["session_id"]
-    service = request.app[RECORDINGS]
 
     def work(s: DbSession) -> dict[str, Any] | None:
         row = s.get(CallSession, session_id)
@@ -319,7 +318,7 @@ async def session_detail(request: web.Request) -> web.Response:
         raise NotFound(f"no session {session_id[:64]!r}")
     out = []
     for rec in detail.pop("_recordings"):
-        manifest = await asyncio.to_thread(_stored_manifest, service, rec.id)
+        manifest = await _manifest_anywhere(request, rec.id)
         outputs = []
         timeline: list[dict[str, Any]] = []
         if manifest is not None:
@@ -350,6 +349,38 @@ async def session_detail(request: web.Request) -> web.Response:
     detail["recordings"] = out
     await log_access(request, user, "view_session", session_id)
     return web.json_response(detail)
+
+
+async def _manifest_anywhere(request: web.Request, recording_id: str) -> dict[str, Any] | None:
+    """The recording's manifest from this node's store, or (recordings on each node's own disk)
+    from the node that made it."""
+    manifest = await asyncio.to_thread(_stored_manifest, request.app[RECORDINGS], recording_id)
+    cluster = request.app.get(CLUSTER)
+    if (
+        manifest is not None
+        or cluster is None
+        or not request.app[CONFIG].storage_url.startswith("file:")
+    ):
+        return manifest
+    home = await cluster.recording_node(recording_id)
+    if home is None:
+        return None
+    raw = await cluster.fetch(request, home, f"/api/audit/recordings/{recording_id}/manifest")
+    try:
+        fetched = json.loads(raw) if raw is not None else None
+    except ValueError:
+        return None
+    return fetched if isinstance(fetched, dict) else None
+
+
+@recording_home
+async def recording_manifest(request: web.Request) -> web.StreamResponse:
+    """The recording's signed manifest as stored (what ``vcounter verify`` checks)."""
+    user = await require_auditor(request)
+    recording_id, storage = await _recording_storage(request)
+    manifest = await _in_thread(read_all, storage, MANIFEST)
+    await log_access(request, user, "view_manifest", recording_id)
+    return web.Response(body=manifest, content_type="application/json")
 
 
 async def _recording_storage(request: web.Request) -> tuple[str, Storage]:
@@ -550,5 +581,6 @@ def setup_audit_routes(app: web.Application) -> None:
     app.router.add_get("/api/audit/sessions/{session_id}", session_detail)
     app.router.add_post("/api/audit/sessions/{session_id}/verdict", post_verdict)
     app.router.add_get("/api/audit/recordings/{recording_id}/verify", verify_recording)
+    app.router.add_get("/api/audit/recordings/{recording_id}/manifest", recording_manifest)
     app.router.add_get("/api/audit/recordings/{recording_id}/{party}.webm", stream_recording)
     app.router.add_get("/api/admin/access-log", admin_access_log)
