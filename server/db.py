@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import event as sa_event
+from sqlalchemy import false as sa_false
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
@@ -76,6 +77,8 @@ class CallSession(SQLModel, table=True):
     #: SHA-256 of the customer's rejoin token (the token itself is never stored): any node can let
     #: the customer back in, also after the node holding the session died
     token_hash: str = Field(default="", max_length=64, sa_column_kwargs={"server_default": ""})
+    #: the customer consents to face verification (kept for the node that may take the session over)
+    face_consent: bool = Field(default=False, sa_column_kwargs={"server_default": sa_false()})
     created_at: datetime = Field(default_factory=utcnow, index=True)
     started_at: datetime | None = None
     ended_at: datetime | None = None

@@ -41,6 +41,7 @@ class DbSessionLog:
                     customer_name=session.display_name,
                     node_id=self.node_id,
                     token_hash=session.token_hash,
+                    face_consent=session.face_consent,
                     created_at=created,
                 )
             )
@@ -63,6 +64,7 @@ class DbSessionLog:
             row.state = session.state
             row.node_id = self.node_id  # a session changes only on the node holding it
             row.end_reason = session.end_reason
+            row.face_consent = session.face_consent
             row.started_at = row.started_at or _dt(session.started_at)
             row.ended_at = _dt(session.ended_at)
             if session.agent is not None:
@@ -161,6 +163,7 @@ def session_record(s: DbSession, session_id: str) -> SessionRecord | None:
         token_hash=row.token_hash,
         created_at=created.timestamp(),
         state=row.state,
+        face_consent=row.face_consent,
         agent=None
         if agent is None or agent.id is None
         else AgentUser(

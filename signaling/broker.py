@@ -333,6 +333,7 @@ class Broker:
     async def set_face_consent(self, session: Session, accepted: bool) -> None:
         if session.face_consent != accepted:
             session.face_consent = accepted
+            await self._changed(session)
             await self._event(session.id, "face_consent", accepted=accepted)
 
     async def log_event(self, session_id: str, kind: str, /, **data: object) -> None:

@@ -155,7 +155,8 @@ async def test_a_dead_nodes_waiting_customer_comes_back_through_the_other_and_ke
     mortal,
 ) -> None:
     a, b = mortal
-    first = await a.customer("account_opening", "先到")
+    first = a.participant("customer-first")
+    await first.join("account_opening", "先到", face_consent=True)
     await first.wait_for("queue_update")
     second = await b.customer("account_opening", "后到")
     assert (await second.wait_for("queue_update"))["position"] == 2
@@ -180,6 +181,8 @@ async def test_a_dead_nodes_waiting_customer_comes_back_through_the_other_and_ke
     # the ready agent is offered the customer who came back: their place was kept
     assert (await alice.next_offer())["session_id"] == first.session_id
     assert (await _row(b, first.session_id)).node_id == "node-b"
+    # the face-check consent the customer gave on node A holds on node B
+    assert b.broker.session(first.session_id).face_consent is True
     kinds = [e.kind for e in await session_events(b, first.session_id)]
     assert "session_adopted" in kinds and kinds.index("session_adopted") < kinds.index(
         "customer_rejoined"
