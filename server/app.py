@@ -226,6 +226,9 @@ async def media_ctx(app: web.Application) -> AsyncIterator[None]:
         broker_ref.append(broker)
         broker.log.listeners.append(app[METRICS].event)  # type: ignore[attr-defined]
         app[HUB], app[BROKER] = hub, broker
+        app[NODES].on_closed.append(broker.forget)
+        if app[NODES].closed_at_start:
+            await broker.forget(app[NODES].closed_at_start)
         app[THROTTLE] = LoginThrottle(state)
         if bus is not None:
             cluster = app[CLUSTER] = Cluster(app, bus)

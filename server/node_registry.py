@@ -25,7 +25,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -160,11 +160,16 @@ class NodeRegistry:
         self._load = load or dict
         self._task: asyncio.Task[None] | None = None
         self.draining = False
+        #: the sessions of dead nodes (and of this id's earlier run) :meth:`start` closed
+        self.closed_at_start: list[str] = []
+        #: called with the ids of the sessions of dead nodes each heartbeat closed
+        self.on_closed: list[Callable[[list[str]], Awaitable[None]]] = []
 
     async def start(self) -> list[str]:
         """Claim the id (:class:`NodeIdInUse` if a live node holds it) and close the sessions of
         dead nodes and of this id's earlier run; returns the ids of the sessions closed."""
         closed = await self.db.run(self._claim)
+        self.closed_at_start = closed
         self._task = asyncio.get_running_loop().create_task(
             self._beat(), name=f"node-heartbeat-{self.node_id}"
         )
@@ -261,6 +266,11 @@ class NodeRegistry:
                 logger.warning(
                     "closed %d session(s) of dead nodes: %s", len(closed), ", ".join(closed)
                 )
+                for callback in self.on_closed:
+                    try:
+                        await callback(closed)
+                    except Exception:
+                        logger.exception("node %s: acting on closed sessions failed", self.node_id)
 
     async def view(self, node_id: str) -> NodeView | None:
         """One registered node with its liveness and address."""

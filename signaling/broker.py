@@ -1439,6 +1439,19 @@ class Broker:
         if agent is not None and agent.proxy_of == sender:
             await self.agent_disconnected(agent)
 
+    async def forget(self, session_ids: list[str]) -> None:
+        """Sessions of dead nodes that nobody took over were closed (in the database): their
+        queue entries and placements go, so waiting customers move up and counts are true."""
+        async with self._lock:
+            gone = [sid for sid in session_ids if sid not in self._sessions]
+            for session_id in gone:
+                await self._shared("forget", self.state.dequeue(session_id), None)
+                await self._shared("forget", self.state.clear_call(session_id), None)
+            if gone:
+                await self._broadcast_queue()
+        if gone:
+            await self._queue_changed()
+
     async def queue_changed_elsewhere(self) -> None:
         """Another node changed the queue: offer to this node's ready agents, update positions."""
         async with self._lock:

@@ -194,6 +194,29 @@ async def test_a_dead_nodes_waiting_customer_comes_back_through_the_other_and_ke
     assert b.hub.find(first.session_id) is not None
 
 
+async def test_a_dead_nodes_customer_who_never_comes_back_leaves_the_queue(
+    make_counter, video_clip, audio_clip, redis_url
+) -> None:
+    shared = {"redis_url": redis_url, "redis_prefix": f"t{secrets.token_hex(4)}:"}
+    # A's own timers must not act once it is "dead" (in this process it still runs): a long window
+    a = await make_counter(video_clip, audio_clip, node_id="node-a", node_lease_s=1.0, **shared)
+    b = await make_counter(
+        video_clip, audio_clip, node_id="node-b", node_lease_s=1.0, rejoin_window_s=1.0, **shared
+    )
+    gone = await a.customer("account_opening", "不回来", media=False)
+    await gone.wait_for("queue_update")
+    later = await b.customer("account_opening", "后到", media=False)
+    assert (await later.wait_for("queue_update"))["position"] == 2
+    await _kill(a)
+    await gone.drop()
+    # past the lease and the rejoin window node B closes the session: the later customer moves up
+    await later.wait_for("queue_update", position=1, timeout=20)
+    row = await _row(b, str(gone.session_id))
+    assert (row.state, row.end_reason) == ("failed", "server_restart")
+    agent = await b.agent("bob", ready=False)
+    assert (await agent.wait_for("queue_stats"))["waiting"]["account_opening"] == 1
+
+
 async def _dead(counter, node_id: str) -> bool:
     info = await counter.app[NODES].node(node_id)
     return info is not None and not info.alive
