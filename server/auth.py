@@ -6,6 +6,7 @@ keeps only their SHA-256. Nothing here logs a password or a token.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -159,30 +160,47 @@ class LoginThrottle:
     async def succeeded(self, username: str, address: str) -> None:
         await self.state.reset(self._user_key(username, address))
 
+    async def unlock(self, username: str, address: str) -> None:
+        """Lift a lock-out: ``username`` may try again from ``address``, whose failures are
+        forgotten too (an administrator's decision)."""
+        await self.state.reset(self._user_key(username, address))
+        await self.state.reset(self._address_key(address))
+
 
 async def login(db: Database, username: str, password: str, ttl_s: int) -> tuple[str, User]:
-    """Check credentials; return a new token and the user. Raises :class:`Unauthorized`."""
+    """Check credentials; return a new token and the user. Raises :class:`Unauthorized`.
 
-    def work(s: Session) -> tuple[str, User] | None:
+    The password hash is checked in a worker thread, not on the database's one thread: scrypt
+    takes tens of milliseconds and guesses must not hold up everyone's queries."""
+
+    def find(s: Session) -> tuple[int, str] | None:
         user = get_user(s, username)
-        if user is None or user.disabled:
-            verify_password(password, _DUMMY_HASH)
+        if user is None or user.disabled or user.id is None:
             return None
-        if not verify_password(password, user.password_hash):
-            return None
+        return user.id, user.password_hash
+
+    found = await db.run(find)
+    stored = found[1] if found is not None else _DUMMY_HASH  # the same work for unknown names
+    if not await asyncio.to_thread(verify_password, password, stored) or found is None:
+        raise Unauthorized("wrong username or password", code="bad_credentials")
+    user_id = found[0]
+
+    def issue(s: Session) -> tuple[str, User] | None:
+        user = s.get(User, user_id)
+        if user is None or user.disabled or user.password_hash != stored:
+            return None  # disabled or its password changed meanwhile
         purge_expired_tokens(s)
-        assert user.id is not None  # a row read from the database has its primary key
         token = secrets.token_urlsafe(32)
         s.add(
             AuthToken(
                 token_hash=token_hash(token),
-                user_id=user.id,
+                user_id=user_id,
                 expires_at=utcnow() + timedelta(seconds=ttl_s),
             )
         )
         return token, user
 
-    result = await db.run(work)
+    result = await db.run(issue)
     if result is None:
         raise Unauthorized("wrong username or password", code="bad_credentials")
     return result

@@ -5,6 +5,7 @@ module                routes
 ====================  ==========================================================
 ``pages``             ``/``, ``/agent``, ``/audit``, ``/static/``
 ``login``             ``/api/login``, ``/api/logout``, ``/api/me``
+``admin``             ``/api/admin/login-unlock``
 ``status``            ``/api/config``, ``/healthz``
 ``appointments``      ``/api/appointments...``, ``/api/appointment``
 ``identity``          ``/api/identity/{session}/...`` (when face checks are on)
@@ -19,6 +20,7 @@ from aiohttp import web
 
 from .. import ws
 from ..appkeys import CONFIG
+from .admin import setup_admin_routes
 from .appointments import setup_appointment_routes
 from .login import setup_login_routes
 from .pages import setup_page_routes
@@ -30,6 +32,7 @@ def setup_routes(app: web.Application) -> None:
     config = app[CONFIG]
     setup_page_routes(app)
     setup_login_routes(app)
+    setup_admin_routes(app)
     setup_status_routes(app)
     setup_appointment_routes(app)
     if config.identity:
