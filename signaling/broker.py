@@ -948,7 +948,9 @@ class Broker:
             logger.info("session %s: offer to %s timed out", session_id, agent.user.username)
             if session is not None:
                 await self._event(session_id, "offer_timeout", agent=agent.user.username)
-                await self._withdraw_offer(session, agent.user.id, "timeout", penalise=True)
+                # not a refusal of this customer: the agent is set away, and once back is offered
+                # them again like anyone (else the only agent of a skill never is)
+                await self._withdraw_offer(session, agent.user.id, "timeout", penalise=False)
             # an agent who does not answer is not at the desk
             await self._set_agent_status(agent, "away")
             await self._dispatch()

@@ -87,6 +87,27 @@ async def test_offer_timeout_sets_agent_away_and_reoffers(make_counter, video_cl
     assert err["code"] == "bad_state" and not err["fatal"]
 
 
+async def test_the_only_agent_back_after_a_missed_offer_is_offered_the_customer_again(
+    make_counter, video_clip, audio_clip
+):
+    counter = await make_counter(video_clip, audio_clip, offer_timeout_s=0.5)
+    customer = await counter.customer("account_opening", "Stranded?", media=False)
+    bob = await counter.agent("bob")
+    await bob.next_offer()
+    assert (await bob.wait_for("offer_withdrawn", timeout=5))["reason"] == "timeout"
+    await bob.wait_for("status", status="away")  # he missed it, and is away
+    since = len(bob.messages)
+    await bob.set_ready()  # back at the desk: a missed offer is not a refusal of this customer
+    offer = await bob.wait_for("customer_offer", since=since)
+    assert offer["session_id"] == customer.session_id
+    await bob.send({"type": "decline", "session_id": customer.session_id})
+    await bob.wait_for("offer_withdrawn", since=since)
+    since = len(bob.messages)
+    await bob.set_ready()  # a decline is: someone else serves this customer
+    with pytest.raises(TimeoutError):
+        await bob.wait_for("customer_offer", since=since, timeout=1.0)
+
+
 @pytest.mark.parametrize("recording", [True, False], ids=["recording", "no-frame-consumer"])
 async def test_customer_rejoins_call_within_window(make_counter, video_clip, audio_clip, recording):
     counter = await make_counter(video_clip, audio_clip, recording=recording)
