@@ -167,7 +167,7 @@ class Step:
         """The kind's own part of :meth:`view`."""
         return {}
 
-    def missing(self, facts: StepFacts) -> str | None:
+    def missing(self, facts: StepFacts) -> Text | None:
         """Why the step cannot be completed yet, in words for the agent (None: it can)."""
         return None
 
@@ -200,8 +200,12 @@ class ConsentStep(Step):
     def details(self) -> dict[str, Any]:
         return {"consents": list(self.consents)}
 
-    def missing(self, facts: StepFacts) -> str | None:
-        return None if facts.customer_done else "the customer has not accepted yet"
+    def missing(self, facts: StepFacts) -> Text | None:
+        return (
+            None
+            if facts.customer_done
+            else Text("the customer has not accepted yet", "客户尚未同意")
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -227,15 +231,18 @@ class IdentityStep(Step):
         }
         return cls(**source.common, **flags)
 
-    def missing(self, facts: StepFacts) -> str | None:
+    def missing(self, facts: StepFacts) -> Text | None:
         if facts.manually_verified and self.allow_manual:
             return None
         if not facts.face_verified:
-            return "the customer's face is not verified" + (
-                " (or verify manually with a reason)" if self.allow_manual else ""
-            )
+            if self.allow_manual:
+                return Text(
+                    "the customer's face is not verified (or verify manually with a reason)",
+                    "客户人脸尚未核验通过（或填写理由后人工核验）",
+                )
+            return Text("the customer's face is not verified", "客户人脸尚未核验通过")
         if self.liveness and not facts.liveness_passed:
-            return "the liveness check has not passed"
+            return Text("the liveness check has not passed", "活体检测尚未通过")
         return None
 
 
@@ -267,13 +274,15 @@ class DisclosureStep(Step):
     def shown_document(self, flow: Flow) -> Document | None:
         return None if self.document is None else flow.documents[self.document]
 
-    def missing(self, facts: StepFacts) -> str | None:
+    def missing(self, facts: StepFacts) -> Text | None:
         need = []
         if "agent" in self.confirm_by and not facts.agent_marked:
-            need.append("mark the customer's spoken confirmation")
+            need.append(Text("mark the customer's spoken confirmation", "请标记客户的口头确认"))
         if "customer" in self.confirm_by and not facts.customer_done:
-            need.append("the customer has not confirmed on screen")
-        return "; ".join(need) or None
+            need.append(Text("the customer has not confirmed on screen", "客户尚未在屏幕上确认"))
+        if not need:
+            return None
+        return Text("; ".join(n.en for n in need), "；".join(n.zh for n in need))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -330,8 +339,10 @@ class QuestionnaireStep(Step):
             ]
         }
 
-    def missing(self, facts: StepFacts) -> str | None:
-        return None if facts.customer_done else "the customer has not answered the questionnaire"
+    def missing(self, facts: StepFacts) -> Text | None:
+        if facts.customer_done:
+            return None
+        return Text("the customer has not answered the questionnaire", "客户尚未完成问卷")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -369,8 +380,10 @@ class SuitabilityStep(Step):
             }
         }
 
-    def missing(self, facts: StepFacts) -> str | None:
-        return None if facts.customer_done else "the product is not suitable"
+    def missing(self, facts: StepFacts) -> Text | None:
+        return (
+            None if facts.customer_done else Text("the product is not suitable", "产品不适合该客户")
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -392,8 +405,10 @@ class DocumentStep(Step):
     def shown_document(self, flow: Flow) -> Document:
         return flow.documents[self.document]
 
-    def missing(self, facts: StepFacts) -> str | None:
-        return None if facts.customer_done else "the customer has not read the document to its end"
+    def missing(self, facts: StepFacts) -> Text | None:
+        if facts.customer_done:
+            return None
+        return Text("the customer has not read the document to its end", "客户尚未读完文件")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -417,8 +432,8 @@ class SignatureStep(Step):
         assert isinstance(signed, DocumentStep)
         return signed.shown_document(flow)
 
-    def missing(self, facts: StepFacts) -> str | None:
-        return None if facts.customer_done else "the customer has not signed"
+    def missing(self, facts: StepFacts) -> Text | None:
+        return None if facts.customer_done else Text("the customer has not signed", "客户尚未签名")
 
 
 @dataclass(frozen=True, kw_only=True)

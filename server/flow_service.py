@@ -438,7 +438,7 @@ class FlowService:
             missing = step.missing(self._facts(session, run, step, st))
             if missing:
                 await self._refuse(
-                    session, "agent", step_id, f"step {step.id!r} is not done: {missing}"
+                    session, "agent", step_id, f"step {step.id!r} is not done: {missing.en}"
                 )
             if isinstance(step, OutcomeStep):
                 run.outcome = await step.book(
@@ -800,7 +800,8 @@ class FlowService:
         view["customer_done"] = st.customer_confirmed
         if role == "agent":
             view["agent_marked"] = st.agent_marked
-            view["missing"] = step.missing(self._facts(session, run, step, st))
+            missing = step.missing(self._facts(session, run, step, st))
+            view["missing"] = missing.view() if missing is not None else None
             view["result"] = _public(st.result)
         return view
 

@@ -218,7 +218,7 @@ export class AgentFlow {
     el.script.hidden = !script;
     el.scriptLabel.hidden = !script || step.kind !== 'disclosure';
     setText(el.script, script);
-    const missing = step ? step.missing : null;
+    const missing = step && step.missing ? bilingual(step.missing) : null;
     el.missing.dataset.missing = missing ? 'true' : 'false';
     el.missing.dataset.tone = missing ? 'warn' : 'ok';
     setText(el.missing, step ? (missing || t('flow.ready')) : '');
