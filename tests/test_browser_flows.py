@@ -380,6 +380,13 @@ async def test_loan_and_wealth_by_manual_verification_and_the_auditor_checklist(
                     "data-ended"
                 )
                 assert (await time.text_content() or "").strip()
+            # each step links to where it started on the recording's own timeline (the session's
+            # offsets count from the queue join, seconds earlier)
+            markers = auditor.locator('[data-testid="timeline-marker"][data-kind="step_started"]')
+            started = {await m.get_attribute("data-offset-ms") for m in await markers.all()}
+            links = auditor.locator('[data-testid="audit-step-time"] button')
+            linked = {await b.get_attribute("data-offset-ms") for b in await links.all()}
+            assert len(linked) == len(loan.steps) and linked <= started, (linked, started)
             assert await auditor.get_by_test_id("flow-flag").is_hidden()
 
             await auditor.goto(f"{counter.url}/audit#session/{abandoned}")

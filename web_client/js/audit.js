@@ -742,17 +742,19 @@ function renderFlow() {
     if (step.started_at) times.push(formatDateTime(step.started_at));
     if (step.ended_at) times.push(formatDateTime(step.ended_at));
     const time = node('span', { className: 'flow-step-time mono', testid: 'audit-step-time' });
-    if (step.started_offset_ms != null) {
-      // a link into the recording: where the step started
+    const at = stepInRecording(step.id);
+    if (at.started != null) {
+      // a link into the recording shown: where the step started on its own timeline (the
+      // session's offsets count from the queue join, the recording's from its start)
       const seek = node('button', {
         className: 'link-button',
-        text: [formatOffset(step.started_offset_ms),
-          step.ended_offset_ms != null ? formatOffset(step.ended_offset_ms) : ''].filter(Boolean).join(' – '),
-        dataset: { offsetMs: step.started_offset_ms },
+        text: [formatOffset(at.started), at.ended != null ? formatOffset(at.ended) : '']
+          .filter(Boolean).join(' – '),
+        dataset: { offsetMs: at.started },
         title: times.join(' – '),
       });
       seek.type = 'button';
-      seek.addEventListener('click', () => replay.seekTo(Number(step.started_offset_ms) / 1000));
+      seek.addEventListener('click', () => replay.seekTo(at.started / 1000));
       time.append(seek);
     } else {
       time.textContent = times.join(' – ');
@@ -762,6 +764,19 @@ function renderFlow() {
     li.append(time);
     return li;
   }));
+}
+
+/** Where a flow step started and ended on the shown recording's timeline (ms), if it is there. */
+function stepInRecording(stepId) {
+  const found = { started: null, ended: null };
+  for (const e of timelineEvents()) {
+    if (!e.data || e.data.step !== stepId) continue;
+    if (e.kind === 'step_started' && found.started == null) found.started = e.offset_ms;
+    else if ((e.kind === 'step_completed' || e.kind === 'flow_stopped') && found.ended == null) {
+      found.ended = e.offset_ms;
+    }
+  }
+  return found;
 }
 
 // --- timeline -------------------------------------------------------------------------
