@@ -27,8 +27,9 @@ run: install
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }
 
-# the services the tests start for themselves, on free loopback ports (tests/services.py): one
-# line per Debian package (a system instance the package may start is not used)
+# the services the tests, the benchmarks and `make cluster` start for themselves, on free loopback
+# ports (devservices/): one line per Debian package (a system instance the package may start is
+# not used; the S3 server, moto, comes with the test extras)
 services:
 	@compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null \
 	  || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q postgresql; }
@@ -41,11 +42,12 @@ services:
 test: install chromium services lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-# two nodes behind nginx (https://localhost:$(PORT)) on a throwaway PostgreSQL and Redis, until Ctrl-C
+# two nodes behind nginx (https://localhost:$(PORT)) on a throwaway PostgreSQL, Redis and S3 server
+# (moto), until Ctrl-C
 cluster: install services
 	$(BIN)/python -m tests.cluster_fixture --port $(PORT)
 
-CODE := server signaling recorder identity business certs tests bench
+CODE := server signaling recorder identity business certs devservices tests bench
 
 # ruff's lint rules and formatting, and mypy over the packages (settings in pyproject.toml); the
 # import rules between packages are a test (tests/test_import_contract.py)

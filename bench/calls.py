@@ -16,7 +16,8 @@ from the outside with psutil, and stopped at the end (SIGTERM, then SIGKILL).
 throwaway ``redis-server`` on a free loopback port (nothing on disk), one
 database (a throwaway PostgreSQL cluster made with ``initdb``, as the
 ``postgres`` user when we are root, or ``--database sqlite``: one file every
-node opens) holding the agents, created once per run, and key files made once;
+node opens) holding the agents, created once per run (both from ``devservices/``, which
+the tests and ``make cluster`` start too), and key files made once;
 each measurement gets a fresh copy of that database, a Redis prefix of its own
 and N ``vcounter serve --no-tls`` nodes (``VCOUNTER_NODE_ID`` node1..N,
 ``VCOUNTER_ADVERTISE_URL`` their own port). Calls are set up in batches of at
@@ -85,7 +86,6 @@ import secrets
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -101,8 +101,10 @@ from typing import Any
 import psutil
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # `python bench/calls.py` from a checkout without `pip install -e`
+if str(REPO) not in sys.path:  # `python bench/calls.py`: the checkout's packages, devservices too
     sys.path.insert(0, str(REPO))
+
+from devservices import PostgresCluster, RedisServer, free_port, pg_bin  # noqa: E402
 
 logger = logging.getLogger("bench.calls")
 
@@ -502,12 +504,6 @@ def _worker_main(
 # -- orchestrator ------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 #: ``--server-cmd``: how to run ``vcounter`` (to try another event loop, a profiler...)
 _SERVER_CMD: list[str] = []
 
@@ -642,7 +638,7 @@ class _Server:
     mode: str
     data_dir: Path
     recording: bool = False
-    port: int = field(default_factory=_free_port)
+    port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     #: a node of a cluster: its ``VCOUNTER_NODE_ID`` (None: a server on its own)
@@ -827,212 +823,6 @@ class _WorkerHandle:
 # -- a cluster: Redis, one database, N nodes ----------------------------------------------
 
 
-def _pong(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-def _terminate(proc: subprocess.Popen[bytes] | None, what: str) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        logger.warning("%s %d ignored SIGTERM: killing it", what, proc.pid)
-        proc.kill()
-        proc.wait(timeout=10)
-
-
-class _Redis:
-    """A throwaway ``redis-server`` on a free loopback port, keeping nothing on disk."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.port = 0
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server") or (
-            "/usr/bin/redis-server" if Path("/usr/bin/redis-server").is_file() else None
-        )
-        if binary is None:
-            raise RuntimeError("redis-server is not installed (Debian package redis-server)")
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        log = self.workdir / "redis.log"
-        for _ in range(5):  # another process may take the free port first
-            self.port = _free_port()
-            self.proc = subprocess.Popen(
-                [
-                    binary,
-                    "--port",
-                    str(self.port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    str(self.workdir),
-                    "--logfile",
-                    str(log),
-                    "--daemonize",
-                    "no",
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and self.proc.poll() is None:
-                if _pong(self.port):
-                    logger.info("redis-server pid %d on port %d", self.proc.pid, self.port)
-                    return
-                time.sleep(0.05)
-            self.stop()
-        raise RuntimeError(
-            f"redis-server did not start: {log.read_text(errors='replace')[-1000:] if log.exists() else ''}"
-        )
-
-    def stop(self) -> None:
-        _terminate(self.proc, "redis-server")
-
-
-def _pg_bin() -> Path | None:
-    """The newest Debian PostgreSQL's server binaries, or None."""
-    found = [
-        b.parent
-        for b in Path("/usr/lib/postgresql").glob("*/bin/initdb")
-        if b.parent.parent.name.isdigit()
-    ]
-    return max(found, key=lambda b: int(b.parent.name)) if found else None
-
-
-class _Postgres:
-    """A throwaway PostgreSQL cluster (``initdb``) on a free loopback port; as root it runs as the
-    ``postgres`` user. Durability is off (``fsync``, ``synchronous_commit``): it is thrown away."""
-
-    def __init__(self, bin_dir: Path) -> None:
-        self.bin = bin_dir
-        # not under the bench's 0700 temp dir: the postgres user must reach it
-        self.root = Path(tempfile.mkdtemp(prefix="vcounter-bench-pg-"))
-        self.data = self.root / "data"
-        self.log = self.root / "server.log"
-        self.password = secrets.token_urlsafe(12)
-        self.port = 0
-        self._as_owner: list[str] = []
-        if os.geteuid() == 0:
-            shutil.chown(self.root, "postgres", "postgres")
-            self._as_owner = ["runuser", "-u", "postgres", "--"]
-
-    def _run(self, *args: str) -> None:
-        done = subprocess.run(
-            [*self._as_owner, *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=self.root,
-            start_new_session=True,
-        )
-        if done.returncode != 0:
-            log = self.log.read_text(errors="replace")[-1500:] if self.log.exists() else ""
-            raise RuntimeError(
-                f"{Path(args[0]).name} failed ({done.returncode}): {done.stderr[-1500:]}{log}"
-            )
-
-    def start(self) -> None:
-        pwfile = self.root / "pw"
-        pwfile.write_text(self.password + "\n")
-        if self._as_owner:
-            shutil.chown(pwfile, "postgres", "postgres")
-        self._run(
-            str(self.bin / "initdb"),
-            "-D",
-            str(self.data),
-            "-U",
-            "postgres",
-            f"--pwfile={pwfile}",
-            "--auth-local=trust",
-            "--auth-host=scram-sha-256",
-            "-E",
-            "UTF8",
-            "--no-sync",
-        )
-        pwfile.unlink()
-        for attempt in range(3):  # a free port can be taken between choosing and binding it
-            self.port = _free_port()
-            options = (
-                f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=off "
-                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
-            )
-            try:
-                self._run(
-                    str(self.bin / "pg_ctl"),
-                    "-D",
-                    str(self.data),
-                    "-l",
-                    str(self.log),
-                    "-w",
-                    "-t",
-                    "60",
-                    "-o",
-                    options,
-                    "start",
-                )
-                logger.info("postgresql pid %d on port %d", self.pid(), self.port)
-                return
-            except RuntimeError:
-                if attempt == 2:
-                    raise
-                time.sleep(0.5)
-
-    def pid(self) -> int:
-        """The postmaster's pid (its children are the backends serving the nodes)."""
-        return int((self.data / "postmaster.pid").read_text().split()[0])
-
-    def url(self, database: str) -> str:
-        return f"postgresql://postgres:{self.password}@127.0.0.1:{self.port}/{database}"
-
-    def create_database(self, name: str, template: str | None = None) -> str:
-        import psycopg
-
-        with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
-            conn.execute(
-                f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")
-            )
-        return self.url(name)
-
-    def stop(self) -> None:
-        """Stop the cluster and delete it; safe to call twice."""
-        if (self.data / "postmaster.pid").exists():
-            subprocess.run(
-                [
-                    *self._as_owner,
-                    str(self.bin / "pg_ctl"),
-                    "-D",
-                    str(self.data),
-                    "-m",
-                    "fast",
-                    "-w",
-                    "stop",
-                ],
-                capture_output=True,
-                timeout=60,
-                cwd=self.root,
-            )
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
 class _Services:
     """What the nodes of a cluster share, started once per bench run: a Redis, a database holding
     the agents (created once), the key files. Each measurement gets a fresh database copied from
@@ -1041,8 +831,8 @@ class _Services:
     def __init__(self, root: Path, database: str) -> None:
         self.root = root / "cluster"
         self.database = database
-        self.redis = _Redis(self.root / "redis")
-        self.postgres: _Postgres | None = None
+        self.redis = RedisServer(self.root / "redis")
+        self.postgres: PostgresCluster | None = None
         self.keys = self.root / "keys"
         self._template: Path | None = None
         self._runs = 0
@@ -1057,13 +847,8 @@ class _Services:
         self.redis.start()
         self._template = self.root / "users"
         if self.database == "postgresql":
-            bin_dir = _pg_bin()
-            if bin_dir is None:
-                raise RuntimeError(
-                    "PostgreSQL server binaries not found (Debian package postgresql): "
-                    "use --database sqlite"
-                )
-            self.postgres = _Postgres(bin_dir)
+            # every node's pool, and the CLI's
+            self.postgres = PostgresCluster(max_connections=200)
             self.postgres.start()
             _create_users(self._template, usernames, self.postgres.create_database("bench_users"))
         else:
@@ -2136,7 +1921,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.idle_window is None:
         args.idle_window = 10.0 if args.compare_nodes else 0.0
     if args.database is None:
-        args.database = "postgresql" if _pg_bin() is not None else "sqlite"
+        args.database = "postgresql" if pg_bin() is not None else "sqlite"
     if args.server_cmd:
         _SERVER_CMD[:] = shlex.split(args.server_cmd)
     if args.workers <= 0:

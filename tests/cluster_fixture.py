@@ -3,8 +3,8 @@
 :class:`Cluster` starts, on free loopback ports, two ``vcounter serve --no-tls``
 child processes (:class:`Node`, each with its own ``VCOUNTER_NODE_ID`` and data
 directory, the same master and signing key files, the same database and Redis
-prefix) and an nginx (:class:`Nginx`, Debian's package, rendered from
-``tests/nginx.conf.template``) that balances them round-robin with no session
+prefix) and an nginx (:class:`devservices.Nginx`, Debian's package, rendered from
+``devservices/nginx.conf.template``) that balances them round-robin with no session
 affinity. Both nodes are spawned at once, so every cluster is also two nodes
 first-starting together on its database; users are added afterwards with
 ``vcounter user add``, as an operator does.
@@ -21,10 +21,12 @@ one they need (PostgreSQL's comes with ``conftest.py``)::
 is stopped at the end of the test, passed or failed.
 
 ``python -m tests.cluster_fixture`` (``make cluster``) runs the same thing on
-this machine for people to try: a throwaway PostgreSQL and Redis, two nodes,
-nginx with TLS (the development certificate) on port 8443, the demo logins;
-Ctrl-C stops it all. It lives here, beside the services the tests start,
-because it is development tooling made of them: ``server/`` ships in the
+this machine for people to try: a throwaway PostgreSQL, Redis and S3-compatible
+server (moto) holding the recordings, two nodes, nginx with TLS (the
+development certificate) on port 8443, the demo logins; Ctrl-C stops it all.
+The services themselves (PostgreSQL, Redis, S3, nginx) come from
+``devservices/``, which the benchmarks use too; the nodes and the cluster made
+of them are here, beside the tests that use them: ``server/`` ships in the
 package, and ``bench/`` is for measurements.
 """
 
@@ -32,15 +34,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import os
-import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -53,13 +52,24 @@ from typing import Any
 import aiohttp
 import pytest
 
+from devservices import (
+    AWS_ENV,
+    Nginx,
+    PostgresCluster,
+    RedisServer,
+    S3Server,
+    moto_installed,
+    nginx_binary,
+    pg_bin,
+    redis_binary,
+)
 from recorder import MasterKey, SigningKey
 from server.db import CallSession, Database
 
-from .helpers import PASSWORD, REPO, eventually
-from .server_process import ServerProcess, free_port, vcounter_command
+from .helpers import PASSWORD, REPO
+from .server_process import ServerProcess, vcounter_command
+from .services import installed
 
-NGINX_TEMPLATE = Path(__file__).with_name("nginx.conf.template")
 NODE_IDS = ("node-a", "node-b")
 
 
@@ -83,14 +93,6 @@ TEST_ACCOUNTS = (
     Account("auditor", "auditor", PASSWORD),
     Account("admin", "admin", PASSWORD),
 )
-
-
-def nginx_binary() -> str | None:
-    """Debian's nginx (in ``/usr/sbin``, which a non-root ``PATH`` may lack), or None."""
-    found = shutil.which("nginx")
-    if found:
-        return found
-    return "/usr/sbin/nginx" if Path("/usr/sbin/nginx").is_file() else None
 
 
 class Node(ServerProcess):
@@ -136,144 +138,6 @@ class Node(ServerProcess):
 
     def log_tail(self, chars: int = 3000) -> str:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else "(no log)"
-
-
-def render_nginx_conf(
-    prefix: Path,
-    upstreams: Iterable[str],
-    listen: str,
-    *,
-    tls: tuple[Path, Path] | None = None,
-    max_fails: int = 1,
-    fail_timeout_s: int = 10,
-) -> str:
-    """``tests/nginx.conf.template`` filled in: every path under ``prefix``, the given nodes."""
-    servers = "\n".join(
-        f"        server {u} max_fails={max_fails} fail_timeout={fail_timeout_s}s;"
-        for u in upstreams
-    )
-    tls_lines = (
-        ""
-        if tls is None
-        else (f"        ssl_certificate {tls[0]};\n        ssl_certificate_key {tls[1]};\n")
-    )
-    fields = {
-        # as root the workers would run as nobody, who cannot reach a private temporary directory
-        "user": "user root;" if os.geteuid() == 0 else "",
-        "prefix": str(prefix),
-        "servers": servers,
-        "listen": f"{listen} ssl" if tls else listen,
-        "tls": tls_lines,
-    }
-    text = re.sub(r"@(\w+)@", lambda m: fields[m.group(1)], NGINX_TEMPLATE.read_text())
-    return text
-
-
-class Nginx:
-    """nginx in front of ``upstreams`` (``host:port``), with every file under ``prefix``."""
-
-    def __init__(
-        self,
-        prefix: Path,
-        upstreams: list[str],
-        *,
-        host: str = "127.0.0.1",
-        port: int | None = None,
-        tls: tuple[Path, Path] | None = None,
-    ) -> None:
-        self.prefix = prefix
-        self.upstreams = upstreams
-        self.host = host
-        self.port = port or 0
-        self._fixed_port = port is not None
-        self.tls = tls
-        self.conf = prefix / "nginx.conf"
-        self.error_log = prefix / "error.log"
-        self.access_log = prefix / "access.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        host = "localhost" if self.host in ("0.0.0.0", "::") else self.host
-        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
-
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        binary = nginx_binary()
-        if binary is None:
-            pytest.fail(
-                "nginx is not installed: `make test` installs it (Debian package nginx: "
-                "apt-get install -y nginx)",
-                pytrace=False,
-            )
-        (self.prefix / "temp").mkdir(parents=True, exist_ok=True)
-        self.conf.write_text(
-            render_nginx_conf(self.prefix, self.upstreams, f"{self.host}:{self.port}", tls=self.tls)
-        )
-        out = open(self.prefix / "nginx.out", "ab")  # noqa: SIM115 (the child holds it)
-        try:
-            # -e: the error log before the configuration is read (else /var/log/nginx/error.log)
-            return subprocess.Popen(
-                [binary, "-p", str(self.prefix), "-c", str(self.conf), "-e", str(self.error_log)],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        finally:
-            out.close()
-
-    async def start(self, timeout: float = 15.0) -> None:
-        """Start nginx and wait until ``/healthz`` answers through it (another port if ours was taken)."""
-        for attempt in range(3):
-            if not self._fixed_port:
-                self.port = free_port()
-            self.proc = self._spawn()
-            try:
-                await self._wait_ready(timeout)
-                return
-            except RuntimeError as exc:
-                self.stop()
-                if self._fixed_port or "Address already in use" not in str(exc) or attempt == 2:
-                    raise
-
-    async def _wait_ready(self, timeout: float) -> None:
-        proc = self.proc
-        assert proc is not None
-        async with aiohttp.ClientSession() as http:
-
-            async def ready() -> bool:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"nginx exited ({proc.returncode}): {self.log_tail()}")
-                try:
-                    async with http.get(f"{self.url}/healthz", ssl=False) as r:
-                        return r.status == 200
-                except aiohttp.ClientError:
-                    return False
-
-            await eventually(
-                ready,
-                timeout=timeout,
-                interval=0.1,
-                message=lambda: f"nginx did not answer: {self.log_tail()}",
-            )
-
-    def log_tail(self, chars: int = 2000) -> str:
-        parts = [
-            p.read_text(errors="replace")[-chars:]
-            for p in (self.prefix / "nginx.out", self.error_log)
-            if p.exists()
-        ]
-        return "\n".join(parts) or "(no log)"
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()  # fast shutdown: open connections are closed
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
 
 
 class Cluster:
@@ -356,7 +220,8 @@ class Cluster:
             if users:
                 await self.add_users(users)
             if nginx:
-                await self.nginx.start()
+                await asyncio.to_thread(self.nginx.start)
+                await self.healthz()  # through nginx: the cluster answers at its public URL
         except BaseException:
             await self.aclose()
             raise
@@ -465,7 +330,8 @@ async def cluster_maker(
             **options,
         )
         made.append(cluster)
-        await cluster.start(users=users, nginx=nginx)
+        with installed():
+            await cluster.start(users=users, nginx=nginx)
         return cluster
 
     try:
@@ -484,67 +350,6 @@ async def two_node_cluster(cluster_factory: Callable[..., Awaitable[Cluster]]) -
 # -- make cluster ------------------------------------------------------------------------------
 
 
-class _Redis:
-    """A ``redis-server`` on a free loopback port for ``make cluster``, in its own process group
-    (the tests use the ``redis_url`` fixture instead)."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.port = 0
-
-    def start(self) -> str:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise SystemExit("redis-server is not installed (apt-get install -y redis-server)")
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        for _ in range(5):
-            self.port = free_port()
-            self.proc = subprocess.Popen(
-                [
-                    binary,
-                    "--port",
-                    str(self.port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    str(self.workdir),
-                    "--logfile",
-                    str(self.workdir / "redis.log"),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and self.proc.poll() is None:
-                with (
-                    contextlib.suppress(OSError),
-                    socket.create_connection(("127.0.0.1", self.port), 0.5) as s,
-                ):
-                    s.sendall(b"PING\r\n")
-                    if s.recv(64).startswith(b"+PONG"):
-                        return f"redis://127.0.0.1:{self.port}/0"
-                time.sleep(0.05)
-            self.stop()
-        raise SystemExit(f"redis-server did not start (log: {self.workdir / 'redis.log'})")
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
 def _demo_accounts() -> list[Account]:
     from server.cli import DEMO_ACCOUNTS
 
@@ -554,7 +359,14 @@ def _demo_accounts() -> list[Account]:
     ]
 
 
-async def _serve(cluster: Cluster, accounts: list[Account]) -> None:
+#: where ``make cluster`` keeps the recordings, on its S3 server
+BUCKET, PREFIX = "vcounter", "recordings"
+
+
+async def _serve(
+    cluster: Cluster, accounts: list[Account], services: dict[str, subprocess.Popen[bytes] | None]
+) -> None:
+    """Start the cluster, print where it is, and wait: until Ctrl-C, or until a process exits."""
     await cluster.start(users=accounts)
     url = cluster.url
     print(f"vcounter cluster: nginx on {url} (TLS: self-signed development certificate)")
@@ -563,25 +375,34 @@ async def _serve(cluster: Cluster, accounts: list[Account]) -> None:
     print(f"  customer page: {url}/")
     print(f"  agent page:    {url}/agent")
     print(f"  auditor page:  {url}/audit")
+    print(f"  health:        {url}/healthz")
+    print(
+        f"  recordings:    {cluster.env['VCOUNTER_STORAGE_URL']} on the S3 server "
+        f"{cluster.env['VCOUNTER_S3_ENDPOINT_URL']} (moto, in memory)"
+    )
     print("  demo accounts (new passwords each run):")
     for a in accounts:
         print(f"    {a.role:8} {a.username:10} {a.password}")
     print(f"  files: {cluster.root} (removed at exit)")
     print("Ctrl-C stops everything.", flush=True)
-    while (
-        all(n.alive for n in cluster.nodes)
-        and cluster.nginx.proc is not None
-        and cluster.nginx.proc.poll() is None
-    ):
+    watched = [
+        *((n.node_id, n.proc) for n in cluster.nodes),
+        ("nginx", cluster.nginx.proc),
+        *services.items(),
+    ]
+    while True:
+        exited = [name for name, proc in watched if proc is None or proc.poll() is not None]
+        if exited:
+            raise SystemExit(
+                f"vcounter cluster: {', '.join(exited)} exited; stopping.\n{cluster.logs()}"
+            )
         await asyncio.sleep(1)
-    raise SystemExit(f"a process of the cluster exited:\n{cluster.logs()}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``make cluster``: PostgreSQL, Redis, two nodes and nginx (TLS) on this machine until Ctrl-C."""
+    """``make cluster``: PostgreSQL, Redis, an S3 server, two nodes and nginx (TLS) on this
+    machine until Ctrl-C."""
     from certs.devcert import ensure_dev_certificate
-
-    from .services import PG_BIN, PostgresCluster
 
     parser = argparse.ArgumentParser(
         prog="python -m tests.cluster_fixture", description=main.__doc__
@@ -603,8 +424,8 @@ def main(argv: list[str] | None = None) -> int:
         package
         for package, there in (
             ("nginx", nginx_binary() is not None),
-            ("redis-server", shutil.which("redis-server") is not None),
-            ("postgresql", (PG_BIN / "initdb").is_file()),
+            ("redis-server", redis_binary() is not None),
+            ("postgresql", pg_bin() is not None),
         )
         if not there
     ]
@@ -615,41 +436,58 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    if not moto_installed():
+        print(
+            "vcounter cluster: moto is not installed (the S3 server; `make install` installs the "
+            "test extras: pip install -e '.[test]')",
+            file=sys.stderr,
+        )
+        return 1
 
     # Ctrl-C, also when started where SIGINT is ignored (in the background), and SIGTERM (`kill`,
     # a service manager) stop it the same way
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     root = Path(tempfile.mkdtemp(prefix="vcounter-cluster-"))
-    postgres, redis = PostgresCluster(), _Redis(root / "redis")
+    postgres, redis, s3 = PostgresCluster(), RedisServer(root / "redis"), S3Server(root / "s3")
     cluster: Cluster | None = None
     try:
-        print("starting PostgreSQL and Redis...", flush=True)
+        print("starting PostgreSQL, Redis and an S3 server (moto)...", flush=True)
         postgres.start()
         database_url = postgres.create_database("vcounter")
-        redis_url = redis.start()
+        redis.start()
+        s3.start()
+        s3.create_bucket(BUCKET)
         tls = ensure_dev_certificate(root / "tls")
         cluster = Cluster(
             root,
             database_url=database_url,
-            redis_url=redis_url,
+            redis_url=redis.url,
             redis_prefix="vcounter:",
             lease_s=15.0,
             identity=not args.no_identity,
             listen_host=args.host,
             listen_port=args.port,
             tls=tls,
+            env={
+                **AWS_ENV,
+                "VCOUNTER_STORAGE_URL": f"s3://{BUCKET}/{PREFIX}",
+                "VCOUNTER_S3_ENDPOINT_URL": s3.endpoint,
+            },
         )
         print("starting nodes node-a and node-b and nginx...", flush=True)
-        asyncio.run(_serve(cluster, _demo_accounts()))
+        services = {"redis-server": redis.proc, "moto": s3.proc}
+        asyncio.run(_serve(cluster, _demo_accounts(), services))
     except KeyboardInterrupt:
         print("\nstopping...", flush=True)
     except (RuntimeError, AssertionError) as exc:
         print(f"vcounter cluster: {exc}", file=sys.stderr)
         return 1
     finally:
+        # the nodes first, then what they use
         if cluster is not None:
             cluster.stop()
+        s3.stop()
         redis.stop()
         postgres.stop()
         shutil.rmtree(root, ignore_errors=True)

@@ -1,13 +1,14 @@
-"""A real S3-compatible server for the tests: moto's server mode on a free loopback port.
+"""A real S3-compatible server for the tests: moto's server mode on a free loopback port
+(``devservices``).
 
-One server per test session, started on first use and stopped at the end
-(in memory: it keeps nothing on disk); each test gets a bucket of its own.
-The fixtures are a plugin of ``tests/conftest.py``: tests just name them.
+One server per test session, started on first use and stopped at the end (in memory: it keeps
+nothing on disk); each test gets a bucket of its own. The fixtures are a plugin of
+``tests/conftest.py``: tests just name them.
 
-``s3_url`` also sets the ``AWS_*`` variables boto3 reads (moto takes any
-credentials). :class:`PausableProxy` stands between a client and the server
-for tests that take the store away and bring it back without losing what it
-holds (moto keeps its objects in memory: stopping it would lose them).
+``s3_url`` also sets the ``AWS_*`` variables boto3 reads (moto takes any credentials).
+:class:`PausableProxy` stands between a client and the server for tests that take the store away
+and bring it back without losing what it holds (moto keeps its objects in memory: stopping it
+would lose them).
 """
 
 from __future__ import annotations
@@ -15,93 +16,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import pytest
 
-#: seconds the server gets to answer after it starts
-START_TIMEOUT_S = 30.0
-AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
+from devservices import AWS_ENV, S3Server, free_port
 
+from .services import installed
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/moto-api/", timeout=1) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
-@dataclass(frozen=True)
-class S3Server:
-    endpoint: str
-    log: Path
-
-    def client(self) -> Any:
-        import boto3
-
-        return boto3.session.Session(
-            aws_access_key_id=AWS_ENV["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=AWS_ENV["AWS_SECRET_ACCESS_KEY"],
-            region_name=AWS_ENV["AWS_DEFAULT_REGION"],
-        ).client("s3", endpoint_url=self.endpoint)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+__all__ = ["AWS_ENV", "PausableProxy", "S3Server"]
 
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """moto's S3 server for the whole test session."""
-    log = tmp_path_factory.mktemp("s3") / "moto.log"
-    for _ in range(3):  # another process may take the port first
-        port = _free_port()
-        with open(log, "ab") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        endpoint = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline and proc.poll() is None:
-            if _answers(endpoint):
-                try:
-                    yield S3Server(endpoint, log)
-                finally:
-                    _stop(proc)
-                return
-            time.sleep(0.1)
-        _stop(proc)
-    pytest.fail(
-        f"moto server did not start:\n{log.read_text(errors='replace')[-2000:]}", pytrace=False
-    )
+    with installed(), S3Server(tmp_path_factory.mktemp("s3")) as server:
+        yield server
 
 
 @pytest.fixture
@@ -110,7 +40,7 @@ def s3_url(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
     for name, value in AWS_ENV.items():
         monkeypatch.setenv(name, value)
     bucket = f"test-{secrets.token_hex(6)}"
-    s3_server.client().create_bucket(Bucket=bucket)
+    s3_server.create_bucket(bucket)
     return f"s3://{bucket}/vcounter"
 
 
@@ -120,7 +50,7 @@ class PausableProxy:
     def __init__(self, target: str) -> None:
         host, _, port = target.removeprefix("http://").partition(":")
         self._target = (host, int(port))
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._server: asyncio.Server | None = None
         self._pipes: set[asyncio.Task[None]] = set()

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+from devservices import free_port
 
 from .helpers import REPO, eventually
 
@@ -56,12 +57,6 @@ def server_cli(config: Any, *args: str) -> subprocess.CompletedProcess[str]:
             "VCOUNTER_SIGNING_KEY_FILE": str(config.signing_key_file),
         },
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ServerProcess:

@@ -4,6 +4,9 @@
   leaf or ``server``;
 - ``recorder``, ``identity`` and ``business`` never touch the database or HTTP;
 - core ``signaling`` never imports ``signaling.contrib`` (test and benchmark tooling);
+- the shipped packages never import the development tooling (``devservices``, ``bench``) or the
+  tests;
+- ``devservices`` and ``bench`` never import the tests (the tests import them);
 - the modules of ``server`` import each other without a cycle.
 
 Imports under ``if TYPE_CHECKING:`` are for the type checker only and do not count; imports
@@ -31,6 +34,10 @@ DB_OR_HTTP = (
     "boto3",
 )
 NO_DB_OR_HTTP = ("recorder", "identity", "business")
+#: what pyproject.toml ships
+SHIPPED = ("server", *LEAVES, "certs")
+#: development tooling of a checkout, which the tests use
+TOOLING = ("devservices", "bench")
 
 
 def _is_type_checking(test: ast.expr) -> bool:
@@ -107,6 +114,19 @@ def violations(root: Path) -> list[str]:
                     problems.append(
                         f"{module} imports {name}: core signaling never imports its contrib tools"
                     )
+    for package in (*SHIPPED, *TOOLING):
+        if not (root / package).is_dir():
+            continue
+        for module, path in _modules(root, package).items():
+            for name in sorted(_imports(path, module)):
+                top = _top(name)
+                if package in SHIPPED and top in (*TOOLING, "tests"):
+                    problems.append(
+                        f"{module} imports {name}: shipped code never imports {top}, "
+                        "which is not shipped"
+                    )
+                elif package in TOOLING and top == "tests":
+                    problems.append(f"{module} imports {name}: {package} never imports the tests")
     server = _modules(root, "server") if (root / "server").is_dir() else {}
     graph = {
         module: {name for name in _imports(path, module) if name in server and name != module}
@@ -205,6 +225,24 @@ def _write(root: Path, files: dict[str, str]) -> None:
                 "signaling/hub.py": "from .contrib import tools\n",
             },
             "signaling.hub imports signaling.contrib: core signaling never imports its contrib tools",
+        ),
+        (
+            {"server/__init__.py": "", "server/cli.py": "from devservices import RedisServer\n"},
+            "server.cli imports devservices: shipped code never imports devservices, which is "
+            "not shipped",
+        ),
+        (
+            {"certs/__init__.py": "", "certs/devcert.py": "def f():\n    import tests.helpers\n"},
+            "certs.devcert imports tests.helpers: shipped code never imports tests, which is not "
+            "shipped",
+        ),
+        (
+            {"bench/calls.py": "from tests.services import PostgresCluster\n"},
+            "bench.calls imports tests.services: bench never imports the tests",
+        ),
+        (
+            {"devservices/__init__.py": "", "devservices/nginx.py": "from tests import helpers\n"},
+            "devservices.nginx imports tests: devservices never imports the tests",
         ),
         (
             {
