@@ -116,6 +116,12 @@ async def ready_agent(browser, counter, errors: list[str], username: str = "alic
     return agent
 
 
+async def customer_hangs_up(customer) -> None:
+    """The customer taps hang up and confirms it (hanging up asks first)."""
+    await customer.get_by_test_id("hangup-button").click()
+    await customer.get_by_test_id("hangup-confirm-button").click()
+
+
 async def accept_call(agent, customer) -> None:
     """The agent accepts the waiting customer; both pages show the call active."""
     await agent.get_by_test_id("accept-button").click(timeout=15_000)

@@ -16,6 +16,7 @@ from .browser import (
     accept_call,
     audio_peaks,
     call_state,
+    customer_hangs_up,
     face_encoding,
     grab_frame,
     is_blank,
@@ -130,9 +131,18 @@ async def test_customer_and_agent_see_and_hear_each_other(counter):
             session_id = next(iter(s.id for s in counter.broker.sessions))
             call_started = time.monotonic()
             await asyncio.sleep(3.0)  # the call goes on for a while
+            # a tap on hang up asks first; "continue" keeps the call
             await customer.get_by_test_id("hangup-button").click()
+            await customer.get_by_test_id("hangup-keep").click()
+            assert await customer.get_by_test_id("hangup-confirm").is_hidden()
+            await call_state(customer, "active")
+            await customer_hangs_up(customer)
             call_s = time.monotonic() - call_started
             await call_state(customer, "ended")
+            # nothing was done: no tick on the end screen, no outcome
+            icon = customer.get_by_test_id("ended-icon")
+            assert await icon.get_attribute("data-done") == "false"
+            assert await customer.get_by_test_id("ended-outcome").is_hidden()
             await call_state(agent, "ended")
             assert not errors, errors
         finally:

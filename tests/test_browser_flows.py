@@ -16,6 +16,7 @@ customer abandoned half way.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ from signaling.contrib.fake_media import make_tone_wav
 from .browser import (
     accept_call,
     call_state,
+    customer_hangs_up,
     face_cameras,
     go_ready,
     launch,
@@ -283,9 +285,13 @@ async def test_account_opening_with_face_verification(
             done = await _run_flow(agent, customer, identity="face")
             await _finish(agent, customer, "account_opening")
             receipt = await _download_receipt(customer, tmp_path)
-            await customer.get_by_test_id("hangup-button").click()
+            await customer_hangs_up(customer)
             await call_state(agent, "ended")
             await call_state(customer, "ended")
+            # the business is done: a tick, and the new account's number in groups of four
+            assert await customer.get_by_test_id("ended-icon").get_attribute("data-done") == "true"
+            outcome = await customer.get_by_test_id("ended-outcome").text_content() or ""
+            assert re.search(r"\d{4} \d{4} \d{4}", outcome), outcome
             # the receipt stays downloadable on the end screen
             assert await customer.get_by_test_id("receipt-download").is_visible()
             assert not errors, errors
@@ -357,7 +363,7 @@ async def test_loan_and_wealth_by_manual_verification_and_the_auditor_checklist(
             await agent.wait_for_selector(
                 '[data-testid="flow-step"][data-step="consent"][data-status="done"]'
             )
-            await customer.get_by_test_id("hangup-button").click()
+            await customer_hangs_up(customer)
             await call_state(agent, "ended")
 
             # the auditor's page: the completed loan with step times, the abandoned flow flagged

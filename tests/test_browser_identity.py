@@ -21,6 +21,7 @@ from signaling.contrib.fake_media import make_tone_wav
 from .browser import (
     accept_call,
     call_state,
+    customer_hangs_up,
     face_cameras,
     launch,
     ready_agent,
@@ -325,7 +326,7 @@ async def test_without_face_consent_the_agent_verifies_by_hand(
             assert await customer.get_by_test_id("id-photo-input").is_enabled()
 
             session_id = await agent.get_by_test_id("customer-session").text_content()
-            await customer.get_by_test_id("hangup-button").click()
+            await customer_hangs_up(customer)
             await call_state(agent, "ended")
             assert not errors, errors
         finally:

@@ -19,6 +19,7 @@
 
 import { CallController, publishState } from './call.js';
 import { CustomerFlow } from './customer_flow.js';
+import { outcomeText } from './flow.js';
 import {
   applyI18n, bindLangToggle, businessDescription, businessName, businessTypes, errorText, formatWait, has,
   loadBusinessNames, onLangChange, reasonText, serverText, t,
@@ -90,6 +91,12 @@ const el = {
   callTimer: byId('call-timer'),
   hangup: byTestId('hangup-button'),
   endReason: byTestId('end-reason'),
+  endedTitle: byId('ended-title'),
+  endedIcon: byTestId('ended-icon'),
+  endedOutcome: byTestId('ended-outcome'),
+  hangupConfirm: byTestId('hangup-confirm'),
+  hangupConfirmButton: byTestId('hangup-confirm-button'),
+  hangupKeep: byTestId('hangup-keep'),
   flowPanel: byId('flow-panel'),
   endedReceiptSlot: byId('ended-receipt-slot'),
   startOver: byTestId('start-over-button'),
@@ -224,8 +231,18 @@ function renderDeviceStatus() {
   }
 }
 
+/** The end screen: a tick and what was opened or signed only when the business was done. */
 function renderEnded() {
   setText(el.endReason, reasonText('reason', app.endReason));
+  const result = flow.result;
+  const done = Boolean(result && result.status === 'completed');
+  el.endedIcon.dataset.done = String(done);
+  const key = done ? 'ended.titleDone' : result ? 'ended.titleUnfinished' : 'ended.title';
+  el.endedTitle.dataset.i18n = key;
+  setText(el.endedTitle, t(key));
+  const outcome = done ? outcomeText(result.outcome) : '';
+  el.endedOutcome.hidden = !outcome;
+  setText(el.endedOutcome, outcome);
 }
 
 function renderCallTimer() {
@@ -567,6 +584,7 @@ function onRequeued() {
 }
 
 function finish(reason) {
+  closeHangupConfirm();
   clearTimeout(app.endTimer);
   app.endTimer = null;
   closeCall();
@@ -912,7 +930,19 @@ function onCancelClick() {
   }, END_FALLBACK_MS);
 }
 
+/** Hanging up asks first (a tap by mistake would end the business half done). */
 function onHangupClick() {
+  if (app.state !== 'active') return;
+  el.hangupConfirm.hidden = false;
+  el.hangupKeep.focus();
+}
+
+function closeHangupConfirm() {
+  el.hangupConfirm.hidden = true;
+}
+
+function hangUp() {
+  closeHangupConfirm();
   if (app.state !== 'active') return;
   call.closePeer();
   if (!send({ type: 'hangup' })) {
@@ -1012,6 +1042,11 @@ function init() {
   el.retryDevices.addEventListener('click', () => devices.start());
   el.cancel.addEventListener('click', onCancelClick);
   el.hangup.addEventListener('click', onHangupClick);
+  el.hangupConfirmButton.addEventListener('click', hangUp);
+  el.hangupKeep.addEventListener('click', closeHangupConfirm);
+  el.hangupConfirm.addEventListener('keydown', (event) => {
+    if (event.key === 'Escape') closeHangupConfirm();
+  });
   el.startOver.addEventListener('click', onStartOver);
   el.displayName.addEventListener('keydown', (event) => {
     if (event.key === 'Enter') onJoinClick();

@@ -68,6 +68,9 @@ export class CustomerFlow {
 
   /** A new session (or none): nothing of the last flow stays, except a receipt to keep. */
   reset({ keepReceipt = false } = {}) {
+    /** how the last flow ended ({status, outcome}), kept with the receipt for the end screen */
+    const last = this.state ? { status: this.state.status, outcome: this.state.outcome || null } : null;
+    this.result = keepReceipt ? last || this.result || null : null;
     this.sessionId = null;
     this.state = null;
     /** document id -> {id, title, sha256, content} received */

@@ -36,10 +36,16 @@ export function clockOf(at) {
 }
 
 /** The business outcome in one line: "Account 6217… (Type II)". */
+/** An account number in groups of four digits, as on a bank card; other references as they are. */
+export function groupedReference(reference) {
+  const text = reference == null ? '' : String(reference);
+  return /^\d{12,}$/.test(text) ? text.replace(/(\d{4})(?=\d)/g, '$1 ') : text;
+}
+
 export function outcomeText(outcome) {
   if (!outcome || typeof outcome !== 'object') return '';
   const type = has(`flow.outcome.${outcome.type}`) ? t(`flow.outcome.${outcome.type}`) : String(outcome.type || '');
-  const parts = [`${type} ${outcome.reference || ''}`.trim()];
+  const parts = [`${type} ${groupedReference(outcome.reference)}`.trim()];
   if (outcome.class) parts.push(t('flow.accountClass', { cls: outcome.class }));
   const terms = outcome.terms;
   if (terms && typeof terms === 'object') {

@@ -80,6 +80,10 @@ const STRINGS = {
     'call.cameraOff': 'Camera off',
     'call.cameraOn': 'Camera on',
     'call.hangup': 'Hang up',
+    'call.hangupConfirm': 'End the call?',
+    'call.hangupConfirmText': 'What is not finished yet will have to be done again in a new call.',
+    'call.hangupKeep': 'Continue the call',
+    'call.hangupEnd': 'End the call',
     'call.tapToPlay': 'Tap to hear and see the agent',
     'call.tapToPlayCustomer': 'Tap to hear and see the customer',
     'call.connecting': 'Connecting video…',
@@ -102,6 +106,8 @@ const STRINGS = {
     'banner.mediaLostCustomer': 'The customer’s video has stopped. Reconnecting; the call ends if it is not back within {n} s.',
 
     'ended.title': 'Your session has ended',
+    'ended.titleDone': 'Your business is done',
+    'ended.titleUnfinished': 'The call ended before your business was done',
     'ended.thanks': 'Thank you for using the video counter.',
     'ended.again': 'Start over',
 
@@ -665,6 +671,10 @@ const STRINGS = {
     'call.cameraOff': '关闭摄像头',
     'call.cameraOn': '打开摄像头',
     'call.hangup': '挂断',
+    'call.hangupConfirm': '确定结束通话吗？',
+    'call.hangupConfirmText': '尚未办完的业务需要重新发起视频办理。',
+    'call.hangupKeep': '继续通话',
+    'call.hangupEnd': '结束通话',
     'call.tapToPlay': '点击此处收听并观看坐席画面',
     'call.tapToPlayCustomer': '点击此处收听并观看客户画面',
     'call.connecting': '正在连接视频…',
@@ -687,6 +697,8 @@ const STRINGS = {
     'banner.mediaLostCustomer': '客户视频已中断，正在重新连接；{n} 秒内未恢复将结束通话。',
 
     'ended.title': '本次服务已结束',
+    'ended.titleDone': '业务已办理完成',
+    'ended.titleUnfinished': '通话已结束，业务尚未办理完成',
     'ended.thanks': '感谢您使用远程视频柜台。',
     'ended.again': '重新开始',
 
