@@ -59,8 +59,10 @@ that is not the fingerprinted one, or a bad signature.
 key, so a forger can edit one and re-sign it with a key of their own: it is
 then perfectly self-consistent. Only the check against the bank's published
 key proves the bank sealed it: pass ``trusted_public_keys`` (the CLI trusts
-the server's signing key and every ``--public-key``). Without it the result is
-``ok`` but ``trusted=False``, with a warning as ``reason``.
+the server's signing key and every ``--public-key``, and refuses without any).
+Without it the result is ``ok`` but ``trusted=False``, with a warning as
+``reason``. ``session_id`` binds the receipt to the session it is asked to be
+of: a genuine receipt of another session fails (``wrong_session``).
 
 Images never appear in logs, reprs or reasons.
 """
@@ -154,7 +156,7 @@ class ReceiptCheck:
     ``fingerprint`` is the signer's key when known. ``code`` names the outcome
     for programs: ``None`` (valid and trusted), ``untrusted``, ``unknown_key``,
     ``not_a_receipt`` (not a JSON object at all), ``not_canonical``,
-    ``malformed``, ``image_mismatch``, ``bad_key``, ``bad_signature``.
+    ``malformed``, ``image_mismatch``, ``bad_key``, ``bad_signature``, ``wrong_session``.
     """
 
     ok: bool
@@ -314,19 +316,34 @@ def _normalise_identity(identity: Any) -> Any:
 # -- verifying -------------------------------------------------------------------------------
 
 
-def verify_receipt(data: bytes, *, trusted_public_keys: list[bytes] | None = None) -> ReceiptCheck:
+def verify_receipt(
+    data: bytes,
+    *,
+    trusted_public_keys: list[bytes] | None = None,
+    session_id: str | None = None,
+) -> ReceiptCheck:
     """Check a receipt file; never raises on a bad file (see :class:`ReceiptCheck`).
 
     ``trusted_public_keys``: PEM public keys the signer must be one of (the
     bank's published key). ``None`` checks self-consistency only (``ok`` with
     ``trusted=False`` and a warning); an empty list trusts no key. A trusted
     key that is not an Ed25519 PEM raises :class:`recorder.exceptions.RecorderError`.
+    ``session_id``: the session the receipt must be of.
     """
     trusted = None if trusted_public_keys is None else {fingerprint(k) for k in trusted_public_keys}
     try:
         payload, key_fp = _check(bytes(data))
     except _Invalid as exc:
         return ReceiptCheck(False, exc.reason, None, None, code=exc.code)
+    if session_id is not None and payload["session_id"] != session_id:
+        return ReceiptCheck(
+            False,
+            f"the receipt is of session {_short(payload['session_id'])}, not {_short(session_id)}",
+            payload,
+            key_fp,
+            trusted=trusted is not None and key_fp in trusted,
+            code="wrong_session",
+        )
     if trusted is None:
         return ReceiptCheck(
             True, UNTRUSTED_WARNING, payload, key_fp, trusted=False, code="untrusted"

@@ -1,4 +1,12 @@
-"""Proves a recording unchanged: hash chain, manifest signature, output hashes, decryptability.
+"""Proves a recording unchanged: hash chain, manifest signature, output hashes, decryptability,
+and that it is the recording it is asked for.
+
+A recording's files only prove themselves: a genuine recording copied over
+another one's directory is self-consistent and signed. So the caller names
+what it expects -- the recording id (the id the segments and the hash chain
+are sealed under, also ``metadata.recording_id``), the session id and, where a
+database is at hand, the SHA-256 of the manifest it recorded when the
+recording was finalised -- and any mismatch fails the verification first.
 
 Reads every stored byte once (twice for outputs when a master key is given),
 in 1 MiB blocks, several files at a time in threads (hashlib and AES-GCM
@@ -46,8 +54,13 @@ class VerifyResult:
     problems: list[str] = field(default_factory=list)
     #: facts an auditor should see even when ok (recovered, dropped segments, untrusted key)
     notes: list[str] = field(default_factory=list)
+    #: the recording id the manifest names (the id its segments and chain are sealed under)
     session_id: str | None = None
     bytes_checked: int = 0
+    #: the signature was checked against a key the caller gave (not the one beside the recording)
+    trusted: bool = False
+    #: the session the manifest says the recording belongs to (``metadata.session_id``)
+    call_session_id: str | None = None
 
 
 def verify(
@@ -55,16 +68,34 @@ def verify(
     master_key: MasterKey | None = None,
     public_key_pem: bytes | None = None,
     *,
+    recording_id: str | None = None,
+    session_id: str | None = None,
+    manifest_sha256: str | None = None,
     workers: int | None = None,
 ) -> VerifyResult:
-    """Check a finished recording; ``public_key_pem`` is the key the signer must have used."""
+    """Check a finished recording; ``public_key_pem`` is the key the signer must have used.
+
+    Without ``public_key_pem`` the signature is checked with the key stored beside the recording:
+    that proves self-consistency only (``trusted`` False, and a note), never who signed it.
+    ``recording_id``, ``session_id`` and ``manifest_sha256`` (the hash the database recorded)
+    bind the recording to what was asked for: a recording that is another one's fails.
+    """
     storage = as_storage(directory)
     problems: list[str] = []
     notes: list[str] = []
-    manifest = _check_manifest(storage, public_key_pem, problems, notes)
+    manifest, raw, trusted = _check_manifest(storage, public_key_pem, problems, notes)
     if manifest is None:
         return _result(problems, notes, None, 0)
-    session_id = str(manifest["session_id"])
+    # first: a swapped recording verifies in every other respect
+    problems[:0] = binding_problems(
+        manifest,
+        raw,
+        recording_id=recording_id,
+        session_id=session_id,
+        manifest_sha256=manifest_sha256,
+    )
+    call_session = _metadata(manifest).get("session_id")
+    session_id = str(manifest.get("session_id"))
     segments: list[dict[str, Any]] = manifest.get("segments", [])
     outputs: list[dict[str, Any]] = manifest.get("outputs", [])
 
@@ -101,7 +132,10 @@ def verify(
             + (f"; dropped segments: {', '.join(dropped)}" if dropped else "")
         )
     checked = sum(size for _, _, size in results)
-    return _result(problems, notes, session_id, checked, len(segments), len(outputs))
+    result = _result(problems, notes, session_id, checked, len(segments), len(outputs))
+    result.trusted = trusted
+    result.call_session_id = str(call_session) if call_session is not None else None
+    return result
 
 
 def _result(
@@ -119,6 +153,54 @@ def _result(
     )
 
 
+def binding_problems(
+    manifest: dict[str, Any],
+    raw: bytes,
+    *,
+    recording_id: str | None = None,
+    session_id: str | None = None,
+    manifest_sha256: str | None = None,
+) -> list[str]:
+    """Why the manifest (parsed, and its stored bytes) is not the asked-for recording's: its ids
+    against the expected ones, its SHA-256 against the one the database recorded ([] when it is).
+
+    Cheap (no signature, no media): the auditor's session page checks every recording with it.
+    """
+    problems: list[str] = []
+    metadata = _metadata(manifest)
+    sealed_as = str(manifest.get("session_id"))  # the id the segments and chain are sealed under
+    named = metadata.get("recording_id", sealed_as)
+    if recording_id is not None and (sealed_as != recording_id or named != recording_id):
+        problems.append(
+            f"manifest: is recording {_shown(named)} of session "
+            f"{_shown(metadata.get('session_id'))}, not {_shown(recording_id)} "
+            "(another recording's files)"
+        )
+    elif session_id is not None and metadata.get("session_id") != session_id:
+        problems.append(
+            f"manifest: belongs to session {_shown(metadata.get('session_id'))}, "
+            f"not {_shown(session_id)}"
+        )
+    digest = hashlib.sha256(raw).hexdigest()
+    if manifest_sha256 is not None and digest != manifest_sha256:
+        problems.append(
+            "manifest: not the manifest the database recorded when the recording was finalised "
+            f"(sha256 {digest[:16]}, recorded {manifest_sha256[:16]})"
+        )
+    return problems
+
+
+def _metadata(manifest: dict[str, Any]) -> dict[str, Any]:
+    metadata = manifest.get("metadata")
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def _shown(value: object) -> str:
+    """An id from a (possibly forged) manifest, quoted and cut short for a message."""
+    text = repr(value)
+    return text if len(text) <= 90 else text[:87] + "..."
+
+
 def _fingerprint(pem: bytes | None) -> str | None:
     try:
         return fingerprint(pem) if pem else None
@@ -134,15 +216,20 @@ def _read(storage: Storage, name: str) -> bytes | None:
 
 
 def _check_manifest(
-    storage: Storage, trusted_pem: bytes | None, problems: list[str], notes: list[str]
-) -> dict[str, Any] | None:
-    """Check the signature, then parse; None when there is nothing to check further."""
+    storage: Storage,
+    trusted_pem: bytes | None,
+    problems: list[str],
+    notes: list[str],
+) -> tuple[dict[str, Any] | None, bytes, bool]:
+    """Check the signature, then parse: the manifest (None when there is nothing to check
+    further), its bytes and whether the trusted key signed it."""
     raw, signature, stored_pem = (_read(storage, n) for n in (MANIFEST, SIGNATURE, PUBLIC_KEY))
     if raw is None:
         problems.append("no manifest.json (recording not finalised, or not a recording)")
-        return None
+        return None, b"", False
     key_pem = trusted_pem or stored_pem
     signer = _fingerprint(key_pem)
+    signed = False
     if not signature:
         problems.append("manifest: no manifest.sig")
     elif signer is None:
@@ -162,23 +249,26 @@ def _check_manifest(
             problems.append(
                 "manifest: signature invalid (manifest.json or manifest.sig was changed)"
             )
-    elif trusted_pem is None:
-        notes.append(
-            f"signature checked with the key stored beside the recording ({signer[:16]}); "
-            "pass the trusted public key to check who signed"
-        )
+    else:
+        signed = True
+        if trusted_pem is None:
+            notes.append(
+                f"signature checked with the key stored beside the recording ({signer[:16]}): "
+                "self-consistency only; pass the trusted public key to check who signed"
+            )
     try:
         manifest = json.loads(raw)
     except ValueError:
         problems.append("manifest: not valid JSON")
-        return None
+        return None, raw, False
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         problems.append("manifest: not a vcounter recording manifest")
-        return None
+        return None, raw, False
     named = manifest.get("signing_key", {}).get("fingerprint")
-    if not problems and named != signer:
+    if signed and named != signer:
         problems.append("manifest: names a different signing key than the one that signed it")
-    return manifest
+        signed = False
+    return manifest, raw, signed and trusted_pem is not None
 
 
 def _check_segment(

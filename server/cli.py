@@ -6,10 +6,12 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import secrets
 import ssl
 import sys
 from dataclasses import replace
+from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +27,9 @@ if TYPE_CHECKING:
     from aiohttp import web
 
 logger = logging.getLogger("vcounter")
+
+#: a recording's id, ``<session id>-<leg>`` (its directory's name), as the audit API takes it
+RECORDING_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}-\d{1,3}$")
 
 DEMO_ACCOUNTS = [
     # username, role, display name, skills
@@ -350,92 +355,304 @@ def _keys(config: Config):  # type: ignore[no-untyped-def]
     return master, signing
 
 
+class _CheckError(Exception):
+    """A check that cannot be made (no trusted key, no database): exit 2 with this message."""
+
+
+def _trusted_keys(config: Config, public_keys: list[str] | None) -> list[tuple[bytes, str]]:
+    """The keys evidence must be signed by, each with where the trust comes from: every
+    ``--public-key``, and the server's signing key (``config.signing_key_path``, resolved beside the
+    data directory; read only, never created). Never a key found beside the evidence: without any,
+    :class:`_CheckError` says what to give."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+
+    from recorder.exceptions import RecorderError
+    from recorder.keys import SigningKey, fingerprint
+
+    trusted: list[tuple[bytes, str]] = []
+    for key_path in public_keys or []:
+        try:
+            pem = Path(key_path).read_bytes()
+            fingerprint(pem)
+        except OSError as exc:
+            raise _CheckError(
+                f"cannot read --public-key {key_path}: {exc.strerror or exc}"
+            ) from None
+        except (RecorderError, ValueError, UnsupportedAlgorithm):
+            raise _CheckError(
+                f"--public-key {key_path} is not an Ed25519 public key (PEM)"
+            ) from None
+        trusted.append((pem, f"--public-key {key_path}"))
+    key_file = config.signing_key_path
+    if key_file.is_file():
+        try:
+            pem = SigningKey.load(key_file).public_pem()
+        except (OSError, RecorderError) as exc:
+            print(f"warning: cannot read the server signing key {key_file}: {exc}", file=sys.stderr)
+        else:
+            trusted.append((pem, f"the server signing key {key_file}"))
+    if not trusted:
+        raise _CheckError(
+            f"no trusted public key: the server signing key {key_file} is not there "
+            f"(VCOUNTER_SIGNING_KEY_FILE, a relative path taken beside the data directory "
+            f"{Path(config.data_dir).absolute()}); give --data-dir, or --public-key with the "
+            "bank's published key (a key stored beside the evidence proves nothing)"
+        )
+    return trusted
+
+
+def _key_for(trusted: list[tuple[bytes, str]], manifest_raw: bytes | None) -> bytes:
+    """Of the trusted keys, the one the manifest names as its signer (the first when none: its
+    check then fails, naming the key that did sign)."""
+    import json
+
+    from recorder.keys import fingerprint
+
+    try:
+        named = json.loads(manifest_raw or b"null")["signing_key"]["fingerprint"]
+    except (ValueError, TypeError, KeyError):
+        named = None
+    return next((pem for pem, _ in trusted if fingerprint(pem) == named), trusted[0][0])
+
+
+def _evidence_db(config: Config, *, required: bool) -> Database | None:
+    """The database, when there is one at hand: ``DATABASE_URL``, or the SQLite file in the data
+    directory (never created here). None, with a warning, when there is none and it is optional;
+    :class:`_CheckError` when it is required."""
+    sqlite_file = Path(config.data_dir) / "vcounter.db"
+    if config.database_url is None and not sqlite_file.is_file():
+        where = (
+            f"the data directory {config.data_dir} has none"
+            if Path(config.data_dir).is_dir()
+            else f"the data directory {config.data_dir} does not exist"
+        )
+        if required:
+            raise _CheckError(f"no database at {sqlite_file} ({where}): give --data-dir")
+        print(
+            f"warning: no database at hand ({where}): not checked against the recorded hashes",
+            file=sys.stderr,
+        )
+        return None
+    try:
+        return _ready_db(config)
+    except SchemaError as exc:
+        if required:
+            raise _CheckError(str(exc)) from None
+        print(f"warning: {exc}: not checked against the recorded hashes", file=sys.stderr)
+        return None
+
+
+def _print_result(name: str, ok: bool, reason: str, problems: list[str], notes: list[str]) -> None:
+    print(f"{name}: {'OK' if ok else 'FAILED'}: {reason}")
+    for problem in problems:
+        print(f"  - {problem}")
+    for note in notes:
+        print(f"  note: {note}")
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
-    """Verify a session's recordings (by session or recording id, from the configured store) or a
-    recording directory."""
+    """Verify a session's recordings (by session or recording id, from the configured store), a
+    recording directory or an evidence package: each against the trusted key and as the recording
+    it is asked for (its ids, and the manifest's hash the database recorded)."""
+    config = _base_config(args)
+    try:
+        return _verify(config, args)
+    except _CheckError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _verify(config: Config, args: argparse.Namespace) -> int:
     from sqlmodel import col, select
 
-    from recorder import Storage, verify
+    from recorder import MasterKey, Storage, verify
     from recorder.exceptions import RecorderError
 
     from .db import Recording
     from .recording import object_store
 
-    config, db = _open_db(args)
-    master, signing = _keys(config)
+    trusted = _trusted_keys(config, args.public_key)
+    master_file = config.master_key_path
+    master = None
+    if master_file.is_file():
+        try:
+            master = MasterKey.load(master_file)
+        except (OSError, RecorderError) as exc:
+            print(f"warning: cannot read the master key {master_file}: {exc}", file=sys.stderr)
     target = args.target
     if target.endswith(".zip") and Path(target).is_file():
-        from recorder.export import verify_package
-
-        db.close()
-        trusted = signing.public_pem() if signing else None
-        result = verify_package(Path(target), trusted, master)
-        print(f"{Path(target).name}: {'OK' if result.ok else 'FAILED'}: {result.reason}")
-        for line in [*result.problems, *(f"note: {n}" for n in result.notes)]:
-            print(f"  - {line}")
-        return 0 if result.ok else 1
-    store = None
-    recordings: list[tuple[str, Storage | Path]] = []
-    if Path(target).is_dir():
-        recordings = [(Path(target).name, Path(target))]
-    else:
+        return _verify_package(config, Path(target), trusted, master)
+    is_dir = Path(target).is_dir()
+    db = _evidence_db(config, required=not is_dir)
+    rows: list[Recording] = []
+    if db is not None:
         with db.session() as s:
-            rows = s.exec(
-                select(Recording)
-                .where((Recording.session_id == target) | (Recording.id == target))
-                .order_by(col(Recording.leg))
-            ).all()
-        if rows:
-            # wherever the recordings are (the data directory, or S3 from any host)
-            store = object_store(config, uploads=False)
-            recordings = [(r.id, store.recording(r.id)) for r in rows]
-    db.close()
-    if not recordings:
+            lookup = Path(target).resolve().name if is_dir else target
+            rows = list(
+                s.exec(
+                    select(Recording)
+                    .where((Recording.session_id == lookup) | (Recording.id == lookup))
+                    .order_by(col(Recording.leg))
+                ).all()
+            )
+        db.close()
+    store = None
+    #: (name, where, the row it must be, the recording id it must be, notes)
+    checks: list[tuple[str, Storage | Path, Recording | None, str | None, list[str]]] = []
+    if is_dir:
+        name = Path(target).resolve().name
+        row = next((r for r in rows if r.id == name), None)
+        notes = []
+        bound = name if row is not None or RECORDING_ID.match(name) else None
+        if bound is None:
+            notes.append(f"the directory's name {name!r} is not a recording id: not bound to one")
+        elif row is None and db is not None:
+            notes.append(f"the database has no recording {name}: not checked against it")
+        checks = [(Path(target).name, Path(target), row, bound, notes)]
+    elif rows:
+        # wherever the recordings are (the data directory, or S3 from any host)
+        store = object_store(config, uploads=False)
+        checks = [(r.id, store.recording(r.id), r, r.id, []) for r in rows]
+    if not checks:
         print(
             f"error: no recording for {target!r} (a session id, recording id or directory)",
             file=sys.stderr,
         )
         return 2
     if master is None:
-        print("warning: no master key: decryptability not checked", file=sys.stderr)
-    trusted = signing.public_pem() if signing else None
+        print(
+            f"warning: no master key ({master_file}): decryptability not checked", file=sys.stderr
+        )
     failed = 0
-    for name, source in recordings:
+    for name, source, row, recording_id, notes in checks:
         try:
-            result = verify(source, master, trusted)
+            result = verify(
+                source,
+                master,
+                _key_for(trusted, _manifest_bytes(source)),
+                recording_id=recording_id,
+                session_id=row.session_id if row else None,
+                manifest_sha256=row.manifest_sha256 if row else None,
+            )
         except (RecorderError, OSError) as exc:  # the store cannot be reached
             print(f"{name}: not checked: {exc}")
             failed += 1
             continue
-        status = "OK" if result.ok else "FAILED"
-        print(f"{name}: {status}: {result.reason}")
-        for problem in result.problems:
-            print(f"  - {problem}")
-        for note in getattr(result, "notes", []) or []:
-            print(f"  note: {note}")
+        if result.ok and recording_id is None:
+            notes.append(f"it is recording {result.session_id} of session {result.call_session_id}")
+        if result.ok and row is not None and row.manifest_sha256 is None:
+            notes.append("the database holds no manifest hash for it to be checked against")
+        _print_result(name, result.ok, result.reason, result.problems, [*result.notes, *notes])
         failed += not result.ok
     if store is not None:
         store.close()
     return 1 if failed else 0
 
 
+def _manifest_bytes(source: Any) -> bytes | None:
+    """A recording's stored manifest (a directory or a store's recording), None when it has none."""
+    from recorder.layout import MANIFEST
+    from recorder.storage import as_storage, read_all
+
+    try:
+        return read_all(as_storage(source), MANIFEST)
+    except FileNotFoundError:
+        return None
+
+
+def _verify_package(
+    config: Config, package: Path, trusted: list[tuple[bytes, str]], master: Any
+) -> int:
+    """An evidence package: its contents as :func:`recorder.export.verify_package` checks them, and,
+    with a database at hand, its manifest against the one recorded for that recording."""
+    import hashlib
+    import json
+    import zipfile
+
+    from recorder.export import verify_package
+    from recorder.verify import binding_problems
+
+    from .db import Recording
+
+    try:
+        with zipfile.ZipFile(package) as z:
+            raw: bytes | None = z.read("manifest.json")
+    except (zipfile.BadZipFile, KeyError, OSError):
+        raw = None
+    result = verify_package(package, _key_for(trusted, raw), master)
+    problems, notes = list(result.problems), list(result.notes)
+    if result.ok and raw is not None:
+        manifest = json.loads(raw)
+        recording_id = str(manifest.get("session_id"))
+        db = _evidence_db(config, required=False)
+        row = None
+        if db is not None:
+            with db.session() as s:
+                row = s.get(Recording, recording_id)
+            db.close()
+            if row is None:
+                notes.append(
+                    f"the database has no recording {recording_id}: not checked against it"
+                )
+        if row is not None:
+            problems = binding_problems(
+                manifest,
+                raw,
+                recording_id=row.id,
+                session_id=row.session_id,
+                manifest_sha256=row.manifest_sha256,
+            )
+        notes.append(
+            f"it is recording {recording_id} of session {result.call_session_id} "
+            f"(manifest sha256 {hashlib.sha256(raw).hexdigest()[:16]})"
+        )
+    ok = result.ok and not problems
+    reason = result.reason if ok or not problems else problems[0]
+    _print_result(package.name, ok, reason, problems, notes)
+    return 0 if ok else 1
+
+
 def cmd_verify_log(args: argparse.Namespace) -> int:
+    """Check the access log: its chain, its seals (signed by the trusted key) and that no sealed
+    entry is gone. Without a trusted key the seals' signatures go unchecked, with a warning."""
     from . import access_log
 
-    _, db = _open_db(args)
-    with db.session() as s:
-        check = access_log.verify(s)
-    db.close()
+    config = _base_config(args)
+    try:
+        try:
+            trusted: list[bytes] | None = [pem for pem, _ in _trusted_keys(config, args.public_key)]
+        except _CheckError as exc:
+            if args.public_key:
+                raise
+            print(f"warning: seal signatures not checked: {exc}", file=sys.stderr)
+            trusted = None
+        db = _evidence_db(config, required=True)
+    except _CheckError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    assert db is not None
+    try:
+        with db.session() as s:
+            check = access_log.verify(s, trusted)
+    finally:
+        db.close()
     print(("OK: " if check.ok else "FAILED: ") + check.reason)
+    for problem in check.problems[1:]:
+        print(f"  - {problem}")
+    if check.ok and check.sealed_at is not None:
+        print(f"  latest seal: entry {check.sealed_seq}, {check.sealed_at.isoformat()}")
+    for note in check.notes:
+        if trusted is not None or "signatures" not in note:
+            print(f"warning: {note}", file=sys.stderr)
     return 0 if check.ok else 1
 
 
 def cmd_verify_receipt(args: argparse.Namespace) -> int:
-    """Check a sealed signature receipt: exit 0 valid, 1 invalid (reason on stderr), 2 unreadable."""
-    from cryptography.exceptions import UnsupportedAlgorithm
+    """Check a sealed signature receipt: exit 0 valid, 1 invalid (reason on stderr), 2 unreadable
+    or uncheckable (no trusted key)."""
+    import hashlib
 
-    from recorder.exceptions import RecorderError
-    from recorder.keys import SigningKey, fingerprint
+    from recorder.keys import fingerprint
     from recorder.receipt import redacted, verify_receipt
 
     path = Path(args.file)
@@ -444,52 +661,44 @@ def cmd_verify_receipt(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"error: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
         return 2
-    trusted: list[bytes] = []
+    config = _base_config(args)
+    try:
+        keys = _trusted_keys(config, args.public_key)
+    except _CheckError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     sources: dict[str, str] = {}  # fingerprint -> where the trust comes from
-    for key_path in args.public_key or []:
+    for pem, source in keys:
+        sources.setdefault(fingerprint(pem), source)
+    check = verify_receipt(
+        data, trusted_public_keys=[pem for pem, _ in keys], session_id=args.session
+    )
+    reason, code, recorded = check.reason, check.code, None
+    if check.ok and check.payload is not None:
+        # what the counter recorded when it sealed it, with its database at hand
         try:
-            pem = Path(key_path).read_bytes()
-            sources.setdefault(fingerprint(pem), f"--public-key {key_path}")
-        except OSError as exc:
-            print(
-                f"error: cannot read --public-key {key_path}: {exc.strerror or exc}",
-                file=sys.stderr,
-            )
-            return 2
-        except (RecorderError, ValueError, UnsupportedAlgorithm):
-            print(
-                f"error: --public-key {key_path} is not an Ed25519 public key (PEM)",
-                file=sys.stderr,
-            )
-            return 2
-        trusted.append(pem)
-    key_file = Path(_base_config(args).signing_key_file)
-    if key_file.is_file():  # the server's own key, read only (never created here)
-        try:
-            server_pem = SigningKey.load(key_file).public_pem()
-        except (OSError, RecorderError) as exc:
-            print(f"warning: cannot read the server signing key {key_file}: {exc}", file=sys.stderr)
-        else:
-            trusted.append(server_pem)
-            sources.setdefault(fingerprint(server_pem), f"the server signing key {key_file}")
-    check = verify_receipt(data, trusted_public_keys=trusted or None)
+            recorded = _recorded_receipt(config, check.payload, hashlib.sha256(data).hexdigest())
+        except _CheckError as exc:
+            reason, code = str(exc), "not_recorded"
+    ok = check.ok and code is None
     if args.json:
         _print_json(
             {
-                "ok": check.ok,
+                "ok": ok,
                 "trusted": check.trusted,
-                "code": check.code,
-                "reason": check.reason,
+                "code": code,
+                "reason": reason,
                 "fingerprint": check.fingerprint,
                 "trusted_keys": sorted(sources),
+                "recorded": recorded,
                 "payload": redacted(check.payload) if check.payload else None,
             }
         )
-    if check.code == "not_a_receipt":
-        print(f"error: {path}: {check.reason}", file=sys.stderr)
+    if code == "not_a_receipt":
+        print(f"error: {path}: {reason}", file=sys.stderr)
         return 2
-    if not check.ok:
-        print(f"FAILED: {path}: {check.reason}", file=sys.stderr)
+    if not ok:
+        print(f"FAILED: {path}: {reason}", file=sys.stderr)
         return 1
     assert check.payload is not None and check.fingerprint is not None
     if not args.json:
@@ -508,14 +717,7 @@ def cmd_verify_receipt(args: argparse.Namespace) -> int:
             details.append("liveness " + ("passed" if ident["liveness"] else "failed"))
         details += [f"{k} {show(ident[k])}" for k in ("by", "reason") if ident.get(k)]
         face = p["face_snapshot"]
-        print(
-            f"OK: receipt {p['receipt_id']} is intact and "
-            + (
-                "signed by a trusted key"
-                if check.trusted
-                else "self-consistent (signer NOT checked)"
-            )
-        )
+        print(f"OK: receipt {p['receipt_id']} is intact and signed by a trusted key")
         print(
             f"  session:   {show(p['session_id'])} (flow {show(p['flow']['business'])} "
             f"v{show(p['flow']['version'])}, step {show(p['step_id'])})"
@@ -533,13 +735,61 @@ def cmd_verify_receipt(args: argparse.Namespace) -> int:
             f"  face:      {'snapshot sha256 ' + face['sha256'] if face else 'no snapshot (no video)'}"
         )
         print(f"  signature: image sha256 {p['signature_image']['sha256']}")
+        print(f"  signer:    {check.fingerprint} (trusted: {sources[check.fingerprint]})")
         print(
-            f"  signer:    {check.fingerprint} "
-            + (f"(trusted: {sources[check.fingerprint]})" if check.trusted else "(untrusted)")
+            "  recorded:  "
+            + (
+                f"sealed in session {show(p['session_id'])}'s timeline at {recorded}"
+                if recorded
+                else "not checked (no database at hand)"
+            )
         )
-    if not check.trusted:
-        print(check.reason, file=sys.stderr)
     return 0
+
+
+def _recorded_receipt(config: Config, payload: dict[str, Any], sha256: str) -> str | None:
+    """When the counter's timeline sealed this very receipt (its ``signature_sealed`` event with
+    the receipt's id and SHA-256); None with no database at hand. :class:`_CheckError` when the
+    database has no such record: not a receipt this counter sealed, whatever key signed it."""
+    import json
+
+    from sqlmodel import col, select
+
+    from .db import CallSession, SessionEvent
+
+    db = _evidence_db(config, required=False)
+    if db is None:
+        return None
+    session_id, receipt_id = payload["session_id"], payload["receipt_id"]
+    try:
+        with db.session() as s:
+            if s.get(CallSession, session_id) is None:
+                raise _CheckError(f"session {session_id!r} is not in this counter's database")
+            events = s.exec(
+                select(SessionEvent)
+                .where(
+                    SessionEvent.session_id == session_id,
+                    SessionEvent.kind == "signature_sealed",
+                )
+                .order_by(col(SessionEvent.id))
+            ).all()
+    finally:
+        db.close()
+    for event in events:
+        data = json.loads(event.data)
+        if data.get("receipt_id") != receipt_id:
+            continue
+        if data.get("receipt_sha256") != sha256:
+            raise _CheckError(
+                f"not the receipt {receipt_id} session {session_id!r} sealed: its SHA-256 "
+                f"{sha256[:16]} is not the recorded {str(data.get('receipt_sha256'))[:16]}"
+            )
+        at = event.at if event.at.tzinfo else event.at.replace(tzinfo=UTC)
+        return at.isoformat(timespec="seconds")
+    raise _CheckError(
+        f"session {session_id!r} never sealed a receipt {receipt_id}: "
+        "not a receipt this counter made, whatever key signed it"
+    )
 
 
 def cmd_drain(args: argparse.Namespace) -> int:
@@ -676,7 +926,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .recording import object_store
 
     config, db = _open_db(args)
-    master, _ = _keys(config)
+    master, signing = _keys(config)
     if master is None:
         print(f"error: master key {config.master_key_file} not found", file=sys.stderr)
         return 2
@@ -722,6 +972,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             return 1
         with db.session() as s:
             access_log.append(s, actor, "export", row.id)
+            if signing is not None:  # an export anchors the log's head at once
+                access_log.seal(s, signing, node_id=actor.username, reason="export")
             s.commit()
         written.append(target)
         print(
@@ -984,11 +1236,25 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument(
         "target", help="session id, recording id, recording directory or evidence .zip"
     )
+    verify.add_argument(
+        "--public-key",
+        action="append",
+        metavar="PEM",
+        help="trust this Ed25519 public key (PEM) besides the server's signing key "
+        "(VCOUNTER_SIGNING_KEY_FILE); repeatable. Without any trusted key verify refuses",
+    )
     verify.add_argument("--data-dir")
     verify.set_defaults(func=cmd_verify)
 
     verify_log = sub.add_parser(
-        "verify-log", help="check the hash chain of the recordings access log"
+        "verify-log",
+        help="check the access log: its hash chain, its signed seals, no sealed entry gone",
+    )
+    verify_log.add_argument(
+        "--public-key",
+        action="append",
+        metavar="PEM",
+        help="trust this Ed25519 public key (PEM) for the seals besides the server's signing key",
     )
     verify_log.add_argument("--data-dir")
     verify_log.set_defaults(func=cmd_verify_log)
@@ -998,8 +1264,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="check a sealed signature receipt: exit 0 valid, 1 invalid, 2 unreadable",
         description="Check that a signature receipt is exactly as the server sealed it and signed by a "
         "trusted key: the server's signing key (VCOUNTER_SIGNING_KEY_FILE, when present) "
-        "and every --public-key. Without any trusted key only self-consistency is "
-        "checked, with a warning: anyone can re-sign a receipt with a key of their own.",
+        "and every --public-key. Without any trusted key it refuses (exit 2): anyone can "
+        "re-sign a receipt with a key of their own. With the counter's database at hand, the "
+        "receipt must also be the one its session's timeline recorded sealing.",
     )
     receipt.add_argument("file", help="the receipt (.json)")
     receipt.add_argument(
@@ -1012,6 +1279,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--json",
         action="store_true",
         help="print the check as one JSON object (images by size and sha256 only)",
+    )
+    receipt.add_argument(
+        "--session", metavar="ID", help="the session the receipt must be of (fails otherwise)"
     )
     receipt.add_argument("--data-dir")
     receipt.set_defaults(func=cmd_verify_receipt)

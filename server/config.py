@@ -77,9 +77,11 @@ class Config:
     #: record calls (dual recording); off only for media benchmarks
     recording: bool = True
     #: the master key wrapping every recording's data key: keep it OUTSIDE the data directory
-    #: (created on first start for development; provision and back it up in production)
+    #: (created on first start for development; provision and back it up in production); a
+    #: relative path is taken from the directory holding the data directory (:attr:`master_key_path`)
     master_key_file: Path = Path("keys/master.key")
-    #: the server's Ed25519 key signing recording manifests and receipts
+    #: the server's Ed25519 key signing recording manifests and receipts (relative: like the
+    #: master key's, :attr:`signing_key_path`); ``vcounter verify`` trusts its public half
     signing_key_file: Path = Path("keys/signing.pem")
     #: seconds of media per sealed segment: what a crash can lose at most
     segment_seconds: float = 2.0
@@ -130,6 +132,25 @@ class Config:
     def identity_dir(self) -> Path:
         """The encrypted identity evidence (reference photos, embeddings, snapshots) per session."""
         return Path(self.data_dir) / "identity"
+
+    @property
+    def master_key_path(self) -> Path:
+        """:attr:`master_key_file`, a relative one resolved beside the data directory."""
+        return self.key_path(self.master_key_file)
+
+    @property
+    def signing_key_path(self) -> Path:
+        """:attr:`signing_key_file`, a relative one resolved beside the data directory."""
+        return self.key_path(self.signing_key_file)
+
+    def key_path(self, path: Path | str) -> Path:
+        """A key file's absolute path: as given when absolute; a relative one is taken from the
+        directory holding the data directory (``keys/`` beside ``var/``, as ``make run`` lays
+        them out), never from whichever directory a command happens to run in."""
+        path = Path(path)
+        if path.is_absolute():
+            return path
+        return Path(self.data_dir).absolute().parent / path
 
     def retention_for(self, business: str) -> int:
         return dict(self.retention_days).get(business, 20 * 365)

@@ -133,6 +133,29 @@ class AccessLog(SQLModel, table=True):
     hash: str = Field(max_length=64)
 
 
+class AccessLogSeal(SQLModel, table=True):
+    """Append-only, signed anchors of the access log's head (``server/access_log.py``): each names
+    the latest entry when it was made and that entry's hash, and follows the previous seal, so
+    entries deleted from the log's tail after a seal are found."""
+
+    #: 1, 2, ... (given under the append lock, like ``AccessLog.seq``)
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(default_factory=utcnow)
+    #: the access log entry sealed (the head then), and its hash
+    seq: int
+    head_hash: str = Field(max_length=64)
+    #: the previous seal's ``hash`` (64 zeros for the first)
+    prev_hash: str = Field(max_length=64)
+    #: SHA-256 of the signed body (:func:`server.access_log.seal_body`)
+    hash: str = Field(max_length=64)
+    node_id: str = Field(default="", max_length=128)
+    #: periodic | export
+    reason: str = Field(max_length=16)
+    #: the signing key (:func:`recorder.keys.fingerprint`) and its Ed25519 signature (hex)
+    key_fingerprint: str = Field(max_length=64)
+    signature: str = Field(max_length=128)
+
+
 class Participant(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     session_id: str = Field(foreign_key="callsession.id", index=True, max_length=64)

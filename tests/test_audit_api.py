@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 
 import aiohttp
@@ -178,3 +179,100 @@ async def test_verdicts_and_access_log_chain(counter, recorded):
         async with http.get(f"{counter.url}/api/admin/access-log") as r:
             log = await r.json()
     assert log["chain_ok"] is False and "altered" in log["chain"]
+
+
+async def _log_entries(counter) -> list[tuple[str, str, str]]:
+    from sqlmodel import select
+
+    from server.db import AccessLog
+
+    return await counter.db.run(
+        lambda s: [
+            (e.username, e.action, e.target)
+            for e in s.exec(select(AccessLog).order_by(AccessLog.seq))
+        ]
+    )
+
+
+async def test_every_viewing_is_logged_once_whatever_its_byte_ranges(
+    counter, recorded, monkeypatch
+):
+    from server.routes import audit
+
+    session_id, recording_id, tokens = recorded
+    base = f"{counter.url}/api/audit/recordings/{recording_id}"
+
+    async def get(who: str, party: str, byte_range: str | None) -> int:
+        headers = {"Authorization": f"Bearer {tokens[who]}"}
+        if byte_range:
+            headers["Range"] = byte_range
+        async with (
+            aiohttp.ClientSession(headers=headers) as http,
+            http.get(f"{base}/{party}.webm") as r,
+        ):
+            await r.read()
+            return r.status
+
+    def replays(entries, who: str, party: str) -> int:
+        return entries.count((who, "replay", f"{recording_id}/{party}"))
+
+    # a viewing that never asks for byte 0 (a download resumed, a player starting mid-file)
+    assert await get("auditor", "customer", "bytes=1-") == 206
+    assert replays(await _log_entries(counter), "auditor", "customer") == 1
+    # the rest of that viewing, from any offset: still one entry
+    for byte_range in ("bytes=500-1000", "bytes=-100", "bytes=1000-", None):
+        assert await get("auditor", "customer", byte_range) in (200, 206)
+    entries = await _log_entries(counter)
+    assert replays(entries, "auditor", "customer") == 1
+    # the other party, and another user, are viewings of their own
+    assert await get("auditor", "agent", "bytes=2-") == 206
+    assert await get("admin", "customer", "bytes=3-10") == 206
+    entries = await _log_entries(counter)
+    assert replays(entries, "auditor", "agent") == 1 and replays(entries, "admin", "customer") == 1
+    # a later viewing (after the window) is logged again
+    monkeypatch.setattr(audit, "REPLAY_LOG_INTERVAL_S", 0.2)
+    await asyncio.sleep(0.3)
+    assert await get("auditor", "customer", "bytes=7-") == 206
+    assert replays(await _log_entries(counter), "auditor", "customer") == 2
+
+
+async def test_searches_are_logged_with_the_query_not_the_results(counter, recorded):
+    session_id, recording_id, tokens = recorded
+    auth = {"Authorization": f"Bearer {tokens['auditor']}"}
+    async with aiohttp.ClientSession(headers=auth) as http:
+        async with http.get(
+            f"{counter.url}/api/audit/sessions",
+            params={"agent": "carol", "business": "loan_signing"},
+        ) as r:
+            assert [s["customer_name"] for s in (await r.json())["sessions"]] == ["张三 Audit"]
+        async with http.get(f"{counter.url}/api/audit/sessions") as r:
+            assert (await r.json())["total"] == 1
+    searches = [(t, a) for u, a, t in await _log_entries(counter) if a == "search"]
+    assert searches == [
+        ('{"agent":"carol","business":"loan_signing"}', "search"),
+        ("{}", "search"),
+    ]
+    assert not any(session_id in t or "张三" in t for t, _ in searches)
+
+
+async def test_a_range_of_thousands_of_digits_is_answered_not_a_server_error(counter, recorded):
+    session_id, recording_id, tokens = recorded
+    config = counter.app[CONFIG]
+    plain = decrypt_output(config.recordings_dir / recording_id, config.master_key_file, "agent")
+    size = len(plain)
+    url = f"{counter.url}/api/audit/recordings/{recording_id}/agent.webm"
+    huge = "9" * 4400  # beyond Python's int() limit of 4300 digits (aiohttp takes 8190 bytes)
+    async with aiohttp.ClientSession(
+        headers={"Authorization": f"Bearer {tokens['auditor']}"}
+    ) as http:
+        for start_beyond_the_end in (f"bytes={huge}-", f"bytes={huge}-{'9' * 3000}"):
+            async with http.get(url, headers={"Range": start_beyond_the_end}) as r:
+                assert r.status == 416, (r.status, await r.text())
+                assert r.headers["Content-Range"] == f"bytes */{size}"
+        # an end or a suffix beyond the file is the rest of it (RFC 9110), however long
+        async with http.get(url, headers={"Range": f"bytes=10-{huge}"}) as r:
+            assert r.status == 206 and await r.read() == plain[10:]
+        async with http.get(url, headers={"Range": f"bytes=-{huge}"}) as r:
+            assert r.status == 206 and await r.read() == plain
+        async with http.get(url, headers={"Range": f"bytes={'0' * 4400}5-9"}) as r:
+            assert r.status == 206 and await r.read() == plain[5:10]

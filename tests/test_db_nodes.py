@@ -239,7 +239,7 @@ def test_a_node_role_allowed_only_to_read_and_insert_appends_to_the_access_log(p
     role, password = f"node_{secrets.token_hex(4)}", secrets.token_urlsafe(12)
     with owner.engine.begin() as conn:
         conn.execute(text(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'"))
-        conn.execute(text(f"GRANT SELECT, INSERT ON accesslog TO {role}"))
+        conn.execute(text(f"GRANT SELECT, INSERT ON accesslog, accesslogseal TO {role}"))
     url = (
         make_url(postgres_url)
         .set(username=role, password=password)

@@ -440,12 +440,12 @@ def test_cli_trust(tmp_path, face_jpeg, monkeypatch, capsys):
     assert "data" not in result["payload"]["face_snapshot"] and len(out) < 4000  # no images printed
     code, _, err = run(str(foreign))
     assert code == 1 and "signed by an unknown key" in err and forger.fingerprint() in err
-    # no trusted key at all: self-consistency only, with the warning; no key gets created
+    # no trusted key at all: refused (the receipt's own key proves nothing); no key gets created
     code, out, err = run(str(foreign), key=missing_key)
-    assert code == 0 and "WARNING" in err and "NOT checked" in out and "(untrusted)" in out
+    assert code == 2 and "no trusted public key" in err and "OK" not in out
     assert not missing_key.exists() and not missing_key.parent.exists()
     code, out, err = run(str(foreign), "--json", key=missing_key)
-    assert code == 0 and json.loads(out)["trusted"] is False and "WARNING" in err
+    assert code == 2 and out == "" and "no trusted public key" in err
     # the forger's key, given explicitly, is trusted; the server's key as well
     code, out, err = run(str(foreign), "--public-key", str(tmp_path / "forger.pem"))
     assert code == 0 and "trusted: --public-key" in out and "WARNING" not in err

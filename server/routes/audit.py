@@ -1,10 +1,14 @@
 """The auditor workbench's API (``docs/audit-api.md``): search, replay, verify, verdicts.
 
-Only auditors and admins get here; every replay, verification and verdict is
-written to the hash-chained access log. Recordings stream decrypted with HTTP
-Range support: only the 64 KiB chunks a range touches are decrypted (and, from
-an S3-compatible store, fetched, with ranged GETs). Any node serves any
-recording its store reaches, whichever node recorded it.
+Only auditors and admins get here; every search, view, replay (once per viewing,
+whatever its byte ranges), verification and verdict is written to the
+hash-chained access log, whose head this node seals periodically
+(:class:`server.access_log.HeadSealer`, started with these routes). Recordings
+stream decrypted with HTTP Range support: only the 64 KiB chunks a range
+touches are decrypted (and, from an S3-compatible store, fetched, with ranged
+GETs). Any node serves any recording its store reaches, whichever node
+recorded it. A recording is shown and verified as the one asked for: its
+manifest's ids and the hash the database kept must be its own.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -26,9 +30,10 @@ from recorder import EncryptedFile, read_data_key, verify
 from recorder.exceptions import RecorderError, StorageUnavailable
 from recorder.layout import MANIFEST, output_name
 from recorder.storage import Storage, read_all
+from recorder.verify import binding_problems
 
 from .. import access_log
-from ..appkeys import CLUSTER, CONFIG, DB, RECORDINGS, REPLAYS
+from ..appkeys import CLUSTER, CONFIG, DB, KEYS, RECORDINGS, REPLAYS
 from ..cluster import recording_home
 from ..db import CallSession, Recording, SessionEvent, User, Verdict, utcnow
 from ..exceptions import BadRequest, NotFound, ServerError
@@ -62,8 +67,13 @@ ANOMALY_EVENTS = {
 }
 RECORDING_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}-\d{1,3}$")
 STREAM_BLOCK = 256 * 1024
-#: one "replay" entry per user, recording and party per this many seconds (players issue many ranges)
+#: a viewing: one user's requests for one recording's party, each less than this many seconds
+#: after the previous (players issue many ranges, from any offset): one "replay" entry each
 REPLAY_LOG_INTERVAL_S = 300.0
+#: longest number in a Range header read as a number (larger ones are beyond any recording)
+_RANGE_DIGITS = 18
+#: this node's sealer of the access log's head
+SEALER: web.AppKey[access_log.HeadSealer] = web.AppKey("access_log_sealer")
 
 
 class RangeNotSatisfiable(ServerError):
@@ -199,23 +209,40 @@ def _search(s: DbSession, params: dict[str, str]) -> dict[str, Any]:
 
 
 async def search_sessions(request: web.Request) -> web.Response:
-    await require_auditor(request)
+    """The sessions matching the query; the search (what was asked, never what it found: the
+    results hold customers' names) is logged in the same transaction."""
+    user = await require_auditor(request)
     params = dict(request.query)
-    result = await request.app[DB].run(lambda s: _search(s, params))
+    asked = json.dumps(dict(sorted(params.items())), ensure_ascii=False, separators=(",", ":"))
+
+    def work(s: DbSession) -> dict[str, Any]:
+        result = _search(s, params)
+        access_log.append(s, user, "search", asked, request.remote or "")
+        return result
+
+    result = await request.app[DB].run(work)
+    logger.info("audit: %s search %s", user.username, asked)
     return web.json_response(result)
 
 
-def _manifest(storage: Storage) -> dict[str, Any] | None:
-    """The recording's manifest as stored (None: not finalised, unreadable or unreachable)."""
+def _parsed(raw: bytes | None) -> tuple[bytes, dict[str, Any]] | None:
     try:
-        manifest = json.loads(read_all(storage, MANIFEST))
-    except (OSError, ValueError, RecorderError):
+        manifest = json.loads(raw) if raw is not None else None
+    except ValueError:
         return None
-    return manifest if isinstance(manifest, dict) else None
+    return (raw, manifest) if raw is not None and isinstance(manifest, dict) else None
 
 
-def _stored_manifest(service: RecordingService, recording_id: str) -> dict[str, Any] | None:
-    return _manifest(service.storage(recording_id))
+def _stored_manifest(
+    service: RecordingService, recording_id: str
+) -> tuple[bytes, dict[str, Any]] | None:
+    """The recording's manifest as stored, its bytes and parsed (None: not finalised, unreadable
+    or unreachable)."""
+    try:
+        raw = read_all(service.storage(recording_id), MANIFEST)
+    except (OSError, RecorderError):
+        return None
+    return _parsed(raw)
 
 
 async def _in_thread(fn: Callable[..., _T], *args: Any) -> _T:
@@ -318,10 +345,25 @@ async def session_detail(request: web.Request) -> web.Response:
         raise NotFound(f"no session {session_id[:64]!r}")
     out = []
     for rec in detail.pop("_recordings"):
-        manifest = await _manifest_anywhere(request, rec.id)
+        stored = await _manifest_anywhere(request, rec.id)
         outputs = []
         timeline: list[dict[str, Any]] = []
-        if manifest is not None:
+        mismatch = None
+        if stored is not None:
+            raw, manifest = stored
+            # another recording's files (copied over this one's) are not this session's: nothing
+            # of theirs is shown as this recording's, and the mismatch is said
+            found = binding_problems(
+                manifest,
+                raw,
+                recording_id=rec.id,
+                session_id=session_id,
+                manifest_sha256=rec.manifest_sha256,
+            )
+            if found:
+                mismatch = found[0]
+                logger.error("session %s: recording %s: %s", session_id, rec.id, mismatch)
+                manifest = {}
             timeline = manifest.get("timeline", {}).get("events", [])
             for o in manifest.get("outputs", []):
                 outputs.append(
@@ -341,19 +383,26 @@ async def session_detail(request: web.Request) -> web.Response:
                 "duration_ms": rec.duration_ms,
                 "retention_until": _iso(rec.retention_until),
                 "legal_hold": rec.legal_hold,
-                "problem": rec.problem,
+                "problem": mismatch or rec.problem,
+                "mismatch": mismatch,
                 "outputs": outputs,
                 "timeline": timeline,
             }
         )
+        if mismatch and "recording_mismatch" not in detail["session"]["anomalies"]:
+            detail["session"]["anomalies"] = sorted(
+                [*detail["session"]["anomalies"], "recording_mismatch"]
+            )
     detail["recordings"] = out
     await log_access(request, user, "view_session", session_id)
     return web.json_response(detail)
 
 
-async def _manifest_anywhere(request: web.Request, recording_id: str) -> dict[str, Any] | None:
-    """The recording's manifest from this node's store, or (recordings on each node's own disk)
-    from the node that made it."""
+async def _manifest_anywhere(
+    request: web.Request, recording_id: str
+) -> tuple[bytes, dict[str, Any]] | None:
+    """The recording's manifest (bytes and parsed) from this node's store, or (recordings on each
+    node's own disk) from the node that made it."""
     manifest = await asyncio.to_thread(_stored_manifest, request.app[RECORDINGS], recording_id)
     cluster = request.app.get(CLUSTER)
     if (
@@ -366,11 +415,7 @@ async def _manifest_anywhere(request: web.Request, recording_id: str) -> dict[st
     if home is None:
         return None
     raw = await cluster.fetch(request, home, f"/api/audit/recordings/{recording_id}/manifest")
-    try:
-        fetched = json.loads(raw) if raw is not None else None
-    except ValueError:
-        return None
-    return fetched if isinstance(fetched, dict) else None
+    return _parsed(raw)
 
 
 @recording_home
@@ -401,18 +446,28 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     match = re.fullmatch(r"\s*bytes=(\d*)-(\d*)\s*", header)
     if not match or (not match.group(1) and not match.group(2)):
         raise RangeNotSatisfiable("only a single bytes=START-END range is supported")
-    first, last = match.group(1), match.group(2)
-    if first:
-        start = int(first)
-        end = min(int(last), size - 1) if last else size - 1
+    first, last = _range_number(match.group(1)), _range_number(match.group(2))
+    if first is not None:
+        start = first
+        end = min(last, size - 1) if last is not None else size - 1
     else:  # suffix range: the last N bytes
-        length = int(last)
+        length = last or 0
         if length == 0:
             raise RangeNotSatisfiable("empty suffix range")
         start, end = max(0, size - length), size - 1
     if start >= size or end < start:
         raise RangeNotSatisfiable(f"range {header.strip()} is outside the {size}-byte recording")
     return start, end
+
+
+def _range_number(digits: str) -> int | None:
+    """A Range header's number (None when absent), read without converting thousands of digits:
+    one longer than any file size counts as "beyond the end" (past the end: 416 as a start,
+    clamped as an end, the whole file as a suffix length)."""
+    if not digits:
+        return None
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= _RANGE_DIGITS else 10**_RANGE_DIGITS
 
 
 @recording_home
@@ -440,8 +495,8 @@ async def stream_recording(request: web.Request) -> web.StreamResponse:
                 headers={"Content-Range": f"bytes */{size}"},
             )
         start, end = byte_range if byte_range else (0, size - 1)
-        if start == 0:
-            await _log_replay(request, user, recording_id, party)
+        # whatever the range: a player may start anywhere (Range: bytes=1-, a seek, a resume)
+        await _log_replay(request, user, recording_id, party)
         response = web.StreamResponse(status=206 if byte_range else 200)
         response.content_type = "video/webm"
         response.headers["Accept-Ranges"] = "bytes"
@@ -474,28 +529,64 @@ async def stream_recording(request: web.Request) -> web.StreamResponse:
 
 
 async def _log_replay(request: web.Request, user: User, recording_id: str, party: str) -> None:
+    """Log the viewing this request is part of, once: its first request, whatever its range.
+
+    A request less than :data:`REPLAY_LOG_INTERVAL_S` after the same user's previous one for the
+    same recording and party continues that viewing (the window slides with every request); the
+    entry is written before any byte is sent, so a failed write serves nothing.
+    """
     replays = request.app[REPLAYS]
     key = (user.id or 0, recording_id, party)
     now = time.monotonic()
-    if now - replays.get(key, -REPLAY_LOG_INTERVAL_S) < REPLAY_LOG_INTERVAL_S:
-        return
+    last = replays.get(key)
     replays[key] = now
-    await log_access(request, user, "replay", f"{recording_id}/{party}")
+    if last is not None and now - last < REPLAY_LOG_INTERVAL_S:
+        return
+    if len(replays) > 10_000:  # forget viewings that are over
+        for old in [k for k, at in replays.items() if now - at >= REPLAY_LOG_INTERVAL_S]:
+            del replays[old]
+    try:
+        await log_access(request, user, "replay", f"{recording_id}/{party}")
+    except BaseException:
+        replays.pop(key, None)  # not logged: the next request of this viewing tries again
+        raise
 
 
 @recording_home
 async def verify_recording(request: web.Request) -> web.StreamResponse:
+    """Verify the recording as the one the URL names: the database's row for it gives the session
+    and the manifest's hash it must have; a recording with no row does not verify."""
     user = await require_auditor(request)
     recording_id, storage = await _recording_storage(request)
     service = request.app[RECORDINGS]
     trusted = service.signing.public_pem()
-    result = await _in_thread(lambda: verify(storage, service.master, trusted))
+    row = await request.app[DB].run(lambda s: s.get(Recording, recording_id))
+    if row is None:
+        result_ok, reason, problems = (
+            False,
+            f"the database has no recording {recording_id}: its files are not one it made",
+            [],
+        )
+    else:
+        result = await _in_thread(
+            lambda: verify(
+                storage,
+                service.master,
+                trusted,
+                recording_id=row.id,
+                session_id=row.session_id,
+                manifest_sha256=row.manifest_sha256,
+            )
+        )
+        result_ok, reason, problems = result.ok, result.reason, list(result.problems)
+        if result.ok and row.manifest_sha256 is None:
+            reason += " (the database holds no manifest hash for it to be checked against)"
     await log_access(request, user, "verify", recording_id)
     return web.json_response(
         {
-            "ok": result.ok,
-            "reason": result.reason,
-            "problems": list(result.problems),
+            "ok": result_ok,
+            "reason": reason,
+            "problems": problems or ([reason] if not result_ok else []),
             "checked_at": utcnow().isoformat(),
         }
     )
@@ -549,14 +640,24 @@ async def admin_access_log(request: web.Request) -> web.Response:
     except ValueError:
         raise BadRequest("limit must be a number") from None
 
+    trusted = [request.app[KEYS][1].public_pem()]
+
     def work(s: DbSession) -> dict[str, Any]:
-        check = access_log.verify(s)
+        check = access_log.verify(s, trusted)
         rows = s.exec(
             select(access_log.AccessLog).order_by(col(access_log.AccessLog.seq).desc()).limit(limit)
         )
         return {
             "chain_ok": check.ok,
             "chain": check.reason,
+            "problems": list(check.problems),
+            "notes": list(check.notes),
+            "sealed": {
+                "seq": check.sealed_seq,
+                "at": _iso(check.sealed_at),
+                "seals": check.seals,
+                "unsealed_entries": check.unsealed,
+            },
             "total": s.exec(select(func.count()).select_from(access_log.AccessLog)).one(),
             "entries": [
                 {
@@ -576,7 +677,20 @@ async def admin_access_log(request: web.Request) -> web.Response:
     return web.json_response(await request.app[DB].run(work))
 
 
+async def access_log_sealing_ctx(app: web.Application) -> AsyncIterator[None]:
+    """This node seals the access log's head every ``SEAL_INTERVAL_S`` (runs after the database
+    and the keys are up, as the routes are set up after the other resources)."""
+    sealer = access_log.HeadSealer(app[DB], app[KEYS][1], app[CONFIG].node_id)
+    app[SEALER] = sealer
+    sealer.start()
+    try:
+        yield
+    finally:
+        await sealer.aclose()
+
+
 def setup_audit_routes(app: web.Application) -> None:
+    app.cleanup_ctx.append(access_log_sealing_ctx)
     app.router.add_get("/api/audit/sessions", search_sessions)
     app.router.add_get("/api/audit/sessions/{session_id}", session_detail)
     app.router.add_post("/api/audit/sessions/{session_id}/verdict", post_verdict)
