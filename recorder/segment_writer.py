@@ -7,10 +7,16 @@ synchronous: they append a record to the in-memory segment. Every
 it, stores it atomically and appends it to the hash chain, in order. Nothing
 plaintext reaches storage, so a ``kill -9`` loses only the unsealed segment.
 
-If storage fails (disk full), sealed segments stay in memory, ``on_alert`` is
-called, and storing is retried on every tick; :meth:`~SessionRecorder.aclose`
-keeps retrying for ``close_timeout`` seconds and then raises
-:class:`StorageFull` with the data still held (call it again to retry).
+If storage fails (disk full), nothing recorded is given up: sealed segments stay
+in memory and storing is retried on every tick, ``on_alert`` is told
+(:class:`StorageAlert`: ``failing`` at once and every ``ALERT_INTERVAL_S``,
+``recovered`` once everything held is stored). :meth:`~SessionRecorder.aclose`
+waits, retrying, until the last segment is stored, however long that takes.
+Memory is bounded: once ``max_pending_bytes`` are held, new media frames are
+not recorded (``paused``, with ``recording_paused`` on the timeline) until
+storing has brought it under half of that (``recording_resumed``); what was
+recorded before is never dropped. Only :meth:`~SessionRecorder.abandon` (the
+process is stopping) gives up what is still held.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -48,6 +54,36 @@ CODECS = {"video": "VP8", "audio": "opus"}
 MAX_SEGMENT_BYTES = 16 << 20
 #: at most one alert per this many seconds while storage keeps failing
 ALERT_INTERVAL_S = 10.0
+#: recorded bytes held in memory (storage failing) past which new media is not recorded
+MAX_PENDING_BYTES = 256 << 20
+#: seconds between two attempts to store what is held, while closing (doubling from the first)
+RETRY_FIRST_S = 0.05
+RETRY_MAX_S = 1.0
+
+AlertState = Literal["failing", "paused", "recovered"]
+
+
+@dataclass(frozen=True)
+class StorageAlert:
+    """What :class:`SessionRecorder` tells ``on_alert`` about its storage.
+
+    ``failing``: a store failed; everything is held in memory and retried.
+    ``paused``: ``max_pending_bytes`` are held: new media is not recorded until
+    storage takes it again. ``recovered``: everything held is stored.
+    """
+
+    recording: str
+    state: AlertState
+    message: str
+    #: recorded bytes not yet stored
+    held_bytes: int
+    #: seconds since the first failure of this episode
+    failing_s: float = 0.0
+    #: media frames not recorded while paused, in this episode
+    not_recorded: int = 0
+
+    def __str__(self) -> str:
+        return self.message
 
 
 @dataclass
@@ -83,14 +119,14 @@ class SessionRecorder:
         *,
         segment_seconds: float = 2.0,
         executor: Executor | None = None,
-        on_alert: Callable[[str], None] | None = None,
+        on_alert: Callable[[StorageAlert], None] | None = None,
         clock: Callable[[], float] = time.time,
-        close_timeout: float = 30.0,
+        max_pending_bytes: int = MAX_PENDING_BYTES,
     ) -> None:
         self.session_id = session_id
         self.storage = as_storage(directory)
         self.segment_seconds = segment_seconds
-        self.close_timeout = close_timeout
+        self.max_pending_bytes = max_pending_bytes
         self._executor = executor
         self._on_alert = on_alert
         self._clock = clock
@@ -106,14 +142,26 @@ class SessionRecorder:
         self._records = 0
         self._index = 0
         self._pending: deque[_Pending] = deque()
+        #: bytes of the segments in ``_pending`` (kept as they are cut, sealed and stored)
+        self._pending_size = 0
         self._chain = genesis(session_id)
         self._chain_log: list[str] = []
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._closing: asyncio.Task[None] | None = None
         self._closed = False
         self._key_stored = False
         self._last_alert = -ALERT_INTERVAL_S
+        #: monotonic time of the first failure of the current episode (None: storage works)
+        self._failing_since: float | None = None
+        #: arrival-clock time media recording paused (memory bound reached), else None
+        self._paused_at: float | None = None
+        #: media frames not recorded while paused, this episode and in all
+        self._not_recorded = 0
+        self.frames_not_recorded = 0
+        #: tracks whose next recorded frame follows frames that were not recorded
+        self._gap_tracks: set[int] = set()
 
     def __repr__(self) -> str:
         return f"SessionRecorder({self.session_id!r}, {self.storage!r})"
@@ -132,7 +180,21 @@ class SessionRecorder:
     @property
     def pending_bytes(self) -> int:
         """Bytes recorded but not yet safely stored (the open segment and any unstored ones)."""
-        return len(self._buffer) + sum(p.size for p in self._pending)
+        return len(self._buffer) + self._pending_size
+
+    @property
+    def closed(self) -> bool:
+        """No more frames or events are taken (what is held may still be on its way to storage)."""
+        return self._closed
+
+    @property
+    def storage_failing(self) -> bool:
+        return self._failing_since is not None
+
+    @property
+    def media_paused(self) -> bool:
+        """New media frames are not recorded: ``max_pending_bytes`` are held, storage failing."""
+        return self._paused_at is not None
 
     async def start(self) -> None:
         """Store the wrapped data key and start sealing every ``segment_seconds``."""
@@ -173,6 +235,14 @@ class SessionRecorder:
         entry = self._tracks.get((party, kind)) or self._add_track(party, kind, clock_rate)
         info, clock = entry
         pts_us, new_stream = clock.pts_us(timestamp, arrival)
+        if self._held_back(arrival):
+            self._not_recorded += 1
+            self.frames_not_recorded += 1
+            self._gap_tracks.add(info.id)
+            return
+        if info.id in self._gap_tracks:
+            self._gap_tracks.discard(info.id)
+            discontinuity = True
         if keyframe and not info.width and kind == "video":
             info.width, info.height = fmt.vp8_keyframe_size(data) or (0, 0)
         flags = (
@@ -181,6 +251,49 @@ class SessionRecorder:
             | (fmt.FLAG_AFTER_GAP if discontinuity else 0)
         )
         self._append(info.id, flags, pts_us, arrival, data)
+
+    def _held_back(self, arrival: float) -> bool:
+        """Whether a media frame arriving now is not recorded (back-pressure on a full memory).
+
+        Pauses at ``max_pending_bytes`` held and resumes under half of it, so that storage
+        coming back has room to catch up; events are always recorded.
+        """
+        held = self.pending_bytes
+        if self._paused_at is None:
+            if held < self.max_pending_bytes:
+                return False
+            self._paused_at = arrival
+            self._timeline(
+                "recording_paused",
+                {"held_bytes": held, "reason": "storage failing, memory limit reached"},
+                arrival,
+            )
+            message = (
+                f"recording {self.session_id}: {held / 1e6:.1f} MB held in memory while storage "
+                f"fails (limit {self.max_pending_bytes / 1e6:.1f} MB): new media is not recorded "
+                "until storage takes it again; what was recorded is kept"
+            )
+            logger.error("%s", message)
+            self._report("paused", message)
+            return True
+        if held > self.max_pending_bytes // 2:
+            return True
+        paused_s = max(0.0, arrival - self._paused_at)
+        self._paused_at = None
+        self._timeline(
+            "recording_resumed",
+            {"not_recorded_frames": self._not_recorded, "paused_s": round(paused_s, 3)},
+            arrival,
+        )
+        logger.warning(
+            "recording %s: media recorded again after %.1f s (%d frames not recorded)",
+            self.session_id,
+            paused_s,
+            self._not_recorded,
+        )
+        if self._failing_since is None:
+            self._not_recorded = 0
+        return False
 
     def new_stream(self, party: str, kind: str) -> None:
         """The participant's track restarted (e.g. a reconnect): re-anchor at its next frame."""
@@ -194,7 +307,9 @@ class SessionRecorder:
         """Record a timeline event; returns its offset from recording start in milliseconds."""
         if self._closed:
             raise RecorderError(f"recording {self.session_id} is closed")
-        at = self._clock() if at is None else at
+        return self._timeline(kind, data, self._clock() if at is None else at)
+
+    def _timeline(self, kind: str, data: dict[str, Any] | None, at: float) -> int:
         offset_us = round((at - self.origin) * 1_000_000)
         payload = json.dumps({"kind": kind, "data": data or {}}, separators=(",", ":")).encode()
         self._append(fmt.EVENT_TRACK, 0, offset_us, at, payload)
@@ -237,6 +352,7 @@ class SessionRecorder:
         )
         body, self._buffer, self._records = self._buffer, bytearray(), 0
         self._pending.append(_Pending(self._index, header, body))
+        self._pending_size += len(body)
 
     async def seal(self) -> None:
         """Cut the open segment now and store everything pending (e.g. after a key business step).
@@ -252,19 +368,24 @@ class SessionRecorder:
         async with self._lock:
             while self._pending:
                 item = self._pending[0]
+                before = item.size
                 try:
                     entry = await self._in_thread(
                         self._store, item, self._chain, "".join(self._chain_log)
                     )
                 except OSError as exc:
+                    self._pending_size += item.size - before  # sealed by the attempt
                     self._alert(item, exc)
                     raise StorageFull(
                         f"recording {self.session_id}: segment {item.index:06d} not stored "
                         f"({errno.errorcode.get(exc.errno or 0, exc.strerror)})"
                     ) from exc
                 self._pending.popleft()
+                self._pending_size -= before
                 self._chain = bytes.fromhex(entry.chain)
                 self._chain_log.append(entry.line())
+            if self._failing_since is not None:
+                self._recovered()
 
     def _store_key(self) -> None:
         """Worker thread: the wrapped data key, then ``recording.json`` (the marker recovery looks for)."""
@@ -296,24 +417,68 @@ class SessionRecorder:
 
     def _alert(self, item: _Pending, exc: OSError) -> None:
         now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
         if now - self._last_alert < ALERT_INTERVAL_S:
             return
         self._last_alert = now
         reason = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
         message = (
             f"recording {self.session_id}: cannot store segment {item.index:06d} ({reason}); "
-            f"{len(self._pending)} segment(s), {self.pending_bytes / 1e6:.1f} MB held in memory, retrying"
+            f"{len(self._pending)} segment(s), {self.pending_bytes / 1e6:.1f} MB held in memory, "
+            "retrying" + ("; new media is not recorded (memory limit)" if self.media_paused else "")
         )
         logger.error("%s", message)
-        if self._on_alert is not None:
-            self._on_alert(message)
+        self._report("failing", message)
+
+    def _recovered(self) -> None:
+        assert self._failing_since is not None
+        failing_s = time.monotonic() - self._failing_since
+        lost = self._not_recorded
+        message = f"recording {self.session_id}: storage works again after {failing_s:.0f} s; " + (
+            f"everything recorded is stored, but {lost} media frame(s) were not recorded "
+            "(memory limit)"
+            if lost
+            else "everything recorded is stored, nothing lost"
+        )
+        logger.warning("%s", message)
+        self._report("recovered", message, failing_s=failing_s)
+        self._failing_since = None
+        self._last_alert = -ALERT_INTERVAL_S
+        if self._paused_at is None:
+            self._not_recorded = 0
+
+    def _report(
+        self,
+        state: AlertState,
+        message: str,
+        *,
+        failing_s: float | None = None,
+    ) -> None:
+        if self._on_alert is None:
+            return
+        if failing_s is None:
+            since = self._failing_since
+            failing_s = 0.0 if since is None else time.monotonic() - since
+        alert = StorageAlert(
+            self.session_id, state, message, self.pending_bytes, failing_s, self._not_recorded
+        )
+        try:
+            self._on_alert(alert)
+        except Exception:
+            logger.exception("recording %s: the alert callback failed", self.session_id)
 
     async def _run(self) -> None:
+        # cuts on a fixed schedule: a store that takes a while (a loaded machine, a failing
+        # disk) does not stretch the next segment, so a kill loses at most ``segment_seconds``
+        loop = asyncio.get_running_loop()
+        cut_at = loop.time() + self.segment_seconds
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.segment_seconds)
+                await asyncio.wait_for(self._stopping.wait(), max(0.0, cut_at - loop.time()))
             if self._stopping.is_set():
                 return
+            cut_at = max(cut_at + self.segment_seconds, loop.time())
             self._cut(final=False)
             with contextlib.suppress(StorageFull):
                 await self._flush()
@@ -324,8 +489,10 @@ class SessionRecorder:
     async def aclose(self) -> None:
         """Seal the last segment (marked final) and store everything; idempotent.
 
-        Retries failing storage for ``close_timeout`` seconds, then raises
-        :class:`StorageFull`; the data is still held and another call retries.
+        While storage fails this waits, retrying every ``RETRY_MAX_S`` at most (and alerting
+        every ``ALERT_INTERVAL_S``) until everything is stored: nothing is given up. The
+        retries run in a task of their own: a cancelled caller does not stop them (call
+        again to wait for them, or :meth:`abandon`).
         """
         if not self._closed:
             self._closed = True
@@ -336,15 +503,41 @@ class SessionRecorder:
                     await asyncio.shield(self._task)
             finally:
                 self._cut(final=True)
-        deadline = time.monotonic() + self.close_timeout
-        delay = 0.05
+                self._closing = asyncio.create_task(
+                    self._store_all(), name=f"recorder {self.session_id} closing"
+                )
+        if self._closing is not None:
+            await asyncio.shield(self._closing)
+
+    async def _store_all(self) -> None:
+        delay = RETRY_FIRST_S
         while True:
             try:
                 await self._flush()
                 break
             except StorageFull:
-                if time.monotonic() + delay > deadline:
-                    raise
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                delay = min(delay * 2, RETRY_MAX_S)
         logger.info("recording %s closed: %d segments", self.session_id, self.segments_stored)
+
+    async def abandon(self) -> int:
+        """Stop storing (the process is stopping while storage still fails); returns the bytes
+        given up. What was stored stays a valid, recoverable recording."""
+        self._closed = True
+        self._stopping.set()
+        for task in (self._task, self._closing):
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.wait([task])
+        lost = self.pending_bytes
+        if lost:
+            logger.critical(
+                "recording %s: gave up %d unstored segment(s), %.1f MB, that storage did not take",
+                self.session_id,
+                len(self._pending) + (1 if self._buffer else 0),
+                lost / 1e6,
+            )
+        self._pending.clear()
+        self._pending_size = 0
+        self._buffer = bytearray()
+        return lost

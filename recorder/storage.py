@@ -17,6 +17,7 @@ encrypted scratch file in a local temp directory (:mod:`recorder.spool`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from pathlib import Path, PurePosixPath
@@ -153,7 +154,10 @@ class _LocalWriter:
             raise
 
     def abort(self) -> None:
-        self._file.close()
+        # closing flushes what is buffered, which fails again on a full disk: the temporary
+        # file must go all the same, or every failed write leaves one behind
+        with contextlib.suppress(OSError):
+            self._file.close()
         self._tmp.unlink(missing_ok=True)
 
 

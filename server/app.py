@@ -252,7 +252,13 @@ async def recordings_ctx(app: web.Application) -> AsyncIterator[None]:
     config, broker = app[CONFIG], app[BROKER]
     master, signing = app[KEYS]
     recordings = RecordingService(
-        config, app[DB], app[HUB], master, signing, log_event=broker.log.event
+        config,
+        app[DB],
+        app[HUB],
+        master,
+        signing,
+        log_event=broker.log.event,
+        notify=broker.send,
     )
     try:
         await recordings.recover_interrupted()

@@ -26,22 +26,33 @@ lease lapsed was left unfinished by a node that died (or lost the database):
   its own disk -- one atomic ``UPDATE ... WHERE lease_until < now`` per
   recording, so exactly one node wins, and finalises them from the store
   (``recovered: true`` in the manifest).
+
+A full disk never costs what was recorded: a recording that cannot start stops its call from
+starting (:class:`~signaling.exceptions.SignalingError` ``recording_unavailable`` to the broker,
+which tells both parties and keeps the customer's place in the queue); during and after a call
+the recorder holds what it cannot store and retries, finalisation waits for the space it needs,
+and every alert goes to the log, to the session's timeline (``recording_alert``) and to the
+agent's screen (``recording_alert`` message). Database writes about recordings that fail (a
+database on the same full disk) are kept and retried in order until they go through.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import logging
 import os
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import update
 from sqlmodel import Session as DbSession
@@ -57,9 +68,12 @@ from recorder import (
     open_object_store,
     recover,
 )
-from recorder.exceptions import RecorderError, StorageUnavailable
+from recorder.exceptions import RecorderError
+from recorder.segment_writer import ALERT_INTERVAL_S, AlertState, StorageAlert
 from recorder.storage import Storage
+from signaling import messages as m
 from signaling.broker import Session
+from signaling.exceptions import SignalingError
 from signaling.frames import EncodedFrame
 from signaling.media_hub import MediaHub
 
@@ -71,6 +85,32 @@ logger = logging.getLogger(__name__)
 
 PARTIES = ("customer", "agent")
 KINDS = ("audio", "video")
+#: seconds a stopping server waits for recordings whose storage fails to be stored and finalised,
+#: before it gives up what they still hold in memory (what is stored is recovered at next start)
+SHUTDOWN_WAIT_S = 30.0
+#: seconds a stopping server goes on retrying the database writes that failed
+WRITES_WAIT_S = 5.0
+#: seconds between two attempts of a failing finalisation or database write (doubling up to)
+RETRY_FIRST_S = 0.5
+RETRY_MAX_S = 5.0
+#: failed database writes held for retrying at most (the oldest is dropped, and logged, beyond)
+MAX_HELD_WRITES = 10_000
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return "disk full"
+    cause = getattr(exc, "orig", None) or exc  # the driver's error, not SQLAlchemy's SQL dump
+    return f"{cause.__class__.__name__}: {cause}"
+
+
+def _unavailable(why: str) -> SignalingError:
+    """What the broker tells the parties of a call that cannot start because it cannot be recorded."""
+    return SignalingError(
+        f"this call cannot be recorded right now ({why}), so it cannot start; the customer keeps "
+        "their place in the queue",
+        code="recording_unavailable",
+    )
 
 
 def load_keys(config: Config) -> tuple[MasterKey, SigningKey]:
@@ -146,10 +186,13 @@ def object_store(config: Config, *, uploads: bool = True) -> ObjectStore:
 class _Active:
     recording_id: str
     session_id: str
+    session: Session
     recorder: SessionRecorder
     started_at: datetime
     removers: list[Any] = field(default_factory=list)
     generations: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: monotonic time of the last alert about its finalisation
+    last_alert: float = -ALERT_INTERVAL_S
 
 
 class RecordingService:
@@ -166,6 +209,7 @@ class RecordingService:
         log_event: Callable[[str, str, dict[str, object]], Awaitable[None]] | None = None,
         *,
         store: ObjectStore | None = None,
+        notify: Callable[[Session, str, m.RecordingAlert], object] | None = None,
     ) -> None:
         self.config = config
         self.db = db
@@ -181,13 +225,21 @@ class RecordingService:
         self.node_id = config.node_id
         self.lease_s = config.node_lease_s
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="recording")
+        #: by session: the calls being recorded
         self._active: dict[str, _Active] = {}
+        #: by recording: every recording made here until its row says how it ended
+        self._recordings: dict[str, _Active] = {}
         #: recordings whose lease this node holds and renews (recording, finalising, recovering)
         self._leased: set[str] = set()
         self._finishing: set[asyncio.Task[None]] = set()
         self._lease_task: asyncio.Task[None] | None = None
         #: writes a session event (the broker's log): recording alerts become anomalies auditors see
         self._log_event = log_event
+        #: sends a message to a party of a session (the broker's ``send``): alerts to the agent
+        self._notify = notify
+        #: database writes not done yet (failed: retried in order by ``_writer``)
+        self._writes: deque[tuple[str, Callable[[], Awaitable[object]]]] = deque()
+        self._writer: asyncio.Task[None] | None = None
         self._closed = False
 
     def start(self) -> None:
@@ -232,7 +284,13 @@ class RecordingService:
             )
             return recording_id
 
-        recording_id = await self.db.run(insert)
+        try:
+            recording_id = await self.db.run(insert)
+        except Exception as exc:  # a database on a full disk, or unreachable
+            text = f"the recording could not start: its row cannot be written ({_reason(exc)})"
+            logger.error("session %s: %s", session.id, text)
+            self._log_alert(session.id, {"state": "not_started", "message": text})
+            raise _unavailable("its database refuses writes") from exc
         self._leased.add(recording_id)
         loop = asyncio.get_running_loop()
         try:
@@ -245,14 +303,22 @@ class RecordingService:
                 self.master,
                 segment_seconds=self.config.segment_seconds,
                 executor=self._executor,
-                on_alert=partial(self._alert, session.id),
+                on_alert=partial(self._storage_alert, recording_id),
                 clock=loop.time,
             )
             await recorder.start()
         except (RecorderError, OSError) as exc:
             self._leased.discard(recording_id)
-            await self._mark_failed(recording_id, f"recording did not start: {exc}")
-            raise
+            text = f"recording {recording_id} could not start: {_reason(exc)}"
+            logger.error("session %s: %s", session.id, text)
+            self._log_alert(
+                session.id, {"state": "not_started", "message": text, "recording_id": recording_id}
+            )
+            self._persist(
+                f"recording {recording_id} failed",
+                partial(self._mark_failed, recording_id, f"recording did not start: {exc}"),
+            )
+            raise _unavailable("its storage refuses writes") from exc
         # first on the timeline: nothing else can reach this recorder before it is in ``_active``
         recorder.event(
             "recording_started",
@@ -262,7 +328,8 @@ class RecordingService:
                 "agent": session.agent.username if session.agent else None,
             },
         )
-        active = _Active(recording_id, session.id, recorder, started)
+        active = _Active(recording_id, session.id, session, recorder, started)
+        self._recordings[recording_id] = active
         for party in PARTIES:
             for kind in KINDS:
                 tap = media.tap(party, kind)
@@ -295,18 +362,127 @@ class RecordingService:
     def event(self, session_id: str, kind: str, data: dict[str, object]) -> None:
         """Put a session event on the active recording's timeline (no-op without one)."""
         active = self._active.get(session_id)
-        if active is not None:
+        if active is not None and kind != "recording_alert":  # :meth:`_alert` puts those there
             active.recorder.event(kind, dict(data))
 
-    def _alert(self, session_id: str, text: str) -> None:
-        """The recorder cannot store segments (disk full...): it keeps them and retries; we tell people."""
-        logger.error("session %s: recording alert: %s", session_id, text)
-        if self._log_event is not None:
-            task: asyncio.Task[None] = asyncio.ensure_future(
-                self._log_event(session_id, "recording_alert", {"message": text})
+    # -- alerts -------------------------------------------------------------------------
+
+    def _storage_alert(self, recording_id: str, alert: StorageAlert) -> None:
+        """The recorder's storage fails (it holds what it cannot store and retries), pauses media
+        (its memory limit), or works again."""
+        active = self._recordings.get(recording_id)
+        if active is None:
+            logger.error("recording %s: %s", recording_id, alert.message)
+            return
+        self._alert(active, alert.state, alert.message)
+        if alert.state == "recovered":
+            problem = (
+                f"storage failed for {alert.failing_s:.0f} s; everything recorded was stored late"
+                + (
+                    f", but {alert.not_recorded} media frames were not recorded (memory limit)"
+                    if alert.not_recorded
+                    else ", nothing lost"
+                )
             )
-            self._finishing.add(task)
-            task.add_done_callback(self._finishing.discard)
+        else:
+            problem = (
+                f"storage failing, retrying: {alert.held_bytes / 1e6:.1f} MB held in memory"
+                + ("; new media not recorded (memory limit)" if alert.state == "paused" else "")
+            )
+        self._persist(
+            f"recording {recording_id} problem", partial(self._set_problem, recording_id, problem)
+        )
+
+    def _alert(
+        self, active: _Active, state: AlertState | Literal["lease_lost"], message: str
+    ) -> None:
+        """Tell everyone who must know: the log, the recording's and the session's timelines
+        (``recording_alert``: an anomaly auditors see), and the call's agent (not of a lease
+        another node took: this node goes on recording)."""
+        if state == "recovered":
+            logger.warning("session %s: recording alert: %s", active.session_id, message)
+        else:
+            logger.error("session %s: recording alert: %s", active.session_id, message)
+        data: dict[str, object] = {
+            "state": state,
+            "message": message,
+            "recording_id": active.recording_id,
+        }
+        if not active.recorder.closed:
+            active.recorder.event("recording_alert", dict(data))
+        self._log_alert(active.session_id, data)
+        if self._notify is not None and state != "lease_lost":
+            try:
+                self._notify(
+                    active.session,
+                    "agent",
+                    m.RecordingAlert(session_id=active.session_id, state=state, message=message),
+                )
+            except Exception:
+                logger.exception("session %s: the agent could not be told", active.session_id)
+
+    def _log_alert(self, session_id: str, data: dict[str, object]) -> None:
+        """A ``recording_alert`` on the session's timeline, kept and retried until written."""
+        if self._log_event is None:
+            return
+        data = {**data, "raised_at": utcnow().isoformat()}  # a retried write lands later
+        self._persist(
+            f"session {session_id} recording alert",
+            partial(self._log_event, session_id, "recording_alert", data),
+        )
+
+    # -- database writes that must not be lost -----------------------------------------------
+
+    def _persist(self, what: str, write: Callable[[], Awaitable[object]]) -> None:
+        """Do ``write`` (a database write) in the background, after those before it; one that
+        fails (a database on a full disk) is logged, kept and retried until it goes through."""
+        if len(self._writes) >= MAX_HELD_WRITES:
+            dropped, _ = self._writes.popleft()
+            logger.error("too many database writes held: dropped the oldest (%s)", dropped)
+        self._writes.append((what, write))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(
+                self._write_held(), name=f"recording-writes-{self.node_id}"
+            )
+
+    async def _write_held(self) -> None:
+        delay, failing_since, last_log = RETRY_FIRST_S, 0.0, -ALERT_INTERVAL_S
+        while self._writes:
+            what, write = self._writes[0]
+            try:
+                await write()
+            except Exception as exc:
+                now = time.monotonic()
+                failing_since = failing_since or now
+                if now - last_log >= ALERT_INTERVAL_S:
+                    last_log = now
+                    logger.error(
+                        "could not write %s to the database (%s): kept with %d other write(s), "
+                        "retrying",
+                        what,
+                        _reason(exc),
+                        len(self._writes) - 1,
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+                continue
+            self._writes.popleft()
+            if failing_since:
+                logger.warning(
+                    "database writes go through again after %.0f s (%s)",
+                    time.monotonic() - failing_since,
+                    what,
+                )
+                delay, failing_since, last_log = RETRY_FIRST_S, 0.0, -ALERT_INTERVAL_S
+
+    async def _set_problem(self, recording_id: str, problem: str) -> None:
+        def work(s: DbSession) -> None:
+            row = s.get(Recording, recording_id)
+            if row is not None:
+                row.problem = problem[:500]
+                s.add(row)
+
+        await self.db.run(work)
 
     async def call_ended(self, session: Session) -> None:
         """Broker hook: stop feeding the recording; seal and finalise it in the background."""
@@ -316,7 +492,9 @@ class RecordingService:
         for remove in active.removers:
             remove()
         active.recorder.event("recording_stopped", {"reason": session.end_reason or session.state})
-        metadata = self._metadata(session, active)
+        self._spawn_finish(active, self._metadata(session, active))
+
+    def _spawn_finish(self, active: _Active, metadata: dict[str, Any]) -> None:
         task = asyncio.get_running_loop().create_task(
             self._finish(active, metadata), name=f"finalize-{active.recording_id}"
         )
@@ -344,20 +522,62 @@ class RecordingService:
         }
 
     async def _finish(self, active: _Active, metadata: dict[str, Any]) -> None:
+        """Store what the recorder holds and finalise, however long a full disk makes that take;
+        its row says "recording" (lease renewed, ``problem`` saying why) until then."""
+        recording_id = active.recording_id
         storage = active.recorder.storage
         try:
-            await active.recorder.aclose()
-            loop = asyncio.get_running_loop()
-            manifest = await loop.run_in_executor(
-                self._executor, finalize, storage, self.master, self.signing, metadata
-            )
+            await active.recorder.aclose()  # waits, retrying, while storage fails
+            manifest = await self._finalize(active, storage, metadata)
+        except RecorderError as exc:  # not a failing disk: the recording itself is damaged
+            logger.exception("recording %s could not be finalised", recording_id)
+            mark = partial(self._mark_failed, recording_id, str(exc))
+        else:
             self.store.finished(storage)
-            await self._mark(active.recording_id, "finalized", manifest)
-        except (RecorderError, OSError) as exc:
-            logger.exception("recording %s could not be finalised", active.recording_id)
-            await self._mark_failed(active.recording_id, str(exc))
-        finally:
-            self._leased.discard(active.recording_id)
+            mark = partial(self._mark, recording_id, "finalized", manifest)
+        self._persist(f"recording {recording_id} ended", partial(self._ended, recording_id, mark))
+
+    async def _ended(self, recording_id: str, mark: Callable[[], Awaitable[None]]) -> None:
+        """Write how the recording ended, then stop holding its lease."""
+        await mark()
+        self._leased.discard(recording_id)
+        self._recordings.pop(recording_id, None)
+
+    async def _finalize(self, active: _Active, storage: Storage, metadata: dict[str, Any]) -> Any:
+        """``finalize``, retried while storage fails (the segments are safe: a restart would
+        recover them); an alert every ``ALERT_INTERVAL_S``."""
+        loop = asyncio.get_running_loop()
+        delay, failing_since = RETRY_FIRST_S, 0.0
+        while True:
+            try:
+                return_value = await loop.run_in_executor(
+                    self._executor, finalize, storage, self.master, self.signing, metadata
+                )
+            except OSError as exc:  # a full disk, an unreachable store (StorageUnavailable)
+                now = time.monotonic()
+                failing_since = failing_since or now
+                if now - active.last_alert >= ALERT_INTERVAL_S:
+                    active.last_alert = now
+                    text = (
+                        f"recording {active.recording_id}: stored, but not finalised yet "
+                        f"({_reason(exc)}); retrying"
+                    )
+                    self._alert(active, "failing", text)
+                    self._persist(
+                        f"recording {active.recording_id} problem",
+                        partial(self._set_problem, active.recording_id, text),
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+                continue
+            if failing_since:
+                self._alert(
+                    active,
+                    "recovered",
+                    f"recording {active.recording_id}: finalised after "
+                    f"{time.monotonic() - failing_since:.0f} s of failing storage",
+                )
+            return return_value
 
     async def _mark(self, recording_id: str, state: str, manifest: Any) -> None:
         outputs = manifest.data.get("outputs", [])
@@ -427,6 +647,13 @@ class RecordingService:
                         "recording %s is being recorded by a live node: left to it", recording_id
                     )
                     continue
+                if await self._recover(recording_id):
+                    recovered.append(recording_id)
+            # rows still "recording" of recordings this disk holds finished (the database could
+            # not be told before the process ended)
+            for recording_id in await self.db.run(
+                lambda s: self._claim_lapsed(s, own_earlier_run=True)
+            ):
                 if await self._recover(recording_id):
                     recovered.append(recording_id)
         if recovered:
@@ -506,14 +733,12 @@ class RecordingService:
         return claimed
 
     def _reachable(self, recording_id: str) -> bool:
-        """Whether this node can finalise the recording: always with a shared store; with the local
-        one, when its unfinished directory is on this node's disk."""
+        """Whether this node can finish the recording: always with a shared store; with the local
+        one, when its directory is on this node's disk (unfinished, or finalised by a process that
+        died before its row said so)."""
         if self.store.shared:
             return True
-        directory = self.root / recording_id
-        return (directory / "recording.json").is_file() and not (
-            directory / "manifest.json"
-        ).exists()
+        return (self.root / recording_id / "recording.json").is_file()
 
     async def _recover(self, recording_id: str) -> bool:
         """Finalise a claimed recording from what its store holds; False when it cannot be now."""
@@ -525,21 +750,30 @@ class RecordingService:
             manifest = await loop.run_in_executor(
                 self._executor, recover, storage, self.master, self.signing, metadata
             )
-        except StorageUnavailable as exc:
-            # the lease lapses again and this or another node retries once the store answers
+        except OSError as exc:
+            # an unreachable store, a full disk: nothing is wrong with the recording; the lease
+            # lapses again and this or another node retries
             logger.error(
-                "recording %s cannot be recovered now (%s): retried later", recording_id, exc
+                "recording %s cannot be recovered now (%s): retried later",
+                recording_id,
+                _reason(exc),
             )
             self._leased.discard(recording_id)
             return False
-        except (RecorderError, OSError) as exc:
+        except RecorderError as exc:
             logger.error("recording %s could not be recovered: %s", recording_id, exc)
-            await self._mark_failed(recording_id, f"recovery failed: {exc}")
-            self._leased.discard(recording_id)
+            try:
+                await self._mark_failed(recording_id, f"recovery failed: {exc}")
+            finally:
+                self._leased.discard(recording_id)
             return False
         self.store.finished(storage)
-        await self._mark(recording_id, "recovered", manifest)
-        self._leased.discard(recording_id)
+        try:
+            # a manifest finalisation made before its row could say so is not a recovery
+            state = "recovered" if manifest.data.get("recovered") else "finalized"
+            await self._mark(recording_id, state, manifest)
+        finally:
+            self._leased.discard(recording_id)
         return True
 
     def _renew(self, s: DbSession) -> list[str]:
@@ -591,25 +825,59 @@ class RecordingService:
             resume = getattr(storage, "resume", None)
             if resume is not None:
                 await asyncio.get_running_loop().run_in_executor(self._executor, resume)
-            self._alert(active.session_id, text)
+            self._alert(active, "lease_lost", text)
 
     async def aclose(self) -> None:
-        """Finish every recording (calls are ended first by the broker); idempotent."""
+        """Finish every recording, those of calls still going on too; idempotent.
+
+        Recordings whose storage still fails get ``SHUTDOWN_WAIT_S``; then what they hold in
+        memory is given up (logged, and written on the row): what they stored is recovered at
+        the next start. Failed database writes get ``WRITES_WAIT_S`` more.
+        """
         if self._closed:
             return
         self._closed = True
-        task, self._lease_task = self._lease_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if self._finishing:
-            await asyncio.gather(*self._finishing, return_exceptions=True)
+        # calls still going on (the broker ends them after this): finalised as they are
         for active in list(self._active.values()):
             for remove in active.removers:
                 remove()
-            await active.recorder.aclose()
+            active.recorder.event("recording_stopped", {"reason": "server_shutdown"})
+            metadata = self._metadata(active.session, active)
+            self._spawn_finish(active, {**metadata, "end_reason": "server_shutdown"})
         self._active.clear()
+        if self._finishing:
+            _, stuck = await asyncio.wait(set(self._finishing), timeout=SHUTDOWN_WAIT_S)
+            for task in stuck:
+                task.cancel()
+            await asyncio.gather(*stuck, return_exceptions=True)
+        for active in list(self._recordings.values()):
+            lost = await active.recorder.abandon()
+            if lost:
+                text = (
+                    f"the server stopped while storage still failed: {lost / 1e6:.1f} MB recorded "
+                    "but not stored were lost; what was stored is recovered at the next start"
+                )
+                logger.critical("recording %s: %s", active.recording_id, text)
+                self._persist(
+                    f"recording {active.recording_id} problem",
+                    partial(self._set_problem, active.recording_id, text),
+                )
+        lease_task, self._lease_task = self._lease_task, None
+        if lease_task is not None:
+            lease_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await lease_task
+        writer = self._writer
+        if writer is not None and not writer.done():
+            await asyncio.wait([writer], timeout=WRITES_WAIT_S)
+            if not writer.done():
+                writer.cancel()
+                await asyncio.wait([writer])
+                logger.critical(
+                    "the server stopped with %d database write(s) about recordings not done: %s",
+                    len(self._writes),
+                    "; ".join(what for what, _ in list(self._writes)[:20]),
+                )
         self._executor.shutdown(wait=True)
         if self._owns_store:
             await asyncio.to_thread(self.store.close)

@@ -908,23 +908,67 @@ class Broker:
                 raise InvalidState("that customer is no longer waiting")
             self._cancel(agent.offer_task)
             agent.offer_task = None
+            session.state = "active"
+            session.agent = agent.user
+            session.started_at = time.time()
+            await self._set_agent_status(agent, "busy")
+            await self._event(session.id, "call_started", agent=agent.user.username)
+            logger.info("session %s: agent %s accepted", session.id, agent.user.username)
+            # the parties are told (and the database) that the call started once every hook has
+            # started, the recording first: a call that cannot be recorded does not go on
+            for hook in self.on_call_started:
+                try:
+                    await hook(session)
+                except Exception as exc:
+                    from .exceptions import SignalingError
+
+                    if isinstance(exc, SignalingError):  # a reason for the parties
+                        code, text, trace = exc.code, exc.message, False
+                    else:
+                        code, text, trace = "call_not_started", "the call could not start", True
+                    logger.error(
+                        "session %s: the call with %s cannot start (%s): %s",
+                        session.id,
+                        agent.user.username,
+                        code,
+                        exc,
+                        exc_info=trace,
+                    )
+                    await self._event(session.id, "call_not_started", reason=code, message=text)
+                    # undo what the hooks before it started; the customer keeps their place
+                    await self.hub.end_call(session.id)
+                    for ended in self.on_call_ended:
+                        try:
+                            await ended(session)
+                        except Exception:
+                            logger.exception("session %s: a call-ended hook failed", session.id)
+                    session.state, session.agent, session.started_at = "queued", None, None
+                    session.last_queue_update = None
+                    await self._changed(session)  # it said "offered"
+                    await self._shared(
+                        "call not started",
+                        self.state.release_offer(session.id, agent.user.id, penalise=False),
+                        None,
+                    )
+                    await self._event(session.id, "requeued", reason=code)
+                    if session.channel is not None:
+                        session.channel.send(m.Error(code=code, message=text))
+                    agent.session_id = None
+                    agent.channel.send(m.OfferWithdrawn(session_id=session.id, reason=code))
+                    # away: offered this customer again at once, the agent would not see why
+                    await self._set_agent_status(agent, "away")
+                    await self._dispatch()
+                    await self._broadcast_queue()
+                    return
+            await self._changed(session)
             await self._shared("accept", self.state.dequeue(session_id), None)
             await self._shared(
                 "accept", self.state.set_call_node(session_id, self.config.node_id), None
             )
-            session.state = "active"
-            session.agent = agent.user
-            session.started_at = time.time()
-            await self._changed(session)
-            await self._set_agent_status(agent, "busy")
-            await self._event(session.id, "call_started", agent=agent.user.username)
-            logger.info("session %s: agent %s accepted", session.id, agent.user.username)
             if session.channel is not None:
                 session.channel.send(self._call_started(session, for_role="customer"))
             agent.channel.send(self._call_started(session, for_role="agent"))
             self._start_watchdog()
-            for hook in self.on_call_started:
-                await hook(session)
             await self._broadcast_queue()
 
     async def agent_decline(self, agent: AgentConn, session_id: str) -> None:

@@ -443,6 +443,21 @@ class CallEnded(_Msg):
     reason: str
 
 
+class RecordingAlert(_Msg):
+    """To the agent: the recording of a call of theirs cannot be stored right now (disk full).
+
+    ``failing``: what is recorded is held in memory and storing is retried (nothing is lost);
+    ``paused``: so much is held that new media is no longer recorded (end the call; what was
+    recorded is kept); ``recovered``: storage works again and everything held is stored.
+    ``message`` is the server's description, for the log.
+    """
+
+    type: Literal["recording_alert"] = "recording_alert"
+    session_id: str
+    state: Literal["failing", "paused", "recovered"]
+    message: str
+
+
 class QueueStats(_Msg):
     """Sent to agents: how many customers wait per business."""
 
@@ -551,6 +566,7 @@ ServerMessage = (
     | MediaRestored
     | Requeued
     | CallEnded
+    | RecordingAlert
     | QueueStats
     | LivenessChallenge
     | LivenessProgress

@@ -8,12 +8,14 @@ times; the recorder's clock is pinned so the timeline is exact.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import io
 import json
 import os
 import pickle
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +36,7 @@ from recorder import (
     open_encrypted,
     read_data_key,
     recover,
+    segment_writer,
     verify,
 )
 from recorder.manifest import canonical_json
@@ -332,7 +335,7 @@ async def test_disk_full_while_recording_loses_nothing(
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             super().put_bytes(name, data)
 
-    alerts: list[str] = []
+    alerts: list = []  # of StorageAlert
     storage = DiskFull(tmp_path / "s2")
     rec = SessionRecorder(
         "s2", storage, keys[0], clock=lambda: T0, segment_seconds=60, on_alert=alerts.append
@@ -351,13 +354,126 @@ async def test_disk_full_while_recording_loses_nothing(
     await rec.aclose()
     await rec.aclose()  # idempotent
     assert storage.failures == 0 and rec.pending_bytes == 0
-    assert alerts and "disk full" in alerts[0] and "s2" in alerts[0]
+    # told at once (then at most every 10 s), and again once everything held is stored
+    assert [a.state for a in alerts] == ["failing", "recovered"], alerts
+    assert "disk full" in alerts[0].message and "s2" in alerts[0].message
+    assert "nothing lost" in alerts[1].message and not rec.storage_failing
     finalize(storage, keys[0], keys[1], METADATA)
     assert verify(storage, keys[0], keys[1].public_pem()).ok
     for party in ("customer", "agent"):
         packets = demux(decrypt_output(tmp_path / "s2", keys[0], party))
         for kind in ("video", "audio"):
             assert [d for _, d in packets[kind]] == [d for _, d in fed[(party, kind)].frames]
+
+
+class _FastTime:
+    """``time`` for the recorder, its monotonic clock ``factor`` times fast: a long outage in a
+    short test (wall-clock time is left as it is)."""
+
+    def __init__(self, factor: float) -> None:
+        self.factor = factor
+        self._start = time.monotonic()
+
+    def time(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return self._start + (time.monotonic() - self._start) * self.factor
+
+
+class _Disk(LocalStorage):
+    """A local disk that is full (segments refused) while ``full`` is set."""
+
+    full = True
+
+    def put_bytes(self, name: str, data: bytes) -> None:
+        if self.full and name.startswith("segments/"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        super().put_bytes(name, data)
+
+
+async def test_close_waits_as_long_as_storage_fails(tmp_path: Path, keys, audio_clip, monkeypatch):
+    """A disk still full at hang-up, for longer than any timeout (the recorder's clock runs 20
+    times fast: 3 s here are a minute): the close waits, gives nothing up, and stores everything
+    once space returns."""
+    monkeypatch.setattr(segment_writer, "time", _FastTime(20))
+    alerts: list = []  # of StorageAlert
+    storage = _Disk(tmp_path / "s5")
+    rec = SessionRecorder(
+        "s5", storage, keys[0], clock=lambda: T0, segment_seconds=60, on_alert=alerts.append
+    )
+    await rec.start()
+    tracks = {("agent", "audio"): [(audio_clip, stream(audio_clip, 3.0))]}
+    fed = await play(rec, tracks, seal_every=60)  # all in the last segment, cut by the close
+    closing = asyncio.create_task(rec.aclose())
+    await asyncio.sleep(3.0)
+    assert not closing.done(), "the close gave up while the disk was full"
+    assert rec.pending_bytes > 0 and rec.segments_stored == 0
+    storage.full = False
+    await asyncio.wait_for(closing, 5)
+    assert rec.pending_bytes == 0 and not rec.storage_failing
+    states = [a.state for a in alerts]
+    # told at once, every 10 (fast) seconds while it lasts, and once it is over
+    assert states[0] == "failing" and states.count("failing") >= 3 and states[-1] == "recovered"
+    finalize(storage, keys[0], keys[1], METADATA)
+    assert verify(storage, keys[0], keys[1].public_pem()).ok
+    packets = demux(decrypt_output(tmp_path / "s5", keys[0], "agent"))
+    assert [d for _, d in packets["audio"]] == [d for _, d in fed[("agent", "audio")].frames]
+
+
+async def test_memory_limit_pauses_media_and_keeps_what_was_recorded(
+    tmp_path: Path, keys, video_clip, audio_clip
+):
+    """Storage fails until ``max_pending_bytes`` are held: from then on new media is not recorded
+    (the timeline says from when to when, the alert says so), nothing recorded before is dropped,
+    and media is recorded again once storage has taken what was held."""
+    alerts: list = []  # of StorageAlert
+    storage = _Disk(tmp_path / "s6")
+    rec = SessionRecorder(
+        "s6", storage, keys[0], clock=lambda: T0, segment_seconds=60, on_alert=alerts.append
+    )
+    await rec.start()
+    seals = 0
+
+    async def seal() -> None:  # every 0.5 s of the call
+        nonlocal seals
+        seals += 1
+        if seals == 4:  # 2.0 s: space is back
+            storage.full = False
+        with contextlib.suppress(StorageFull):
+            await rec.seal()
+        if seals == 2:  # 1.0 s: memory is full
+            rec.max_pending_bytes = rec.pending_bytes
+
+    fed = await play(rec, call(video_clip, audio_clip, 3.0), seal_every=0.5, seal=seal)
+    await rec.aclose()
+    assert [a.state for a in alerts] == ["failing", "paused", "recovered"], alerts
+    assert alerts[-1].not_recorded == rec.frames_not_recorded > 0
+    assert "not recorded" in alerts[-1].message
+    finalize(storage, keys[0], keys[1], METADATA)
+    assert verify(storage, keys[0], keys[1].public_pem()).ok
+    events = json.loads((tmp_path / "s6" / "timeline.json").read_bytes())["events"]
+    paused = next(e for e in events if e["kind"] == "recording_paused")
+    resumed = next(e for e in events if e["kind"] == "recording_resumed")
+    assert paused["offset_ms"] == pytest.approx(1000, abs=40)
+    assert resumed["offset_ms"] == pytest.approx(2000, abs=40)
+    assert resumed["data"]["not_recorded_frames"] == rec.frames_not_recorded
+    keyframes = {p for p, k in zip(video_clip.packets, video_clip.keyframes, strict=True) if k}
+    for party in ("customer", "agent"):
+        packets = demux(decrypt_output(tmp_path / "s6", keys[0], party))
+        for kind in ("video", "audio"):
+            expected, waiting = [], False
+            for t, data in fed[(party, kind)].frames:
+                if 1.0 <= t < 2.0:  # not recorded; video goes on at the next keyframe
+                    waiting = kind == "video"
+                    continue
+                if waiting and data not in keyframes:
+                    continue
+                waiting = False
+                expected.append(data)
+            got = [d for _, d in packets[kind]]
+            # everything before the pause, nothing of it, everything after
+            assert got == expected, (party, kind, len(got), len(expected))
 
 
 CRASHING_RECORDER = """

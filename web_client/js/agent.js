@@ -503,6 +503,9 @@ function onMessage(msg) {
     case 'call_ended':
       endCall(msg.reason);
       break;
+    case 'recording_alert':
+      onRecordingAlert(msg);
+      break;
     case 'identity':
       onIdentity(msg);
       break;
@@ -523,6 +526,22 @@ function onStatus(status) {
   renderToggle();
   if (status === 'ready' && app.state === 'ended') setState('idle');
   else renderDesk();
+}
+
+/**
+ * The recording of a call of ours cannot be stored (the server's disk is full): it is held and
+ * retried (failing), so much is held that media is no longer recorded (paused: end the call), or
+ * storage works again (recovered). Also after the call: its recording is still being stored.
+ */
+function onRecordingAlert(msg) {
+  const key = {
+    failing: 'agent.recordingFailing',
+    paused: 'agent.recordingPaused',
+    recovered: 'agent.recordingRecovered',
+  }[msg.state];
+  if (!key) return;
+  if (msg.state === 'recovered') errors.show(t(key));
+  else errors.show(t(key), 0); // stays until storage works again or it is dismissed
 }
 
 function onServerError(msg) {
