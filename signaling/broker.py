@@ -48,7 +48,7 @@ from pydantic import BaseModel
 
 from . import messages as m
 from .bus import Bus, SenderCheck
-from .exceptions import Forbidden, InvalidMessage, InvalidState, NotFound
+from .exceptions import Forbidden, InvalidMessage, InvalidState, NotFound, SignalingError
 from .ids import new_id
 from .media_hub import IceServerConfig, MediaHub, ParticipantMedia, Role, is_role, other
 from .relay import RemoteChannel
@@ -674,7 +674,9 @@ class Broker:
 
     async def _resume_agent(self, agent: AgentConn, session: Session) -> None:
         """The call's agent is back (caller holds the lock): on with the call; a call cut by its
-        node's death starts again here (recording, identity checks, flow)."""
+        node's death starts again here (recording, identity checks, flow) before the parties are
+        told, and does not go on if it cannot be recorded (the customer goes to the head of the
+        queue)."""
         self._cancel(session.agent_window)
         session.agent_window = None
         self._cancel(agent.offer_task)
@@ -682,15 +684,27 @@ class Broker:
         agent.session_id = session.id
         agent.remote_node = None
         await self._set_agent_status(agent, "busy")
+        cut_s = None
+        if session.interrupted_at is not None:
+            cut_s = max(0.0, time.time() - session.interrupted_at)
+            session.interrupted_at = None
+            failed = await self._start_hooks(session, agent)
+            if failed is not None:
+                code, text = failed
+                await self._requeue_at_head(session)
+                if session.channel is not None:
+                    session.channel.send(m.Error(code=code, message=text))
+                agent.session_id = None
+                agent.channel.send(m.CallEnded(session_id=session.id, reason=code))
+                await self._set_agent_status(agent, "away")
+                await self._dispatch()
+                await self._broadcast_queue()
+                return
         agent.channel.send(self._call_started(session, for_role="agent"))
         if session.channel is not None:
             session.channel.send(m.PeerReconnected())
         self._start_watchdog()
-        if session.interrupted_at is not None:
-            cut_s = max(0.0, time.time() - session.interrupted_at)
-            session.interrupted_at = None
-            for started in self.on_call_started:
-                await started(session)
+        if cut_s is not None:
             await self._event(
                 session.id,
                 "call_resumed",
@@ -916,50 +930,34 @@ class Broker:
             logger.info("session %s: agent %s accepted", session.id, agent.user.username)
             # the parties are told (and the database) that the call started once every hook has
             # started, the recording first: a call that cannot be recorded does not go on
-            for hook in self.on_call_started:
-                try:
-                    await hook(session)
-                except Exception as exc:
-                    from .exceptions import SignalingError
-
-                    if isinstance(exc, SignalingError):  # a reason for the parties
-                        code, text, trace = exc.code, exc.message, False
-                    else:
-                        code, text, trace = "call_not_started", "the call could not start", True
-                    logger.error(
-                        "session %s: the call with %s cannot start (%s): %s",
-                        session.id,
-                        agent.user.username,
-                        code,
-                        exc,
-                        exc_info=trace,
-                    )
-                    await self._event(session.id, "call_not_started", reason=code, message=text)
-                    # undo what the hooks before it started; the customer keeps their place
-                    await self.hub.end_call(session.id)
-                    for ended in self.on_call_ended:
-                        try:
-                            await ended(session)
-                        except Exception:
-                            logger.exception("session %s: a call-ended hook failed", session.id)
-                    session.state, session.agent, session.started_at = "queued", None, None
-                    session.last_queue_update = None
-                    await self._changed(session)  # it said "offered"
-                    await self._shared(
-                        "call not started",
-                        self.state.release_offer(session.id, agent.user.id, penalise=False),
-                        None,
-                    )
-                    await self._event(session.id, "requeued", reason=code)
-                    if session.channel is not None:
-                        session.channel.send(m.Error(code=code, message=text))
-                    agent.session_id = None
-                    agent.channel.send(m.OfferWithdrawn(session_id=session.id, reason=code))
-                    # away: offered this customer again at once, the agent would not see why
-                    await self._set_agent_status(agent, "away")
-                    await self._dispatch()
-                    await self._broadcast_queue()
-                    return
+            failed = await self._start_hooks(session, agent)
+            if failed is not None:
+                code, text = failed
+                # undo what the hooks before it started; the customer keeps their place
+                await self.hub.end_call(session.id)
+                for ended in self.on_call_ended:
+                    try:
+                        await ended(session)
+                    except Exception:
+                        logger.exception("session %s: a call-ended hook failed", session.id)
+                session.state, session.agent, session.started_at = "queued", None, None
+                session.last_queue_update = None
+                await self._changed(session)  # it said "offered"
+                await self._shared(
+                    "call not started",
+                    self.state.release_offer(session.id, agent.user.id, penalise=False),
+                    None,
+                )
+                await self._event(session.id, "requeued", reason=code)
+                if session.channel is not None:
+                    session.channel.send(m.Error(code=code, message=text))
+                agent.session_id = None
+                agent.channel.send(m.OfferWithdrawn(session_id=session.id, reason=code))
+                # away: offered this customer again at once, the agent would not see why
+                await self._set_agent_status(agent, "away")
+                await self._dispatch()
+                await self._broadcast_queue()
+                return
             await self._changed(session)
             await self._shared("accept", self.state.dequeue(session_id), None)
             await self._shared(
@@ -970,6 +968,29 @@ class Broker:
             agent.channel.send(self._call_started(session, for_role="agent"))
             self._start_watchdog()
             await self._broadcast_queue()
+
+    async def _start_hooks(self, session: Session, agent: AgentConn) -> tuple[str, str] | None:
+        """Run the call-started hooks (the recording first); ``(code, text)`` of the first that
+        failed (then the call must not go on: it cannot be recorded), else None."""
+        for hook in self.on_call_started:
+            try:
+                await hook(session)
+            except Exception as exc:
+                if isinstance(exc, SignalingError):  # a reason for the parties
+                    code, text, trace = exc.code, exc.message, False
+                else:
+                    code, text, trace = "call_not_started", "the call could not start", True
+                logger.error(
+                    "session %s: the call with %s cannot start (%s): %s",
+                    session.id,
+                    agent.user.username,
+                    code,
+                    exc,
+                    exc_info=trace,
+                )
+                await self._event(session.id, "call_not_started", reason=code, message=text)
+                return code, text
+        return None
 
     async def agent_decline(self, agent: AgentConn, session_id: str) -> None:
         async with self._lock:
