@@ -346,12 +346,9 @@ def cmd_db_revision(args: argparse.Namespace) -> int:
 def _keys(config: Config):  # type: ignore[no-untyped-def]
     from recorder import MasterKey, SigningKey
 
-    master = (
-        MasterKey.load(config.master_key_file) if Path(config.master_key_file).exists() else None
-    )
-    signing = (
-        SigningKey.load(config.signing_key_file) if Path(config.signing_key_file).exists() else None
-    )
+    master_path, signing_path = config.master_key_path, config.signing_key_path
+    master = MasterKey.load(master_path) if master_path.exists() else None
+    signing = SigningKey.load(signing_path) if signing_path.exists() else None
     return master, signing
 
 
@@ -928,7 +925,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     config, db = _open_db(args)
     master, signing = _keys(config)
     if master is None:
-        print(f"error: master key {config.master_key_file} not found", file=sys.stderr)
+        print(f"error: master key {config.master_key_path} not found", file=sys.stderr)
         return 2
     with db.session() as s:
         rows = s.exec(

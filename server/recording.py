@@ -115,7 +115,8 @@ def _unavailable(why: str) -> SignalingError:
 
 def load_keys(config: Config) -> tuple[MasterKey, SigningKey]:
     """Load the master and signing keys; create them (0600) for development when missing."""
-    master_path, signing_path = Path(config.master_key_file), Path(config.signing_key_file)
+    # relative paths resolve beside the data directory, as the CLI's verifiers resolve them
+    master_path, signing_path = config.master_key_path, config.signing_key_path
     data_dir = Path(config.data_dir).resolve()
     if data_dir in master_path.resolve().parents:
         logger.warning(
