@@ -12,7 +12,7 @@ from aiohttp.typedefs import Handler, Middleware
 from business.catalogue import BUSINESS_TYPES
 from signaling.broker import Broker, BrokerConfig
 from signaling.bus import Bus
-from signaling.media_hub import MediaHub
+from signaling.media_hub import CandidatePolicy, MediaHub
 from signaling.state import InMemoryState, SharedState
 
 from . import migrations
@@ -41,8 +41,10 @@ from .config import Config, ensure_data_dir
 from .db import Database
 from .exceptions import ServerError
 from .health import LoopLagMonitor
+from .limits import limits_ctx
 from .metrics import Metrics
 from .node_registry import NodeRegistry
+from .origin import origin_middleware
 from .proxies import parse_networks, trusted_proxies_middleware
 from .recording import RecordingService, load_keys
 from .routes import setup_routes
@@ -206,6 +208,9 @@ async def media_ctx(app: web.Application) -> AsyncIterator[None]:
         ice_servers=list(config.ice_servers),
         media_mode=config.media_mode,  # type: ignore[arg-type]
         on_state=on_media_state,
+        candidates=CandidatePolicy(
+            parse_networks(config.ice_peer_networks), config.ice_max_candidates
+        ),
     )
     try:
         broker = Broker(
@@ -350,7 +355,7 @@ async def loop_lag_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(config: Config) -> web.Application:
-    middlewares: list[Middleware] = [errors_and_headers]
+    middlewares: list[Middleware] = [errors_and_headers, origin_middleware(config.allowed_origins)]
     if config.trusted_proxies:
         middlewares.insert(0, trusted_proxies_middleware(parse_networks(config.trusted_proxies)))
     app = web.Application(middlewares=middlewares, client_max_size=1024**2)
@@ -359,7 +364,7 @@ def create_app(config: Config) -> web.Application:
     app[METRICS] = Metrics(config.node_id)
     app[REPLAYS] = {}
 
-    app.cleanup_ctx.extend([database_ctx, node_ctx, keys_ctx, media_ctx])
+    app.cleanup_ctx.extend([database_ctx, node_ctx, keys_ctx, media_ctx, limits_ctx])
     if config.recording:
         app.cleanup_ctx.append(recordings_ctx)
     if config.identity:

@@ -20,6 +20,11 @@ earlier account). It books through this API with an ``integration`` account
 ``GET /api/appointments/{id}`` / ``DELETE /api/appointments/{id}``
     Its status (``booked | used | expired | cancelled``, and the session it
     became), or cancel it (the photo is deleted at once).
+
+An appointment belongs to the account that booked it (``created_by``): only that
+account reads it, puts its photo or cancels it; admins may act on every one.
+To any other account it does not exist (404, as for an unknown id), so one
+bank system cannot learn of, cancel or replace another's appointments.
 ``GET /api/appointment``
     The customer's page, with ``X-Appointment-Token``: the business and
     name to show before joining (nothing else).
@@ -76,6 +81,11 @@ def appointment_of_owner(owner: str) -> str | None:
 
 def aware(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def owns(user: User, appt: Appointment) -> bool:
+    """Whether ``user`` may see and change ``appt``: the account that booked it, or an admin."""
+    return user.role == "admin" or (user.id is not None and appt.created_by == user.id)
 
 
 def status(appt: Appointment, now: datetime | None = None) -> str:
@@ -145,18 +155,18 @@ class AppointmentService:
         logger.info("appointment %s booked by %s for %s", appt.id, user.username, business)
         return appt, token
 
-    async def get(self, appointment_id: str) -> Appointment:
+    async def get(self, appointment_id: str, user: User) -> Appointment:
+        """The appointment if ``user`` booked it or is an admin; :class:`NotFound` otherwise."""
         appt = await self.db.run(lambda s: s.get(Appointment, appointment_id))
-        if appt is None:
+        if appt is None or not owns(user, appt):
             raise NotFound("no such appointment")
         return appt
 
-    async def set_reference(
-        self, appointment_id: str, data: bytes, content_type: str
-    ) -> dict[str, Any]:
+    async def set_reference(self, appointment_id: str, user: User, data: bytes) -> dict[str, Any]:
+        """Check and keep the ID photo (as the type its header says, not what the upload claimed)."""
         if self.identity is None:
             raise NotFound("face checks are switched off on this server: no ID photo can be kept")
-        appt = await self.get(appointment_id)
+        appt = await self.get(appointment_id, user)
         if status(appt) != "booked":
             raise Conflict(
                 f"this appointment is {status(appt)}: its photo cannot change",
@@ -174,7 +184,7 @@ class AppointmentService:
                 owner,
                 "reference_image",
                 data,
-                content_type=content_type,
+                content_type=checked["content_type"],
                 meta={"source": "appointment", "strategy": checked["strategy"]},
             )
 
@@ -189,8 +199,8 @@ class AppointmentService:
         await self.db.run(mark)
         return {"strategy": checked["strategy"], "sha256": item.sha256, "size": item.size}
 
-    async def cancel(self, appointment_id: str) -> Appointment:
-        appt = await self.get(appointment_id)
+    async def cancel(self, appointment_id: str, user: User) -> Appointment:
+        appt = await self.get(appointment_id, user)
         if status(appt) == "used":
             raise Conflict(
                 "this appointment was already used: the session holds its photo now",

@@ -43,6 +43,11 @@ class Config:
     #: the balancer's addresses or networks (comma-separated), whose ``X-Forwarded-For`` and
     #: ``X-Forwarded-Proto`` are believed: the client's address and scheme (``server/proxies.py``)
     trusted_proxies: tuple[str, ...] = ()
+    #: other origins (``https://app.example-bank.cn``, comma-separated) whose pages may open the
+    #: WebSockets and send state-changing requests; the counter's own origin always may, and
+    #: clients that send no ``Origin`` (the CLI, scripts) are not browsers' pages
+    #: (``server/origin.py``)
+    allowed_origins: tuple[str, ...] = ()
     #: the base URL the other nodes reach this node's HTTP at (requests about its sessions are
     #: forwarded there); default ``<scheme>://<hostname>:<port>``
     advertise_url: str | None = None
@@ -61,6 +66,13 @@ class Config:
     media_mode: str = "passthrough"
     #: ICE servers given to browsers and used by the hub; JSON list of {urls, username, credential}
     ice_servers: tuple[IceServerConfig, ...] = ()
+    #: networks (comma-separated, ``10.0.0.0/8``) the media hub may send ICE checks to besides
+    #: public unicast addresses, for a counter whose browsers are on its own LAN; a client's other
+    #: loopback, link-local, private, multicast and unspecified candidates are dropped unprobed
+    #: (the hub still answers the checks such a browser sends it)
+    ice_peer_networks: tuple[str, ...] = ()
+    #: remote ICE candidates of one offer the hub checks at most (the rest are dropped)
+    ice_max_candidates: int = 16
     #: seconds a dropped customer may take to come back, and a party's lost media to come back
     rejoin_window_s: float = 30.0
     #: seconds without a media frame from a connected party before the server asks it to
@@ -68,6 +80,14 @@ class Config:
     media_timeout_s: float = 8.0
     #: seconds an agent has to accept an offered customer
     offer_timeout_s: float = 20.0
+    #: customers one network address (an IPv6 /64) may have waiting or in a call at once, counted
+    #: on every node, the recently dropped ones (rejoin window) included; 0: no cap
+    customers_per_address: int = 5
+    #: seconds a customer socket has to send ``join`` or ``rejoin`` before it is closed
+    customer_join_timeout_s: float = 30.0
+    #: seconds a customer in a call may go without a connected media connection (no offer sent,
+    #: or its ICE never connects) while the agent is there; then the call ends (0: no limit)
+    customer_media_start_s: float = 60.0
     #: lifetime of a login token
     login_ttl_s: int = 12 * 3600
     #: directory of the static web client
@@ -118,6 +138,12 @@ class Config:
     #: recording (say, an ID photo uploaded and the queue abandoned) is deleted; evidence of a
     #: recorded session is deleted with its last recording
     identity_orphan_days: int = 1
+    #: ID-photo uploads a customer's session may send within ``identity_upload_window_s``
+    identity_uploads_per_session: int = 6
+    #: ID-photo uploads one network address (an IPv6 /64) may send within the window, any session
+    identity_uploads_per_address: int = 30
+    #: seconds the upload counts run over (every node counts in the shared state)
+    identity_upload_window_s: float = 600.0
 
     #: directory of the business flow files (one YAML per business, see docs/flows.md)
     flows_dir: Path = REPO_ROOT / "flows"
@@ -193,7 +219,7 @@ def from_env(base: Config | None = None, environ: dict[str, str] | None = None) 
             continue
         if f.name == "ice_servers":
             changes[f.name] = _parse_ice(raw)
-        elif f.name == "trusted_proxies":
+        elif f.name in ("trusted_proxies", "allowed_origins", "ice_peer_networks"):
             changes[f.name] = tuple(v.strip() for v in raw.split(",") if v.strip())
         elif f.name == "retention_days":
             merged = dict(config.retention_days) | {k: int(v) for k, v in json.loads(raw).items()}

@@ -53,6 +53,7 @@ from identity import (
     embedding_from_bytes,
     embedding_to_bytes,
 )
+from identity.images import ImageInfo, inspect_image
 from identity.messages import text
 from recorder.evidence import EvidenceItem, EvidenceStore
 from signaling import messages as m
@@ -347,17 +348,24 @@ class IdentityService:
 
     # -- reference ---------------------------------------------------------------------
 
+    @staticmethod
+    async def screen(data: bytes) -> ImageInfo:
+        """The header checks of an uploaded image (type, size, pixels), made here before a face
+        worker sees it: raises :class:`identity.IdentityError` (``image_too_large``...)."""
+        return await asyncio.to_thread(inspect_image, data)
+
     async def upload_reference(
-        self, session: Session, data: bytes, content_type: str
+        self, session: Session, data: bytes, content_type: str = ""
     ) -> dict[str, Any]:
-        """The customer's ID photo (raises :class:`identity.IdentityError` for a bad image)."""
+        """The customer's ID photo (raises :class:`identity.IdentityError` for a bad image).
+
+        It is kept as the type its header says (the uploader's ``content_type`` is not believed)."""
         self._require_consent(session)
         if session.state not in ("queued", "offered", "active"):
             raise InvalidState("this session has ended")
+        info = await self.screen(data)
         reference = await self.worker.embed_document(data)
-        return await self._set_reference(
-            session, reference, data, content_type or "image/jpeg", "upload"
-        )
+        return await self._set_reference(session, reference, data, info.content_type, "upload")
 
     async def adopt_reference(
         self, session: Session, data: bytes, content_type: str, source: str = "appointment"
@@ -368,9 +376,15 @@ class IdentityService:
         return await self._set_reference(session, reference, data, content_type, source)
 
     async def check_reference(self, data: bytes) -> dict[str, Any]:
-        """Whether ``data`` would make a usable reference (raises :class:`identity.IdentityError`)."""
+        """Whether ``data`` would make a usable reference (raises :class:`identity.IdentityError`);
+        ``content_type`` is the type its header says."""
+        info = await self.screen(data)
         reference = await self.worker.embed_document(data)
-        return {"strategy": reference.strategy, "box": reference.box.as_dict()}
+        return {
+            "strategy": reference.strategy,
+            "box": reference.box.as_dict(),
+            "content_type": info.content_type,
+        }
 
     async def capture_reference(self, session: Session, by: str) -> None:
         """Agent: the reference is the ID card the customer holds up to the camera now."""

@@ -6,6 +6,12 @@ writer task, so a slow client never blocks the broker) and a
 frame is answered with one ``error`` message, and the socket is closed only
 where continuing is unsafe (oversized frames, floods, strangers' sessions,
 missing authentication).
+
+A customer socket must ``join`` or ``rejoin`` within ``customer_join_timeout_s``, and holds
+one of its address's ``customers_per_address`` slots while it has a session
+(:mod:`server.limits`). An agent socket lives as long as its login token: it is closed
+when the token is logged out (at once on this node, within :data:`TOKEN_CHECK_S` on the
+others), expires, or its user is disabled.
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import WSMsgType, web
 from pydantic import BaseModel
@@ -24,8 +32,9 @@ from signaling.broker import CLOSE_POLICY, AgentConn, AgentUser, Broker, Channel
 from signaling.exceptions import InvalidMessage, NotAuthenticated, SignalingError
 
 from . import auth
-from .appkeys import APPOINTMENTS, BROKER, CHANNELS, CLUSTER, DB, FLOWS, IDENTITY, NODES
+from .appkeys import APPOINTMENTS, BROKER, CHANNELS, CLUSTER, CONFIG, DB, FLOWS, IDENTITY, NODES
 from .flow_service import FlowService
+from .limits import LIMITS
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +44,10 @@ CLOSE_UNAUTHENTICATED = 4401
 AUTH_TIMEOUT_S = 10.0
 #: frames the server reads at most (bigger ones are refused with ``too_large``)
 READ_LIMIT = 1024 * 1024
+#: seconds between two checks that an agent socket's login token is still valid
+TOKEN_CHECK_S = 15.0
+#: session states after which a customer's slot is free
+ENDED_STATES = ("ended", "abandoned", "failed")
 
 
 class RateLimiter:
@@ -72,6 +85,8 @@ class WsChannel:
     def __init__(self, ws: web.WebSocketResponse, label: str) -> None:
         self.ws = ws
         self.label = label
+        #: an agent socket: the SHA-256 of the login token it authenticated with
+        self.token_hash: str | None = None
         self._queue: asyncio.Queue[str | tuple[int, str]] = asyncio.Queue(maxsize=1000)
         self._writer = asyncio.get_running_loop().create_task(
             self._write(), name=f"ws-writer-{label}"
@@ -135,11 +150,12 @@ async def _frames(
     async for msg in ws:
         if msg.type == WSMsgType.TEXT or msg.type == WSMsgType.BINARY:
             data = msg.data
-            if len(data) > m.MAX_MESSAGE_BYTES:
+            size = m.byte_size(data)
+            if size > m.MAX_MESSAGE_BYTES:
                 _error(
                     channel,
                     InvalidMessage(
-                        f"message of {len(data)} bytes exceeds the {m.MAX_MESSAGE_BYTES}-byte limit",
+                        f"message of {size} bytes exceeds the {m.MAX_MESSAGE_BYTES}-byte limit",
                         code="too_large",
                         fatal=True,
                     ),
@@ -241,13 +257,21 @@ class CustomerEndpoint:
     :meth:`closed` runs when the connection is gone.
     """
 
-    def __init__(self, app: web.Application, channel: Channel) -> None:
+    def __init__(self, app: web.Application, channel: Channel, address: str | None = None) -> None:
         self.app = app
         self.broker = app[BROKER]
         self.channel = channel
+        #: the customer's address: None for a connection another node relays here (it counts it)
+        self.address = address
         self.session: Session | None = None
         #: (node, relay id) when the session lives on another node and this connection is relayed
         self.relay: tuple[str, str] | None = None
+        #: the address's customer slot this connection holds (``server.limits.CustomerCap``)
+        self.slot: str | None = None
+        #: the session a relayed ``rejoin`` named (its slot is parked under it when this closes)
+        self._rejoined: str | None = None
+        #: a frame is being handled (a join under way is not timed out)
+        self.busy = False
 
     async def handle(self, raw: str | bytes) -> bool:
         """Act on one frame; False when the connection must close (a fatal error was sent)."""
@@ -255,8 +279,12 @@ class CustomerEndpoint:
         if self.relay is not None and cluster is not None:
             await cluster.customer_frame(*self.relay, _text(raw))
             return True
+        self.busy = True
+        msg: object = None
         try:
             msg = m.parse_customer_message(raw)
+            if isinstance(msg, m.Join | m.Rejoin) and self.session is None:
+                await self._take_slot(msg)
             if isinstance(msg, m.Join) and self.session is None:
                 place = await cluster.placement() if cluster is not None else None
                 if place is not None and cluster is not None:
@@ -285,7 +313,32 @@ class CustomerEndpoint:
         except SignalingError as exc:
             _error(self.channel, exc)
             return not exc.fatal
+        finally:
+            self.busy = False
+            if self.session is None and self.relay is None and isinstance(msg, m.Join | m.Rejoin):
+                # cancelled while the broker made the session (the peer left at once): find it
+                self.session = next(
+                    (s for s in self.broker.sessions if s.channel is self.channel), None
+                )
+            if self.session is None and self.relay is None and self.slot is not None:
+                slot, self.slot = self.slot, None  # the join or rejoin did not happen
+                self.app[LIMITS].customers.free(slot)
+            elif self.relay is not None and isinstance(msg, m.Rejoin) and self._rejoined is None:
+                self._rejoined = msg.session_id
+                if self.slot is None and self.address is not None:
+                    self.slot = self.app[LIMITS].customers.unpark(msg.session_id)
         return True
+
+    async def _take_slot(self, msg: m.Join | m.Rejoin) -> None:
+        """Hold one of the address's customer slots for this connection's session (raises
+        ``too_many_customers``). A rejoin whose closed connection's slot waits on this node takes
+        that one over instead, once the rejoin succeeded (:meth:`_message`)."""
+        if self.address is None or self.slot is not None:
+            return
+        cap = self.app[LIMITS].customers
+        if isinstance(msg, m.Rejoin) and cap.parked(msg.session_id):
+            return
+        self.slot = await cap.take(self.address)
 
     async def _home_elsewhere(self, session_id: str) -> str | None:
         """The node holding ``session_id`` when it is another one (its connection is relayed there)."""
@@ -328,6 +381,13 @@ class CustomerEndpoint:
                 channel, msg.session_id, msg.rejoin_token
             )
             _label(channel, f"customer {session.id}")
+            if self.address is not None:
+                cap = self.app[LIMITS].customers
+                parked = cap.unpark(session.id)
+                if self.slot is None:
+                    self.slot = parked
+                else:
+                    cap.free(parked)
         elif session is None:
             raise SignalingError("send join or rejoin first", code="bad_state")
         elif isinstance(msg, m.Cancel):
@@ -348,12 +408,25 @@ class CustomerEndpoint:
                 await identity.set_consent(session, msg.accepted)
 
     async def closed(self) -> None:
-        """The connection is gone: the broker (here, or the relay's node) starts the rejoin window."""
+        """The connection is gone: the broker (here, or the relay's node) starts the rejoin window;
+        the connection's customer slot is freed with its session, or after the rejoin window."""
         cluster = self.app.get(CLUSTER)
+        slot, self.slot = self.slot, None
+        cap = self.app[LIMITS].customers
+        # the slot first: the handler may be cancelled at the first await (the peer is gone)
         if self.relay is not None and cluster is not None:
+            cap.park(slot, self._rejoined)  # the session lives on another node
             await cluster.close_customer_relay(*self.relay)
             return
         session = self.session
+        if (
+            session is None
+            or session.state in ENDED_STATES
+            or session.channel not in (None, self.channel)
+        ):
+            cap.free(slot)  # over, or held by the connection that rejoined it
+        else:
+            cap.park(slot, session.id)
         if session is not None:
             await self.broker.detached(
                 self.broker.customer_disconnected(session, self.channel),
@@ -370,27 +443,59 @@ def _label(channel: Channel, label: str) -> None:
         channel.label = label
 
 
+async def _join_deadline(endpoint: CustomerEndpoint, channel: WsChannel, seconds: float) -> None:
+    """Close a customer socket that has not joined or rejoined a session within ``seconds``."""
+    await asyncio.sleep(seconds)
+    while endpoint.busy:
+        await asyncio.sleep(0.5)
+    if endpoint.session is None and endpoint.relay is None:
+        logger.info("%s: no join within %.0f s: closing", channel.label, seconds)
+        _error(
+            channel,
+            SignalingError(
+                f"send join or rejoin within {seconds:.0f} s of connecting",
+                code="join_timeout",
+                fatal=True,
+            ),
+        )
+
+
 async def customer_ws(request: web.Request) -> web.WebSocketResponse:
     ws = _websocket()
     await ws.prepare(request)
     channel = WsChannel(ws, "customer")
     request.app[CHANNELS].add(channel)
-    endpoint = CustomerEndpoint(request.app, channel)
+    endpoint = CustomerEndpoint(request.app, channel, request.remote or "")
+    timeout = request.app[CONFIG].customer_join_timeout_s
+    deadline = (
+        asyncio.get_running_loop().create_task(
+            _join_deadline(endpoint, channel, timeout), name="customer-join-deadline"
+        )
+        if timeout > 0
+        else None
+    )
     try:
         async for raw in _frames(ws, channel, RateLimiter()):
             if not await endpoint.handle(raw):
                 break
     finally:
+        # nothing awaits before closed(): aiohttp cancels the handler once its peer is gone
+        if deadline is not None:
+            deadline.cancel()
         await endpoint.closed()
         await channel.aclose()
+        if deadline is not None:
+            await asyncio.gather(deadline, return_exceptions=True)
     return ws
 
 
 async def _authenticate_agent(
     request: web.Request, ws: web.WebSocketResponse, channel: WsChannel, limiter: RateLimiter
-) -> AgentUser | None:
+) -> tuple[AgentUser, str] | None:
+    """The agent and the login token it authenticated with, or None (the socket is closing)."""
     db = request.app[DB]
-    user = await auth.user_for_token(db, request.cookies.get("vc_session"))
+    token = request.cookies.get("vc_session")
+    user = await auth.user_for_token(db, token)
     if user is None:
         try:
             async with asyncio.timeout(AUTH_TIMEOUT_S):
@@ -408,7 +513,8 @@ async def _authenticate_agent(
                     if not isinstance(msg, m.Auth):
                         _error(channel, NotAuthenticated("log in first: send auth with your token"))
                         return None
-                    user = await auth.user_for_token(db, msg.token)
+                    token = msg.token
+                    user = await auth.user_for_token(db, token)
                     break
         except TimeoutError:
             _error(channel, NotAuthenticated("no auth message within 10 s"))
@@ -423,12 +529,46 @@ async def _authenticate_agent(
             SignalingError("only agents can use the agent workbench", code="forbidden", fatal=True),
         )
         return None
-    return AgentUser(
+    assert token is not None  # a user was found for it
+    agent = AgentUser(
         id=user.id or 0,
         username=user.username,
         display_name=user.display_name,
         skills=user.skill_set,
     )
+    return agent, token
+
+
+def _logged_out(channel: Channel, message: str) -> None:
+    _error(channel, NotAuthenticated(message))
+
+
+def close_agent_sockets(app: web.Application, token: str) -> int:
+    """Close this node's agent sockets authenticated with ``token`` (it was logged out); how many."""
+    digest = auth.token_hash(token)
+    closed = 0
+    channels: weakref.WeakSet[Any] = app[CHANNELS]
+    for channel in list(channels):
+        if isinstance(channel, WsChannel) and channel.token_hash == digest:
+            _logged_out(channel, "you logged out: log in again")
+            closed += 1
+    return closed
+
+
+async def _watch_token(app: web.Application, channel: WsChannel, token: str) -> None:
+    """Close the socket once its login token no longer opens a session (logged out on another
+    node, expired, the user disabled)."""
+    while True:
+        await asyncio.sleep(TOKEN_CHECK_S)
+        try:
+            user = await auth.user_for_token(app[DB], token)
+        except Exception:
+            logger.exception("%s: could not check the login token", channel.label)
+            continue
+        if user is None:
+            logger.info("%s: login ended: closing", channel.label)
+            _logged_out(channel, "your login ended (logged out or expired): log in again")
+            return
 
 
 class AgentEndpoint:
@@ -528,18 +668,29 @@ async def agent_ws(request: web.Request) -> web.WebSocketResponse:
     request.app[CHANNELS].add(channel)
     limiter = RateLimiter()
     endpoint: AgentEndpoint | None = None
+    watch: asyncio.Task[None] | None = None
     try:
-        user = await _authenticate_agent(request, ws, channel, limiter)
-        if user is None:
+        authenticated = await _authenticate_agent(request, ws, channel, limiter)
+        if authenticated is None:
             return ws
+        user, token = authenticated
         channel.label = f"agent {user.username}"
+        channel.token_hash = auth.token_hash(token)
+        watch = asyncio.get_running_loop().create_task(
+            _watch_token(request.app, channel, token), name=f"agent-token-{user.username}"
+        )
         endpoint = AgentEndpoint(request.app, channel, user)
         await endpoint.opened()
         async for raw in _frames(ws, channel, limiter):
             if not await endpoint.handle(raw):
                 break
     finally:
+        # nothing awaits before closed(): aiohttp cancels the handler once its peer is gone
+        if watch is not None:
+            watch.cancel()
         if endpoint is not None:
             await endpoint.closed()
         await channel.aclose()
+        if watch is not None:
+            await asyncio.gather(watch, return_exceptions=True)
     return ws

@@ -14,12 +14,22 @@ then ``.add_sink()`` for encoded frames (the recorder) or
 ``media_mode="transcode"`` relays decoded frames and re-encodes them (what the
 aiortc examples do with ``MediaRelay``). It exists to measure what passthrough
 saves (``bench/calls.py``); taps carry no frames in that mode.
+
+The remote ICE candidates of an offer name the addresses the hub sends
+connectivity checks to: a client could name any. :class:`CandidatePolicy`
+keeps what a browser can legitimately offer (UDP, an IP address, a public
+unicast one or one of the configured networks, a port from 1024) and at most
+``max_candidates`` of them; the rest are taken out of the SDP before aiortc
+and aioice see it (:func:`filter_candidates`), so they are never probed. A
+peer whose candidates are all dropped is still reached: the hub answers the
+checks it sends (a peer-reflexive candidate is where its packets come from).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -68,6 +78,107 @@ class IceServerConfig:
     urls: list[str]
     username: str | None = None
     credential: str | None = field(default=None, repr=False)
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: the lowest port a remote candidate may name (browsers and TURN relays use ephemeral ports;
+#: below are the services a reflector would aim at: DNS, NTP, SNMP...)
+MIN_CANDIDATE_PORT = 1024
+
+
+@dataclass(frozen=True)
+class CandidatePolicy:
+    """Which remote ICE candidates of an offer the hub may send connectivity checks to."""
+
+    #: networks allowed besides public unicast addresses (a counter serving its own LAN lists it)
+    networks: tuple[Network, ...] = ()
+    #: candidates of one offer checked at most; those after are dropped
+    max_candidates: int = 16
+
+    def allows(self, address: str) -> bool:
+        """Whether ``address`` (an IP literal) may be probed."""
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:  # a host name (mDNS ``.local``, DNS): the hub resolves none for a client
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if any(ip in network for network in self.networks):
+            return True
+        return ip.is_global and not (
+            ip.is_multicast
+            or ip.is_unspecified
+            or ip.is_loopback
+            or ip.is_link_local
+            or ip.is_private
+            or ip.is_reserved
+        )
+
+
+def _candidate_target(line: str) -> tuple[str, str, int] | None:
+    """``(component, address, port)`` of an ``a=candidate:`` line that names a UDP target, else None.
+
+    ``a=candidate:<foundation> <component> <transport> <priority> <address> <port> typ <type> ...``
+    """
+    parts = line[len("a=candidate:") :].split()
+    if len(parts) < 8 or parts[6] != "typ" or parts[2].lower() != "udp":
+        return None  # malformed, or TCP (the hub checks UDP candidates only)
+    try:
+        port = int(parts[5])
+    except ValueError:
+        return None
+    if not MIN_CANDIDATE_PORT <= port <= 65535:
+        return None
+    return parts[1], parts[4], port
+
+
+def filter_candidates(sdp: str, policy: CandidatePolicy) -> tuple[str, list[str]]:
+    """``sdp`` with only the remote candidates ``policy`` allows (at most its ``max_candidates``,
+    in the offer's order), and the addresses dropped (for the log).
+
+    A media section left with no candidate loses its ``a=end-of-candidates`` too: the hub then
+    waits for the peer's own checks (peer-reflexive candidates) instead of failing at once.
+    """
+    newline = "\r\n" if "\r\n" in sdp else "\n"
+    sections: list[list[str]] = [[]]
+    for line in sdp.split(newline):
+        if line.startswith("m="):
+            sections.append([])
+        sections[-1].append(line)
+    kept_total = 0
+    seen: set[tuple[str, str, int]] = set()
+    dropped: list[str] = []
+    out: list[str] = []
+    for section in sections:
+        kept_here = 0
+        candidates = False
+        lines: list[str] = []
+        for line in section:
+            if not line.startswith("a=candidate:"):
+                lines.append(line)
+                continue
+            candidates = True
+            target = _candidate_target(line)
+            if target is not None and target in seen:
+                lines.append(line)  # the same target again (another m-section): nothing new probed
+                kept_here += 1
+                continue
+            if (
+                target is None
+                or not policy.allows(target[1])
+                or kept_total >= policy.max_candidates
+            ):
+                parts = line.split()
+                dropped.append(f"{parts[4]}:{parts[5]}" if len(parts) > 5 else "?")
+                continue
+            seen.add(target)
+            kept_total += 1
+            kept_here += 1
+            lines.append(line)
+        if candidates and not kept_here:
+            lines = [line for line in lines if line != "a=end-of-candidates"]
+        out.extend(lines)
+    return newline.join(out), dropped
 
 
 class _TranscodeSource(MediaStreamTrack):
@@ -217,6 +328,7 @@ class MediaHub:
         ice_servers: list[IceServerConfig] | None = None,
         media_mode: MediaMode = "passthrough",
         on_state: StateCallback | None = None,
+        candidates: CandidatePolicy | None = None,
     ) -> None:
         if media_mode not in ("passthrough", "transcode"):
             raise ValueError(f"unknown media mode {media_mode!r}")
@@ -224,6 +336,8 @@ class MediaHub:
             check_compatible()
         self.media_mode: MediaMode = media_mode
         self.ice_servers = list(ice_servers or [])
+        #: which remote candidates of an offer are checked (see :func:`filter_candidates`)
+        self.candidates = candidates or CandidatePolicy()
         self._on_state = on_state
         self._calls: dict[str, CallMedia] = {}
         self._closed = False
@@ -326,6 +440,15 @@ class MediaHub:
                 if asyncio.iscoroutine(result):
                     await result
 
+        offer_sdp, dropped = filter_candidates(offer_sdp, self.candidates)
+        if dropped:
+            logger.info(
+                "call %s: %d remote ICE candidate(s) not checked (not allowed, or over %d): %s",
+                log_id,
+                len(dropped),
+                self.candidates.max_candidates,
+                ", ".join(dropped[:8]) + (" ..." if len(dropped) > 8 else ""),
+            )
         try:
             offer = RTCSessionDescription(sdp=offer_sdp, type="offer")
             await pc.setRemoteDescription(offer)

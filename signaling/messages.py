@@ -11,15 +11,19 @@ show. Server messages are built from the models below and serialised with
 from __future__ import annotations
 
 import json
+import re
 from enum import StrEnum
+from itertools import accumulate
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, TypeAdapter, ValidationError
 
 from .exceptions import InvalidMessage
 
-#: Largest text frame accepted from a client (an SDP offer is ~5-10 KB).
+#: Largest text frame accepted from a client, in UTF-8 bytes (an SDP offer is ~5-10 KB).
 MAX_MESSAGE_BYTES = 64 * 1024
+#: Deepest nesting of arrays and objects accepted (the deepest message has 2 levels)
+MAX_DEPTH = 8
 #: Largest SDP accepted inside an ``offer``.
 MAX_SDP_CHARS = 60_000
 
@@ -75,11 +79,12 @@ class Join(_Msg):
     type: Literal["join"]
     business: BusinessId
     display_name: DisplayName
-    #: the customer accepted the "this call is recorded" notice (双录告知); required
-    recording_consent: bool = False
+    #: the customer accepted the "this call is recorded" notice (双录告知); required, and only
+    #: JSON ``true`` counts (consents are strict booleans: ``"yes"`` or ``1`` are refused)
+    recording_consent: StrictBool = False
     #: separate, optional consent to face verification (人脸识别授权); without it the agent
     #: verifies the customer manually
-    face_consent: bool = False
+    face_consent: StrictBool = False
     #: the token of an appointment the bank booked (single use; its business and name apply)
     appointment: Token | None = None
 
@@ -128,7 +133,7 @@ class FaceConsent(_Msg):
     """Customer: give or withdraw consent to face verification (any time in the session)."""
 
     type: Literal["face_consent"]
-    accepted: bool
+    accepted: StrictBool
 
 
 class IdentityVerify(_Msg):
@@ -159,7 +164,7 @@ class ManualVerification(_Msg):
     """Agent: the outcome of verifying the customer by eye (no face consent, or a failed check)."""
 
     type: Literal["manual_verification"]
-    verified: bool
+    verified: StrictBool
     reason: Annotated[str, Field(min_length=3, max_length=500, pattern=r"^[^\x00-\x08\x0b-\x1f]+$")]
 
 
@@ -198,7 +203,7 @@ class ConsentAccept(_Msg):
     type: Literal["consent_accept"]
     step_id: StepId
     #: the separate face-verification consent, when the step asks for it
-    face: bool = False
+    face: StrictBool = False
 
 
 class ConsentDecline(_Msg):
@@ -274,16 +279,52 @@ _customer_adapter: TypeAdapter[Any] = TypeAdapter(CustomerMessage)
 _agent_adapter: TypeAdapter[Any] = TypeAdapter(AgentMessage)
 
 
+def byte_size(raw: str | bytes) -> int:
+    """The size of a frame on the wire: UTF-8 bytes, not characters (``"李"`` is 3)."""
+    if isinstance(raw, str):
+        return len(raw.encode("utf-8", "surrogatepass"))
+    return len(raw)
+
+
+#: what is left of JSON strings once escapes are gone, and anything but a bracket
+_JSON_STRING = re.compile(r'"[^"]*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+def _too_deep(text: str, limit: int = MAX_DEPTH) -> bool:
+    """Whether ``text`` nests arrays and objects deeper than ``limit``, found before it is parsed
+    (Python's JSON parser recurses once per level: 64 KB of ``[`` end in ``RecursionError``).
+
+    Linear in the text: escapes are removed, then strings, then all but the brackets."""
+    if text.count("[") + text.count("{") <= limit:
+        return False  # the usual case: too few brackets to nest that deep
+    bare = text.replace("\\\\", "").replace('\\"', "")
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", bare))
+    return max(accumulate(map(_STEP.__getitem__, brackets)), default=0) > limit
+
+
 def _parse(adapter: TypeAdapter[Any], raw: str | bytes, role: str) -> Any:
-    if len(raw) > MAX_MESSAGE_BYTES:
+    size = byte_size(raw)
+    if size > MAX_MESSAGE_BYTES:
         raise InvalidMessage(
-            f"message of {len(raw)} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit",
+            f"message of {size} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit",
             code="too_large",
             fatal=True,
         )
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        text = raw if isinstance(raw, str) else raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidMessage(
+            f"message is not valid JSON: {exc.__class__.__name__}", code="bad_json"
+        ) from None
+    if _too_deep(text):
+        raise InvalidMessage(
+            f"message nests arrays or objects deeper than {MAX_DEPTH} levels", code="too_deep"
+        )
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
         raise InvalidMessage(
             f"message is not valid JSON: {exc.__class__.__name__}", code="bad_json"
         ) from None

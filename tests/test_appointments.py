@@ -10,6 +10,7 @@ purged.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from datetime import timedelta
 
 import aiohttp
@@ -17,11 +18,15 @@ import pytest
 
 from server.appkeys import APPOINTMENTS, CONFIG, IDENTITY
 from server.appointments import evidence_owner
+from server.auth import add_user
 from server.db import Appointment, utcnow
 from server.retention import purge
 from signaling.contrib.headless import ProtocolError
 
-from .helpers import eventually, login, session_events, shared_data, wait_event
+from .helpers import PASSWORD, eventually, login, session_events, shared_data, wait_event
+
+#: a photo of someone else (Joe Biden) that a second bank system would put in
+OTHER_FACE = "faces/face_recognition/examples/biden.jpg"
 
 
 class Bank:
@@ -249,3 +254,38 @@ async def test_without_face_checks_appointments_carry_no_photo(make_counter, sam
     customer = counter.participant("customer", media=False)
     joined = await customer.join("loan_signing", "typed", appointment=booked["token"])
     assert counter.broker.session(joined["session_id"]).display_name == "吴十"
+
+
+async def test_an_integration_account_reaches_only_the_appointments_it_booked(
+    make_counter, same_person_photo
+):
+    counter = await make_counter(identity=True, identity_workers=1)
+    with counter.db.session() as s:
+        add_user(s, role="integration", username="other-bank", password=PASSWORD)
+        s.commit()
+    ours = Bank(counter, await login(counter, "integration"))
+    theirs = Bank(counter, await login(counter, "other-bank"))
+    admin = Bank(counter, await login(counter, "admin"))
+    booked = await ours.book(external_ref="CRM-1")
+    assert (await ours.photo(booked["id"], same_person_photo))[0] == 200
+    path = f"/api/appointments/{booked['id']}"
+
+    # to another bank system it does not exist: it can neither read, replace nor cancel it
+    status, body = await theirs.call("GET", path)
+    assert (status, body["error"]) == (404, "not_found")
+    status, body = await theirs.photo(booked["id"], shared_data(OTHER_FACE).read_bytes())
+    assert (status, body["error"]) == (404, "not_found")
+    status, body = await theirs.call("DELETE", path)
+    assert (status, body["error"]) == (404, "not_found")
+    assert (await _lookup(counter, booked["token"]))[0] == 200  # the customer's link still works
+    evidence = counter.app[IDENTITY].evidence
+    [photo] = evidence.list(evidence_owner(booked["id"]))
+    assert photo.sha256 == hashlib.sha256(same_person_photo).hexdigest()
+
+    # the account that booked it, and admins, still do
+    status, body = await ours.call("GET", path)
+    assert status == 200 and body["status"] == "booked" and body["external_ref"] == "CRM-1"
+    status, body = await admin.call("GET", path)
+    assert status == 200 and body["reference"] is True
+    status, body = await admin.call("DELETE", path)
+    assert status == 200 and body["status"] == "cancelled"

@@ -85,6 +85,55 @@ async def test_oversized_message_is_refused_and_closed(counter, live_call):
     await agent.wait_media(frames=10)
 
 
+async def test_the_frame_limit_counts_bytes_not_characters(counter, live_call):
+    _, agent = live_call
+    name = "李" * 22_000  # 22,000 characters, 66,000 bytes of UTF-8
+    async with aiohttp.ClientSession() as http:
+        ws = await _raw_ws(counter, "/ws/customer", http)
+        await ws.send_str(
+            json.dumps(
+                {"type": "join", "business": "loan_signing", "display_name": name},
+                ensure_ascii=False,
+            )
+        )
+        err = await _next_json(ws)
+        assert (err["code"], err["fatal"]) == ("too_large", True) and "bytes" in err["message"]
+        await ws.receive(timeout=5)
+        assert ws.close_code == 1009
+    await agent.wait_media(frames=10)
+
+
+async def test_deep_nesting_and_loose_consents_get_a_clear_error(counter, live_call):
+    _, agent = live_call
+    async with aiohttp.ClientSession() as http:
+        ws = await _raw_ws(counter, "/ws/customer", http)
+        for deep in ("[" * 30_000 + "]" * 30_000, '{"type": "ping", "x": ' + "{" * 20_000):
+            await ws.send_str(deep)
+            err = await _next_json(ws)
+            assert (err["code"], err["fatal"]) == ("too_deep", False), err
+        # consents are JSON true, nothing that merely looks like it
+        for loose in ("yes", "true", 1, "1", "on"):
+            await ws.send_str(
+                json.dumps(
+                    {
+                        "type": "join",
+                        "business": "loan_signing",
+                        "display_name": "Ann",
+                        "recording_consent": loose,
+                    }
+                )
+            )
+            err = await _next_json(ws)
+            assert err["code"] == "invalid_message" and "recording_consent" in err["message"]
+        await ws.send_str(json.dumps({"type": "face_consent", "accepted": "yes"}))
+        assert (await _next_json(ws))["code"] == "invalid_message"
+        assert counter.broker.sessions == [counter.broker.sessions[0]]  # only the live call's
+        await ws.send_str(json.dumps({"type": "ping"}))
+        assert (await _next_json(ws))["type"] == "pong"
+        await ws.close()
+    await agent.wait_media(frames=10)
+
+
 async def test_message_flood_is_rate_limited_then_closed(counter, live_call):
     _, agent = live_call
     async with aiohttp.ClientSession() as http:
@@ -166,6 +215,13 @@ async def test_stranger_cannot_reach_someone_elses_session(counter):
 async def test_http_login_errors_are_json_and_throttled(counter):
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{counter.url}/api/login", data="not json") as r:
+            # text/plain: what a page of another site could send without asking first
+            assert r.status == 415 and (await r.json())["error"] == "unsupported_media_type"
+        async with http.post(
+            f"{counter.url}/api/login",
+            data="not json",
+            headers={"Content-Type": "application/json"},
+        ) as r:
             assert r.status == 400 and (await r.json())["error"] == "bad_request"
         async with http.post(f"{counter.url}/api/login", json={"username": "bob"}) as r:
             assert r.status == 400

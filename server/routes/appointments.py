@@ -2,8 +2,9 @@
 
 ``POST /api/appointments``, ``GET``/``DELETE /api/appointments/{id}`` and
 ``PUT /api/appointments/{id}/reference`` (the ID photo) are for integration
-accounts and admins; ``GET /api/appointment`` lets the customer's page show
-what its appointment link is for.
+accounts and admins, each account for the appointments it booked (admins for
+all: ``server.appointments.owns``); ``GET /api/appointment`` lets the
+customer's page show what its appointment link is for.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ..appointments import (
 )
 from ..db import User
 from ..exceptions import BadRequest, NotFound
+from ..origin import raw_body
 from ..request_helpers import json_body, read_image, require_role
 
 
@@ -74,13 +76,14 @@ async def create_appointment(request: web.Request) -> web.Response:
     return web.json_response({**view(appt), "token": token, "join_url": join_url}, status=201)
 
 
+@raw_body
 async def put_reference(request: web.Request) -> web.Response:
-    await _booker(request)
+    user = await _booker(request)
+    service = _service(request)
+    await service.get(request.match_info["id"], user)  # before the body is read
     data = await read_image(request)
     try:
-        reference = await _service(request).set_reference(
-            request.match_info["id"], data, request.content_type or "image/jpeg"
-        )
+        reference = await service.set_reference(request.match_info["id"], user, data)
     except IdentityError as exc:
         code = 413 if exc.code == "image_too_large" else 400 if isinstance(exc, ImageError) else 422
         return web.json_response(
@@ -90,13 +93,13 @@ async def put_reference(request: web.Request) -> web.Response:
 
 
 async def get_appointment(request: web.Request) -> web.Response:
-    await _booker(request)
-    return web.json_response(view(await _service(request).get(request.match_info["id"])))
+    user = await _booker(request)
+    return web.json_response(view(await _service(request).get(request.match_info["id"], user)))
 
 
 async def cancel_appointment(request: web.Request) -> web.Response:
-    await _booker(request)
-    return web.json_response(view(await _service(request).cancel(request.match_info["id"])))
+    user = await _booker(request)
+    return web.json_response(view(await _service(request).cancel(request.match_info["id"], user)))
 
 
 async def customer_appointment(request: web.Request) -> web.Response:

@@ -5,18 +5,29 @@
     (``Content-Type: image/jpeg``, ``image/png``...), proving it is that
     session's customer with ``X-Session-Token: <rejoin token>``. An admin may
     upload for a session too (the bank's system, with an admin's bearer token).
+    A customer's uploads are limited before the body is read (``server/limits.py``):
+    per address and per session in a window, one at a time per session; 429
+    ``too_many_uploads`` / ``upload_in_progress``. The image's header is checked
+    (type, sides, pixels) before a face worker sees it; it is kept as the type the
+    header says, whatever the upload claimed.
 ``GET /api/identity/{session_id}/evidence``
     Auditors and admins: the session's evidence items (no data). Logged.
 ``GET /api/identity/{session_id}/evidence/{item_id}``
     The image (reference photo or snapshot), decrypted: the agent serving
     that session during the call, or auditors and admins (every view logged).
-    Embeddings are never served.
+    Embeddings are never served. Served as the image type its bytes are
+    (``image/jpeg``...; a receipt as ``application/json``; anything else
+    ``application/octet-stream``), never as the type it was stored with, with
+    ``Content-Disposition: attachment`` and ``X-Content-Type-Options: nosniff``:
+    an upload is never rendered as a page of this origin.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -26,10 +37,12 @@ from signaling.broker import Session
 from signaling.exceptions import SignalingError
 
 from ..appkeys import BROKER, IDENTITY
-from ..cluster import session_home
+from ..cluster import FORWARDED_HEADER, session_home
 from ..db import User
 from ..exceptions import Forbidden, NotFound, Unauthorized
 from ..identity_service import IdentityService
+from ..limits import LIMITS
+from ..origin import raw_body
 from ..request_helpers import bearer_token, current_user, log_access, read_image
 from .audit import AUDIT_ROLES
 
@@ -38,6 +51,14 @@ logger = logging.getLogger(__name__)
 
 #: what may be downloaded (embeddings never are)
 IMAGE_KINDS = ("reference_image", "snapshot", "receipt")
+#: the leading bytes of each image type an evidence image may be served as
+_MAGIC = (
+    (b"\xff\xd8\xff", "image/jpeg", "jpg"),
+    (b"\x89PNG\r\n\x1a\n", "image/png", "png"),
+    (b"II*\x00", "image/tiff", "tif"),
+    (b"MM\x00*", "image/tiff", "tif"),
+    (b"BM", "image/bmp", "bmp"),
+)
 
 
 def _service(request: web.Request) -> IdentityService:
@@ -47,18 +68,37 @@ def _service(request: web.Request) -> IdentityService:
     return service
 
 
+def _uploads_per_address(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """Count a customer's upload against its address on the node it reached (before it is
+    forwarded to the session's node, which sees the forwarding node's address)."""
+
+    @functools.wraps(handler)
+    async def wrapper(request: web.Request) -> web.StreamResponse:
+        if "X-Session-Token" in request.headers and FORWARDED_HEADER not in request.headers:
+            await request.app[LIMITS].uploads.count_address(request.remote)
+        return await handler(request)
+
+    return wrapper
+
+
+@_uploads_per_address
 @session_home
+@raw_body
 async def upload_reference(request: web.Request) -> web.Response:
     service = _service(request)
     session_id = request.match_info["session_id"]
     token = request.headers.get("X-Session-Token")
     broker = request.app[BROKER]
+    uploads = request.app[LIMITS].uploads
     session: Session | None
     if token:
         try:
             session = broker.customer_session(session_id, token)
         except SignalingError:
             raise Forbidden("that session does not exist or the token does not match") from None
+        await uploads.count_session(session.id)
     else:
         if bearer_token(request) is None:
             raise Unauthorized("send X-Session-Token (customer) or log in (admin)")
@@ -68,18 +108,24 @@ async def upload_reference(request: web.Request) -> web.Response:
         session = broker.session(session_id)
         if session is None:
             raise NotFound("no such live session")
-    data = await read_image(request)
-    try:
-        reference = await service.upload_reference(session, data, request.content_type)
-    except IdentityError as exc:
-        status = (
-            413 if exc.code == "image_too_large" else 400 if isinstance(exc, ImageError) else 422
-        )
-        return web.json_response(
-            {"error": exc.code, "message": exc.message, "message_zh": exc.message_zh}, status=status
-        )
-    except SignalingError as exc:
-        return web.json_response({"error": exc.code, "message": exc.message}, status=409)
+    with uploads.one_at_a_time(session.id):
+        data = await read_image(request)
+        try:
+            reference = await service.upload_reference(session, data)
+        except IdentityError as exc:
+            status = (
+                413
+                if exc.code == "image_too_large"
+                else 400
+                if isinstance(exc, ImageError)
+                else 422
+            )
+            return web.json_response(
+                {"error": exc.code, "message": exc.message, "message_zh": exc.message_zh},
+                status=status,
+            )
+        except SignalingError as exc:
+            return web.json_response({"error": exc.code, "message": exc.message}, status=409)
     return web.json_response({"reference": reference})
 
 
@@ -139,11 +185,29 @@ async def get_evidence(request: web.Request) -> web.Response:
         raise NotFound("no such evidence item")
     if audited:
         await log_access(request, user, f"evidence_view_{item.kind}", f"{session_id}/{item_id}")
+    content_type, extension = _served_type(item.kind, data)
     return web.Response(
         body=data,
-        content_type=item.content_type,
-        headers={"Cache-Control": "no-store", "Content-Disposition": "inline"},
+        content_type=content_type,
+        headers={
+            "Cache-Control": "no-store",
+            "Content-Disposition": f'attachment; filename="{item.kind}-{item.id}.{extension}"',
+            "X-Content-Type-Options": "nosniff",
+        },
     )
+
+
+def _served_type(kind: str, data: bytes) -> tuple[str, str]:
+    """The type (and file extension) evidence is served as: what its bytes are, never the type
+    it was stored with (an upload's claim)."""
+    if kind == "receipt":
+        return "application/json", "json"
+    for magic, content_type, extension in _MAGIC:
+        if data.startswith(magic):
+            return content_type, extension
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp", "webp"
+    return "application/octet-stream", "bin"
 
 
 def setup_identity_routes(app: web.Application) -> None:

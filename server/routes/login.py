@@ -6,7 +6,7 @@ import logging
 
 from aiohttp import web
 
-from .. import auth
+from .. import auth, ws
 from ..appkeys import CONFIG, DB, THROTTLE
 from ..exceptions import BadRequest, Unauthorized
 from ..request_helpers import COOKIE, bearer_token, current_user, json_body
@@ -57,9 +57,12 @@ async def login(request: web.Request) -> web.Response:
 
 
 async def logout(request: web.Request) -> web.Response:
+    """Revoke the token; this node's agent sockets opened with it close now (4401), the other
+    nodes' at their next check of it (``server.ws.TOKEN_CHECK_S``)."""
     token = bearer_token(request)
     if token:
         await auth.logout(request.app[DB], token)
+        ws.close_agent_sockets(request.app, token)
     response = web.json_response({"ok": True})
     response.del_cookie(COOKIE, path="/")
     return response
