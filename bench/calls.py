@@ -628,6 +628,9 @@ def _server_env(keys: Path) -> dict[str, str]:
         "VCOUNTER_IDENTITY": os.environ.get("VCOUNTER_IDENTITY", "0"),
         "VCOUNTER_MASTER_KEY_FILE": str(keys / "master.key"),
         "VCOUNTER_SIGNING_KEY_FILE": str(keys / "signing.pem"),
+        # every simulated customer comes from this one host: no per-address caps
+        "VCOUNTER_CUSTOMERS_PER_ADDRESS": "0",
+        "VCOUNTER_IDENTITY_UPLOADS_PER_ADDRESS": "0",
     }
 
 
