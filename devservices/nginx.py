@@ -16,10 +16,9 @@ import shutil
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
-from types import TracebackType
 
 from .exceptions import NotInstalled, ServiceError
-from .process import free_port, spawn, stop_process, wait_until
+from .process import Service, free_port, spawn, stop_process, wait_until
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +66,7 @@ def render_nginx_conf(
     return re.sub(r"@(\w+)@", lambda m: fields[m.group(1)], TEMPLATE.read_text())
 
 
-class Nginx:
+class Nginx(Service):
     """nginx in front of ``upstreams`` (``host:port``), with every file under ``prefix``."""
 
     def __init__(
@@ -143,15 +142,3 @@ class Nginx:
         """Fast shutdown (open connections are closed); safe to call twice."""
         proc, self.proc = self.proc, None
         stop_process(proc, "nginx")
-
-    def __enter__(self) -> Nginx:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

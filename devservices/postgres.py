@@ -18,11 +18,10 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import LiteralString
 
 from .exceptions import NotInstalled, ServiceError
-from .process import free_port, log_tail
+from .process import Service, free_port, log_tail
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +41,7 @@ def pg_bin() -> Path | None:
     return max(found, key=lambda b: int(b.parent.name)) if found else None
 
 
-class PostgresCluster:
+class PostgresCluster(Service):
     """One ``initdb`` cluster on ``127.0.0.1:port``, the superuser ``postgres`` with a random
     password."""
 
@@ -183,18 +182,6 @@ class PostgresCluster:
                 cwd=root,
             )
         shutil.rmtree(root, ignore_errors=True)
-
-    def __enter__(self) -> PostgresCluster:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def pid(self) -> int:
         """The postmaster's pid (its children are the backends serving the clients)."""

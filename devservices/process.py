@@ -8,6 +8,8 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 logger = logging.getLogger(__name__)
 
@@ -80,3 +82,25 @@ def stop_process(
 def log_tail(path: Path, chars: int = 2000) -> str:
     """The end of a log file, or ``(no log)``."""
     return path.read_text(errors="replace")[-chars:] if path.exists() else "(no log)"
+
+
+class Service:
+    """A service started by :meth:`start` and stopped by :meth:`stop`; ``with`` does both."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -13,10 +13,9 @@ import shutil
 import socket
 import subprocess
 from pathlib import Path
-from types import TracebackType
 
 from .exceptions import NotInstalled, ServiceError
-from .process import free_port, log_tail, spawn, stop_process, wait_until
+from .process import Service, free_port, log_tail, spawn, stop_process, wait_until
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +40,7 @@ def _pong(port: int) -> bool:
         return False
 
 
-class RedisServer:
+class RedisServer(Service):
     """``redis-server`` on ``127.0.0.1:port``, its files (the log only) in ``workdir``."""
 
     def __init__(self, workdir: Path) -> None:
@@ -94,15 +93,3 @@ class RedisServer:
         """Stop the server (what it held is lost); safe to call twice."""
         proc, self.proc = self.proc, None
         stop_process(proc, "redis-server")
-
-    def __enter__(self) -> RedisServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -14,11 +14,10 @@ import subprocess
 import sys
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from .exceptions import NotInstalled, ServiceError
-from .process import free_port, log_tail, spawn, stop_process, wait_until
+from .process import Service, free_port, log_tail, spawn, stop_process, wait_until
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +43,7 @@ def _answers(endpoint: str) -> bool:
         return False
 
 
-class S3Server:
+class S3Server(Service):
     """``python -m moto.server`` on ``127.0.0.1:port``, its log in ``workdir``."""
 
     def __init__(self, workdir: Path) -> None:
@@ -83,18 +82,6 @@ class S3Server:
         """Stop the server (everything it held is lost); safe to call twice."""
         proc, self.proc = self.proc, None
         stop_process(proc, "moto server")
-
-    def __enter__(self) -> S3Server:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def client(self) -> Any:
         """A boto3 S3 client of this server."""
