@@ -30,6 +30,8 @@ import concurrent.futures
 import logging
 import multiprocessing
 import os
+import threading
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -226,7 +228,23 @@ class FaceWorker:
             self._closing.set_result(None)
 
 
+#: seconds between two checks that a worker's server process is still there
+ORPHAN_CHECK_S = 1.0
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    """A worker whose server process died (kill -9 gives it no chance to close the pool) is
+    re-parented; it exits then instead of living on with its models in memory."""
+    while True:
+        time.sleep(ORPHAN_CHECK_S)
+        if os.getppid() != parent:
+            os._exit(0)
+
+
 def _init_worker(nice: int) -> None:
+    threading.Thread(
+        target=_exit_when_orphaned, args=(os.getppid(),), name="orphan-watch", daemon=True
+    ).start()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
         import cv2
