@@ -85,7 +85,8 @@ class FaceWorker:
                 max_workers=self.max_workers,
                 mp_context=multiprocessing.get_context(start_method),
                 initializer=_init_worker,
-                initargs=(nice,),
+                # this process's id, taken here: a worker that starts after it died still knows
+                initargs=(nice, os.getpid()),
             )
         )
         self._pending = 0
@@ -241,9 +242,11 @@ def _exit_when_orphaned(parent: int) -> None:
             os._exit(0)
 
 
-def _init_worker(nice: int) -> None:
+def _init_worker(nice: int, parent: int) -> None:
+    if os.getppid() != parent:
+        os._exit(0)  # the server died while this worker was starting
     threading.Thread(
-        target=_exit_when_orphaned, args=(os.getppid(),), name="orphan-watch", daemon=True
+        target=_exit_when_orphaned, args=(parent,), name="orphan-watch", daemon=True
     ).start()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="pkg_resources is deprecated")

@@ -390,3 +390,44 @@ def test_a_failed_write_on_a_full_disk_leaves_nothing_behind(disks, tmp_path):
     disk.free()
     storage.put_bytes("chain.log", b"stored\n")
     assert read_all(storage, "chain.log") == b"stored\n"
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` now (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie waiting to be reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+async def test_face_workers_exit_when_their_server_is_killed(tmp_path: Path) -> None:
+    server = ServerProcess(
+        tmp_path / "data", env={"VCOUNTER_IDENTITY": "1", "VCOUNTER_IDENTITY_WORKERS": "1"}
+    )
+    await server.start()
+    try:
+        assert server.proc is not None
+        workers = await eventually(lambda: _children(server.proc.pid), timeout=20)
+        server.kill9()  # perhaps before its face workers finished starting
+        # they notice they were re-parented and exit: no orphan keeps the models and face data
+        await eventually(
+            lambda: not any(_running(pid) for pid in workers), timeout=20, interval=0.2
+        )
+    finally:
+        server.stop()
