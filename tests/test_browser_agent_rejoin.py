@@ -60,6 +60,16 @@ async def test_the_workbench_gets_its_call_back_after_its_socket_drops(counter) 
             assert "ended" not in await agent.evaluate("window.seenStates"), "the call view stays"
             await agent.get_by_test_id("hangup-button").click()
             await call_state(customer, "ended")
+            # the end of the call is in sight, says the agent is away, and one tap makes them ready
+            await call_state(agent, "ended")
+            ready = agent.get_by_test_id("ended-ready")
+            box = await ready.bounding_box()
+            height = await agent.evaluate("window.innerHeight")
+            assert box is not None and 0 <= box["y"] and box["y"] + box["height"] <= height, box
+            assert await agent.get_by_test_id("ended-away").is_visible()
+            await ready.click()
+            await agent.wait_for_selector('[data-testid="ready-toggle"][data-status="ready"]')
+            await call_state(agent, "idle")
             assert not errors, errors
         finally:
             await customer_browser.close()

@@ -113,6 +113,8 @@ const el = {
   endedPanel: byId('ended-panel'),
   endReason: byTestId('end-reason'),
   back: byTestId('back-button'),
+  endedReady: byTestId('ended-ready'),
+  endedTitle: byId('ended-title'),
 };
 
 const screens = { login: byId('screen-login'), workbench: byId('screen-workbench') };
@@ -686,6 +688,9 @@ function endCall(reason) {
   app.endReason = reason || 'unknown';
   setText(el.endReason, reasonText('agentReason', app.endReason));
   setState('ended');
+  // the end of a call is news: in sight, whatever was scrolled to during the call
+  el.endedPanel.scrollIntoView({ block: 'center' });
+  el.endedTitle.focus({ preventScroll: true });
 }
 
 function onHangup() {
@@ -1046,6 +1051,14 @@ function init() {
   el.retryDevices.addEventListener('click', () => devices.start());
   el.back.addEventListener('click', () => {
     if (app.state === 'ended') setState('idle');
+  });
+  el.endedReady.addEventListener('click', () => {
+    if (app.state !== 'ended') return;
+    setState('idle');
+    if (app.status !== 'ready' && send({ type: 'set_status', status: 'ready' })) {
+      app.statusPending = true;
+      renderToggle();
+    }
   });
   watchEvidence(el.reference);
   watchEvidence(el.snapshot);

@@ -202,6 +202,8 @@ const STRINGS = {
     'agent.customerSession': 'Session ID',
     'agent.endedTitle': 'Call ended',
     'agent.backToWork': 'Back to workbench',
+    'agent.endedAway': 'You are now away: no customer is offered to you until you are ready again.',
+    'agent.endedReady': 'Ready for the next customer',
 
     'status.ready': 'Ready',
     'status.away': 'Away',
@@ -801,6 +803,8 @@ const STRINGS = {
     'agent.customerSession': '会话编号',
     'agent.endedTitle': '通话已结束',
     'agent.backToWork': '返回工作台',
+    'agent.endedAway': '您现在处于"离开"状态：在重新置为就绪之前，不会为您分配客户。',
+    'agent.endedReady': '就绪，接待下一位客户',
 
     'status.ready': '就绪',
     'status.away': '离开',
