@@ -11,6 +11,7 @@ import asyncio
 import inspect
 import io
 import os
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,3 +181,18 @@ async def wait_event(
         return f"no {sorted(kinds)} event; timeline: {[e.kind for e in await session_events(counter, session_id)]}"
 
     return await eventually(first, timeout=timeout, interval=0.2, message=timeline)
+
+
+class FastTime:
+    """``time`` for the recorder, its monotonic clock ``factor`` times fast: a long outage in a
+    short test (wall-clock time is left as it is)."""
+
+    def __init__(self, factor: float) -> None:
+        self.factor = factor
+        self._start = time.monotonic()
+
+    def time(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return self._start + (time.monotonic() - self._start) * self.factor

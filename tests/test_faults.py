@@ -29,7 +29,7 @@ from server.appkeys import CONFIG
 from server.db import CallSession, Database, Recording, SessionEvent, utcnow
 from signaling.contrib.headless import HeadlessParticipant
 
-from .helpers import PASSWORD, eventually, session_events
+from .helpers import PASSWORD, FastTime, eventually, session_events
 from .recordings import decrypt_output, demux, recorded_call, wait_recordings
 from .server_process import ServerProcess
 
@@ -83,21 +83,6 @@ def disks() -> Iterator[Any]:
     yield make
     for disk in reversed(mounted):
         disk.unmount()
-
-
-class _FastTime:
-    """``time`` for the recorder, its monotonic clock ``factor`` times fast: a long outage in a
-    short test (wall-clock time is left as it is)."""
-
-    def __init__(self, factor: float) -> None:
-        self.factor = factor
-        self._start = time.monotonic()
-
-    def time(self) -> float:
-        return time.time()
-
-    def monotonic(self) -> float:
-        return self._start + (time.monotonic() - self._start) * self.factor
 
 
 async def _recording(counter: Any, recording_id: str) -> Recording:
@@ -317,7 +302,7 @@ async def test_disk_full_at_hang_up_the_recording_waits_for_space_and_loses_noth
     await agent.wait_media(frames=10)
     t0 = time.monotonic()
     await asyncio.sleep(3.0)
-    monkeypatch.setattr(segment_writer, "time", _FastTime(20))
+    monkeypatch.setattr(segment_writer, "time", FastTime(20))
     disk.fill()
     since = len(agent.messages)
     await agent.hangup()

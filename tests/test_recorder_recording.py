@@ -15,7 +15,6 @@ import json
 import os
 import pickle
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +40,7 @@ from recorder import (
 )
 from recorder.manifest import canonical_json
 
-from .helpers import REPO
+from .helpers import REPO, FastTime
 from .recordings import decrypt_output, demux
 
 T0 = 1_700_000_000.0
@@ -366,21 +365,6 @@ async def test_disk_full_while_recording_loses_nothing(
             assert [d for _, d in packets[kind]] == [d for _, d in fed[(party, kind)].frames]
 
 
-class _FastTime:
-    """``time`` for the recorder, its monotonic clock ``factor`` times fast: a long outage in a
-    short test (wall-clock time is left as it is)."""
-
-    def __init__(self, factor: float) -> None:
-        self.factor = factor
-        self._start = time.monotonic()
-
-    def time(self) -> float:
-        return time.time()
-
-    def monotonic(self) -> float:
-        return self._start + (time.monotonic() - self._start) * self.factor
-
-
 class _Disk(LocalStorage):
     """A local disk that is full (segments refused) while ``full`` is set."""
 
@@ -396,7 +380,7 @@ async def test_close_waits_as_long_as_storage_fails(tmp_path: Path, keys, audio_
     """A disk still full at hang-up, for longer than any timeout (the recorder's clock runs 20
     times fast: 3 s here are a minute): the close waits, gives nothing up, and stores everything
     once space returns."""
-    monkeypatch.setattr(segment_writer, "time", _FastTime(20))
+    monkeypatch.setattr(segment_writer, "time", FastTime(20))
     alerts: list = []  # of StorageAlert
     storage = _Disk(tmp_path / "s5")
     rec = SessionRecorder(
