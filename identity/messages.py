@@ -52,6 +52,18 @@ TEXTS: dict[str, Text] = {
     # verification
     "match": Text("The face matches the identity document.", "人脸与证件照片一致。"),
     "mismatch": Text("The face does not match the identity document.", "人脸与证件照片不一致。"),
+    "uncertain": Text(
+        "The automatic check could not decide. The agent will compare your face with your ID.",
+        "系统未能自动确认，坐席将为您人工核对证件。",
+    ),
+    "no_video": Text(
+        "No picture from your camera yet. Please check that it is on.",
+        "暂未收到您的摄像头画面，请检查摄像头是否开启。",
+    ),
+    "photo_too_small": Text(
+        "The portrait on the ID photo is too small to compare. Please photograph the ID from closer.",
+        "证件照片中的人像太小，无法比对，请靠近证件重新拍摄。",
+    ),
     # liveness
     "blink": Text("Please blink.", "请眨眨眼。"),
     "turn_left": Text("Please turn your head to your left.", "请向左转头。"),

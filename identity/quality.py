@@ -130,8 +130,8 @@ def assess(
     if not faces:
         luma = float(gray.mean())
         issues = [QualityIssue("no_face", 0, 1)]
-        if luma < t.dark_luma:  # the likely reason nothing was found
-            issues.append(QualityIssue("too_dark", luma, t.dark_luma))
+        if luma < t.dark_luma:  # the likely reason nothing was found: what the customer can fix
+            issues.insert(0, QualityIssue("too_dark", luma, t.dark_luma))
         return QualityReport(tuple(issues), 0, luma=luma)
     issues = []
     if len(faces) > 1:

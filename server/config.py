@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from identity.decision import ACCEPT_THRESHOLD, REJECT_THRESHOLD
 from signaling.media_hub import IceServerConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -123,9 +124,11 @@ class Config:
     identity: bool = True
     #: face worker processes; 0 = one per core but one (at least 1)
     identity_workers: int = 0
-    #: largest distance between two face embeddings still taken as the same person
-    #: (chosen from bench/identity_eval.py: see docs/identity.md)
-    identity_threshold: float = 0.40
+    #: a verification (the mean embedding of several live frames against the reference) is a
+    #: match at or below this distance, "no match" above the reject threshold and inconclusive
+    #: between them (chosen with bench/identity_eval.py: see docs/identity.md)
+    identity_threshold: float = ACCEPT_THRESHOLD
+    identity_reject_threshold: float = REJECT_THRESHOLD
     #: actions a liveness challenge draws from, asked in a random order (comma list)
     liveness_steps: str = "blink,turn_left,turn_right"
     #: seconds the customer has for each liveness action

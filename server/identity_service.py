@@ -53,6 +53,15 @@ from identity import (
     embedding_from_bytes,
     embedding_to_bytes,
 )
+from identity.decision import (
+    FRAMES_PER_DECISION,
+    MIN_FRAMES,
+    Thresholds,
+    Verdict,
+    aggregate,
+    decide,
+)
+from identity.face_match import score
 from identity.images import ImageInfo, inspect_image
 from identity.messages import text
 from recorder.evidence import EvidenceItem, EvidenceStore
@@ -67,12 +76,12 @@ logger = logging.getLogger(__name__)
 
 #: analysed frames are scaled to this longer side
 ANALYSIS_SIDE = 640
-#: seconds a verification keeps trying frames that fail a quality gate
+#: seconds a verification keeps taking frames (those that fail a quality gate do not count)
 VERIFY_TIMEOUT_S = 6.0
+#: seconds between the live frames a verification compares
+VERIFY_SPACING_S = 0.3
 #: seconds to wait for the customer's first video frame when a call starts
 MEDIA_START_TIMEOUT_S = 30.0
-#: usable frames compared per verification (the closest one counts)
-VERIFY_FRAMES = 3
 #: seconds between full-frame face searches during liveness (a tracked window otherwise)
 FULL_SCAN_EVERY_S = 0.5
 PARTIES = ("customer", "agent")
@@ -184,7 +193,7 @@ class IdentityService:
         self.hub = hub
         self.evidence = evidence
         self.worker = worker
-        self.threshold = config.identity_threshold
+        self.thresholds = Thresholds(config.identity_threshold, config.identity_reject_threshold)
         self._states: dict[str, SessionIdentity] = {}
         self._closed = False
         self._warmup: asyncio.Task[None] | None = None
@@ -247,7 +256,7 @@ class IdentityService:
             st.presence[party] = PresenceMonitor(
                 subject=party,
                 missing_after_s=self.config.presence_missing_s,
-                threshold=self.threshold,
+                threshold=self.thresholds.accept,
             )
         self._update_presence_reference(st, session)
         if st.reference_info is not None:
@@ -470,6 +479,7 @@ class IdentityService:
         await self._busy(session, st, "verifying", self._verify(session, st, automatic=False))
 
     async def _verify(self, session: Session, st: SessionIdentity, *, automatic: bool) -> None:
+        """Take several usable frames at different moments, then one verdict on their mean."""
         feed = st.feeds.get("customer")
         reference = st.reference
         if feed is None or reference is None:
@@ -482,102 +492,133 @@ class IdentityService:
         usable: list[tuple[Any, Frame]] = []
         last_problem = None
         seen = feed.count - 1
-        while loop.time() < deadline and len(usable) < VERIFY_FRAMES:
+        while loop.time() < deadline and len(usable) < FRAMES_PER_DECISION:
+            if usable:
+                # frames apart in time: one blink or half turn spoils one of them, not all
+                await asyncio.sleep(max(0.0, usable[-1][1].t + VERIFY_SPACING_S - loop.time()))
             frame = await feed.next(seen, timeout=max(0.0, deadline - loop.time()))
             if frame is None:
                 break
             seen = frame.index
             result = await self.worker.verify(
-                reference, frame.rgb, frame.t, threshold=self.threshold
+                reference, frame.rgb, frame.t, threshold=self.thresholds.accept
             )
-            if result.match is None:
+            if result.match is None or result.analysis.embedding is None:
                 if last_problem is None or last_problem.reason != result.reason:
-                    self.broker.send(
-                        session,
-                        "customer",
-                        m.VerificationOutcome(
-                            verified=False,
-                            reason=result.reason,
-                            message=result.message,
-                            message_zh=result.message_zh,
-                        ),
-                    )
+                    self._tell_customer(session, False, result.reason)
                 last_problem = result
                 continue
             usable.append((result, frame))
-            if result.verified:
-                break  # a match at the threshold is the verdict; more frames only for a mismatch
         if st.reference is not reference:
             return  # a new reference arrived meanwhile: its own verification follows
-        if not usable:
-            reason = last_problem.reason if last_problem is not None else "no_video"
-            st.verification = {
-                "verified": False,
-                "reason": reason,
-                "message": text(reason).en,
-                "message_zh": text(reason).zh,
-                "at": time.time(),
-                "automatic": automatic,
-            }
-            await self._event(session.id, "identity_unusable", reason=reason, automatic=automatic)
+        decision = decide(
+            reference,
+            [r.analysis.embedding for r, _ in usable],
+            thresholds=self.thresholds,
+            min_frames=min(MIN_FRAMES, FRAMES_PER_DECISION),
+            unusable_reason=last_problem.reason if last_problem is not None else "no_video",
+        )
+        common: dict[str, Any] = {
+            "verdict": decision.verdict,
+            "verified": decision.verified,
+            "reason": decision.reason,
+            "message": text(decision.reason).en,
+            "message_zh": text(decision.reason).zh,
+            "at": time.time(),
+            "automatic": automatic,
+            "frames": len(usable),
+            "distances": [round(d, 4) for d in decision.distances],
+            "threshold": self.thresholds.accept,
+            "reject_threshold": self.thresholds.reject,
+        }
+        if decision.distance is None:
+            st.verification = common
+            await self._event(
+                session.id,
+                "identity_inconclusive",
+                reason=decision.reason,
+                automatic=automatic,
+                frames=len(usable),
+            )
             self._panel(session)
             return
-        best, frame = min(usable, key=lambda rf: rf[0].match.distance)
-        jpeg = await asyncio.to_thread(_jpeg, frame.rgb)
-        snap = await self._put(
-            session.id,
-            "snapshot",
-            jpeg,
-            "image/jpeg",
-            {"purpose": "verification", "distance": best.match.distance},
-        )
-        if best.verified and best.analysis.embedding is not None:
-            st.live_embedding = best.analysis.embedding
+        # the closest frame is the verification's snapshot; a verdict other than a match keeps
+        # every frame it was drawn from, so an auditor sees what the machine saw
+        ordered = sorted(zip(decision.distances, usable, strict=True), key=lambda x: x[0])
+        kept = ordered[:1] if decision.verified else ordered
+        snaps = []
+        for d, (_, frame) in kept:
+            jpeg = await asyncio.to_thread(_jpeg, frame.rgb)
+            snaps.append(
+                await self._put(
+                    session.id,
+                    "snapshot",
+                    jpeg,
+                    "image/jpeg",
+                    {"purpose": "verification", "distance": round(d, 4)},
+                )
+            )
+        snap = snaps[0]
+        if decision.verified:
+            st.live_embedding = aggregate([r.analysis.embedding for r, _ in usable])
             await self._put(
                 session.id,
                 "live_embedding",
-                embedding_to_bytes(best.analysis.embedding),
+                embedding_to_bytes(st.live_embedding),
                 "application/octet-stream",
                 {"snapshot": snap.id},
             )
-        match = best.match.as_dict()
+        distance = round(decision.distance, 4)
         st.verification = {
-            "verified": best.verified,
-            "reason": best.reason,
-            "message": best.message,
-            "message_zh": best.message_zh,
-            "at": time.time(),
-            "automatic": automatic,
-            "distance": match["distance"],
-            "threshold": match["threshold"],
-            "score": match["score"],
+            **common,
+            "distance": distance,
+            "score": score(decision.distance, self.thresholds.accept),
             "snapshot": snap.id,
-            "frames": len(usable),
+            "snapshots": [x.id for x in snaps],
         }
-        st.snapshots.append({"item": snap.id, "at": snap.created_at, "purpose": "verification"})
+        for x in snaps:
+            st.snapshots.append({"item": x.id, "at": x.created_at, "purpose": "verification"})
+        kind = {
+            "match": "identity_verified",
+            "no_match": "identity_rejected",
+            "inconclusive": "identity_inconclusive",
+        }[decision.verdict]
         await self._event(
             session.id,
-            "identity_verified" if best.verified else "identity_rejected",
-            distance=match["distance"],
-            threshold=match["threshold"],
-            score=match["score"],
+            kind,
+            reason=decision.reason,
+            distance=distance,
+            distances=st.verification["distances"],
+            threshold=self.thresholds.accept,
+            reject_threshold=self.thresholds.reject,
+            score=st.verification["score"],
+            frames=len(usable),
             snapshot=snap.id,
             snapshot_sha256=snap.sha256,
+            snapshots=[x.id for x in snaps],
+            snapshots_sha256=[x.sha256 for x in snaps],
             reference=(st.reference_info or {}).get("item"),
             automatic=automatic,
         )
+        self._tell_customer(session, decision.verified, decision.reason, decision.verdict)
+        self._update_presence_reference(st, session)
+        self._panel(session)
+
+    def _tell_customer(
+        self, session: Session, verified: bool, reason: str, verdict: Verdict = "inconclusive"
+    ) -> None:
+        """The customer hears the verdict or what to fix, never the scores."""
         self.broker.send(
             session,
             "customer",
             m.VerificationOutcome(
-                verified=best.verified,
-                reason=best.reason,
-                message=best.message,
-                message_zh=best.message_zh,
+                verified=verified,
+                verdict=verdict,
+                reason=reason,
+                message=text(reason).en,
+                message_zh=text(reason).zh,
             ),
         )
-        self._update_presence_reference(st, session)
-        self._panel(session)
 
     def _auto_verify(self, session: Session, st: SessionIdentity) -> None:
         """Verify on our own (call start, new upload): as one busy operation, skipped if one runs."""
@@ -843,7 +884,8 @@ class IdentityService:
             "snapshots": st.snapshots[-12:],
             "busy": st.busy,
             "error": st.error,
-            "threshold": self.threshold,
+            "threshold": self.thresholds.accept,
+            "reject_threshold": self.thresholds.reject,
         }
 
     async def party_back(self, session: Session, role: str) -> None:

@@ -551,6 +551,8 @@ class VerificationOutcome(_Msg):
 
     type: Literal["verification_result"] = "verification_result"
     verified: bool
+    #: match, no_match, or inconclusive (a frame to fix, or the agent checks the ID)
+    verdict: Literal["match", "no_match", "inconclusive"] = "inconclusive"
     reason: str
     message: str
     message_zh: str

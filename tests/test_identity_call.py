@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 from sqlmodel import select
 
+from identity.decision import ACCEPT_THRESHOLD, MIN_FRAMES, REJECT_THRESHOLD
 from server.db import AccessLog
 from signaling.contrib.encoded_source import encode_video
 
@@ -87,10 +88,12 @@ async def test_reference_upload_verification_liveness_snapshot_and_presence(
 
     # verification runs on its own when the call starts with a reference
     verified = await wait_event(
-        counter, sid, {"identity_verified", "identity_rejected", "identity_unusable"}
+        counter, sid, {"identity_verified", "identity_rejected", "identity_inconclusive"}
     )
     assert verified.kind == "identity_verified", verified.data
-    assert verified.data["distance"] <= verified.data["threshold"] == 0.40
+    assert verified.data["distance"] <= verified.data["threshold"] == ACCEPT_THRESHOLD
+    # one verdict on the mean of several frames taken at different moments
+    assert verified.data["frames"] == len(verified.data["distances"]) >= MIN_FRAMES
     assert len(verified.data["snapshot_sha256"]) == 64
     outcome = await customer.wait_for(
         "verification_result", timeout=20, where=lambda d: d["verified"]
@@ -153,14 +156,18 @@ async def test_different_person_is_rejected(make_counter, face_clip, audio_clip,
     status, body = await _upload(counter, sid, token, biden)
     assert status == 200, body
     rejected = await wait_event(
-        counter, sid, {"identity_verified", "identity_rejected", "identity_unusable"}
+        counter, sid, {"identity_verified", "identity_rejected", "identity_inconclusive"}
     )
     assert rejected.kind == "identity_rejected", rejected.data
-    assert rejected.data["distance"] > 0.40
+    assert rejected.data["distance"] > rejected.data["reject_threshold"] == REJECT_THRESHOLD
+    # the frames and distances behind the anomaly are kept for the auditor
+    assert len(rejected.data["snapshots"]) == rejected.data["frames"] >= MIN_FRAMES
+    assert len(rejected.data["distances"]) == rejected.data["frames"]
+    assert all(len(h) == 64 for h in rejected.data["snapshots_sha256"])
     outcome = await customer.wait_for(
         "verification_result", timeout=20, where=lambda d: d["reason"] == "mismatch"
     )
-    assert outcome["verified"] is False
+    assert outcome["verified"] is False and outcome["verdict"] == "no_match"
 
 
 async def test_without_face_consent_only_manual_verification(

@@ -107,7 +107,7 @@ def test_agent_video_without_reference_reports_only_missing_and_multiple():
     agent = PresenceMonitor(None, subject="agent")
     present = analyze_frame(frame("d0", 10))
     empty = analyze_frame(np.zeros((480, 640, 3), np.uint8))
-    assert empty.quality.codes == ("no_face", "too_dark")
+    assert empty.quality.codes == ("too_dark", "no_face")
     assert not agent.wants_embedding(0.0)
     script = [(i * 0.5, present) for i in range(4)] + [(2 + i * 0.5, empty) for i in range(10)]
     events = [e for t, a in script for e in agent.update(replace(a, t=t))]
