@@ -129,6 +129,88 @@ async def accept_call(agent, customer) -> None:
     await call_state(customer, "active")
 
 
+async def join_queue(
+    customer,
+    counter,
+    business: str = "account_opening",
+    *,
+    name: str = "李四",
+    face_consent: bool = False,
+    id_photo: Path | None = None,
+) -> None:
+    """On the customer page: choose ``business``, accept the recording, join; with ``id_photo``,
+    upload it as the ID photo while waiting."""
+    await customer.goto(f"{counter.url}/")
+    await customer.get_by_test_id(f"business-{business}").click()
+    await customer.get_by_test_id("display-name").fill(name)
+    await customer.get_by_test_id("recording-consent").check()
+    if face_consent:
+        await customer.get_by_test_id("face-consent").check()
+    await customer.wait_for_selector('[data-testid="join-button"]:enabled', timeout=15_000)
+    await customer.get_by_test_id("join-button").click()
+    await call_state(customer, "waiting")
+    if id_photo is not None:
+        await customer.get_by_test_id("id-photo-input").set_input_files(str(id_photo))
+        await customer.wait_for_selector(
+            '[data-testid="id-photo-status"][data-state="ok"]', timeout=30_000
+        )
+
+
+# -- where things are on the screen -------------------------------------------------------------
+
+#: records what a page reads aloud (speechSynthesis.speak) in ``window.spoken``, as {text, lang}
+RECORD_SPEECH_JS = """(() => {
+  window.spoken = [];
+  const synth = window.speechSynthesis;
+  if (!synth) return;
+  const speak = synth.speak.bind(synth);
+  synth.speak = (u) => { window.spoken.push({ text: u.text, lang: u.lang }); try { speak(u); } catch (e) {} };
+})()"""
+
+NO_SIDEWAYS_SCROLL_JS = "() => document.documentElement.scrollWidth <= window.innerWidth"
+
+
+async def not_in_view(page, *targets) -> list[str]:
+    """Which of ``targets`` (data-testids or locators) a person does not see whole on the page
+    without scrolling (hidden, or partly outside ``page.viewport_size``): one line each."""
+    view = page.viewport_size
+    misses = []
+    for target in targets:
+        locator = page.get_by_test_id(target) if isinstance(target, str) else target
+        name = target if isinstance(target, str) else str(target)
+        found = await locator.bounding_box() if await locator.is_visible() else None
+        if found is None:
+            misses.append(f"{name}: not visible")
+        elif not contains({"x": 0, "y": 0, **view}, found):
+            misses.append(
+                f"{name}: {found} is not inside the {view['width']}x{view['height']} view"
+            )
+    return misses
+
+
+async def box(page, target) -> dict:
+    """The bounding box of a visible ``target`` (a data-testid or a locator)."""
+    locator = page.get_by_test_id(target) if isinstance(target, str) else target
+    found = await locator.bounding_box()
+    assert found is not None, f"{target} has no box"
+    return found
+
+
+def contains(outer: dict, inner: dict) -> bool:
+    """Whether bounding box ``inner`` lies within ``outer``."""
+    return (
+        inner["x"] >= outer["x"] - 0.5
+        and inner["y"] >= outer["y"] - 0.5
+        and inner["x"] + inner["width"] <= outer["x"] + outer["width"] + 0.5
+        and inner["y"] + inner["height"] <= outer["y"] + outer["height"] + 0.5
+    )
+
+
+async def font_px(page, selector: str) -> float:
+    """The computed font size, in CSS pixels, of the first element matching ``selector``."""
+    return await page.eval_on_selector(selector, "e => parseFloat(getComputedStyle(e).fontSize)")
+
+
 # -- what the pages show and play -------------------------------------------------------------
 
 

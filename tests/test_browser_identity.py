@@ -137,7 +137,9 @@ async def test_face_verification_liveness_and_a_wrong_person(
             verdict = agent.get_by_test_id("identity-verdict")
             assert await verdict.get_attribute("data-automatic") == "true"
             assert int(await verdict.get_attribute("data-score")) >= 50
-            assert "Score" in await agent.locator("#identity-verdict-detail").text_content()
+            detail = await agent.locator("#identity-verdict-detail").text_content()
+            assert "match at most 0.39" in detail and "frames" in detail, detail
+            assert await verdict.get_attribute("data-verdict") == "match"
             assert (
                 await agent.get_by_test_id("identity-consent").get_attribute("data-consent")
                 == "true"
@@ -217,10 +219,22 @@ async def test_face_verification_liveness_and_a_wrong_person(
                 == "mismatch"
             )
 
-            # and the agent records why, by hand
-            await agent.get_by_test_id("manual-verify-reason").fill("证件照片与客户本人不符")
-            await agent.get_by_test_id("manual-verify-fail").click()
-            assert await settled(agent, "manual-verify-result", "verified") == "false"
+            assert (
+                await agent.get_by_test_id("identity-verdict").get_attribute("data-resolved")
+                == "false"
+            )
+            # the customer had uploaded the wrong photo: the agent checks the ID card held up to
+            # the camera and verifies by hand, which resolves the automatic mismatch
+            await agent.get_by_test_id("manual-verify-reason").fill(
+                "核对客户手持身份证原件，本人无误"
+            )
+            await agent.get_by_test_id("manual-verify-pass").click()
+            assert await settled(agent, "manual-verify-result", "verified") == "true"
+            await agent.wait_for_selector(
+                '[data-testid="identity-verdict"][data-resolved="true"]', timeout=10_000
+            )
+            detail = await agent.locator("#identity-verdict-detail").text_content()
+            assert "Resolved" in detail and "核对客户手持身份证原件" in detail, detail
 
             session_id = await agent.get_by_test_id("customer-session").text_content()
             await agent.get_by_test_id("hangup-button").click()

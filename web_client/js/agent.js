@@ -220,6 +220,34 @@ function renderDesk() {
   el.cameraInCall.hidden = app.state !== 'active';
   el.previewSlot.hidden = app.state === 'active';
   setText(el.idleHint, t(app.status === 'ready' ? 'agent.idleReady' : 'agent.idleAway'));
+  renderSidebar();
+}
+
+// --- layout: the side panel folds during a call ----------------------------------
+
+/** During a call the side panel (status, queue, camera) folds; the top bar's button opens it over the desk. */
+const sidebar = { workbench: byId('screen-workbench'), toggle: byTestId('sidebar-toggle'), open: false };
+
+function renderSidebar() {
+  const inCall = app.state === 'active';
+  if (!inCall) sidebar.open = false;
+  sidebar.workbench.dataset.sidebar = !inCall ? 'shown' : sidebar.open ? 'open' : 'folded';
+  sidebar.toggle.hidden = !inCall;
+  sidebar.toggle.setAttribute('aria-expanded', String(inCall && sidebar.open));
+}
+
+function bindSidebar() {
+  sidebar.toggle.addEventListener('click', () => {
+    sidebar.open = !sidebar.open;
+    renderSidebar();
+  });
+  document.addEventListener('keydown', (event) => {
+    if (event.key === 'Escape' && sidebar.open) {
+      sidebar.open = false;
+      renderSidebar();
+      sidebar.toggle.focus();
+    }
+  });
 }
 
 function renderProfile() {
@@ -914,6 +942,12 @@ function renderPhotos(st) {
   }
 }
 
+/** The agent's manual pass, when it followed a failed automatic check: that failure is resolved. */
+function resolvedBy(st) {
+  const m = st && st.manual;
+  return m && m.verified === true ? t('identity.resolved', { by: m.by || '', reason: m.reason || '' }) : '';
+}
+
 function renderVerdict(st) {
   const v = st && st.verification;
   el.verdict.dataset.verified = v ? String(v.verified === true) : '';
@@ -921,14 +955,24 @@ function renderVerdict(st) {
   el.verdict.dataset.automatic = v ? String(Boolean(v.automatic)) : '';
   el.verdict.dataset.score = v && v.score != null ? String(v.score) : '';
   const compared = Boolean(v) && typeof v.distance === 'number';
+  // older panels carry no verdict: a comparison that did not match was a mismatch
+  const verdict = !v ? '' : v.verdict || (v.verified ? 'match' : compared ? 'no_match' : 'inconclusive');
+  el.verdict.dataset.verdict = verdict;
   let key = 'identity.verdict.none';
-  if (v && v.verified) key = 'identity.verdict.match';
-  else if (compared) key = 'identity.verdict.mismatch';
-  else if (v) key = 'identity.verdict.unusable';
-  el.verdict.dataset.tone = !v ? '' : v.verified ? 'ok' : compared ? 'error' : 'warn';
+  if (verdict === 'match') key = 'identity.verdict.match';
+  else if (verdict === 'no_match') key = 'identity.verdict.mismatch';
+  else if (verdict === 'inconclusive') key = compared ? 'identity.verdict.uncertain' : 'identity.verdict.unusable';
+  el.verdict.dataset.tone = { match: 'ok', no_match: 'error', inconclusive: 'warn' }[verdict] || '';
   setText(el.verdict, t(key));
   const parts = [];
-  if (compared) {
+  if (compared && v.reject_threshold != null) {
+    parts.push(t('identity.scoreBand', {
+      distance: v.distance.toFixed(2),
+      accept: Number(v.threshold).toFixed(2),
+      reject: Number(v.reject_threshold).toFixed(2),
+      frames: v.frames ?? 1,
+    }));
+  } else if (compared) {
     parts.push(t('identity.score', {
       score: v.score ?? '?',
       distance: v.distance.toFixed(2),
@@ -938,6 +982,9 @@ function renderVerdict(st) {
     parts.push(serverText(v.message, v.message_zh));
   }
   if (v) parts.push(`${t(v.automatic ? 'identity.automatic' : 'identity.onRequest')} ${clockOf(v.at)}`.trim());
+  const resolved = verdict && verdict !== 'match' ? resolvedBy(st) : '';
+  el.verdict.dataset.resolved = String(Boolean(resolved));
+  if (resolved) parts.push(resolved);
   setText(el.verdictDetail, parts.filter(Boolean).join(' · '));
 }
 
@@ -956,6 +1003,9 @@ function renderLiveness(st) {
     detail = l.steps.map((step) => `${done.has(step) ? '✓' : '·'} ${stepLabel(step)}`).join('  ');
   }
   if (state === 'failed') detail = [serverText(l.message, l.message_zh), detail].filter(Boolean).join(' · ');
+  const resolved = state === 'failed' ? resolvedBy(st) : '';
+  el.liveness.dataset.resolved = String(Boolean(resolved));
+  if (resolved) detail = [detail, resolved].filter(Boolean).join(' · ');
   setText(el.livenessDetail, detail);
 }
 
@@ -1049,6 +1099,7 @@ function init() {
   el.decline.addEventListener('click', onDecline);
   el.hangup.addEventListener('click', onHangup);
   el.retryDevices.addEventListener('click', () => devices.start());
+  bindSidebar();
   el.back.addEventListener('click', () => {
     if (app.state === 'ended') setState('idle');
   });

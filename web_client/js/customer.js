@@ -16,6 +16,12 @@
 // Business flows (js/customer_flow.js): the server's flow_state shows
 // as the current step and what it needs from the customer; the sealed receipt
 // (receipt) is kept for download, also on the end screen.
+//
+// Layout: <body data-screen> names the screen shown; the call view fits the
+// window (no page scrolling), the step panel's buttons always in sight. During
+// a liveness challenge the self view grows and carries the instruction with a
+// countdown, read aloud where the browser can speak. The large-text mode
+// (data-testid="large-text-toggle") is kept in localStorage.
 
 import { CallController, publishState } from './call.js';
 import { CustomerFlow } from './customer_flow.js';
@@ -38,6 +44,8 @@ const LIVENESS_RESULT_MS = 6000;
 const VERIFICATION_NOTICE_MS = 8000;
 /** At least this wide, the call view opens its identity area by itself (phones keep it folded). */
 const WIDE_SCREEN = '(min-width: 601px)';
+/** localStorage: '1' while the large-text mode is on */
+const LARGE_TEXT_KEY = 'vcounter.largeText';
 
 const el = {
   statusText: byId('status-text'),
@@ -62,6 +70,8 @@ const el = {
   deviceErrorText: byId('device-error-text'),
   retryDevices: byTestId('retry-devices'),
   join: byTestId('join-button'),
+  joinReason: byTestId('join-disabled-reason'),
+  largeText: byTestId('large-text-toggle'),
   recordingConsent: byTestId('recording-consent'),
   faceConsent: byTestId('face-consent'),
   idBox: byId('id-box'),
@@ -80,6 +90,7 @@ const el = {
   livenessStepText: byId('liveness-step-text'),
   livenessMeta: byId('liveness-meta'),
   livenessBarFill: byId('liveness-bar-fill'),
+  livenessCount: byTestId('liveness-countdown'),
   livenessResult: byTestId('liveness-result'),
   verificationResult: byTestId('verification-result'),
   queueBusiness: byTestId('queue-business'),
@@ -98,6 +109,7 @@ const el = {
   hangupConfirmButton: byTestId('hangup-confirm-button'),
   hangupKeep: byTestId('hangup-keep'),
   flowPanel: byId('flow-panel'),
+  stepScroll: byId('step-scroll'),
   endedReceiptSlot: byId('ended-receipt-slot'),
   startOver: byTestId('start-over-button'),
 };
@@ -141,6 +153,8 @@ const identity = {
   /** the running challenge: {steps, instructions: {step: {en, zh}}, limitS, current, completed, stepStartedAt} */
   liveness: null,
   livenessTimer: null,
+  /** the challenge step last read aloud (once per step) */
+  spokenStep: null,
   /** the latest liveness_result and verification_result, while shown */
   livenessResult: null,
   livenessResultTimer: null,
@@ -214,10 +228,49 @@ function renderQueue() {
   setText(el.queueAgents, q ? t('queue.agents', { n: q.agents_available }) : '');
 }
 
+/** Why the join button cannot be used now: '' when it can ('connecting' is said by the button). */
+function joinBlocker() {
+  if (app.joining || app.resuming) return 'connecting';
+  if (devices.problem !== null) return 'devices';
+  if (!devices.stream) return 'starting';
+  if (!el.recordingConsent.checked) return 'consent';
+  return '';
+}
+
 function renderJoinButton() {
-  el.join.disabled = !devices.stream || devices.problem !== null || app.joining || app.resuming
-    || !el.recordingConsent.checked;
-  setText(el.join, t(app.joining || app.resuming ? 'customer.joining' : 'customer.join'));
+  const blocker = joinBlocker();
+  el.join.disabled = blocker !== '';
+  setText(el.join, t(blocker === 'connecting' ? 'customer.joining' : 'customer.join'));
+  const said = blocker !== '' && blocker !== 'connecting';
+  el.joinReason.hidden = !said;
+  el.joinReason.dataset.reason = said ? blocker : '';
+  setText(el.joinReason, said ? t(`join.reason.${blocker}`) : '');
+}
+
+// --- large text ------------------------------------------------------------------
+
+function largeTextOn() {
+  try {
+    return localStorage.getItem(LARGE_TEXT_KEY) === '1';
+  } catch {
+    return false;
+  }
+}
+
+function applyLargeText(on) {
+  document.documentElement.dataset.text = on ? 'large' : '';
+  el.largeText.setAttribute('aria-pressed', String(on));
+}
+
+function onLargeTextToggle() {
+  const on = document.documentElement.dataset.text !== 'large';
+  try {
+    if (on) localStorage.setItem(LARGE_TEXT_KEY, '1');
+    else localStorage.removeItem(LARGE_TEXT_KEY);
+  } catch {
+    // not kept: the mode holds for this page only
+  }
+  applyLargeText(on);
 }
 
 function renderDeviceStatus() {
@@ -281,6 +334,7 @@ function placeLocalVideo(screen) {
 function goTo(screen) {
   placeLocalVideo(screen);
   placeIdBox(screen);
+  document.body.dataset.screen = screen;
   showScreen(screens, screen);
 }
 
@@ -564,7 +618,7 @@ function onCallStarted(msg) {
   goTo('call');
   // room to upload the ID photo on a desk; folded under the video on a phone
   if (newCall) el.callIdDetails.open = window.matchMedia(WIDE_SCREEN).matches;
-  flow.placeReceipt(el.flowPanel);
+  flow.placeReceipt(el.stepScroll);
   call.startMedia();
 }
 
@@ -784,6 +838,7 @@ function onLivenessResult(msg) {
   identity.livenessResult = { passed: msg.passed === true, message: msg.message, message_zh: msg.message_zh };
   identity.livenessResultTimer = setTimeout(hideLivenessResult, LIVENESS_RESULT_MS);
   renderStageResults();
+  speak(el.livenessResult.textContent);
 }
 
 function onVerificationResult(msg) {
@@ -805,7 +860,23 @@ function stopLiveness() {
   clearInterval(identity.livenessTimer);
   identity.livenessTimer = null;
   identity.liveness = null;
+  identity.spokenStep = null;
   renderLiveness();
+}
+
+/** Read a prompt aloud in the page's language, where the browser can speak (not all can). */
+function speak(text) {
+  const synth = window.speechSynthesis;
+  if (!text || !synth || typeof window.SpeechSynthesisUtterance !== 'function') return;
+  try {
+    synth.cancel(); // the newest prompt only
+    const utterance = new window.SpeechSynthesisUtterance(text);
+    utterance.lang = document.documentElement.lang || 'zh-CN';
+    utterance.rate = 0.9;
+    synth.speak(utterance);
+  } catch (err) {
+    console.info('speech is not available', err);
+  }
 }
 
 function hideLivenessResult() {
@@ -830,6 +901,10 @@ function renderLiveness() {
   if (!step) return;
   setText(el.livenessStepText, stepText(step));
   renderLivenessClock();
+  if (identity.spokenStep !== `${live.completed.length}:${step}`) {
+    identity.spokenStep = `${live.completed.length}:${step}`;
+    speak(stepText(step));
+  }
 }
 
 function renderLivenessClock() {
@@ -839,6 +914,8 @@ function renderLivenessClock() {
   const left = Math.max(0, Math.ceil(live.limitS - elapsedS));
   const n = Math.min(live.steps.length, live.completed.length + 1);
   setText(el.livenessMeta, `${t('liveness.progress', { n, total: live.steps.length })} · ${t('liveness.seconds', { n: left })}`);
+  setText(el.livenessCount, String(left));
+  el.livenessCount.dataset.left = String(left);
   el.livenessBarFill.style.width = `${Math.max(0, Math.min(100, (1 - elapsedS / live.limitS) * 100))}%`;
 }
 
@@ -1032,6 +1109,8 @@ function renderAppointment() {
 // --- start ---------------------------------------------------------------------
 
 function init() {
+  applyLargeText(largeTextOn());
+  el.largeText.addEventListener('click', onLargeTextToggle);
   bindLangToggle(el.langToggle);
   applyI18n();
   onLangChange(renderAll);
@@ -1053,6 +1132,7 @@ function init() {
   });
 
   setState('idle');
+  document.body.dataset.screen = 'prepare';
   renderAll();
   loadConfig();
   devices.start();

@@ -4,6 +4,10 @@
 // document to its end, sign), the sealed receipt to keep, and how the flow
 // ended. Documents the agent pushes show in an overlay.
 //
+// The step's buttons go in their own bar (#step-actions) under the scrolling
+// part of the panel (#step-scroll), so the step's main action stays in sight
+// however long its text, questions or document are.
+//
 // Test hooks: step-title (data-step, data-kind), consent-accept, consent-decline,
 // consent-face, disclosure-confirm, question-<id> (radio group), questionnaire-submit,
 // document-view, document-end, signature-pad, signature-clear, signature-submit,
@@ -48,6 +52,8 @@ export class CustomerFlow {
       title: byTestId('step-title'),
       text: byId('step-text'),
       body: byId('step-body'),
+      scroll: byId('step-scroll'),
+      actions: byId('step-actions'),
       wait: byId('step-wait'),
       error: byTestId('flow-error'),
       status: byTestId('flow-status'),
@@ -87,6 +93,8 @@ export class CustomerFlow {
     if (!keepReceipt) this.setReceipt(null);
     this.closeOverlay();
     this.el.body.replaceChildren();
+    this.el.actions.replaceChildren();
+    this.el.actions.hidden = true;
     this.render();
   }
 
@@ -228,8 +236,16 @@ export class CustomerFlow {
   build(step) {
     const body = this.el.body;
     body.replaceChildren();
+    this.el.actions.replaceChildren();
+    this.el.scroll.scrollTop = 0;
     this.pad = null;
     this.parts = {};
+    this.buildStep(step);
+    this.el.actions.hidden = this.el.actions.childElementCount === 0;
+  }
+
+  buildStep(step) {
+    const body = this.el.body;
     if (!step) return;
     const kind = step.kind;
     if (kind === 'consent') this.buildConsent(step);
@@ -266,9 +282,7 @@ export class CustomerFlow {
     parts.decline.addEventListener('click', () => {
       if (window.confirm(t('flow.declineConfirm'))) this.act({ type: 'consent_decline', step_id: step.id });
     });
-    const actions = node('div', { className: 'step-actions' });
-    actions.append(parts.decline, parts.accept);
-    this.el.body.append(actions);
+    this.el.actions.append(parts.decline, parts.accept);
   }
 
   buildDisclosure(step) {
@@ -283,15 +297,14 @@ export class CustomerFlow {
     }
     parts.confirm = button('disclosure-confirm', 'flow.disclosureConfirm', 'btn btn-primary btn-lg');
     parts.confirm.addEventListener('click', () => this.act({ type: 'disclosure_confirm', step_id: step.id }));
-    const actions = node('div', { className: 'step-actions' });
-    actions.append(parts.confirm);
-    this.el.body.append(actions);
+    this.el.actions.append(parts.confirm);
   }
 
   buildQuestionnaire(step) {
     const parts = this.parts;
     const questions = Array.isArray(step.questions) ? step.questions : [];
     const form = node('form', { className: 'questionnaire' });
+    form.id = `questionnaire-${step.id}`;
     form.noValidate = true;
     questions.forEach((q, qi) => {
       const set = node('fieldset', { className: 'question', testid: `question-${q.id}` });
@@ -317,6 +330,7 @@ export class CustomerFlow {
     parts.questions = questions;
     parts.submit = button('questionnaire-submit', 'flow.submitAnswers', 'btn btn-primary btn-lg');
     parts.submit.type = 'submit';
+    parts.submit.setAttribute('form', form.id); // it sits in the action bar, outside the form
     form.addEventListener('submit', (event) => {
       event.preventDefault();
       const answers = {};
@@ -324,10 +338,8 @@ export class CustomerFlow {
       if (Object.keys(answers).length !== questions.length) return;
       this.act({ type: 'questionnaire_submit', step_id: step.id, answers });
     });
-    const actions = node('div', { className: 'step-actions' });
-    actions.append(parts.submit);
-    form.append(actions);
     this.el.body.append(form);
+    this.el.actions.append(parts.submit);
   }
 
   /** The document of the step in a scrollable box; `onEnd` runs once the customer reached its end. */
@@ -371,9 +383,8 @@ export class CustomerFlow {
       if (!this.readTo.has(step.id) || !info) return;
       this.act({ type: 'document_read', step_id: step.id, sha256: info.sha256 });
     });
-    const actions = node('div', { className: 'step-actions' });
-    actions.append(parts.end);
-    this.el.body.append(parts.hint, actions);
+    this.el.body.append(parts.hint);
+    this.el.actions.append(parts.end);
   }
 
   buildSignature(step) {
@@ -400,9 +411,8 @@ export class CustomerFlow {
       if (!step.document) return;
       this.act({ type: 'signature_submit', step_id: step.id, document_sha256: step.document.sha256, image_png: png });
     });
-    const actions = node('div', { className: 'step-actions' });
-    actions.append(parts.clear, parts.submit);
-    this.el.body.append(wrap, actions);
+    this.el.body.append(wrap);
+    this.el.actions.append(parts.clear, parts.submit);
     // last: the pad reports its (empty) state at once, and update() needs the buttons
     this.pad = new SignaturePad(canvas, { onChange: () => this.update(step) });
   }
