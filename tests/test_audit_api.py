@@ -276,3 +276,181 @@ async def test_a_range_of_thousands_of_digits_is_answered_not_a_server_error(cou
             assert r.status == 206 and await r.read() == plain
         async with http.get(url, headers={"Range": f"bytes={'0' * 4400}5-9"}) as r:
             assert r.status == 206 and await r.read() == plain[5:10]
+
+
+# -- a work queue of sessions with face-check outcomes -----------------------------------------
+
+
+async def _session_with(counter, name: str, events: list[tuple[str, dict]]) -> str:
+    """A customer who queued, had ``events`` put on their timeline by the broker, and left."""
+    customer = await counter.customer("account_opening", name, media=False)
+    for kind, data in events:
+        await counter.broker.log_event(customer.session_id, kind, **data)
+    await customer.hangup()
+    return customer.session_id
+
+
+async def _search(http, counter, **params) -> list[dict]:
+    async with http.get(f"{counter.url}/api/audit/sessions", params=params) as r:
+        assert r.status == 200, await r.text()
+        return (await r.json())["sessions"]
+
+
+async def test_a_manual_verification_resolves_the_face_anomaly_before_it(counter):
+    rejected = await _session_with(
+        counter,
+        "Rejected",
+        [("identity_rejected", {"distance": 0.61, "threshold": 0.4, "distances": [0.61, 0.66]})],
+    )
+    resolved = await _session_with(
+        counter,
+        "Resolved",
+        [
+            ("liveness_failed", {"reason": "no_blink"}),
+            ("identity_manual", {"verified": True, "reason": "核对了身份证原件", "by": "alice"}),
+        ],
+    )
+    inconclusive = await _session_with(
+        counter, "Inconclusive", [("identity_inconclusive", {"reason": "too_dark"})]
+    )
+    reopened = await _session_with(
+        counter,
+        "Reopened",
+        [
+            ("face_mismatch", {}),
+            ("identity_manual", {"verified": True, "reason": "same person", "by": "alice"}),
+            ("face_mismatch", {}),
+        ],
+    )
+    token = await login(counter, "auditor")
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
+        by_id = {s["id"]: s for s in await _search(http, counter)}
+        # the anomaly stays (the anomalies-only filter finds it) and says who settled it, and why
+        assert by_id[resolved]["anomalies"] == ["liveness_failed"]
+        [(kind, how)] = by_id[resolved]["resolved"].items()
+        assert kind == "liveness_failed"
+        assert (how["by"], how["reason"]) == ("alice", "核对了身份证原件") and how["at"]
+        assert by_id[rejected]["resolved"] == {} and by_id[rejected]["anomalies"] == [
+            "identity_rejected"
+        ]
+        # raised again after the manual verification: open again
+        assert by_id[reopened]["resolved"] == {}
+        # an inconclusive attempt is no anomaly
+        assert by_id[inconclusive]["anomalies"] == [] and by_id[inconclusive]["resolved"] == {}
+        assert {s["id"] for s in await _search(http, counter, anomalies="1")} == {
+            rejected,
+            resolved,
+            reopened,
+        }
+        assert [s["id"] for s in await _search(http, counter, anomaly="liveness_failed")] == [
+            resolved
+        ]
+        # by severity: open face anomalies first, the resolved one after them, then the rest
+        order = [s["id"] for s in await _search(http, counter, sort="severity")]
+        assert order.index(rejected) < order.index(resolved) < order.index(inconclusive)
+        assert order.index(reopened) < order.index(resolved)
+        async with http.get(f"{counter.url}/api/audit/sessions/{resolved}") as r:
+            assert (await r.json())["session"]["resolved"]["liveness_failed"]["by"] == "alice"
+        async with http.get(f"{counter.url}/api/audit/sessions", params={"sort": "x"}) as r:
+            assert r.status == 400
+
+
+async def test_verdict_filter_is_the_work_queue(counter):
+    first = await _session_with(counter, "First", [])
+    second = await _session_with(counter, "Second", [])
+    token = await login(counter, "auditor")
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
+        async with http.post(
+            f"{counter.url}/api/audit/sessions/{first}/verdict", json={"result": "pass"}
+        ) as r:
+            assert r.status == 201
+        assert [s["id"] for s in await _search(http, counter, verdict="none")] == [second]
+        assert [s["id"] for s in await _search(http, counter, verdict="pass")] == [first]
+        assert await _search(http, counter, verdict="fail") == []
+        async with http.get(f"{counter.url}/api/audit/sessions", params={"verdict": "x"}) as r:
+            assert r.status == 400
+
+
+async def test_since_and_before_bound_a_viewers_local_day(counter):
+    from datetime import UTC, datetime
+
+    from server.db import CallSession
+
+    session_id = await _session_with(counter, "Midnight", [])
+
+    def set_created(s):
+        row = s.get(CallSession, session_id)
+        row.created_at = datetime(2026, 11, 22, 23, 30, tzinfo=UTC)  # 07:30 on the 23rd in Beijing
+        s.add(row)
+
+    await counter.db.run(set_created)
+    token = await login(counter, "auditor")
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
+        # the 23rd in Beijing (UTC+8)
+        beijing = {"since": "2026-11-23T00:00:00+08:00", "before": "2026-11-24T00:00:00+08:00"}
+        assert [s["id"] for s in await _search(http, counter, **beijing)] == [session_id]
+        utc = {"since": "2026-11-23T00:00:00Z", "before": "2026-11-24T00:00:00Z"}
+        assert await _search(http, counter, **utc) == []
+        async with http.get(
+            f"{counter.url}/api/audit/sessions", params={"since": "2026-11-23T00:00:00"}
+        ) as r:
+            assert r.status == 400  # a time without its offset is ambiguous
+
+
+async def test_a_replay_the_viewer_abandons_ends_quietly(counter, recorded, caplog, monkeypatch):
+    import logging
+    import time
+
+    from aiohttp import web
+
+    from server.routes import audit
+
+    from .helpers import eventually
+
+    session_id, recording_id, tokens = recorded
+
+    class SlowDisk(audit.EncryptedFile):  # a disk slow enough for the viewer to leave mid-file
+        def read(self, position, length):
+            time.sleep(0.02)
+            return super().read(position, length)
+
+    monkeypatch.setattr(audit, "EncryptedFile", SlowDisk)
+    monkeypatch.setattr(audit, "STREAM_BLOCK", 4096)
+    # the same app served as `vcounter serve` serves it: aiohttp's test server cancels a handler
+    # whose client left, `vcounter serve` (web.AppRunner's default) lets it run into the closed
+    # connection
+    app = counter.app
+    runner = web.ServerRunner(
+        web.Server(app._handle, request_factory=app._make_request, handler_cancellation=False)
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    url = f"http://127.0.0.1:{port}/api/audit/recordings/{recording_id}/customer.webm"
+    caplog.set_level(logging.DEBUG)
+    try:
+        for byte_range in (None, "bytes=100-"):  # a replay closed, and one a seek replaced
+            caplog.clear()
+            headers = {"Authorization": f"Bearer {tokens['auditor']}"}
+            if byte_range:
+                headers["Range"] = byte_range
+            async with aiohttp.ClientSession(headers=headers) as http:
+                r = await http.get(url)
+                assert r.status in (200, 206)
+                assert len(await r.content.read(8192)) > 0
+                r.close()  # drops the connection mid-stream
+
+            def left():
+                return [r for r in caplog.records if "viewer left" in r.getMessage()] or [
+                    r for r in caplog.records if r.levelno >= logging.ERROR
+                ]
+
+            await eventually(left, timeout=10)
+            await asyncio.sleep(0.2)
+            noisy = [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+            assert not noisy, [(r.name, r.getMessage(), r.exc_info) for r in noisy]
+            quiet = [r for r in caplog.records if "viewer left" in r.getMessage()]
+            assert len(quiet) == 1 and quiet[0].levelno <= logging.INFO
+    finally:
+        await runner.cleanup()

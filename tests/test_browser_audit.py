@@ -18,6 +18,16 @@ async def _times(page) -> list[float]:
         id => document.querySelector(`[data-testid="${id}"]`).currentTime)""")
 
 
+async def _at(page, seconds: float) -> None:
+    """Wait until both videos are at ``seconds``."""
+    await page.wait_for_function(
+        """(t) => ['replay-customer', 'replay-agent'].every(id =>
+            Math.abs(document.querySelector(`[data-testid="${id}"]`).currentTime - t) < 0.25)""",
+        arg=seconds,
+        timeout=10_000,
+    )
+
+
 async def test_auditor_finds_replays_seeks_and_judges_a_call(counter):
     require_chromium()
     from playwright.async_api import async_playwright
@@ -83,6 +93,37 @@ async def test_auditor_finds_replays_seeks_and_judges_a_call(counter):
                 timeout=10_000,
             )
 
+            # the work queue's keys and the jump to the next anomaly, the video paused
+            dropped = page.locator(
+                '[data-testid="timeline-marker"][data-kind="customer_disconnected"]'
+            )
+            dropped_s = int(await dropped.first.get_attribute("data-offset-ms")) / 1000
+            await page.evaluate("() => document.activeElement.blur()")
+            await page.keyboard.press("ArrowLeft")  # 5 s back: the start
+            await _at(page, 0.0)
+            await page.get_by_test_id("next-anomaly").click()
+            await _at(page, dropped_s)
+            await page.evaluate("() => document.activeElement.blur()")
+            await page.keyboard.press("k")  # the next event after the drop
+            times = sorted(
+                int(m) / 1000
+                for m in await page.eval_on_selector_all(
+                    '[data-testid="timeline-marker"]', "ms => ms.map(m => m.dataset.offsetMs)"
+                )
+            )
+            after = next(t for t in times if t > dropped_s + 0.05)
+            await _at(page, after)
+            await page.keyboard.press("j")  # back to the drop
+            await _at(page, dropped_s)
+            await page.keyboard.press(" ")
+            await page.wait_for_selector('[data-testid="play-pause"][data-state="playing"]')
+            await page.keyboard.press(" ")
+            await page.wait_for_selector('[data-testid="play-pause"][data-state="paused"]')
+            # events read as sentences, never as "key: value" pairs
+            sentences = await page.get_by_test_id("event-sentence").all_text_contents()
+            assert sentences and not any(": " in s and "·" in s for s in sentences), sentences
+            assert "The customer reconnected" in sentences or "客户重新连接" in sentences
+
             await page.get_by_test_id("speed").select_option("2")
             rates = await page.evaluate("""() => ['replay-customer', 'replay-agent'].map(
                 id => document.querySelector(`[data-testid="${id}"]`).playbackRate)""")
@@ -112,3 +153,208 @@ async def test_auditor_finds_replays_seeks_and_judges_a_call(counter):
     assert [(v.result, v.username) for v in verdicts] == [("pass", "auditor")]
     assert {("auditor", "replay"), ("auditor", "verify"), ("auditor", "verdict_pass")} <= actions
     assert row.id
+
+
+# -- face-check outcomes, flow steps, the receipt, the viewer's own days ------------------------
+
+
+def _signature_png() -> bytes:
+    import io
+
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (320, 120), "white")
+    ImageDraw.Draw(image).line([(20, 90), (90, 30), (160, 80), (290, 40)], fill="black", width=4)
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+async def _queued_and_left(counter, name: str, events, created_at) -> str:
+    """A customer who queued and left, with ``events`` logged by the broker, created at that time."""
+    from server.db import CallSession
+
+    customer = await counter.customer("account_opening", name, media=False)
+    for kind, data in events:
+        await counter.broker.log_event(customer.session_id, kind, **data)
+    await customer.hangup()
+
+    def set_created(s):
+        row = s.get(CallSession, customer.session_id)
+        row.created_at = created_at
+        s.add(row)
+
+    await counter.db.run(set_created)
+    return customer.session_id
+
+
+async def test_auditor_sees_face_outcomes_step_titles_and_the_receipt_in_local_days(
+    make_counter, video_clip, audio_clip
+):
+    require_chromium()
+    from datetime import UTC, datetime
+
+    from playwright.async_api import async_playwright
+
+    from recorder.receipt import seal_receipt
+    from server.appkeys import FLOWS, IDENTITY, KEYS
+
+    from .helpers import frame_jpeg, shared_data
+
+    counter = await make_counter(video_clip, audio_clip, identity=True, identity_workers=1)
+    flow = counter.app[FLOWS].flows["account_opening"]
+    terms = flow.step("account_terms")  # a disclosure step that is no risk disclosure
+    evidence = counter.app[IDENTITY].evidence
+    signing = counter.app[KEYS][1]
+    steps = [
+        (
+            "flow_started",
+            {
+                "business": "account_opening",
+                "version": flow.version,
+                "steps": [s.id for s in flow.steps],
+            },
+        ),
+        ("step_started", {"step": terms.id, "kind": "disclosure", "index": 2}),
+        ("disclosure_confirmed", {"step": terms.id, "by": "customer"}),
+        ("step_completed", {"step": terms.id, "kind": "disclosure", "index": 2, "by": "agent"}),
+    ]
+    # 07:30 on the 23rd in Beijing, still the 22nd in UTC
+    resolved = await _queued_and_left(
+        counter, "核验 Resolved", steps, datetime(2026, 11, 22, 23, 30, tzinfo=UTC)
+    )
+    jpeg = frame_jpeg(shared_data("videos/d13.mp4"), 100)
+    snaps = [
+        await asyncio.to_thread(evidence.put, resolved, "snapshot", jpeg, content_type="image/jpeg")
+        for _ in range(2)
+    ]
+    for kind, data in [
+        (
+            "identity_rejected",
+            {
+                "distance": 0.61,
+                "threshold": 0.4,
+                "distances": [0.61, 0.66],
+                "snapshots": [s.id for s in snaps],
+                "snapshot": snaps[0].id,
+                "snapshot_sha256": snaps[0].sha256,
+            },
+        ),
+        ("liveness_failed", {"reason": "timeout"}),
+        (
+            "identity_manual",
+            {"verified": True, "reason": "核对了身份证原件，与本人一致", "by": "alice"},
+        ),
+    ]:
+        await counter.broker.log_event(resolved, kind, **data)
+    receipt = seal_receipt(
+        signing,
+        session_id=resolved,
+        flow={"business": "account_opening", "version": flow.version},
+        step_id="sign_agreement",
+        document={"id": "account_agreement", "title": "Agreement", "sha256": "0" * 64},
+        signature_png=_signature_png(),
+        face_snapshot_jpeg=jpeg,
+        identity={"method": "manual", "verified": True, "by": "alice"},
+        signed_at=datetime.now(UTC),
+    )
+    await asyncio.to_thread(
+        evidence.put, resolved, "receipt", receipt, content_type="application/json"
+    )
+    inconclusive = await _queued_and_left(
+        counter,
+        "核验 Inconclusive",
+        [("identity_inconclusive", {"reason": "too_dark", "automatic": True})],
+        datetime(2026, 11, 23, 10, 0, tzinfo=UTC),
+    )
+    await _queued_and_left(
+        counter, "核验 Other day", [], datetime(2026, 11, 23, 16, 30, tzinfo=UTC)
+    )
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=require_chromium(), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            context = await browser.new_context(timezone_id="Asia/Shanghai", locale="zh-CN")
+            page = await context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            await page.goto(f"{counter.url}/audit")
+            await page.get_by_test_id("login-username").fill("auditor")
+            await page.get_by_test_id("login-password").fill(PASSWORD)
+            await page.get_by_test_id("login-submit").click()
+            assert await page.get_by_test_id("filter-verdict").input_value() == "none"
+            # the 23rd as Beijing has it: 00:00 to 24:00 UTC+8 (the last one is the 24th there)
+            await page.get_by_test_id("filter-from").fill("2026-11-23")
+            await page.get_by_test_id("filter-to").fill("2026-11-23")
+            await page.get_by_test_id("search-button").click()
+            rows = page.get_by_test_id("session-row")
+            await page.wait_for_function(
+                "() => document.querySelectorAll('[data-testid=session-row]').length === 2",
+                timeout=10_000,
+            )
+            ids = [await r.get_attribute("data-session-id") for r in await rows.all()]
+            assert ids == [inconclusive, resolved]
+
+            await page.locator(f'[data-session-id="{resolved}"]').click()
+            res = page.locator('[data-testid="anomaly-resolved"][data-anomaly="liveness_failed"]')
+            await res.wait_for(timeout=10_000)
+            text = await res.text_content()
+            assert "alice" in text and "核对了身份证原件，与本人一致" in text
+            mismatch = page.locator('[data-testid="detail-anomalies"] li').filter(
+                has=page.locator('[data-anomaly="identity_rejected"][data-resolved="true"]')
+            )
+            assert "0.61, 0.66" in await mismatch.get_by_test_id("anomaly-distances").text_content()
+            await page.wait_for_function(
+                """() => { const imgs = document.querySelectorAll('[data-testid="anomaly-snapshot"]');
+                    return imgs.length === 2 && [...imgs].every(i => i.complete && i.naturalWidth > 0); }""",
+                timeout=15_000,
+            )
+            # the receipt's signature is an image, decoded
+            await page.wait_for_function(
+                """() => { const i = document.querySelector('[data-testid="receipt-signature"]');
+                    return i && i.complete && i.naturalWidth > 0; }""",
+                timeout=15_000,
+            )
+            # the step is named by its own title, not by its kind ("风险揭示")
+            step = page.locator(f'[data-testid="audit-step"][data-step="{terms.id}"]')
+            title = await step.get_by_test_id("audit-step-title").text_content()
+            assert title == terms.title.zh and "风险揭示" not in title
+            log = await page.get_by_test_id("session-events").text_content()
+            assert f"坐席完成步骤“{terms.title.zh}”" in log
+            assert f"客户确认了“{terms.title.zh}”" in log
+            assert "index" not in log and "kind:" not in log
+
+            # the session before it in the list (newest first): an inconclusive attempt, no anomaly
+            assert await page.get_by_test_id("next-session").is_disabled()
+            await page.get_by_test_id("prev-session").click()
+            await page.wait_for_function(
+                "(id) => document.querySelector('[data-testid=detail-session-id]')"
+                ".textContent === id",
+                arg=inconclusive,
+                timeout=10_000,
+            )
+            attempt = page.locator('[data-testid="identity-attempt"][data-outcome="inconclusive"]')
+            await attempt.wait_for(timeout=10_000)
+            assert "画面过暗" in await attempt.text_content()
+            details = page.get_by_test_id("detail-anomalies")
+            assert await details.get_by_test_id("anomaly-badge").count() == 0
+            await page.get_by_test_id("no-anomalies").wait_for()
+
+            # the anomaly filter, in English
+            await page.get_by_test_id("back-to-results").click()
+            await page.get_by_test_id("lang-toggle").click()
+            await page.get_by_test_id("filter-anomaly").select_option("liveness_failed")
+            await page.get_by_test_id("search-button").click()
+            await page.wait_for_function(
+                "() => document.querySelectorAll('[data-testid=session-row]').length === 1",
+                timeout=10_000,
+            )
+            assert await rows.first.get_attribute("data-session-id") == resolved
+            assert (
+                "resolved" in await rows.first.get_by_test_id("anomaly-badge").first.text_content()
+            )
+            assert not errors, errors
+        finally:
+            await browser.close()

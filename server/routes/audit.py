@@ -33,13 +33,15 @@ from recorder.storage import Storage, read_all
 from recorder.verify import binding_problems
 
 from .. import access_log
-from ..appkeys import CLUSTER, CONFIG, DB, KEYS, RECORDINGS, REPLAYS
+from ..appkeys import CLUSTER, CONFIG, DB, FLOWS, KEYS, RECORDINGS, REPLAYS
 from ..cluster import recording_home
 from ..db import CallSession, Recording, SessionEvent, User, Verdict, utcnow
 from ..exceptions import BadRequest, NotFound, ServerError
 from ..request_helpers import json_body, log_access, require_role
 
 if TYPE_CHECKING:
+    from business.flow import Flow
+
     from ..recording import RecordingService
 
 logger = logging.getLogger(__name__)
@@ -65,6 +67,26 @@ ANOMALY_EVENTS = {
     "flow_incomplete": "flow_incomplete",
     "step_refused": "step_refused",
 }
+#: face-check anomalies an agent's manual verification (``identity_manual``, verified) settles
+RESOLVABLE = ("identity_rejected", "liveness_failed", "face_mismatch")
+#: how much each anomaly weighs in a session's severity (the rest weigh 2); resolved ones weigh 1
+SEVERITY_WEIGHT = {
+    "identity_rejected": 3,
+    "face_mismatch": 3,
+    "liveness_failed": 3,
+    "multiple_faces": 3,
+    "recording_mismatch": 3,
+    "recording_failed": 3,
+    "no_recording": 3,
+    "session_failed": 3,
+    "flow_stopped": 3,
+    "customer_disconnected": 1,
+    "agent_disconnected": 1,
+    "recording_recovered": 1,
+}
+#: the search's ``verdict`` filter: the latest verdict, or none yet
+VERDICT_FILTERS = ("none", "pass", "fail")
+SORTS = ("newest", "severity")
 RECORDING_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}-\d{1,3}$")
 STREAM_BLOCK = 256 * 1024
 #: a viewing: one user's requests for one recording's party, each less than this many seconds
@@ -107,6 +129,50 @@ def _parse_date(value: str | None, name: str) -> date | None:
         raise BadRequest(f"{name} must be a date like 2026-11-23") from None
 
 
+def _parse_instant(value: str | None, name: str) -> datetime | None:
+    """An ISO 8601 time with its UTC offset (``2026-11-22T16:00:00Z``, ``...+08:00``)."""
+    if not value:
+        return None
+    try:
+        instant = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        instant = None
+    if instant is None or instant.tzinfo is None:
+        raise BadRequest(f"{name} must be a time with its offset, like 2026-11-22T16:00:00Z")
+    return instant.astimezone(UTC)
+
+
+def _resolutions(events: list[SessionEvent]) -> dict[str, dict[str, Any]]:
+    """The face-check anomalies a later manual verification settled: ``{kind: {by, reason, at}}``.
+
+    An agent's ``identity_manual`` with ``verified`` true resolves each of :data:`RESOLVABLE`
+    raised before it; one raised again afterwards is open again, and a later manual verdict of
+    not verified reopens them all.
+    """
+    open_kinds: set[str] = set()
+    resolved: dict[str, dict[str, Any]] = {}
+    for e in events:
+        if e.kind in RESOLVABLE:
+            open_kinds.add(e.kind)
+            resolved.pop(e.kind, None)
+        elif e.kind == "identity_manual":
+            if e.payload.get("verified") is True:
+                by, reason = e.payload.get("by"), e.payload.get("reason")
+                for kind in open_kinds:
+                    resolved[kind] = {"by": by, "reason": reason, "at": _iso(e.at)}
+                open_kinds.clear()
+            else:
+                open_kinds.update(resolved)
+                resolved.clear()
+    return resolved
+
+
+def _severity(anomalies: list[str], resolved: dict[str, Any]) -> int:
+    """Higher is worse: 10 per weight (:data:`SEVERITY_WEIGHT`) of each open anomaly, 1 per
+    resolved one, so any open anomaly outweighs every resolved one of the session."""
+    return sum(1 if a in resolved else 10 * SEVERITY_WEIGHT.get(a, 2) for a in anomalies)
+
+
 def _session_summary(
     s: DbSession,
     row: CallSession,
@@ -125,6 +191,7 @@ def _session_summary(
     if row.started_at is not None and not recordings:
         anomalies.append("no_recording")
     latest = recordings[-1] if recordings else None
+    resolved = _resolutions(events)
     duration = None
     if row.started_at is not None and row.ended_at is not None:
         duration = int((row.ended_at - row.started_at).total_seconds())
@@ -145,6 +212,8 @@ def _session_summary(
         if latest
         else None,
         "anomalies": sorted(set(anomalies)),
+        "resolved": resolved,
+        "severity": _severity(sorted(set(anomalies)), resolved),
         "verdict": {"result": verdict.result, "by": verdict.username, "at": _iso(verdict.at)}
         if verdict
         else None,
@@ -155,6 +224,18 @@ def _search(s: DbSession, params: dict[str, str]) -> dict[str, Any]:
     query = select(CallSession)
     day_from = _parse_date(params.get("from"), "from")
     day_to = _parse_date(params.get("to"), "to")
+    since = _parse_instant(params.get("since"), "since")
+    before = _parse_instant(params.get("before"), "before")
+    if since:
+        query = query.where(CallSession.created_at >= since)
+    if before:
+        query = query.where(CallSession.created_at < before)
+    verdict_filter = params.get("verdict") or None
+    if verdict_filter is not None and verdict_filter not in VERDICT_FILTERS:
+        raise BadRequest(f"verdict must be one of {', '.join(VERDICT_FILTERS)}")
+    sort = params.get("sort") or "newest"
+    if sort not in SORTS:
+        raise BadRequest(f"sort must be one of {', '.join(SORTS)}")
     if day_from:
         query = query.where(
             CallSession.created_at >= datetime.combine(day_from, datetime.min.time(), UTC)
@@ -186,10 +267,12 @@ def _search(s: DbSession, params: dict[str, str]) -> dict[str, Any]:
     verdicts: dict[str, Verdict] = {}
     if ids:
         for e in s.exec(
-            select(SessionEvent).where(
+            select(SessionEvent)
+            .where(
                 col(SessionEvent.session_id).in_(ids),
-                col(SessionEvent.kind).in_(list(ANOMALY_EVENTS)),
+                col(SessionEvent.kind).in_([*ANOMALY_EVENTS, "identity_manual"]),
             )
+            .order_by(col(SessionEvent.id))
         ):
             events[e.session_id].append(e)
         for r in s.exec(
@@ -205,6 +288,14 @@ def _search(s: DbSession, params: dict[str, str]) -> dict[str, Any]:
     ]
     if params.get("anomalies") in ("1", "true", "yes"):
         summaries = [x for x in summaries if x["anomalies"]]
+    if params.get("anomaly"):
+        summaries = [x for x in summaries if params["anomaly"] in x["anomalies"]]
+    if verdict_filter == "none":
+        summaries = [x for x in summaries if x["verdict"] is None]
+    elif verdict_filter is not None:
+        summaries = [x for x in summaries if (x["verdict"] or {}).get("result") == verdict_filter]
+    if sort == "severity":  # stable: the newest first among equals
+        summaries.sort(key=lambda x: x["severity"], reverse=True)
     return {"total": len(summaries), "sessions": summaries[offset : offset + limit]}
 
 
@@ -256,15 +347,23 @@ async def _in_thread(fn: Callable[..., _T], *args: Any) -> _T:
         ) from None
 
 
-def flow_checklist(events: list[SessionEvent]) -> dict[str, Any] | None:
-    """The business flow's checklist with step times, rebuilt from the timeline (None: no flow)."""
+def flow_checklist(events: list[SessionEvent], flow: Flow | None = None) -> dict[str, Any] | None:
+    """The business flow's checklist with step times, rebuilt from the timeline (None: no flow).
+
+    Each step's ``title`` (``{"en", "zh"}``) is its own, from ``flow``, the server's flow file of
+    that business (None for a step that file no longer has).
+    """
     started = next((e for e in events if e.kind == "flow_started"), None)
     if started is None:
         return None
     data = started.payload
+    titles: dict[str, dict[str, str]] = {}
+    if flow is not None and flow.business == data.get("business"):
+        titles = {step.id: step.title.view() for step in flow.steps}
     steps = {
         sid: {
             "id": sid,
+            "title": titles.get(sid),
             "kind": None,
             "status": "pending",
             "started_at": None,
@@ -308,11 +407,13 @@ def flow_checklist(events: list[SessionEvent]) -> dict[str, Any] | None:
 async def session_detail(request: web.Request) -> web.Response:
     user = await require_auditor(request)
     session_id = request.match_info["session_id"]
+    flows = request.app.get(FLOWS)
 
     def work(s: DbSession) -> dict[str, Any] | None:
         row = s.get(CallSession, session_id)
         if row is None:
             return None
+        flow = flows.flows.get(row.business) if flows is not None else None
         events = s.exec(
             select(SessionEvent)
             .where(SessionEvent.session_id == session_id)
@@ -332,7 +433,7 @@ async def session_detail(request: web.Request) -> web.Response:
                 {"kind": e.kind, "offset_ms": e.offset_ms, "at": _iso(e.at), "data": e.payload}
                 for e in events
             ],
-            "flow": flow_checklist(list(events)),
+            "flow": flow_checklist(list(events), flow),
             "verdicts": [
                 {"result": v.result, "notes": v.notes, "by": v.username, "at": _iso(v.at)}
                 for v in verdicts
@@ -520,9 +621,23 @@ async def stream_recording(request: web.Request) -> web.StreamResponse:
                 )
                 raise
 
-            await response.write(block)
+            try:
+                await response.write(block)
+            except ConnectionResetError:  # the viewer closed or seeked: the replay just ends
+                logger.debug(
+                    "recording %s/%s: viewer left at byte %d of %d-%d",
+                    recording_id,
+                    party,
+                    position,
+                    start,
+                    end,
+                )
+                return response
             position += length
-        await response.write_eof()
+        try:
+            await response.write_eof()
+        except ConnectionResetError:
+            logger.debug("recording %s/%s: viewer left at the end", recording_id, party)
         return response
     finally:
         encrypted.close()

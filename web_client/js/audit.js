@@ -39,6 +39,14 @@ const el = {
   filterOutcome: byTestId('filter-outcome'),
   filterAnomalies: byTestId('filter-anomalies'),
   filterQ: byTestId('filter-q'),
+  filterVerdict: byTestId('filter-verdict'),
+  filterAnomaly: byTestId('filter-anomaly'),
+  sort: byTestId('sort'),
+  prevSession: byTestId('prev-session'),
+  nextSession: byTestId('next-session'),
+  nextAnomaly: byTestId('next-anomaly'),
+  identityCard: byId('identity-card'),
+  identityAttempts: byTestId('identity-attempts'),
   resultsTotal: byTestId('results-total'),
   resultsTable: byTestId('results-table'),
   resultsBody: byId('results-body'),
@@ -198,7 +206,7 @@ const WARNING = new Set([
 const ANOMALY = new Set([
   'agent_lost', 'media_failed', 'media_stalled', 'failed', 'abandoned', 'session_failed', 'recording_failed',
   'no_recording', 'face_missing', 'multiple_faces', 'face_mismatch', 'flow_stopped', 'flow_incomplete',
-  'consent_declined',
+  'consent_declined', 'identity_rejected', 'recording_mismatch',
 ]);
 /** identity checks and business steps share one colour */
 const STEP = /^(identity|id_|face_|liveness|ocr|document|consent|disclosure|sign|step|business|product|risk|flow|questionnaire|suitability|reference)/;
@@ -261,13 +269,62 @@ function agentText(agent) {
   return agent.display_name || agent.username || '';
 }
 
-/** "key: value" pairs of an event's scalar data, for the event lists. */
-function dataSummary(data) {
-  if (!data || typeof data !== 'object') return '';
-  return Object.entries(data)
-    .filter(([, value]) => value !== null && value !== undefined && typeof value !== 'object')
-    .map(([key, value]) => `${key}: ${key === 'reason' ? reasonLabel(value) : String(value)}`)
-    .join(' · ');
+/** A flow step's own title in the current language (from the flow file), else its id. */
+function stepTitle(stepId) {
+  const flow = app.detail ? app.detail.flow : null;
+  const step = flow && Array.isArray(flow.steps) ? flow.steps.find((s) => s.id === stepId) : null;
+  if (step && step.title && typeof step.title === 'object') {
+    const text = document.documentElement.lang.startsWith('zh') ? step.title.zh : step.title.en;
+    if (text) return text;
+  }
+  return String(stepId ?? '');
+}
+
+/** Who did something: the customer, the agent, or a user's name. */
+function actorLabel(by) {
+  if (by === 'customer' || by === 'agent') return t(`audit.actor.${by}`);
+  return String(by ?? '');
+}
+
+/** Why a face check could not decide or failed ("too_dark" -> "the picture is too dark"). */
+function identityReason(reason) {
+  if (has(`audit.identityReason.${reason}`)) return t(`audit.identityReason.${reason}`);
+  return reasonLabel(reason);
+}
+
+const formatDistance = (value) => (Number.isFinite(Number(value)) ? Number(value).toFixed(2) : '');
+
+/**
+ * One event as a sentence ("Step “Account type and limits” completed by the agent"): the
+ * template audit.say.<kind> (or .<kind>.true/.false for a yes/no outcome) filled from its data,
+ * else the kind's name with its reason.
+ */
+function eventSentence(event) {
+  const data = event.data && typeof event.data === 'object' ? event.data : {};
+  const outcome = typeof data.verified === 'boolean' ? data.verified : data.suitable;
+  const base = `audit.say.${event.kind}`;
+  const keys = [
+    typeof outcome === 'boolean' ? `${base}.${outcome}` : null,
+    data.step != null && data.reason ? `${base}.stepReason` : null,
+    data.reason ? `${base}.reason` : null,
+    data.step != null ? `${base}.step` : null,
+    base,
+  ];
+  const key = keys.find((k) => k && has(k));
+  const params = {
+    step: data.step != null ? stepTitle(data.step) : '',
+    by: actorLabel(data.by),
+    reason: event.kind.startsWith('identity_') || event.kind.startsWith('liveness_')
+      ? identityReason(data.reason) : reasonLabel(data.reason),
+    distance: formatDistance(data.distance),
+    threshold: formatDistance(data.threshold),
+    level: data.level ?? data.customer_level ?? '',
+    score: data.score ?? '',
+    document: data.document ?? '',
+  };
+  if (key) return t(key, params);
+  const name = kindLabel(event.kind);
+  return data.reason ? t('audit.say.withReason', { event: name, reason: params.reason }) : name;
 }
 
 function node(tag, { className, text, testid, dataset, title } = {}) {
@@ -284,11 +341,19 @@ function badge(text, tone, extra = {}) {
   return node('span', { className: `badge badge-${tone}`, text, ...extra });
 }
 
-function anomalyBadges(list) {
+/** One badge per anomaly; one a manual verification resolved is marked so (and says by whom). */
+function anomalyBadges(list, resolved = {}) {
+  const settled = resolved && typeof resolved === 'object' ? resolved : {};
   return (Array.isArray(list) ? list : []).map((name) => {
     const li = node('li');
-    li.append(badge(anomalyLabel(name), category(name) === 'warning' ? 'warn' : 'danger',
-      { testid: 'anomaly-badge', dataset: { anomaly: name } }));
+    const how = settled[name];
+    const tone = how ? 'ok' : category(name) === 'warning' ? 'warn' : 'danger';
+    const text = how ? t('audit.anomalyResolvedShort', { anomaly: anomalyLabel(name) }) : anomalyLabel(name);
+    li.append(badge(text, tone, {
+      testid: 'anomaly-badge',
+      dataset: { anomaly: name, resolved: how ? 'true' : 'false' },
+      title: how ? t('audit.anomalyResolved', { by: how.by || '', reason: how.reason || '', at: formatDateTime(how.at) }) : undefined,
+    }));
     return li;
   });
 }
@@ -375,6 +440,7 @@ function enterWorkbench(user) {
   renderUser();
   el.logout.hidden = false;
   el.user.hidden = false;
+  app.filters = readFilters(); // the work queue: sessions not yet reviewed
   search(0);
   route();
 }
@@ -420,12 +486,52 @@ function readFilters() {
   if (el.filterOutcome.value) filters.outcome = el.filterOutcome.value;
   if (el.filterAnomalies.checked) filters.anomalies = '1';
   if (text(el.filterQ)) filters.q = text(el.filterQ);
+  if (el.filterVerdict.value) filters.verdict = el.filterVerdict.value;
+  if (el.filterAnomaly.value) filters.anomaly = el.filterAnomaly.value;
+  if (el.sort.value && el.sort.value !== 'newest') filters.sort = el.sort.value;
   return filters;
+}
+
+/**
+ * The search's query: the date fields are the viewer's own days, sent as the instants their
+ * local midnights are (`since` inclusive, `before` exclusive: the day after `to`).
+ */
+function searchParams(filters) {
+  const { from, to, ...rest } = filters;
+  const params = { ...rest };
+  const midnight = (value, plusDays) => {
+    const [y, m, d] = value.split('-').map(Number);
+    const date = new Date(y, m - 1, d + plusDays);
+    return Number.isNaN(date.getTime()) ? null : date.toISOString();
+  };
+  if (from && midnight(from, 0)) params.since = midnight(from, 0);
+  if (to && midnight(to, 1)) params.before = midnight(to, 1);
+  return params;
+}
+
+/** Every anomaly kind the server names, for the anomaly filter. */
+const ANOMALY_KINDS = [
+  'identity_rejected', 'liveness_failed', 'face_mismatch', 'face_missing', 'multiple_faces',
+  'customer_disconnected', 'agent_disconnected', 'agent_lost', 'node_lost', 'media_failed',
+  'recording_alert', 'recording_failed', 'recording_recovered', 'recording_mismatch', 'no_recording',
+  'session_failed', 'flow_stopped', 'flow_incomplete', 'step_refused',
+];
+
+function renderAnomalyFilter() {
+  const chosen = el.filterAnomaly.value;
+  const all = el.filterAnomaly.querySelector('option[value=""]');
+  el.filterAnomaly.replaceChildren(all, ...ANOMALY_KINDS.map((kind) => {
+    const option = document.createElement('option');
+    option.value = kind;
+    option.textContent = anomalyLabel(kind);
+    return option;
+  }));
+  el.filterAnomaly.value = chosen;
 }
 
 async function search(offset) {
   const seq = ++app.searchSeq;
-  const params = new URLSearchParams({ ...app.filters, limit: String(PAGE_SIZE), offset: String(offset) });
+  const params = new URLSearchParams({ ...searchParams(app.filters), limit: String(PAGE_SIZE), offset: String(offset) });
   el.resultsTable.setAttribute('aria-busy', 'true');
   el.searchButton.disabled = true;
   try {
@@ -458,6 +564,7 @@ function renderResults() {
     return;
   }
   el.resultsBody.replaceChildren(...sessions.map(resultRow));
+  renderSessionNav();
   el.resultsEmpty.hidden = sessions.length > 0;
   setText(el.resultsEmpty, t('audit.noResults'));
   setText(el.resultsTotal, t('audit.total', { n: app.total }));
@@ -493,7 +600,7 @@ function resultRow(session) {
   const rec = session.recording;
   cell(badge(recordingStateLabel(rec && rec.state), rec ? recordingTone(rec.state) : 'muted'));
   const anomalies = node('ul', { className: 'badges' });
-  anomalies.append(...anomalyBadges(session.anomalies));
+  anomalies.append(...anomalyBadges(session.anomalies, session.resolved));
   cell(anomalies);
   cell(verdictBadge(session.verdict));
   tr.append(...cells);
@@ -567,11 +674,10 @@ function renderDetail() {
   setText(el.detailDuration, formatDuration(s.duration_s));
   setText(el.detailOutcome, s.state ? outcomeLabel(s.state) : '');
   setText(el.detailEndReason, s.end_reason ? reasonLabel(s.end_reason) : '');
-  el.detailAnomalies.replaceChildren(...anomalyBadges(s.anomalies));
-  if (detail && !(s.anomalies && s.anomalies.length)) {
-    el.detailAnomalies.append(node('li', { className: 'muted', text: t('audit.noAnomalies') }));
-  }
+  renderAnomalies();
   renderFlow();
+  renderIdentity();
+  renderSessionNav();
   renderLegs();
   renderRecordingDetails();
   renderTimeline();
@@ -731,11 +837,12 @@ function renderFlow() {
       testid: 'audit-step',
       dataset: { step: step.id, status: step.status, kind: step.kind || '' },
     });
-    const kind = step.kind && has(`flow.kind.${step.kind}`) ? t(`flow.kind.${step.kind}`) : '';
     const mark = step.status === 'done' ? '✓' : step.status === 'failed' ? '✕' : String(i + 1);
+    // the step's own title (an account-type notice and a risk disclosure are both of kind
+    // "disclosure": the kind's name says nothing of which one it was)
     li.append(
       node('span', { className: 'flow-step-mark', text: mark }),
-      node('span', { className: 'flow-step-name', text: kind ? `${step.id} · ${kind}` : step.id }),
+      node('span', { className: 'flow-step-name', testid: 'audit-step-title', text: stepTitle(step.id) }),
       badge(label('flow.stepStatus', step.status), FLOW_STEP_TONE[step.status] || 'info'),
     );
     const times = [];
@@ -794,7 +901,7 @@ function renderTimeline() {
   const events = timelineEvents();
   el.markers.replaceChildren(...events.map((event) => {
     const kind = category(event.kind);
-    const title = `${kindLabel(event.kind)} · ${formatOffset(event.offset_ms)}`;
+    const title = `${eventSentence(event)} · ${formatOffset(event.offset_ms)}`;
     const marker = node('button', {
       className: 'tl-marker',
       testid: 'timeline-marker',
@@ -817,8 +924,7 @@ function renderTimeline() {
     button.append(
       node('span', { className: 'event-time mono', text: formatOffset(event.offset_ms) }),
       node('span', { className: 'event-dot', dataset: { category: category(event.kind) } }),
-      node('span', { className: 'event-kind', text: kindLabel(event.kind) }),
-      node('span', { className: 'event-data muted', text: dataSummary(event.data) }),
+      node('span', { className: 'event-kind', testid: 'event-sentence', text: eventSentence(event) }),
     );
     li.append(button);
     return li;
@@ -827,6 +933,7 @@ function renderTimeline() {
     el.eventList.append(node('li', { className: 'muted small', text: t('audit.noEvents') }));
   }
   lastCurrentEvent = -2;
+  renderNextAnomaly();
   renderPosition();
 }
 
@@ -930,12 +1037,207 @@ function renderSessionEvents() {
     li.append(
       node('span', { className: 'event-time mono', text: formatOffset(event.offset_ms), title: formatDateTime(event.at) }),
       node('span', { className: 'event-dot', dataset: { category: category(event.kind) } }),
-      node('span', { className: 'event-kind', text: kindLabel(event.kind) }),
-      node('span', { className: 'event-data muted', text: dataSummary(event.data) }),
+      node('span', { className: 'event-kind', testid: 'event-sentence', text: eventSentence(event) }),
     );
     return li;
   }));
   if (app.detail && !events.length) el.sessionEvents.append(node('li', { className: 'muted small', text: t('audit.noEvents') }));
+}
+
+// --- anomalies and identity outcomes -----------------------------------------------------
+
+/** The session's latest event of `kind` (from the whole session's log). */
+function lastEvent(kind) {
+  const events = app.detail ? app.detail.events : [];
+  for (let i = events.length - 1; i >= 0; i -= 1) if (events[i].kind === kind) return events[i];
+  return null;
+}
+
+/** The snapshot ids and distances a face comparison kept (`snapshots`/`distances`, or the one). */
+function comparedFrames(data) {
+  const d = data && typeof data === 'object' ? data : {};
+  const snapshots = Array.isArray(d.snapshots) ? d.snapshots : d.snapshot ? [d.snapshot] : [];
+  const distances = Array.isArray(d.distances) ? d.distances : d.distance != null ? [d.distance] : [];
+  return { snapshots: snapshots.filter((id) => typeof id === 'string'), distances, threshold: d.threshold };
+}
+
+/** Thumbnails of evidence snapshots by id (once their images have loaded). */
+function snapshotThumbs(ids, testid) {
+  const list = node('span', { className: 'snapshot-thumbs' });
+  for (const id of ids) {
+    const url = evidence.images.get(id);
+    if (!url || url === 'failed') continue;
+    const img = node('img', { className: 'snapshot-thumb', testid, dataset: { item: id } });
+    img.src = url;
+    img.alt = t('audit.evidence.snapshot');
+    list.append(img);
+  }
+  return list;
+}
+
+/** The anomalies, each resolved one with who settled it and why, a mismatch with its evidence. */
+function renderAnomalies() {
+  const detail = app.detail;
+  const s = detail ? detail.session : {};
+  const resolved = s.resolved && typeof s.resolved === 'object' ? s.resolved : {};
+  const items = anomalyBadges(s.anomalies, resolved);
+  items.forEach((li, i) => {
+    const name = s.anomalies[i];
+    const how = resolved[name];
+    if (how) {
+      li.append(node('span', {
+        className: 'anomaly-resolved small',
+        testid: 'anomaly-resolved',
+        dataset: { anomaly: name },
+        text: t('audit.anomalyResolved', { by: how.by || '', reason: how.reason || '', at: formatDateTime(how.at) }),
+      }));
+    }
+    const source = name === 'identity_rejected' || name === 'face_mismatch' ? lastEvent(name) : null;
+    if (source) {
+      const frames = comparedFrames(source.data);
+      if (frames.distances.length) {
+        li.append(node('span', {
+          className: 'anomaly-distances small mono',
+          testid: 'anomaly-distances',
+          text: t('audit.distances', {
+            distances: frames.distances.map(formatDistance).join(', '),
+            threshold: formatDistance(frames.threshold),
+          }),
+        }));
+      }
+      li.append(snapshotThumbs(frames.snapshots, 'anomaly-snapshot'));
+    }
+  });
+  el.detailAnomalies.replaceChildren(...items);
+  if (detail && !(s.anomalies && s.anomalies.length)) {
+    el.detailAnomalies.append(node('li', { className: 'muted', testid: 'no-anomalies', text: t('audit.noAnomalies') }));
+  }
+}
+
+const IDENTITY_OUTCOMES = {
+  identity_verified: 'verified',
+  identity_rejected: 'rejected',
+  identity_inconclusive: 'inconclusive',
+  identity_unusable: 'inconclusive',
+  identity_manual: 'manual',
+  liveness_passed: 'verified',
+  liveness_failed: 'rejected',
+};
+const OUTCOME_TONE = { verified: 'ok', rejected: 'danger', inconclusive: 'warn', manual: 'info' };
+
+/** Every face check of the session in order: what it concluded, and why. */
+function renderIdentity() {
+  const events = (app.detail ? app.detail.events : []).filter((e) => e && IDENTITY_OUTCOMES[e.kind]);
+  el.identityCard.hidden = events.length === 0;
+  el.identityAttempts.replaceChildren(...events.map((event) => {
+    let outcome = IDENTITY_OUTCOMES[event.kind];
+    const data = event.data && typeof event.data === 'object' ? event.data : {};
+    if (outcome === 'manual') outcome = data.verified === true ? 'verified' : 'rejected';
+    const li = node('li', {
+      className: 'identity-attempt',
+      testid: 'identity-attempt',
+      dataset: { kind: event.kind, outcome },
+    });
+    const head = node('div', { className: 'identity-attempt-head' });
+    head.append(
+      badge(t(`audit.identityOutcome.${outcome}`), OUTCOME_TONE[outcome] || 'info'),
+      node('span', { className: 'small muted', text: formatDateTime(event.at) }),
+    );
+    li.append(head, node('p', { className: 'identity-attempt-text', text: eventSentence(event) }));
+    if (event.kind === 'identity_rejected') {
+      const frames = comparedFrames(data);
+      if (frames.distances.length) {
+        li.append(node('span', {
+          className: 'small mono',
+          text: t('audit.distances', {
+            distances: frames.distances.map(formatDistance).join(', '),
+            threshold: formatDistance(frames.threshold),
+          }),
+        }));
+      }
+      li.append(snapshotThumbs(frames.snapshots, 'attempt-snapshot'));
+    }
+    return li;
+  }));
+}
+
+// --- work queue: the next session, the next anomaly, keys -------------------------------
+
+/** The open session's neighbours in the result list (null at either end, or off the list). */
+function neighbours() {
+  const list = app.sessions || [];
+  const i = list.findIndex((x) => x.id === app.sessionId);
+  if (i < 0) return { prev: null, next: null };
+  return { prev: list[i - 1] || null, next: list[i + 1] || null };
+}
+
+function renderSessionNav() {
+  const { prev, next } = neighbours();
+  el.prevSession.disabled = !prev;
+  el.nextSession.disabled = !next;
+}
+
+/** Open the previous or next session of the list in place: "back" still leads to the list. */
+function openNeighbour(which) {
+  const target = neighbours()[which];
+  if (!target) return;
+  history.replaceState(history.state, '', HASH_PREFIX + encodeURIComponent(target.id));
+  route();
+}
+
+/** The event kinds that make a session's anomalies (server/routes/audit.py ANOMALY_EVENTS). */
+const ANOMALY_EVENT_KINDS = new Set([
+  'customer_disconnected', 'agent_lost', 'agent_disconnected', 'session_adopted', 'media_failed',
+  'media_stalled', 'recording_alert', 'face_missing', 'multiple_faces', 'face_mismatch',
+  'identity_rejected', 'liveness_failed', 'flow_stopped', 'flow_incomplete', 'step_refused',
+]);
+
+/** Timeline events in order, in seconds; `anomaly`: one of the session's anomalies. */
+function eventTimes() {
+  return Array.from(el.markers.children).map((m) => ({
+    at: (Number(m.dataset.offsetMs) || 0) / 1000,
+    anomaly: m.dataset.category === 'anomaly' || ANOMALY_EVENT_KINDS.has(m.dataset.kind),
+  }));
+}
+
+/** Seek to the first anomaly after the playhead (the first of all when none is after it). */
+function nextAnomaly() {
+  const anomalies = eventTimes().filter((e) => e.anomaly);
+  if (!anomalies.length) return;
+  const now = replay.position;
+  const target = anomalies.find((e) => e.at > now + 0.05) || anomalies[0];
+  replay.seekTo(target.at);
+}
+
+/** Seek to the previous (-1) or next (+1) event from the playhead. */
+function stepEvent(direction) {
+  const times = eventTimes().map((e) => e.at);
+  if (!times.length) return;
+  const now = replay.position;
+  const target = direction > 0
+    ? times.find((at) => at > now + 0.05)
+    : [...times].reverse().find((at) => at < now - 0.05);
+  if (target !== undefined) replay.seekTo(target);
+}
+
+function renderNextAnomaly() {
+  el.nextAnomaly.disabled = !eventTimes().some((e) => e.anomaly);
+}
+
+/** On a session: space plays or pauses, ←/→ go 5 s back or on, J/K the previous/next event. */
+function onKeydown(event) {
+  if (app.view !== 'detail' || !replay.loaded || event.altKey || event.ctrlKey || event.metaKey) return;
+  const target = event.target;
+  if (target instanceof HTMLElement
+    && (target.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(target.tagName))) return;
+  const key = event.key.length === 1 ? event.key.toLowerCase() : event.key;
+  if (key === ' ') replay.toggle();
+  else if (key === 'ArrowLeft') replay.seekTo(replay.position - 5);
+  else if (key === 'ArrowRight') replay.seekTo(replay.position + 5);
+  else if (key === 'j') stepEvent(-1);
+  else if (key === 'k') stepEvent(1);
+  else return;
+  event.preventDefault();
 }
 
 // --- identity evidence ------------------------------------------------------------------
@@ -1000,13 +1302,36 @@ async function loadEvidence(id) {
   await Promise.all(items.filter((i) => i.url).map((item) => loadEvidenceImage(item, seq)));
 }
 
+const RECEIPT_IMAGE_TYPES = new Set(['image/png', 'image/jpeg']);
+
+/** The handwritten signature a receipt (the sealed JSON file) holds, as an image; null if none. */
+function receiptSignature(text) {
+  let receipt;
+  try {
+    receipt = JSON.parse(text);
+  } catch {
+    return null;
+  }
+  const image = receipt && receipt.payload && receipt.payload.signature_image;
+  if (!image || typeof image.data !== 'string' || !RECEIPT_IMAGE_TYPES.has(image.media_type)) return null;
+  try {
+    const bytes = Uint8Array.from(atob(image.data), (c) => c.charCodeAt(0));
+    return new Blob([bytes], { type: image.media_type });
+  } catch {
+    return null;
+  }
+}
+
 async function loadEvidenceImage(item, seq) {
   let url = 'failed';
   try {
     const response = await fetch(item.url, {
       headers: login.authHeaders(), credentials: 'same-origin', cache: 'no-store',
     });
-    if (response.ok) url = URL.createObjectURL(await response.blob());
+    if (response.ok) {
+      const blob = item.kind === 'receipt' ? receiptSignature(await response.text()) : await response.blob();
+      if (blob) url = URL.createObjectURL(blob);
+    }
   } catch (err) {
     console.warn('evidence image failed', item.id, err);
   }
@@ -1029,6 +1354,10 @@ function renderEvidence() {
   evidence.empty.hidden = items.length > 0;
   setText(evidence.empty, t('audit.evidenceEmpty'));
   evidence.list.replaceChildren(...items.map(evidenceRow));
+  if (app.detail) {
+    renderAnomalies();
+    renderIdentity();
+  }
 }
 
 function evidenceRow(item) {
@@ -1041,9 +1370,9 @@ function evidenceRow(item) {
     thumb.href = image;
     thumb.target = '_blank';
     thumb.rel = 'noopener';
-    const img = node('img');
+    const img = node('img', { testid: item.kind === 'receipt' ? 'receipt-signature' : 'evidence-image' });
     img.src = image;
-    img.alt = kind;
+    img.alt = item.kind === 'receipt' ? t('audit.receiptSignature') : kind;
     thumb.append(img);
   } else {
     // data without a picture (a face template), an image still loading, or one that failed
@@ -1470,6 +1799,7 @@ async function loadBusinesses() {
 function renderAll() {
   login.renderError();
   renderBusinessFilter();
+  renderAnomalyFilter();
   renderUser();
   renderResults();
   if (app.view === 'detail') renderDetail();
@@ -1485,6 +1815,7 @@ function renderAll() {
 function init() {
   bindLangToggle(el.langToggle);
   applyI18n();
+  renderAnomalyFilter();
   onLangChange(renderAll);
   el.logout.addEventListener('click', logout);
   el.searchForm.addEventListener('submit', (event) => {
@@ -1510,6 +1841,10 @@ function init() {
   el.seek.addEventListener('change', onSeekChange);
   el.speed.addEventListener('change', () => replay.setRate(Number(el.speed.value) || 1));
   el.timeline.addEventListener('click', onTimelineClick);
+  el.nextAnomaly.addEventListener('click', nextAnomaly);
+  el.prevSession.addEventListener('click', () => openNeighbour('prev'));
+  el.nextSession.addEventListener('click', () => openNeighbour('next'));
+  document.addEventListener('keydown', onKeydown);
   el.eventList.addEventListener('click', onEventListClick);
   el.verdictForm.addEventListener('submit', onVerdictSubmit);
   el.verdictForm.addEventListener('change', () => {
