@@ -300,3 +300,27 @@ def test_blink_judge_tells_eyelids_from_a_tipped_picture(closed_nose: float, pas
         assert result.steps[0].frames == [20, 21, 23]
     else:
         assert result.steps[0].tilt_rejections == 1
+
+
+def test_a_face_swapped_in_mid_check_fails_but_one_stray_frame_does_not():
+    # d18's man for a second (no blink there), then d0's man, who blinks 2.6 s into his clip
+    first = [(f.rgb, f.t) for f in clip("d18", stop_after_s=1.0)]
+    start = first[-1][1] + 1 / 30
+    second = [(cv2.resize(f.rgb, (480, 480)), start + f.t) for f in clip("d0")]
+    swapped = judge_frames(Challenge.fixed("blink", step_time_limit_s=8.0), first + second)
+    assert not swapped.passed and swapped.reason == "face_changed"
+
+    # d13 with three frames of d18's man just where the second embedding falls (t = 1 s): one
+    # stray embedding, then d13 again; his blink near frames 42-46 passes
+    d13 = [(f.rgb, f.t) for f in clip("d13", stop_after_s=2.5)]
+    h, w = d13[0][0].shape[:2]
+    stray = []
+    for f in clip("d18", indices={60, 61, 62}):
+        side = f.rgb.shape[0]
+        crop_w = round(side * w / h)
+        x0 = (f.rgb.shape[1] - crop_w) // 2
+        stray.append(cv2.resize(np.ascontiguousarray(f.rgb[:, x0 : x0 + crop_w]), (w, h)))
+    for k, rgb in enumerate(stray):
+        d13[30 + k] = (rgb, d13[30 + k][1])
+    result = judge_frames(Challenge.fixed("blink", step_time_limit_s=8.0), d13)
+    assert result.passed, result.reason
