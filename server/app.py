@@ -218,6 +218,9 @@ async def media_ctx(app: web.Application) -> AsyncIterator[None]:
             config=BrokerConfig(
                 rejoin_window_s=config.rejoin_window_s,
                 offer_timeout_s=config.offer_timeout_s,
+                offer_cooldown_s=config.offer_cooldown_s,
+                long_wait_s=config.long_wait_s,
+                wrap_up_s=config.wrap_up_seconds,
                 media_timeout_s=config.media_timeout_s,
                 node_id=config.node_id,
                 ice_servers=config.ice_servers,

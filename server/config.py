@@ -81,6 +81,15 @@ class Config:
     media_timeout_s: float = 8.0
     #: seconds an agent has to accept an offered customer
     offer_timeout_s: float = 20.0
+    #: seconds after an agent declined a customer before it is offered that customer again, when
+    #: nobody else took them meanwhile (other ready agents are offered the customer first)
+    offer_cooldown_s: float = 20.0
+    #: seconds of waiting after which a customer is flagged to the agents, and may leave a
+    #: call-back request instead of waiting
+    long_wait_s: float = 180.0
+    #: seconds of wrap-up after a call (disposition and notes; the agent is away meanwhile)
+    #: before the workbench sets the agent ready again on its own
+    wrap_up_seconds: float = 30.0
     #: customers one network address (an IPv6 /64) may have waiting or in a call at once, counted
     #: on every node, the recently dropped ones (rejoin window) included; 0: no cap
     customers_per_address: int = 5

@@ -221,6 +221,20 @@ class Appointment(SQLModel, table=True):
     cancelled_at: datetime | None = None
 
 
+class CallbackRequest(SQLModel, table=True):
+    """A waiting customer who asked to be called back instead (``server/routes/callbacks.py``):
+    the bank's staff list these and phone the customer."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    #: the session the customer left the queue from (one request per session)
+    session_id: str = Field(index=True, unique=True, max_length=64)
+    business: str = Field(max_length=32)
+    display_name: str = Field(max_length=128)
+    #: digits, an optional leading ``+``: 7 to 15 digits
+    phone: str = Field(max_length=16)
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+
+
 class FlowRunRecord(SQLModel, table=True):
     """A session's business flow in progress (``server/flow_service.py``): where it is and what each
     step recorded, so that the node that takes the session over resumes it at the same step."""

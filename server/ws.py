@@ -26,6 +26,8 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 from pydantic import BaseModel
+from sqlmodel import Session as DbSession
+from sqlmodel import select
 
 from signaling import messages as m
 from signaling.broker import CLOSE_POLICY, AgentConn, AgentUser, Broker, Channel, Session
@@ -33,6 +35,7 @@ from signaling.exceptions import InvalidMessage, NotAuthenticated, SignalingErro
 
 from . import auth
 from .appkeys import APPOINTMENTS, BROKER, CHANNELS, CLUSTER, CONFIG, DB, FLOWS, IDENTITY, NODES
+from .db import CallSession, SessionEvent
 from .flow_service import FlowService
 from .limits import LIMITS
 
@@ -244,6 +247,50 @@ async def _identity_request(
         await identity.snapshot(session, user.username)
     elif isinstance(msg, m.CaptureReference):
         await identity.capture_reference(session, user.username)
+
+
+#: session states after which an agent may send the call's wrap-up
+WRAPPED_STATES = ("ended", "failed")
+
+
+async def _wrap_up(app: web.Application, channel: Channel, user: AgentUser, msg: m.WrapUp) -> None:
+    """Put the agent's wrap-up of a call of theirs that is over on the session's timeline, once.
+
+    The database says whose call it was and whether it is wrapped up already, so the agent's node
+    answers wherever the call ran."""
+
+    def check(s: DbSession) -> str | None:
+        row = s.get(CallSession, msg.session_id)
+        if row is None or row.agent_id != user.id:
+            return "that session is not a call of yours"
+        if row.state not in WRAPPED_STATES:
+            return "that call is not over yet: wrap up after it ended"
+        done = s.exec(
+            select(SessionEvent.id).where(
+                SessionEvent.session_id == msg.session_id, SessionEvent.kind == "wrap_up"
+            )
+        ).first()
+        return "that call is wrapped up already" if done is not None else None
+
+    refused = await app[DB].run(check)
+    if refused is not None:
+        logger.info("session %s: wrap-up by %s refused: %s", msg.session_id, user.username, refused)
+        raise SignalingError(refused, code="wrap_up_refused")
+    data: dict[str, object] = {
+        "disposition": msg.disposition,
+        "notes": msg.notes,
+        "by": user.username,
+    }
+    try:
+        # not the broker's best-effort log_event: the agent is told only what was stored
+        await app[BROKER].log.event(msg.session_id, "wrap_up", data)
+    except Exception:
+        logger.exception("session %s: could not store the wrap-up", msg.session_id)
+        raise SignalingError(
+            "the wrap-up could not be saved: try again", code="wrap_up_failed"
+        ) from None
+    logger.info("session %s: wrapped up by %s (%s)", msg.session_id, user.username, msg.disposition)
+    channel.send(m.WrapUpSaved(session_id=msg.session_id, disposition=msg.disposition))
 
 
 def _websocket() -> web.WebSocketResponse:
@@ -652,6 +699,8 @@ class AgentEndpoint:
             await _flows(self.app).push_document(
                 broker.session_of_agent(agent), msg.document_id, user.username
             )
+        elif isinstance(msg, m.WrapUp):
+            await _wrap_up(self.app, self.channel, user, msg)
 
     async def closed(self) -> None:
         agent = self.agent

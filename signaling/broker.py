@@ -71,6 +71,11 @@ STATE_TIMEOUT_S = 3.0
 PRESENCE_TTL_S = 15.0
 #: with other nodes: seconds between two checks of presence and of the nodes relayed agents serve
 HOUSEKEEPING_S = 2.0
+#: why an offer taken back failed the customer, who is then being connected to another agent
+#: (``queue_update.status``: ``transferring``)
+OFFER_FAILED = ("declined", "timeout", "agent_lost")
+#: seconds past a cool-down's end the matching wakes (the state's clock is read over the network)
+COOLDOWN_MARGIN_S = 0.05
 
 
 class Channel(Protocol):
@@ -113,9 +118,17 @@ class BrokerConfig:
     rejoin_window_s: float = 30.0
     #: seconds an agent has to accept an offered customer
     offer_timeout_s: float = 20.0
+    #: seconds of wrap-up after a call before the workbench sets its agent ready again (told to
+    #: the agent in ``authenticated``; the agent is away meanwhile)
+    wrap_up_s: float = 30.0
     #: seconds without a media frame from a connected party before its media counts as lost
     #: (0: only a failed peer connection counts)
     media_timeout_s: float = 8.0
+    #: seconds after an agent declined a customer before it is offered that customer again (when
+    #: nobody else took them meanwhile)
+    offer_cooldown_s: float = 20.0
+    #: seconds of waiting after which a customer is flagged to the agents (``queue_stats.long_wait``)
+    long_wait_s: float = 180.0
     #: average handling time assumed until calls have been measured
     default_handle_s: float = 180.0
     node_id: str = "node-1"
@@ -197,7 +210,12 @@ class Session:
     ended_at: float | None = None
     channel: Channel | None = field(default=None, repr=False)
     drop_task: asyncio.Task[None] | None = field(default=None, repr=False)
-    last_queue_update: tuple[int, int, int] | None = None
+    last_queue_update: tuple[int, int, int, str, bool] | None = None
+    #: an offer of this waiting customer failed (declined, missed, its agent gone): the customer is
+    #: told they are being connected to another agent until a call starts
+    transferring: bool = False
+    #: wakes the matching when an agent's cool-down on this customer is over
+    cooldown_task: asyncio.Task[None] | None = field(default=None, repr=False)
     #: the customer consents to face verification (separate from the recording notice)
     face_consent: bool = False
     #: parties whose media is lost during the call, by role
@@ -255,6 +273,8 @@ class Broker:
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._watchdog: asyncio.Task[None] | None = None
+        #: wakes when the next waiting customer reaches ``long_wait_s`` (agents are told)
+        self._long_waits: asyncio.Task[None] | None = None
         self._closed = False
         #: callbacks run when a call becomes active / ends (recorder, identity hook in here)
         self.on_call_started: list[Callable[[Session], Awaitable[None]]] = []
@@ -555,6 +575,21 @@ class Broker:
                 raise InvalidState(f"cannot cancel a session that is {session.state}")
             await self._finish(session, "abandoned", "customer_cancelled")
 
+    async def customer_callback(
+        self, session: Session, store: Callable[[Session], Awaitable[None]]
+    ) -> None:
+        """The waiting customer asked to be called back instead: ``store`` keeps the request (the
+        server's database), then the session ends ``abandoned`` with ``callback_requested``. Not
+        once the call started (``InvalidState``); nothing is stored then."""
+        async with self._lock:
+            if session.state not in ("queued", "offered"):
+                raise InvalidState(
+                    f"only a waiting customer can ask for a call-back (the session is {session.state})"
+                )
+            await store(session)
+            await self._event(session.id, "callback_requested", business=session.business)
+            await self._finish(session, "abandoned", "callback_requested")
+
     async def customer_hangup(self, session: Session) -> None:
         async with self._lock:
             if session.state in ("queued", "offered"):
@@ -620,10 +655,11 @@ class Broker:
                     username=user.username,
                     display_name=user.display_name,
                     skills=sorted(user.skills),
+                    wrap_up_s=self.config.wrap_up_s,
                 )
             )
             channel.send(m.StatusChanged(status=m.AgentStatus.AWAY))
-            channel.send(m.QueueStats(waiting=await self._waiting_counts()))
+            channel.send(await self._queue_stats())
             logger.info("agent %s connected", user.username)
             held = self._held_call(user.id)
             if held is not None:
@@ -959,6 +995,9 @@ class Broker:
                 await self._broadcast_queue()
                 return
             await self._changed(session)
+            session.transferring = False
+            self._cancel(session.cooldown_task)
+            session.cooldown_task = None
             await self._shared("accept", self.state.dequeue(session_id), None)
             await self._shared(
                 "accept", self.state.set_call_node(session_id, self.config.node_id), None
@@ -999,6 +1038,7 @@ class Broker:
             session = self._sessions[session_id]
             await self._event(session.id, "offer_declined", agent=agent.user.username)
             await self._withdraw_offer(session, agent.user.id, "declined", penalise=True)
+            self._start_cooldown(session)
             await self._set_agent_status(agent, "ready")
             await self._dispatch()
             await self._broadcast_queue()
@@ -1041,6 +1081,39 @@ class Broker:
             agent.channel.send(m.OfferWithdrawn(session_id=session.id, reason=reason))
             if reason in ("customer_lost", "customer_cancelled"):
                 await self._set_agent_status(agent, "ready")
+        if reason in OFFER_FAILED and session.state == "queued":
+            session.transferring = True
+
+    def _start_cooldown(self, session: Session) -> None:
+        """Wake the matching when an agent's cool-down on ``session`` is over: the agent who
+        declined is offered the customer again when nobody else took them meanwhile (caller holds
+        the lock, so the timer it replaces is not offering at this moment)."""
+        self._cancel(session.cooldown_task)
+        session.cooldown_task = None
+        if not self._closed and self.config.offer_cooldown_s >= 0:
+            session.cooldown_task = self._spawn(
+                self._cooldowns_over(session), f"offer-cooldown-{session.id}"
+            )
+
+    async def _cooldowns_over(self, session: Session) -> None:
+        """Until no pass on ``session`` is cooling down: sleep to the end of the next one, then
+        offer to this node's ready agents and tell the other nodes (theirs may match now)."""
+        cooldown = self.config.offer_cooldown_s
+        while session.state in ("queued", "offered"):
+            entry = await self._shared("cool-down", self.state.entry(session.id), None)
+            now = await self._shared("cool-down", self.state.now(), None)
+            if entry is None or now is None:
+                return
+            ends = [at + cooldown - now for at in entry.passed_by.values() if at + cooldown > now]
+            if not ends:
+                return
+            await asyncio.sleep(min(ends) + COOLDOWN_MARGIN_S)
+            async with self._lock:
+                if session.state not in ("queued", "offered"):
+                    return
+                await self._dispatch()
+                await self._broadcast_queue()
+            await self._queue_changed()
 
     async def agent_hangup(self, agent: AgentConn) -> None:
         async with self._lock:
@@ -1093,6 +1166,7 @@ class Broker:
         session.agent = None
         session.started_at = None
         session.last_queue_update = None
+        session.transferring = False
         await self._changed(session)
         await self._shared(
             "requeue",
@@ -1305,7 +1379,9 @@ class Broker:
         )
         for agent in ready:
             while (
-                entry := await self.state.claim_next(agent.user.id, agent.user.skills)
+                entry := await self.state.claim_next(
+                    agent.user.id, agent.user.skills, cooldown_s=self.config.offer_cooldown_s
+                )
             ) is not None:
                 session = self._sessions.get(entry.session_id)
                 if session is not None and session.state == "queued":
@@ -1564,14 +1640,56 @@ class Broker:
             counts[entry.business] = counts.get(entry.business, 0) + 1
         return counts
 
+    async def _queue_stats(
+        self, queue: list[QueueEntry] | None = None, now: float | None = None
+    ) -> m.QueueStats:
+        """What agents see of the queue: how many wait per business, the longest wait of each,
+        and the businesses whose longest wait reached ``long_wait_s``."""
+        if queue is None:
+            queue = await self._shared("queue stats", self.state.queue(), [])
+        if now is None:
+            now = await self._shared("queue stats", self.state.now(), time.time())
+        longest: dict[str, float] = {}
+        for entry in queue:
+            waited = max(0.0, now - entry.enqueued_at)
+            longest[entry.business] = max(longest.get(entry.business, 0.0), waited)
+        return m.QueueStats(
+            waiting=await self._waiting_counts(queue),
+            longest_wait_s={b: int(s) for b, s in longest.items()},
+            long_wait=sorted(b for b, s in longest.items() if s >= self.config.long_wait_s),
+        )
+
+    def _watch_long_waits(self, queue: list[QueueEntry], now: float) -> None:
+        """Have the agents told when the next waiting customer reaches ``long_wait_s``."""
+        if self._closed or (self._long_waits is not None and not self._long_waits.done()):
+            return
+        limit = self.config.long_wait_s
+        if any(now - e.enqueued_at < limit for e in queue):
+            self._long_waits = self._spawn(self._long_waits_reached(), "broker-long-waits")
+
+    async def _long_waits_reached(self) -> None:
+        limit = self.config.long_wait_s
+        while True:
+            queue = await self._shared("long waits", self.state.queue(), None)
+            now = await self._shared("long waits", self.state.now(), None)
+            if not queue or now is None:
+                return
+            ahead = [e.enqueued_at + limit - now for e in queue if now - e.enqueued_at < limit]
+            if not ahead:
+                return  # every customer is flagged already; the next broadcast starts this again
+            await asyncio.sleep(min(ahead) + COOLDOWN_MARGIN_S)
+            async with self._lock:
+                await self._broadcast_queue()
+
     async def _broadcast_queue(self) -> None:
-        """Send each waiting customer its position and estimate if they changed (nothing while the
-        queue cannot be reached)."""
+        """Send each waiting customer its position and estimate if they changed, and the agents
+        the queue's figures (nothing while the queue cannot be reached)."""
         try:
             async with asyncio.timeout(STATE_TIMEOUT_S * 2):
                 queue = await self.state.queue()
                 agents = await self.state.agents()
-                waiting = await self._waiting_counts(queue)
+                now = await self.state.now()
+                stats = await self._queue_stats(queue, now)
         except Exception as exc:
             logger.warning(
                 "no queue updates: the queue cannot be reached (%s: %s)",
@@ -1592,15 +1710,24 @@ class Broker:
             if entry.business not in handles:
                 handles[entry.business] = await self.average_handle_s(entry.business)
             estimate = int(math.ceil(position / max(1, staffed)) * handles[entry.business])
-            update = (position, estimate, available)
+            trying = entry.offered_to is not None or available > 0
+            status: Literal["waiting", "transferring"] = (
+                "transferring" if session.transferring and trying else "waiting"
+            )
+            long_wait = now - entry.enqueued_at >= self.config.long_wait_s
+            update = (position, estimate, available, status, long_wait)
             if update != session.last_queue_update:
                 session.last_queue_update = update
                 session.channel.send(
                     m.QueueUpdate(
-                        position=position, estimated_wait_s=estimate, agents_available=available
+                        position=position,
+                        estimated_wait_s=estimate,
+                        agents_available=available,
+                        status=status,
+                        long_wait=long_wait,
                     )
                 )
-        stats = m.QueueStats(waiting=waiting)
+        self._watch_long_waits(queue, now)
         for agent in self._agents.values():
             if agent.proxy_of is None:
                 agent.channel.send(stats)
@@ -1617,6 +1744,8 @@ class Broker:
         session.drop_task = None
         self._cancel(session.agent_window)
         session.agent_window = None
+        self._cancel(session.cooldown_task)
+        session.cooldown_task = None
         session.media_lost.clear()
         session.state = state
         session.end_reason = reason

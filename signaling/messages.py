@@ -14,7 +14,7 @@ import json
 import re
 from enum import StrEnum
 from itertools import accumulate
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, TypeAdapter, ValidationError
 
@@ -124,6 +124,25 @@ class Accept(_Msg):
 class Decline(_Msg):
     type: Literal["decline"]
     session_id: SessionId
+
+
+#: what became of a call, as the agent records it in the wrap-up after hanging up
+Disposition = Literal["completed", "customer_declined", "needs_follow_up", "technical_problem"]
+DISPOSITIONS: tuple[str, ...] = get_args(Disposition)
+#: longest wrap-up notes, in characters
+MAX_WRAP_UP_NOTES = 1000
+
+
+class WrapUp(_Msg):
+    """Agent, after a call of theirs ended: what became of it, and notes (once per session)."""
+
+    type: Literal["wrap_up"]
+    session_id: SessionId
+    disposition: Disposition
+    #: free text; line breaks and tabs, but no other control characters
+    notes: Annotated[
+        str, Field(max_length=MAX_WRAP_UP_NOTES, pattern=r"^[^\x00-\x08\x0b-\x1f]*$")
+    ] = ""
 
 
 # --- identity --------------------------------------------------------------------
@@ -271,7 +290,8 @@ AgentMessage = Annotated[
     | ManualVerification
     | StepNext
     | MarkConfirmed
-    | PushDocument,
+    | PushDocument
+    | WrapUp,
     Field(discriminator="type"),
 ]
 
@@ -382,6 +402,11 @@ class QueueUpdate(_Msg):
     position: int
     estimated_wait_s: int
     agents_available: int
+    #: ``waiting``, or ``transferring``: an offer of this customer failed (the agent declined,
+    #: missed it or dropped) and another agent is being tried
+    status: Literal["waiting", "transferring"] = "waiting"
+    #: the customer has waited the long-wait limit: they may ask for a call-back instead
+    long_wait: bool = False
 
 
 class Authenticated(_Msg):
@@ -389,6 +414,8 @@ class Authenticated(_Msg):
     username: str
     display_name: str
     skills: list[str]
+    #: seconds of wrap-up after a call before the workbench sets the agent ready again
+    wrap_up_s: float = 30.0
 
 
 class StatusChanged(_Msg):
@@ -499,11 +526,23 @@ class RecordingAlert(_Msg):
     message: str
 
 
+class WrapUpSaved(_Msg):
+    """To the agent: the wrap-up of ``session_id`` is on the session's timeline."""
+
+    type: Literal["wrap_up_saved"] = "wrap_up_saved"
+    session_id: str
+    disposition: str
+
+
 class QueueStats(_Msg):
-    """Sent to agents: how many customers wait per business."""
+    """Sent to agents: how many customers wait per business, and how long the longest has."""
 
     type: Literal["queue_stats"] = "queue_stats"
     waiting: dict[str, int]
+    #: business -> seconds the longest-waiting customer of it has waited (businesses with a queue)
+    longest_wait_s: dict[str, int] = Field(default_factory=dict)
+    #: the businesses whose longest wait reached the long-wait limit (``long_wait_s``)
+    long_wait: list[str] = Field(default_factory=list)
 
 
 class Pong(_Msg):
@@ -610,6 +649,7 @@ ServerMessage = (
     | Requeued
     | CallEnded
     | RecordingAlert
+    | WrapUpSaved
     | QueueStats
     | LivenessChallenge
     | LivenessProgress

@@ -23,8 +23,9 @@ keys); on Redis Cluster make the prefix a hash tag, such as ``{vcounter}:``, so
 that every key is in one slot.
 
 Redis's Lua JSON encoder writes numbers with 14 significant digits, so the
-queue's ordering time is kept in the JSON as a decimal string: a script can
-rewrite an entry without rounding it.
+queue's ordering time, and when each agent passed a customer (``passed_by``: an
+object of agent id -> time), are kept in the JSON as decimal strings: a script
+can rewrite an entry without rounding them.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def encode_entry(entry: QueueEntry) -> str:
             "enqueued_at": repr(float(entry.enqueued_at)),
             "priority": entry.priority,
             "node_id": entry.node_id,
-            "passed_by": sorted(entry.passed_by),
+            "passed_by": {str(a): repr(float(at)) for a, at in sorted(entry.passed_by.items())},
             "offered_to": entry.offered_to,
             "reachable": entry.reachable,
         }
@@ -70,14 +71,16 @@ def encode_entry(entry: QueueEntry) -> str:
 
 def decode_entry(raw: str) -> QueueEntry:
     data = json.loads(raw)
-    # an empty list comes back from Lua as ``{}``: iterate either
+    passes = data["passed_by"] or {}
+    if isinstance(passes, list):  # agent ids alone: passes of unknown time, over by now
+        passes = dict.fromkeys(passes, 0.0)
     return QueueEntry(
         session_id=data["session_id"],
         business=data["business"],
         enqueued_at=float(data["enqueued_at"]),
         priority=int(data["priority"]),
         node_id=data["node_id"],
-        passed_by=frozenset(int(a) for a in data["passed_by"] or ()),
+        passed_by={int(a): float(at) for a, at in passes.items()},
         offered_to=None if data["offered_to"] is None else int(data["offered_to"]),
         reachable=bool(data["reachable"]),
     )
@@ -168,11 +171,11 @@ end
 local function score(e)
   return e.priority * 1e10 + tonumber(e.enqueued_at)
 end
-local function has(list, value)
-  for _, v in ipairs(list) do
-    if v == value then return true end
-  end
-  return false
+-- the agent's pass on entry e holds at now: for cooldown seconds, or for good when negative
+local function passed(e, agent, now, cooldown)
+  local at = e.passed_by[tostring(agent)]
+  if at == nil then return false end
+  return cooldown < 0 or tonumber(at) + cooldown > now
 end
 -- byte order, as Python compares str (Lua's < follows the server's locale)
 local function less(a, b)
@@ -247,7 +250,8 @@ return 1
 """
 
 # KEYS[1] queue hash, KEYS[2..] the business sets of the agent's skills;
-# ARGV[1] agent id, ARGV[2] node id that must hold the customer ('' = any).
+# ARGV[1] agent id, ARGV[2] node id that must hold the customer ('' = any),
+# ARGV[3] seconds an agent's pass holds (negative: for good), on Redis's clock.
 # Each set is walked in score order; an entry can only beat the best one found
 # while its score is within a millisecond of it (the score is rounded, the
 # comparison of (priority, time, session id) is exact).
@@ -255,6 +259,7 @@ _CLAIM_NEXT = (
     _LIB
     + """
 local agent = tonumber(ARGV[1])
+local now, cooldown = tonumber(now_text()), tonumber(ARGV[3])
 local best, best_score
 for i = 2, #KEYS do
   local start = 0
@@ -272,7 +277,7 @@ for i = 2, #KEYS do
       if raw then
         local e = cjson.decode(raw)
         if e.offered_to == cjson.null and e.reachable and (ARGV[2] == '' or e.node_id == ARGV[2])
-            and not has(e.passed_by, agent) and before(e, best) then
+            and not passed(e, agent, now, cooldown) and before(e, best) then
           best = e
           best_score = s
         end
@@ -299,7 +304,10 @@ local e = cjson.decode(raw)
 local agent = tonumber(ARGV[2])
 if e.offered_to == cjson.null or e.offered_to ~= agent then return false end
 e.offered_to = cjson.null
-if ARGV[3] == '1' and not has(e.passed_by, agent) then table.insert(e.passed_by, agent) end
+if ARGV[3] == '1' then
+  if type(e.passed_by) ~= 'table' then e.passed_by = {} end
+  e.passed_by[ARGV[2]] = now_text()
+end
 local out = cjson.encode(e)
 redis.call('HSET', KEYS[1], ARGV[1], out)
 return out
@@ -421,12 +429,18 @@ class RedisState:
         return bool(await self._claim(keys=[self._k("queue")], args=[session_id, agent_id]))
 
     async def claim_next(
-        self, agent_id: int, skills: Collection[str], *, node_id: str | None = None
+        self,
+        agent_id: int,
+        skills: Collection[str],
+        *,
+        node_id: str | None = None,
+        cooldown_s: float | None = None,
     ) -> QueueEntry | None:
         if not skills:
             return None
         keys = [self._k("queue"), *(self._k("queue", b) for b in sorted(set(skills)))]
-        raw = await self._claim_next(keys=keys, args=[agent_id, node_id or ""])
+        cooldown = -1.0 if cooldown_s is None else max(0.0, cooldown_s)
+        raw = await self._claim_next(keys=keys, args=[agent_id, node_id or "", repr(cooldown)])
         return None if raw is None else decode_entry(raw)
 
     async def release_offer(

@@ -57,8 +57,9 @@ class QueueEntry:
     priority: int = 1
     #: the node holding the customer's WebSocket
     node_id: str = ""
-    #: agents who declined or let the offer time out: not offered again
-    passed_by: frozenset[int] = frozenset()
+    #: agents who declined this customer -> when (state clock): not offered it again until the
+    #: cool-down after that has passed (:meth:`SharedState.claim_next`)
+    passed_by: Mapping[int, float] = field(default_factory=dict)
     #: agent currently holding an offer for this customer, if any
     offered_to: int | None = None
     #: False while the customer is disconnected (kept in place, not offered)
@@ -73,15 +74,27 @@ class QueueEntry:
         """The queue's total order: priority, then time, then session id for exact ties."""
         return (self.priority, self.enqueued_at, self.session_id)
 
+    def passed(self, agent_id: int, now: float, cooldown_s: float | None = None) -> bool:
+        """Whether ``agent_id``'s pass on this customer still holds at ``now``: for ``cooldown_s``
+        after it was recorded, or for good when that is None."""
+        at = self.passed_by.get(agent_id)
+        return at is not None and (cooldown_s is None or at + cooldown_s > now)
+
     def offerable_to(
-        self, agent_id: int, skills: Collection[str], node_id: str | None = None
+        self,
+        agent_id: int,
+        skills: Collection[str],
+        node_id: str | None = None,
+        *,
+        now: float = 0.0,
+        cooldown_s: float | None = None,
     ) -> bool:
-        """Whether :meth:`SharedState.claim_next` may give this entry to ``agent_id``."""
+        """Whether :meth:`SharedState.claim_next` may give this entry to ``agent_id`` at ``now``."""
         return (
             self.offered_to is None
             and self.reachable
             and self.business in skills
-            and agent_id not in self.passed_by
+            and not self.passed(agent_id, now, cooldown_s)
             and (node_id is None or self.node_id == node_id)
         )
 
@@ -167,14 +180,21 @@ class SharedState(Protocol):
         ...
 
     async def claim_next(
-        self, agent_id: int, skills: Collection[str], *, node_id: str | None = None
+        self,
+        agent_id: int,
+        skills: Collection[str],
+        *,
+        node_id: str | None = None,
+        cooldown_s: float | None = None,
     ) -> QueueEntry | None:
         """Atomically take the first entry in queue order that ``agent_id`` may be offered.
 
         That is the first entry whose business is in ``skills``, not offered,
-        reachable, not passed by this agent (and, with ``node_id``, held by that
-        node); it is marked offered to the agent in the same step, so two nodes
-        calling at once never get the same entry. None when nothing matches.
+        reachable, not passed by this agent within the last ``cooldown_s``
+        seconds of the state's clock (None: a pass holds for good), and, with
+        ``node_id``, held by that node; it is marked offered to the agent in the
+        same step, so two nodes calling at once never get the same entry. None
+        when nothing matches.
         """
         ...
 
@@ -183,9 +203,10 @@ class SharedState(Protocol):
     ) -> QueueEntry | None:
         """Atomically put an entry offered to ``agent_id`` back in the queue, in its place.
 
-        ``penalise`` (declined, timed out) adds the agent to ``passed_by`` so it
-        is not offered this customer again. Returns the updated entry, or None
-        when the session is not queued or not offered to that agent.
+        ``penalise`` (declined) records in ``passed_by`` that the agent passed
+        now (the state's clock), so that :meth:`claim_next` does not offer it
+        this customer again within its cool-down. Returns the updated entry, or
+        None when the session is not queued or not offered to that agent.
         """
         ...
 
@@ -298,7 +319,8 @@ def entry_changes(changes: Mapping[str, Any]) -> QueueEntry:
         raise TypeError(f"QueueEntry has no field {', '.join(sorted(unknown))}")
     changed = replace(QueueEntry("", ""), **changes)
     if "passed_by" in changes:
-        changed = replace(changed, passed_by=frozenset(changed.passed_by))
+        passes = {int(a): float(at) for a, at in dict(changed.passed_by).items()}
+        changed = replace(changed, passed_by=passes)
     return changed
 
 
@@ -375,10 +397,18 @@ class InMemoryState:
         return True
 
     async def claim_next(
-        self, agent_id: int, skills: Collection[str], *, node_id: str | None = None
+        self,
+        agent_id: int,
+        skills: Collection[str],
+        *,
+        node_id: str | None = None,
+        cooldown_s: float | None = None,
     ) -> QueueEntry | None:
+        now = self._clock()
         candidates = [
-            e for e in self._data.queue.values() if e.offerable_to(agent_id, skills, node_id)
+            e
+            for e in self._data.queue.values()
+            if e.offerable_to(agent_id, skills, node_id, now=now, cooldown_s=cooldown_s)
         ]
         if not candidates:
             return None
@@ -392,7 +422,7 @@ class InMemoryState:
         entry = self._data.queue.get(session_id)
         if entry is None or entry.offered_to != agent_id:
             return None
-        passed_by = entry.passed_by | {agent_id} if penalise else entry.passed_by
+        passed_by = {**entry.passed_by, agent_id: self._clock()} if penalise else entry.passed_by
         entry = replace(entry, offered_to=None, passed_by=passed_by)
         self._data.queue[session_id] = entry
         return entry

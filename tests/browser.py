@@ -89,9 +89,9 @@ async def settled(page, testid: str, attr: str, timeout: float = 30_000, where: 
 
 
 async def go_ready(agent) -> None:
-    """On the agent workbench: back from an ended call if need be, then ready for the next one."""
-    if await agent.get_by_test_id("back-button").is_visible():
-        await agent.get_by_test_id("back-button").click()
+    """On the agent workbench: out of an ended call's wrap-up if need be, then ready for the next one."""
+    if await agent.get_by_test_id("wrap-up-away").is_visible():
+        await agent.get_by_test_id("wrap-up-away").click()
     await agent.wait_for_selector(
         '[data-testid="ready-toggle"][data-status="away"], '
         '[data-testid="ready-toggle"][data-status="ready"]',

@@ -62,7 +62,7 @@ async def test_the_workbench_gets_its_call_back_after_its_socket_drops(counter) 
             await call_state(customer, "ended")
             # the end of the call is in sight, says the agent is away, and one tap makes them ready
             await call_state(agent, "ended")
-            ready = agent.get_by_test_id("ended-ready")
+            ready = agent.get_by_test_id("wrap-up-ready")
             box = await ready.bounding_box()
             height = await agent.evaluate("window.innerHeight")
             assert box is not None and 0 <= box["y"] and box["y"] + box["height"] <= height, box

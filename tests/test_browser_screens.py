@@ -212,7 +212,7 @@ async def test_a_real_call_fits_the_phone_and_the_desk(
                 customer.on("pageerror", lambda e: errors.append(f"customer: {e}"))
                 await _one_call(counter, customer, agent, phone=size is PHONE, id_photo=photo)
                 await context.close()
-                await agent.get_by_test_id("ended-ready").click()
+                await agent.get_by_test_id("wrap-up-ready").click()
                 await agent.wait_for_selector('[data-testid="ready-toggle"][data-status="ready"]')
             assert not errors, errors
         finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 
 import pytest
 
@@ -106,6 +107,113 @@ async def test_the_only_agent_back_after_a_missed_offer_is_offered_the_customer_
     await bob.set_ready()  # a decline is: someone else serves this customer
     with pytest.raises(TimeoutError):
         await bob.wait_for("customer_offer", since=since, timeout=1.0)
+
+
+@pytest.mark.parametrize("backend", ["local", "shared"], indirect=True)
+async def test_the_only_agent_who_declined_is_offered_the_customer_again_after_the_cool_down(
+    make_counter, video_clip, audio_clip
+):
+    counter = await make_counter(video_clip, audio_clip, offer_cooldown_s=1.0)
+    customer = await counter.customer("account_opening", "Stranded?", media=False)
+    bob = await counter.agent("bob")
+    await bob.next_offer()
+    since_c = len(customer.messages)
+    await bob.send({"type": "decline", "session_id": customer.session_id})
+    declined_at = asyncio.get_running_loop().time()
+    assert (await bob.wait_for("offer_withdrawn"))["reason"] == "declined"
+    await bob.wait_for("status", status="ready")
+    # the customer is told, in their place; not offered to bob during the cool-down
+    update = await customer.wait_for("queue_update", since=since_c, status="transferring")
+    assert update["position"] == 1
+    offer = await bob.next_offer(timeout=5)
+    assert asyncio.get_running_loop().time() - declined_at >= 0.9
+    assert offer["session_id"] == customer.session_id
+    await bob.send({"type": "accept", "session_id": customer.session_id})
+    assert (await customer.wait_for("call_started"))["peer"]["role"] == "agent"
+
+
+async def test_the_only_agent_on_another_node_is_offered_the_customer_again_after_the_cool_down(
+    make_counter, video_clip, audio_clip, redis_url
+):
+    shared = {"redis_url": redis_url, "redis_prefix": f"t{secrets.token_hex(4)}:"}
+    a = await make_counter(video_clip, audio_clip, node_id="node-a", offer_cooldown_s=1.0, **shared)
+    b = await make_counter(video_clip, audio_clip, node_id="node-b", offer_cooldown_s=1.0, **shared)
+    customer = await a.customer("account_opening", "On node A", media=False)
+    bob = await b.agent("bob")
+    await bob.next_offer()
+    await bob.send({"type": "decline", "session_id": customer.session_id})
+    assert (await bob.wait_for("offer_withdrawn"))["reason"] == "declined"
+    offer = await bob.next_offer(timeout=6)
+    assert offer["session_id"] == customer.session_id
+    await bob.send({"type": "accept", "session_id": customer.session_id})
+    await customer.wait_for("call_started")
+
+
+@pytest.mark.parametrize("backend", ["local", "shared"], indirect=True)
+async def test_another_ready_agent_is_offered_the_declined_customer_before_the_cool_down_ends(
+    make_counter, video_clip, audio_clip
+):
+    counter = await make_counter(video_clip, audio_clip, offer_cooldown_s=1.0)
+    customer = await counter.customer("account_opening", "First", media=False)
+    bob = await counter.agent("bob")
+    assert (await bob.next_offer())["session_id"] == customer.session_id
+    alice = await counter.agent("alice")  # ready later than bob, and free
+    since = len(customer.messages)
+    await bob.send({"type": "decline", "session_id": customer.session_id})
+    assert (await alice.next_offer())["session_id"] == customer.session_id
+    update = await customer.wait_for("queue_update", since=since, status="transferring")
+    assert update["position"] == 1
+    # bob, ready again, gets the next customer, who takes their place and is not "transferred"
+    second = await counter.customer("account_opening", "Second", media=False)
+    assert (await bob.next_offer())["session_id"] == second.session_id
+    with pytest.raises(TimeoutError):
+        await second.wait_for("queue_update", status="transferring", timeout=0.3)
+    updates = [u for u in second.messages if u["type"] == "queue_update"]
+    assert updates and updates[-1]["position"] == 2
+    await alice.send({"type": "accept", "session_id": customer.session_id})
+    await customer.wait_for("call_started")
+
+
+@pytest.mark.parametrize("how", ["declined", "timeout", "agent_lost"])
+async def test_a_customer_whose_offer_failed_is_told_another_agent_is_being_connected(
+    make_counter, video_clip, audio_clip, how
+):
+    counter = await make_counter(video_clip, audio_clip, offer_timeout_s=1.5)
+    customer = await counter.customer("account_opening", "Offered", media=False)
+    bob = await counter.agent("bob")
+    assert (await bob.next_offer())["session_id"] == customer.session_id
+    assert (await customer.wait_for("queue_update"))["status"] == "waiting"
+    alice = await counter.agent("alice")  # ready, nobody else to take
+    since = len(customer.messages)
+    if how == "declined":
+        await bob.send({"type": "decline", "session_id": customer.session_id})
+    elif how == "agent_lost":
+        await bob.drop()
+    # a timeout needs nothing: bob lets the offer lapse
+    assert (await alice.next_offer(timeout=5))["session_id"] == customer.session_id
+    update = await customer.wait_for("queue_update", since=since, status="transferring")
+    assert update["position"] == 1
+    await alice.send({"type": "accept", "session_id": customer.session_id})
+    await customer.wait_for("call_started")
+
+
+async def test_a_long_wait_is_flagged_to_the_agents_and_the_customer(
+    make_counter, video_clip, audio_clip
+):
+    counter = await make_counter(video_clip, audio_clip, long_wait_s=1.0)
+    carol = await counter.agent("carol", ready=False)  # away: still sees the queue
+    customer = await counter.customer("account_opening", "Patient", media=False)
+    first = await carol.wait_for("queue_stats", where=lambda d: d["waiting"]["account_opening"])
+    assert first["long_wait"] == [] and first["longest_wait_s"]["account_opening"] < 1
+    assert not (await customer.wait_for("queue_update"))["long_wait"]
+    # nothing else happens in the queue: the limit passing is enough for the agents to be told
+    flagged = await carol.wait_for(
+        "queue_stats", timeout=5, where=lambda d: d["long_wait"] == ["account_opening"]
+    )
+    assert flagged["longest_wait_s"]["account_opening"] >= 1
+    assert flagged["waiting"]["account_opening"] == 1
+    update = await customer.wait_for("queue_update", timeout=5, long_wait=True)
+    assert update["position"] == 1
 
 
 @pytest.mark.parametrize("recording", [True, False], ids=["recording", "no-frame-consumer"])

@@ -99,7 +99,7 @@ async def test_entries_keep_every_field(state: SharedState) -> None:
         1712345678.123456,
         priority=0,
         node_id="n2",
-        passed_by=frozenset({4, 9}),
+        passed_by={4: 1712345690.654321, 9: 1712345701.5},
         offered_to=None,
         reachable=False,
     )
@@ -130,8 +130,8 @@ async def test_enqueue_stamps_the_state_clock_not_the_nodes(
 async def test_update_and_dequeue(state: SharedState) -> None:
     await state.enqueue(QueueEntry("s1", "loans", 1000.0))
     await state.enqueue(QueueEntry("s2", "loans", 1001.0))
-    updated = await state.update_entry("s1", reachable=False, passed_by={3})
-    assert updated == QueueEntry("s1", "loans", 1000.0, passed_by=frozenset({3}), reachable=False)
+    updated = await state.update_entry("s1", reachable=False, passed_by={3: 1000.5})
+    assert updated == QueueEntry("s1", "loans", 1000.0, passed_by={3: 1000.5}, reachable=False)
     assert await state.entry("s1") == updated
     # moving to another business and behind s2
     moved = await state.update_entry("s1", business="accounts", enqueued_at=1005.0)
@@ -141,7 +141,7 @@ async def test_update_and_dequeue(state: SharedState) -> None:
     assert await state.update_entry("nobody", reachable=True) is None
     # an offer taken back by hand, as the broker does
     assert await state.claim("s2", 4)
-    withdrawn = await state.update_entry("s2", offered_to=None, passed_by=frozenset())
+    withdrawn = await state.update_entry("s2", offered_to=None, passed_by={})
     assert withdrawn == QueueEntry("s2", "loans", 1001.0)
     with pytest.raises(TypeError):
         await state.update_entry("s1", colour="red")
@@ -175,7 +175,7 @@ async def test_claim_marks_an_entry_offered_once(state: SharedState) -> None:
 async def test_claim_next_takes_the_first_offerable_entry(state: SharedState) -> None:
     await state.enqueue(QueueEntry("loan", "loans", 1000.0))
     await state.enqueue(QueueEntry("acc-unreachable", "accounts", 1001.0, reachable=False))
-    await state.enqueue(QueueEntry("acc-passed", "accounts", 1002.0, passed_by=frozenset({7})))
+    await state.enqueue(QueueEntry("acc-passed", "accounts", 1002.0, passed_by={7: 1002.5}))
     await state.enqueue(QueueEntry("acc-1", "accounts", 1003.0, node_id="n2"))
     await state.enqueue(QueueEntry("acc-2", "accounts", 1004.0, node_id="n1"))
     await state.enqueue(QueueEntry("acc-head", "accounts", 1009.0, priority=0, node_id="n1"))
@@ -239,8 +239,12 @@ async def test_release_offer_returns_the_entry_and_remembers_who_passed(state: S
     offered = await state.claim_next(7, {"loans"})
     assert offered is not None and offered.session_id == "s1"
     assert await state.release_offer("s1", 8) is None  # not offered to 8
+    before = await state.now()
     declined = await state.release_offer("s1", 7)
-    assert declined == QueueEntry("s1", "loans", 1000.0, passed_by=frozenset({7}))
+    assert declined is not None and declined.offered_to is None
+    assert list(declined.passed_by) == [7]
+    assert before <= declined.passed_by[7] <= await state.now()  # when 7 passed, state clock
+    assert await state.entry("s1") == declined
     assert await state.release_offer("s1", 7) is None  # no longer offered
     # 7 is not offered s1 again; 8 is, in its old place
     nxt = await state.claim_next(7, {"loans"})
@@ -248,8 +252,44 @@ async def test_release_offer_returns_the_entry_and_remembers_who_passed(state: S
     nxt = await state.claim_next(8, {"loans"})
     assert nxt is not None and nxt.session_id == "s1"
     kept = await state.release_offer("s1", 8, penalise=False)
-    assert kept is not None and kept.offered_to is None and kept.passed_by == {7}
+    assert kept is not None and kept.offered_to is None and kept.passed_by == declined.passed_by
     assert await state.release_offer("nobody", 8) is None
+
+
+async def test_a_pass_holds_for_its_cool_down_then_the_agent_is_offered_the_customer_again(
+    cluster: Cluster,
+) -> None:
+    a, b = cluster.node(), cluster.node()
+    await a.enqueue(QueueEntry("s1", "loans", 1000.0))
+    await a.enqueue(QueueEntry("s2", "loans", 1001.0))
+    assert (await a.claim_next(7, {"loans"}, cooldown_s=0.5)) is not None
+    await a.release_offer("s1", 7)  # 7 declined s1
+    # within the cool-down, on any node: 7 gets the next customer, another agent gets s1
+    nxt = await b.claim_next(7, {"loans"}, cooldown_s=0.5)
+    assert nxt is not None and nxt.session_id == "s2"
+    await b.release_offer("s2", 7, penalise=False)
+    nxt = await b.claim_next(7, {"loans"}, cooldown_s=0.5)
+    assert nxt is not None and nxt.session_id == "s2"
+    await b.release_offer("s2", 7, penalise=False)
+    await b.dequeue("s2")
+    assert await b.claim_next(7, {"loans"}, cooldown_s=0.5) is None
+    assert await a.claim_next(7, {"loans"}) is None  # no cool-down: a pass holds for good
+    # a second agent's pass is its own
+    assert (await b.claim_next(8, {"loans"}, cooldown_s=0.5)) is not None
+    await b.release_offer("s1", 8)
+    entry = await a.entry("s1")
+    assert entry is not None and set(entry.passed_by) == {7, 8}
+
+    async def offered_again() -> bool:
+        got = await a.claim_next(7, {"loans"}, cooldown_s=0.5)
+        return got is not None and got.session_id == "s1"
+
+    await eventually(offered_again, timeout=3)
+    assert await b.claim_next(8, {"loans"}, cooldown_s=0.5) is None  # offered to 7 now
+    # the cool-down is counted from the state's clock: the entry keeps when each agent passed
+    entry = await b.entry("s1")
+    assert entry is not None and entry.offered_to == 7 and set(entry.passed_by) == {7, 8}
+    assert entry.passed_by[7] <= entry.passed_by[8] <= await b.now()
 
 
 # -- agent presence ------------------------------------------------------------------------

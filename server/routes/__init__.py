@@ -8,6 +8,7 @@ module                routes
 ``admin``             ``/api/admin/login-unlock``
 ``status``            ``/api/config``, ``/healthz``
 ``appointments``      ``/api/appointments...``, ``/api/appointment``
+``callbacks``         ``/api/callbacks``, ``/api/callbacks/{session}``
 ``identity``          ``/api/identity/{session}/...`` (when face checks are on)
 ``audit``             ``/api/audit/...``, ``/api/admin/access-log`` (when recording is on)
 :mod:`server.ws`      ``/ws/customer``, ``/ws/agent``
@@ -22,6 +23,7 @@ from .. import ws
 from ..appkeys import CONFIG
 from .admin import setup_admin_routes
 from .appointments import setup_appointment_routes
+from .callbacks import setup_callback_routes
 from .login import setup_login_routes
 from .pages import setup_page_routes
 from .status import setup_status_routes
@@ -35,6 +37,7 @@ def setup_routes(app: web.Application) -> None:
     setup_admin_routes(app)
     setup_status_routes(app)
     setup_appointment_routes(app)
+    setup_callback_routes(app)
     if config.identity:
         from .identity import setup_identity_routes
 

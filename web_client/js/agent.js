@@ -4,7 +4,8 @@
 //   idle     no customer (also before signing in)
 //   offered  a customer_offer card is showing
 //   active   call_started received: media negotiated with the hub
-//   ended    call_ended received; back to idle with "back" or when going ready
+//   ended    call_ended received: the wrap-up (disposition, notes) while the agent is away;
+//            back to idle when the wrap-up time is over (then ready), with "ready now" or "away"
 //
 // The identity panel shows the server's `identity` state of the call
 // (consent, ID photo and live snapshot, face comparison, liveness, presence) and
@@ -13,6 +14,9 @@
 // The business flow panel (js/agent_flow.js) shows the server's
 // flow_state: the checklist, the current step and what it still misses, and
 // sends step_next, mark_confirmed and push_document.
+//
+// Keyboard shortcuts (listed in the "?" overlay, never while typing in a field): accept,
+// decline, complete the step, customer confirmed, mute, hang up (asks first).
 
 import { AgentFlow } from './agent_flow.js';
 import { CallController, publishState } from './call.js';
@@ -39,6 +43,8 @@ const IDENTITY_REPLY_MS = 5000;
 const IDENTITY_ERROR_MS = 15000;
 const MANUAL_REASON_MIN = 3;
 const MANUAL_REASON_MAX = 500;
+/** Wrap-up seconds until the server's `authenticated` says otherwise. */
+const DEFAULT_WRAP_UP_S = 30;
 
 const el = {
   statusText: byId('status-text'),
@@ -112,9 +118,22 @@ const el = {
   manualResult: byTestId('manual-verify-result'),
   endedPanel: byId('ended-panel'),
   endReason: byTestId('end-reason'),
-  back: byTestId('back-button'),
-  endedReady: byTestId('ended-ready'),
   endedTitle: byId('ended-title'),
+  wrapUp: byTestId('wrap-up'),
+  wrapUpDisposition: byTestId('wrap-up-disposition'),
+  wrapUpNotes: byTestId('wrap-up-notes'),
+  wrapUpCountdown: byTestId('wrap-up-countdown'),
+  wrapUpError: byTestId('wrap-up-error'),
+  wrapUpReady: byTestId('wrap-up-ready'),
+  wrapUpAway: byTestId('wrap-up-away'),
+  mute: byTestId('mute-button'),
+  shortcutsButton: byTestId('shortcuts-button'),
+  shortcutsHelp: byTestId('shortcuts-help'),
+  shortcutsList: byTestId('shortcuts-list'),
+  shortcutsClose: byTestId('shortcuts-close'),
+  hangupConfirm: byTestId('hangup-confirm-agent'),
+  hangupKeep: byTestId('hangup-agent-keep'),
+  hangupConfirmButton: byTestId('hangup-agent-confirm'),
 };
 
 const screens = { login: byId('screen-login'), workbench: byId('screen-workbench') };
@@ -144,6 +163,19 @@ const app = {
   /** signed out by a dropped socket during a call: waiting for the server to give it back */
   resuming: false,
   resumeTimer: null,
+  /** seconds of wrap-up after a call before going ready again (0: stay away) */
+  wrapUpS: DEFAULT_WRAP_UP_S,
+};
+
+/** The wrap-up of the call that just ended (state `ended`). */
+const wrap = {
+  /** the session it is for (null: the call's id is not known) */
+  sessionId: null,
+  /** Date.now() when the agent is set ready on their own (null: not counting down) */
+  endsAt: null,
+  timer: null,
+  /** the error shown in the panel (an i18n key), or null */
+  errorKey: null,
 };
 
 /** The identity panel of the current call. */
@@ -198,9 +230,12 @@ const flow = new AgentFlow({ send });
 // --- rendering -----------------------------------------------------------------
 
 function setState(state) {
+  if (state !== 'ended') stopWrapUp();
+  if (state !== 'active') closeHangupConfirm();
   app.state = state;
   publishState(state);
   renderStatus();
+  renderToggle();
   renderDesk();
   renderIdentity();
 }
@@ -269,7 +304,9 @@ function renderToggle() {
   const status = app.status;
   el.readyToggle.dataset.status = status || '';
   setText(el.readyToggleText, t(`status.${status || 'unknown'}`));
-  const usable = app.authenticated && (status === 'ready' || status === 'away') && !app.statusPending;
+  // during the wrap-up its own buttons say what comes next
+  const usable = app.authenticated && (status === 'ready' || status === 'away') && !app.statusPending
+    && app.state !== 'ended';
   el.readyToggle.disabled = !usable;
   el.readyToggle.setAttribute('aria-pressed', String(status === 'ready'));
   let hint = '';
@@ -282,11 +319,25 @@ function renderStats() {
   const waiting = app.waiting || {};
   const skills = new Set((app.user && app.user.skills) || []);
   const types = [...new Set([...businessTypes(), ...Object.keys(waiting)])];
+  const longest = app.longestWait || {};
+  const long = new Set(app.longWait || []);
   let total = 0;
   const rows = types.map((type) => {
     const count = Number(waiting[type]) || 0;
     total += count;
-    return statRow(businessName(type), count, type, !skills.has(type));
+    const row = statRow(businessName(type), count, type, !skills.has(type));
+    if (count > 0 && Number.isFinite(longest[type])) {
+      // the longest wait, flagged once it passed the server's long-wait limit
+      const wait = document.createElement('span');
+      wait.className = long.has(type) ? 'stat-wait long-wait' : 'stat-wait';
+      wait.dataset.testid = `longest-wait-${type}`;
+      wait.dataset.longWait = String(long.has(type));
+      wait.textContent = t(long.has(type) ? 'agent.longWait' : 'agent.longestWait', {
+        wait: formatClock(longest[type]),
+      });
+      row.append(wait);
+    }
+    return row;
   });
   rows.push(statRow(t('agent.queueTotal'), total, 'total', false));
   el.queueStats.replaceChildren(...rows);
@@ -364,6 +415,8 @@ function renderAll() {
   renderOffline();
   renderIdentity();
   flow.refresh();
+  renderWrapUp();
+  renderShortcuts();
   setText(el.endReason, app.endReason ? reasonText('agentReason', app.endReason) : '');
   peerNotice.refresh();
   call.refresh();
@@ -377,6 +430,7 @@ function enterWorkbench(user) {
   app.offlineReason = null;
   app.status = null;
   el.logout.hidden = false;
+  el.shortcutsButton.hidden = false;
   renderProfile();
   renderToggle();
   renderStats();
@@ -408,6 +462,8 @@ function leaveWorkbench(loginErrorKey) {
   el.reconnectingBanner.hidden = true;
   el.offlineBanner.hidden = true;
   el.logout.hidden = true;
+  el.shortcutsButton.hidden = true;
+  closeShortcuts();
   app.endReason = null;
   login.setError(loginErrorKey);
   setState('idle');
@@ -494,6 +550,7 @@ function onMessage(msg) {
       app.authenticated = true;
       awaitResume();
       app.user = { ...app.user, username: msg.username, display_name: msg.display_name, skills: msg.skills };
+      if (Number.isFinite(msg.wrap_up_s) && msg.wrap_up_s >= 0) app.wrapUpS = msg.wrap_up_s;
       el.reconnectingBanner.hidden = true;
       renderProfile();
       renderStats();
@@ -504,6 +561,8 @@ function onMessage(msg) {
       break;
     case 'queue_stats':
       app.waiting = msg.waiting;
+      app.longestWait = msg.longest_wait_s || {};
+      app.longWait = msg.long_wait || [];
       renderStats();
       break;
     case 'customer_offer':
@@ -542,6 +601,11 @@ function onMessage(msg) {
     case 'flow_state':
       flow.onState(msg);
       break;
+    case 'wrap_up_saved':
+      peerNotice.show(() => t('wrapUp.saved', { disposition: t(`wrapUp.disposition.${msg.disposition}`) }), {
+        timeoutMs: 6000,
+      });
+      break;
     case 'error':
       onServerError(msg);
       break;
@@ -554,7 +618,7 @@ function onStatus(status) {
   app.status = status;
   app.statusPending = false;
   renderToggle();
-  if (status === 'ready' && app.state === 'ended') setState('idle');
+  if (status === 'ready' && app.state === 'ended') leaveWrapUp('ready');
   else renderDesk();
 }
 
@@ -711,11 +775,13 @@ function endCall(reason) {
   app.resuming = false;
   clearTimeout(app.resumeTimer);
   if (app.state !== 'active') return;
+  const sessionId = app.sessionId;
   closeCall();
   if (reason !== 'connection_lost') peerNotice.hide();
   app.endReason = reason || 'unknown';
   setText(el.endReason, reasonText('agentReason', app.endReason));
   setState('ended');
+  startWrapUp(sessionId);
   // the end of a call is news: in sight, whatever was scrolled to during the call
   el.endedPanel.scrollIntoView({ block: 'center' });
   el.endedTitle.focus({ preventScroll: true });
@@ -730,6 +796,190 @@ function onHangup() {
   }
   clearTimeout(app.endTimer);
   app.endTimer = setTimeout(() => endCall('agent_hangup'), END_FALLBACK_MS);
+}
+
+// --- wrap-up after a call ------------------------------------------------------------
+
+/** The call ended: the wrap-up form, empty, and the countdown to ready (the server set us away). */
+function startWrapUp(sessionId) {
+  stopWrapUp();
+  wrap.sessionId = sessionId || null;
+  wrap.errorKey = null;
+  el.wrapUpDisposition.value = '';
+  el.wrapUpNotes.value = '';
+  if (app.wrapUpS > 0) {
+    wrap.endsAt = Date.now() + app.wrapUpS * 1000;
+    wrap.timer = setInterval(onWrapUpTick, 250);
+  }
+  renderWrapUp();
+}
+
+function stopWrapUp() {
+  clearInterval(wrap.timer);
+  wrap.timer = null;
+  wrap.endsAt = null;
+}
+
+function wrapUpRemainingS() {
+  return wrap.endsAt === null ? null : Math.max(0, Math.ceil((wrap.endsAt - Date.now()) / 1000));
+}
+
+function onWrapUpTick() {
+  if (app.state !== 'ended') {
+    stopWrapUp();
+    return;
+  }
+  if (wrapUpRemainingS() === 0) leaveWrapUp('ready');
+  else renderWrapUp();
+}
+
+/**
+ * Save the wrap-up (when a disposition is chosen) and leave it: `ready` for the next customer, or
+ * `away`. Notes without a disposition are never dropped: the panel stays, the countdown stops.
+ */
+function leaveWrapUp(next) {
+  if (app.state !== 'ended') return;
+  const disposition = el.wrapUpDisposition.value;
+  const notes = el.wrapUpNotes.value.trim();
+  if (!disposition && notes) {
+    stopWrapUp();
+    wrap.errorKey = 'wrapUp.needDisposition';
+    renderWrapUp();
+    el.wrapUpDisposition.focus();
+    return;
+  }
+  if (disposition && wrap.sessionId) {
+    if (!send({ type: 'wrap_up', session_id: wrap.sessionId, disposition, notes })) {
+      stopWrapUp();
+      wrap.errorKey = 'error.unreachable';
+      renderWrapUp();
+      return;
+    }
+  }
+  wrap.sessionId = null;
+  setState('idle');
+  if (next === 'ready' && app.status !== 'ready' && send({ type: 'set_status', status: 'ready' })) {
+    app.statusPending = true;
+    renderToggle();
+  }
+}
+
+function renderWrapUp() {
+  const remaining = app.state === 'ended' ? wrapUpRemainingS() : null;
+  el.wrapUp.dataset.state = app.state !== 'ended' ? '' : remaining === null ? 'stopped' : 'counting';
+  el.wrapUpCountdown.dataset.remaining = remaining === null ? '' : String(remaining);
+  setText(el.wrapUpCountdown, remaining === null ? t('wrapUp.noCountdown') : t('wrapUp.countdown', { n: remaining }));
+  el.wrapUpError.hidden = !wrap.errorKey;
+  setText(el.wrapUpError, wrap.errorKey ? t(wrap.errorKey) : '');
+}
+
+function bindWrapUp() {
+  el.wrapUp.addEventListener('submit', (event) => {
+    event.preventDefault();
+    leaveWrapUp('ready');
+  });
+  el.wrapUpAway.addEventListener('click', () => leaveWrapUp('away'));
+  el.wrapUpDisposition.addEventListener('change', () => {
+    if (wrap.errorKey === 'wrapUp.needDisposition') wrap.errorKey = null;
+    renderWrapUp();
+  });
+}
+
+// --- keyboard shortcuts ----------------------------------------------------------------
+
+/** Each shortcut: its key, the label's i18n key, and what it does (false: nothing to do now). */
+const SHORTCUTS = [
+  { key: 'a', name: 'accept', run: () => app.state === 'offered' && !el.accept.disabled && (onAccept(), true) },
+  { key: 'd', name: 'decline', run: () => app.state === 'offered' && !el.decline.disabled && (onDecline(), true) },
+  { key: 'n', name: 'next', run: () => app.state === 'active' && flow.nextFromKey() },
+  { key: 'c', name: 'confirmed', run: () => app.state === 'active' && flow.confirmFromKey() },
+  { key: 'm', name: 'mute', run: () => app.state === 'active' && (el.mute.click(), true) },
+  { key: 'h', name: 'hangup', run: () => app.state === 'active' && (openHangupConfirm(), true) },
+  { key: '?', name: 'help', run: () => (openShortcuts(), true) },
+];
+
+/** The key a keydown means: the character typed, or the letter key under an input method. */
+function keyOf(event) {
+  if (event.key && event.key.length === 1) return event.key.toLowerCase();
+  const letter = /^Key([A-Z])$/.exec(event.code || '');
+  return letter ? letter[1].toLowerCase() : '';
+}
+
+function typingIn(target) {
+  return target instanceof Element && Boolean(target.closest('input, textarea, select, [contenteditable]:not([contenteditable="false"])'));
+}
+
+function onShortcutKey(event) {
+  if (event.defaultPrevented || event.ctrlKey || event.metaKey || event.altKey || event.isComposing) return;
+  if (event.key === 'Escape') {
+    if (!el.hangupConfirm.hidden) closeHangupConfirm(true);
+    else if (!el.shortcutsHelp.hidden) closeShortcuts();
+    return;
+  }
+  if (!app.loggedIn || typingIn(event.target)) return;
+  if (!el.hangupConfirm.hidden) return; // the dialog's own buttons answer it (Enter, Escape)
+  const key = keyOf(event);
+  if (!el.shortcutsHelp.hidden) {
+    if (key === '?') {
+      event.preventDefault();
+      closeShortcuts();
+    }
+    return;
+  }
+  const shortcut = SHORTCUTS.find((s) => s.key === key);
+  if (shortcut && shortcut.run()) event.preventDefault();
+}
+
+function renderShortcuts() {
+  el.shortcutsList.replaceChildren(...SHORTCUTS.map((s) => {
+    const row = document.createElement('div');
+    row.dataset.shortcut = s.name;
+    const dt = document.createElement('dt');
+    const kbd = document.createElement('kbd');
+    kbd.textContent = s.key.toUpperCase();
+    dt.append(kbd);
+    const dd = document.createElement('dd');
+    dd.textContent = t(`shortcuts.action.${s.name}`);
+    row.append(dt, dd);
+    return row;
+  }));
+}
+
+function openShortcuts() {
+  renderShortcuts();
+  el.shortcutsHelp.hidden = false;
+  el.shortcutsClose.focus();
+}
+
+function closeShortcuts() {
+  if (el.shortcutsHelp.hidden) return;
+  el.shortcutsHelp.hidden = true;
+  if (app.loggedIn) el.shortcutsButton.focus();
+}
+
+function openHangupConfirm() {
+  el.hangupConfirm.hidden = false;
+  el.hangupConfirmButton.focus();
+}
+
+function closeHangupConfirm(restoreFocus = false) {
+  if (el.hangupConfirm.hidden) return;
+  el.hangupConfirm.hidden = true;
+  if (restoreFocus && app.state === 'active') el.hangup.focus({ preventScroll: true });
+}
+
+function bindShortcuts() {
+  document.addEventListener('keydown', onShortcutKey);
+  el.shortcutsButton.addEventListener('click', openShortcuts);
+  el.shortcutsClose.addEventListener('click', closeShortcuts);
+  el.shortcutsHelp.addEventListener('click', (event) => {
+    if (event.target === el.shortcutsHelp) closeShortcuts();
+  });
+  el.hangupKeep.addEventListener('click', () => closeHangupConfirm(true));
+  el.hangupConfirmButton.addEventListener('click', () => {
+    closeHangupConfirm();
+    onHangup();
+  });
 }
 
 function onToggleStatus() {
@@ -1100,17 +1350,8 @@ function init() {
   el.hangup.addEventListener('click', onHangup);
   el.retryDevices.addEventListener('click', () => devices.start());
   bindSidebar();
-  el.back.addEventListener('click', () => {
-    if (app.state === 'ended') setState('idle');
-  });
-  el.endedReady.addEventListener('click', () => {
-    if (app.state !== 'ended') return;
-    setState('idle');
-    if (app.status !== 'ready' && send({ type: 'set_status', status: 'ready' })) {
-      app.statusPending = true;
-      renderToggle();
-    }
-  });
+  bindWrapUp();
+  bindShortcuts();
   watchEvidence(el.reference);
   watchEvidence(el.snapshot);
   el.identityVerify.addEventListener('click', () => sendIdentity({ type: 'identity_verify' }));

@@ -146,6 +146,21 @@ export class AgentFlow {
     if (step && step.kind === 'disclosure') this.act({ type: 'mark_confirmed', step_id: step.id });
   }
 
+  /** The "next step" shortcut: what the step-next button would do, when it can be pressed. */
+  nextFromKey() {
+    if (this.el.panel.hidden || this.el.next.disabled) return false;
+    this.next();
+    return true;
+  }
+
+  /** The "customer confirmed" shortcut: marks a disclosure step, when its button can be pressed. */
+  confirmFromKey() {
+    const button = this.el.markConfirmed;
+    if (this.el.panel.hidden || button.hidden || button.disabled) return false;
+    this.markConfirmed();
+    return true;
+  }
+
   pushDocument() {
     const id = this.el.documentSelect.value;
     if (!id) return;

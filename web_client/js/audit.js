@@ -305,6 +305,7 @@ function eventSentence(event) {
   const base = `audit.say.${event.kind}`;
   const keys = [
     typeof outcome === 'boolean' ? `${base}.${outcome}` : null,
+    data.notes ? `${base}.notes` : null,
     data.step != null && data.reason ? `${base}.stepReason` : null,
     data.reason ? `${base}.reason` : null,
     data.step != null ? `${base}.step` : null,
@@ -321,6 +322,9 @@ function eventSentence(event) {
     level: data.level ?? data.customer_level ?? '',
     score: data.score ?? '',
     document: data.document ?? '',
+    disposition: has(`wrapUp.disposition.${data.disposition}`)
+      ? t(`wrapUp.disposition.${data.disposition}`) : String(data.disposition ?? ''),
+    notes: typeof data.notes === 'string' ? data.notes : '',
   };
   if (key) return t(key, params);
   const name = kindLabel(event.kind);

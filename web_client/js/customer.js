@@ -97,6 +97,11 @@ const el = {
   queuePosition: byTestId('queue-position'),
   queueWait: byTestId('queue-wait'),
   queueAgents: byTestId('queue-agents'),
+  queueStatus: byTestId('queue-status'),
+  callbackForm: byId('callback-form'),
+  callbackPhone: byId('callback-phone'),
+  callbackError: byId('callback-error'),
+  callbackButton: byTestId('callback-request'),
   cancel: byTestId('cancel-button'),
   agentName: byTestId('agent-name'),
   callTimer: byId('call-timer'),
@@ -226,6 +231,64 @@ function renderQueue() {
   setText(el.queuePosition, q ? String(q.position) : '');
   setText(el.queueWait, q ? formatWait(q.estimated_wait_s) : '');
   setText(el.queueAgents, q ? t('queue.agents', { n: q.agents_available }) : '');
+  // an offer of this customer failed: another agent is being tried
+  const transferring = Boolean(q && q.status === 'transferring');
+  el.queueStatus.dataset.status = transferring ? 'transferring' : 'waiting';
+  el.queueStatus.hidden = !transferring;
+  setText(el.queueStatus, transferring ? t('queue.transferring') : '');
+  // after a long wait the customer may leave a number instead (once shown, it stays)
+  if (q && q.long_wait) el.callbackForm.hidden = false;
+  if (!q && app.state !== 'waiting') el.callbackForm.hidden = true;
+}
+
+/** Digits as the server takes them (spaces and hyphens dropped): 7 to 15, an optional leading +. */
+const PHONE = /^\+?[0-9]{7,15}$/;
+
+/** The call-back request: stored by the server, which then ends the session (call_ended callback_requested). */
+async function onCallbackSubmit(event) {
+  event.preventDefault();
+  const session = app.session;
+  if (!session || app.state !== 'waiting') return;
+  const phone = el.callbackPhone.value.replace(/[ -]/g, '');
+  const showError = (key) => {
+    el.callbackError.hidden = false;
+    setText(el.callbackError, t(key));
+    el.callbackPhone.setAttribute('aria-invalid', 'true');
+  };
+  if (!PHONE.test(phone)) {
+    showError('callback.badPhone');
+    return;
+  }
+  el.callbackError.hidden = true;
+  el.callbackPhone.removeAttribute('aria-invalid');
+  el.callbackButton.disabled = true;
+  let status = 0;
+  try {
+    const response = await fetch(`/api/callbacks/${encodeURIComponent(session.session_id)}`, {
+      method: 'POST',
+      body: JSON.stringify({ phone }),
+      headers: {
+        'Content-Type': 'application/json',
+        'X-Session-Token': session.rejoin_token,
+        Accept: 'application/json',
+      },
+      credentials: 'same-origin',
+      cache: 'no-store',
+    });
+    status = response.status;
+  } catch {
+    status = 0;
+  }
+  el.callbackButton.disabled = false;
+  if (status === 201) {
+    // call_ended follows on the socket; end here too if it does not come
+    clearTimeout(app.endTimer);
+    app.endTimer = setTimeout(() => {
+      if (app.state === 'waiting') finish('callback_requested');
+    }, END_FALLBACK_MS);
+  } else if (app.state === 'waiting') {
+    showError(status === 400 ? 'callback.badPhone' : status === 0 ? 'error.unreachable' : 'callback.failed');
+  }
 }
 
 /** Why the join button cannot be used now: '' when it can ('connecting' is said by the button). */
@@ -1120,6 +1183,7 @@ function init() {
   el.idPhotoInput.addEventListener('change', onIdPhotoSelected);
   el.retryDevices.addEventListener('click', () => devices.start());
   el.cancel.addEventListener('click', onCancelClick);
+  el.callbackForm.addEventListener('submit', onCallbackSubmit);
   el.hangup.addEventListener('click', onHangupClick);
   el.hangupConfirmButton.addEventListener('click', hangUp);
   el.hangupKeep.addEventListener('click', closeHangupConfirm);
