@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import sys
 import tempfile
@@ -35,14 +36,19 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+import calls  # noqa: E402  (bench/calls.py: the server subprocess and the agents' accounts)
+from PIL import Image  # noqa: E402
 from shared_data import find_data  # noqa: E402
 
+from identity.video import read_frames  # noqa: E402
 from signaling.contrib.encoded_source import encode_video  # noqa: E402
-from signaling.contrib.fake_media import make_tone_wav, make_y4m  # noqa: E402
+from signaling.contrib.fake_media import (  # noqa: E402
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    make_tone_wav,
+    make_y4m,
+)
 from signaling.contrib.headless import HeadlessParticipant  # noqa: E402
-from tests.browser import call_state, join_queue, launch  # noqa: E402
-from tests.helpers import PASSWORD, frame_jpeg  # noqa: E402
-from tests.server_process import ServerProcess  # noqa: E402
 
 #: clip -> (seconds the camera plays from its start, frame of the ID photo: after those seconds,
 #: the clip whose man is the "different person")
@@ -53,6 +59,37 @@ CLIPS: dict[str, tuple[float, int, str]] = {
     "d18": (5.0, 185, "d13"),
 }
 ATTEMPT_TIMEOUT_S = 20.0
+
+
+def frame_jpeg(video: Path, index: int) -> bytes:
+    """Frame ``index`` of ``video`` as a JPEG, as a customer would photograph it."""
+    for frame in read_frames(video, max_side=4096, indices={index}):
+        out = io.BytesIO()
+        Image.fromarray(frame.rgb).save(out, "JPEG", quality=92)
+        return out.getvalue()
+    raise SystemExit(f"{video} has no frame {index}")
+
+
+async def call_state(page: Any, value: str, timeout: float) -> None:
+    await page.wait_for_function(
+        "(v) => document.querySelector('[data-testid=\"call-state\"]').textContent.trim() === v",
+        arg=value,
+        timeout=timeout,
+    )
+
+
+async def join_queue(page: Any, url: str, id_photo: Path) -> None:
+    """The customer page's own steps: business, name, both consents, join, the ID photo."""
+    await page.goto(f"{url}/")
+    await page.get_by_test_id("business-account_opening").click()
+    await page.get_by_test_id("display-name").fill("李四")
+    await page.get_by_test_id("recording-consent").check()
+    await page.get_by_test_id("face-consent").check()
+    await page.wait_for_selector('[data-testid="join-button"]:enabled', timeout=15_000)
+    await page.get_by_test_id("join-button").click()
+    await call_state(page, "waiting", 20_000)
+    await page.get_by_test_id("id-photo-input").set_input_files(str(id_photo))
+    await page.wait_for_selector('[data-testid="id-photo-status"][data-state="ok"]', timeout=30_000)
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -119,7 +156,7 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-async def run_clip(server: ServerProcess, pw: Any, root: Path, clip: str, n: int, tmp: Path):
+async def run_clip(server: calls._Server, pw: Any, root: Path, clip: str, n: int, tmp: Path):
     seconds, photo_frame, other = CLIPS[clip]
     cam = make_y4m(root / f"videos/{clip}.mp4", seconds=seconds)
     same = tmp / f"{clip}-id.jpg"
@@ -128,19 +165,24 @@ async def run_clip(server: ServerProcess, pw: Any, root: Path, clip: str, n: int
     stranger = tmp / f"{other}-id.jpg"
     stranger.write_bytes(frame_jpeg(root / f"videos/{other}.mp4", other_frame))
 
-    class Where:
-        url = server.url
-
-    browser = await launch(pw, cam, make_tone_wav(440.0))
+    browser = await pw.chromium.launch(
+        executable_path=CHROMIUM,
+        headless=True,
+        args=[
+            *CHROMIUM_ARGS,
+            f"--use-file-for-fake-video-capture={cam}",
+            f"--use-file-for-fake-audio-capture={make_tone_wav(440.0)}",
+        ],
+    )
     agent = HeadlessParticipant(server.url, video=encode_video(seconds=2.0), name="agent")
     try:
-        await agent.login("alice", PASSWORD)
+        await agent.login("alice", calls.PASSWORD)
         await agent.set_ready()
         customer = await browser.new_page()
-        await join_queue(customer, Where, face_consent=True, id_photo=same)
+        await join_queue(customer, server.url, same)
         started = time.time()
         await agent.accept_next()
-        await call_state(customer, "active", timeout=30_000)
+        await call_state(customer, "active", 30_000)
         first = await verification(agent, 0.0)
         auto = {
             "verdict": first.get("verdict"),
@@ -165,7 +207,7 @@ async def run_clip(server: ServerProcess, pw: Any, root: Path, clip: str, n: int
             *await attempts(agent, n, last),
         ]
         await agent.send({"type": "hangup"})
-        await call_state(customer, "ended", timeout=20_000)
+        await call_state(customer, "ended", 20_000)
         return {
             "clip": clip,
             "different_person": other,
@@ -184,31 +226,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     root = find_data()
     with tempfile.TemporaryDirectory(prefix="vcounter-identity-live-") as tmp_:
         tmp = Path(tmp_)
-        keys = tmp / "keys"
-        server = ServerProcess(
-            tmp / "data",
-            env={
-                "VCOUNTER_IDENTITY": "1",
-                "VCOUNTER_MASTER_KEY_FILE": str(keys / "master.key"),
-                "VCOUNTER_SIGNING_KEY_FILE": str(keys / "signing.pem"),
-                "VCOUNTER_DRAIN_TIMEOUT_S": "0",
-            },
+        data = tmp / "data"
+        calls._create_users(data, ["alice"])
+        server = calls._Server(
+            "passthrough", data, keys=tmp / "keys", env={"VCOUNTER_IDENTITY": "1"}
         )
-        done = server.cli(
-            "user",
-            "add",
-            "--role",
-            "agent",
-            "--username",
-            "alice",
-            "--password",
-            PASSWORD,
-            "--skills",
-            "account_opening",
-        )
-        if done.returncode != 0:
-            raise SystemExit(done.stderr)
-        await server.start()
+        server.start()
         try:
             async with async_playwright() as pw:
                 results = []
@@ -216,7 +239,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     print(f"clip {clip} ...", file=sys.stderr)
                     results.append(await run_clip(server, pw, root, clip, args.attempts, tmp))
         finally:
-            server.stop()
+            calls._stop_all([server])
     return {"attempts": args.attempts, "results": results}
 
 

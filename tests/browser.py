@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 import shutil
 from pathlib import Path
 
@@ -21,25 +20,9 @@ import av
 import numpy as np
 import pytest
 
-from signaling.contrib.fake_media import make_y4m
+from signaling.contrib.fake_media import CHROMIUM, CHROMIUM_ARGS, make_y4m
 
 from .helpers import PASSWORD, shared_data
-
-CHROMIUM = os.environ.get("VCOUNTER_CHROMIUM", "/usr/bin/chromium")
-
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-quic",
-    "--no-first-run",
-    "--autoplay-policy=no-user-gesture-required",
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-]
 
 
 def require_chromium() -> str:

@@ -4,7 +4,9 @@ Chromium plays a ``.y4m`` file as its camera and a ``.wav`` as its microphone
 (``--use-file-for-fake-video-capture``/``--use-file-for-fake-audio-capture``);
 :func:`~signaling.contrib.encoded_source.encode_video` turns the same ``.y4m``
 into a headless participant's clip. Both are written once and cached in
-``$VCOUNTER_TEST_CACHE`` (default ``/tmp/vcounter-test-media``).
+``$VCOUNTER_TEST_CACHE`` (default ``/tmp/vcounter-test-media``). The flags a
+headless Chromium needs for them (and for a closed network) are
+:data:`CHROMIUM_ARGS`, used by the browser tests and the benchmarks.
 """
 
 from __future__ import annotations
@@ -18,6 +20,25 @@ import av
 import numpy as np
 
 CACHE = Path(os.environ.get("VCOUNTER_TEST_CACHE", "/tmp/vcounter-test-media"))
+
+#: Debian's Chromium (``VCOUNTER_CHROMIUM`` to use another)
+CHROMIUM = os.environ.get("VCOUNTER_CHROMIUM", "/usr/bin/chromium")
+
+#: a headless Chromium on a closed network with fake capture devices (add the two
+#: ``--use-file-for-fake-*-capture`` flags with :func:`make_y4m` and :func:`make_tone_wav` files)
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--no-first-run",
+    "--autoplay-policy=no-user-gesture-required",
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+]
 
 
 def make_y4m(
