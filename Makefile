@@ -7,7 +7,7 @@ PORT ?= 8443
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test cluster chromium services lint bench clean
+.PHONY: install run test cluster chromium firefox services lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c 'import ensurepip' 2>/dev/null \
@@ -17,6 +17,8 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	# face_recognition declares dlib (a 9-minute compile); dlib-bin provides it prebuilt
 	$(BIN)/pip install -q --no-deps face-recognition
+	# mediapipe declares opencv-contrib-python, jax, sounddevice: its real needs are in pyproject.toml
+	$(BIN)/pip install -q --no-deps mediapipe==0.10.14
 	touch $@
 
 install: $(BIN)/.installed
@@ -26,6 +28,17 @@ run: install
 
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }
+
+# the Firefox call (tests/test_firefox_call.py): Debian's firefox-esr, Node.js, and puppeteer-core
+# from tests/firefox/package-lock.json (no browser download: it drives /usr/bin/firefox-esr)
+firefox: tests/firefox/node_modules/.installed
+	@command -v firefox-esr >/dev/null 2>&1 || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q firefox-esr; }
+
+tests/firefox/node_modules/.installed: tests/firefox/package.json tests/firefox/package-lock.json
+	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 \
+	  || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q nodejs npm; }
+	cd tests/firefox && npm ci --ignore-scripts --no-audit --no-fund
+	touch $@
 
 # the services the tests, the benchmarks and `make cluster` start for themselves, on free loopback
 # ports (devservices/): one line per Debian package (a system instance the package may start is
@@ -39,7 +52,7 @@ services:
 	  || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q nginx; }
 
 # the gates first (fast, and a red one means nothing else matters), then the suite
-test: install chromium services lint
+test: install chromium firefox services lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 # two nodes behind nginx (https://localhost:$(PORT)) on a throwaway PostgreSQL, Redis and S3 server

@@ -6,8 +6,10 @@
 For each N of ``--calls``, two fresh ``vcounter serve --no-tls --no-recording``
 subprocesses run one after the other, the same in everything but
 ``VCOUNTER_IDENTITY=0`` / ``=1`` (the face checks of ``server/identity_service.py``:
-a decoded-frame feed of both parties' video, a presence check of each party
-every ``presence_interval_s`` = 0.5 s in :class:`identity.FaceWorker`'s process
+a presence check of the customer's video every ``CUSTOMER_PRESENCE_EVERY``-th
+round of ``presence_interval_s`` = 0.5 s and of the agent's every
+``AGENT_PRESENCE_EVERY``-th, each on one frame decoded from a keyframe the server
+asks the sender for, in :class:`identity.FaceWorker`'s process
 pool, sized to the machine unless ``--identity-workers`` says otherwise).
 Server start and stop, agent creation, the client processes, the call ramp and
 the frame accounting are ``bench/calls.py``'s.
@@ -22,8 +24,8 @@ detection, landmarks and the embedding really run; agents send the synthetic
 bars (no face: detection only, and one expected ``face_missing`` per call).
 Customers join with face consent and, with identity on, upload a reference
 photo (a d13 frame 2.7 s after the clip's end) while queued, so the call
-starts with an automatic verification and presence embeds the customer's face
-every 2 s.
+starts with an automatic verification, then presence (BlazeFace) embeds the
+customer's face when its track breaks and every 8 s.
 
 Over a steady window of ``--duration`` seconds that opens ``--settle`` seconds
 after the last call carries media, we read:
@@ -42,9 +44,8 @@ after the last call carries media, we read:
 * **presence checks done**: the server does not count them, so they are
   counted from the outside, as the bytes the face worker processes read from
   their task pipe (``/proc/PID/io`` ``rchar``) divided by one 640x480 RGB frame
-  (921,600 bytes). Nominal is 2 per party per second; a presence loop sleeps
-  0.5 s *then* awaits both parties' checks, so about 1.6 is the most one
-  worker gives even when nothing is skipped; fewer means checks were skipped
+  (921,600 bytes; the agent's bars are 640x480 too). Nominal follows from
+  those two constants; fewer means checks were skipped
   (``WorkerBusy``: a check finding ``2 x workers`` analyses pending is
   dropped). ``pending`` is polled from ``/healthz`` every ``--poll`` s;
 * session events (the server's SQLite, read after it stopped): presence,
@@ -92,12 +93,18 @@ for path in (REPO, REPO / "bench"):
 import calls  # noqa: E402  (bench/calls.py: server, agents, client processes, frame accounting)
 from shared_data import find_data  # noqa: E402  (bench/shared_data.py)
 
+from server.identity_service import (  # noqa: E402
+    AGENT_PRESENCE_EVERY,
+    CUSTOMER_PRESENCE_EVERY,
+)
 from signaling.contrib.headless import HeadlessParticipant  # noqa: E402
 
 logger = logging.getLogger("bench.identity_calls")
 
 #: bytes of one frame the server sends a face worker (640x480 RGB)
 FRAME_BYTES = 640 * 480 * 3
+#: presence checks per call and second the server aims at (one round every 0.5 s)
+NOMINAL_CHECKS_S = 2 / CUSTOMER_PRESENCE_EVERY + 2 / AGENT_PRESENCE_EVERY
 #: the sender's video frame interval (30 fps)
 FRAME_INTERVAL_MS = 1000 / 30
 #: d13 frame used as the reference photo: 10.7 s in, outside the 8 s the camera loops
@@ -451,7 +458,7 @@ def run_one(
                 gaps[role] += values
     window_calls = sum(len(e["calls"]) for e in ends)
     checks = kids_read / FRAME_BYTES
-    nominal = 2 * window_calls * window / 0.5
+    nominal = NOMINAL_CHECKS_S * window_calls * window
     pending = poller.pending
     max_workers = (health.get("face_workers") or {}).get("workers")
     per_call_min = window_calls * window / 60
@@ -486,7 +493,7 @@ def run_one(
         "face_workers": max_workers,
         "presence_checks_done": round(checks) if label == "on" else None,
         "presence_checks_nominal": round(nominal) if label == "on" else None,
-        "presence_checks_per_party_s": round(checks / (2 * window_calls * window), 2)
+        "presence_checks_per_call_s": round(checks / (window_calls * window), 2)
         if label == "on" and window_calls
         else None,
         "face_worker_cpu_ms_per_check": round(1000 * kids_cpu / checks, 1) if checks >= 1 else None,
@@ -547,8 +554,8 @@ _ROWS: list[tuple[str, Any]] = [
     ("client loop lag max (ms)", "client_loop_lag_ms_max"),
     ("face workers", "face_workers"),
     ("presence checks done", "presence_checks_done"),
-    ("  nominal (2/s per party)", "presence_checks_nominal"),
-    ("  per party per second", "presence_checks_per_party_s"),
+    ("  nominal", "presence_checks_nominal"),
+    ("  per call per second", "presence_checks_per_call_s"),
     ("face worker CPU ms per check", "face_worker_cpu_ms_per_check"),
     ("face pool pending, mean", "face_pending_mean"),
     ("  max (limit)", "face_pending_max_limit"),

@@ -1,5 +1,14 @@
 """Follow one face through consecutive frames cheaply.
 
+Two trackers, for two cadences:
+
+* :func:`same_face` -- presence checks a frame or two a second with a fast
+  detector (:mod:`identity.blazeface`); a face in the same place at about
+  the same size as in the previous check, soon after it, is taken to be the
+  same face, so it need not be embedded again. Anything else (a jump, a
+  check after a gap, no face or several faces in between) breaks the track.
+* :class:`FaceTracker` -- liveness judges every frame with dlib's HOG.
+
 Judging a blink needs every frame (a blink lasts 100-300 ms), and a full HOG
 search of a 640 px frame costs 35-45 ms. Between full searches (twice a
 second: they also catch a second person stepping in), :class:`FaceTracker`
@@ -14,6 +23,23 @@ import cv2
 import numpy as np
 
 from .face_detect import FaceBox, detect_faces
+
+#: boxes of two checks overlapping less than this (intersection over union) are two faces
+TRACK_MIN_IOU = 0.3
+#: checks farther apart than this (seconds) do not continue a track
+TRACK_MAX_GAP_S = 2.5
+
+
+def same_face(
+    last: FaceBox | None,
+    box: FaceBox,
+    gap_s: float,
+    *,
+    min_iou: float = TRACK_MIN_IOU,
+    max_gap_s: float = TRACK_MAX_GAP_S,
+) -> bool:
+    """Whether ``box`` continues the track of ``last``, the only face of a check ``gap_s`` earlier."""
+    return last is not None and 0 <= gap_s <= max_gap_s and box.iou(last) >= min_iou
 
 
 class FaceTracker:

@@ -12,12 +12,12 @@ not on the loop) and await the result::
     async with FaceWorker() as faces:
         reference = await faces.embed_document(upload_bytes)
         verdict = await faces.verify(reference.embedding, rgb)
-        analysis = await faces.analyze_frame(rgb, t, embed=monitor.wants_embedding(t))
+        analysis = await faces.check_presence(rgb, t, request=monitor.request(t))
 
-Presence checks are droppable: when more than ``max_pending`` frame analyses
-already wait, :meth:`analyze_frame` raises :class:`WorkerBusy` at once (skip
-this check) instead of queueing without bound. Verification, document
-embedding and liveness are always queued.
+Frame analyses are droppable: when more than ``max_pending`` already wait,
+:meth:`check_presence`, :meth:`analyze_frame` and :meth:`analyze_live` raise
+:class:`WorkerBusy` at once (skip this check) instead of queueing without
+bound. Verification, document embedding and liveness are always queued.
 
 Workers start with the ``spawn`` method: forking a process that runs an
 asyncio loop, aiortc threads and OpenSSL is unsafe.
@@ -51,6 +51,7 @@ from .liveness import (
     LivenessThresholds,
     judge_frames,
 )
+from .presence import PresenceRequest, check_presence
 from .verification import Verification, verify_frame
 
 logger = logging.getLogger(__name__)
@@ -159,6 +160,23 @@ class FaceWorker:
         finally:
             self._pending -= 1
 
+    async def check_presence(
+        self,
+        rgb: np.ndarray,
+        t: float = 0.0,
+        index: int = 0,
+        *,
+        request: PresenceRequest | None = None,
+    ) -> FrameAnalysis:
+        """:func:`identity.presence.check_presence` in a worker (raises :class:`WorkerBusy` when saturated)."""
+        if self._pending >= self.max_pending:
+            raise WorkerBusy(f"{self._pending} frames already wait for the face workers")
+        self._pending += 1
+        try:
+            return await self._run(check_presence, rgb, t, index, request)
+        finally:
+            self._pending -= 1
+
     async def reference_from_live(self, rgb: np.ndarray) -> Reference:
         """:func:`identity.live.reference_from_live_frame` in a worker."""
         return await self._run(reference_from_live_frame, rgb)
@@ -261,10 +279,12 @@ def _init_worker(nice: int, parent: int) -> None:
             except OSError:
                 pass
         models.get()
-    # warm the detector's and encoder's code paths
+    # warm the detectors' and encoder's code paths
+    from . import blazeface
     from .face_detect import detect_faces
 
     detect_faces(np.zeros((120, 160, 3), np.uint8))
+    blazeface.warm()
 
 
 def _ping() -> int:

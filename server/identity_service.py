@@ -12,8 +12,9 @@ the encrypted evidence store:
   until one passes the quality gates, then compared with the reference.
 * **liveness** -- a challenge of random actions, shown on the customer's
   screen, judged on the live frames as they arrive.
-* **presence** -- twice a second, both parties' video is checked: face
-  missing, several faces, a face that no longer matches the verified one.
+* **presence** -- the customer's video every 2 s, the agent's every 4 s, is
+  checked: face missing, several faces, a face that no longer matches the
+  verified one.
 * **snapshots** -- the agent keeps the customer's current frame as evidence.
 
 Every outcome is a session event (on the recording's signed timeline, with
@@ -85,6 +86,17 @@ MEDIA_START_TIMEOUT_S = 30.0
 #: seconds between full-frame face searches during liveness (a tracked window otherwise)
 FULL_SCAN_EVERY_S = 0.5
 PARTIES = ("customer", "agent")
+#: the agent's video is checked every this many presence rounds (the customer's at every one)
+AGENT_PRESENCE_EVERY = 8
+#: and the customer's every this many (1: every round, from the continuously decoded video;
+#: more: a frame decoded from a keyframe asked for, as for the agent)
+CUSTOMER_PRESENCE_EVERY = 4
+#: a feed nobody but presence read for this long stops decoding continuously (seconds)
+FEED_IDLE_S = 5.0
+#: a snapshot or a check's first frame older than this (seconds) waits for the next one
+FRESH_FRAME_S = 0.5
+#: seconds a sampled frame may take to come (the sender's keyframe, asked for)
+SAMPLE_TIMEOUT_S = 2.0
 
 
 @dataclass
@@ -96,7 +108,14 @@ class Frame:
 
 
 class FrameFeed:
-    """The latest decoded frame of one party's video; the tap decodes only while a feed is open."""
+    """The latest decoded frame of one party's video, decoded only for those who ask.
+
+    The tap decodes every frame (VP8 frames need their predecessors) from the
+    first :meth:`latest` or :meth:`next` on, until :meth:`aclose`. A feed only
+    ever read with :meth:`sample` decodes nothing in between: each sample
+    starts the tap's decoder, which asks the sender for a keyframe, takes that
+    one frame and stops it again.
+    """
 
     def __init__(self, tap: Any, label: str) -> None:
         self._tap = tap
@@ -106,22 +125,69 @@ class FrameFeed:
         self.count = 0
         self._cached: Frame | None = None
         self._arrived = asyncio.Event()
-        self._sub = tap.subscribe_decoded(backlog=2)
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"feed-{label}")
+        self._sub: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._last_read = 0.0
 
-    async def _run(self) -> None:
+    def _open(self) -> None:
+        self._last_read = asyncio.get_running_loop().time()
+        if self._task is None and not self._closed:
+            self._sub = self._tap.subscribe_decoded(backlog=2)
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(self._sub), name=f"feed-{self.label}"
+            )
+
+    async def _run(self, sub: Any) -> None:
         loop = asyncio.get_running_loop()
         try:
             while True:
-                frame = await self._sub.recv()
+                frame = await sub.recv()
                 self._latest, self._latest_t = frame, loop.time()
                 self.count += 1
                 self._arrived.set()
         except MediaStreamError:
             pass
 
+    async def sample(self, timeout: float = SAMPLE_TIMEOUT_S) -> Frame | None:
+        """One frame decoded now from a keyframe (None if none came within ``timeout`` s).
+
+        While someone else reads the feed continuously, its newest frame instead; once nobody
+        has for :data:`FEED_IDLE_S`, continuous decoding stops.
+        """
+        if self._task is not None:
+            if asyncio.get_running_loop().time() - self._last_read < FEED_IDLE_S:
+                return self._convert()
+            await self._stop_continuous()
+        if self._closed:
+            return None
+        sub = self._tap.subscribe_decoded(backlog=1)
+        try:
+            frame = await asyncio.wait_for(sub.recv(), timeout)
+        except (TimeoutError, MediaStreamError):
+            return None
+        finally:
+            sub.close()
+        self._latest, self._latest_t = frame, asyncio.get_running_loop().time()
+        self.count += 1
+        return self._convert()
+
+    async def _stop_continuous(self) -> None:
+        task, self._task = self._task, None
+        if self._sub is not None:
+            self._sub.close()
+            self._sub = None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     def latest(self, full: bool = False) -> Frame | None:
         """The newest frame as RGB (scaled to :data:`ANALYSIS_SIDE` unless ``full``)."""
+        self._open()
+        return self._convert(full)
+
+    def _convert(self, full: bool = False) -> Frame | None:
         frame = self._latest
         if frame is None:
             return None
@@ -141,21 +207,20 @@ class FrameFeed:
 
     async def next(self, after: int, timeout: float) -> Frame | None:
         """The first frame newer than frame number ``after`` (None after ``timeout`` seconds)."""
+        self._open()
         deadline = asyncio.get_running_loop().time() + timeout
         while self.count <= after:
             self._arrived.clear()
             remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0 or self._task.done():
+            if remaining <= 0 or self._task is None or self._task.done():
                 return None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), remaining)
         return self.latest()
 
     async def aclose(self) -> None:
-        self._sub.close()
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        self._closed = True
+        await self._stop_continuous()
 
 
 @dataclass
@@ -399,7 +464,7 @@ class IdentityService:
         """Agent: the reference is the ID card the customer holds up to the camera now."""
         self._require_consent(session)
         st = self.state(session.id)
-        frame = self._frame(st, "customer", full=True)
+        frame = await self._frame(st, "customer", full=True)
         await self._busy(
             session, st, "capturing_reference", self._capture_reference(session, st, frame, by)
         )
@@ -475,7 +540,7 @@ class IdentityService:
                 "or capture the ID card from the video",
                 code="no_reference",
             )
-        self._frame(st, "customer")
+        await self._frame(st, "customer")
         await self._busy(session, st, "verifying", self._verify(session, st, automatic=False))
 
     async def _verify(self, session: Session, st: SessionIdentity, *, automatic: bool) -> None:
@@ -652,7 +717,7 @@ class IdentityService:
     async def start_liveness(self, session: Session) -> None:
         self._require_consent(session)
         st = self.state(session.id)
-        self._frame(st, "customer")
+        await self._frame(st, "customer")
         steps = [s.strip() for s in self.config.liveness_steps.split(",") if s.strip()]
         challenge = Challenge.issue(steps, step_time_limit_s=self.config.liveness_step_seconds)
         await self._busy(session, st, "liveness", self._liveness(session, st, challenge))
@@ -753,7 +818,7 @@ class IdentityService:
 
     async def snapshot(self, session: Session, by: str) -> None:
         st = self.state(session.id)
-        frame = self._frame(st, "customer", full=True)
+        frame = await self._frame(st, "customer", full=True)
         jpeg = await asyncio.to_thread(_jpeg, frame.rgb)
         item = await self._put(
             session.id, "snapshot", jpeg, "image/jpeg", {"purpose": "agent", "by": by}
@@ -765,8 +830,7 @@ class IdentityService:
     async def capture_jpeg(self, session: Session) -> bytes | None:
         """The customer's current frame as JPEG (for a sealed signature), or None without video."""
         st = self._states.get(session.id)
-        feed = st.feeds.get("customer") if st is not None else None
-        frame = feed.latest(full=True) if feed is not None else None
+        frame = await _current(st.feeds.get("customer") if st is not None else None, True)
         if frame is None:
             return None
         return await asyncio.to_thread(_jpeg, frame.rgb)
@@ -792,13 +856,23 @@ class IdentityService:
         seen = {party: -1 for party in PARTIES}
         loop = asyncio.get_running_loop()
         due = loop.time()
+        rounds = 0
         while True:
             # a fixed cadence (start to start), so the checks take nothing off the rate; a round
             # that overran starts the next one at once rather than queueing up missed ones
             due = max(due + interval, loop.time())
             await asyncio.sleep(due - loop.time())
+            # the agent is checked less often: only for missing and several faces
+            parties = tuple(
+                party
+                for party, every in zip(
+                    PARTIES, (CUSTOMER_PRESENCE_EVERY, AGENT_PRESENCE_EVERY), strict=True
+                )
+                if rounds % every == 0
+            )
+            rounds += 1
             results = await asyncio.gather(
-                *(self._presence_check(session, st, party, seen) for party in PARTIES)
+                *(self._presence_check(session, st, party, seen) for party in parties)
             )
             if any(results):
                 self._panel(session)
@@ -809,22 +883,20 @@ class IdentityService:
         feed, monitor = st.feeds.get(party), st.presence.get(party)
         if feed is None or monitor is None:
             return False
-        frame = feed.latest()
-        if frame is None or frame.index == seen[party]:
-            return False  # no video yet, or frozen: the media watchdog's business, not ours
         if st.busy == "liveness":
             # the challenge needs every frame the worker can take (it watches for a second face
             # and a changed face itself): presence waits
             return False
+        # the customer's video is decoded throughout (verification and liveness read it too);
+        # the agent's only for the frame a check takes
+        sampled = party == "agent" or CUSTOMER_PRESENCE_EVERY > 1
+        frame = await feed.sample() if sampled else feed.latest()
+        if frame is None or frame.index == seen[party]:
+            return False  # no video yet, or frozen: the media watchdog's business, not ours
         seen[party] = frame.index
         try:
-            a = await self.worker.analyze_live(
-                frame.rgb,
-                frame.t,
-                frame.index,
-                last=None,
-                full_scan=True,
-                embed=monitor.wants_embedding(frame.t),
+            a = await self.worker.check_presence(
+                frame.rgb, frame.t, frame.index, request=monitor.request(frame.t)
             )
         except WorkerBusy:
             return False
@@ -835,9 +907,10 @@ class IdentityService:
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _frame(self, st: SessionIdentity, party: str, full: bool = False) -> Frame:
-        feed = st.feeds.get(party)
-        frame = feed.latest(full=full) if feed is not None else None
+    async def _frame(self, st: SessionIdentity, party: str, full: bool = False) -> Frame:
+        """The party's current picture: the feed decodes from now on, and a frame older than
+        :data:`FRESH_FRAME_S` (the last presence sample) is replaced by the next one."""
+        frame = await _current(st.feeds.get(party), full)
         if frame is None:
             raise InvalidState(f"no video from the {party} yet", code="no_video")
         return frame
@@ -909,6 +982,16 @@ class IdentityService:
 
     def embedding_of(self, raw: bytes) -> np.ndarray:
         return embedding_from_bytes(raw)
+
+
+async def _current(feed: FrameFeed | None, full: bool) -> Frame | None:
+    if feed is None:
+        return None
+    frame = feed.latest(full=full)
+    if frame is None or asyncio.get_running_loop().time() - frame.t > FRESH_FRAME_S:
+        await feed.next(feed.count, timeout=SAMPLE_TIMEOUT_S)
+        frame = feed.latest(full=full)
+    return frame
 
 
 def _jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:

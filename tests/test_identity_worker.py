@@ -90,3 +90,24 @@ async def test_pool_is_sized_to_the_machine_and_closes_concurrently():
     assert faces.max_workers == default_workers()
     await asyncio.gather(faces.aclose(), faces.aclose())
     assert faces.closed
+
+
+async def test_presence_checks_in_the_worker_embed_only_when_asked():
+    from identity import PresenceMonitor
+    from identity.presence import PresenceRequest
+
+    rgb = next(iter(read_frames(shared_data("videos/d13.mp4"), indices={20}))).rgb
+    async with FaceWorker(max_workers=1, max_pending=2) as faces:
+        plain = await faces.check_presence(rgb, 0.5, 3)
+        assert (plain.face_count, plain.embedding, plain.t) == (1, None, 0.5)
+        asked = await faces.check_presence(rgb, 1.0, 4, request=PresenceRequest("yes"))
+        assert asked.embedding is not None
+        monitor = PresenceMonitor(asked.embedding)
+        monitor.update(asked)
+        # the same face in the same place half a second later continues the track: not embedded
+        again = await faces.check_presence(rgb, 1.5, 5, request=monitor.request(1.5))
+        assert again.face_count == 1 and again.embedding is None
+        outcomes = await asyncio.gather(
+            *(faces.check_presence(rgb) for _ in range(5)), return_exceptions=True
+        )
+        assert sum(isinstance(o, WorkerBusy) for o in outcomes) == 3
