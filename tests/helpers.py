@@ -196,3 +196,20 @@ class FastTime:
 
     def monotonic(self) -> float:
         return self._start + (time.monotonic() - self._start) * self.factor
+
+
+async def upload_reference(
+    counter: Any, session_id: str, token: str | None, body: bytes, **headers: str
+) -> tuple[int, dict[str, Any]]:
+    """POST an ID photo as the customer's page does, with the session's rejoin token (None:
+    without one); ``headers`` add to or replace the JPEG content type."""
+    headers = {"Content-Type": "image/jpeg", **headers}
+    if token is not None:
+        headers["X-Session-Token"] = token
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{counter.url}/api/identity/{session_id}/reference", data=body, headers=headers
+        ) as r,
+    ):
+        return r.status, await r.json()

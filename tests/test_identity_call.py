@@ -20,21 +20,14 @@ from identity.decision import ACCEPT_THRESHOLD, MIN_FRAMES, REJECT_THRESHOLD
 from server.db import AccessLog
 from signaling.contrib.encoded_source import encode_video
 
-from .helpers import eventually, login, session_events, shared_data, wait_event
-
-
-async def _upload(counter, session_id: str, token: str | None, body: bytes, **headers):
-    if token is not None:
-        headers["X-Session-Token"] = token
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(
-            f"{counter.url}/api/identity/{session_id}/reference",
-            data=body,
-            headers={"Content-Type": "image/jpeg", **headers},
-        ) as r,
-    ):
-        return r.status, await r.json()
+from .helpers import (
+    eventually,
+    login,
+    session_events,
+    shared_data,
+    upload_reference,
+    wait_event,
+)
 
 
 async def _call(counter, bars, face_consent: bool = True):
@@ -65,17 +58,19 @@ async def test_reference_upload_verification_liveness_snapshot_and_presence(
     sid, token = joined["session_id"], joined["rejoin_token"]
 
     # bad uploads first: clear errors, nothing stored
-    assert (await _upload(counter, sid, token, b"this is not an image"))[0] == 400
-    status, body = await _upload(
+    assert (await upload_reference(counter, sid, token, b"this is not an image"))[0] == 400
+    status, body = await upload_reference(
         counter, sid, token, (shared_data("faces/dlib_multi/dogs.jpg")).read_bytes()
     )
     assert status == 422 and body["error"] == "no_face"
-    status, body = await _upload(counter, sid, "x" * 43, same_person_photo)
+    status, body = await upload_reference(counter, sid, "x" * 43, same_person_photo)
     assert status == 403
-    status, body = await _upload(counter, "someone-elses-session", token, same_person_photo)
+    status, body = await upload_reference(
+        counter, "someone-elses-session", token, same_person_photo
+    )
     assert status == 403
     # the real ID photo
-    status, body = await _upload(counter, sid, token, same_person_photo)
+    status, body = await upload_reference(counter, sid, token, same_person_photo)
     assert status == 200, body
     assert body["reference"]["source"] == "upload"
 
@@ -153,7 +148,7 @@ async def test_different_person_is_rejected(make_counter, face_clip, audio_clip,
     customer, agent, joined = await _call(counter, video_clip)
     sid, token = joined["session_id"], joined["rejoin_token"]
     biden = shared_data("faces/face_recognition/tests/test_images/biden.jpg").read_bytes()
-    status, body = await _upload(counter, sid, token, biden)
+    status, body = await upload_reference(counter, sid, token, biden)
     assert status == 200, body
     rejected = await wait_event(
         counter, sid, {"identity_verified", "identity_rejected", "identity_inconclusive"}
@@ -176,7 +171,7 @@ async def test_without_face_consent_only_manual_verification(
     counter = await make_counter(face_clip, audio_clip, identity=True)
     customer, agent, joined = await _call(counter, video_clip, face_consent=False)
     sid, token = joined["session_id"], joined["rejoin_token"]
-    status, body = await _upload(counter, sid, token, same_person_photo)
+    status, body = await upload_reference(counter, sid, token, same_person_photo)
     assert status == 409 and body["error"] == "face_consent_required"
     await agent.send({"type": "identity_verify"})
     err = await agent.wait_for("error", timeout=5)
@@ -208,7 +203,7 @@ async def test_without_face_consent_only_manual_verification(
 
     await eventually(second_consent_recorded)
     assert await consents() == [False, True]
-    status, body = await _upload(counter, sid, token, same_person_photo)
+    status, body = await upload_reference(counter, sid, token, same_person_photo)
     assert status == 200, body
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import io
 
-import aiohttp
 import numpy as np
 import pytest
 from PIL import Image
@@ -29,7 +28,7 @@ from identity.face_match import reference_from_image
 from identity.video import read_frames
 from signaling.contrib.encoded_source import encode_video
 
-from .helpers import session_events, shared_data, wait_event
+from .helpers import session_events, shared_data, upload_reference, wait_event
 
 
 def _live(clip: str, start_s: float, count: int = 5, spacing_s: float = 0.33) -> list[np.ndarray]:
@@ -141,15 +140,8 @@ async def test_a_call_too_dark_to_verify_is_inconclusive_not_an_anomaly(
     customer = counter.participant("customer")
     joined = await customer.join("account_opening", "张三", face_consent=True)
     sid, token = joined["session_id"], joined["rejoin_token"]
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(
-            f"{counter.url}/api/identity/{sid}/reference",
-            data=same_person_photo,
-            headers={"Content-Type": "image/jpeg", "X-Session-Token": token},
-        ) as r,
-    ):
-        assert r.status == 200, await r.text()
+    status, body = await upload_reference(counter, sid, token, same_person_photo)
+    assert status == 200, body
     agent = await counter.agent("alice", video=video_clip)
     await agent.accept_next()
     await customer.wait_for("call_started")

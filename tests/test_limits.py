@@ -9,6 +9,7 @@ sends ICE checks only where a browser's candidates may point, and no more than t
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import secrets
 import struct
@@ -21,7 +22,7 @@ import pytest
 from aioice.ice import get_host_addresses
 from aiortc import RTCPeerConnection
 
-from .helpers import eventually, session_events
+from .helpers import eventually, session_events, upload_reference
 
 # -- ID photos -------------------------------------------------------------------------------
 
@@ -46,16 +47,8 @@ def pixel_bomb() -> bytes:
     return _png(7999, 7999)
 
 
-async def _upload(counter, session_id: str, token: str, body: bytes, **headers) -> tuple[int, dict]:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(
-            f"{counter.url}/api/identity/{session_id}/reference",
-            data=body,
-            headers={"Content-Type": "image/png", "X-Session-Token": token, **headers},
-        ) as r,
-    ):
-        return r.status, await r.json()
+#: the uploads here are PNGs unless a call says otherwise
+_upload = functools.partial(upload_reference, **{"Content-Type": "image/png"})
 
 
 async def _customer(counter, name: str) -> tuple[str, str]:
