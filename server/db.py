@@ -116,6 +116,10 @@ class Verdict(SQLModel, table=True):
     result: str = Field(max_length=8)  # pass | fail
     notes: str = Field(default="", max_length=4000)
     at: datetime = Field(default_factory=utcnow)
+    #: JSON list of the QC items the auditor ticked (null: a verdict from before QC items)
+    items: str | None = Field(default=None, max_length=256)
+    #: why a fail failed (``server/routes/audit.py`` REASON_CODES); null for a pass
+    reason: str | None = Field(default=None, max_length=32)
 
 
 class AccessLog(SQLModel, table=True):

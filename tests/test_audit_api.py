@@ -9,6 +9,7 @@ import aiohttp
 import pytest
 
 from server.appkeys import CONFIG
+from server.routes.audit import QC_ITEMS
 
 from .helpers import login
 from .recordings import decrypt_output, recorded_call
@@ -138,12 +139,7 @@ async def test_verdicts_and_access_log_chain(counter, recorded):
             assert r.status == 400
         async with http.post(
             f"{counter.url}/api/audit/sessions/{session_id}/verdict",
-            json={"result": "fail", "notes": "  "},
-        ) as r:
-            assert r.status == 400 and (await r.json())["error"] == "notes_required"
-        async with http.post(
-            f"{counter.url}/api/audit/sessions/{session_id}/verdict",
-            json={"result": "fail", "notes": "风险揭示未读完"},
+            json={"result": "fail", "reason": "disclosure_missing", "notes": "风险揭示未读完"},
         ) as r:
             assert r.status == 201 and (await r.json())["by"] == "auditor"
         async with http.post(
@@ -361,7 +357,8 @@ async def test_verdict_filter_is_the_work_queue(counter):
     token = await login(counter, "auditor")
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
         async with http.post(
-            f"{counter.url}/api/audit/sessions/{first}/verdict", json={"result": "pass"}
+            f"{counter.url}/api/audit/sessions/{first}/verdict",
+            json={"result": "pass", "items": list(QC_ITEMS)},
         ) as r:
             assert r.status == 201
         assert [s["id"] for s in await _search(http, counter, verdict="none")] == [second]
@@ -454,3 +451,65 @@ async def test_a_replay_the_viewer_abandons_ends_quietly(counter, recorded, capl
             assert len(quiet) == 1 and quiet[0].levelno <= logging.INFO
     finally:
         await runner.cleanup()
+
+
+async def test_a_verdict_carries_its_qc_items_and_a_fails_reason_code(counter):
+    session_id = await _session_with(counter, "QC", [])
+    token = await login(counter, "auditor")
+    url = f"{counter.url}/api/audit/sessions/{session_id}/verdict"
+    refused = [
+        ({"result": "pass", "items": ["script_complete", "smiled"]}, "unknown_item"),
+        ({"result": "fail", "reason": "bad_mood", "notes": "x"}, "unknown_reason"),
+        ({"result": "fail", "notes": "风险揭示未读完"}, "reason_required"),
+        ({"result": "fail", "reason": "other", "notes": "  "}, "notes_required"),
+        ({"result": "pass", "items": ["script_complete"]}, "notes_required"),
+        ({"result": "pass", "items": list(QC_ITEMS), "reason": "other"}, "bad_request"),
+        ({"result": "pass", "items": "script_complete"}, "bad_request"),
+        ({"result": "maybe"}, "bad_request"),
+    ]
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
+        for body, code in refused:
+            async with http.post(url, json=body) as r:
+                answer = await r.json()
+                assert (r.status, answer["error"]) == (400, code), (body, answer)
+                assert answer["message"], body
+        # a fail for a listed reason needs no notes; a pass with every item ticked neither
+        ticked = ["customer_confirmed", "script_complete"]
+        async with http.post(
+            url, json={"result": "fail", "reason": "disclosure_missing", "items": ticked}
+        ) as r:
+            assert r.status == 201
+            saved = await r.json()
+        assert saved["items"] == ["script_complete", "customer_confirmed"]  # in QC_ITEMS order
+        assert (saved["reason"], saved["notes"], saved["by"]) == (
+            "disclosure_missing",
+            "",
+            "auditor",
+        )
+        async with http.post(
+            url, json={"result": "pass", "items": ["signed_on_camera"], "notes": "签名补录在案"}
+        ) as r:
+            assert r.status == 201
+        async with http.get(f"{counter.url}/api/audit/sessions/{session_id}") as r:
+            detail = await r.json()
+        assert [(v["result"], v["reason"], v["items"]) for v in detail["verdicts"]] == [
+            ("fail", "disclosure_missing", ["script_complete", "customer_confirmed"]),
+            ("pass", None, ["signed_on_camera"]),
+        ]
+        latest = detail["session"]["verdict"]
+        assert (latest["result"], latest["reason"], latest["items"]) == (
+            "pass",
+            None,
+            ["signed_on_camera"],
+        )
+        [found] = [s for s in await _search(http, counter, verdict="pass") if s["id"] == session_id]
+        assert found["verdict"]["items"] == ["signed_on_camera"]
+    admin = await login(counter, "admin")
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {admin}"}) as http:
+        async with http.get(f"{counter.url}/api/admin/access-log") as r:
+            log = await r.json()
+    verdicts = [e["action"] for e in log["entries"] if e["target"] == session_id]
+    assert sorted(a for a in verdicts if a.startswith("verdict_")) == [
+        "verdict_fail",
+        "verdict_pass",
+    ]

@@ -358,3 +358,75 @@ async def test_auditor_sees_face_outcomes_step_titles_and_the_receipt_in_local_d
             assert not errors, errors
         finally:
             await browser.close()
+
+
+async def test_a_fail_needs_a_reason_code_and_the_qc_items_are_kept(counter):
+    require_chromium()
+    from datetime import UTC, datetime
+
+    from playwright.async_api import async_playwright
+
+    session_id = await _queued_and_left(counter, "质检 Items", [], datetime.now(UTC))
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=require_chromium(), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            context = await browser.new_context(locale="zh-CN")
+            page = await context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            posted: list[str] = []
+            page.on(
+                "request",
+                lambda r: posted.append(r.url) if r.method == "POST" and "/verdict" in r.url else 0,
+            )
+            await page.goto(f"{counter.url}/audit#session/{session_id}")
+            await page.get_by_test_id("login-username").fill("auditor")
+            await page.get_by_test_id("login-password").fill(PASSWORD)
+            await page.get_by_test_id("login-submit").click()
+            await page.wait_for_function(
+                "(id) => document.querySelector('[data-testid=detail-session-id]')"
+                ".textContent === id",
+                arg=session_id,
+                timeout=10_000,
+            )
+            for item in ("script_complete", "customer_confirmed"):
+                await page.locator(f'[data-testid="qc-item"][data-item="{item}"]').check()
+            await page.get_by_test_id("verdict-fail").check()
+            await page.get_by_test_id("verdict-submit").click()
+            error = page.locator("#verdict-error")
+            await error.wait_for(state="visible", timeout=5_000)
+            assert "原因" in await error.text_content()
+            await asyncio.sleep(0.3)
+            assert posted == []
+
+            await page.get_by_test_id("verdict-reason").select_option("disclosure_missing")
+            await page.get_by_test_id("verdict-submit").click()
+            await page.locator('[data-testid="verdict-saved"][data-result="fail"]').wait_for(
+                timeout=10_000
+            )
+            assert len(posted) == 1
+
+            await page.reload()
+            saved = page.locator('[data-testid="verdict-saved"][data-reason="disclosure_missing"]')
+            await saved.wait_for(timeout=10_000)
+            assert (
+                "未宣读风险揭示"
+                in await saved.get_by_test_id("verdict-saved-reason").text_content()
+            )
+            qc = await saved.get_by_test_id("verdict-saved-qc").text_content()
+            assert "2/4" in qc and "话术完整" in qc and "客户确认" in qc and "当面签名" not in qc
+            assert not errors, errors
+        finally:
+            await browser.close()
+
+    from sqlmodel import select
+
+    from server.db import Verdict
+
+    def load(s):
+        return s.exec(select(Verdict).where(Verdict.session_id == session_id)).all()
+
+    [verdict] = await counter.db.run(load)
+    assert (verdict.result, verdict.reason) == ("fail", "disclosure_missing")

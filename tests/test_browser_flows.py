@@ -10,7 +10,8 @@ manual verification on a server without face checks (quicker). After each
 flow the signed timeline holds every step's start and end in the flow's
 order, and the receipt the customer downloaded verifies against the server's
 key. The auditor's page shows the checklist with times, and flags a flow the
-customer abandoned half way.
+customer abandoned half way. On a phone the signature pad opens over the
+whole screen, and the customer page never shows an internal id or hash.
 """
 
 from __future__ import annotations
@@ -131,8 +132,9 @@ async def _sign(customer) -> None:
     await customer.get_by_test_id("receipt-download").wait_for(state="visible", timeout=20_000)
 
 
-async def _run_flow(agent, customer, *, identity: str) -> list[str]:
-    """Do every step from both pages; returns the step ids in the order the agent completed them."""
+async def _run_flow(agent, customer, *, identity: str, on_step=None) -> list[str]:
+    """Do every step from both pages; returns the step ids in the order the agent completed them.
+    ``on_step(kind)`` is awaited once the customer's page shows each step, before it is done."""
     done: list[str] = []
     while True:
         status = await agent.get_by_test_id("flow-status").get_attribute("data-status")
@@ -145,6 +147,8 @@ async def _run_flow(agent, customer, *, identity: str) -> list[str]:
         await customer.wait_for_selector(
             f'[data-testid="step-title"][data-step="{step}"][data-kind="{kind}"]', timeout=10_000
         )
+        if on_step is not None:
+            await on_step(kind)
         if kind == "consent":
             await customer.get_by_test_id("consent-accept").click()
         elif kind == "identity":
@@ -405,6 +409,105 @@ async def test_loan_and_wealth_by_manual_verification_and_the_auditor_checklist(
                 await auditor.locator('[data-testid="audit-step"][data-status="active"]').count()
                 == 1
             )
+            assert not errors, errors
+        finally:
+            await customer_browser.close()
+            await agent_browser.close()
+
+
+#: a hex run (hashes, receipt and evidence ids) and the server's ids (signaling.ids.new_id:
+#: 16+ URL-safe base64 characters, letters and digits mixed)
+HEX_RUN = re.compile(r"[0-9a-fA-F]{16,}")
+TOKEN = re.compile(r"[A-Za-z0-9_-]{16,}")
+
+
+def _ids_shown(text: str) -> list[str]:
+    tokens = [t for t in TOKEN.findall(text) if re.search(r"\d", t) and re.search(r"[A-Za-z]", t)]
+    return HEX_RUN.findall(text) + tokens
+
+
+async def _pad_fills_the_screen(customer, width: float = 0.9) -> None:
+    """The signature pad is open over the whole view (at least ``width`` of its width and half its
+    height), its buttons big and in sight."""
+    view = customer.viewport_size
+    overlay = customer.get_by_test_id("signature-overlay")
+    await overlay.wait_for(state="visible", timeout=10_000)
+    pad = await customer.get_by_test_id("signature-pad").bounding_box()
+    assert pad and pad["width"] >= width * view["width"], (pad, view)
+    assert pad["height"] >= 0.5 * view["height"], (pad, view)
+    for testid in ("signature-clear", "signature-submit", "signature-close"):
+        b = await customer.get_by_test_id(testid).bounding_box()
+        assert b and b["height"] >= 52 and b["width"] >= 88, (testid, b)
+        assert b["x"] >= 0 and b["y"] >= 0, (testid, b)
+        assert b["x"] + b["width"] <= view["width"] + 0.5, (testid, b, view)
+        assert b["y"] + b["height"] <= view["height"] + 0.5, (testid, b, view)
+    # nothing of the call shows over it
+    top = await customer.evaluate(
+        """() => { const r = document.querySelector('[data-testid="signature-pad"]').getBoundingClientRect();
+                   const e = document.elementFromPoint(r.x + r.width / 2, r.y + r.height / 2);
+                   return e && e.dataset.testid; }"""
+    )
+    assert top == "signature-pad", top
+
+
+async def test_phone_customer_signs_on_a_full_screen_pad_and_sees_no_ids(
+    make_counter, video_clip, audio_clip
+):
+    require_chromium()
+    from playwright.async_api import async_playwright
+
+    customer_cam, agent_cam = face_cameras()
+    counter = await make_counter(video_clip, audio_clip)  # face checks off: manual verification
+    errors: list[str] = []
+    shown: list[str] = []
+    async with async_playwright() as pw:
+        agent_browser = await launch(pw, agent_cam, make_tone_wav(1000.0))
+        customer_browser = await launch(pw, customer_cam, make_tone_wav(440.0))
+        try:
+            agent = await ready_agent(agent_browser, counter, errors)
+            context = await customer_browser.new_context(
+                viewport={"width": 390, "height": 844}, is_mobile=True, locale="zh-CN"
+            )
+            customer = await context.new_page()
+            customer.on("pageerror", lambda e: errors.append(f"customer: {e}"))
+            await _join(customer, counter, "account_opening", face_consent=False)
+            session_id = await _accept(agent, customer)
+
+            async def on_step(kind: str) -> None:
+                shown.append(await customer.evaluate("document.body.innerText"))
+                if kind != "signature":
+                    return
+                await _pad_fills_the_screen(customer)
+                # closing without signing goes back to the step; its button opens the pad again
+                await customer.get_by_test_id("signature-close").click()
+                await customer.get_by_test_id("signature-overlay").wait_for(state="hidden")
+                assert await customer.get_by_test_id("step-title").get_attribute("data-kind") == (
+                    "signature"
+                )
+                await customer.get_by_test_id("signature-open").click()
+                await _pad_fills_the_screen(customer)
+                # turned sideways: the buttons go beside the pad
+                await customer.set_viewport_size({"width": 844, "height": 390})
+                await _pad_fills_the_screen(customer, width=0.7)
+                await customer.set_viewport_size({"width": 390, "height": 844})
+
+            await _run_flow(agent, customer, identity="manual", on_step=on_step)
+            await _finish(agent, customer, "account_opening")
+            assert await customer.get_by_test_id("signature-overlay").is_hidden()
+            shown.append(await customer.evaluate("document.body.innerText"))  # with the receipt
+            receipt_id = await customer.get_by_test_id("receipt-download").get_attribute(
+                "data-receipt-id"
+            )
+            assert receipt_id, "the receipt id stays on the download link"
+            await customer_hangs_up(customer)
+            await call_state(customer, "ended")
+            end = await customer.evaluate("document.body.innerText")
+            shown.append(end)
+            outcome = await customer.get_by_test_id("ended-outcome").text_content() or ""
+            assert re.search(r"\d{4} \d{4} \d{4}", outcome), outcome
+            for text in shown:
+                assert _ids_shown(text) == [], text
+                assert session_id not in text and receipt_id not in text, text
             assert not errors, errors
         finally:
             await customer_browser.close()

@@ -23,6 +23,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlmodel import Session as DbSession
 from sqlmodel import col, func, select
 
@@ -84,6 +85,18 @@ SEVERITY_WEIGHT = {
     "agent_disconnected": 1,
     "recording_recovered": 1,
 }
+#: what an auditor ticks off on a call, in the page's order
+QC_ITEMS = ("script_complete", "disclosures_read", "customer_confirmed", "signed_on_camera")
+#: why a fail verdict failed; ``other`` needs notes saying what
+REASON_CODES = (
+    "script_incomplete",
+    "disclosure_missing",
+    "identity_doubt",
+    "no_customer_confirmation",
+    "signature_off_camera",
+    "recording_defect",
+    "other",
+)
 #: the search's ``verdict`` filter: the latest verdict, or none yet
 VERDICT_FILTERS = ("none", "pass", "fail")
 SORTS = ("newest", "severity")
@@ -112,6 +125,77 @@ class StoreUnavailable(ServerError):
 
 async def require_auditor(request: web.Request) -> User:
     return await require_role(request, AUDIT_ROLES, "only auditors and admins can reach recordings")
+
+
+class VerdictBody(BaseModel):
+    """``POST .../verdict``: the result, the QC items ticked, a fail's reason code, notes."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    result: str
+    notes: str = Field(default="", max_length=4000)
+    items: list[str] = Field(default_factory=list, max_length=len(QC_ITEMS) * 2)
+    reason: str | None = None
+
+
+def _verdict_body(raw: dict[str, Any]) -> VerdictBody:
+    """The verdict asked for, or 400: ``unknown_item``, ``unknown_reason``, ``reason_required``
+    (a fail without a reason code), ``notes_required`` (a fail for ``other``, or a pass with an
+    item left unticked, without notes)."""
+    try:
+        body = VerdictBody.model_validate(raw)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error["loc"]) or "body"
+        raise BadRequest(f"{where}: {error['msg']}") from None
+    if body.result not in ("pass", "fail"):
+        raise BadRequest('result must be "pass" or "fail"')
+    unknown = [i for i in body.items if i not in QC_ITEMS]
+    if unknown:
+        raise BadRequest(
+            f"unknown QC item {unknown[0][:32]!r}: items are {', '.join(QC_ITEMS)}",
+            code="unknown_item",
+        )
+    if body.reason is not None and body.reason not in REASON_CODES:
+        raise BadRequest(
+            f"unknown reason code {body.reason[:32]!r}: reasons are {', '.join(REASON_CODES)}",
+            code="unknown_reason",
+        )
+    has_notes = bool(body.notes.strip())
+    if body.result == "fail":
+        if body.reason is None:
+            raise BadRequest("a fail verdict needs a reason code", code="reason_required")
+        if body.reason == "other" and not has_notes:
+            raise BadRequest(
+                'a fail for reason "other" needs notes saying what was wrong',
+                code="notes_required",
+            )
+    else:
+        if body.reason is not None:
+            raise BadRequest("only a fail verdict has a reason code")
+        unticked = [i for i in QC_ITEMS if i not in body.items]
+        if unticked and not has_notes:
+            raise BadRequest(
+                f"a pass with QC items unticked ({', '.join(unticked)}) needs notes saying why",
+                code="notes_required",
+            )
+    return body
+
+
+def _verdict_items(verdict: Verdict) -> list[str] | None:
+    """The QC items ticked with ``verdict``, in :data:`QC_ITEMS` order (None: before QC items)."""
+    return None if verdict.items is None else list(json.loads(verdict.items))
+
+
+def _verdict_view(verdict: Verdict) -> dict[str, Any]:
+    return {
+        "result": verdict.result,
+        "notes": verdict.notes,
+        "items": _verdict_items(verdict),
+        "reason": verdict.reason,
+        "by": verdict.username,
+        "at": _iso(verdict.at),
+    }
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -214,7 +298,13 @@ def _session_summary(
         "anomalies": sorted(set(anomalies)),
         "resolved": resolved,
         "severity": _severity(sorted(set(anomalies)), resolved),
-        "verdict": {"result": verdict.result, "by": verdict.username, "at": _iso(verdict.at)}
+        "verdict": {
+            "result": verdict.result,
+            "items": _verdict_items(verdict),
+            "reason": verdict.reason,
+            "by": verdict.username,
+            "at": _iso(verdict.at),
+        }
         if verdict
         else None,
     }
@@ -434,10 +524,7 @@ async def session_detail(request: web.Request) -> web.Response:
                 for e in events
             ],
             "flow": flow_checklist(list(events), flow),
-            "verdicts": [
-                {"result": v.result, "notes": v.notes, "by": v.username, "at": _iso(v.at)}
-                for v in verdicts
-            ],
+            "verdicts": [_verdict_view(v) for v in verdicts],
             "_recordings": list(recordings),
         }
 
@@ -710,14 +797,9 @@ async def verify_recording(request: web.Request) -> web.StreamResponse:
 async def post_verdict(request: web.Request) -> web.Response:
     user = await require_auditor(request)
     session_id = request.match_info["session_id"]
-    body = await json_body(request)
-    result, notes = body.get("result"), body.get("notes", "")
-    if result not in ("pass", "fail"):
-        raise BadRequest('result must be "pass" or "fail"')
-    if not isinstance(notes, str) or len(notes) > 4000:
-        raise BadRequest("notes must be text of at most 4000 characters")
-    if result == "fail" and not notes.strip():
-        raise BadRequest("a fail verdict needs notes saying what was wrong", code="notes_required")
+    body = _verdict_body(await json_body(request))
+    result = body.result
+    items = [i for i in QC_ITEMS if i in body.items]
 
     def work(s: DbSession) -> Verdict | None:
         if s.get(CallSession, session_id) is None:
@@ -727,7 +809,9 @@ async def post_verdict(request: web.Request) -> web.Response:
             user_id=user.id or 0,
             username=user.username,
             result=result,
-            notes=notes,
+            notes=body.notes,
+            items=json.dumps(items),
+            reason=body.reason,
         )
         s.add(verdict)
         access_log.append(s, user, f"verdict_{result}", session_id, request.remote or "")
@@ -737,15 +821,7 @@ async def post_verdict(request: web.Request) -> web.Response:
     verdict = await request.app[DB].run(work)
     if verdict is None:
         raise NotFound(f"no session {session_id[:64]!r}")
-    return web.json_response(
-        {
-            "result": verdict.result,
-            "notes": verdict.notes,
-            "by": verdict.username,
-            "at": _iso(verdict.at),
-        },
-        status=201,
-    )
+    return web.json_response(_verdict_view(verdict), status=201)
 
 
 async def admin_access_log(request: web.Request) -> web.Response:

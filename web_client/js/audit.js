@@ -1,7 +1,8 @@
 // The auditor workbench (质检工作台): sign in, search past sessions, replay a
 // session's dual recording (customer and agent side by side, in sync) with its
-// event timeline, check the recording's integrity, record a pass/fail verdict,
-// and see the session's identity evidence (ID photo, snapshots).
+// event timeline, check the recording's integrity, record a pass/fail verdict
+// (the QC items ticked, a fail's reason code), and see the session's identity
+// evidence (ID photo, snapshots).
 //
 // Views (document.body.dataset.view): login, search, detail. The open session is
 // in the URL hash (#session/<id>), so the browser's back button returns to the
@@ -92,6 +93,9 @@ const el = {
   verdictPass: byTestId('verdict-pass'),
   verdictFail: byTestId('verdict-fail'),
   verdictNotes: byTestId('verdict-notes'),
+  qcItems: [...document.querySelectorAll('[data-testid="qc-item"]')],
+  verdictReason: byTestId('verdict-reason'),
+  verdictReasonField: byId('verdict-reason-field'),
   verdictError: byId('verdict-error'),
   verdictSubmit: byTestId('verdict-submit'),
   verdictHistory: byTestId('verdict-history'),
@@ -1702,17 +1706,44 @@ function verdictLine(verdict) {
   });
 }
 
+/** The QC items ticked with a verdict, as "label, label" (null: a verdict from before QC items). */
+function qcLine(verdict) {
+  if (!Array.isArray(verdict.items)) return null;
+  const ticked = verdict.items.map((item) => label('audit.qc', item));
+  return t('audit.qcTicked', {
+    count: verdict.items.length,
+    total: el.qcItems.length,
+    items: ticked.length ? ticked.join(t('audit.listSeparator')) : t('audit.qcNone'),
+  });
+}
+
+/** A fail's reason code, shown as "Reason: …" (null without one). */
+function reasonLine(verdict) {
+  return verdict.reason ? t('audit.reasonIs', { reason: label('audit.reason', verdict.reason) }) : null;
+}
+
+/** The reason code is asked for only with a fail. */
+function syncReasonField() {
+  el.verdictReasonField.hidden = !el.verdictFail.checked;
+}
+
 function renderVerdicts() {
   const verdicts = sortedVerdicts();
+  syncReasonField();
   const latest = verdicts[0];
   el.verdictSaved.hidden = !latest;
   el.verdictSaved.dataset.result = latest ? latest.result : '';
+  el.verdictSaved.dataset.reason = (latest && latest.reason) || '';
   el.verdictSaved.replaceChildren();
   if (latest) {
     el.verdictSaved.append(
       node('span', { className: 'verdict-saved-label', text: t('audit.currentVerdict') }),
       node('strong', { text: verdictLine(latest) }),
     );
+    const reason = reasonLine(latest);
+    if (reason) el.verdictSaved.append(node('span', { className: 'verdict-reason', testid: 'verdict-saved-reason', text: reason }));
+    const qc = qcLine(latest);
+    if (qc) el.verdictSaved.append(node('span', { className: 'verdict-qc', testid: 'verdict-saved-qc', text: qc }));
     if (latest.notes) el.verdictSaved.append(node('span', { className: 'verdict-notes', text: latest.notes }));
   }
   el.verdictHistory.replaceChildren(...verdicts.map((verdict, index) => {
@@ -1721,6 +1752,10 @@ function renderVerdicts() {
     head.append(verdictBadge(verdict), node('span', { className: 'small muted', text: `${verdict.by || ''} · ${formatDateTime(verdict.at)}` }));
     if (index > 0) head.append(node('span', { className: 'small muted', text: t('audit.superseded') }));
     li.append(head);
+    const reason = reasonLine(verdict);
+    if (reason) li.append(node('p', { className: 'verdict-reason', text: reason }));
+    const qc = qcLine(verdict);
+    if (qc) li.append(node('p', { className: 'verdict-qc small muted', text: qc }));
     if (verdict.notes) li.append(node('p', { className: 'verdict-notes', text: verdict.notes }));
     return li;
   }));
@@ -1742,6 +1777,19 @@ async function onVerdictSubmit(event) {
     return;
   }
   const notes = el.verdictNotes.value.trim();
+  const items = el.qcItems.filter((box) => box.checked).map((box) => box.dataset.item);
+  const reason = chosen === 'fail' ? el.verdictReason.value : '';
+  // the server's rules, said before anything is sent
+  let missing = null;
+  if (chosen === 'fail' && !reason) missing = ['audit.reasonRequired', el.verdictReason];
+  else if (chosen === 'fail' && reason === 'other' && !notes) missing = ['audit.notesRequiredOther', el.verdictNotes];
+  else if (chosen === 'pass' && items.length < el.qcItems.length && !notes) missing = ['audit.notesRequiredUnticked', el.verdictNotes];
+  if (missing) {
+    app.verdictErrorKey = missing[0];
+    renderVerdicts();
+    missing[1].focus();
+    return;
+  }
   const sessionId = app.sessionId;
   const seq = app.detailSeq;
   app.verdictErrorKey = null;
@@ -1750,11 +1798,13 @@ async function onVerdictSubmit(event) {
   try {
     const saved = await api(`/api/audit/sessions/${encodeURIComponent(sessionId)}/verdict`, {
       method: 'POST',
-      body: { result: chosen, notes },
+      body: chosen === 'fail' ? { result: chosen, notes, items, reason } : { result: chosen, notes, items },
     });
     const verdict = {
       result: saved.result || chosen,
       notes: saved.notes ?? notes,
+      items: saved.items ?? items,
+      reason: saved.reason ?? (reason || null),
       by: saved.by || (app.user && app.user.username) || '',
       at: saved.at || new Date().toISOString(),
     };
@@ -1852,6 +1902,7 @@ function init() {
   el.eventList.addEventListener('click', onEventListClick);
   el.verdictForm.addEventListener('submit', onVerdictSubmit);
   el.verdictForm.addEventListener('change', () => {
+    syncReasonField();
     if (app.verdictErrorKey) {
       app.verdictErrorKey = null;
       renderVerdicts();

@@ -22,6 +22,10 @@
 // a liveness challenge the self view grows and carries the instruction with a
 // countdown, read aloud where the browser can speak. The large-text mode
 // (data-testid="large-text-toggle") is kept in localStorage.
+//
+// Plain words only: the customer never sees a session id, a receipt id, an
+// error code or the server's own English sentences; an error without words of
+// ours says so in general terms (customerError()).
 
 import { CallController, publishState } from './call.js';
 import { CustomerFlow } from './customer_flow.js';
@@ -621,11 +625,16 @@ function abandonResume(errorKey) {
   if (errorKey) errors.show(t(errorKey));
 }
 
+/** An error frame in the customer's words: ours for known codes, never the server's sentence. */
+function customerError(code) {
+  return typeof code === 'string' && has(`error.${code}`) ? errorText(code, '') : t('error.generic');
+}
+
 function onServerError(msg) {
   const code = msg.code;
   if (code === 'bad_sdp' && call.retryAfterBadSdp()) return;
   if (code === 'step_refused' || code === 'flows_unavailable') {
-    flow.onError(msg.message);
+    flow.onError(t(code === 'step_refused' ? 'flow.refused' : 'error.flows_unavailable'));
     return;
   }
   if (code === 'forbidden' && app.resuming) {
@@ -642,7 +651,7 @@ function onServerError(msg) {
     app.appointment = { invalid: true };
     renderAppointment();
     renderJoinButton();
-    errors.show(errorText(code, msg.message));
+    errors.show(customerError(code));
     return;
   }
   if (code === 'session_ended') {
@@ -660,7 +669,7 @@ function onServerError(msg) {
     app.endReason = code === 'forbidden' ? 'session_lost' : 'connection_lost';
     if (code === 'forbidden') return; // the end screen explains it
   }
-  errors.show(errorText(code, msg.message));
+  errors.show(customerError(code));
 }
 
 // --- the call ------------------------------------------------------------------
@@ -758,8 +767,9 @@ function photoStatusText() {
   if (state === 'ok') return t(code === 'appointment' ? 'idPhoto.fromBank' : 'idPhoto.ok');
   if (state !== 'error') return '';
   if (code && has(`idPhoto.error.${code}`)) return t(`idPhoto.error.${code}`);
-  // a code we have no words for: the server's own sentence
-  return message || t('idPhoto.error.generic', { status: status || '?' });
+  // a code we have no words for: general ones (the server's sentence and status are for the log)
+  if (message || status) console.info('ID photo refused', status, code, message);
+  return t('idPhoto.error.generic');
 }
 
 function setPhoto(state, { code = null, message = '', status = 0 } = {}) {

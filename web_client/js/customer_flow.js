@@ -2,7 +2,13 @@
 // current step's title and text and what it needs from the customer (accept
 // the consents, confirm a disclosure, answer the questionnaire, read the
 // document to its end, sign), the sealed receipt to keep, and how the flow
-// ended. Documents the agent pushes show in an overlay.
+// ended. Documents the agent pushes show in an overlay. The signature pad
+// opens over the whole screen when the signature step comes (#sign-overlay);
+// closing it without signing goes back to the step, whose button opens it again.
+//
+// The customer sees words only: no receipt id, step id, reason code or the
+// server's own (English) refusal text; the receipt id stays on the download
+// link's data-receipt-id.
 //
 // The step's buttons go in their own bar (#step-actions) under the scrolling
 // part of the panel (#step-scroll), so the step's main action stays in sight
@@ -10,13 +16,14 @@
 //
 // Test hooks: step-title (data-step, data-kind), consent-accept, consent-decline,
 // consent-face, disclosure-confirm, question-<id> (radio group), questionnaire-submit,
-// document-view, document-end, signature-pad, signature-clear, signature-submit,
-// receipt-download, flow-status (data-status), flow-error, document-close.
+// document-view, document-end, signature-overlay, signature-pad, signature-clear,
+// signature-submit, signature-close, signature-open, receipt-download,
+// flow-status (data-status), flow-error, document-close.
 
 import {
   SignaturePad, bilingual, outcomeText, renderMarkdown, scrolledToEnd, stepTitle, stopReason,
 } from './flow.js';
-import { t } from './i18n.js';
+import { has, t } from './i18n.js';
 import { byId, byTestId, moveInto, setText } from './ui.js';
 
 function node(tag, { className, text, testid, i18n } = {}) {
@@ -64,8 +71,18 @@ export class CustomerFlow {
       overlayTitle: byId('doc-overlay-title'),
       overlayView: byId('doc-overlay-view'),
       overlayClose: byTestId('document-close'),
+      sign: byId('sign-overlay'),
+      signArea: byId('sign-area'),
+      signActions: byId('sign-actions'),
+      signClose: byTestId('signature-close'),
     };
     this.el.overlayClose.addEventListener('click', () => this.closeOverlay());
+    this.el.signClose.addEventListener('click', () => this.closeSign());
+    this.el.sign.addEventListener('keydown', (e) => {
+      if (e.key === 'Escape') this.closeSign();
+    });
+    // a phone turned: an empty pad takes the new size
+    window.addEventListener('resize', () => this.fitPad());
     this.el.overlay.addEventListener('keydown', (e) => {
       if (e.key === 'Escape') this.closeOverlay();
     });
@@ -87,11 +104,16 @@ export class CustomerFlow {
     this.readTo = new Set();
     this.sent = new Set();
     this.pad = null;
+    /** the signature step whose pad the customer closed (it does not open again by itself) */
+    this.signClosed = '';
     this.pushed = null;
     this.error = null;
     clearTimeout(this.errorTimer);
     if (!keepReceipt) this.setReceipt(null);
     this.closeOverlay();
+    this.closeSign();
+    this.el.signArea.replaceChildren();
+    this.el.signActions.replaceChildren();
     this.el.body.replaceChildren();
     this.el.actions.replaceChildren();
     this.el.actions.hidden = true;
@@ -197,7 +219,8 @@ export class CustomerFlow {
     setText(el.progress, index >= 0 ? t('flow.progress', { n: index + 1, total: steps.length }) : '');
     el.title.dataset.step = step ? step.id : '';
     el.title.dataset.kind = step ? step.kind : '';
-    setText(el.title, step ? stepTitle(step) : bilingual(state.title));
+    const title = step ? stepTitle(step) : '';
+    setText(el.title, title && title !== step.id ? title : bilingual(state.title) || t('flow.title'));
     setText(el.text, step ? bilingual(step.text) : '');
     el.text.hidden = !step || !step.text;
 
@@ -211,7 +234,9 @@ export class CustomerFlow {
       const outcome = outcomeText(state.outcome);
       if (outcome) status = `${status} ${outcome}`;
     } else if (state.status === 'stopped') {
-      status = t('flow.stopped', { reason: stopReason(state.reason) });
+      const known = state.reason && has(`flow.reason.${state.reason}`);
+      const reason = known ? stopReason(state.reason) : t('flow.reason.other');
+      status = t('flow.stopped', { reason });
     }
     setText(el.status, status);
 
@@ -228,7 +253,7 @@ export class CustomerFlow {
   renderReceipt() {
     const r = this.receipt;
     this.el.receiptBox.hidden = !r;
-    setText(this.el.receiptText, r ? t('flow.receiptText', { id: r.receipt_id || '' }) : '');
+    setText(this.el.receiptText, r ? t('flow.receiptText') : '');
     setText(this.el.receiptLink, t('flow.receiptDownload'));
   }
 
@@ -237,6 +262,9 @@ export class CustomerFlow {
     const body = this.el.body;
     body.replaceChildren();
     this.el.actions.replaceChildren();
+    this.el.signArea.replaceChildren();
+    this.el.signActions.replaceChildren();
+    this.hideSign();
     this.el.scroll.scrollTop = 0;
     this.pad = null;
     this.parts = {};
@@ -394,7 +422,7 @@ export class CustomerFlow {
     const wrap = node('div', { className: 'signature-wrap' });
     const canvas = node('canvas', { className: 'signature-pad', testid: 'signature-pad' });
     canvas.width = 600;
-    canvas.height = 200;
+    canvas.height = 300;
     canvas.setAttribute('role', 'img');
     canvas.setAttribute('aria-label', t('flow.signHere'));
     const hint = node('span', { className: 'signature-hint', i18n: 'flow.signHere' });
@@ -409,12 +437,52 @@ export class CustomerFlow {
         return;
       }
       if (!step.document) return;
-      this.act({ type: 'signature_submit', step_id: step.id, document_sha256: step.document.sha256, image_png: png });
+      const message = {
+        type: 'signature_submit', step_id: step.id, document_sha256: step.document.sha256, image_png: png,
+      };
+      if (this.act(message)) this.closeSign();
     });
-    this.el.body.append(wrap);
-    this.el.actions.append(parts.clear, parts.submit);
+    parts.open = button('signature-open', 'flow.signOpen', 'btn btn-primary btn-lg');
+    parts.open.addEventListener('click', () => this.openSign());
+    this.el.signArea.append(wrap);
+    this.el.signActions.append(parts.clear, parts.submit);
+    this.el.actions.append(parts.open);
     // last: the pad reports its (empty) state at once, and update() needs the buttons
     this.pad = new SignaturePad(canvas, { onChange: () => this.update(step) });
+    if (!step.customer_done && this.signClosed !== step.id) this.openSign();
+  }
+
+  // --- the full-screen signature pad -------------------------------------------------
+
+  openSign() {
+    if (!this.pad) return;
+    this.el.sign.hidden = false;
+    this.fitPad();
+    this.el.signClose.focus({ preventScroll: true });
+  }
+
+  /** Back to the step without signing (what was drawn stays). */
+  closeSign() {
+    const step = this.state && this.state.current;
+    if (!this.el.sign.hidden && step && step.kind === 'signature') this.signClosed = step.id;
+    this.hideSign();
+  }
+
+  hideSign() {
+    this.el.sign.hidden = true;
+  }
+
+  /** An empty pad draws at its size on screen (strokes are not stretched); a drawing keeps its canvas. */
+  fitPad() {
+    const pad = this.pad;
+    if (!pad || this.el.sign.hidden || !pad.empty) return;
+    const rect = pad.canvas.getBoundingClientRect();
+    const width = Math.round(Math.min(1200, rect.width));
+    const height = Math.round(Math.min(1200, rect.height));
+    if (width < 50 || height < 50 || (width === pad.canvas.width && height === pad.canvas.height)) return;
+    pad.canvas.width = width;
+    pad.canvas.height = height;
+    pad.clear(); // a resized canvas loses its pen: set it again
   }
 
   /** Enable what can be done now; say what the customer waits for. */
@@ -445,6 +513,10 @@ export class CustomerFlow {
         parts.submit.disabled = busy || !this.pad || this.pad.empty;
         parts.clear.disabled = busy;
         if (this.pad) this.pad.canvas.dataset.disabled = String(busy);
+      }
+      if (kind === 'signature' && parts.open) {
+        parts.open.hidden = done || sent('signature_submit');
+        if (parts.open.hidden) this.closeSign();
       }
       if (done) wait = t(kind === 'signature' ? 'flow.signed' : 'flow.waitAgent');
       else if (kind === 'identity') wait = t('flow.waitIdentity');
@@ -482,10 +554,15 @@ export class CustomerFlow {
     }
     const pad = this.pad;
     const key = this.builtFor;
+    const signing = !this.el.sign.hidden;
     this.builtFor = '';
     this.render();
     if (pad && this.pad && key === this.builtFor) {
-      // keep what was drawn
+      // keep what was drawn, and the pad open or closed as it was
+      if (!signing) this.closeSign();
+      this.pad.canvas.width = pad.canvas.width;
+      this.pad.canvas.height = pad.canvas.height;
+      this.pad.clear();
       this.pad.ctx.drawImage(pad.canvas, 0, 0);
       this.pad.inked = pad.inked;
       this.update(this.state && this.state.current);
