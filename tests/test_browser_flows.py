@@ -33,6 +33,7 @@ from .browser import (
     customer_hangs_up,
     face_cameras,
     go_ready,
+    join_queue,
     launch,
     ready_agent,
     require_chromium,
@@ -44,25 +45,6 @@ from .recordings import wait_recordings
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 MANUAL_REASON = "核对了客户手持的身份证原件，人证一致"
-
-
-async def _join(
-    customer, counter, business: str, *, face_consent: bool, id_photo: Path | None = None
-) -> None:
-    await customer.goto(f"{counter.url}/")
-    await customer.get_by_test_id(f"business-{business}").click()
-    await customer.get_by_test_id("display-name").fill("李四")
-    await customer.get_by_test_id("recording-consent").check()
-    if face_consent:
-        await customer.get_by_test_id("face-consent").check()
-    await customer.wait_for_selector('[data-testid="join-button"]:enabled', timeout=15_000)
-    await customer.get_by_test_id("join-button").click()
-    await call_state(customer, "waiting")
-    if id_photo is not None:
-        await customer.get_by_test_id("id-photo-input").set_input_files(str(id_photo))
-        await customer.wait_for_selector(
-            '[data-testid="id-photo-status"][data-state="ok"]', timeout=30_000
-        )
 
 
 async def _accept(agent, customer) -> str:
@@ -277,7 +259,9 @@ async def test_account_opening_with_face_verification(
             agent = await ready_agent(agent_browser, counter, errors)
             customer = await customer_browser.new_page()
             customer.on("pageerror", lambda e: errors.append(f"customer: {e}"))
-            await _join(customer, counter, "account_opening", face_consent=True, id_photo=id_photo)
+            await join_queue(
+                customer, counter, "account_opening", face_consent=True, id_photo=id_photo
+            )
             session_id = await _accept(agent, customer)
 
             # nothing can be completed before the customer accepted the consents
@@ -328,7 +312,7 @@ async def test_loan_and_wealth_by_manual_verification_and_the_auditor_checklist(
             customer = await customer_browser.new_page()
             customer.on("pageerror", lambda e: errors.append(f"customer: {e}"))
             for business in ("loan_signing", "wealth_product"):
-                await _join(customer, counter, business, face_consent=False)
+                await join_queue(customer, counter, business, face_consent=False)
                 session_id = sessions[business] = await _accept(agent, customer)
                 if business == "wealth_product":
                     # the agent pushes the risk disclosure statement at any time: an overlay to close
@@ -357,7 +341,7 @@ async def test_loan_and_wealth_by_manual_verification_and_the_auditor_checklist(
                 await go_ready(agent)
 
             # an abandoned flow: the customer hangs up after the consent step
-            await _join(customer, counter, "account_opening", face_consent=False)
+            await join_queue(customer, counter, "account_opening", face_consent=False)
             abandoned = await _accept(agent, customer)
             await customer.get_by_test_id("consent-accept").click()
             await agent.wait_for_selector(
@@ -470,7 +454,7 @@ async def test_phone_customer_signs_on_a_full_screen_pad_and_sees_no_ids(
             )
             customer = await context.new_page()
             customer.on("pageerror", lambda e: errors.append(f"customer: {e}"))
-            await _join(customer, counter, "account_opening", face_consent=False)
+            await join_queue(customer, counter, "account_opening", face_consent=False)
             session_id = await _accept(agent, customer)
 
             async def on_step(kind: str) -> None:

@@ -23,6 +23,7 @@ from .browser import (
     call_state,
     customer_hangs_up,
     face_cameras,
+    join_queue,
     launch,
     ready_agent,
     require_chromium,
@@ -49,14 +50,7 @@ async def _text(page, testid: str) -> str:
 async def _waiting_customer(browser, counter, errors: list[str], *, face_consent: bool):
     customer = await browser.new_page()
     customer.on("pageerror", lambda e: errors.append(f"customer: {e}"))
-    await customer.goto(f"{counter.url}/")
-    await customer.get_by_test_id("business-account_opening").click()
-    await customer.get_by_test_id("recording-consent").check()
-    if face_consent:
-        await customer.get_by_test_id("face-consent").check()
-    await customer.wait_for_selector('[data-testid="join-button"]:enabled', timeout=15_000)
-    await customer.get_by_test_id("join-button").click()
-    await call_state(customer, "waiting")
+    await join_queue(customer, counter, face_consent=face_consent)
     assert await customer.get_by_test_id("face-consent-toggle").is_checked() is face_consent
     return customer
 

@@ -163,9 +163,17 @@ async def _one_call(counter, customer, agent, *, phone: bool, id_photo=None) -> 
 
     # the liveness challenge: the instruction over the customer's own picture, with its
     # countdown, in sight, and read aloud in the page's language
-    await agent.get_by_test_id("liveness-start").click(timeout=15_000)
     instruction = customer.get_by_test_id("liveness-instruction")
-    await instruction.wait_for(state="visible", timeout=15_000)
+    for attempt in range(2):
+        await agent.get_by_test_id("liveness-start").click(timeout=15_000)
+        try:
+            await instruction.wait_for(state="visible", timeout=15_000)
+            break
+        except Exception:
+            # what the agent's panel says (busy, an error) tells why the challenge did not start
+            panel = await agent.get_by_test_id("identity-panel").inner_text()
+            if attempt:
+                raise AssertionError(f"no liveness challenge; the agent's panel: {panel}") from None
     assert not await not_in_view(customer, "liveness-instruction", "self-view")
     assert contains(await box(customer, "self-view"), await box(customer, instruction))
     assert await font_px(customer, "#liveness-step-text") >= 24
