@@ -95,7 +95,9 @@ async def test_a_foreign_page_cannot_post_a_verdict_with_the_auditors_cookie(cou
             assert r.status == 201, await r.text()
             assert (await r.json())["by"] == "auditor"
         # a script without Origin, as the CLI and the bank's systems are
-        async with http.post(url, json={"result": "pass", "notes": "looks fine"}, headers=cookie) as r:
+        async with http.post(
+            url, json={"result": "pass", "notes": "looks fine"}, headers=cookie
+        ) as r:
             assert r.status == 201
         # reading is not refused: the browser keeps another site's page from the answer
         async with http.get(
